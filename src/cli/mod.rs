@@ -1,0 +1,461 @@
+//! The `postern` command line: `serve`, and the admin commands that edit the store.
+//!
+//! One file per command family (`address.rs`, `alias.rs`, `device.rs`); later families (limits,
+//! quotas, hosting networks, sendmail, DKIM keys, logs) each add a variant to the `Command` enum
+//! and a file of their own.
+//!
+//! # Exit status and output
+//! - 0: done. Results go to stdout; lists as aligned columns, or with `--json` as one JSON array
+//!   of objects.
+//! - 1: the command was understood but failed: an invalid address, an unknown or duplicate
+//!   name, a store that cannot be opened. One line `postern: <message>` on stderr, and nothing
+//!   was changed (every store operation is atomic, and arguments are checked before the store is
+//!   opened). A failing `serve` prints `postern: error: <message>`.
+//! - 2: bad usage (clap's message) or a bad config file (`postern: <message>`).
+//!
+//! Device passwords are printed exactly once, by `device add` and `device rotate`, alone on the
+//! last line of stdout so that scripts can take it with `tail -n 1`. Nothing else ever prints a
+//! password or a hash.
+//!
+//! This module parses and prints; the rules live in [`crate::policy`], the data in
+//! [`crate::store`], the relay in [`crate::server`].
+
+mod address;
+mod alias;
+mod device;
+
+use crate::config::{CONFIG_ENV, Config};
+use clap::Parser;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Done.
+const EXIT_OK: u8 = 0;
+/// Understood, but failed.
+const EXIT_FAILURE: u8 = 1;
+/// Bad usage or bad config.
+const EXIT_USAGE: u8 = 2;
+
+/// Postern, an outbound SMTP relay.
+#[derive(Debug, Parser)]
+#[command(name = "postern", version, propagate_version = true)]
+struct Cli {
+    /// Configuration file [default: config/postern.toml]
+    #[arg(long, global = true, env = CONFIG_ENV, value_name = "PATH")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The command families. Later issues add theirs here (limit, quota, hosting, sendmail, dkim,
+/// log), each with a file in this directory.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Run the relay: listeners, spool and delivery.
+    Serve,
+    /// Add, remove and list hosted addresses.
+    #[command(subcommand)]
+    Address(address::AddressCommand),
+    /// Add, remove and list aliases (extra sender addresses of an address).
+    #[command(subcommand)]
+    Alias(alias::AliasCommand),
+    /// Manage the device passwords of an address.
+    #[command(subcommand)]
+    Device(device::DeviceCommand),
+}
+
+/// Runs the `postern` command line with the process's arguments.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version end up here too, with status 0 and output on stdout.
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE));
+        }
+    };
+    // Unlocked handles: `serve` logs to stderr from many threads, so holding the stderr lock
+    // here for the life of the process would deadlock the first log line.
+    ExitCode::from(execute(cli, &mut std::io::stdout(), &mut std::io::stderr()))
+}
+
+/// Runs a parsed command; returns the exit status.
+fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let path = Config::locate(cli.config.as_deref());
+    let config = match Config::load(&path) {
+        Ok(config) => config,
+        Err(e) => {
+            let _ = writeln!(err, "postern: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve => return serve(config, err),
+        Command::Address(cmd) => address::run(cmd, &config, out),
+        Command::Alias(cmd) => alias::run(cmd, &config, out),
+        Command::Device(cmd) => device::run(cmd, &config, out),
+    };
+    match result.and_then(|()| out.flush().map_err(Into::into)) {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            let _ = writeln!(err, "postern: {}", one_line(&format!("{e:#}")));
+            EXIT_FAILURE
+        }
+    }
+}
+
+/// `postern serve`: a multi-thread tokio runtime around [`crate::server::serve`].
+fn serve(config: Config, err: &mut dyn Write) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let _ = writeln!(err, "postern: error: cannot start the async runtime: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    match runtime.block_on(crate::server::serve(config)) {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            let _ = writeln!(err, "postern: error: {}", one_line(&format!("{e:#}")));
+            EXIT_FAILURE
+        }
+    }
+}
+
+/// Opens the store named by the config.
+fn open_store(config: &Config) -> anyhow::Result<crate::store::EmbeddedStore> {
+    Ok(crate::store::EmbeddedStore::open(&config.store.path)?)
+}
+
+/// Writes `value` (a JSON array) to `out`, pretty-printed, with a final newline.
+fn write_json(out: &mut dyn Write, value: &serde_json::Value) -> anyhow::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Writes rows as left-aligned columns separated by two spaces.
+fn write_table(out: &mut dyn Write, rows: &[Vec<String>]) -> anyhow::Result<()> {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  ", width = widths[c]));
+            }
+        }
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+/// A time as RFC 3339 UTC, to the second: `2025-01-31T12:00:00Z`.
+fn format_time(time: SystemTime) -> String {
+    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// Gregorian date of a day count since 1970-01-01 (H. Hinnant's `civil_from_days`).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Error chains can carry line breaks (a SQLite message, a config excerpt); stderr gets one line.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A temp directory with a config whose store lives inside it; removed on drop.
+    struct Fixture {
+        dir: PathBuf,
+        config: PathBuf,
+    }
+
+    impl Fixture {
+        fn new(name: &str) -> Self {
+            static COUNTER: AtomicUsize = AtomicUsize::new(0);
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let dir =
+                std::env::temp_dir().join(format!("postern-cli-{name}-{}-{n}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let config = dir.join("postern.toml");
+            let text = format!(
+                "[listen]\nsubmission = \"127.0.0.1:2587\"\n[store]\npath = {:?}\n[spool]\npath = {:?}\n",
+                dir.join("var/store.db"),
+                dir.join("var/spool"),
+            );
+            std::fs::write(&config, text).unwrap();
+            Self { dir, config }
+        }
+
+        /// Runs `postern --config <fixture> args...`; returns (status, stdout, stderr).
+        fn run(&self, args: &[&str]) -> (u8, String, String) {
+            let mut argv = vec!["postern", "--config", self.config.to_str().unwrap()];
+            argv.extend_from_slice(args);
+            let cli = match Cli::try_parse_from(argv) {
+                Ok(cli) => cli,
+                Err(e) => return (e.exit_code() as u8, String::new(), e.to_string()),
+            };
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let status = execute(cli, &mut out, &mut err);
+            (
+                status,
+                String::from_utf8(out).unwrap(),
+                String::from_utf8(err).unwrap(),
+            )
+        }
+
+        fn ok(&self, args: &[&str]) -> String {
+            let (status, out, err) = self.run(args);
+            assert_eq!(status, 0, "{args:?}: {err}");
+            assert!(err.is_empty(), "{err}");
+            out
+        }
+
+        fn fails(&self, args: &[&str]) -> String {
+            let (status, out, err) = self.run(args);
+            assert_eq!(status, 1, "{args:?}: {out} {err}");
+            assert!(err.starts_with("postern: ") && err.ends_with('\n'), "{err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+            err.trim_end().to_string()
+        }
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    #[test]
+    fn time_format() {
+        assert_eq!(format_time(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let at = |s: u64| format_time(UNIX_EPOCH + std::time::Duration::from_secs(s));
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(at(4_107_542_399), "2100-02-28T23:59:59Z");
+        assert_eq!(at(1_709_251_199), "2024-02-29T23:59:59Z");
+    }
+
+    #[test]
+    fn config_errors_exit_2() {
+        let f = Fixture::new("badconfig");
+        std::fs::write(&f.config, "[listen]\nsubmision = 1\n").unwrap();
+        let (status, out, err) = f.run(&["address", "list"]);
+        assert_eq!(status, 2);
+        assert!(out.is_empty());
+        assert!(
+            err.starts_with("postern: ") && err.lines().count() == 1,
+            "{err}"
+        );
+        let missing = f.dir.join("nope.toml");
+        let cli = Cli::try_parse_from([
+            "postern",
+            "address",
+            "list",
+            "--config",
+            missing.to_str().unwrap(),
+        ])
+        .unwrap();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        assert_eq!(execute(cli, &mut out, &mut err), 2);
+        assert!(String::from_utf8(err).unwrap().contains("cannot read"));
+    }
+
+    #[test]
+    fn usage_errors_exit_2_and_touch_nothing() {
+        let f = Fixture::new("usage");
+        for args in [
+            &["device", "add", "a@example.org"][..],
+            &["address", "add"],
+            &["address", "add", "a@example.org", "--plan", "gold"],
+            &["address", "frobnicate"],
+            &["alias", "add", "x@example.org"],
+        ] {
+            let (status, _, err) = f.run(args);
+            assert_eq!(status, 2, "{args:?}: {err}");
+        }
+        assert!(!f.dir.join("var").exists(), "the store was created");
+    }
+
+    #[test]
+    fn address_commands() {
+        let f = Fixture::new("address");
+        assert_eq!(
+            f.ok(&["address", "add", "Alice@Example.org"]),
+            "added address alice@example.org (plan starter)\n"
+        );
+        f.ok(&[
+            "address",
+            "add",
+            "bob@example.org",
+            "--plan",
+            "my-ksuite-plus",
+        ]);
+        let list = f.ok(&["address", "list"]);
+        let lines: Vec<_> = list.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(
+            lines[0].starts_with("alice@example.org  starter         20"),
+            "{list}"
+        );
+        assert!(
+            lines[1].starts_with("bob@example.org    my-ksuite-plus  20"),
+            "{list}"
+        );
+
+        let json: serde_json::Value =
+            serde_json::from_str(&f.ok(&["address", "list", "--json"])).unwrap();
+        assert_eq!(json[0]["address"], "alice@example.org");
+        assert_eq!(json[1]["plan"], "my-ksuite-plus");
+        assert!(json[0]["created_at"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(json.as_array().unwrap().len(), 2);
+
+        assert_eq!(
+            f.fails(&["address", "add", "alice@example.org"]),
+            "postern: an address \"alice@example.org\" already exists"
+        );
+        assert_eq!(
+            f.fails(&["address", "add", "a!b@example.org"]),
+            "postern: invalid address \"a!b@example.org\": character '!' at position 2 is not allowed in the local part"
+        );
+        f.ok(&["address", "remove", "bob@example.org"]);
+        assert_eq!(
+            f.fails(&["address", "remove", "bob@example.org"]),
+            "postern: address \"bob@example.org\" not found"
+        );
+    }
+
+    #[test]
+    fn invalid_address_does_not_open_the_store() {
+        let f = Fixture::new("invalid");
+        f.fails(&["address", "add", "a-@example.org"]);
+        f.fails(&["address", "add", "--", "-a@example.org"]);
+        f.fails(&["device", "add", "a@example", "--name", "phone"]);
+        f.fails(&["alias", "add", "a@example.org", "b@@example.org"]);
+        assert!(!f.dir.join("var").exists());
+    }
+
+    #[test]
+    fn alias_commands() {
+        let f = Fixture::new("alias");
+        f.ok(&["address", "add", "alice@example.org"]);
+        assert_eq!(
+            f.ok(&["alias", "add", "Sales@Example.org", "alice@example.org"]),
+            "added alias sales@example.org of alice@example.org\n"
+        );
+        f.fails(&["alias", "add", "alice@example.org", "alice@example.org"]);
+        f.fails(&["alias", "add", "x@example.org", "nobody@example.org"]);
+        assert_eq!(
+            f.ok(&["alias", "list"]),
+            "sales@example.org  alice@example.org\n"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&f.ok(&["alias", "list", "alice@example.org", "--json"])).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([{"alias": "sales@example.org", "address": "alice@example.org"}])
+        );
+        f.fails(&["alias", "list", "nobody@example.org"]);
+        f.ok(&["alias", "remove", "sales@example.org"]);
+        assert_eq!(f.ok(&["alias", "list", "--json"]).trim(), "[]");
+        f.fails(&["alias", "remove", "sales@example.org"]);
+    }
+
+    #[test]
+    fn device_commands() {
+        let f = Fixture::new("device");
+        f.ok(&["address", "add", "alice@example.org"]);
+        let out = f.ok(&["device", "add", "alice@example.org", "--name", "phone"]);
+        let password = out.lines().last().unwrap().to_string();
+        assert_eq!(
+            password.len(),
+            crate::policy::password::PASSWORD_LEN,
+            "{out}"
+        );
+        assert!(out.lines().count() >= 2);
+        f.fails(&["device", "add", "alice@example.org", "--name", "phone"]);
+        f.fails(&["device", "add", "alice@example.org", "--name", ""]);
+        f.fails(&["device", "add", "bob@example.org", "--name", "phone"]);
+        f.ok(&["device", "add", "alice@example.org", "--name", "laptop"]);
+
+        let list = f.ok(&["device", "list", "alice@example.org"]);
+        assert!(!list.contains(&password));
+        let names: Vec<_> = list
+            .lines()
+            .map(|l| l.split_whitespace().next().unwrap())
+            .collect();
+        assert_eq!(names, ["laptop", "phone"]);
+        let json: serde_json::Value =
+            serde_json::from_str(&f.ok(&["device", "list", "alice@example.org", "--json"]))
+                .unwrap();
+        assert_eq!(json[1]["name"], "phone");
+        assert_eq!(json[1].as_object().unwrap().len(), 2, "{json}");
+
+        let out = f.ok(&["device", "rotate", "alice@example.org", "phone"]);
+        let rotated = out.lines().last().unwrap();
+        assert_ne!(rotated, password);
+        assert_eq!(rotated.len(), password.len());
+        f.fails(&["device", "rotate", "alice@example.org", "tablet"]);
+
+        f.ok(&["device", "revoke", "alice@example.org", "phone"]);
+        f.fails(&["device", "revoke", "alice@example.org", "phone"]);
+        assert_eq!(
+            f.ok(&["device", "revoke-all", "alice@example.org"]),
+            "revoked 1 device of alice@example.org\n"
+        );
+        assert_eq!(
+            f.ok(&["device", "list", "alice@example.org", "--json"])
+                .trim(),
+            "[]"
+        );
+    }
+
+    #[test]
+    fn config_flag_is_global() {
+        let cli = Cli::try_parse_from([
+            "postern", "device", "list", "a@b.org", "--config", "/x.toml",
+        ])
+        .unwrap();
+        assert_eq!(cli.config.as_deref(), Some(std::path::Path::new("/x.toml")));
+        assert!(Cli::try_parse_from(["postern", "serve", "--config", "/x.toml"]).is_ok());
+    }
+}

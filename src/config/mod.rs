@@ -1,0 +1,530 @@
+//! The configuration file: one TOML document, every key documented in `config/postern.toml`.
+//!
+//! Loading is strict. Unknown keys are refused (`deny_unknown_fields`), every value is typed
+//! (socket addresses, CIDR networks, durations), and [`Config::load`] reports the first problem
+//! as one line naming the dotted key, e.g. `listen.submission: invalid socket address syntax`.
+//! The CLI turns that into exit status 2. A `Config` value has therefore always been checked:
+//! nothing downstream re-validates.
+//!
+//! Relative paths are taken relative to the working directory, as operators expect from the
+//! command line; the Helm chart and production config use absolute paths.
+
+mod duration;
+
+pub use duration::parse_duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Environment variable naming the config file when `--config` is absent.
+pub const CONFIG_ENV: &str = "POSTERN_CONFIG";
+/// The dev default, relative to the working directory (the repository root).
+pub const DEFAULT_CONFIG_PATH: &str = "config/postern.toml";
+
+/// A config that could not be loaded: the message names the file and the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Identity of this relay.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Listener addresses.
+    pub listen: ListenConfig,
+    /// Certificate and key for STARTTLS and implicit TLS.
+    #[serde(default)]
+    pub tls: TlsConfig,
+    /// The address and device store.
+    pub store: StoreConfig,
+    /// The durable queue of accepted mail.
+    pub spool: SpoolConfig,
+    /// DNS resolution for delivery.
+    #[serde(default)]
+    pub dns: DnsConfig,
+    /// Outbound delivery.
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    /// Unauthenticated relaying on port 25.
+    #[serde(default)]
+    pub relay: RelayConfig,
+    /// Per-message and per-session limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Timeouts of the inbound protocol.
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Name in the banner, EHLO replies, `Received:` headers and generated Message-IDs.
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { hostname: default_hostname() }
+    }
+}
+
+fn default_hostname() -> String {
+    "localhost".to_string()
+}
+
+/// `[listen]`: each role may be left out to disable it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Port 587 role: STARTTLS, then AUTH.
+    pub submission: Option<SocketAddr>,
+    /// Port 465 role: implicit TLS, then AUTH.
+    pub submissions: Option<SocketAddr>,
+    /// Port 25 role: unauthenticated relay from configured networks.
+    pub relay: Option<SocketAddr>,
+    /// Metrics and health endpoints.
+    pub http: Option<SocketAddr>,
+}
+
+/// `[tls]`: both empty means a self-signed certificate generated at first start.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// SQLite database file of the embedded store (created if absent).
+    pub path: PathBuf,
+}
+
+/// `[spool]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Directory of the spool (created if absent).
+    pub path: PathBuf,
+    /// Messages up to this size are kept in memory during DATA and written to the shared
+    /// journal; larger ones stream to a file of their own.
+    #[serde(default = "default_inline_max")]
+    pub inline_max_bytes: u64,
+    /// Most messages one group commit carries.
+    #[serde(default = "default_commit_batch")]
+    pub commit_batch: usize,
+}
+
+fn default_inline_max() -> u64 {
+    1024 * 1024
+}
+fn default_commit_batch() -> usize {
+    512
+}
+
+/// `[dns]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Recursive resolvers as `IP:PORT`; empty means the system resolver (`/etc/resolv.conf`).
+    #[serde(default)]
+    pub servers: Vec<SocketAddr>,
+}
+
+/// `[delivery]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Destination port of MX hosts. Always 25 in production; other values exist for tests.
+    #[serde(default = "default_delivery_port")]
+    pub port: u16,
+    /// Send everything to this host instead of the recipients' MX (Postfix's `relayhost`).
+    #[serde(default)]
+    pub relayhost: Option<String>,
+    /// Deliveries in flight at once; 0 holds all mail in the spool (maintenance).
+    #[serde(default = "default_delivery_workers")]
+    pub workers: usize,
+    /// First retry after a temporary failure; later ones back off exponentially.
+    #[serde(default = "default_retry_initial", with = "duration::serde_text")]
+    pub retry_initial: Duration,
+    /// Longest wait between two attempts.
+    #[serde(default = "default_retry_max", with = "duration::serde_text")]
+    pub retry_max: Duration,
+    /// A message still undelivered after this long fails for good.
+    #[serde(default = "default_max_age", with = "duration::serde_text")]
+    pub max_age: Duration,
+    /// TCP connect timeout per MX address.
+    #[serde(default = "default_connect_timeout", with = "duration::serde_text")]
+    pub connect_timeout: Duration,
+    /// Timeout for each reply of the remote server.
+    #[serde(default = "default_command_timeout", with = "duration::serde_text")]
+    pub command_timeout: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            port: default_delivery_port(),
+            relayhost: None,
+            workers: default_delivery_workers(),
+            retry_initial: default_retry_initial(),
+            retry_max: default_retry_max(),
+            max_age: default_max_age(),
+            connect_timeout: default_connect_timeout(),
+            command_timeout: default_command_timeout(),
+        }
+    }
+}
+
+fn default_delivery_port() -> u16 {
+    25
+}
+fn default_delivery_workers() -> usize {
+    32
+}
+fn default_retry_initial() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_retry_max() -> Duration {
+    Duration::from_secs(4 * 3600)
+}
+fn default_max_age() -> Duration {
+    Duration::from_secs(5 * 86400)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_command_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// `[relay]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Client networks allowed to relay without AUTH on the relay listener.
+    #[serde(default)]
+    pub networks: Vec<IpNet>,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Recipients per transaction (FAQ: 100, To, CC and BCC alike).
+    #[serde(default = "default_max_recipients")]
+    pub max_recipients: usize,
+    /// Bytes per message, header and body (FAQ: 210,763,776).
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: u64,
+    /// Concurrent sessions on all listeners together.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
+    /// Concurrent sessions from one client IP.
+    #[serde(default = "default_max_sessions_per_ip")]
+    pub max_sessions_per_ip: usize,
+    /// Bad commands tolerated in one session before `421` and close.
+    #[serde(default = "default_max_bad_commands")]
+    pub max_bad_commands: u32,
+    /// Failed AUTH attempts tolerated in one session before `421` and close.
+    #[serde(default = "default_max_auth_failures")]
+    pub max_auth_failures: u32,
+    /// Delay before answering a failed AUTH, to slow password guessing.
+    #[serde(default = "default_auth_failure_delay", with = "duration::serde_text")]
+    pub auth_failure_delay: Duration,
+    /// Failed AUTHs from one client IP, across sessions, within `auth_failure_window`
+    /// after which new connections from it get `421` until the window passes.
+    #[serde(default = "default_max_auth_failures_per_ip")]
+    pub max_auth_failures_per_ip: u32,
+    /// Window of `max_auth_failures_per_ip`.
+    #[serde(default = "default_auth_failure_window", with = "duration::serde_text")]
+    pub auth_failure_window: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_recipients: default_max_recipients(),
+            max_message_size: default_max_message_size(),
+            max_sessions: default_max_sessions(),
+            max_sessions_per_ip: default_max_sessions_per_ip(),
+            max_bad_commands: default_max_bad_commands(),
+            max_auth_failures: default_max_auth_failures(),
+            auth_failure_delay: default_auth_failure_delay(),
+            max_auth_failures_per_ip: default_max_auth_failures_per_ip(),
+            auth_failure_window: default_auth_failure_window(),
+        }
+    }
+}
+
+fn default_max_recipients() -> usize {
+    100
+}
+fn default_max_message_size() -> u64 {
+    210_763_776
+}
+fn default_max_sessions() -> usize {
+    20_000
+}
+fn default_max_sessions_per_ip() -> usize {
+    200
+}
+fn default_max_bad_commands() -> u32 {
+    10
+}
+fn default_max_auth_failures() -> u32 {
+    3
+}
+fn default_auth_failure_delay() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_auth_failures_per_ip() -> u32 {
+    20
+}
+fn default_auth_failure_window() -> Duration {
+    Duration::from_secs(600)
+}
+
+/// `[timeouts]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    /// Longest wait for the next command (RFC 5321 section 4.5.3.2.7 asks for 5 minutes).
+    #[serde(default = "default_command_timeout", with = "duration::serde_text")]
+    pub command: Duration,
+    /// Longest wait for the next bytes during DATA or BDAT.
+    #[serde(default = "default_data_timeout", with = "duration::serde_text")]
+    pub data: Duration,
+    /// Longest TLS handshake.
+    #[serde(default = "default_tls_timeout", with = "duration::serde_text")]
+    pub tls_handshake: Duration,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        Self {
+            command: default_command_timeout(),
+            data: default_data_timeout(),
+            tls_handshake: default_tls_timeout(),
+        }
+    }
+}
+
+fn default_data_timeout() -> Duration {
+    Duration::from_secs(180)
+}
+fn default_tls_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `postern=debug,info`; `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    /// `text` or `json`.
+    #[serde(default = "default_log_format")]
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: default_log_level(), format: default_log_format() }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_string()
+}
+fn default_log_format() -> LogFormat {
+    LogFormat::Text
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Config {
+    /// Picks the config file: `--config`, else `POSTERN_CONFIG`, else the dev default.
+    pub fn locate(explicit: Option<&Path>) -> PathBuf {
+        if let Some(path) = explicit {
+            return path.to_path_buf();
+        }
+        match std::env::var_os(CONFIG_ENV) {
+            Some(path) if !path.is_empty() => PathBuf::from(path),
+            _ => PathBuf::from(DEFAULT_CONFIG_PATH),
+        }
+    }
+
+    /// Reads, parses and checks a config file.
+    ///
+    /// # Errors
+    /// One line naming the file and the dotted key at fault.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+        Self::parse(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+    }
+
+    /// Parses and checks config text.
+    ///
+    /// # Errors
+    /// One line naming the dotted key at fault.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let deserializer = toml::Deserializer::parse(text).map_err(|e| {
+            ConfigError(format!("TOML syntax: {}", one_line(e.message())))
+        })?;
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let message = one_line(e.inner().message());
+            if key == "." || key.is_empty() {
+                ConfigError(message)
+            } else {
+                ConfigError(format!("{key}: {message}"))
+            }
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Rules that span values or that types cannot say.
+    fn check(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+        if self.server.hostname.is_empty() || self.server.hostname.contains(char::is_whitespace)
+        {
+            return bad("server.hostname", "must be a host name without spaces");
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            let key = if self.tls.cert.is_some() { "tls.key" } else { "tls.cert" };
+            return bad(key, "tls.cert and tls.key go together: set both or neither");
+        }
+        let l = &self.listen;
+        if l.submission.is_none() && l.submissions.is_none() && l.relay.is_none() {
+            return bad("listen", "no SMTP listener configured (submission, submissions, relay)");
+        }
+        if self.limits.max_recipients == 0 {
+            return bad("limits.max_recipients", "must be at least 1");
+        }
+        if self.limits.max_message_size == 0 {
+            return bad("limits.max_message_size", "must be at least 1");
+        }
+        if self.limits.max_sessions == 0 {
+            return bad("limits.max_sessions", "must be at least 1");
+        }
+        if self.limits.max_sessions_per_ip == 0 {
+            return bad("limits.max_sessions_per_ip", "must be at least 1");
+        }
+        if self.limits.max_auth_failures == 0 {
+            return bad("limits.max_auth_failures", "must be at least 1");
+        }
+        if self.delivery.port == 0 {
+            return bad("delivery.port", "must be a TCP port (1-65535)");
+        }
+        if self.delivery.retry_initial.is_zero() {
+            return bad("delivery.retry_initial", "must be longer than zero");
+        }
+        if self.delivery.retry_max < self.delivery.retry_initial {
+            return bad("delivery.retry_max", "must not be shorter than delivery.retry_initial");
+        }
+        if let Some(host) = &self.delivery.relayhost {
+            if crate::delivery::parse_relayhost(host, self.delivery.port).is_none() {
+                return bad("delivery.relayhost", "must be HOST or HOST:PORT");
+            }
+        }
+        if self.spool.commit_batch == 0 {
+            return bad("spool.commit_batch", "must be at least 1");
+        }
+        for timeout in [
+            ("timeouts.command", self.timeouts.command),
+            ("timeouts.data", self.timeouts.data),
+            ("timeouts.tls_handshake", self.timeouts.tls_handshake),
+        ] {
+            if timeout.1.is_zero() {
+                return bad(timeout.0, "must be longer than zero");
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return bad("log.level", &format!("not a valid filter: {e}"));
+        }
+        Ok(())
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [listen]
+        submission = "127.0.0.1:2587"
+        [store]
+        path = "var/store.db"
+        [spool]
+        path = "var/spool"
+    "#;
+
+    #[test]
+    fn minimal_config_takes_defaults() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.limits.max_recipients, 100);
+        assert_eq!(c.limits.max_message_size, 210_763_776);
+        assert_eq!(c.delivery.port, 25);
+        assert!(c.dns.servers.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = MINIMAL.replace("[store]", "[store]\npaht = \"x\"");
+        let e = Config::parse(&text).unwrap_err().0;
+        assert!(e.starts_with("store"), "{e}");
+        assert!(e.contains("paht"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let text = MINIMAL.replace("127.0.0.1:2587", "localhost:port");
+        let e = Config::parse(&text).unwrap_err().0;
+        assert!(e.starts_with("listen.submission:"), "{e}");
+        let text = format!("{MINIMAL}\n[timeouts]\ncommand = \"30\"\n");
+        let e = Config::parse(&text).unwrap_err().0;
+        assert!(e.starts_with("timeouts.command:"), "{e}");
+        let text = format!("{MINIMAL}\n[relay]\nnetworks = [\"10.0.0.0/33\"]\n");
+        let e = Config::parse(&text).unwrap_err().0;
+        assert!(e.starts_with("relay.networks"), "{e}");
+    }
+
+    #[test]
+    fn cert_without_key_is_refused() {
+        let text = format!("{MINIMAL}\n[tls]\ncert = \"a.pem\"\n");
+        let e = Config::parse(&text).unwrap_err().0;
+        assert!(e.starts_with("tls.key:"), "{e}");
+    }
+}

@@ -1,0 +1,725 @@
+//! The outbound SMTP client: one transaction to one address of one MX host.
+//!
+//! The conversation (RFC 5321 section 3, 4.1): greeting → EHLO (HELO when EHLO gets a 5yz,
+//! RFC 5321 3.2) → STARTTLS when offered and the [`TlsPolicy`] wants it (RFC 3207; EHLO again
+//! afterwards, section 4.2) → MAIL FROM with SIZE= (RFC 1870), BODY=8BITMIME (RFC 6152) and
+//! SMTPUTF8 (RFC 6531) as the server supports them → one RCPT TO per recipient (all sent in
+//! one write after MAIL when PIPELINING is advertised, RFC 2920; DATA is sent on its own once
+//! a recipient is accepted) → DATA, the message streamed through the dot-stuffer (`dot.rs`)
+//! from an [`AsyncRead`] in 64 KiB chunks, never whole in memory → final reply → QUIT.
+//!
+//! Timeouts: `connect_timeout` for the TCP connect; `command_timeout` for each whole reply,
+//! each write and the TLS handshake (`[delivery]` has no per-phase values; RFC 5321 4.5.3.2
+//! suggests 2-10 minutes per phase, the default of 5 minutes sits in that range).
+//!
+//! What the caller gets ([`deliver`]):
+//! - `Ok(TransactionReport)`: the server gave a transaction answer, i.e. replied to MAIL FROM
+//!   (other than 421): one [`RecipientOutcome`] per recipient. A 4yz/5yz to MAIL or DATA
+//!   applies to every recipient still in play, a RCPT reply to its recipient only, the final
+//!   reply to all accepted ones. A connection lost after the final dot is also an answer (all
+//!   accepted recipients temporary, "status unknown"): trying the next MX at once could
+//!   deliver the message twice (RFC 1047).
+//! - `Err(ClientError)`: no transaction answer (connect failure, timeout, 421, bad greeting,
+//!   protocol error, TLS failure after the fallback). The caller tries the next address;
+//!   when none is left, all recipients are temporarily failed.
+//!
+//! TLS fallback: when the policy allows it ([`TlsPolicy::allows_plaintext_fallback`]) and the
+//! handshake fails, the client reconnects to the same address and runs the transaction in
+//! cleartext without STARTTLS (RFC 7435: opportunistic security must not make delivery worse
+//! than cleartext). The report says which [`TlsMode`] carried the mail.
+//!
+//! Bytes that arrive after the 220 to STARTTLS and before the handshake are refused
+//! (CVE-2011-0411-style injection). Not done here: choosing hosts and addresses (`mod.rs`),
+//! DANE/MTA-STS verification (later, as policies), BDAT, AUTH, connection reuse.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use super::dot::DotStuffer;
+use super::outcome::{Command, Peer, RecipientOutcome};
+use super::reply::{EnhancedCode, Extensions, Reply, ReplyError, parse_reply};
+use super::tls::{TlsMode, TlsPolicy, server_name};
+
+/// Size of the chunks read from the spool and written to the server.
+const CHUNK: usize = 64 * 1024;
+/// Longest wait for the reply to QUIT and the TLS close: politeness only.
+const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Settings shared by all transactions.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// Name sent in EHLO/HELO (`[server] hostname`).
+    pub helo_name: String,
+    /// TCP connect timeout per address.
+    pub connect_timeout: Duration,
+    /// Timeout for each reply, each write and the TLS handshake.
+    pub command_timeout: Duration,
+    /// rustls configuration for STARTTLS under [`TlsPolicy::Opportunistic`].
+    pub tls_config: Arc<rustls::ClientConfig>,
+}
+
+/// The envelope of one transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct Transaction<'a> {
+    /// Reverse-path; empty for the null sender `<>`.
+    pub sender: &'a str,
+    /// Forward-paths, in the order outcomes are reported.
+    pub recipients: &'a [String],
+    /// Message size in bytes for `SIZE=`.
+    pub size: u64,
+    /// The message has 8-bit content (`BODY=8BITMIME` when offered).
+    pub body_8bit: bool,
+    /// The envelope or headers need SMTPUTF8.
+    pub smtputf8: bool,
+}
+
+/// Opens the message to send, from its first byte, each time a DATA is about to start.
+pub trait MessageSource: Sync {
+    /// The message as it must be sent: CRLF line endings, not dot-stuffed.
+    fn open(
+        &self,
+    ) -> impl Future<Output = io::Result<Box<dyn AsyncRead + Send + Unpin>>> + Send;
+}
+
+/// A transaction answer from one server.
+#[derive(Debug, Clone)]
+pub struct TransactionReport {
+    /// Host and address that answered.
+    pub peer: Peer,
+    /// The protection the conversation had.
+    pub tls: TlsMode,
+    /// One outcome per recipient, in the order of [`Transaction::recipients`].
+    pub recipients: Vec<RecipientOutcome>,
+}
+
+/// A conversation that ended without a transaction answer. Always temporary for the
+/// recipients; the next address may do better.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// TCP connect failed.
+    #[error("connect failed: {source}")]
+    Connect {
+        /// The socket error.
+        source: io::Error,
+    },
+    /// TCP connect did not finish in time.
+    #[error("connect timeout after {after:?}")]
+    ConnectTimeout {
+        /// The configured connect timeout.
+        after: Duration,
+    },
+    /// A reply or a write took longer than `command_timeout`.
+    #[error("timeout after {after:?} waiting for the reply to {phase}")]
+    Timeout {
+        /// The command waited on.
+        phase: Command,
+        /// The configured timeout.
+        after: Duration,
+    },
+    /// A socket error.
+    #[error("connection error during {phase}: {source}")]
+    Io {
+        /// The command in progress.
+        phase: Command,
+        /// The socket error.
+        source: io::Error,
+    },
+    /// The server closed the connection.
+    #[error("connection closed by server during {phase}")]
+    Closed {
+        /// The command in progress.
+        phase: Command,
+    },
+    /// The server sent something that is not an SMTP reply.
+    #[error("protocol error in reply to {phase}: {source}")]
+    Protocol {
+        /// The command answered.
+        phase: Command,
+        /// What was wrong.
+        source: ReplyError,
+    },
+    /// The server refused the session (greeting, EHLO/HELO) or closed it with 421.
+    #[error("{reply} (in reply to {phase})")]
+    Rejected {
+        /// The command answered.
+        phase: Command,
+        /// The reply.
+        reply: Reply,
+    },
+    /// The TLS handshake after STARTTLS failed.
+    #[error("TLS handshake failed: {source}")]
+    TlsHandshake {
+        /// The rustls or socket error.
+        source: io::Error,
+    },
+    /// The server sent bytes after its 220 to STARTTLS, before the handshake.
+    #[error("server sent data after its reply to STARTTLS")]
+    PipelinedAfterStartTls,
+}
+
+impl ClientError {
+    /// The RFC 3463 status a DSN would give (always class 4).
+    pub fn status(&self) -> EnhancedCode {
+        match self {
+            // 4.4.1 "no answer from host".
+            ClientError::Connect { .. } | ClientError::ConnectTimeout { .. } => {
+                EnhancedCode::new(4, 4, 1)
+            }
+            // 4.4.2 "bad connection".
+            ClientError::Timeout { .. } | ClientError::Io { .. } | ClientError::Closed { .. } => {
+                EnhancedCode::new(4, 4, 2)
+            }
+            // 4.5.0 "other or undefined protocol status".
+            ClientError::Protocol { .. } => EnhancedCode::new(4, 5, 0),
+            ClientError::Rejected { reply, .. } => match reply.enhanced {
+                Some(e) if e.class == 4 => e,
+                Some(e) => EnhancedCode::new(4, e.subject, e.detail),
+                None => EnhancedCode::new(4, 0, 0),
+            },
+            // 4.7.0 "other or undefined security status".
+            ClientError::TlsHandshake { .. } | ClientError::PipelinedAfterStartTls => {
+                EnhancedCode::new(4, 7, 0)
+            }
+        }
+    }
+}
+
+/// Runs one transaction with `peer` under `policy`, falling back to cleartext on the same
+/// address if the TLS handshake fails and the policy allows it.
+///
+/// # Errors
+/// [`ClientError`] when no transaction answer was obtained (see the module documentation).
+pub async fn deliver<S: MessageSource>(
+    settings: &ClientSettings,
+    peer: &Peer,
+    policy: TlsPolicy,
+    txn: &Transaction<'_>,
+    source: &S,
+) -> Result<TransactionReport, ClientError> {
+    match attempt(settings, peer, policy, txn, source).await {
+        Err(ClientError::TlsHandshake { source: error }) if policy.allows_plaintext_fallback() => {
+            tracing::info!(
+                mx = %peer.host,
+                ip = %peer.addr.ip(),
+                error = %error,
+                "TLS handshake failed, retrying the same host in plaintext"
+            );
+            attempt(settings, peer, TlsPolicy::Plaintext, txn, source).await
+        }
+        other => other,
+    }
+}
+
+async fn attempt<S: MessageSource>(
+    settings: &ClientSettings,
+    peer: &Peer,
+    policy: TlsPolicy,
+    txn: &Transaction<'_>,
+    source: &S,
+) -> Result<TransactionReport, ClientError> {
+    let mut session = Session::connect(settings, peer).await?;
+    let result = converse(&mut session, settings, peer, policy, txn, source).await;
+    session.quit().await;
+    result
+}
+
+async fn converse<S: MessageSource>(
+    session: &mut Session,
+    settings: &ClientSettings,
+    peer: &Peer,
+    policy: TlsPolicy,
+    txn: &Transaction<'_>,
+    source: &S,
+) -> Result<TransactionReport, ClientError> {
+    let greeting = session.read_reply(Command::Greeting).await?;
+    if !greeting.is_positive() {
+        // RFC 5321 3.1 / 4.3.2: 554 (or 421) instead of 220; Postfix's smtp_skip_5xx_greeting.
+        return Err(ClientError::Rejected { phase: Command::Greeting, reply: greeting });
+    }
+    let mut ext = session.hello(&settings.helo_name).await?;
+    let mut tls = TlsMode::Plaintext;
+    if policy.attempts_starttls() && ext.starttls {
+        let reply = session.command("STARTTLS\r\n", Command::StartTls).await?;
+        if reply.code == 220 {
+            session.start_tls(settings, peer).await?;
+            tls = session.tls_mode();
+            ext = session.hello(&settings.helo_name).await?;
+        } else if reply.code == 421 {
+            return Err(ClientError::Rejected { phase: Command::StartTls, reply });
+        }
+        // Any other refusal (454 "TLS not available"): RFC 3207 section 4 lets the client go
+        // on in cleartext, which is what the opportunistic policy wants.
+    }
+    let recipients = session.transaction(peer, txn, &ext, source).await?;
+    Ok(TransactionReport { peer: peer.clone(), tls, recipients })
+}
+
+/// The `MAIL FROM` command line with the parameters the server supports.
+pub fn mail_command(txn: &Transaction<'_>, ext: &Extensions) -> String {
+    let mut line = format!("MAIL FROM:<{}>", txn.sender);
+    if ext.size.is_some() {
+        line.push_str(&format!(" SIZE={}", txn.size));
+    }
+    // Without 8BITMIME the message goes as it is (RFC 6152 section 3 would have us
+    // downgrade or bounce; every current MTA accepts 8-bit data, as Postfix assumes).
+    if txn.body_8bit && ext.eight_bit_mime {
+        line.push_str(" BODY=8BITMIME");
+    }
+    if txn.smtputf8 && ext.smtputf8 {
+        line.push_str(" SMTPUTF8");
+    }
+    line.push_str("\r\n");
+    line
+}
+
+/// The `RCPT TO` command line.
+pub fn rcpt_command(recipient: &str) -> String {
+    format!("RCPT TO:<{recipient}>\r\n")
+}
+
+/// An address that cannot be put between angle brackets on a command line.
+pub fn is_unsendable_address(address: &str) -> bool {
+    address.chars().any(|c| c.is_control() || c == '<' || c == '>')
+}
+
+/// The transport under a session: TCP, then TLS after STARTTLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Transient state while the TCP stream is handed to the TLS handshake.
+    Upgrading,
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Upgrading => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Upgrading => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Upgrading => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Upgrading => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// One connection: the stream, bytes read but not parsed yet, and whether it can still carry
+/// commands.
+struct Session {
+    stream: Stream,
+    buf: Vec<u8>,
+    command_timeout: Duration,
+    /// False once the conversation is in an unknown state (inside DATA, after an error):
+    /// QUIT would then be read as message text, so the connection is only closed.
+    usable: bool,
+}
+
+impl Session {
+    async fn connect(settings: &ClientSettings, peer: &Peer) -> Result<Self, ClientError> {
+        let tcp = match timeout(settings.connect_timeout, TcpStream::connect(peer.addr)).await {
+            Err(_) => return Err(ClientError::ConnectTimeout { after: settings.connect_timeout }),
+            Ok(Err(source)) => return Err(ClientError::Connect { source }),
+            Ok(Ok(tcp)) => tcp,
+        };
+        // Commands are small and each waits for its reply: no Nagle delay.
+        let _ = tcp.set_nodelay(true);
+        Ok(Self {
+            stream: Stream::Plain(tcp),
+            buf: Vec::with_capacity(1024),
+            command_timeout: settings.command_timeout,
+            usable: true,
+        })
+    }
+
+    /// Reads one whole reply within `command_timeout`.
+    async fn read_reply(&mut self, phase: Command) -> Result<Reply, ClientError> {
+        let deadline = Instant::now() + self.command_timeout;
+        let result = self.read_reply_until(phase, deadline).await;
+        if result.is_err() {
+            self.usable = false;
+        }
+        result
+    }
+
+    async fn read_reply_until(
+        &mut self,
+        phase: Command,
+        deadline: Instant,
+    ) -> Result<Reply, ClientError> {
+        loop {
+            match parse_reply(&self.buf) {
+                Ok(Some((reply, used))) => {
+                    self.buf.drain(..used);
+                    return Ok(reply);
+                }
+                Ok(None) => {}
+                Err(source) => return Err(ClientError::Protocol { phase, source }),
+            }
+            self.buf.reserve(4096);
+            let read = timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await;
+            match read {
+                Err(_) => return Err(ClientError::Timeout { phase, after: self.command_timeout }),
+                Ok(Err(source)) => return Err(ClientError::Io { phase, source }),
+                Ok(Ok(0)) => return Err(ClientError::Closed { phase }),
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Writes and flushes `bytes` within `command_timeout`.
+    async fn write(&mut self, bytes: &[u8], phase: Command) -> Result<(), ClientError> {
+        let stream = &mut self.stream;
+        let io = async {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        };
+        let result = match timeout(self.command_timeout, io).await {
+            Err(_) => Err(ClientError::Timeout { phase, after: self.command_timeout }),
+            Ok(Err(source)) => Err(ClientError::Io { phase, source }),
+            Ok(Ok(())) => Ok(()),
+        };
+        if result.is_err() {
+            self.usable = false;
+        }
+        result
+    }
+
+    async fn command(&mut self, line: &str, phase: Command) -> Result<Reply, ClientError> {
+        self.write(line.as_bytes(), phase).await?;
+        self.read_reply(phase).await
+    }
+
+    /// EHLO, or HELO when EHLO is refused with 5yz (RFC 5321 3.2).
+    async fn hello(&mut self, name: &str) -> Result<Extensions, ClientError> {
+        let reply = self.command(&format!("EHLO {name}\r\n"), Command::Ehlo).await?;
+        if reply.is_positive() {
+            return Ok(Extensions::from_ehlo(&reply));
+        }
+        if !reply.is_permanent() {
+            return Err(ClientError::Rejected { phase: Command::Ehlo, reply });
+        }
+        let reply = self.command(&format!("HELO {name}\r\n"), Command::Helo).await?;
+        if reply.is_positive() {
+            Ok(Extensions::default())
+        } else {
+            Err(ClientError::Rejected { phase: Command::Helo, reply })
+        }
+    }
+
+    /// The TLS handshake after a 220 to STARTTLS.
+    async fn start_tls(&mut self, settings: &ClientSettings, peer: &Peer) -> Result<(), ClientError> {
+        if !self.buf.is_empty() {
+            self.usable = false;
+            return Err(ClientError::PipelinedAfterStartTls);
+        }
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Upgrading) else {
+            self.usable = false;
+            return Err(ClientError::TlsHandshake { source: io::Error::other("TLS already active") });
+        };
+        let connector = TlsConnector::from(settings.tls_config.clone());
+        let name = server_name(&peer.host, peer.addr.ip());
+        match timeout(self.command_timeout, connector.connect(name, tcp)).await {
+            Ok(Ok(tls)) => {
+                self.stream = Stream::Tls(Box::new(tls));
+                Ok(())
+            }
+            Ok(Err(source)) => {
+                self.usable = false;
+                Err(ClientError::TlsHandshake { source })
+            }
+            Err(_) => {
+                self.usable = false;
+                let source = io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no handshake within {:?}", self.command_timeout),
+                );
+                Err(ClientError::TlsHandshake { source })
+            }
+        }
+    }
+
+    fn tls_mode(&self) -> TlsMode {
+        match &self.stream {
+            Stream::Tls(tls) => TlsMode::opportunistic(tls.get_ref().1),
+            Stream::Plain(_) | Stream::Upgrading => TlsMode::Plaintext,
+        }
+    }
+
+    /// MAIL, RCPT, DATA. `Ok` means the server answered the transaction.
+    async fn transaction<S: MessageSource>(
+        &mut self,
+        peer: &Peer,
+        txn: &Transaction<'_>,
+        ext: &Extensions,
+        source: &S,
+    ) -> Result<Vec<RecipientOutcome>, ClientError> {
+        let all = |outcome: RecipientOutcome| vec![outcome; txn.recipients.len()];
+        if txn.smtputf8 && !ext.smtputf8 {
+            // RFC 6531 section 3.4: such a message must not be sent to a server without
+            // SMTPUTF8; there is no downgrade (RFC 6857 is not implemented).
+            return Ok(all(RecipientOutcome::permanent(
+                EnhancedCode::new(5, 6, 7),
+                format!("{peer} does not support SMTPUTF8, which the message requires"),
+            )));
+        }
+        if is_unsendable_address(txn.sender) {
+            return Ok(all(RecipientOutcome::permanent(
+                EnhancedCode::new(5, 1, 7),
+                "sender address cannot be sent in SMTP",
+            )));
+        }
+
+        // Recipients that go on the wire, with their index in txn.recipients.
+        let mut outcomes: Vec<Option<RecipientOutcome>> = vec![None; txn.recipients.len()];
+        let mut sendable = Vec::with_capacity(txn.recipients.len());
+        for (i, rcpt) in txn.recipients.iter().enumerate() {
+            if is_unsendable_address(rcpt) {
+                outcomes[i] = Some(RecipientOutcome::permanent(
+                    EnhancedCode::new(5, 1, 3),
+                    "recipient address cannot be sent in SMTP",
+                ));
+            } else {
+                sendable.push(i);
+            }
+        }
+        let finish = |outcomes: Vec<Option<RecipientOutcome>>, rest: &RecipientOutcome| {
+            outcomes.into_iter().map(|o| o.unwrap_or_else(|| rest.clone())).collect()
+        };
+        if sendable.is_empty() {
+            let none = RecipientOutcome::permanent(EnhancedCode::new(5, 1, 3), "no recipient");
+            return Ok(finish(outcomes, &none));
+        }
+
+        let mut batch = mail_command(txn, ext);
+        if ext.pipelining {
+            for &i in &sendable {
+                batch.push_str(&rcpt_command(&txn.recipients[i]));
+            }
+        }
+        self.write(batch.as_bytes(), Command::Mail).await?;
+        let mail = self.read_reply(Command::Mail).await?;
+        if !mail.is_positive() {
+            if ext.pipelining {
+                // The RCPT replies (503 after a refused MAIL) must be read before QUIT.
+                for _ in &sendable {
+                    if self.read_reply(Command::Rcpt).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            if mail.code == 421 {
+                return Err(ClientError::Rejected { phase: Command::Mail, reply: mail });
+            }
+            let outcome = RecipientOutcome::from_reply(peer, Command::Mail, &mail);
+            return Ok(finish(outcomes, &outcome));
+        }
+
+        let mut accepted = Vec::with_capacity(sendable.len());
+        for &i in &sendable {
+            let rcpt = &txn.recipients[i];
+            let reply = if ext.pipelining {
+                self.read_reply(Command::Rcpt).await?
+            } else {
+                self.command(&rcpt_command(rcpt), Command::Rcpt).await?
+            };
+            if reply.code == 421 {
+                // The server is closing: nothing was delivered, another address may work.
+                self.usable = false;
+                return Err(ClientError::Rejected { phase: Command::Rcpt, reply });
+            }
+            if reply.is_positive() {
+                accepted.push(i);
+            } else {
+                outcomes[i] = Some(RecipientOutcome::from_reply(peer, Command::Rcpt, &reply));
+            }
+        }
+        if accepted.is_empty() {
+            // Every recipient has its RCPT reply; the fallback below is never used.
+            let unused = RecipientOutcome::temporary(EnhancedCode::new(4, 0, 0), "no reply");
+            return Ok(finish(outcomes, &unused));
+        }
+
+        let body = match source.open().await {
+            Ok(body) => body,
+            Err(e) => {
+                let local = RecipientOutcome::temporary(
+                    EnhancedCode::new(4, 3, 0),
+                    format!("cannot read the queued message: {e}"),
+                );
+                return Ok(finish(outcomes, &local));
+            }
+        };
+        let data = self.command("DATA\r\n", Command::Data).await?;
+        if data.code != 354 {
+            let outcome = RecipientOutcome::from_reply(peer, Command::Data, &data);
+            return Ok(finish(outcomes, &outcome));
+        }
+        let end = match self.send_body(body).await {
+            Ok(BodyEnd::Sent) => match self.read_reply(Command::DataEnd).await {
+                Ok(reply) => RecipientOutcome::from_reply(peer, Command::DataEnd, &reply),
+                Err(e) => RecipientOutcome::temporary(
+                    e.status(),
+                    format!("{peer}: {e}; delivery status unknown"),
+                ),
+            },
+            Ok(BodyEnd::SourceFailed(e)) => RecipientOutcome::temporary(
+                EnhancedCode::new(4, 3, 0),
+                format!("reading the queued message failed during DATA: {e}"),
+            ),
+            Err(e) => return Err(e),
+        };
+        Ok(finish(outcomes, &end))
+    }
+
+    /// Streams the message, dot-stuffed, and the end marker.
+    async fn send_body(
+        &mut self,
+        mut body: Box<dyn AsyncRead + Send + Unpin>,
+    ) -> Result<BodyEnd, ClientError> {
+        // From here until the final reply, QUIT would be message text.
+        self.usable = false;
+        let mut input = vec![0u8; CHUNK];
+        let mut out = Vec::with_capacity(CHUNK + CHUNK / 32);
+        let mut stuffer = DotStuffer::new();
+        loop {
+            let n = match body.read(&mut input).await {
+                Ok(0) => break,
+                Ok(n) => n,
+                // The end marker is never sent: the server discards the partial message
+                // when the connection closes (RFC 5321 4.1.1.4).
+                Err(e) => return Ok(BodyEnd::SourceFailed(e)),
+            };
+            out.clear();
+            stuffer.encode(&input[..n], &mut out);
+            self.write(&out, Command::DataEnd).await?;
+        }
+        out.clear();
+        stuffer.finish(&mut out);
+        self.write(&out, Command::DataEnd).await?;
+        self.usable = true;
+        Ok(BodyEnd::Sent)
+    }
+
+    /// QUIT and close; errors do not matter any more (RFC 5321 4.1.1.10).
+    async fn quit(&mut self) {
+        if self.usable {
+            let quit = async {
+                self.stream.write_all(b"QUIT\r\n").await?;
+                self.stream.flush().await?;
+                // The 221 itself is of no interest; wait for it so the server does not see a
+                // reset before it has answered.
+                let mut scratch = [0u8; 512];
+                let _ = self.stream.read(&mut scratch).await?;
+                io::Result::Ok(())
+            };
+            let _ = timeout(QUIT_TIMEOUT, quit).await;
+        }
+        let _ = timeout(QUIT_TIMEOUT, self.stream.shutdown()).await;
+    }
+}
+
+/// How the body transfer ended when the connection survived.
+enum BodyEnd {
+    /// Message and end marker written.
+    Sent,
+    /// The spool could not be read; the end marker was not sent.
+    SourceFailed(io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn txn<'a>(sender: &'a str, recipients: &'a [String]) -> Transaction<'a> {
+        Transaction { sender, recipients, size: 1234, body_8bit: false, smtputf8: false }
+    }
+
+    #[test]
+    fn mail_command_adds_only_supported_parameters() {
+        let rcpts = vec!["b@example.org".to_string()];
+        let mut t = txn("a@example.com", &rcpts);
+        let none = Extensions::default();
+        assert_eq!(mail_command(&t, &none), "MAIL FROM:<a@example.com>\r\n");
+        let all = Extensions {
+            size: Some(0),
+            eight_bit_mime: true,
+            smtputf8: true,
+            ..Extensions::default()
+        };
+        assert_eq!(mail_command(&t, &all), "MAIL FROM:<a@example.com> SIZE=1234\r\n");
+        t.body_8bit = true;
+        t.smtputf8 = true;
+        assert_eq!(
+            mail_command(&t, &all),
+            "MAIL FROM:<a@example.com> SIZE=1234 BODY=8BITMIME SMTPUTF8\r\n"
+        );
+        assert_eq!(mail_command(&t, &none), "MAIL FROM:<a@example.com>\r\n");
+    }
+
+    #[test]
+    fn null_sender_and_rcpt() {
+        let rcpts = vec![];
+        assert_eq!(mail_command(&txn("", &rcpts), &Extensions::default()), "MAIL FROM:<>\r\n");
+        assert_eq!(rcpt_command("b@example.org"), "RCPT TO:<b@example.org>\r\n");
+    }
+
+    #[test]
+    fn unsendable_addresses() {
+        assert!(!is_unsendable_address("a@example.org"));
+        assert!(!is_unsendable_address("\"john doe\"@example.org"));
+        assert!(!is_unsendable_address("jörg@bücher.example"));
+        assert!(is_unsendable_address("a@example.org>\r\nRCPT TO:<x@y"));
+        assert!(is_unsendable_address("a<b@example.org"));
+    }
+
+    #[test]
+    fn client_errors_are_class_4() {
+        let reply = Reply { code: 554, enhanced: Some(EnhancedCode::new(5, 7, 1)), lines: vec![] };
+        let e = ClientError::Rejected { phase: Command::Greeting, reply };
+        assert_eq!(e.status(), EnhancedCode::new(4, 7, 1));
+        let e = ClientError::ConnectTimeout { after: Duration::from_secs(30) };
+        assert_eq!(e.status(), EnhancedCode::new(4, 4, 1));
+        assert_eq!(e.to_string(), "connect timeout after 30s");
+    }
+}

@@ -1,0 +1,144 @@
+//! The DATA encoder: dot-stuffing and the end-of-data marker for a message sent in chunks.
+//!
+//! RFC 5321 section 4.5.2: before sending a line, the client doubles a leading period, and
+//! section 4.1.1.4: the mail data ends with `CRLF . CRLF`. The encoder is streaming (messages
+//! reach 201 MB and are never held in memory whole): it keeps only whether the next byte
+//! starts a line and the last two bytes seen, so a chunk boundary may fall anywhere, even
+//! between CR and LF or just before a period.
+//!
+//! The spool guarantees CRLF line endings, so the encoder does not rewrite line endings. A
+//! period after a bare LF is still stuffed, because some receivers end lines at a bare LF.
+//! When the message already ends with CRLF, only `. CRLF` is appended (no extra empty line,
+//! unlike lettre and mail-send; DKIM body hashes and byte-exact tests stay intact). Pure code;
+//! the client in `client.rs` does the reading and writing.
+
+/// Streaming dot-stuffer for the body of DATA.
+#[derive(Debug, Clone)]
+pub struct DotStuffer {
+    /// The next input byte starts a line.
+    at_line_start: bool,
+    /// The last two bytes of the input so far (`\r\n` before any input: an empty message
+    /// needs no extra line end).
+    last_two: [u8; 2],
+}
+
+impl Default for DotStuffer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DotStuffer {
+    /// A stuffer at the start of a message.
+    pub fn new() -> Self {
+        Self { at_line_start: true, last_two: *b"\r\n" }
+    }
+
+    /// Appends the stuffed form of `input` to `out`.
+    pub fn encode(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        out.reserve(input.len() + input.len() / 64 + 2);
+        let mut rest = input;
+        while let [first, ..] = rest {
+            if self.at_line_start && *first == b'.' {
+                out.push(b'.');
+            }
+            match rest.iter().position(|&b| b == b'\n') {
+                Some(end) => {
+                    out.extend_from_slice(&rest[..=end]);
+                    rest = &rest[end + 1..];
+                    self.at_line_start = true;
+                }
+                None => {
+                    out.extend_from_slice(rest);
+                    rest = &[];
+                    self.at_line_start = false;
+                }
+            }
+        }
+        match input {
+            [] => {}
+            [only] => self.last_two = [self.last_two[1], *only],
+            [.., a, b] => self.last_two = [*a, *b],
+        }
+    }
+
+    /// Appends the end-of-data marker: `.CRLF` after a final CRLF, else `CRLF.CRLF`.
+    pub fn finish(self, out: &mut Vec<u8>) {
+        if self.last_two != *b"\r\n" {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stuff_in_chunks(input: &[u8], chunk: usize) -> Vec<u8> {
+        let mut s = DotStuffer::new();
+        let mut out = Vec::new();
+        for part in input.chunks(chunk.max(1)) {
+            s.encode(part, &mut out);
+        }
+        s.finish(&mut out);
+        out
+    }
+
+    fn stuff(input: &[u8]) -> Vec<u8> {
+        stuff_in_chunks(input, input.len())
+    }
+
+    #[test]
+    fn leading_periods_are_doubled() {
+        assert_eq!(
+            stuff(b".hidden\r\nmid.dle\r\n.\r\n..two\r\n"),
+            b"..hidden\r\nmid.dle\r\n..\r\n...two\r\n.\r\n"
+        );
+    }
+
+    #[test]
+    fn message_ending_in_crlf_gets_no_extra_line() {
+        assert_eq!(stuff(b"Subject: x\r\n\r\nbody\r\n"), b"Subject: x\r\n\r\nbody\r\n.\r\n");
+    }
+
+    #[test]
+    fn message_without_final_crlf_gets_one() {
+        assert_eq!(stuff(b"Subject: x\r\n\r\nbody"), b"Subject: x\r\n\r\nbody\r\n.\r\n");
+        assert_eq!(stuff(b"body\n"), b"body\n\r\n.\r\n");
+        assert_eq!(stuff(b"body\r"), b"body\r\r\n.\r\n");
+    }
+
+    #[test]
+    fn empty_message() {
+        assert_eq!(stuff(b""), b".\r\n");
+    }
+
+    #[test]
+    fn period_after_bare_lf_is_stuffed() {
+        assert_eq!(stuff(b"a\n.b\r\n"), b"a\n..b\r\n.\r\n");
+    }
+
+    #[test]
+    fn chunk_boundaries_do_not_matter() {
+        let input = b".a\r\n.\r\n\r\n..\r\nx.y\r\n.\r\nend.\r\n.";
+        let whole = stuff(input);
+        for chunk in 1..input.len() {
+            assert_eq!(stuff_in_chunks(input, chunk), whole, "chunk size {chunk}");
+        }
+        let ends_crlf = b"abc\r\n";
+        for chunk in 1..ends_crlf.len() {
+            assert_eq!(stuff_in_chunks(ends_crlf, chunk), b"abc\r\n.\r\n", "chunk size {chunk}");
+        }
+    }
+
+    #[test]
+    fn no_line_of_the_output_is_a_lone_period_before_the_end() {
+        let input = b"x\r\n.\r\n.\r\n";
+        let out = stuff(input);
+        let lines: Vec<&[u8]> = out.split(|&b| b == b'\n').collect();
+        let lone = lines.iter().filter(|l| **l == b".\r").count();
+        assert_eq!(lone, 1, "{:?}", String::from_utf8_lossy(&out));
+        assert!(out.ends_with(b"\r\n.\r\n"));
+    }
+}

@@ -1,0 +1,667 @@
+//! Delivery: empties the spool by sending each message to its recipients' mail exchangers.
+//!
+//! The worker ([`run`]) takes due messages from the spool, at most `[delivery] workers` at a
+//! time, and delivers each in a task of its own:
+//! 1. the pending recipients are grouped by destination: their domain (lower case), or one
+//!    group for everything when `[delivery] relayhost` is set (all mail goes to the same host,
+//!    so one transaction carries all recipients, as Postfix groups by next hop);
+//! 2. per group, one SMTP transaction: the route (relay host, address literal, or MX hosts in
+//!    `mx.rs` order), then each address of each host in turn (`client.rs`) until one gives a
+//!    transaction answer (RFC 5321 section 5.1), at most [`MAX_ADDRESSES`] addresses;
+//! 3. every recipient's outcome goes to the spool in one `record_attempt`, with the retry time
+//!    from `retry.rs` when some are still pending; when the message is `max_age` old instead,
+//!    those recipients fail as expired (status 4.4.7 in the text, RFC 3463).
+//!
+//! Logging: one `info` line per distinct outcome of a transaction (queue id, recipients, MX
+//! host, IP, TLS mode, reply, result); never message content. Metrics: one
+//! `delivery_attempt(result)` per recipient and attempt, result `delivered`, `deferred` or
+//! `failed`.
+//!
+//! Shutdown: no new message is taken; a message in progress finishes its current transaction,
+//! groups not started yet are deferred (4.3.2) and recorded, so nothing is lost. With
+//! `workers = 0` nothing is delivered at all (maintenance).
+//!
+//! Fail-closed: a resolver that cannot be set up, a relay host that does not resolve, or a
+//! queued message that cannot be read defer mail; they never send it elsewhere or drop it.
+//!
+//! Not here (later): DANE (RFC 7672) and MTA-STS (RFC 8461) as further [`tls::TlsPolicy`]
+//! variants chosen per destination, DSNs (RFC 3464) from the stored outcomes, per-destination
+//! concurrency limits, connection reuse.
+
+pub mod client;
+pub mod dot;
+pub mod mx;
+pub mod outcome;
+pub mod reply;
+pub mod retry;
+pub mod tls;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use hickory_resolver::TokioResolver;
+use tokio::io::AsyncRead;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::spool::{Envelope, QueuedMessage, RecipientResult, RecipientStatus, Spool};
+use client::{ClientSettings, MessageSource, Transaction};
+use mx::MxHost;
+pub use outcome::DeliveryError;
+use outcome::{Peer, RecipientOutcome, Verdict};
+use reply::EnhancedCode;
+use tls::{TlsMode, TlsPolicy};
+
+/// Most addresses tried for one destination in one attempt (Postfix's
+/// `smtp_mx_address_limit` is 5; more MX hosts than this is misconfiguration, and each dead
+/// address can cost a connect timeout).
+pub const MAX_ADDRESSES: usize = 10;
+
+/// Parses `[delivery] relayhost`: `HOST`, `HOST:PORT`, `[HOST]`, `[HOST]:PORT`, `[IPV6]:PORT`
+/// (also `[IPv6:...]`), a bare IP address. Returns host (brackets removed) and port
+/// (`default_port` when absent). `None` when the text is none of these.
+///
+/// The relay host never gets an MX lookup, so brackets only serve to delimit an IPv6 address;
+/// a name is resolved with A/AAAA, an IP address is used as it is.
+pub fn parse_relayhost(text: &str, default_port: u16) -> Option<(String, u16)> {
+    let text = text.trim();
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        let port = if after.is_empty() { None } else { Some(after.strip_prefix(':')?) };
+        let inside = match inside.get(..5) {
+            Some(prefix) if prefix.eq_ignore_ascii_case("IPv6:") => {
+                inside[5..].parse::<Ipv6Addr>().ok()?;
+                &inside[5..]
+            }
+            _ => inside,
+        };
+        (inside, port)
+    } else if text.parse::<Ipv6Addr>().is_ok() {
+        (text, None)
+    } else {
+        match text.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        }
+    };
+    let port = match port {
+        None => default_port,
+        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => p.parse().ok()?,
+        Some(_) => return None,
+    };
+    if port == 0 || !(host.parse::<IpAddr>().is_ok() || is_host_name(host)) {
+        return None;
+    }
+    Some((host.trim_end_matches('.').to_string(), port))
+}
+
+/// A DNS host name in LDH form (underscore tolerated), optional trailing dot.
+fn is_host_name(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// The domain part of an address, lower case; `None` without `@`.
+fn domain_of(address: &str) -> Option<String> {
+    let (_, domain) = address.rsplit_once('@')?;
+    (!domain.is_empty()).then(|| domain.to_lowercase())
+}
+
+/// Where one group of recipients goes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Destination {
+    /// `[delivery] relayhost`.
+    Relay,
+    /// The recipients' domain (lower case).
+    Domain(String),
+    /// Recipients without a domain (cannot be routed by MX).
+    NoDomain,
+}
+
+/// Groups recipients, given as (index into the envelope, address) of the pending ones, by
+/// destination; each group keeps the envelope order.
+fn group_recipients<'a>(
+    pending: impl IntoIterator<Item = (usize, &'a str)>,
+    relay: bool,
+) -> BTreeMap<Destination, Vec<usize>> {
+    let mut groups: BTreeMap<Destination, Vec<usize>> = BTreeMap::new();
+    for (i, address) in pending {
+        let destination = if relay {
+            Destination::Relay
+        } else {
+            domain_of(address).map_or(Destination::NoDomain, Destination::Domain)
+        };
+        groups.entry(destination).or_default().push(i);
+    }
+    groups
+}
+
+/// The delivery worker: runs until `shutdown`, then waits for deliveries in progress.
+pub async fn run(
+    spool: Arc<Spool>,
+    config: Arc<Config>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let workers = config.delivery.workers;
+    if workers == 0 {
+        tracing::warn!("delivery.workers = 0: mail is kept in the spool and not delivered");
+        shutdown.cancelled().await;
+        return;
+    }
+    let relay = match &config.delivery.relayhost {
+        None => None,
+        Some(text) => match parse_relayhost(text, config.delivery.port) {
+            Some(relay) => Some(relay),
+            None => {
+                // Config::load refuses this; never fall back to MX delivery behind the
+                // operator's back.
+                tracing::error!(relayhost = %text, "invalid delivery.relayhost: delivery stopped");
+                shutdown.cancelled().await;
+                return;
+            }
+        },
+    };
+    let tls_config = match tls::opportunistic_client_config() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "delivery stopped");
+            shutdown.cancelled().await;
+            return;
+        }
+    };
+    let resolver = match mx::build_resolver(&config.dns) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::error!(error = %e, "DNS resolver unavailable; deliveries are deferred until it can be set up");
+            None
+        }
+    };
+    let worker = Arc::new(Worker {
+        client: ClientSettings {
+            helo_name: config.server.hostname.clone(),
+            connect_timeout: config.delivery.connect_timeout,
+            command_timeout: config.delivery.command_timeout,
+            tls_config,
+        },
+        spool,
+        config,
+        metrics,
+        resolver: Mutex::new(resolver),
+        relay,
+        shutdown: shutdown.clone(),
+    });
+    tracing::info!(workers, relayhost = ?worker.relay, "delivery started");
+
+    let permits = Arc::new(Semaphore::new(workers));
+    let tasks = TaskTracker::new();
+    loop {
+        // The permit comes first: a message taken from the spool is marked in flight and must
+        // always be recorded, so it is only taken once a worker slot is free.
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let queued = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            queued = worker.spool.next_due() => queued,
+        };
+        let worker = worker.clone();
+        tasks.spawn(async move {
+            worker.deliver_message(queued).await;
+            drop(permit);
+        });
+    }
+    tasks.close();
+    if !tasks.is_empty() {
+        tracing::info!(in_flight = tasks.len(), "delivery stopping: finishing current transactions");
+    }
+    tasks.wait().await;
+    tracing::info!("delivery stopped");
+}
+
+/// Everything a delivery task needs.
+struct Worker {
+    spool: Arc<Spool>,
+    config: Arc<Config>,
+    metrics: Metrics,
+    /// `None` until the resolver can be built (retried for each destination).
+    resolver: Mutex<Option<TokioResolver>>,
+    /// Parsed `[delivery] relayhost`.
+    relay: Option<(String, u16)>,
+    client: ClientSettings,
+    shutdown: CancellationToken,
+}
+
+/// The outcome of one group: where it went and what each recipient got.
+struct GroupOutcome {
+    /// The server that answered, or the last one tried.
+    peer: Option<Peer>,
+    /// TLS of the answering session.
+    tls: Option<TlsMode>,
+    /// (envelope index, outcome).
+    recipients: Vec<(usize, RecipientOutcome)>,
+}
+
+/// Reads the spooled message for the client.
+struct SpoolMessage<'a> {
+    spool: &'a Spool,
+    envelope: &'a Envelope,
+}
+
+impl MessageSource for SpoolMessage<'_> {
+    fn open(
+        &self,
+    ) -> impl std::future::Future<Output = io::Result<Box<dyn AsyncRead + Send + Unpin>>> + Send
+    {
+        async move { self.spool.open_message(self.envelope).await.map_err(io::Error::other) }
+    }
+}
+
+impl Worker {
+    fn resolver(&self) -> Result<TokioResolver, DeliveryError> {
+        let mut slot = self.resolver.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(resolver) = slot.as_ref() {
+            return Ok(resolver.clone());
+        }
+        let resolver = mx::build_resolver(&self.config.dns)
+            .map_err(|e| DeliveryError::ResolverUnavailable(e.to_string()))?;
+        *slot = Some(resolver.clone());
+        Ok(resolver)
+    }
+
+    async fn deliver_message(&self, queued: QueuedMessage) {
+        let envelope = &queued.envelope;
+        let mut groups = Vec::new();
+        let pending = envelope
+            .recipients
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| matches!(r.status, RecipientStatus::Pending))
+            .map(|(i, r)| (i, r.address.as_str()));
+        for (destination, indices) in group_recipients(pending, self.relay.is_some()) {
+            let recipients: Vec<String> =
+                indices.iter().map(|&i| envelope.recipients[i].address.clone()).collect();
+            let outcome = if self.shutdown.is_cancelled() {
+                self.failed_group(&indices, None, &DeliveryError::Shutdown)
+            } else {
+                self.deliver_group(envelope, &destination, &indices, &recipients).await
+            };
+            groups.push((recipients, outcome));
+        }
+        self.record(queued.attempts, envelope, groups).await;
+    }
+
+    /// One transaction for one destination.
+    async fn deliver_group(
+        &self,
+        envelope: &Envelope,
+        destination: &Destination,
+        indices: &[usize],
+        recipients: &[String],
+    ) -> GroupOutcome {
+        let txn = Transaction {
+            sender: &envelope.sender,
+            recipients,
+            size: envelope.size,
+            body_8bit: envelope.body_8bit,
+            smtputf8: envelope.smtputf8,
+        };
+        let source = SpoolMessage { spool: &self.spool, envelope };
+        let port = self.config.delivery.port;
+
+        let hosts: Vec<MxHost> = match destination {
+            Destination::NoDomain => {
+                let outcome = RecipientOutcome::permanent(
+                    EnhancedCode::new(5, 1, 3),
+                    "recipient address has no domain",
+                );
+                return GroupOutcome {
+                    peer: None,
+                    tls: None,
+                    recipients: indices.iter().map(|&i| (i, outcome.clone())).collect(),
+                };
+            }
+            Destination::Relay => match &self.relay {
+                Some((host, _)) => vec![MxHost { name: host.clone(), preference: 0 }],
+                None => Vec::new(),
+            },
+            Destination::Domain(domain) => match mx::address_literal(domain) {
+                Some(_) => vec![MxHost { name: domain.clone(), preference: 0 }],
+                None => {
+                    let resolver = match self.resolver() {
+                        Ok(r) => r,
+                        Err(e) => return self.failed_group(indices, None, &e),
+                    };
+                    match mx::lookup_mx(&resolver, domain).await {
+                        Ok(hosts) => hosts,
+                        Err(e) => return self.failed_group(indices, None, &e.into()),
+                    }
+                }
+            },
+        };
+        let (port, relay) = match (destination, &self.relay) {
+            (Destination::Relay, Some((_, relay_port))) => (*relay_port, true),
+            _ => (port, false),
+        };
+        // An implicit MX (the domain itself) or a relay host without addresses is a property
+        // of the route, not of one of several hosts.
+        let single_route = relay
+            || matches!(destination, Destination::Domain(d) if hosts.len() == 1 && hosts[0].name == *d);
+
+        let mut tried = 0;
+        let mut last: Option<(Peer, client::ClientError)> = None;
+        let mut lookup_failure: Option<mx::MxError> = None;
+        'hosts: for host in &hosts {
+            let addresses = match self.addresses_of(&host.name).await {
+                Ok(a) => a,
+                Err(e) => {
+                    lookup_failure = Some(e);
+                    continue;
+                }
+            };
+            for ip in addresses {
+                if tried == MAX_ADDRESSES || self.shutdown.is_cancelled() {
+                    break 'hosts;
+                }
+                tried += 1;
+                let peer = Peer { host: host.name.clone(), addr: SocketAddr::new(ip, port) };
+                match client::deliver(&self.client, &peer, TlsPolicy::Opportunistic, &txn, &source)
+                    .await
+                {
+                    Ok(report) => {
+                        return GroupOutcome {
+                            peer: Some(report.peer),
+                            tls: Some(report.tls),
+                            recipients: indices.iter().copied().zip(report.recipients).collect(),
+                        };
+                    }
+                    Err(error) => {
+                        tracing::debug!(
+                            queue_id = %envelope.id,
+                            mx = %peer.host,
+                            ip = %ip,
+                            error = %error,
+                            "no transaction with this address, trying the next"
+                        );
+                        last = Some((peer, error));
+                    }
+                }
+            }
+        }
+
+        let error = match (last, lookup_failure) {
+            (Some((peer, error)), _) => DeliveryError::Session { peer, error },
+            (None, _) if self.shutdown.is_cancelled() => DeliveryError::Shutdown,
+            (None, Some(e)) if relay => DeliveryError::Route(mx::MxError::RelayUnresolvable {
+                host: hosts.first().map(|h| h.name.clone()).unwrap_or_default(),
+                detail: e.to_string(),
+            }),
+            (None, Some(e)) => DeliveryError::Route(e),
+            (None, None) if relay => DeliveryError::Route(mx::MxError::RelayUnresolvable {
+                host: hosts.first().map(|h| h.name.clone()).unwrap_or_default(),
+                detail: "no A or AAAA records".to_string(),
+            }),
+            (None, None) if single_route => {
+                let domain = match destination {
+                    Destination::Domain(d) => d.clone(),
+                    _ => String::new(),
+                };
+                DeliveryError::Route(mx::MxError::NoMailHost { domain })
+            }
+            (None, None) => DeliveryError::NoAddresses {
+                domain: match destination {
+                    Destination::Domain(d) => d.clone(),
+                    _ => String::new(),
+                },
+                temporary: false,
+            },
+        };
+        let peer = match &error {
+            DeliveryError::Session { peer, .. } => Some(peer.clone()),
+            _ => None,
+        };
+        self.failed_group(indices, peer, &error)
+    }
+
+    /// The addresses of a host; a definitive "none" is `Ok(empty)`.
+    async fn addresses_of(&self, host: &str) -> Result<Vec<IpAddr>, mx::MxError> {
+        if let Some(ip) = mx::address_literal(host).or_else(|| host.parse().ok()) {
+            return Ok(vec![ip]);
+        }
+        let resolver = self.resolver().map_err(|e| mx::MxError::Temporary {
+            name: host.to_string(),
+            record_type: "A",
+            detail: e.to_string(),
+        })?;
+        mx::lookup_addresses(&resolver, host).await
+    }
+
+    fn failed_group(
+        &self,
+        indices: &[usize],
+        peer: Option<Peer>,
+        error: &DeliveryError,
+    ) -> GroupOutcome {
+        let outcome = RecipientOutcome::from_failure(error);
+        GroupOutcome {
+            peer,
+            tls: None,
+            recipients: indices.iter().map(|&i| (i, outcome.clone())).collect(),
+        }
+    }
+
+    /// Expiry, logging, metrics and the spool record for one attempt of a message.
+    async fn record(
+        &self,
+        attempts_before: u32,
+        envelope: &Envelope,
+        mut groups: Vec<(Vec<String>, GroupOutcome)>,
+    ) {
+        let now = SystemTime::now();
+        let any_temporary = groups
+            .iter()
+            .flat_map(|(_, g)| &g.recipients)
+            .any(|(_, o)| o.verdict == Verdict::Temporary);
+        let mut retry_at = None;
+        if any_temporary {
+            let first_queued =
+                SystemTime::UNIX_EPOCH + Duration::from_millis(envelope.received_at_ms);
+            let jitter = rand::random_range(-1.0..=1.0);
+            retry_at = retry::next_retry(
+                attempts_before.saturating_add(1),
+                first_queued,
+                now,
+                &self.config.delivery,
+                jitter,
+            );
+            if retry_at.is_none() {
+                let max_age = self.config.delivery.max_age;
+                for (_, group) in &mut groups {
+                    for (_, outcome) in &mut group.recipients {
+                        if outcome.verdict == Verdict::Temporary {
+                            *outcome = expired(outcome, max_age);
+                        }
+                    }
+                }
+            }
+        }
+
+        let mut results = Vec::new();
+        for (addresses, group) in &groups {
+            self.log_group(envelope, addresses, group);
+            for (index, outcome) in &group.recipients {
+                self.metrics.delivery_attempt(outcome.verdict.label());
+                let status = match outcome.verdict {
+                    Verdict::Delivered => RecipientStatus::Delivered,
+                    Verdict::Temporary => RecipientStatus::Pending,
+                    Verdict::Permanent => RecipientStatus::Failed,
+                };
+                results.push(RecipientResult { index: *index, status, reply: outcome.spool_text() });
+            }
+        }
+        if let Err(e) = self.spool.record_attempt(&envelope.id, results, retry_at).await {
+            tracing::error!(queue_id = %envelope.id, error = %e, "cannot record the delivery attempt");
+        }
+    }
+
+    /// One `info` line per distinct outcome in a group.
+    fn log_group(&self, envelope: &Envelope, addresses: &[String], group: &GroupOutcome) {
+        let (mx, ip) = match &group.peer {
+            Some(peer) => (peer.host.clone(), peer.addr.ip().to_string()),
+            None => ("-".to_string(), "-".to_string()),
+        };
+        let tls = group.tls.as_ref().map_or_else(|| "-".to_string(), TlsMode::to_string);
+        let mut lines: Vec<(&RecipientOutcome, Vec<&str>)> = Vec::new();
+        for (n, (_, outcome)) in group.recipients.iter().enumerate() {
+            let address = addresses.get(n).map_or("", String::as_str);
+            match lines.iter_mut().find(|(o, _)| *o == outcome) {
+                Some((_, list)) => list.push(address),
+                None => lines.push((outcome, vec![address])),
+            }
+        }
+        for (outcome, list) in lines {
+            tracing::info!(
+                queue_id = %envelope.id,
+                recipients = %list.join(","),
+                mx = %mx,
+                ip = %ip,
+                tls = %tls,
+                dsn = %outcome.status,
+                reply = %outcome.detail,
+                result = outcome.verdict.label(),
+                "delivery attempt"
+            );
+        }
+    }
+}
+
+/// A temporary outcome turned permanent because the message is too old (RFC 3463 x.4.7
+/// "delivery time expired").
+fn expired(last: &RecipientOutcome, max_age: Duration) -> RecipientOutcome {
+    RecipientOutcome::permanent(
+        EnhancedCode::new(5, 4, 7),
+        format!(
+            "expired: undelivered after {}; last error: {}",
+            format_age(max_age),
+            last.spool_text()
+        ),
+    )
+}
+
+fn format_age(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        s if s % 86_400 == 0 && s > 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 && s > 0 => format!("{}h", s / 3600),
+        s => format!("{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relayhost_forms() {
+        let p = |t| parse_relayhost(t, 25);
+        assert_eq!(p("smtp.example.net"), Some(("smtp.example.net".into(), 25)));
+        assert_eq!(p("smtp.example.net:587"), Some(("smtp.example.net".into(), 587)));
+        assert_eq!(p("smtp.example.net."), Some(("smtp.example.net".into(), 25)));
+        assert_eq!(p("[smtp.example.net]"), Some(("smtp.example.net".into(), 25)));
+        assert_eq!(p("[smtp.example.net]:2525"), Some(("smtp.example.net".into(), 2525)));
+        assert_eq!(p("192.0.2.7"), Some(("192.0.2.7".into(), 25)));
+        assert_eq!(p("192.0.2.7:2525"), Some(("192.0.2.7".into(), 2525)));
+        assert_eq!(p("[192.0.2.7]:2525"), Some(("192.0.2.7".into(), 2525)));
+        assert_eq!(p("[::1]:2525"), Some(("::1".into(), 2525)));
+        assert_eq!(p("[IPv6:2001:db8::1]"), Some(("2001:db8::1".into(), 25)));
+        assert_eq!(p("2001:db8::1"), Some(("2001:db8::1".into(), 25)));
+        assert_eq!(p(" relay_host.internal "), Some(("relay_host.internal".into(), 25)));
+        assert_eq!(parse_relayhost("localhost", 2525), Some(("localhost".into(), 2525)));
+    }
+
+    #[test]
+    fn relayhost_rejects() {
+        let p = |t| parse_relayhost(t, 25);
+        for bad in [
+            "",
+            ":25",
+            "host:",
+            "host:0",
+            "host:65536",
+            "host:+25",
+            "host:2x",
+            "[host",
+            "[host]25",
+            "[host]:",
+            "[]:25",
+            "2001:db8::1:25x",
+            "bad host",
+            "-bad.example",
+            "a..b",
+            "[IPv6:example.org]",
+            "host:25:26",
+        ] {
+            assert_eq!(p(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn recipients_group_by_domain_or_relay() {
+        let pending = [
+            (0, "a@Example.org"),
+            (2, "b@other.net"),
+            (3, "c@example.ORG"),
+            (5, "postmaster"),
+        ];
+        let groups = group_recipients(pending, false);
+        let expected: BTreeMap<Destination, Vec<usize>> = [
+            (Destination::Domain("example.org".into()), vec![0, 3]),
+            (Destination::Domain("other.net".into()), vec![2]),
+            (Destination::NoDomain, vec![5]),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(groups, expected);
+        let groups = group_recipients(pending, true);
+        assert_eq!(groups.into_iter().collect::<Vec<_>>(), [(Destination::Relay, vec![0, 2, 3, 5])]);
+    }
+
+    #[test]
+    fn domains_are_lowercased() {
+        assert_eq!(domain_of("Bob@Example.ORG"), Some("example.org".into()));
+        assert_eq!(domain_of("\"a@b\"@example.org"), Some("example.org".into()));
+        assert_eq!(domain_of("postmaster"), None);
+        assert_eq!(domain_of("bob@"), None);
+    }
+
+    #[test]
+    fn expiry_text() {
+        let last = RecipientOutcome::temporary(EnhancedCode::new(4, 4, 1), "mx[192.0.2.1]: connect failed");
+        let e = expired(&last, Duration::from_secs(5 * 86_400));
+        assert_eq!(e.verdict, Verdict::Permanent);
+        assert_eq!(
+            e.spool_text(),
+            "5.4.7 expired: undelivered after 5d; last error: 4.4.1 mx[192.0.2.1]: connect failed"
+        );
+        assert_eq!(format_age(Duration::from_secs(7200)), "2h");
+        assert_eq!(format_age(Duration::from_secs(90)), "90s");
+    }
+}

@@ -1,0 +1,464 @@
+//! Where mail for a domain goes: MX lookup, ordering, and the addresses of each host.
+//!
+//! Follows RFC 5321 section 5.1:
+//! - MX records are tried in order of preference, lowest first; hosts of equal preference in
+//!   random order, so load spreads over them;
+//! - a domain without MX records (the name exists, NODATA) has an implicit MX: the domain
+//!   itself, preference 0, with its own A/AAAA records;
+//! - a nonexistent domain (NXDOMAIN) is a permanent failure;
+//! - RFC 7505: a "null MX" (the only MX target is the root, `0 .`) means the domain accepts no
+//!   mail, a permanent failure (status 5.1.10). A root target next to real MX hosts is
+//!   ignored and the real hosts are used;
+//! - SERVFAIL, REFUSED, timeouts and anything else are temporary: the mail stays queued.
+//!
+//! Addresses: A and AAAA are asked in parallel. IPv4 addresses come first, then IPv6:
+//! hosting networks reliably have IPv4 egress with matching PTR and SPF, and an unreachable
+//! IPv6 path fails fast and falls through to the next address anyway.
+//!
+//! The decisions are pure functions ([`order_mx`], [`classify_lookup_error`],
+//! [`address_literal`]) so they are unit tested; [`lookup_mx`] and [`lookup_addresses`] are
+//! the thin async wrappers around hickory-resolver. Not here: DNSSEC validation and TLSA
+//! (DANE, later; the resolver is built so `validate` and a trust anchor can be added),
+//! MTA-STS, connecting (the client), the order in which addresses are tried across hosts
+//! (the worker in `mod.rs`).
+
+use std::net::IpAddr;
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::rr::{Name, RData};
+use rand::seq::SliceRandom;
+
+use super::reply::{EnhancedCode, clean_text};
+use crate::config::DnsConfig;
+
+/// One mail exchanger of a domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MxHost {
+    /// Host name in ASCII (A-labels), lower case, without trailing dot.
+    pub name: String,
+    /// MX preference; lower is tried first. 0 for an implicit MX.
+    pub preference: u16,
+}
+
+/// One MX record as received; `exchange` is `None` for the root name (RFC 7505 null MX).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MxRecord {
+    /// The MX preference.
+    pub preference: u16,
+    /// The exchange host name as for [`MxHost::name`], `None` for `.`.
+    pub exchange: Option<String>,
+}
+
+/// What a failed DNS lookup means for mail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupFailure {
+    /// NXDOMAIN: the name does not exist.
+    NxDomain,
+    /// NODATA: the name exists but has no record of the type asked.
+    NoData,
+    /// Anything else (SERVFAIL, REFUSED, timeout, network error, bogus DNSSEC): ask again
+    /// later. The text describes the failure.
+    Temporary(String),
+}
+
+/// Why a domain has no route, or none yet.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MxError {
+    /// RFC 7505 null MX.
+    #[error("domain {domain} does not accept mail (null MX)")]
+    NullMx {
+        /// The recipient domain.
+        domain: String,
+    },
+    /// NXDOMAIN for the recipient domain.
+    #[error("domain {domain} does not exist (NXDOMAIN)")]
+    NxDomain {
+        /// The recipient domain.
+        domain: String,
+    },
+    /// No MX records and no A/AAAA records either (RFC 5321 5.1: nothing to deliver to).
+    #[error("domain {domain} has no MX and no address records")]
+    NoMailHost {
+        /// The recipient domain.
+        domain: String,
+    },
+    /// The domain is not a valid DNS name.
+    #[error("invalid domain name {domain:?}")]
+    InvalidDomain {
+        /// The recipient domain as written.
+        domain: String,
+    },
+    /// A lookup failed in a way that may pass: SERVFAIL, timeout, network.
+    #[error("DNS lookup of {name} {record_type} failed: {detail}")]
+    Temporary {
+        /// The name asked for.
+        name: String,
+        /// `MX`, `A` or `AAAA`.
+        record_type: &'static str,
+        /// The resolver's description.
+        detail: String,
+    },
+    /// The configured relay host has no address (a configuration problem: the mail waits).
+    #[error("relay host {host} has no address: {detail}")]
+    RelayUnresolvable {
+        /// `[delivery] relayhost`.
+        host: String,
+        /// What DNS said.
+        detail: String,
+    },
+}
+
+impl MxError {
+    /// Whether the recipients of the domain should fail for good.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            MxError::NullMx { .. }
+            | MxError::NxDomain { .. }
+            | MxError::NoMailHost { .. }
+            | MxError::InvalidDomain { .. } => true,
+            MxError::Temporary { .. } | MxError::RelayUnresolvable { .. } => false,
+        }
+    }
+
+    /// The RFC 3463 status code (RFC 7505 section 4.2 for null MX).
+    pub fn status(&self) -> EnhancedCode {
+        match self {
+            MxError::NullMx { .. } => EnhancedCode::new(5, 1, 10),
+            MxError::NxDomain { .. } | MxError::InvalidDomain { .. } => EnhancedCode::new(5, 1, 2),
+            MxError::NoMailHost { .. } => EnhancedCode::new(5, 4, 4),
+            MxError::Temporary { .. } => EnhancedCode::new(4, 4, 3),
+            MxError::RelayUnresolvable { .. } => EnhancedCode::new(4, 4, 4),
+        }
+    }
+}
+
+/// The resolver could not be built (for example no readable `/etc/resolv.conf`).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the DNS resolver: {0}")]
+pub struct ResolverSetupError(#[from] NetError);
+
+/// Builds the resolver for delivery: the `[dns] servers` (each `IP:PORT`, asked over UDP with
+/// TCP for truncated answers), or the system configuration when the list is empty.
+///
+/// # Errors
+/// When the system configuration cannot be read.
+pub fn build_resolver(cfg: &DnsConfig) -> Result<TokioResolver, ResolverSetupError> {
+    let builder = if cfg.servers.is_empty() {
+        TokioResolver::builder_tokio()?
+    } else {
+        let servers = cfg
+            .servers
+            .iter()
+            .map(|addr| {
+                let mut udp = ConnectionConfig::udp();
+                udp.port = addr.port();
+                let mut tcp = ConnectionConfig::tcp();
+                tcp.port = addr.port();
+                NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
+            })
+            .collect();
+        TokioResolver::builder_with_config(
+            ResolverConfig::from_name_servers(servers),
+            TokioRuntimeProvider::default(),
+        )
+    };
+    Ok(builder.build()?)
+}
+
+/// The MX hosts of `domain` in the order to try them, or the implicit MX.
+///
+/// # Errors
+/// [`MxError`]: null MX, NXDOMAIN and invalid names are permanent, the rest temporary.
+pub async fn lookup_mx(resolver: &TokioResolver, domain: &str) -> Result<Vec<MxHost>, MxError> {
+    let name = fqdn(domain)?;
+    let records = match resolver.mx_lookup(name).await {
+        Ok(lookup) => lookup
+            .answers()
+            .iter()
+            .filter_map(|record| match &record.data {
+                RData::MX(mx) => Some(MxRecord {
+                    preference: mx.preference,
+                    exchange: (!mx.exchange.is_root()).then(|| host_name(&mx.exchange)),
+                }),
+                _ => None,
+            })
+            .collect(),
+        Err(e) => match classify_lookup_error(&e) {
+            LookupFailure::NoData => Vec::new(),
+            LookupFailure::NxDomain => {
+                return Err(MxError::NxDomain { domain: domain.to_string() });
+            }
+            LookupFailure::Temporary(detail) => {
+                return Err(MxError::Temporary {
+                    name: domain.to_string(),
+                    record_type: "MX",
+                    detail,
+                });
+            }
+        },
+    };
+    let mut rng = rand::rng();
+    order_mx(domain, records, &mut rng)
+}
+
+/// The addresses of one host: IPv4 first, then IPv6. An empty list means DNS says the host
+/// has none (NXDOMAIN or NODATA for both types). An IP address, bare or as an address
+/// literal, is its own answer.
+///
+/// # Errors
+/// [`MxError::Temporary`] when neither type gave an address and at least one lookup failed
+/// temporarily. When one type gives addresses, a failure of the other is ignored.
+pub async fn lookup_addresses(
+    resolver: &TokioResolver,
+    host: &str,
+) -> Result<Vec<IpAddr>, MxError> {
+    if let Some(ip) = address_literal(host).or_else(|| host.parse().ok()) {
+        return Ok(vec![ip]);
+    }
+    let name = fqdn(host)?;
+    let (v4, v6) = tokio::join!(resolver.ipv4_lookup(name.clone()), resolver.ipv6_lookup(name));
+    let mut addresses = Vec::new();
+    let mut temporary = None;
+    for (result, record_type) in [(v4, "A"), (v6, "AAAA")] {
+        match result {
+            Ok(lookup) => addresses.extend(lookup.answers().iter().filter_map(|r| match &r.data {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                _ => None,
+            })),
+            Err(e) => {
+                if let LookupFailure::Temporary(detail) = classify_lookup_error(&e) {
+                    temporary.get_or_insert(MxError::Temporary {
+                        name: host.to_string(),
+                        record_type,
+                        detail,
+                    });
+                }
+            }
+        }
+    }
+    addresses.dedup();
+    match temporary {
+        Some(error) if addresses.is_empty() => Err(error),
+        _ => Ok(addresses),
+    }
+}
+
+/// Orders MX records for delivery: null MX check (RFC 7505), then preference ascending with
+/// ties shuffled by `rng`, duplicates removed (a host listed twice keeps its best
+/// preference). No records at all gives the implicit MX (the domain itself).
+///
+/// # Errors
+/// [`MxError::NullMx`] when every record targets the root.
+pub fn order_mx<R: rand::Rng + ?Sized>(
+    domain: &str,
+    records: Vec<MxRecord>,
+    rng: &mut R,
+) -> Result<Vec<MxHost>, MxError> {
+    if records.is_empty() {
+        let name = domain.trim_end_matches('.').to_ascii_lowercase();
+        return Ok(vec![MxHost { name, preference: 0 }]);
+    }
+    let mut hosts: Vec<MxHost> = records
+        .into_iter()
+        .filter_map(|r| Some(MxHost { name: r.exchange?, preference: r.preference }))
+        .collect();
+    if hosts.is_empty() {
+        return Err(MxError::NullMx { domain: domain.to_string() });
+    }
+    hosts.shuffle(rng);
+    // Stable: equal preferences keep their shuffled order.
+    hosts.sort_by_key(|h| h.preference);
+    let mut seen = std::collections::HashSet::new();
+    hosts.retain(|h| seen.insert(h.name.clone()));
+    Ok(hosts)
+}
+
+/// Classifies a resolver error (see the module documentation).
+pub fn classify_lookup_error(error: &NetError) -> LookupFailure {
+    match error {
+        NetError::Dns(DnsError::NoRecordsFound(no)) => match no.response_code {
+            ResponseCode::NXDomain => LookupFailure::NxDomain,
+            ResponseCode::NoError => LookupFailure::NoData,
+            other => LookupFailure::Temporary(format!("response code {other}")),
+        },
+        // With DNSSEC validation on (DANE, later), proven negative answers come back here.
+        NetError::Dns(DnsError::Nsec { response, .. }) => match response.response_code {
+            ResponseCode::NXDomain => LookupFailure::NxDomain,
+            ResponseCode::NoError => LookupFailure::NoData,
+            other => LookupFailure::Temporary(format!("response code {other}")),
+        },
+        other => LookupFailure::Temporary(clean_text(&other.to_string())),
+    }
+}
+
+/// The address of an RFC 5321 section 4.1.3 address literal: `[192.0.2.1]` or
+/// `[IPv6:2001:db8::1]` (a bare `[2001:db8::1]` is accepted too). `None` for a domain name.
+pub fn address_literal(domain: &str) -> Option<IpAddr> {
+    let inner = domain.strip_prefix('[')?.strip_suffix(']')?;
+    let inner = match inner.get(..5) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("IPv6:") => &inner[5..],
+        _ => inner,
+    };
+    inner.parse().ok()
+}
+
+/// `domain` as a fully qualified name, so no search list applies.
+fn fqdn(domain: &str) -> Result<Name, MxError> {
+    let invalid = || MxError::InvalidDomain { domain: domain.to_string() };
+    if domain.is_empty() || domain.starts_with('.') {
+        return Err(invalid());
+    }
+    let mut name = Name::from_utf8(domain).map_err(|_| invalid())?;
+    name.set_fqdn(true);
+    Ok(name)
+}
+
+fn host_name(name: &Name) -> String {
+    name.to_ascii().trim_end_matches('.').to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_resolver::net::NoRecords;
+    use hickory_resolver::proto::op::Query;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    fn rec(preference: u16, exchange: &str) -> MxRecord {
+        let exchange = (exchange != ".").then(|| exchange.to_string());
+        MxRecord { preference, exchange }
+    }
+
+    fn names(hosts: &[MxHost]) -> Vec<&str> {
+        hosts.iter().map(|h| h.name.as_str()).collect()
+    }
+
+    #[test]
+    fn sorted_by_preference() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let hosts = order_mx(
+            "example.org",
+            vec![rec(20, "b.example.org"), rec(5, "a.example.org"), rec(30, "c.example.org")],
+            &mut rng,
+        )
+        .unwrap();
+        assert_eq!(names(&hosts), ["a.example.org", "b.example.org", "c.example.org"]);
+        assert_eq!(hosts[0].preference, 5);
+    }
+
+    #[test]
+    fn equal_preferences_are_shuffled_but_stay_in_their_band() {
+        let records = vec![
+            rec(10, "a1"),
+            rec(10, "a2"),
+            rec(10, "a3"),
+            rec(10, "a4"),
+            rec(20, "b1"),
+            rec(20, "b2"),
+            rec(5, "first"),
+        ];
+        let mut orders = std::collections::HashSet::new();
+        for seed in 0..64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let hosts = order_mx("example.org", records.clone(), &mut rng).unwrap();
+            let n = names(&hosts);
+            assert_eq!(n[0], "first");
+            assert!(n[1..5].iter().all(|h| h.starts_with('a')), "{n:?}");
+            assert!(n[5..].iter().all(|h| h.starts_with('b')), "{n:?}");
+            orders.insert(n.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        }
+        assert!(orders.len() > 4, "ties were not shuffled: {orders:?}");
+    }
+
+    #[test]
+    fn no_records_gives_implicit_mx() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let hosts = order_mx("Example.ORG.", vec![], &mut rng).unwrap();
+        assert_eq!(hosts, vec![MxHost { name: "example.org".into(), preference: 0 }]);
+    }
+
+    #[test]
+    fn null_mx_is_permanent() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let e = order_mx("example.org", vec![rec(0, ".")], &mut rng).unwrap_err();
+        assert_eq!(e, MxError::NullMx { domain: "example.org".into() });
+        assert!(e.is_permanent());
+        assert_eq!(e.status(), EnhancedCode::new(5, 1, 10));
+        assert_eq!(e.to_string(), "domain example.org does not accept mail (null MX)");
+    }
+
+    #[test]
+    fn root_target_beside_real_hosts_is_ignored() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let hosts = order_mx("example.org", vec![rec(0, "."), rec(10, "mx")], &mut rng).unwrap();
+        assert_eq!(names(&hosts), ["mx"]);
+    }
+
+    #[test]
+    fn duplicate_hosts_keep_best_preference() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let hosts =
+            order_mx("example.org", vec![rec(20, "mx"), rec(10, "mx"), rec(15, "other")], &mut rng)
+                .unwrap();
+        assert_eq!(names(&hosts), ["mx", "other"]);
+        assert_eq!(hosts[0].preference, 10);
+    }
+
+    fn no_records(code: ResponseCode) -> NetError {
+        NetError::Dns(DnsError::NoRecordsFound(NoRecords::new(Query::default(), code)))
+    }
+
+    #[test]
+    fn lookup_errors_classify() {
+        assert_eq!(classify_lookup_error(&no_records(ResponseCode::NXDomain)), LookupFailure::NxDomain);
+        assert_eq!(classify_lookup_error(&no_records(ResponseCode::NoError)), LookupFailure::NoData);
+        assert!(matches!(
+            classify_lookup_error(&NetError::Dns(DnsError::ResponseCode(ResponseCode::ServFail))),
+            LookupFailure::Temporary(_)
+        ));
+        assert!(matches!(
+            classify_lookup_error(&NetError::Dns(DnsError::ResponseCode(ResponseCode::Refused))),
+            LookupFailure::Temporary(_)
+        ));
+        assert!(matches!(classify_lookup_error(&NetError::Timeout), LookupFailure::Temporary(_)));
+        assert!(matches!(
+            classify_lookup_error(&NetError::Dns(DnsError::DnssecBogus)),
+            LookupFailure::Temporary(_)
+        ));
+    }
+
+    #[test]
+    fn permanence_and_codes() {
+        let temp = MxError::Temporary { name: "x".into(), record_type: "MX", detail: "t".into() };
+        assert!(!temp.is_permanent());
+        assert_eq!(temp.status(), EnhancedCode::new(4, 4, 3));
+        assert!(MxError::NxDomain { domain: "x".into() }.is_permanent());
+        assert!(MxError::NoMailHost { domain: "x".into() }.is_permanent());
+        assert!(!MxError::RelayUnresolvable { host: "x".into(), detail: "d".into() }.is_permanent());
+    }
+
+    #[test]
+    fn address_literals() {
+        assert_eq!(address_literal("[192.0.2.1]"), Some("192.0.2.1".parse().unwrap()));
+        assert_eq!(address_literal("[IPv6:2001:db8::1]"), Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(address_literal("[ipv6:::1]"), Some("::1".parse().unwrap()));
+        assert_eq!(address_literal("[2001:db8::1]"), Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(address_literal("example.org"), None);
+        assert_eq!(address_literal("[example.org]"), None);
+        assert_eq!(address_literal("192.0.2.1"), None);
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(fqdn("example.org").unwrap().is_fqdn());
+        assert!(fqdn("bücher.example").is_ok());
+        assert!(matches!(fqdn(""), Err(MxError::InvalidDomain { .. })));
+        assert!(matches!(fqdn(".x"), Err(MxError::InvalidDomain { .. })));
+    }
+}

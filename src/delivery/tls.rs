@@ -1,0 +1,214 @@
+//! TLS for outbound SMTP: the policy a transaction runs under, what was actually negotiated,
+//! and the certificate verifier for opportunistic STARTTLS.
+//!
+//! Today every destination gets [`TlsPolicy::Opportunistic`] (RFC 7435 "opportunistic
+//! security", as RFC 3207 STARTTLS is used between MTAs on port 25 without DANE or MTA-STS):
+//! encrypt when the server offers STARTTLS, authenticate nothing, and fall back to cleartext
+//! when the handshake fails. Authenticating policies come later as new variants: DANE
+//! (RFC 7672: TLS required, the certificate checked against TLSA records) and MTA-STS
+//! (RFC 8461: TLS required, WebPKI validation for the policy's MX names). Those variants must
+//! never downgrade to plaintext; the client asks [`TlsPolicy::allows_plaintext_fallback`].
+//!
+//! The verifier [`AcceptAnyCertificateOpportunistic`] accepts any certificate chain, but it
+//! still verifies the handshake signature against the certificate's key: a peer that cannot
+//! prove it holds the key of the certificate it sent is refused. Accepting any certificate is
+//! safe here only because the alternative, under this policy, is cleartext; a passive
+//! eavesdropper is defeated, an active attacker is not (RFC 7435 section 1.3). Do not reuse
+//! the verifier for anything that needs authentication.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+/// How a transaction to one destination may use TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsPolicy {
+    /// RFC 7435: STARTTLS when the server offers it, without certificate checks; cleartext
+    /// when it is not offered or the handshake fails.
+    Opportunistic,
+    /// No STARTTLS: the retry in cleartext after a failed opportunistic handshake.
+    Plaintext,
+}
+
+impl TlsPolicy {
+    /// Whether STARTTLS is attempted when the server offers it.
+    pub fn attempts_starttls(self) -> bool {
+        match self {
+            TlsPolicy::Opportunistic => true,
+            TlsPolicy::Plaintext => false,
+        }
+    }
+
+    /// Whether a failed TLS handshake may be followed by a cleartext attempt to the same host.
+    pub fn allows_plaintext_fallback(self) -> bool {
+        match self {
+            TlsPolicy::Opportunistic => true,
+            TlsPolicy::Plaintext => false,
+        }
+    }
+}
+
+/// The protection a transaction actually had, for logs and (later) `Received:`/DSN fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsMode {
+    /// No TLS.
+    Plaintext,
+    /// STARTTLS without authentication of the server.
+    Opportunistic {
+        /// Negotiated protocol, e.g. `TLSv1.3`.
+        version: String,
+        /// Negotiated cipher suite, e.g. `TLS13_AES_256_GCM_SHA384`.
+        cipher: String,
+    },
+}
+
+impl TlsMode {
+    /// Reads version and cipher suite from an established client connection.
+    pub fn opportunistic(conn: &rustls::ClientConnection) -> Self {
+        let version = match conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+            Some(other) => format!("{other:?}"),
+            None => "unknown".to_string(),
+        };
+        let cipher = conn
+            .negotiated_cipher_suite()
+            .map(|s| {
+                let suite = s.suite();
+                suite.as_str().map_or_else(|| format!("{suite:?}"), str::to_string)
+            })
+            .unwrap_or_else(|| "unknown".to_string());
+        TlsMode::Opportunistic { version, cipher }
+    }
+}
+
+impl fmt::Display for TlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsMode::Plaintext => f.write_str("plaintext"),
+            TlsMode::Opportunistic { version, cipher } => {
+                write!(f, "opportunistic {version} {cipher}")
+            }
+        }
+    }
+}
+
+/// A client configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS client configuration: {0}")]
+pub struct TlsSetupError(#[from] rustls::Error);
+
+/// The rustls configuration for opportunistic STARTTLS (aws-lc-rs provider, TLS 1.2 and 1.3,
+/// no client certificate).
+///
+/// # Errors
+/// Only if the crypto provider cannot do the default protocol versions.
+pub fn opportunistic_client_config() -> Result<Arc<rustls::ClientConfig>, TlsSetupError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = Arc::new(AcceptAnyCertificateOpportunistic::new(&provider));
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Certificate verifier for RFC 7435 opportunistic TLS: every certificate chain is accepted
+/// (expired, self-signed, wrong name), the handshake signature is verified.
+///
+/// Why: most MX hosts have certificates that do not validate for the MX name, and refusing
+/// them would only push the mail to cleartext. Why the signature is still checked: it costs
+/// nothing, and a handshake whose signature does not match the certificate sent is broken or
+/// tampered with, not merely unauthenticated.
+#[derive(Debug)]
+pub struct AcceptAnyCertificateOpportunistic {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl AcceptAnyCertificateOpportunistic {
+    /// A verifier using the signature algorithms of `provider`.
+    pub fn new(provider: &CryptoProvider) -> Self {
+        Self { algorithms: provider.signature_verification_algorithms }
+    }
+}
+
+impl ServerCertVerifier for AcceptAnyCertificateOpportunistic {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // Deliberately no chain, name or validity check: see the type's documentation.
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// The name sent in SNI: the MX host name (RFC 7672 section 8.1 does the same for DANE), or
+/// the address when the host is an IP literal or not a valid DNS name (rustls then sends no
+/// SNI).
+pub fn server_name(host: &str, ip: std::net::IpAddr) -> ServerName<'static> {
+    let host = host.trim_end_matches('.');
+    match ServerName::try_from(host.to_string()) {
+        Ok(name) => name,
+        Err(_) => ServerName::IpAddress(ip.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_rules() {
+        assert!(TlsPolicy::Opportunistic.attempts_starttls());
+        assert!(TlsPolicy::Opportunistic.allows_plaintext_fallback());
+        assert!(!TlsPolicy::Plaintext.attempts_starttls());
+        assert!(!TlsPolicy::Plaintext.allows_plaintext_fallback());
+    }
+
+    #[test]
+    fn config_builds_and_names_are_chosen() {
+        opportunistic_client_config().unwrap();
+        let ip: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(matches!(server_name("mx.example.org.", ip), ServerName::DnsName(n) if n.as_ref() == "mx.example.org"));
+        assert!(matches!(server_name("192.0.2.1", ip), ServerName::IpAddress(_)));
+        assert!(matches!(server_name("bad name", ip), ServerName::IpAddress(_)));
+    }
+
+    #[test]
+    fn modes_display() {
+        assert_eq!(TlsMode::Plaintext.to_string(), "plaintext");
+        let m = TlsMode::Opportunistic { version: "TLSv1.3".into(), cipher: "TLS13_AES_128_GCM_SHA256".into() };
+        assert_eq!(m.to_string(), "opportunistic TLSv1.3 TLS13_AES_128_GCM_SHA256");
+    }
+}

@@ -1,0 +1,145 @@
+//! The three SMTP doors and what happens at each before the session starts.
+//!
+//! - submission (587): plaintext greeting, STARTTLS, AUTH after TLS;
+//! - submissions (465): TLS from the first byte (RFC 8314), then AUTH;
+//! - relay (25): web-hosting servers on configured networks, no AUTH.
+//!
+//! Each accepted connection is admitted (`guard.rs`: session caps, failed-login brake), then
+//! handed to `driver.rs`, which runs one [`crate::session::Session`] over the socket.
+//! Revocations reach live sessions through the watcher in this file: every 500 ms it asks the
+//! store which credentials of live sessions are still valid and cuts the others, so a revoked or
+//! rotated device password loses its sessions within a second.
+
+mod driver;
+pub mod guard;
+pub mod tls;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::session::{Reply, Role};
+use crate::spool::Spool;
+use crate::store::Directory;
+use guard::{Admission, Refusal, SessionRegistry};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How often live sessions' credentials are re-checked.
+const REVOCATION_CHECK: Duration = Duration::from_millis(500);
+
+/// Everything a session driver needs, shared by all connections.
+pub struct Shared {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Credential checks.
+    pub directory: Arc<dyn Directory>,
+    /// Where accepted mail goes.
+    pub spool: Spool,
+    /// Counters.
+    pub metrics: Metrics,
+    /// TLS for STARTTLS and port 465.
+    pub tls: TlsAcceptor,
+    /// Caps and login brake.
+    pub admission: Arc<Admission>,
+    /// Authenticated sessions, for revocation.
+    pub registry: Arc<SessionRegistry>,
+    /// Fires when the server stops.
+    pub shutdown: CancellationToken,
+}
+
+/// Binds a listener, with a message naming the role on failure.
+///
+/// # Errors
+/// The address cannot be bound.
+pub async fn bind(role: &str, addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("listen.{role} {addr}: {e}")))
+}
+
+/// Accepts connections on `listener` until shutdown; each session runs on `tasks`.
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener, role: Role, tasks: TaskTracker) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => {
+                backoff = Duration::from_millis(5);
+                pair
+            }
+            Err(e) => {
+                // Usually EMFILE: wait a little rather than spin (mini-redis does the same).
+                tracing::warn!(listener = role.name(), error = %e, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        tasks.spawn(async move {
+            admit_and_drive(shared, stream, peer, role).await;
+        });
+    }
+}
+
+async fn admit_and_drive(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, role: Role) {
+    let admitted = match shared.admission.admit(peer.ip(), Instant::now()) {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            let (reply, label) = match refusal {
+                Refusal::TooManySessions => (Reply::too_many_connections(), "sessions"),
+                Refusal::TooManyFromIp => (Reply::too_many_connections_from_ip(), "per_ip"),
+                Refusal::FailedLogins => (Reply::too_many_failed_logins_from_ip(), "failed_logins"),
+            };
+            shared.metrics.connection_rejected(label);
+            tracing::info!(client_ip = %peer.ip(), listener = role.name(), reason = label, "connection refused");
+            // On 465 the client expects TLS first; a plaintext 421 is still the most useful
+            // thing to send, and costs nothing.
+            let mut out = Vec::new();
+            reply.write_to(&mut out);
+            let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(&out)).await;
+            return;
+        }
+    };
+    shared.metrics.connection_opened(role.name());
+    driver::drive(&shared, stream, peer, role).await;
+    shared.metrics.connection_closed(role.name());
+    drop(admitted);
+}
+
+/// Cuts live sessions whose credentials were revoked or rotated, until shutdown.
+pub async fn watch_revocations(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(REVOCATION_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        shared.admission.prune(Instant::now());
+        let credentials = shared.registry.credentials();
+        if credentials.is_empty() {
+            continue;
+        }
+        match shared.directory.live_credentials(&credentials).await {
+            Ok(valid) => {
+                let cut = shared.registry.cut_all_except(&credentials, &valid);
+                for _ in 0..cut {
+                    shared.metrics.session_revoked();
+                }
+            }
+            // Fail open for *existing* sessions only: a store hiccup must not drop every
+            // client; new logins still need the store to answer.
+            Err(e) => tracing::warn!(error = %e, "revocation check failed; will retry"),
+        }
+    }
+}

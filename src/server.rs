@@ -1,0 +1,145 @@
+//! `postern serve`: opens the store and the spool, binds every listener, starts the delivery
+//! worker, the revocation watcher and the HTTP endpoints, and stops them all in order on
+//! SIGTERM or SIGINT.
+//!
+//! Start-up order matters: the spool is opened (and its journal replayed) and every port is
+//! bound before `/readyz` turns ready, so a load balancer never sends a connection to a
+//! replica that cannot keep mail. Shutdown: stop accepting, tell idle sessions `421 4.3.2`,
+//! let transfers in progress finish for up to [`SHUTDOWN_GRACE`], then exit; whatever was
+//! acknowledged is already durable, so the deadline loses nothing.
+
+use crate::config::{Config, LogFormat};
+use crate::listener::guard::{Admission, SessionRegistry};
+use crate::listener::{self, Shared};
+use crate::metrics::{Metrics, http::Readiness};
+use crate::session::Role;
+use crate::spool::Spool;
+use crate::store::embedded::EmbeddedStore;
+use anyhow::Context;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long sessions in the middle of a transfer may take to finish at shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Runs the relay until a termination signal.
+///
+/// # Errors
+/// The store, spool, certificate or a listener could not be set up.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    init_logging(&config);
+    let config = Arc::new(config);
+    let metrics = Metrics::new();
+    let store = EmbeddedStore::open(&config.store.path)
+        .with_context(|| format!("store.path {}", config.store.path.display()))?;
+    let spool = Spool::open(&config.spool, metrics.clone())
+        .with_context(|| format!("spool.path {}", config.spool.path.display()))?;
+    let tls = listener::tls::acceptor(&config).context("tls")?;
+
+    let mut smtp = Vec::new();
+    for (role, addr) in [
+        (Role::Submission, config.listen.submission),
+        (Role::Submissions, config.listen.submissions),
+        (Role::Relay, config.listen.relay),
+    ] {
+        if let Some(addr) = addr {
+            smtp.push((role, listener::bind(role.name(), addr).await?));
+        }
+    }
+    let http = match config.listen.http {
+        Some(addr) => Some(listener::bind("http", addr).await?),
+        None => None,
+    };
+
+    let shutdown = CancellationToken::new();
+    let readiness = Readiness::default();
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        directory: Arc::new(store),
+        spool: spool.clone(),
+        metrics: metrics.clone(),
+        tls,
+        admission: Admission::new(
+            config.limits.max_sessions,
+            config.limits.max_sessions_per_ip,
+            config.limits.max_auth_failures_per_ip,
+            config.limits.auth_failure_window,
+        ),
+        registry: Arc::new(SessionRegistry::default()),
+        shutdown: shutdown.clone(),
+    });
+
+    let sessions = TaskTracker::new();
+    let services = TaskTracker::new();
+    for (role, tcp) in smtp {
+        tracing::info!(listener = role.name(), addr = %tcp.local_addr()?, "listening");
+        services.spawn(listener::serve(shared.clone(), tcp, role, sessions.clone()));
+    }
+    if let Some(tcp) = http {
+        tracing::info!(listener = "http", addr = %tcp.local_addr()?, "listening");
+        let (metrics, readiness, shutdown) = (metrics.clone(), readiness.clone(), shutdown.clone());
+        services.spawn(async move {
+            if let Err(e) = crate::metrics::http::serve(tcp, metrics, readiness, shutdown).await {
+                tracing::error!(error = %e, "http endpoint failed");
+            }
+        });
+    }
+    services.spawn(listener::watch_revocations(shared.clone()));
+    services.spawn(crate::delivery::run(
+        Arc::new(spool.clone()),
+        config.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    {
+        let (spool, readiness, shutdown) = (spool.clone(), readiness.clone(), shutdown.clone());
+        services.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => readiness.set(spool.is_healthy()),
+                }
+            }
+        });
+    }
+    readiness.set(true);
+    tracing::info!(spooled = spool.len(), "postern ready");
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: no new connections, idle sessions get 421");
+    readiness.set(false);
+    shutdown.cancel();
+    services.close();
+    sessions.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait()).await.is_err() {
+        tracing::warn!("sessions still open after the grace period; closing them");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), services.wait()).await;
+    tracing::info!(spooled = spool.len(), "stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    // Failed DNSSEC validations log at ERROR inside hickory; our own lines say what matters.
+    let default = format!("{},hickory_proto=warn,hickory_resolver=warn,hickory_net=off", config.log.level);
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match config.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.with_ansi(false).try_init(),
+    };
+}

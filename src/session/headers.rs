@@ -1,0 +1,235 @@
+//! What the session needs to know about a message's header section, and the header fields
+//! Postern adds in front of it.
+//!
+//! Deliberately small: this is not a MIME parser. It finds the header section (up to the
+//! first empty line), unfolds fields (RFC 5322 section 2.2.3) and reads the addresses of
+//! `From:` well enough to decide ownership: angle addresses, bare addresses, quoted display
+//! names and comments. RFC 6409 section 8 lets a submission server add `Message-ID:` and
+//! `Date:` when they are missing; the `Received:` trace field is RFC 5321 section 4.4.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Largest header section examined; a message whose header section is longer is refused.
+pub const MAX_HEADER_SECTION: usize = 1024 * 1024;
+
+/// Facts about a header section.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderFacts {
+    /// Addresses in every `From:` field, lower-cased.
+    pub from: Vec<String>,
+    /// Number of `From:` fields.
+    pub from_fields: usize,
+    /// A `Message-ID:` field exists.
+    pub has_message_id: bool,
+    /// A `Date:` field exists.
+    pub has_date: bool,
+}
+
+/// Where the header section ends in `data` (offset just past the empty line), or `None` if
+/// `data` holds no empty line yet.
+pub fn header_section_end(data: &[u8]) -> Option<usize> {
+    if data.starts_with(b"\r\n") {
+        return Some(2);
+    }
+    data.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+/// Reads the facts of a header section (the bytes before the empty line).
+pub fn scan_headers(section: &[u8]) -> HeaderFacts {
+    let text = String::from_utf8_lossy(section);
+    let mut facts = HeaderFacts::default();
+    let mut fields: Vec<String> = Vec::new();
+    for line in text.split("\r\n") {
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = fields.last_mut() {
+                last.push_str(line);
+            }
+        } else if !line.is_empty() {
+            fields.push(line.to_string());
+        }
+    }
+    for field in fields {
+        let Some((name, value)) = field.split_once(':') else { continue };
+        match name.trim().to_ascii_lowercase().as_str() {
+            "from" => {
+                facts.from_fields += 1;
+                facts.from.extend(mailbox_addresses(value));
+            }
+            "message-id" => facts.has_message_id = true,
+            "date" => facts.has_date = true,
+            _ => {}
+        }
+    }
+    facts
+}
+
+/// The addresses of a mailbox list (`"A, B" <a@x>, b@y (comment)`), lower-cased.
+pub fn mailbox_addresses(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut angle: Option<String> = None;
+    let mut in_quote = false;
+    let mut comment_depth = 0u32;
+    let mut escaped = false;
+    let mut finish = |current: &mut String, angle: &mut Option<String>| {
+        let address = match angle.take() {
+            Some(a) => a,
+            None => current.trim().to_string(),
+        };
+        current.clear();
+        let address = address.trim().to_ascii_lowercase();
+        if !address.is_empty() {
+            out.push(address);
+        }
+    };
+    let mut in_angle = false;
+    for c in value.chars() {
+        if escaped {
+            escaped = false;
+            if !in_quote && comment_depth == 0 {
+                current.push(c);
+            }
+            continue;
+        }
+        match c {
+            '\\' if in_quote || comment_depth > 0 => escaped = true,
+            '"' if comment_depth == 0 && !in_angle => in_quote = !in_quote,
+            '(' if !in_quote => comment_depth += 1,
+            ')' if !in_quote && comment_depth > 0 => comment_depth -= 1,
+            _ if in_quote || comment_depth > 0 => {}
+            '<' => {
+                in_angle = true;
+                angle = Some(String::new());
+            }
+            '>' if in_angle => in_angle = false,
+            ',' if !in_angle => finish(&mut current, &mut angle),
+            c if in_angle => angle.get_or_insert_with(String::new).push(c),
+            c if angle.is_none() => current.push(c),
+            _ => {}
+        }
+    }
+    finish(&mut current, &mut angle);
+    out
+}
+
+/// A `Date:` value (RFC 5322 section 3.3) in UTC.
+pub fn rfc5322_date(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (year, month, day) = civil_from_days(days as i64);
+    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
+    let month_name = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ][(month - 1) as usize];
+    format!(
+        "{weekday}, {day} {month_name} {year} {:02}:{:02}:{:02} +0000",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's
+/// algorithm, public domain arithmetic).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// What goes into the `Received:` field.
+#[derive(Debug, Clone)]
+pub struct TraceInfo<'a> {
+    /// Name the client gave at EHLO/HELO.
+    pub helo: &'a str,
+    /// Client IP address.
+    pub client_ip: &'a str,
+    /// Our host name.
+    pub hostname: &'a str,
+    /// RFC 3848 protocol keyword (`ESMTPSA`, `ESMTPS`, `ESMTP`, ...).
+    pub protocol: &'a str,
+    /// Queue id.
+    pub id: &'a str,
+    /// TLS version and cipher, if any.
+    pub tls: Option<&'a str>,
+}
+
+/// The header fields Postern puts in front of the client's message: `Received:`, then a
+/// `Message-ID:` and `Date:` if the message lacks them. CRLF-terminated.
+pub fn build_prefix(facts: &HeaderFacts, trace: &TraceInfo<'_>, now: SystemTime) -> String {
+    let date = rfc5322_date(now);
+    let mut prefix = String::new();
+    let tls = trace.tls.map(|t| format!("\r\n\t({t})")).unwrap_or_default();
+    prefix.push_str(&format!(
+        "Received: from {} ({})\r\n\tby {} (Postern) with {} id {}{};\r\n\t{}\r\n",
+        sanitize(trace.helo),
+        sanitize(trace.client_ip),
+        trace.hostname,
+        trace.protocol,
+        trace.id,
+        tls,
+        date
+    ));
+    if !facts.has_message_id {
+        prefix.push_str(&format!("Message-ID: <{}@{}>\r\n", trace.id, trace.hostname));
+    }
+    if !facts.has_date {
+        prefix.push_str(&format!("Date: {date}\r\n"));
+    }
+    prefix
+}
+
+/// Keeps client-supplied text from breaking the header field it is placed in.
+fn sanitize(text: &str) -> String {
+    text.chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(255)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn from_addresses() {
+        assert_eq!(mailbox_addresses(" Alice <Alice@Example.org>"), vec!["alice@example.org"]);
+        assert_eq!(mailbox_addresses(" bob@example.org (Bob)"), vec!["bob@example.org"]);
+        assert_eq!(
+            mailbox_addresses(" \"Doe, <John>\" <j@x.org>, k@y.org"),
+            vec!["j@x.org", "k@y.org"]
+        );
+    }
+
+    #[test]
+    fn facts_unfold_and_count() {
+        let facts = scan_headers(b"From: a@x.org\r\nSubject: s\r\n\tmore\r\nMessage-Id: <1@x>\r\n");
+        assert_eq!(facts.from, vec!["a@x.org"]);
+        assert_eq!(facts.from_fields, 1);
+        assert!(facts.has_message_id);
+        assert!(!facts.has_date);
+    }
+
+    #[test]
+    fn header_end() {
+        assert_eq!(header_section_end(b"A: b\r\n\r\nbody"), Some(8));
+        assert_eq!(header_section_end(b"\r\nbody"), Some(2));
+        assert_eq!(header_section_end(b"A: b\r\n"), None);
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc5322_date(UNIX_EPOCH), "Thu, 1 Jan 1970 00:00:00 +0000");
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_638_926);
+        assert_eq!(rfc5322_date(t), "Wed, 25 Nov 2026 20:35:26 +0000");
+    }
+}

@@ -1,0 +1,305 @@
+//! Every reply Postern sends, in one catalogue.
+//!
+//! Handlers never spell reply bytes: they pick a constant or constructor here, so the texts the
+//! provider's FAQ promises (`573 Antispam: ...`, `452 4.5.3 Too many recipients`, ...) live in
+//! one place and tests can assert whole lines. Every reply carries an RFC 3463 enhanced status
+//! code except the FAQ's `573`, whose exact text clients and the FAQ already know.
+
+use std::borrow::Cow;
+
+/// One SMTP reply, possibly multi-line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// Three-digit reply code.
+    pub code: u16,
+    /// Text of each line, without the code (the enhanced code, where any, starts the text).
+    pub lines: Vec<Cow<'static, str>>,
+}
+
+impl Reply {
+    fn one(code: u16, text: impl Into<Cow<'static, str>>) -> Self {
+        Self { code, lines: vec![text.into()] }
+    }
+
+    /// Whether the code is 2xx or 3xx.
+    pub fn is_positive(&self) -> bool {
+        self.code < 400
+    }
+
+    /// Appends the wire form (`CODE-text` continuation lines, `CODE text` last, CRLF each).
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        let last = self.lines.len().saturating_sub(1);
+        for (i, line) in self.lines.iter().enumerate() {
+            let sep = if i == last { ' ' } else { '-' };
+            out.extend_from_slice(format!("{}{}{}\r\n", self.code, sep, line).as_bytes());
+        }
+        if self.lines.is_empty() {
+            out.extend_from_slice(format!("{}\r\n", self.code).as_bytes());
+        }
+    }
+
+    /// The first line as text, for logs.
+    pub fn summary(&self) -> String {
+        format!("{} {}", self.code, self.lines.first().map(|l| l.as_ref()).unwrap_or(""))
+    }
+
+    /// `220 HOST ESMTP Postern`
+    pub fn greeting(hostname: &str) -> Self {
+        Self::one(220, format!("{hostname} ESMTP Postern"))
+    }
+
+    /// The EHLO reply: host name, then one extension per line.
+    pub fn ehlo(hostname: &str, extensions: Vec<String>) -> Self {
+        let mut lines: Vec<Cow<'static, str>> = vec![hostname.to_string().into()];
+        lines.extend(extensions.into_iter().map(Cow::Owned));
+        Self { code: 250, lines }
+    }
+
+    /// `250 HOST` for HELO.
+    pub fn helo(hostname: &str) -> Self {
+        Self::one(250, hostname.to_string())
+    }
+
+    /// `250 2.1.0 Ok`
+    pub fn mail_ok() -> Self {
+        Self::one(250, "2.1.0 Ok")
+    }
+
+    /// `250 2.1.5 Ok`
+    pub fn rcpt_ok() -> Self {
+        Self::one(250, "2.1.5 Ok")
+    }
+
+    /// `354 End data with <CR><LF>.<CR><LF>`
+    pub fn start_data() -> Self {
+        Self::one(354, "End data with <CR><LF>.<CR><LF>")
+    }
+
+    /// `250 2.0.0 Ok: queued as ID`
+    pub fn queued(id: &str) -> Self {
+        Self::one(250, format!("2.0.0 Ok: queued as {id}"))
+    }
+
+    /// `250 2.0.0 Ok: N octets received` (a BDAT chunk that is not the last).
+    pub fn chunk_ok(octets: u64) -> Self {
+        Self::one(250, format!("2.0.0 Ok: {octets} octets received"))
+    }
+
+    /// `250 2.0.0 Ok`
+    pub fn ok() -> Self {
+        Self::one(250, "2.0.0 Ok")
+    }
+
+    /// `221 2.0.0 Bye`
+    pub fn bye() -> Self {
+        Self::one(221, "2.0.0 Bye")
+    }
+
+    /// `214 2.0.0 ...`
+    pub fn help() -> Self {
+        Self::one(214, "2.0.0 See RFC 5321 and RFC 6409; submission needs AUTH after STARTTLS")
+    }
+
+    /// `252 2.5.2 ...` (VRFY is never answered truthfully: RFC 5321 section 7.3)
+    pub fn cannot_vrfy() -> Self {
+        Self::one(252, "2.5.2 Cannot VRFY user, but will accept message and attempt delivery")
+    }
+
+    /// `220 2.0.0 Ready to start TLS`
+    pub fn ready_for_tls() -> Self {
+        Self::one(220, "2.0.0 Ready to start TLS")
+    }
+
+    /// `334 TEXT` (SASL challenge, already base64).
+    pub fn auth_challenge(base64: &'static str) -> Self {
+        Self::one(334, base64)
+    }
+
+    /// `235 2.7.0 Authentication successful`
+    pub fn auth_ok() -> Self {
+        Self::one(235, "2.7.0 Authentication successful")
+    }
+
+    /// `535 5.7.0 authentication failed` (wording from the provider's FAQ).
+    pub fn auth_failed() -> Self {
+        Self::one(535, "5.7.0 authentication failed")
+    }
+
+    /// `454 4.7.0 Temporary authentication failure` (the store did not answer).
+    pub fn auth_unavailable() -> Self {
+        Self::one(454, "4.7.0 Temporary authentication failure, try again later")
+    }
+
+    /// `530 5.7.0 Authentication required`
+    pub fn auth_required() -> Self {
+        Self::one(530, "5.7.0 Authentication required")
+    }
+
+    /// `538 5.7.11 ...` (RFC 4954 section 6: AUTH before STARTTLS on the submission port)
+    pub fn encryption_required() -> Self {
+        Self::one(538, "5.7.11 Encryption required for requested authentication mechanism")
+    }
+
+    /// The FAQ's answer to AUTH on port 25, word for word.
+    pub fn auth_on_relay_port() -> Self {
+        Self::one(
+            573,
+            "Antispam: Authenticated connection not possible. Please use port 587 instead of port 25.",
+        )
+    }
+
+    /// `504 5.5.4 Unrecognized authentication type`
+    pub fn auth_mechanism_unknown() -> Self {
+        Self::one(504, "5.5.4 Unrecognized authentication type")
+    }
+
+    /// `501 5.0.0 Authentication cancelled`
+    pub fn auth_cancelled() -> Self {
+        Self::one(501, "5.0.0 Authentication cancelled")
+    }
+
+    /// `501 5.5.2 Invalid base64 data`
+    pub fn auth_bad_base64() -> Self {
+        Self::one(501, "5.5.2 Invalid base64 data")
+    }
+
+    /// `503 5.5.1 Already authenticated`
+    pub fn already_authenticated() -> Self {
+        Self::one(503, "5.5.1 Already authenticated")
+    }
+
+    /// `550 5.7.1 Relaying denied`
+    pub fn relaying_denied() -> Self {
+        Self::one(550, "5.7.1 Relaying denied")
+    }
+
+    /// `452 4.5.3 Too many recipients`
+    pub fn too_many_recipients() -> Self {
+        Self::one(452, "4.5.3 Too many recipients")
+    }
+
+    /// `552 5.3.4 Message size exceeds fixed maximum message size`
+    pub fn message_too_big() -> Self {
+        Self::one(552, "5.3.4 Message size exceeds fixed maximum message size")
+    }
+
+    /// `550 5.7.1 Sender address rejected: not owned by user ADDRESS`
+    pub fn sender_not_owned(user: &str) -> Self {
+        Self::one(550, format!("5.7.1 Sender address rejected: not owned by user {user}"))
+    }
+
+    /// `550 5.6.0 Message has no From header field`
+    pub fn missing_from_header() -> Self {
+        Self::one(550, "5.6.0 Message has no From header field (RFC 5322 section 3.6)")
+    }
+
+    /// `554 5.6.0 Header section too large`
+    pub fn header_too_large() -> Self {
+        Self::one(554, "5.6.0 Header section too large")
+    }
+
+    /// `501 5.1.3 Bad recipient address syntax`
+    pub fn bad_recipient_syntax() -> Self {
+        Self::one(501, "5.1.3 Bad recipient address syntax")
+    }
+
+    /// `501 5.1.7 Bad sender address syntax`
+    pub fn bad_sender_syntax() -> Self {
+        Self::one(501, "5.1.7 Bad sender address syntax")
+    }
+
+    /// `554 5.6.0 Bare LF or CR in message data`
+    pub fn bare_newline_in_data() -> Self {
+        Self::one(554, "5.6.0 Bare LF or CR in message data")
+    }
+
+    /// `554 5.6.0 Line longer than 998 octets`
+    pub fn data_line_too_long() -> Self {
+        Self::one(554, "5.6.0 Line longer than 998 octets")
+    }
+
+    /// `500 5.5.2 Bare LF not allowed, use CRLF`
+    pub fn bare_newline_in_command() -> Self {
+        Self::one(500, "5.5.2 Bare LF not allowed, use CRLF")
+    }
+
+    /// `500 5.5.2 Line too long`
+    pub fn command_too_long() -> Self {
+        Self::one(500, "5.5.2 Line too long")
+    }
+
+    /// `500 5.5.1 Command unrecognized`
+    pub fn unrecognized() -> Self {
+        Self::one(500, "5.5.1 Command unrecognized")
+    }
+
+    /// `502 5.5.1 Command not implemented`
+    pub fn not_implemented() -> Self {
+        Self::one(502, "5.5.1 Command not implemented")
+    }
+
+    /// `501 5.5.4 Syntax error in parameters`
+    pub fn syntax_error() -> Self {
+        Self::one(501, "5.5.4 Syntax error in parameters")
+    }
+
+    /// `503 5.5.1 Bad sequence of commands`
+    pub fn bad_sequence() -> Self {
+        Self::one(503, "5.5.1 Bad sequence of commands")
+    }
+
+    /// `554 5.5.1 No valid recipients`
+    pub fn no_recipients() -> Self {
+        Self::one(554, "5.5.1 No valid recipients")
+    }
+
+    /// `421 4.7.0 Too many errors, closing connection`
+    pub fn too_many_errors() -> Self {
+        Self::one(421, "4.7.0 Too many errors, closing connection")
+    }
+
+    /// `421 4.7.0 Too many authentication failures, closing connection`
+    pub fn too_many_auth_failures() -> Self {
+        Self::one(421, "4.7.0 Too many authentication failures, closing connection")
+    }
+
+    /// `421 4.7.0 Credentials revoked, closing connection`
+    pub fn credentials_revoked() -> Self {
+        Self::one(421, "4.7.0 Credentials revoked, closing connection")
+    }
+
+    /// `421 4.7.0 Too many connections, try again later`
+    pub fn too_many_connections() -> Self {
+        Self::one(421, "4.7.0 Too many connections, try again later")
+    }
+
+    /// `421 4.7.0 Too many connections from your address, try again later`
+    pub fn too_many_connections_from_ip() -> Self {
+        Self::one(421, "4.7.0 Too many connections from your address, try again later")
+    }
+
+    /// `421 4.7.0 Too many failed logins from your address, try again later`
+    pub fn too_many_failed_logins_from_ip() -> Self {
+        Self::one(421, "4.7.0 Too many failed logins from your address, try again later")
+    }
+
+    /// `421 4.4.2 Timeout, closing connection`
+    pub fn timeout() -> Self {
+        Self::one(421, "4.4.2 Timeout, closing connection")
+    }
+
+    /// `421 4.3.2 Service shutting down`
+    pub fn shutting_down() -> Self {
+        Self::one(421, "4.3.2 Service shutting down, try again later")
+    }
+
+    /// `451 4.3.0 ...` (the spool could not keep the message)
+    pub fn spool_failed() -> Self {
+        Self::one(451, "4.3.0 Error: queue file write error, try again later")
+    }
+
+    /// `503 5.5.1 TLS already active`
+    pub fn tls_already_active() -> Self {
+        Self::one(503, "5.5.1 TLS already active")
+    }
+}

@@ -1,0 +1,720 @@
+//! The journal: group commit, replay at start, compaction, and the in-memory index of live
+//! messages with their delivery schedule.
+//!
+//! One committer thread owns every durable change. Sessions and delivery tasks send it jobs
+//! over a bounded channel and wait for its answer. The thread takes the first job, then
+//! whatever else is already waiting (up to `commit_batch`), appends all their records with one
+//! `write`, calls `fdatasync` once, applies the changes to the index and only then answers.
+//! Applying the index inside the same thread that orders the records is what keeps
+//! compaction honest: a message can never be copied forward after its `Done` was written.
+//!
+//! A failed write or fsync fails every job of the batch (their clients get a 4xx, nothing is
+//! acknowledged) and marks the spool unhealthy: after a failed fsync the kernel's view of the
+//! file is unknown, so the next batch goes to a fresh segment.
+
+use super::record::{self, Decoded, DoneRecord, Record, UpdateRecord};
+use super::{Envelope, QueuedMessage, RecipientResult, RecipientStatus, SpoolId, unix_ms};
+use crate::metrics::Metrics;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{Notify, oneshot};
+
+/// A segment is rolled once it grows past this size.
+const SEGMENT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Jobs waiting for the committer before senders wait for room (backpressure).
+const QUEUE_DEPTH: usize = 4096;
+
+/// Why the spool could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// A file operation failed.
+    #[error("spool {op}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another process holds the spool's lock.
+    #[error("spool {0} is locked by another process")]
+    Locked(PathBuf),
+    /// The message is not (or no longer) in the spool.
+    #[error("message {0} is not in the spool")]
+    NotFound(SpoolId),
+    /// The committer thread is gone.
+    #[error("spool committer stopped")]
+    Stopped,
+}
+
+impl SpoolError {
+    pub(super) fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> SpoolError {
+        move |source| SpoolError::Io { op, source }
+    }
+}
+
+enum Job {
+    Message {
+        envelope: Envelope,
+        data: Vec<u8>,
+        has_data_file: bool,
+        done: oneshot::Sender<Result<(), SpoolError>>,
+    },
+    Attempt {
+        id: SpoolId,
+        results: Vec<RecipientResult>,
+        retry_ms: u64,
+        done: oneshot::Sender<Result<(), SpoolError>>,
+    },
+}
+
+/// Where a live message's data is.
+#[derive(Debug, Clone)]
+enum DataLocation {
+    /// Inside a segment: absolute offset and length of the data.
+    Inline { offset: u64, len: u64 },
+    /// In `data/NAME`.
+    File,
+}
+
+#[derive(Debug)]
+struct Entry {
+    envelope: Envelope,
+    segment: u64,
+    data: DataLocation,
+    attempts: u32,
+    next_attempt_ms: u64,
+    in_flight: bool,
+}
+
+#[derive(Default)]
+struct Index {
+    messages: HashMap<SpoolId, Entry>,
+    due: BTreeSet<(u64, SpoolId)>,
+    /// Live message count per segment.
+    segments: BTreeMap<u64, usize>,
+}
+
+impl Index {
+    fn insert(&mut self, entry: Entry) {
+        *self.segments.entry(entry.segment).or_default() += 1;
+        if !entry.in_flight {
+            self.due.insert((entry.next_attempt_ms, entry.envelope.id.clone()));
+        }
+        if let Some(old) = self.messages.insert(entry.envelope.id.clone(), entry) {
+            self.forget(&old);
+        }
+    }
+
+    fn remove(&mut self, id: &SpoolId) -> Option<Entry> {
+        let entry = self.messages.remove(id)?;
+        self.forget(&entry);
+        Some(entry)
+    }
+
+    fn forget(&mut self, entry: &Entry) {
+        self.due.remove(&(entry.next_attempt_ms, entry.envelope.id.clone()));
+        if let Some(live) = self.segments.get_mut(&entry.segment) {
+            *live = live.saturating_sub(1);
+        }
+    }
+}
+
+pub(super) struct Journal {
+    root: PathBuf,
+    index: Arc<Mutex<Index>>,
+    jobs: mpsc::SyncSender<Job>,
+    due_changed: Arc<Notify>,
+    healthy: Arc<AtomicBool>,
+    live: Arc<AtomicUsize>,
+    _lock: File,
+}
+
+impl Journal {
+    pub(super) fn open(root: &Path, batch: usize, metrics: Metrics) -> Result<Self, SpoolError> {
+        for dir in ["journal", "data", "tmp", "corrupt"] {
+            fs::create_dir_all(root.join(dir)).map_err(SpoolError::io("create directory"))?;
+        }
+        let lock = lock_spool(root)?;
+        for stale in fs::read_dir(root.join("tmp")).map_err(SpoolError::io("read tmp"))? {
+            // Data of messages whose DATA never completed: no 250 was ever sent for them.
+            let _ = fs::remove_file(stale.map_err(SpoolError::io("read tmp"))?.path());
+        }
+        let mut index = Index::default();
+        let segments = replay(root, &mut index)?;
+        remove_orphan_data_files(root, &index);
+        let next_seq = segments.last().map_or(1, |s| s + 1);
+        let active = Segment::create(root, next_seq)?;
+        let index = Arc::new(Mutex::new(index));
+        let due_changed = Arc::new(Notify::new());
+        let healthy = Arc::new(AtomicBool::new(true));
+        let live = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = mpsc::sync_channel(QUEUE_DEPTH);
+        let mut committer = Committer {
+            root: root.to_path_buf(),
+            active,
+            index: index.clone(),
+            due_changed: due_changed.clone(),
+            healthy: healthy.clone(),
+            live: live.clone(),
+            batch,
+            metrics,
+        };
+        committer.compact()?;
+        committer.publish();
+        std::thread::Builder::new()
+            .name("spool-commit".into())
+            .spawn(move || committer.run(rx))
+            .map_err(SpoolError::io("start committer"))?;
+        due_changed.notify_one();
+        Ok(Self { root: root.to_path_buf(), index, jobs: tx, due_changed, healthy, live, _lock: lock })
+    }
+
+    pub(super) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub(super) async fn commit_message(
+        &self,
+        envelope: Envelope,
+        data: Vec<u8>,
+        has_data_file: bool,
+    ) -> Result<(), SpoolError> {
+        let (done, wait) = oneshot::channel();
+        self.send(Job::Message { envelope, data, has_data_file, done }).await?;
+        wait.await.map_err(|_| SpoolError::Stopped)?
+    }
+
+    pub(super) async fn record_attempt(
+        &self,
+        id: &SpoolId,
+        results: Vec<RecipientResult>,
+        retry_ms: u64,
+    ) -> Result<(), SpoolError> {
+        let (done, wait) = oneshot::channel();
+        self.send(Job::Attempt { id: id.clone(), results, retry_ms, done }).await?;
+        wait.await.map_err(|_| SpoolError::Stopped)?
+    }
+
+    async fn send(&self, job: Job) -> Result<(), SpoolError> {
+        let mut job = job;
+        loop {
+            match self.jobs.try_send(job) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::TrySendError::Full(back)) => {
+                    // The committer is behind: wait a little instead of blocking a runtime thread.
+                    job = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(mpsc::TrySendError::Disconnected(_)) => return Err(SpoolError::Stopped),
+            }
+        }
+    }
+
+    pub(super) async fn next_due(&self) -> QueuedMessage {
+        loop {
+            let wait = {
+                let mut index = self.index.lock().expect("spool index lock");
+                let now = unix_ms(SystemTime::now());
+                match index.due.first().cloned() {
+                    Some((due, id)) if due <= now => {
+                        index.due.remove(&(due, id.clone()));
+                        let entry = index.messages.get_mut(&id).expect("due entries are live");
+                        entry.in_flight = true;
+                        return QueuedMessage {
+                            envelope: entry.envelope.clone(),
+                            attempts: entry.attempts,
+                        };
+                    }
+                    Some((due, _)) => Some(Duration::from_millis(due - now)),
+                    None => None,
+                }
+            };
+            match wait {
+                Some(wait) => {
+                    tokio::select! {
+                        _ = self.due_changed.notified() => {}
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+                None => self.due_changed.notified().await,
+            }
+        }
+    }
+
+    pub(super) async fn read_inline(&self, id: &SpoolId) -> Result<Vec<u8>, SpoolError> {
+        // Compaction may move the data between the look-up and the read; look up again then.
+        for _ in 0..3 {
+            let (segment, offset, len) = {
+                let index = self.index.lock().expect("spool index lock");
+                let entry = index.messages.get(id).ok_or_else(|| SpoolError::NotFound(id.clone()))?;
+                match entry.data {
+                    DataLocation::Inline { offset, len } => (entry.segment, offset, len),
+                    DataLocation::File => return Err(SpoolError::NotFound(id.clone())),
+                }
+            };
+            let path = segment_path(&self.root, segment);
+            let read = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+                let file = File::open(path)?;
+                let mut buf = vec![0u8; len as usize];
+                file.read_exact_at(&mut buf, offset)?;
+                Ok(buf)
+            })
+            .await
+            .map_err(|_| SpoolError::Stopped)?;
+            match read {
+                Ok(data) => return Ok(data),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(SpoolError::Io { op: "read message", source: e }),
+            }
+        }
+        Err(SpoolError::NotFound(id.clone()))
+    }
+}
+
+struct Segment {
+    seq: u64,
+    file: File,
+    len: u64,
+}
+
+impl Segment {
+    fn create(root: &Path, seq: u64) -> Result<Self, SpoolError> {
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .read(true)
+            .open(segment_path(root, seq))
+            .map_err(SpoolError::io("create segment"))?;
+        fsync_dir(&root.join("journal"))?;
+        Ok(Self { seq, file, len: 0 })
+    }
+}
+
+fn segment_path(root: &Path, seq: u64) -> PathBuf {
+    root.join("journal").join(format!("{seq:016}.log"))
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), SpoolError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(SpoolError::io("fsync directory"))
+}
+
+fn lock_spool(root: &Path) -> Result<File, SpoolError> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(root.join("lock"))
+        .map_err(SpoolError::io("open lock"))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(SpoolError::Locked(root.to_path_buf()));
+    }
+    Ok(file)
+}
+
+/// Reads every segment in order into the index; returns the segment numbers found.
+fn replay(root: &Path, index: &mut Index) -> Result<Vec<u64>, SpoolError> {
+    let mut seqs: Vec<u64> = fs::read_dir(root.join("journal"))
+        .map_err(SpoolError::io("read journal"))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            name.strip_suffix(".log")?.parse().ok()
+        })
+        .collect();
+    seqs.sort_unstable();
+    for &seq in &seqs {
+        let path = segment_path(root, seq);
+        let bytes = fs::read(&path).map_err(SpoolError::io("read segment"))?;
+        let mut pos = 0usize;
+        let mut set_aside = false;
+        while pos < bytes.len() {
+            match record::decode(&bytes[pos..]) {
+                Decoded::Record { record, len, payload_start } => {
+                    apply_replayed(root, index, seq, pos, payload_start, record);
+                    pos += len;
+                }
+                Decoded::Incomplete => {
+                    tracing::warn!(segment = %path.display(), offset = pos, "spool: torn record at the end of a segment ignored (it was never acknowledged)");
+                    break;
+                }
+                Decoded::Corrupt(why) => {
+                    tracing::error!(segment = %path.display(), offset = pos, %why, "spool: corrupt record; copying the segment to corrupt/ and scanning for the next record");
+                    if !set_aside {
+                        let dest = root.join("corrupt").join(format!("{seq:016}.log"));
+                        fs::copy(&path, dest).map_err(SpoolError::io("set aside segment"))?;
+                        set_aside = true;
+                    }
+                    match find_magic(&bytes, pos + 1) {
+                        Some(next) => pos = next,
+                        None => break,
+                    }
+                }
+            }
+        }
+        index.segments.entry(seq).or_default();
+    }
+    Ok(seqs)
+}
+
+fn find_magic(bytes: &[u8], from: usize) -> Option<usize> {
+    bytes.get(from..)?.windows(4).position(|w| w == b"PSJ1").map(|p| p + from)
+}
+
+fn apply_replayed(
+    root: &Path,
+    index: &mut Index,
+    seq: u64,
+    pos: usize,
+    payload_start: usize,
+    record: Record,
+) {
+    match record {
+        Record::Message { envelope, data_offset, data_len } => {
+            let data = if envelope.data_file.is_some() {
+                DataLocation::File
+            } else {
+                DataLocation::Inline {
+                    offset: (pos + payload_start + data_offset) as u64,
+                    len: data_len as u64,
+                }
+            };
+            let next_attempt_ms = envelope.received_at_ms;
+            index.insert(Entry { envelope, segment: seq, data, attempts: 0, next_attempt_ms, in_flight: false });
+        }
+        Record::Update(update) => {
+            if let Some(mut entry) = index.remove(&update.id) {
+                entry.envelope.recipients = update.recipients;
+                entry.attempts = update.attempts;
+                entry.next_attempt_ms = update.next_attempt_ms;
+                index.insert(entry);
+            }
+        }
+        Record::Done(done) => {
+            if let Some(entry) = index.remove(&done.id) {
+                remove_data_file(root, &entry.envelope);
+            }
+        }
+    }
+}
+
+fn remove_data_file(root: &Path, envelope: &Envelope) {
+    if let Some(name) = &envelope.data_file {
+        let _ = fs::remove_file(root.join("data").join(name));
+    }
+}
+
+/// Data files no live message refers to were written for messages that were never
+/// acknowledged (crash between rename and commit) or already finished.
+fn remove_orphan_data_files(root: &Path, index: &Index) {
+    let referenced: BTreeSet<&str> =
+        index.messages.values().filter_map(|e| e.envelope.data_file.as_deref()).collect();
+    let Ok(entries) = fs::read_dir(root.join("data")) else { return };
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !referenced.contains(name) {
+            tracing::info!(file = name, "spool: removing data file of an unacknowledged or finished message");
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+struct Committer {
+    root: PathBuf,
+    active: Segment,
+    index: Arc<Mutex<Index>>,
+    due_changed: Arc<Notify>,
+    healthy: Arc<AtomicBool>,
+    live: Arc<AtomicUsize>,
+    batch: usize,
+    metrics: Metrics,
+}
+
+/// What a job changes in the index once its records are durable.
+enum Change {
+    Insert(Entry),
+    Update { id: SpoolId, envelope: Envelope, attempts: u32, next_attempt_ms: u64 },
+    Remove(SpoolId),
+}
+
+impl Committer {
+    fn run(mut self, rx: mpsc::Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            let mut jobs = vec![first];
+            while jobs.len() < self.batch {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.commit_batch(jobs);
+            if self.active.len > SEGMENT_MAX_BYTES {
+                if let Err(e) = self.roll().and_then(|()| self.compact()) {
+                    tracing::error!(error = %e, "spool: rolling the journal failed");
+                    self.healthy.store(false, Ordering::Relaxed);
+                }
+            }
+            self.drop_empty_oldest();
+            self.publish();
+        }
+    }
+
+    fn commit_batch(&mut self, jobs: Vec<Job>) {
+        let started = Instant::now();
+        let mut buf = Vec::new();
+        let mut changes = Vec::with_capacity(jobs.len());
+        let mut replies = Vec::with_capacity(jobs.len());
+        let mut sync_data_dir = false;
+        {
+            let index = self.index.lock().expect("spool index lock");
+            for job in jobs {
+                match job {
+                    Job::Message { envelope, data, has_data_file, done } => {
+                        let offset = self.active.len + buf.len() as u64;
+                        let (encoded, data_start) = record::encode_message(&envelope, &data);
+                        let location = if has_data_file {
+                            sync_data_dir = true;
+                            DataLocation::File
+                        } else {
+                            DataLocation::Inline {
+                                offset: offset + data_start as u64,
+                                len: data.len() as u64,
+                            }
+                        };
+                        buf.extend_from_slice(&encoded);
+                        let next_attempt_ms = envelope.received_at_ms;
+                        changes.push(Change::Insert(Entry {
+                            envelope,
+                            segment: self.active.seq,
+                            data: location,
+                            attempts: 0,
+                            next_attempt_ms,
+                            in_flight: false,
+                        }));
+                        replies.push(done);
+                    }
+                    Job::Attempt { id, results, retry_ms, done } => {
+                        let Some(entry) = index.messages.get(&id) else {
+                            let _ = done.send(Err(SpoolError::NotFound(id)));
+                            continue;
+                        };
+                        let mut envelope = entry.envelope.clone();
+                        for r in results {
+                            if let Some(rcpt) = envelope.recipients.get_mut(r.index) {
+                                rcpt.status = r.status;
+                                rcpt.attempts += 1;
+                                rcpt.last_reply = Some(r.reply);
+                            }
+                        }
+                        let attempts = entry.attempts + 1;
+                        let finished = envelope
+                            .recipients
+                            .iter()
+                            .all(|r| r.status != RecipientStatus::Pending);
+                        if finished {
+                            buf.extend_from_slice(&record::encode_done(&DoneRecord { id: id.clone() }));
+                            changes.push(Change::Remove(id));
+                        } else {
+                            buf.extend_from_slice(&record::encode_update(&UpdateRecord {
+                                id: id.clone(),
+                                recipients: envelope.recipients.clone(),
+                                attempts,
+                                next_attempt_ms: retry_ms,
+                            }));
+                            changes.push(Change::Update { id, envelope, attempts, next_attempt_ms: retry_ms });
+                        }
+                        replies.push(done);
+                    }
+                }
+            }
+        }
+        if buf.is_empty() {
+            return;
+        }
+        let written = (|| -> Result<(), SpoolError> {
+            if sync_data_dir {
+                fsync_dir(&self.root.join("data"))?;
+            }
+            self.active.file.write_all(&buf).map_err(SpoolError::io("append journal"))?;
+            self.active.file.sync_data().map_err(SpoolError::io("fsync journal"))?;
+            Ok(())
+        })();
+        if let Err(e) = written {
+            tracing::error!(error = %e, "spool: group commit failed; the batch is refused");
+            self.healthy.store(false, Ordering::Relaxed);
+            for reply in replies {
+                let _ = reply.send(Err(SpoolError::Io {
+                    op: "group commit",
+                    source: std::io::Error::other(e.to_string()),
+                }));
+            }
+            // What the file holds now is unknown: continue in a fresh segment.
+            if let Err(e) = self.roll() {
+                tracing::error!(error = %e, "spool: cannot start a new segment");
+            }
+            return;
+        }
+        self.active.len += buf.len() as u64;
+        let count = replies.len();
+        {
+            let mut index = self.index.lock().expect("spool index lock");
+            for change in changes {
+                match change {
+                    Change::Insert(entry) => index.insert(entry),
+                    Change::Update { id, envelope, attempts, next_attempt_ms } => {
+                        if let Some(mut entry) = index.remove(&id) {
+                            entry.envelope = envelope;
+                            entry.attempts = attempts;
+                            entry.next_attempt_ms = next_attempt_ms;
+                            entry.in_flight = false;
+                            index.insert(entry);
+                        }
+                    }
+                    Change::Remove(id) => {
+                        if let Some(entry) = index.remove(&id) {
+                            remove_data_file(&self.root, &entry.envelope);
+                        }
+                    }
+                }
+            }
+        }
+        self.healthy.store(true, Ordering::Relaxed);
+        self.due_changed.notify_one();
+        for reply in replies {
+            let _ = reply.send(Ok(()));
+        }
+        self.metrics.spool_commit(count, started.elapsed().as_secs_f64());
+    }
+
+    fn roll(&mut self) -> Result<(), SpoolError> {
+        let next = Segment::create(&self.root, self.active.seq + 1)?;
+        self.index.lock().expect("spool index lock").segments.entry(next.seq).or_default();
+        self.active = next;
+        Ok(())
+    }
+
+    /// Copies the live messages of every older segment into the active one, then deletes the
+    /// older segments oldest first.
+    fn compact(&mut self) -> Result<(), SpoolError> {
+        let active = self.active.seq;
+        let movers: Vec<(SpoolId, u64, DataLocation, Envelope, u32, u64)> = {
+            let index = self.index.lock().expect("spool index lock");
+            index
+                .messages
+                .values()
+                .filter(|e| e.segment < active)
+                .map(|e| {
+                    (
+                        e.envelope.id.clone(),
+                        e.segment,
+                        e.data.clone(),
+                        e.envelope.clone(),
+                        e.attempts,
+                        e.next_attempt_ms,
+                    )
+                })
+                .collect()
+        };
+        let mut buf = Vec::new();
+        let mut moved = Vec::new();
+        for (id, segment, data, envelope, attempts, next_attempt_ms) in movers {
+            let bytes = match data {
+                DataLocation::Inline { offset, len } => {
+                    let file = File::open(segment_path(&self.root, segment))
+                        .map_err(SpoolError::io("open segment"))?;
+                    let mut bytes = vec![0u8; len as usize];
+                    file.read_exact_at(&mut bytes, offset).map_err(SpoolError::io("read segment"))?;
+                    bytes
+                }
+                DataLocation::File => Vec::new(),
+            };
+            let offset = self.active.len + buf.len() as u64;
+            let (encoded, data_start) = record::encode_message(&envelope, &bytes);
+            let location = match data {
+                DataLocation::Inline { .. } => DataLocation::Inline {
+                    offset: offset + data_start as u64,
+                    len: bytes.len() as u64,
+                },
+                DataLocation::File => DataLocation::File,
+            };
+            buf.extend_from_slice(&encoded);
+            buf.extend_from_slice(&record::encode_update(&UpdateRecord {
+                id: id.clone(),
+                recipients: envelope.recipients.clone(),
+                attempts,
+                next_attempt_ms,
+            }));
+            moved.push((id, location));
+        }
+        if !buf.is_empty() {
+            self.active.file.write_all(&buf).map_err(SpoolError::io("append journal"))?;
+            self.active.file.sync_data().map_err(SpoolError::io("fsync journal"))?;
+            self.active.len += buf.len() as u64;
+        }
+        {
+            let mut index = self.index.lock().expect("spool index lock");
+            for (id, location) in moved {
+                if let Some(mut entry) = index.remove(&id) {
+                    entry.segment = active;
+                    entry.data = location;
+                    index.insert(entry);
+                }
+            }
+        }
+        self.drop_empty_oldest();
+        Ok(())
+    }
+
+    /// Deletes leading segments without live messages (never the active one).
+    fn drop_empty_oldest(&mut self) {
+        let mut deleted = false;
+        loop {
+            let oldest = {
+                let index = self.index.lock().expect("spool index lock");
+                match index.segments.iter().next() {
+                    Some((&seq, &live)) if seq < self.active.seq && live == 0 => seq,
+                    _ => break,
+                }
+            };
+            if let Err(e) = fs::remove_file(segment_path(&self.root, oldest)) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::error!(segment = oldest, error = %e, "spool: cannot delete old segment");
+                    break;
+                }
+            }
+            self.index.lock().expect("spool index lock").segments.remove(&oldest);
+            deleted = true;
+        }
+        if deleted {
+            if let Err(e) = fsync_dir(&self.root.join("journal")) {
+                tracing::warn!(error = %e, "spool: fsync of the journal directory failed");
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let count = self.index.lock().expect("spool index lock").messages.len();
+        self.live.store(count, Ordering::Relaxed);
+        self.metrics.set_spool_messages(count);
+    }
+}

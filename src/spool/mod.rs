@@ -1,0 +1,381 @@
+//! The spool: accepted mail, kept durably until every recipient is delivered or has failed.
+//!
+//! # Durability contract
+//! [`Spool::commit`] returns only after the message and its envelope are on stable storage;
+//! the session answers `250 ... queued as ID` only after that. A `kill -9` or power loss at
+//! any later moment loses nothing.
+//!
+//! # Layout on disk
+//! - `journal/NNNNNNNNNNNNNNNN.log`: append-only segments of typed, checksummed records
+//!   (`record.rs`). Small messages (up to `spool.inline_max_bytes`) are written inline; every
+//!   delivery outcome is an `Update` record and a finished message a `Done` record. One
+//!   thread appends and fsyncs on behalf of all sessions (group commit, `journal.rs`): while
+//!   one fsync runs, the next batch gathers, so throughput grows with concurrency while each
+//!   250 still follows the fsync of its own message.
+//! - `data/ID.eml`: large messages, streamed there during DATA (never whole in memory),
+//!   fsynced and renamed before their journal record is committed.
+//! - `tmp/`: large messages being received; emptied at start (none was acknowledged).
+//! - `corrupt/`: copies of segments that failed their checksums, set aside for an operator,
+//!   never deleted.
+//! - `lock`: an exclusive `flock` so two processes never share a spool.
+//!
+//! # Compaction
+//! Only the oldest segment is ever deleted, once none of its messages is live: a `Done`
+//! record always sits in the same or a later segment than its message, so deleting
+//! oldest-first can never resurrect a finished message. When a segment is rolled (it grew past
+//! its size) the live messages of older segments are copied forward with their current state,
+//! which lets those segments go.
+//!
+//! The delivery schedule (`next_due`, `record_attempt`) lives here too: the spool is the only
+//! owner of a message's state, so the schedule survives restarts with the message.
+
+mod journal;
+mod record;
+
+pub use journal::SpoolError;
+
+use crate::config::SpoolConfig;
+use crate::metrics::Metrics;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncRead, AsyncWriteExt};
+
+/// Queue identifier: time-ordered, unique within a spool, safe in file names and logs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+pub struct SpoolId(pub String);
+
+impl fmt::Display for SpoolId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a recipient stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum RecipientStatus {
+    /// Not delivered yet; will be tried (again).
+    #[default]
+    Pending,
+    /// Accepted by the remote server.
+    Delivered,
+    /// Refused for good (5xx) or expired.
+    Failed,
+}
+
+/// One envelope recipient and its delivery state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipient {
+    /// The forward-path as given at RCPT.
+    pub address: String,
+    /// Delivery state.
+    pub status: RecipientStatus,
+    /// Attempts made for this recipient.
+    pub attempts: u32,
+    /// The remote server's last reply (or our reason), for logs and bounces.
+    pub last_reply: Option<String>,
+    /// DSN `NOTIFY=` as given at RCPT (RFC 3461), for the bounce issue.
+    #[serde(default)]
+    pub notify: Option<String>,
+    /// DSN `ORCPT=` as given at RCPT (RFC 3461).
+    #[serde(default)]
+    pub orcpt: Option<String>,
+}
+
+impl Recipient {
+    /// A pending recipient with no DSN parameters.
+    pub fn new(address: String) -> Self {
+        Self {
+            address,
+            status: RecipientStatus::Pending,
+            attempts: 0,
+            last_reply: None,
+            notify: None,
+            orcpt: None,
+        }
+    }
+}
+
+/// Who submitted a message, for logs and later policies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Submitter {
+    /// The authenticated address, if the session authenticated.
+    pub address: Option<String>,
+    /// The device whose password was used.
+    pub device: Option<String>,
+    /// The client's IP address.
+    pub client_ip: String,
+    /// The listener role (`submission`, `submissions`, `relay`).
+    pub listener: String,
+}
+
+/// Everything about a message except its data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Envelope {
+    /// Queue id.
+    pub id: SpoolId,
+    /// The reverse-path; empty for the null sender.
+    pub sender: String,
+    /// Recipients with their state.
+    pub recipients: Vec<Recipient>,
+    /// When the message was accepted (Unix milliseconds).
+    pub received_at_ms: u64,
+    /// Bytes of the message as it will be sent: `prefix` plus the data.
+    pub size: u64,
+    /// `BODY=8BITMIME` was given.
+    pub body_8bit: bool,
+    /// `SMTPUTF8` was given.
+    pub smtputf8: bool,
+    /// DSN `RET=` (RFC 3461).
+    #[serde(default)]
+    pub dsn_ret: Option<String>,
+    /// DSN `ENVID=` (RFC 3461).
+    #[serde(default)]
+    pub dsn_envid: Option<String>,
+    /// Who submitted it.
+    pub submitter: Submitter,
+    /// Header fields Postern puts in front of the client's data (`Received:`, a missing
+    /// `Message-ID:`/`Date:`, later `DKIM-Signature:`), CRLF-terminated.
+    pub prefix: String,
+    /// File name under `data/` for messages too large to keep inline.
+    pub data_file: Option<String>,
+}
+
+/// A message handed to delivery.
+#[derive(Debug, Clone)]
+pub struct QueuedMessage {
+    /// Envelope with the current recipient states.
+    pub envelope: Envelope,
+    /// Delivery attempts made so far for the message.
+    pub attempts: u32,
+}
+
+/// One recipient's outcome of a delivery attempt.
+#[derive(Debug, Clone)]
+pub struct RecipientResult {
+    /// Index into `envelope.recipients`.
+    pub index: usize,
+    /// New state; `Pending` means a temporary failure.
+    pub status: RecipientStatus,
+    /// Remote reply or local reason.
+    pub reply: String,
+}
+
+/// The data of a message being received, in memory until it grows past the inline limit,
+/// then in a file under `tmp/`.
+pub struct MessageBody {
+    id: SpoolId,
+    inline_max: u64,
+    tmp_dir: PathBuf,
+    memory: Vec<u8>,
+    file: Option<(tokio::io::BufWriter<tokio::fs::File>, PathBuf)>,
+    len: u64,
+}
+
+impl MessageBody {
+    /// Appends received data.
+    ///
+    /// # Errors
+    /// Creating or writing the temporary file failed.
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), SpoolError> {
+        self.len += chunk.len() as u64;
+        if let Some((file, _)) = &mut self.file {
+            file.write_all(chunk).await.map_err(SpoolError::io("write tmp"))?;
+            return Ok(());
+        }
+        if self.len <= self.inline_max {
+            self.memory.extend_from_slice(chunk);
+            return Ok(());
+        }
+        let path = self.tmp_dir.join(format!("{}.eml", self.id));
+        let file = tokio::fs::File::create(&path).await.map_err(SpoolError::io("create tmp"))?;
+        let mut file = tokio::io::BufWriter::with_capacity(256 * 1024, file);
+        file.write_all(&self.memory).await.map_err(SpoolError::io("write tmp"))?;
+        file.write_all(chunk).await.map_err(SpoolError::io("write tmp"))?;
+        self.memory = Vec::new();
+        self.file = Some((file, path));
+        Ok(())
+    }
+
+    /// Bytes received so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was received.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The first bytes of the message kept in memory (all of it for inline messages), for
+    /// header checks.
+    pub fn memory(&self) -> &[u8] {
+        &self.memory
+    }
+}
+
+impl Drop for MessageBody {
+    fn drop(&mut self) {
+        // An abandoned large message (RSET, refused, connection lost) leaves no temp file.
+        if let Some((_, path)) = self.file.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The spool handle; clones share one spool.
+#[derive(Clone)]
+pub struct Spool {
+    journal: Arc<journal::Journal>,
+    inline_max: u64,
+    ids: Arc<IdGenerator>,
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool, takes its lock, replays the journal and starts the
+    /// committer thread.
+    ///
+    /// # Errors
+    /// The directory cannot be created or locked, or the journal cannot be read.
+    pub fn open(config: &SpoolConfig, metrics: Metrics) -> Result<Self, SpoolError> {
+        let journal = journal::Journal::open(&config.path, config.commit_batch, metrics)?;
+        Ok(Self {
+            journal: Arc::new(journal),
+            inline_max: config.inline_max_bytes,
+            ids: Arc::new(IdGenerator::new()),
+        })
+    }
+
+    /// A fresh queue id.
+    pub fn new_id(&self) -> SpoolId {
+        self.ids.next()
+    }
+
+    /// An empty body to receive a message's data into.
+    pub fn new_body(&self, id: &SpoolId) -> MessageBody {
+        MessageBody {
+            id: id.clone(),
+            inline_max: self.inline_max,
+            tmp_dir: self.journal.root().join("tmp"),
+            memory: Vec::new(),
+            file: None,
+            len: 0,
+        }
+    }
+
+    /// Makes a message durable. Returns once it is on stable storage.
+    ///
+    /// # Errors
+    /// Any write, fsync or rename failed: the message is not accepted.
+    pub async fn commit(&self, mut envelope: Envelope, body: MessageBody) -> Result<(), SpoolError> {
+        let mut body = body;
+        envelope.size = envelope.prefix.len() as u64 + body.len;
+        match body.file.take() {
+            None => {
+                let data = std::mem::take(&mut body.memory);
+                self.journal.commit_message(envelope, data, false).await
+            }
+            Some((mut file, tmp_path)) => {
+                file.flush().await.map_err(SpoolError::io("flush tmp"))?;
+                let file = file.into_inner();
+                file.sync_all().await.map_err(SpoolError::io("fsync data file"))?;
+                drop(file);
+                let name = format!("{}.eml", envelope.id);
+                let final_path = self.journal.root().join("data").join(&name);
+                if let Err(e) = tokio::fs::rename(&tmp_path, &final_path).await {
+                    let _ = tokio::fs::remove_file(&tmp_path).await;
+                    return Err(SpoolError::Io { op: "rename data file", source: e });
+                }
+                envelope.data_file = Some(name);
+                let result = self.journal.commit_message(envelope, Vec::new(), true).await;
+                if result.is_err() {
+                    let _ = tokio::fs::remove_file(&final_path).await;
+                }
+                result
+            }
+        }
+    }
+
+    /// Waits until a message is due and marks it in flight.
+    pub async fn next_due(&self) -> QueuedMessage {
+        self.journal.next_due().await
+    }
+
+    /// The message as it must be sent: the prefix then the data.
+    ///
+    /// # Errors
+    /// The data could not be read.
+    pub async fn open_message(
+        &self,
+        envelope: &Envelope,
+    ) -> Result<Box<dyn AsyncRead + Send + Unpin>, SpoolError> {
+        let prefix = std::io::Cursor::new(envelope.prefix.clone().into_bytes());
+        if let Some(name) = &envelope.data_file {
+            let path = self.journal.root().join("data").join(name);
+            let file = tokio::fs::File::open(&path).await.map_err(SpoolError::io("open data"))?;
+            return Ok(Box::new(tokio::io::AsyncReadExt::chain(
+                prefix,
+                tokio::io::BufReader::with_capacity(256 * 1024, file),
+            )));
+        }
+        let data = self.journal.read_inline(&envelope.id).await?;
+        Ok(Box::new(tokio::io::AsyncReadExt::chain(prefix, std::io::Cursor::new(data))))
+    }
+
+    /// Records a delivery attempt durably; the message leaves the spool once no recipient is
+    /// pending. Pending recipients are tried again at `retry_at`.
+    ///
+    /// # Errors
+    /// The journal write failed; the message stays in flight until restart.
+    pub async fn record_attempt(
+        &self,
+        id: &SpoolId,
+        results: Vec<RecipientResult>,
+        retry_at: Option<SystemTime>,
+    ) -> Result<(), SpoolError> {
+        let retry_ms = retry_at.map(unix_ms).unwrap_or_else(|| unix_ms(SystemTime::now()) + 60_000);
+        self.journal.record_attempt(id, results, retry_ms).await
+    }
+
+    /// Messages in the spool.
+    pub fn len(&self) -> usize {
+        self.journal.len()
+    }
+
+    /// Whether the spool is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the committer is alive (for `/readyz`).
+    pub fn is_healthy(&self) -> bool {
+        self.journal.is_healthy()
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as u64
+}
+
+/// Time-ordered ids: milliseconds, then a process-wide counter, then a per-process tag so
+/// that ids of two replicas in one log stream do not collide.
+struct IdGenerator {
+    counter: AtomicU64,
+    tag: u16,
+}
+
+impl IdGenerator {
+    fn new() -> Self {
+        Self { counter: AtomicU64::new(0), tag: rand::random::<u16>() }
+    }
+
+    fn next(&self) -> SpoolId {
+        let ms = unix_ms(SystemTime::now());
+        let n = self.counter.fetch_add(1, Ordering::Relaxed) & 0xFF_FFFF;
+        SpoolId(format!("{ms:011X}{n:06X}{:04X}", self.tag))
+    }
+}

@@ -1,0 +1,1048 @@
+//! The embedded store: one SQLite file (bundled SQLite, no server to run).
+//!
+//! # Sharing the file between processes
+//! `postern serve` reads the file while `postern device ...` writes it. The database runs in
+//! WAL mode, so readers never wait for a writer and see each committed change at their next
+//! query (nothing is cached in memory). Every write is one `BEGIN IMMEDIATE` transaction that
+//! checks and changes together, so two admin commands racing cannot both add the same alias;
+//! a writer that finds the file locked waits up to [`BUSY_TIMEOUT`] before failing.
+//! `synchronous = FULL`: the write volume is tiny and a revocation lost to a power cut would
+//! silently bring a password back.
+//!
+//! # Schema
+//! Created and migrated at open, tracked by `PRAGMA user_version`; a list of
+//! steps (the `MIGRATIONS` table), each applied once, in one transaction. A file from a newer Postern is refused rather
+//! than guessed at. Triggers also keep addresses and aliases in one namespace, as a second line
+//! behind the checks in each transaction.
+//!
+//! # Files
+//! The parent directory is created (mode 0700) if absent; the database file is created with
+//! mode 0600 because it holds password hashes. SQLite gives its `-wal` and `-shm` files the
+//! mode of the database file.
+//!
+//! # Concurrency inside the process
+//! One connection behind a `std::sync::Mutex`: queries take microseconds and are never held
+//! across an `.await`. The async [`Directory`] methods run on tokio's blocking pool
+//! (`spawn_blocking`), so a lock wait or a slow disk never stalls the runtime's workers.
+
+use super::{
+    AddressInfo, AliasInfo, AuthIdentity, CredentialId, DeviceInfo, Directory, DirectoryAdmin,
+    StoreError, address_not_found, check_device_name, device_not_found, quoted,
+};
+use crate::policy::password;
+use crate::policy::{DevicePassword, EmailAddress, Plan, parse_address};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use std::collections::HashSet;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long a statement waits for another process's write lock before failing.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Schema steps; after step `i` the file is at `user_version = i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: addresses, aliases, devices.
+    r#"
+    CREATE TABLE addresses (
+        address    TEXT NOT NULL PRIMARY KEY,
+        plan       TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE aliases (
+        alias      TEXT NOT NULL PRIMARY KEY,
+        address    TEXT NOT NULL REFERENCES addresses(address) ON DELETE CASCADE,
+        created_at INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX aliases_by_address ON aliases(address);
+
+    CREATE TABLE devices (
+        address       TEXT NOT NULL REFERENCES addresses(address) ON DELETE CASCADE,
+        name          TEXT NOT NULL,
+        credential_id TEXT NOT NULL UNIQUE,
+        password_hash BLOB NOT NULL CHECK (length(password_hash) = 32),
+        created_at    INTEGER NOT NULL,
+        PRIMARY KEY (address, name)
+    ) STRICT;
+
+    CREATE TRIGGER alias_is_not_an_address BEFORE INSERT ON aliases
+    WHEN EXISTS (SELECT 1 FROM addresses WHERE address = NEW.alias)
+    BEGIN SELECT RAISE(ABORT, 'alias collides with an address'); END;
+
+    CREATE TRIGGER address_is_not_an_alias BEFORE INSERT ON addresses
+    WHEN EXISTS (SELECT 1 FROM aliases WHERE alias = NEW.address)
+    BEGIN SELECT RAISE(ABORT, 'address collides with an alias'); END;
+    "#,
+];
+
+/// Credential ids per `IN (...)` query of [`Directory::live_credentials`]; well under SQLite's
+/// limit on bound parameters.
+const LIVE_BATCH: usize = 500;
+
+/// The SQLite-backed store. Cheap to clone: clones share one connection.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn to_time(secs: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+}
+
+fn to_hash(bytes: &[u8]) -> Result<[u8; 32], StoreError> {
+    bytes
+        .try_into()
+        .map_err(|_| StoreError::Backend("a stored password hash is not 32 bytes".to_string()))
+}
+
+impl EmbeddedStore {
+    /// Opens the store at `path`, creating the file (mode 0600), its parent directory (0700)
+    /// and the schema as needed.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] naming the path: the directory or file cannot be created or
+    /// opened, the file is not a SQLite database, WAL mode cannot be enabled, or the schema is
+    /// newer than this Postern understands.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let fail = |what: String| StoreError::Backend(format!("{}: {what}", path.display()));
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+            && !parent.exists()
+        {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(|e| fail(format!("cannot create directory: {e}")))?;
+        }
+        // Create the file ourselves so that it never exists with a wider mode; an empty file
+        // is a valid empty database to SQLite.
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(fail(format!("cannot create: {e}"))),
+        }
+        let mut conn = Connection::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
+        let with_path = |e: StoreError| match e {
+            StoreError::Backend(m) => fail(m),
+            other => other,
+        };
+        configure(&conn).map_err(with_path)?;
+        migrate(&mut conn).map_err(with_path)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                conn: Mutex::new(conn),
+                path: path.to_path_buf(),
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The connection. A panic while it was held leaves no half-done write behind (an open
+    /// transaction rolls back when dropped), so a poisoned lock is safe to take over.
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.inner
+            .conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `f` with a `BEGIN IMMEDIATE` transaction, committing if it returns `Ok`.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        let value = f(&tx)?;
+        tx.commit().map_err(backend)?;
+        Ok(value)
+    }
+
+    fn authenticate_blocking(
+        &self,
+        login: &str,
+        password: &str,
+    ) -> Result<Option<AuthIdentity>, StoreError> {
+        let Ok(address) = parse_address(login) else {
+            return Ok(None);
+        };
+        let conn = self.lock();
+        let devices = {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT name, credential_id, password_hash FROM devices
+                     WHERE address = ?1 ORDER BY name",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([address.as_str()], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, Vec<u8>>(2)?,
+                    ))
+                })
+                .map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)?
+        };
+        if devices.is_empty() {
+            // Same work as a wrong password, so timing does not tell which addresses exist.
+            let _ = password::verify(password, &[0u8; 32]);
+            return Ok(None);
+        }
+        // Every device is checked, without stopping at the first match.
+        let mut matched = None;
+        for (i, (_, _, stored)) in devices.iter().enumerate() {
+            let ok = password::verify(password, &to_hash(stored)?);
+            if ok && matched.is_none() {
+                matched = Some(i);
+            }
+        }
+        let Some(i) = matched else {
+            return Ok(None);
+        };
+        let (device, credential, _) = devices.into_iter().nth(i).expect("index from enumerate");
+        let mut senders = vec![address.as_str().to_string()];
+        senders.extend(aliases_of(&conn, address.as_str())?);
+        Ok(Some(AuthIdentity {
+            address: address.into_string(),
+            device,
+            credential: CredentialId(credential),
+            senders,
+        }))
+    }
+
+    fn live_credentials_blocking(
+        &self,
+        ids: &[CredentialId],
+    ) -> Result<HashSet<CredentialId>, StoreError> {
+        let mut live = HashSet::new();
+        let conn = self.lock();
+        for batch in ids.chunks(LIVE_BATCH) {
+            let placeholders = vec!["?"; batch.len()].join(",");
+            let sql = format!(
+                "SELECT credential_id FROM devices WHERE credential_id IN ({placeholders})"
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+            let rows = stmt
+                .query_map(
+                    rusqlite::params_from_iter(batch.iter().map(|id| id.0.as_str())),
+                    |row| row.get::<_, String>(0),
+                )
+                .map_err(backend)?;
+            for id in rows {
+                live.insert(CredentialId(id.map_err(backend)?));
+            }
+        }
+        Ok(live)
+    }
+}
+
+/// Per-connection settings. `busy_timeout` comes first: switching to WAL may need a lock.
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .map_err(backend)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Backend(format!(
+            "cannot enable WAL mode (journal_mode is {mode})"
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(backend)?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(backend)?;
+    Ok(())
+}
+
+fn schema_version(conn: &Connection) -> Result<usize, StoreError> {
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(backend)?;
+    usize::try_from(version)
+        .map_err(|_| StoreError::Backend(format!("invalid schema version {version}")))
+}
+
+/// Brings the schema to the latest version; a no-op (and no write lock) when it is current.
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let latest = MIGRATIONS.len();
+    let newer = |v: usize| {
+        StoreError::Backend(format!(
+            "schema version {v} is newer than this postern understands ({latest})"
+        ))
+    };
+    let version = schema_version(conn)?;
+    if version == latest {
+        return Ok(());
+    }
+    if version > latest {
+        return Err(newer(version));
+    }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(backend)?;
+    // Another process may have migrated while we waited for the lock.
+    let version = schema_version(&tx)?;
+    if version > latest {
+        return Err(newer(version));
+    }
+    for step in &MIGRATIONS[version..] {
+        tx.execute_batch(step).map_err(backend)?;
+    }
+    tx.pragma_update(
+        None,
+        "user_version",
+        i64::try_from(latest).expect("few migrations"),
+    )
+    .map_err(backend)?;
+    tx.commit().map_err(backend)
+}
+
+fn aliases_of(conn: &Connection, address: &str) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT alias FROM aliases WHERE address = ?1 ORDER BY alias")
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map([address], |row| row.get::<_, String>(0))
+        .map_err(backend)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+}
+
+fn is_address(conn: &Connection, address: &str) -> Result<bool, StoreError> {
+    conn.query_row(
+        "SELECT 1 FROM addresses WHERE address = ?1",
+        [address],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|found| found.is_some())
+    .map_err(backend)
+}
+
+fn is_alias(conn: &Connection, alias: &str) -> Result<bool, StoreError> {
+    conn.query_row(
+        "SELECT 1 FROM aliases WHERE alias = ?1",
+        [alias],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|found| found.is_some())
+    .map_err(backend)
+}
+
+/// `AlreadyExists` if `name` is taken as an address or an alias.
+fn ensure_name_free(conn: &Connection, name: &str) -> Result<(), StoreError> {
+    if is_address(conn, name)? {
+        return Err(StoreError::AlreadyExists {
+            what: format!("an address {}", quoted(name)),
+        });
+    }
+    if is_alias(conn, name)? {
+        return Err(StoreError::AlreadyExists {
+            what: format!("an alias {}", quoted(name)),
+        });
+    }
+    Ok(())
+}
+
+fn ensure_address(conn: &Connection, address: &str) -> Result<(), StoreError> {
+    if is_address(conn, address)? {
+        Ok(())
+    } else {
+        Err(address_not_found(address))
+    }
+}
+
+fn new_credential() -> Result<(DevicePassword, CredentialId), StoreError> {
+    let password = password::try_generate()
+        .map_err(|e| StoreError::Backend(format!("OS random generator: {e}")))?;
+    Ok((password, CredentialId::random()?))
+}
+
+impl DirectoryAdmin for EmbeddedStore {
+    fn add_address(&self, address: &EmailAddress, plan: Plan) -> Result<(), StoreError> {
+        self.write(|tx| {
+            ensure_name_free(tx, address.as_str())?;
+            tx.execute(
+                "INSERT INTO addresses (address, plan, created_at) VALUES (?1, ?2, ?3)",
+                params![address.as_str(), plan.as_str(), now_secs()],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn remove_address(&self, address: &EmailAddress) -> Result<(), StoreError> {
+        let address = address.as_str();
+        self.write(|tx| {
+            ensure_address(tx, address)?;
+            // Explicit rather than relying on ON DELETE CASCADE alone.
+            tx.execute("DELETE FROM devices WHERE address = ?1", [address])
+                .map_err(backend)?;
+            tx.execute("DELETE FROM aliases WHERE address = ?1", [address])
+                .map_err(backend)?;
+            tx.execute("DELETE FROM addresses WHERE address = ?1", [address])
+                .map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn list_addresses(&self) -> Result<Vec<AddressInfo>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare("SELECT address, plan, created_at FROM addresses ORDER BY address")
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)?,
+                ))
+            })
+            .map_err(backend)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (address, plan, created_at) = row.map_err(backend)?;
+            let plan = plan
+                .parse::<Plan>()
+                .map_err(|e| StoreError::Backend(format!("address {}: {e}", quoted(&address))))?;
+            out.push(AddressInfo {
+                address,
+                plan,
+                created_at: to_time(created_at),
+            });
+        }
+        Ok(out)
+    }
+
+    fn add_alias(&self, alias: &EmailAddress, address: &EmailAddress) -> Result<(), StoreError> {
+        self.write(|tx| {
+            ensure_address(tx, address.as_str())?;
+            ensure_name_free(tx, alias.as_str())?;
+            tx.execute(
+                "INSERT INTO aliases (alias, address, created_at) VALUES (?1, ?2, ?3)",
+                params![alias.as_str(), address.as_str(), now_secs()],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn remove_alias(&self, alias: &EmailAddress) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let removed = tx
+                .execute("DELETE FROM aliases WHERE alias = ?1", [alias.as_str()])
+                .map_err(backend)?;
+            if removed == 0 {
+                return Err(StoreError::NotFound {
+                    what: format!("alias {}", quoted(alias.as_str())),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    fn list_aliases(&self, address: Option<&EmailAddress>) -> Result<Vec<AliasInfo>, StoreError> {
+        let conn = self.lock();
+        let to_info = |row: &rusqlite::Row<'_>| {
+            Ok(AliasInfo {
+                alias: row.get(0)?,
+                address: row.get(1)?,
+            })
+        };
+        match address {
+            Some(address) => {
+                ensure_address(&conn, address.as_str())?;
+                let mut stmt = conn
+                    .prepare("SELECT alias, address FROM aliases WHERE address = ?1 ORDER BY alias")
+                    .map_err(backend)?;
+                let rows = stmt
+                    .query_map([address.as_str()], to_info)
+                    .map_err(backend)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+            }
+            None => {
+                let mut stmt = conn
+                    .prepare("SELECT alias, address FROM aliases ORDER BY alias")
+                    .map_err(backend)?;
+                let rows = stmt.query_map([], to_info).map_err(backend)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+            }
+        }
+    }
+
+    fn add_device(&self, address: &EmailAddress, name: &str) -> Result<DevicePassword, StoreError> {
+        check_device_name(name)?;
+        let address = address.as_str();
+        self.write(|tx| {
+            ensure_address(tx, address)?;
+            let exists = tx
+                .query_row(
+                    "SELECT 1 FROM devices WHERE address = ?1 AND name = ?2",
+                    [address, name],
+                    |_| Ok(()),
+                )
+                .optional()
+                .map_err(backend)?
+                .is_some();
+            if exists {
+                return Err(StoreError::AlreadyExists {
+                    what: format!("device {} of address {}", quoted(name), quoted(address)),
+                });
+            }
+            let (password, credential) = new_credential()?;
+            tx.execute(
+                "INSERT INTO devices (address, name, credential_id, password_hash, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    address,
+                    name,
+                    credential.0,
+                    &password.hash()[..],
+                    now_secs()
+                ],
+            )
+            .map_err(backend)?;
+            Ok(password)
+        })
+    }
+
+    fn list_devices(&self, address: &EmailAddress) -> Result<Vec<DeviceInfo>, StoreError> {
+        let conn = self.lock();
+        ensure_address(&conn, address.as_str())?;
+        let mut stmt = conn
+            .prepare("SELECT name, created_at FROM devices WHERE address = ?1 ORDER BY name")
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([address.as_str()], |row| {
+                Ok(DeviceInfo {
+                    name: row.get(0)?,
+                    created_at: to_time(row.get(1)?),
+                })
+            })
+            .map_err(backend)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+    }
+
+    fn rotate_device(
+        &self,
+        address: &EmailAddress,
+        name: &str,
+    ) -> Result<DevicePassword, StoreError> {
+        let address = address.as_str();
+        self.write(|tx| {
+            ensure_address(tx, address)?;
+            let (password, credential) = new_credential()?;
+            let changed = tx
+                .execute(
+                    "UPDATE devices SET password_hash = ?3, credential_id = ?4
+                     WHERE address = ?1 AND name = ?2",
+                    params![address, name, &password.hash()[..], credential.0],
+                )
+                .map_err(backend)?;
+            if changed == 0 {
+                return Err(device_not_found(address, name));
+            }
+            Ok(password)
+        })
+    }
+
+    fn revoke_device(&self, address: &EmailAddress, name: &str) -> Result<(), StoreError> {
+        let address = address.as_str();
+        self.write(|tx| {
+            ensure_address(tx, address)?;
+            let removed = tx
+                .execute(
+                    "DELETE FROM devices WHERE address = ?1 AND name = ?2",
+                    [address, name],
+                )
+                .map_err(backend)?;
+            if removed == 0 {
+                return Err(device_not_found(address, name));
+            }
+            Ok(())
+        })
+    }
+
+    fn revoke_all(&self, address: &EmailAddress) -> Result<usize, StoreError> {
+        let address = address.as_str();
+        self.write(|tx| {
+            ensure_address(tx, address)?;
+            tx.execute("DELETE FROM devices WHERE address = ?1", [address])
+                .map_err(backend)
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Directory for EmbeddedStore {
+    async fn authenticate(
+        &self,
+        login: &str,
+        password: &str,
+    ) -> Result<Option<AuthIdentity>, StoreError> {
+        let store = self.clone();
+        let (login, password) = (login.to_string(), password.to_string());
+        tokio::task::spawn_blocking(move || store.authenticate_blocking(&login, &password))
+            .await
+            .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+    }
+
+    async fn live_credentials(
+        &self,
+        ids: &[CredentialId],
+    ) -> Result<HashSet<CredentialId>, StoreError> {
+        if ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let store = self.clone();
+        let ids = ids.to_vec();
+        tokio::task::spawn_blocking(move || store.live_credentials_blocking(&ids))
+            .await
+            .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> Self {
+            static COUNTER: AtomicUsize = AtomicUsize::new(0);
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos();
+            let dir = std::env::temp_dir().join(format!(
+                "postern-store-{name}-{}-{n}-{nanos}",
+                std::process::id()
+            ));
+            Self(dir)
+        }
+
+        fn db(&self) -> PathBuf {
+            self.0.join("nested").join("store.db")
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    async fn auth(store: &EmbeddedStore, login: &str, password: &str) -> Option<AuthIdentity> {
+        store.authenticate(login, password).await.unwrap()
+    }
+
+    fn addr(text: &str) -> EmailAddress {
+        parse_address(text).unwrap()
+    }
+
+    fn open(name: &str) -> (TempDir, EmbeddedStore) {
+        let dir = TempDir::new(name);
+        let store = EmbeddedStore::open(&dir.db()).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn open_creates_parent_file_mode_and_wal() {
+        let dir = TempDir::new("open");
+        let store = EmbeddedStore::open(&dir.db()).unwrap();
+        let mode = std::fs::metadata(dir.db()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let conn = store.lock();
+        let journal: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(journal, "wal");
+        assert_eq!(schema_version(&conn).unwrap(), MIGRATIONS.len());
+        drop(conn);
+        drop(store);
+        // Reopening an existing store is fine and keeps the data.
+        let store = EmbeddedStore::open(&dir.db()).unwrap();
+        store
+            .add_address(&addr("a@example.org"), Plan::Free)
+            .unwrap();
+        drop(store);
+        let store = EmbeddedStore::open(&dir.db()).unwrap();
+        assert_eq!(store.list_addresses().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let (dir, store) = open("newer");
+        store
+            .lock()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        drop(store);
+        let e = EmbeddedStore::open(&dir.db()).unwrap_err().to_string();
+        assert!(e.contains("schema version 99 is newer"), "{e}");
+        assert!(e.contains("store.db"), "{e}");
+    }
+
+    #[test]
+    fn addresses_add_list_remove() {
+        let (_dir, store) = open("addresses");
+        store
+            .add_address(&addr("b@example.org"), Plan::Starter)
+            .unwrap();
+        store
+            .add_address(&addr("A@Example.org"), Plan::Premium)
+            .unwrap();
+        let list = store.list_addresses().unwrap();
+        let names: Vec<_> = list.iter().map(|a| (a.address.as_str(), a.plan)).collect();
+        assert_eq!(
+            names,
+            [
+                ("a@example.org", Plan::Premium),
+                ("b@example.org", Plan::Starter)
+            ]
+        );
+        let e = store
+            .add_address(&addr("a@example.org"), Plan::Free)
+            .unwrap_err();
+        assert_eq!(e.to_string(), "an address \"a@example.org\" already exists");
+        store.remove_address(&addr("a@example.org")).unwrap();
+        let e = store.remove_address(&addr("a@example.org")).unwrap_err();
+        assert_eq!(
+            e,
+            StoreError::NotFound {
+                what: "address \"a@example.org\"".into()
+            }
+        );
+        assert_eq!(store.list_addresses().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn aliases_and_collisions() {
+        let (_dir, store) = open("aliases");
+        let a = addr("a@example.org");
+        let b = addr("b@example.org");
+        store.add_address(&a, Plan::Starter).unwrap();
+        store.add_address(&b, Plan::Starter).unwrap();
+        store.add_alias(&addr("sales@example.org"), &a).unwrap();
+        store.add_alias(&addr("info@example.net"), &a).unwrap();
+        store.add_alias(&addr("help@example.org"), &b).unwrap();
+
+        // Alias named like an address, address named like an alias, duplicate alias.
+        let e = store.add_alias(&b, &a).unwrap_err();
+        assert_eq!(e.to_string(), "an address \"b@example.org\" already exists");
+        let e = store.add_alias(&a, &a).unwrap_err();
+        assert!(matches!(e, StoreError::AlreadyExists { .. }), "{e}");
+        let e = store
+            .add_address(&addr("sales@example.org"), Plan::Free)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "an alias \"sales@example.org\" already exists"
+        );
+        let e = store.add_alias(&addr("sales@example.org"), &b).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "an alias \"sales@example.org\" already exists"
+        );
+        // Alias of an unknown address, or of an alias.
+        let e = store
+            .add_alias(&addr("x@example.org"), &addr("nobody@example.org"))
+            .unwrap_err();
+        assert_eq!(e.to_string(), "address \"nobody@example.org\" not found");
+        let e = store
+            .add_alias(&addr("x@example.org"), &addr("sales@example.org"))
+            .unwrap_err();
+        assert!(matches!(e, StoreError::NotFound { .. }));
+
+        let of_a: Vec<_> = store
+            .list_aliases(Some(&a))
+            .unwrap()
+            .into_iter()
+            .map(|x| x.alias)
+            .collect();
+        assert_eq!(of_a, ["info@example.net", "sales@example.org"]);
+        let all = store.list_aliases(None).unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!(
+            all[0],
+            AliasInfo {
+                alias: "help@example.org".into(),
+                address: b.to_string()
+            }
+        );
+        assert!(
+            store
+                .list_aliases(Some(&addr("nobody@example.org")))
+                .is_err()
+        );
+
+        store.remove_alias(&addr("sales@example.org")).unwrap();
+        let e = store.remove_alias(&addr("sales@example.org")).unwrap_err();
+        assert_eq!(e.to_string(), "alias \"sales@example.org\" not found");
+        // An address is not an alias.
+        assert!(store.remove_alias(&a).is_err());
+
+        // Removing an address removes its aliases and devices, and frees the names.
+        store.add_device(&a, "phone").unwrap();
+        store.remove_address(&a).unwrap();
+        assert_eq!(store.list_aliases(None).unwrap().len(), 1);
+        store
+            .add_address(&addr("info@example.net"), Plan::Free)
+            .unwrap();
+        store.add_address(&a, Plan::Free).unwrap();
+        assert!(store.list_devices(&a).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn devices_add_list_authenticate() {
+        let (_dir, store) = open("devices");
+        let a = addr("alice@example.org");
+        store.add_address(&a, Plan::Starter).unwrap();
+        store.add_alias(&addr("sales@example.org"), &a).unwrap();
+        let phone = store.add_device(&a, "phone").unwrap();
+        let laptop = store.add_device(&a, "laptop").unwrap();
+        assert_ne!(phone.expose(), laptop.expose());
+
+        let names: Vec<_> = store
+            .list_devices(&a)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.name)
+            .collect();
+        assert_eq!(names, ["laptop", "phone"]);
+        let e = store.add_device(&a, "phone").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "device \"phone\" of address \"alice@example.org\" already exists"
+        );
+        assert!(matches!(
+            store.add_device(&a, "").unwrap_err(),
+            StoreError::Invalid(_)
+        ));
+        assert!(matches!(
+            store
+                .add_device(&addr("bob@example.org"), "phone")
+                .unwrap_err(),
+            StoreError::NotFound { .. }
+        ));
+
+        let id = auth(&store, "Alice@EXAMPLE.org", phone.expose())
+            .await
+            .unwrap();
+        assert_eq!(id.address, "alice@example.org");
+        assert_eq!(id.device, "phone");
+        assert_eq!(id.senders, ["alice@example.org", "sales@example.org"]);
+        let id2 = auth(&store, "alice@example.org", laptop.expose())
+            .await
+            .unwrap();
+        assert_eq!(id2.device, "laptop");
+        assert_ne!(id.credential, id2.credential);
+
+        // Wrong password, unknown address, alias as login, invalid login.
+        assert!(auth(&store, "alice@example.org", "nope").await.is_none());
+        assert!(
+            auth(&store, "bob@example.org", phone.expose())
+                .await
+                .is_none()
+        );
+        assert!(
+            auth(&store, "sales@example.org", phone.expose())
+                .await
+                .is_none()
+        );
+        assert!(auth(&store, "alice", phone.expose()).await.is_none());
+        assert!(
+            auth(&store, "alice@example.org", &phone.expose().to_uppercase())
+                .await
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn rotate_changes_password_and_credential() {
+        let (_dir, store) = open("rotate");
+        let a = addr("alice@example.org");
+        store.add_address(&a, Plan::Starter).unwrap();
+        let old = store.add_device(&a, "phone").unwrap();
+        let laptop = store.add_device(&a, "laptop").unwrap();
+        let old_id = auth(&store, a.as_str(), old.expose()).await.unwrap();
+        let laptop_id = auth(&store, a.as_str(), laptop.expose()).await.unwrap();
+        let created = store.list_devices(&a).unwrap();
+
+        let new = store.rotate_device(&a, "phone").unwrap();
+        assert_ne!(old.expose(), new.expose());
+        assert!(auth(&store, a.as_str(), old.expose()).await.is_none());
+        let new_id = auth(&store, a.as_str(), new.expose()).await.unwrap();
+        assert_eq!(new_id.device, "phone");
+        assert_ne!(new_id.credential, old_id.credential);
+        // The other device is untouched; rotation keeps the creation time.
+        assert!(auth(&store, a.as_str(), laptop.expose()).await.is_some());
+        assert_eq!(store.list_devices(&a).unwrap(), created);
+
+        let ids = [
+            old_id.credential.clone(),
+            new_id.credential.clone(),
+            laptop_id.credential.clone(),
+        ];
+        let live = store.live_credentials(&ids).await.unwrap();
+        assert_eq!(
+            live,
+            HashSet::from([new_id.credential.clone(), laptop_id.credential.clone()])
+        );
+
+        let e = store.rotate_device(&a, "tablet").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "device \"tablet\" of address \"alice@example.org\" not found"
+        );
+        assert!(
+            store
+                .rotate_device(&addr("bob@example.org"), "phone")
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn revoke_and_revoke_all() {
+        let (_dir, store) = open("revoke");
+        let a = addr("alice@example.org");
+        let b = addr("bob@example.org");
+        store.add_address(&a, Plan::Starter).unwrap();
+        store.add_address(&b, Plan::Starter).unwrap();
+        let phone = store.add_device(&a, "phone").unwrap();
+        let laptop = store.add_device(&a, "laptop").unwrap();
+        let tablet = store.add_device(&a, "tablet").unwrap();
+        let bobs = store.add_device(&b, "phone").unwrap();
+        let phone_id = auth(&store, a.as_str(), phone.expose()).await.unwrap();
+        let bob_id = auth(&store, b.as_str(), bobs.expose()).await.unwrap();
+
+        store.revoke_device(&a, "phone").unwrap();
+        assert!(auth(&store, a.as_str(), phone.expose()).await.is_none());
+        assert!(auth(&store, a.as_str(), laptop.expose()).await.is_some());
+        let live = store
+            .live_credentials(std::slice::from_ref(&phone_id.credential))
+            .await
+            .unwrap();
+        assert!(live.is_empty());
+        assert!(matches!(
+            store.revoke_device(&a, "phone").unwrap_err(),
+            StoreError::NotFound { .. }
+        ));
+
+        assert_eq!(store.revoke_all(&a).unwrap(), 2);
+        assert!(auth(&store, a.as_str(), tablet.expose()).await.is_none());
+        assert!(store.list_devices(&a).unwrap().is_empty());
+        assert_eq!(store.revoke_all(&a).unwrap(), 0);
+        assert!(store.revoke_all(&addr("carol@example.org")).is_err());
+        // Bob's device is not affected; a name can be reused after revocation.
+        assert!(auth(&store, b.as_str(), bobs.expose()).await.is_some());
+        assert_eq!(
+            store
+                .live_credentials(std::slice::from_ref(&bob_id.credential))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        store.add_device(&a, "phone").unwrap();
+    }
+
+    #[tokio::test]
+    async fn live_credentials_in_batches() {
+        let (_dir, store) = open("live");
+        let a = addr("alice@example.org");
+        store.add_address(&a, Plan::Starter).unwrap();
+        let p = store.add_device(&a, "phone").unwrap();
+        let real = auth(&store, a.as_str(), p.expose())
+            .await
+            .unwrap()
+            .credential;
+        let mut ids: Vec<_> = (0..1_200)
+            .map(|i| CredentialId(format!("unknown-{i}")))
+            .collect();
+        ids.insert(777, real.clone());
+        let live = store.live_credentials(&ids).await.unwrap();
+        assert_eq!(live, HashSet::from([real]));
+        assert!(store.live_credentials(&[]).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_second_process_sees_changes_at_once() {
+        // Two connections on one file stand for `postern serve` and the CLI.
+        let dir = TempDir::new("shared");
+        let server = EmbeddedStore::open(&dir.db()).unwrap();
+        let cli = EmbeddedStore::open(&dir.db()).unwrap();
+        let a = addr("alice@example.org");
+        cli.add_address(&a, Plan::Starter).unwrap();
+        let p = cli.add_device(&a, "phone").unwrap();
+        let id = auth(&server, a.as_str(), p.expose()).await.unwrap();
+        cli.revoke_device(&a, "phone").unwrap();
+        assert!(
+            server
+                .live_credentials(&[id.credential])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(auth(&server, a.as_str(), p.expose()).await.is_none());
+    }
+
+    #[test]
+    fn no_hash_is_exposed_by_listing() {
+        let (_dir, store) = open("nohash");
+        let a = addr("alice@example.org");
+        store.add_address(&a, Plan::Starter).unwrap();
+        let p = store.add_device(&a, "phone").unwrap();
+        let shown = format!("{:?}", store.list_devices(&a).unwrap());
+        assert!(!shown.contains(p.expose()));
+        let stored: Vec<u8> = store
+            .lock()
+            .query_row("SELECT password_hash FROM devices", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(stored, password::hash(p.expose()));
+    }
+}

@@ -1,0 +1,354 @@
+//! Addresses, aliases and device passwords, behind two small traits.
+//!
+//! - [`Directory`] is what `postern serve` needs at run time: check an AUTH login, and tell
+//!   the revocation watcher which sessions' credentials are still good. It is async and
+//!   dyn-compatible (`Arc<dyn Directory>`), so the listener does not care about the backend.
+//! - [`DirectoryAdmin`] is what the `postern address|alias|device` commands need. It is
+//!   synchronous: the CLI does one thing and exits.
+//!
+//! [`EmbeddedStore`] (SQLite, one file) implements both; a shared backend for several relays
+//! can implement the same traits later.
+//!
+//! # Model
+//! An *address* is a hosted mailbox (`alice@example.org`) with a [`Plan`]. An *alias* is another
+//! address that the owner of an address may use as sender; it cannot log in. A *device* is a
+//! named password of one address ("phone", "thunderbird"). Addresses and aliases share one
+//! namespace: no text is both. Each device carries a [`CredentialId`], a random id that changes
+//! whenever the device's password changes, so that sessions authenticated with an old password
+//! can be found and cut.
+//!
+//! # What this module does not do
+//! No syntax rules of its own beyond device names (addresses arrive as [`EmailAddress`], already
+//! checked by [`crate::policy::address`]), no password generation rules
+//! ([`crate::policy::password`]), no rate limiting of logins (the listener), no quotas yet.
+//!
+//! # Failure policy
+//! Every backend failure is [`StoreError::Backend`]. Callers fail *closed*: an AUTH that meets a
+//! backend error is answered with a temporary error (454 4.7.0), never accepted, and the
+//! revocation watcher that cannot reach the store keeps sessions as they are and retries.
+
+pub mod embedded;
+
+pub use embedded::EmbeddedStore;
+
+use crate::policy::{DevicePassword, EmailAddress, Plan};
+use rand::TryRng;
+use rand::rngs::SysRng;
+use std::collections::HashSet;
+use std::fmt;
+use std::time::SystemTime;
+
+/// Longest device name, in characters.
+pub const MAX_DEVICE_NAME_LEN: usize = 64;
+
+/// What went wrong in a store operation. Messages are one line, fit for `postern: <message>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The named thing does not exist, e.g. `address "a@example.org"`.
+    #[error("{what} not found")]
+    NotFound {
+        /// What was looked for, with its name.
+        what: String,
+    },
+    /// The named thing exists already, or its name is taken by the other kind
+    /// (an alias named like an address, or the reverse).
+    #[error("{what} already exists")]
+    AlreadyExists {
+        /// What is in the way, with its name.
+        what: String,
+    },
+    /// A value the store refuses (a device name with control characters, ...).
+    #[error("{0}")]
+    Invalid(String),
+    /// The backend failed (I/O, a locked or corrupt database, a schema from a newer Postern).
+    #[error("store: {0}")]
+    Backend(String),
+}
+
+/// The identity an AUTH established: who logged in, with which device, and which envelope
+/// senders that login may use.
+#[derive(Debug, Clone)]
+pub struct AuthIdentity {
+    /// The address, canonical lowercase.
+    pub address: String,
+    /// The device name whose password matched.
+    pub device: String,
+    /// The device's current credential; the session keeps it for the revocation watcher.
+    pub credential: CredentialId,
+    /// The address itself plus its aliases, lowercase: the senders this login owns.
+    pub senders: Vec<String>,
+}
+
+/// The id of one device password: random, and new on every rotation, so that "is this
+/// credential still live?" is false for sessions opened with a revoked *or* rotated password.
+/// Not a secret (it is a lookup key, not a password), but not meaningful to users either.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CredentialId(pub String);
+
+impl CredentialId {
+    /// A fresh id: 128 bits from the OS random generator, as 32 lowercase hex digits.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] if the OS random generator fails.
+    pub fn random() -> Result<Self, StoreError> {
+        let mut bytes = [0u8; 16];
+        SysRng
+            .try_fill_bytes(&mut bytes)
+            .map_err(|e| StoreError::Backend(format!("OS random generator: {e}")))?;
+        Ok(Self(bytes.iter().map(|b| format!("{b:02x}")).collect()))
+    }
+}
+
+impl fmt::Display for CredentialId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The run-time questions `postern serve` asks.
+///
+/// # Contract
+/// - Both methods are safe to call concurrently from many tasks and must not block the async
+///   runtime (backends doing blocking I/O move it to `spawn_blocking`).
+/// - Answers reflect every change committed before the call, including changes made by another
+///   process (the CLI) on the same store: no caching of credentials across calls.
+/// - `Err` means the backend could not answer; it never means "no". Callers fail closed
+///   (see the module documentation).
+#[async_trait::async_trait]
+pub trait Directory: Send + Sync {
+    /// Checks a login (full email address, any case) and a device password. Ok(None) = bad credentials.
+    /// Compares against every device password of the address in constant time each.
+    ///
+    /// A login that is not a valid address, an alias, an unknown address, an address without
+    /// devices and a wrong password all give `Ok(None)`, indistinguishable to the caller.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] only.
+    async fn authenticate(
+        &self,
+        login: &str,
+        password: &str,
+    ) -> Result<Option<AuthIdentity>, StoreError>;
+
+    /// Of the given device credential ids, which are still valid (not revoked, not rotated). Used every second by the revocation watcher.
+    ///
+    /// Ids the store has never seen are simply absent from the answer. Must stay cheap for
+    /// thousands of ids (one indexed lookup each, batched).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] only.
+    async fn live_credentials(
+        &self,
+        ids: &[CredentialId],
+    ) -> Result<HashSet<CredentialId>, StoreError>;
+}
+
+/// An address as listed by [`DirectoryAdmin::list_addresses`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressInfo {
+    /// The address, lowercase.
+    pub address: String,
+    /// Its plan.
+    pub plan: Plan,
+    /// When it was added.
+    pub created_at: SystemTime,
+}
+
+/// An alias as listed by [`DirectoryAdmin::list_aliases`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AliasInfo {
+    /// The alias, lowercase.
+    pub alias: String,
+    /// The address it belongs to, lowercase.
+    pub address: String,
+}
+
+/// A device as listed by [`DirectoryAdmin::list_devices`]: never its password or hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// The device's name.
+    pub name: String,
+    /// When it was added (rotation keeps this).
+    pub created_at: SystemTime,
+}
+
+/// Administration of addresses, aliases and devices, for the CLI.
+///
+/// # Contract
+/// - Each method is atomic: it either does all it says or changes nothing, also when another
+///   process writes the same store at the same time.
+/// - Addresses and aliases share one namespace: adding either when the text exists as either
+///   is [`StoreError::AlreadyExists`].
+/// - Naming an address, alias or device that does not exist is [`StoreError::NotFound`].
+/// - Lists are sorted by their first field.
+/// - Passwords are returned only by [`add_device`](Self::add_device) and
+///   [`rotate_device`](Self::rotate_device), once; the store keeps only their hash.
+pub trait DirectoryAdmin {
+    /// Adds an address with its plan.
+    ///
+    /// # Errors
+    /// `AlreadyExists` if the text is already an address or an alias.
+    fn add_address(&self, address: &EmailAddress, plan: Plan) -> Result<(), StoreError>;
+
+    /// Removes an address together with its aliases and devices (their sessions are then cut
+    /// by the revocation watcher).
+    ///
+    /// # Errors
+    /// `NotFound` if there is no such address (an alias is not an address).
+    fn remove_address(&self, address: &EmailAddress) -> Result<(), StoreError>;
+
+    /// All addresses, sorted.
+    ///
+    /// # Errors
+    /// `Backend` only.
+    fn list_addresses(&self) -> Result<Vec<AddressInfo>, StoreError>;
+
+    /// Adds `alias` as a sender of `address`.
+    ///
+    /// # Errors
+    /// `NotFound` if `address` is not an address; `AlreadyExists` if `alias` is already an
+    /// address or an alias.
+    fn add_alias(&self, alias: &EmailAddress, address: &EmailAddress) -> Result<(), StoreError>;
+
+    /// Removes an alias.
+    ///
+    /// # Errors
+    /// `NotFound` if there is no such alias.
+    fn remove_alias(&self, alias: &EmailAddress) -> Result<(), StoreError>;
+
+    /// Aliases of one address, or of all addresses when `address` is `None`, sorted by alias.
+    ///
+    /// # Errors
+    /// `NotFound` if `address` is given and is not an address.
+    fn list_aliases(&self, address: Option<&EmailAddress>) -> Result<Vec<AliasInfo>, StoreError>;
+
+    /// Adds a device to an address and returns its new password.
+    ///
+    /// # Errors
+    /// `Invalid` for a bad device name (see [`check_device_name`]); `NotFound` for an unknown
+    /// address; `AlreadyExists` if the address has a device of that name.
+    fn add_device(&self, address: &EmailAddress, name: &str) -> Result<DevicePassword, StoreError>;
+
+    /// Devices of an address, sorted by name.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown address.
+    fn list_devices(&self, address: &EmailAddress) -> Result<Vec<DeviceInfo>, StoreError>;
+
+    /// Gives a device a new password *and* a new [`CredentialId`]: the old password stops
+    /// working at once and sessions opened with it are cut.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown address or device.
+    fn rotate_device(
+        &self,
+        address: &EmailAddress,
+        name: &str,
+    ) -> Result<DevicePassword, StoreError>;
+
+    /// Deletes a device; its password stops working and its sessions are cut.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown address or device.
+    fn revoke_device(&self, address: &EmailAddress, name: &str) -> Result<(), StoreError>;
+
+    /// Deletes every device of an address; returns how many there were.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown address (an address without devices gives `Ok(0)`).
+    fn revoke_all(&self, address: &EmailAddress) -> Result<usize, StoreError>;
+}
+
+/// Checks a device name: 1 to [`MAX_DEVICE_NAME_LEN`] characters, no control characters
+/// (names appear in logs), no leading or trailing white space.
+///
+/// # Errors
+/// [`StoreError::Invalid`] saying which rule the name breaks.
+pub fn check_device_name(name: &str) -> Result<(), StoreError> {
+    let invalid = |why: &str| {
+        Err(StoreError::Invalid(format!(
+            "invalid device name {name:?}: {why}"
+        )))
+    };
+    let len = name.chars().count();
+    if len == 0 {
+        return invalid("it is empty");
+    }
+    if len > MAX_DEVICE_NAME_LEN {
+        return invalid(&format!(
+            "it is {len} characters long, the limit is {MAX_DEVICE_NAME_LEN}"
+        ));
+    }
+    if let Some((i, ch)) = name.chars().enumerate().find(|(_, c)| c.is_control()) {
+        return invalid(&format!("control character {ch:?} at position {}", i + 1));
+    }
+    if name.trim() != name {
+        return invalid("it starts or ends with white space");
+    }
+    Ok(())
+}
+
+/// `"name"` with escapes, for messages naming things.
+fn quoted(text: &str) -> String {
+    format!("{text:?}")
+}
+
+/// `NotFound` for an address.
+fn address_not_found(address: &str) -> StoreError {
+    StoreError::NotFound {
+        what: format!("address {}", quoted(address)),
+    }
+}
+
+/// `NotFound` for a device of an address.
+fn device_not_found(address: &str, name: &str) -> StoreError {
+    StoreError::NotFound {
+        what: format!("device {} of address {}", quoted(name), quoted(address)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names() {
+        assert!(check_device_name("phone").is_ok());
+        assert!(check_device_name("Alice's iPhone 15").is_ok());
+        assert!(check_device_name(&"x".repeat(64)).is_ok());
+        let e = check_device_name(&"x".repeat(65)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("65 characters long, the limit is 64"),
+            "{e}"
+        );
+        assert!(check_device_name("").is_err());
+        assert!(check_device_name(" phone").is_err());
+        let e = check_device_name("ph\none").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "invalid device name \"ph\\none\": control character '\\n' at position 3"
+        );
+    }
+
+    #[test]
+    fn credential_ids_are_random_hex() {
+        let a = CredentialId::random().unwrap();
+        let b = CredentialId::random().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.0.len(), 32);
+        assert!(a.0.bytes().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn error_messages() {
+        assert_eq!(
+            address_not_found("a@b.org").to_string(),
+            "address \"a@b.org\" not found"
+        );
+        assert_eq!(
+            device_not_found("a@b.org", "phone").to_string(),
+            "device \"phone\" of address \"a@b.org\" not found"
+        );
+    }
+}

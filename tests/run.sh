@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Builds Postern, runs the Rust tests, then the black-box suite in tests/py.
+# Extra arguments go to pytest, e.g. `bash tests/run.sh -k delivery -x` or `-m "not slow"`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --release
+cargo test --release
+python3 -m pytest -q tests/py "$@"
