@@ -46,6 +46,14 @@ impl clap::ValueEnum for Plan {
     }
 }
 
+/// One element of `address list --json`.
+#[derive(serde::Serialize)]
+struct AddressJson<'a> {
+    address: &'a str,
+    plan: &'static str,
+    created_at: String,
+}
+
 /// Runs one `address` command.
 pub(super) fn run(cmd: AddressCommand, config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
     match cmd {
@@ -65,17 +73,15 @@ pub(super) fn run(cmd: AddressCommand, config: &Config, out: &mut dyn Write) -> 
         AddressCommand::List { json } => {
             let addresses = open_store(config)?.list_addresses()?;
             if json {
-                let items = addresses
+                let items: Vec<_> = addresses
                     .iter()
-                    .map(|a| {
-                        serde_json::json!({
-                            "address": a.address,
-                            "plan": a.plan.as_str(),
-                            "created_at": format_time(a.created_at),
-                        })
+                    .map(|a| AddressJson {
+                        address: &a.address,
+                        plan: a.plan.as_str(),
+                        created_at: format_time(a.created_at),
                     })
                     .collect();
-                write_json(out, &serde_json::Value::Array(items))?;
+                write_json(out, &items)?;
             } else {
                 let rows: Vec<Vec<String>> = addresses
                     .iter()

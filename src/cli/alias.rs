@@ -35,6 +35,13 @@ pub(super) enum AliasCommand {
     },
 }
 
+/// One element of `alias list --json`.
+#[derive(serde::Serialize)]
+struct AliasJson<'a> {
+    alias: &'a str,
+    address: &'a str,
+}
+
 /// Runs one `alias` command.
 pub(super) fn run(cmd: AliasCommand, config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
     match cmd {
@@ -53,11 +60,14 @@ pub(super) fn run(cmd: AliasCommand, config: &Config, out: &mut dyn Write) -> an
             let address = address.as_deref().map(parse_address).transpose()?;
             let aliases = open_store(config)?.list_aliases(address.as_ref())?;
             if json {
-                let items = aliases
+                let items: Vec<_> = aliases
                     .iter()
-                    .map(|a| serde_json::json!({ "alias": a.alias, "address": a.address }))
+                    .map(|a| AliasJson {
+                        alias: &a.alias,
+                        address: &a.address,
+                    })
                     .collect();
-                write_json(out, &serde_json::Value::Array(items))?;
+                write_json(out, &items)?;
             } else {
                 let rows: Vec<Vec<String>> = aliases
                     .iter()

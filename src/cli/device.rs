@@ -52,6 +52,13 @@ pub(super) enum DeviceCommand {
     },
 }
 
+/// One element of `device list --json`.
+#[derive(serde::Serialize)]
+struct DeviceJson<'a> {
+    name: &'a str,
+    created_at: String,
+}
+
 /// Runs one `device` command.
 pub(super) fn run(cmd: DeviceCommand, config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
     match cmd {
@@ -69,13 +76,14 @@ pub(super) fn run(cmd: DeviceCommand, config: &Config, out: &mut dyn Write) -> a
             let address = parse_address(&address)?;
             let devices = open_store(config)?.list_devices(&address)?;
             if json {
-                let items = devices
+                let items: Vec<_> = devices
                     .iter()
-                    .map(|d| {
-                        serde_json::json!({ "name": d.name, "created_at": format_time(d.created_at) })
+                    .map(|d| DeviceJson {
+                        name: &d.name,
+                        created_at: format_time(d.created_at),
                     })
                     .collect();
-                write_json(out, &serde_json::Value::Array(items))?;
+                write_json(out, &items)?;
             } else {
                 let rows: Vec<Vec<String>> = devices
                     .iter()

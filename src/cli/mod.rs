@@ -133,9 +133,9 @@ fn open_store(config: &Config) -> anyhow::Result<crate::store::EmbeddedStore> {
     Ok(crate::store::EmbeddedStore::open(&config.store.path)?)
 }
 
-/// Writes `value` (a JSON array) to `out`, pretty-printed, with a final newline.
-fn write_json(out: &mut dyn Write, value: &serde_json::Value) -> anyhow::Result<()> {
-    serde_json::to_writer_pretty(&mut *out, value)?;
+/// Writes `items` as one JSON array of objects, pretty-printed, with a final newline.
+fn write_json<T: serde::Serialize>(out: &mut dyn Write, items: &[T]) -> anyhow::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, items)?;
     writeln!(out)?;
     Ok(())
 }
@@ -348,6 +348,12 @@ mod tests {
         assert_eq!(json[1]["plan"], "my-ksuite-plus");
         assert!(json[0]["created_at"].as_str().unwrap().ends_with('Z'));
         assert_eq!(json.as_array().unwrap().len(), 2);
+        let text = f.ok(&["address", "list", "--json"]);
+        let key = |k: &str| text.find(&format!("\"{k}\"")).unwrap();
+        assert!(
+            key("address") < key("plan") && key("plan") < key("created_at"),
+            "{text}"
+        );
 
         assert_eq!(
             f.fails(&["address", "add", "alice@example.org"]),

@@ -86,9 +86,7 @@ pub struct Transaction<'a> {
 /// Opens the message to send, from its first byte, each time a DATA is about to start.
 pub trait MessageSource: Sync {
     /// The message as it must be sent: CRLF line endings, not dot-stuffed.
-    fn open(
-        &self,
-    ) -> impl Future<Output = io::Result<Box<dyn AsyncRead + Send + Unpin>>> + Send;
+    fn open(&self) -> impl Future<Output = io::Result<Box<dyn AsyncRead + Send + Unpin>>> + Send;
 }
 
 /// A transaction answer from one server.
@@ -244,7 +242,10 @@ async fn converse<S: MessageSource>(
     let greeting = session.read_reply(Command::Greeting).await?;
     if !greeting.is_positive() {
         // RFC 5321 3.1 / 4.3.2: 554 (or 421) instead of 220; Postfix's smtp_skip_5xx_greeting.
-        return Err(ClientError::Rejected { phase: Command::Greeting, reply: greeting });
+        return Err(ClientError::Rejected {
+            phase: Command::Greeting,
+            reply: greeting,
+        });
     }
     let mut ext = session.hello(&settings.helo_name).await?;
     let mut tls = TlsMode::Plaintext;
@@ -255,13 +256,20 @@ async fn converse<S: MessageSource>(
             tls = session.tls_mode();
             ext = session.hello(&settings.helo_name).await?;
         } else if reply.code == 421 {
-            return Err(ClientError::Rejected { phase: Command::StartTls, reply });
+            return Err(ClientError::Rejected {
+                phase: Command::StartTls,
+                reply,
+            });
         }
         // Any other refusal (454 "TLS not available"): RFC 3207 section 4 lets the client go
         // on in cleartext, which is what the opportunistic policy wants.
     }
     let recipients = session.transaction(peer, txn, &ext, source).await?;
-    Ok(TransactionReport { peer: peer.clone(), tls, recipients })
+    Ok(TransactionReport {
+        peer: peer.clone(),
+        tls,
+        recipients,
+    })
 }
 
 /// The `MAIL FROM` command line with the parameters the server supports.
@@ -289,7 +297,9 @@ pub fn rcpt_command(recipient: &str) -> String {
 
 /// An address that cannot be put between angle brackets on a command line.
 pub fn is_unsendable_address(address: &str) -> bool {
-    address.chars().any(|c| c.is_control() || c == '<' || c == '>')
+    address
+        .chars()
+        .any(|c| c.is_control() || c == '<' || c == '>')
 }
 
 /// The transport under a session: TCP, then TLS after STARTTLS.
@@ -358,7 +368,11 @@ struct Session {
 impl Session {
     async fn connect(settings: &ClientSettings, peer: &Peer) -> Result<Self, ClientError> {
         let tcp = match timeout(settings.connect_timeout, TcpStream::connect(peer.addr)).await {
-            Err(_) => return Err(ClientError::ConnectTimeout { after: settings.connect_timeout }),
+            Err(_) => {
+                return Err(ClientError::ConnectTimeout {
+                    after: settings.connect_timeout,
+                });
+            }
             Ok(Err(source)) => return Err(ClientError::Connect { source }),
             Ok(Ok(tcp)) => tcp,
         };
@@ -399,7 +413,12 @@ impl Session {
             self.buf.reserve(4096);
             let read = timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await;
             match read {
-                Err(_) => return Err(ClientError::Timeout { phase, after: self.command_timeout }),
+                Err(_) => {
+                    return Err(ClientError::Timeout {
+                        phase,
+                        after: self.command_timeout,
+                    });
+                }
                 Ok(Err(source)) => return Err(ClientError::Io { phase, source }),
                 Ok(Ok(0)) => return Err(ClientError::Closed { phase }),
                 Ok(Ok(_)) => {}
@@ -415,7 +434,10 @@ impl Session {
             stream.flush().await
         };
         let result = match timeout(self.command_timeout, io).await {
-            Err(_) => Err(ClientError::Timeout { phase, after: self.command_timeout }),
+            Err(_) => Err(ClientError::Timeout {
+                phase,
+                after: self.command_timeout,
+            }),
             Ok(Err(source)) => Err(ClientError::Io { phase, source }),
             Ok(Ok(())) => Ok(()),
         };
@@ -432,30 +454,46 @@ impl Session {
 
     /// EHLO, or HELO when EHLO is refused with 5yz (RFC 5321 3.2).
     async fn hello(&mut self, name: &str) -> Result<Extensions, ClientError> {
-        let reply = self.command(&format!("EHLO {name}\r\n"), Command::Ehlo).await?;
+        let reply = self
+            .command(&format!("EHLO {name}\r\n"), Command::Ehlo)
+            .await?;
         if reply.is_positive() {
             return Ok(Extensions::from_ehlo(&reply));
         }
         if !reply.is_permanent() {
-            return Err(ClientError::Rejected { phase: Command::Ehlo, reply });
+            return Err(ClientError::Rejected {
+                phase: Command::Ehlo,
+                reply,
+            });
         }
-        let reply = self.command(&format!("HELO {name}\r\n"), Command::Helo).await?;
+        let reply = self
+            .command(&format!("HELO {name}\r\n"), Command::Helo)
+            .await?;
         if reply.is_positive() {
             Ok(Extensions::default())
         } else {
-            Err(ClientError::Rejected { phase: Command::Helo, reply })
+            Err(ClientError::Rejected {
+                phase: Command::Helo,
+                reply,
+            })
         }
     }
 
     /// The TLS handshake after a 220 to STARTTLS.
-    async fn start_tls(&mut self, settings: &ClientSettings, peer: &Peer) -> Result<(), ClientError> {
+    async fn start_tls(
+        &mut self,
+        settings: &ClientSettings,
+        peer: &Peer,
+    ) -> Result<(), ClientError> {
         if !self.buf.is_empty() {
             self.usable = false;
             return Err(ClientError::PipelinedAfterStartTls);
         }
         let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Upgrading) else {
             self.usable = false;
-            return Err(ClientError::TlsHandshake { source: io::Error::other("TLS already active") });
+            return Err(ClientError::TlsHandshake {
+                source: io::Error::other("TLS already active"),
+            });
         };
         let connector = TlsConnector::from(settings.tls_config.clone());
         let name = server_name(&peer.host, peer.addr.ip());
@@ -524,7 +562,10 @@ impl Session {
             }
         }
         let finish = |outcomes: Vec<Option<RecipientOutcome>>, rest: &RecipientOutcome| {
-            outcomes.into_iter().map(|o| o.unwrap_or_else(|| rest.clone())).collect()
+            outcomes
+                .into_iter()
+                .map(|o| o.unwrap_or_else(|| rest.clone()))
+                .collect()
         };
         if sendable.is_empty() {
             let none = RecipientOutcome::permanent(EnhancedCode::new(5, 1, 3), "no recipient");
@@ -549,7 +590,10 @@ impl Session {
                 }
             }
             if mail.code == 421 {
-                return Err(ClientError::Rejected { phase: Command::Mail, reply: mail });
+                return Err(ClientError::Rejected {
+                    phase: Command::Mail,
+                    reply: mail,
+                });
             }
             let outcome = RecipientOutcome::from_reply(peer, Command::Mail, &mail);
             return Ok(finish(outcomes, &outcome));
@@ -566,7 +610,10 @@ impl Session {
             if reply.code == 421 {
                 // The server is closing: nothing was delivered, another address may work.
                 self.usable = false;
-                return Err(ClientError::Rejected { phase: Command::Rcpt, reply });
+                return Err(ClientError::Rejected {
+                    phase: Command::Rcpt,
+                    reply,
+                });
             }
             if reply.is_positive() {
                 accepted.push(i);
@@ -672,7 +719,13 @@ mod tests {
     use super::*;
 
     fn txn<'a>(sender: &'a str, recipients: &'a [String]) -> Transaction<'a> {
-        Transaction { sender, recipients, size: 1234, body_8bit: false, smtputf8: false }
+        Transaction {
+            sender,
+            recipients,
+            size: 1234,
+            body_8bit: false,
+            smtputf8: false,
+        }
     }
 
     #[test]
@@ -687,7 +740,10 @@ mod tests {
             smtputf8: true,
             ..Extensions::default()
         };
-        assert_eq!(mail_command(&t, &all), "MAIL FROM:<a@example.com> SIZE=1234\r\n");
+        assert_eq!(
+            mail_command(&t, &all),
+            "MAIL FROM:<a@example.com> SIZE=1234\r\n"
+        );
         t.body_8bit = true;
         t.smtputf8 = true;
         assert_eq!(
@@ -700,7 +756,10 @@ mod tests {
     #[test]
     fn null_sender_and_rcpt() {
         let rcpts = vec![];
-        assert_eq!(mail_command(&txn("", &rcpts), &Extensions::default()), "MAIL FROM:<>\r\n");
+        assert_eq!(
+            mail_command(&txn("", &rcpts), &Extensions::default()),
+            "MAIL FROM:<>\r\n"
+        );
         assert_eq!(rcpt_command("b@example.org"), "RCPT TO:<b@example.org>\r\n");
     }
 
@@ -715,10 +774,19 @@ mod tests {
 
     #[test]
     fn client_errors_are_class_4() {
-        let reply = Reply { code: 554, enhanced: Some(EnhancedCode::new(5, 7, 1)), lines: vec![] };
-        let e = ClientError::Rejected { phase: Command::Greeting, reply };
+        let reply = Reply {
+            code: 554,
+            enhanced: Some(EnhancedCode::new(5, 7, 1)),
+            lines: vec![],
+        };
+        let e = ClientError::Rejected {
+            phase: Command::Greeting,
+            reply,
+        };
         assert_eq!(e.status(), EnhancedCode::new(4, 7, 1));
-        let e = ClientError::ConnectTimeout { after: Duration::from_secs(30) };
+        let e = ClientError::ConnectTimeout {
+            after: Duration::from_secs(30),
+        };
         assert_eq!(e.status(), EnhancedCode::new(4, 4, 1));
         assert_eq!(e.to_string(), "connect timeout after 30s");
     }

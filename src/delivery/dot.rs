@@ -31,7 +31,10 @@ impl Default for DotStuffer {
 impl DotStuffer {
     /// A stuffer at the start of a message.
     pub fn new() -> Self {
-        Self { at_line_start: true, last_two: *b"\r\n" }
+        Self {
+            at_line_start: true,
+            last_two: *b"\r\n",
+        }
     }
 
     /// Appends the stuffed form of `input` to `out`.
@@ -99,12 +102,18 @@ mod tests {
 
     #[test]
     fn message_ending_in_crlf_gets_no_extra_line() {
-        assert_eq!(stuff(b"Subject: x\r\n\r\nbody\r\n"), b"Subject: x\r\n\r\nbody\r\n.\r\n");
+        assert_eq!(
+            stuff(b"Subject: x\r\n\r\nbody\r\n"),
+            b"Subject: x\r\n\r\nbody\r\n.\r\n"
+        );
     }
 
     #[test]
     fn message_without_final_crlf_gets_one() {
-        assert_eq!(stuff(b"Subject: x\r\n\r\nbody"), b"Subject: x\r\n\r\nbody\r\n.\r\n");
+        assert_eq!(
+            stuff(b"Subject: x\r\n\r\nbody"),
+            b"Subject: x\r\n\r\nbody\r\n.\r\n"
+        );
         assert_eq!(stuff(b"body\n"), b"body\n\r\n.\r\n");
         assert_eq!(stuff(b"body\r"), b"body\r\r\n.\r\n");
     }
@@ -128,7 +137,11 @@ mod tests {
         }
         let ends_crlf = b"abc\r\n";
         for chunk in 1..ends_crlf.len() {
-            assert_eq!(stuff_in_chunks(ends_crlf, chunk), b"abc\r\n.\r\n", "chunk size {chunk}");
+            assert_eq!(
+                stuff_in_chunks(ends_crlf, chunk),
+                b"abc\r\n.\r\n",
+                "chunk size {chunk}"
+            );
         }
     }
 

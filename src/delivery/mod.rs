@@ -73,7 +73,11 @@ pub fn parse_relayhost(text: &str, default_port: u16) -> Option<(String, u16)> {
     let text = text.trim();
     let (host, port) = if let Some(rest) = text.strip_prefix('[') {
         let (inside, after) = rest.split_once(']')?;
-        let port = if after.is_empty() { None } else { Some(after.strip_prefix(':')?) };
+        let port = if after.is_empty() {
+            None
+        } else {
+            Some(after.strip_prefix(':')?)
+        };
         let inside = match inside.get(..5) {
             Some(prefix) if prefix.eq_ignore_ascii_case("IPv6:") => {
                 inside[5..].parse::<Ipv6Addr>().ok()?;
@@ -111,7 +115,9 @@ fn is_host_name(host: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
 
@@ -231,7 +237,10 @@ pub async fn run(
     }
     tasks.close();
     if !tasks.is_empty() {
-        tracing::info!(in_flight = tasks.len(), "delivery stopping: finishing current transactions");
+        tracing::info!(
+            in_flight = tasks.len(),
+            "delivery stopping: finishing current transactions"
+        );
     }
     tasks.wait().await;
     tracing::info!("delivery stopped");
@@ -260,6 +269,51 @@ struct GroupOutcome {
     recipients: Vec<(usize, RecipientOutcome)>,
 }
 
+/// The hosts of a destination and how they were found.
+struct Route {
+    kind: RouteKind,
+    /// In the order to try.
+    hosts: Vec<MxHost>,
+    /// TCP port to connect to.
+    port: u16,
+}
+
+/// How a [`Route`] was found; decides what "no address at all" means.
+enum RouteKind {
+    /// MX records of the domain.
+    Mx(String),
+    /// No MX records: the domain itself, or an address literal.
+    Implicit(String),
+    /// `[delivery] relayhost`.
+    Relay,
+}
+
+impl Route {
+    /// The failure when no address of any host could be tried; `lookup` is the last
+    /// temporary address lookup failure, if any.
+    fn no_address(&self, lookup: Option<mx::MxError>) -> DeliveryError {
+        match (&self.kind, lookup) {
+            // The operator's relay host: a configuration problem, the mail waits for it.
+            (RouteKind::Relay, lookup) => DeliveryError::Route(mx::MxError::RelayUnresolvable {
+                host: self
+                    .hosts
+                    .first()
+                    .map(|h| h.name.clone())
+                    .unwrap_or_default(),
+                detail: lookup
+                    .map_or_else(|| "no A or AAAA records".to_string(), |e| e.to_string()),
+            }),
+            (_, Some(temporary)) => DeliveryError::Route(temporary),
+            (RouteKind::Implicit(domain), None) => DeliveryError::Route(mx::MxError::NoMailHost {
+                domain: domain.clone(),
+            }),
+            (RouteKind::Mx(domain), None) => DeliveryError::NoAddresses {
+                domain: domain.clone(),
+            },
+        }
+    }
+}
+
 /// Reads the spooled message for the client.
 struct SpoolMessage<'a> {
     spool: &'a Spool,
@@ -267,17 +321,20 @@ struct SpoolMessage<'a> {
 }
 
 impl MessageSource for SpoolMessage<'_> {
-    fn open(
-        &self,
-    ) -> impl std::future::Future<Output = io::Result<Box<dyn AsyncRead + Send + Unpin>>> + Send
-    {
-        async move { self.spool.open_message(self.envelope).await.map_err(io::Error::other) }
+    async fn open(&self) -> io::Result<Box<dyn AsyncRead + Send + Unpin>> {
+        self.spool
+            .open_message(self.envelope)
+            .await
+            .map_err(io::Error::other)
     }
 }
 
 impl Worker {
     fn resolver(&self) -> Result<TokioResolver, DeliveryError> {
-        let mut slot = self.resolver.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut slot = self
+            .resolver
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(resolver) = slot.as_ref() {
             return Ok(resolver.clone());
         }
@@ -297,12 +354,15 @@ impl Worker {
             .filter(|(_, r)| matches!(r.status, RecipientStatus::Pending))
             .map(|(i, r)| (i, r.address.as_str()));
         for (destination, indices) in group_recipients(pending, self.relay.is_some()) {
-            let recipients: Vec<String> =
-                indices.iter().map(|&i| envelope.recipients[i].address.clone()).collect();
+            let recipients: Vec<String> = indices
+                .iter()
+                .map(|&i| envelope.recipients[i].address.clone())
+                .collect();
             let outcome = if self.shutdown.is_cancelled() {
                 self.failed_group(&indices, None, &DeliveryError::Shutdown)
             } else {
-                self.deliver_group(envelope, &destination, &indices, &recipients).await
+                self.deliver_group(envelope, &destination, &indices, &recipients)
+                    .await
             };
             groups.push((recipients, outcome));
         }
@@ -317,6 +377,10 @@ impl Worker {
         indices: &[usize],
         recipients: &[String],
     ) -> GroupOutcome {
+        let route = match self.route(destination).await {
+            Ok(route) => route,
+            Err(e) => return self.failed_group(indices, None, &e),
+        };
         let txn = Transaction {
             sender: &envelope.sender,
             recipients,
@@ -324,68 +388,35 @@ impl Worker {
             body_8bit: envelope.body_8bit,
             smtputf8: envelope.smtputf8,
         };
-        let source = SpoolMessage { spool: &self.spool, envelope };
-        let port = self.config.delivery.port;
-
-        let hosts: Vec<MxHost> = match destination {
-            Destination::NoDomain => {
-                let outcome = RecipientOutcome::permanent(
-                    EnhancedCode::new(5, 1, 3),
-                    "recipient address has no domain",
-                );
-                return GroupOutcome {
-                    peer: None,
-                    tls: None,
-                    recipients: indices.iter().map(|&i| (i, outcome.clone())).collect(),
-                };
-            }
-            Destination::Relay => match &self.relay {
-                Some((host, _)) => vec![MxHost { name: host.clone(), preference: 0 }],
-                None => Vec::new(),
-            },
-            Destination::Domain(domain) => match mx::address_literal(domain) {
-                Some(_) => vec![MxHost { name: domain.clone(), preference: 0 }],
-                None => {
-                    let resolver = match self.resolver() {
-                        Ok(r) => r,
-                        Err(e) => return self.failed_group(indices, None, &e),
-                    };
-                    match mx::lookup_mx(&resolver, domain).await {
-                        Ok(hosts) => hosts,
-                        Err(e) => return self.failed_group(indices, None, &e.into()),
-                    }
-                }
-            },
+        let source = SpoolMessage {
+            spool: &self.spool,
+            envelope,
         };
-        let (port, relay) = match (destination, &self.relay) {
-            (Destination::Relay, Some((_, relay_port))) => (*relay_port, true),
-            _ => (port, false),
-        };
-        // An implicit MX (the domain itself) or a relay host without addresses is a property
-        // of the route, not of one of several hosts.
-        let single_route = relay
-            || matches!(destination, Destination::Domain(d) if hosts.len() == 1 && hosts[0].name == *d);
 
         let mut tried = 0;
         let mut last: Option<(Peer, client::ClientError)> = None;
         let mut lookup_failure: Option<mx::MxError> = None;
-        'hosts: for host in &hosts {
+        'hosts: for host in &route.hosts {
             let addresses = match self.addresses_of(&host.name).await {
                 Ok(a) => a,
-                Err(e) => {
+                // A temporary failure may pass; an invalid host name is as good as no address.
+                Err(e) if !e.is_permanent() => {
                     lookup_failure = Some(e);
                     continue;
                 }
+                Err(_) => continue,
             };
             for ip in addresses {
                 if tried == MAX_ADDRESSES || self.shutdown.is_cancelled() {
                     break 'hosts;
                 }
                 tried += 1;
-                let peer = Peer { host: host.name.clone(), addr: SocketAddr::new(ip, port) };
-                match client::deliver(&self.client, &peer, TlsPolicy::Opportunistic, &txn, &source)
-                    .await
-                {
+                let peer = Peer {
+                    host: host.name.clone(),
+                    addr: SocketAddr::new(ip, route.port),
+                };
+                let policy = TlsPolicy::Opportunistic;
+                match client::deliver(&self.client, &peer, policy, &txn, &source).await {
                     Ok(report) => {
                         return GroupOutcome {
                             peer: Some(report.peer),
@@ -410,35 +441,53 @@ impl Worker {
         let error = match (last, lookup_failure) {
             (Some((peer, error)), _) => DeliveryError::Session { peer, error },
             (None, _) if self.shutdown.is_cancelled() => DeliveryError::Shutdown,
-            (None, Some(e)) if relay => DeliveryError::Route(mx::MxError::RelayUnresolvable {
-                host: hosts.first().map(|h| h.name.clone()).unwrap_or_default(),
-                detail: e.to_string(),
-            }),
-            (None, Some(e)) => DeliveryError::Route(e),
-            (None, None) if relay => DeliveryError::Route(mx::MxError::RelayUnresolvable {
-                host: hosts.first().map(|h| h.name.clone()).unwrap_or_default(),
-                detail: "no A or AAAA records".to_string(),
-            }),
-            (None, None) if single_route => {
-                let domain = match destination {
-                    Destination::Domain(d) => d.clone(),
-                    _ => String::new(),
-                };
-                DeliveryError::Route(mx::MxError::NoMailHost { domain })
-            }
-            (None, None) => DeliveryError::NoAddresses {
-                domain: match destination {
-                    Destination::Domain(d) => d.clone(),
-                    _ => String::new(),
-                },
-                temporary: false,
-            },
+            (None, failure) => route.no_address(failure),
         };
         let peer = match &error {
             DeliveryError::Session { peer, .. } => Some(peer.clone()),
             _ => None,
         };
         self.failed_group(indices, peer, &error)
+    }
+
+    /// The hosts to try for a destination, in order.
+    async fn route(&self, destination: &Destination) -> Result<Route, DeliveryError> {
+        let port = self.config.delivery.port;
+        match destination {
+            Destination::NoDomain => Err(DeliveryError::NoDomain),
+            Destination::Relay => {
+                let (host, port) = self.relay.clone().ok_or(DeliveryError::NoDomain)?;
+                Ok(Route {
+                    kind: RouteKind::Relay,
+                    hosts: vec![MxHost {
+                        name: host,
+                        preference: 0,
+                    }],
+                    port,
+                })
+            }
+            Destination::Domain(domain) => {
+                let hosts = if mx::address_literal(domain).is_some() {
+                    vec![MxHost {
+                        name: domain.clone(),
+                        preference: 0,
+                    }]
+                } else {
+                    mx::lookup_mx(&self.resolver()?, domain).await?
+                };
+                // order_mx answers an empty MX set with the domain itself (RFC 5321 5.1).
+                let implicit = hosts.len() == 1 && hosts[0].name == *domain;
+                Ok(Route {
+                    kind: if implicit {
+                        RouteKind::Implicit(domain.clone())
+                    } else {
+                        RouteKind::Mx(domain.clone())
+                    },
+                    hosts,
+                    port,
+                })
+            }
+        }
     }
 
     /// The addresses of a host; a definitive "none" is `Ok(empty)`.
@@ -514,10 +563,18 @@ impl Worker {
                     Verdict::Temporary => RecipientStatus::Pending,
                     Verdict::Permanent => RecipientStatus::Failed,
                 };
-                results.push(RecipientResult { index: *index, status, reply: outcome.spool_text() });
+                results.push(RecipientResult {
+                    index: *index,
+                    status,
+                    reply: outcome.spool_text(),
+                });
             }
         }
-        if let Err(e) = self.spool.record_attempt(&envelope.id, results, retry_at).await {
+        if let Err(e) = self
+            .spool
+            .record_attempt(&envelope.id, results, retry_at)
+            .await
+        {
             tracing::error!(queue_id = %envelope.id, error = %e, "cannot record the delivery attempt");
         }
     }
@@ -528,7 +585,10 @@ impl Worker {
             Some(peer) => (peer.host.clone(), peer.addr.ip().to_string()),
             None => ("-".to_string(), "-".to_string()),
         };
-        let tls = group.tls.as_ref().map_or_else(|| "-".to_string(), TlsMode::to_string);
+        let tls = group
+            .tls
+            .as_ref()
+            .map_or_else(|| "-".to_string(), TlsMode::to_string);
         let mut lines: Vec<(&RecipientOutcome, Vec<&str>)> = Vec::new();
         for (n, (_, outcome)) in group.recipients.iter().enumerate() {
             let address = addresses.get(n).map_or("", String::as_str);
@@ -583,18 +643,36 @@ mod tests {
     fn relayhost_forms() {
         let p = |t| parse_relayhost(t, 25);
         assert_eq!(p("smtp.example.net"), Some(("smtp.example.net".into(), 25)));
-        assert_eq!(p("smtp.example.net:587"), Some(("smtp.example.net".into(), 587)));
-        assert_eq!(p("smtp.example.net."), Some(("smtp.example.net".into(), 25)));
-        assert_eq!(p("[smtp.example.net]"), Some(("smtp.example.net".into(), 25)));
-        assert_eq!(p("[smtp.example.net]:2525"), Some(("smtp.example.net".into(), 2525)));
+        assert_eq!(
+            p("smtp.example.net:587"),
+            Some(("smtp.example.net".into(), 587))
+        );
+        assert_eq!(
+            p("smtp.example.net."),
+            Some(("smtp.example.net".into(), 25))
+        );
+        assert_eq!(
+            p("[smtp.example.net]"),
+            Some(("smtp.example.net".into(), 25))
+        );
+        assert_eq!(
+            p("[smtp.example.net]:2525"),
+            Some(("smtp.example.net".into(), 2525))
+        );
         assert_eq!(p("192.0.2.7"), Some(("192.0.2.7".into(), 25)));
         assert_eq!(p("192.0.2.7:2525"), Some(("192.0.2.7".into(), 2525)));
         assert_eq!(p("[192.0.2.7]:2525"), Some(("192.0.2.7".into(), 2525)));
         assert_eq!(p("[::1]:2525"), Some(("::1".into(), 2525)));
         assert_eq!(p("[IPv6:2001:db8::1]"), Some(("2001:db8::1".into(), 25)));
         assert_eq!(p("2001:db8::1"), Some(("2001:db8::1".into(), 25)));
-        assert_eq!(p(" relay_host.internal "), Some(("relay_host.internal".into(), 25)));
-        assert_eq!(parse_relayhost("localhost", 2525), Some(("localhost".into(), 2525)));
+        assert_eq!(
+            p(" relay_host.internal "),
+            Some(("relay_host.internal".into(), 25))
+        );
+        assert_eq!(
+            parse_relayhost("localhost", 2525),
+            Some(("localhost".into(), 2525))
+        );
     }
 
     #[test]
@@ -641,7 +719,10 @@ mod tests {
         .collect();
         assert_eq!(groups, expected);
         let groups = group_recipients(pending, true);
-        assert_eq!(groups.into_iter().collect::<Vec<_>>(), [(Destination::Relay, vec![0, 2, 3, 5])]);
+        assert_eq!(
+            groups.into_iter().collect::<Vec<_>>(),
+            [(Destination::Relay, vec![0, 2, 3, 5])]
+        );
     }
 
     #[test]
@@ -654,7 +735,10 @@ mod tests {
 
     #[test]
     fn expiry_text() {
-        let last = RecipientOutcome::temporary(EnhancedCode::new(4, 4, 1), "mx[192.0.2.1]: connect failed");
+        let last = RecipientOutcome::temporary(
+            EnhancedCode::new(4, 4, 1),
+            "mx[192.0.2.1]: connect failed",
+        );
         let e = expired(&last, Duration::from_secs(5 * 86_400));
         assert_eq!(e.verdict, Verdict::Permanent);
         assert_eq!(

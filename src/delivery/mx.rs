@@ -190,7 +190,9 @@ pub async fn lookup_mx(resolver: &TokioResolver, domain: &str) -> Result<Vec<MxH
         Err(e) => match classify_lookup_error(&e) {
             LookupFailure::NoData => Vec::new(),
             LookupFailure::NxDomain => {
-                return Err(MxError::NxDomain { domain: domain.to_string() });
+                return Err(MxError::NxDomain {
+                    domain: domain.to_string(),
+                });
             }
             LookupFailure::Temporary(detail) => {
                 return Err(MxError::Temporary {
@@ -220,7 +222,10 @@ pub async fn lookup_addresses(
         return Ok(vec![ip]);
     }
     let name = fqdn(host)?;
-    let (v4, v6) = tokio::join!(resolver.ipv4_lookup(name.clone()), resolver.ipv6_lookup(name));
+    let (v4, v6) = tokio::join!(
+        resolver.ipv4_lookup(name.clone()),
+        resolver.ipv6_lookup(name)
+    );
     let mut addresses = Vec::new();
     let mut temporary = None;
     for (result, record_type) in [(v4, "A"), (v6, "AAAA")] {
@@ -261,14 +266,24 @@ pub fn order_mx<R: rand::Rng + ?Sized>(
 ) -> Result<Vec<MxHost>, MxError> {
     if records.is_empty() {
         let name = domain.trim_end_matches('.').to_ascii_lowercase();
-        return Ok(vec![MxHost { name, preference: 0 }]);
+        return Ok(vec![MxHost {
+            name,
+            preference: 0,
+        }]);
     }
     let mut hosts: Vec<MxHost> = records
         .into_iter()
-        .filter_map(|r| Some(MxHost { name: r.exchange?, preference: r.preference }))
+        .filter_map(|r| {
+            Some(MxHost {
+                name: r.exchange?,
+                preference: r.preference,
+            })
+        })
         .collect();
     if hosts.is_empty() {
-        return Err(MxError::NullMx { domain: domain.to_string() });
+        return Err(MxError::NullMx {
+            domain: domain.to_string(),
+        });
     }
     hosts.shuffle(rng);
     // Stable: equal preferences keep their shuffled order.
@@ -309,7 +324,9 @@ pub fn address_literal(domain: &str) -> Option<IpAddr> {
 
 /// `domain` as a fully qualified name, so no search list applies.
 fn fqdn(domain: &str) -> Result<Name, MxError> {
-    let invalid = || MxError::InvalidDomain { domain: domain.to_string() };
+    let invalid = || MxError::InvalidDomain {
+        domain: domain.to_string(),
+    };
     if domain.is_empty() || domain.starts_with('.') {
         return Err(invalid());
     }
@@ -332,7 +349,10 @@ mod tests {
 
     fn rec(preference: u16, exchange: &str) -> MxRecord {
         let exchange = (exchange != ".").then(|| exchange.to_string());
-        MxRecord { preference, exchange }
+        MxRecord {
+            preference,
+            exchange,
+        }
     }
 
     fn names(hosts: &[MxHost]) -> Vec<&str> {
@@ -344,11 +364,18 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(1);
         let hosts = order_mx(
             "example.org",
-            vec![rec(20, "b.example.org"), rec(5, "a.example.org"), rec(30, "c.example.org")],
+            vec![
+                rec(20, "b.example.org"),
+                rec(5, "a.example.org"),
+                rec(30, "c.example.org"),
+            ],
             &mut rng,
         )
         .unwrap();
-        assert_eq!(names(&hosts), ["a.example.org", "b.example.org", "c.example.org"]);
+        assert_eq!(
+            names(&hosts),
+            ["a.example.org", "b.example.org", "c.example.org"]
+        );
         assert_eq!(hosts[0].preference, 5);
     }
 
@@ -380,17 +407,31 @@ mod tests {
     fn no_records_gives_implicit_mx() {
         let mut rng = StdRng::seed_from_u64(1);
         let hosts = order_mx("Example.ORG.", vec![], &mut rng).unwrap();
-        assert_eq!(hosts, vec![MxHost { name: "example.org".into(), preference: 0 }]);
+        assert_eq!(
+            hosts,
+            vec![MxHost {
+                name: "example.org".into(),
+                preference: 0
+            }]
+        );
     }
 
     #[test]
     fn null_mx_is_permanent() {
         let mut rng = StdRng::seed_from_u64(1);
         let e = order_mx("example.org", vec![rec(0, ".")], &mut rng).unwrap_err();
-        assert_eq!(e, MxError::NullMx { domain: "example.org".into() });
+        assert_eq!(
+            e,
+            MxError::NullMx {
+                domain: "example.org".into()
+            }
+        );
         assert!(e.is_permanent());
         assert_eq!(e.status(), EnhancedCode::new(5, 1, 10));
-        assert_eq!(e.to_string(), "domain example.org does not accept mail (null MX)");
+        assert_eq!(
+            e.to_string(),
+            "domain example.org does not accept mail (null MX)"
+        );
     }
 
     #[test]
@@ -403,30 +444,49 @@ mod tests {
     #[test]
     fn duplicate_hosts_keep_best_preference() {
         let mut rng = StdRng::seed_from_u64(1);
-        let hosts =
-            order_mx("example.org", vec![rec(20, "mx"), rec(10, "mx"), rec(15, "other")], &mut rng)
-                .unwrap();
+        let hosts = order_mx(
+            "example.org",
+            vec![rec(20, "mx"), rec(10, "mx"), rec(15, "other")],
+            &mut rng,
+        )
+        .unwrap();
         assert_eq!(names(&hosts), ["mx", "other"]);
         assert_eq!(hosts[0].preference, 10);
     }
 
     fn no_records(code: ResponseCode) -> NetError {
-        NetError::Dns(DnsError::NoRecordsFound(NoRecords::new(Query::default(), code)))
+        NetError::Dns(DnsError::NoRecordsFound(NoRecords::new(
+            Query::default(),
+            code,
+        )))
     }
 
     #[test]
     fn lookup_errors_classify() {
-        assert_eq!(classify_lookup_error(&no_records(ResponseCode::NXDomain)), LookupFailure::NxDomain);
-        assert_eq!(classify_lookup_error(&no_records(ResponseCode::NoError)), LookupFailure::NoData);
+        assert_eq!(
+            classify_lookup_error(&no_records(ResponseCode::NXDomain)),
+            LookupFailure::NxDomain
+        );
+        assert_eq!(
+            classify_lookup_error(&no_records(ResponseCode::NoError)),
+            LookupFailure::NoData
+        );
         assert!(matches!(
-            classify_lookup_error(&NetError::Dns(DnsError::ResponseCode(ResponseCode::ServFail))),
+            classify_lookup_error(&NetError::Dns(DnsError::ResponseCode(
+                ResponseCode::ServFail
+            ))),
             LookupFailure::Temporary(_)
         ));
         assert!(matches!(
-            classify_lookup_error(&NetError::Dns(DnsError::ResponseCode(ResponseCode::Refused))),
+            classify_lookup_error(&NetError::Dns(DnsError::ResponseCode(
+                ResponseCode::Refused
+            ))),
             LookupFailure::Temporary(_)
         ));
-        assert!(matches!(classify_lookup_error(&NetError::Timeout), LookupFailure::Temporary(_)));
+        assert!(matches!(
+            classify_lookup_error(&NetError::Timeout),
+            LookupFailure::Temporary(_)
+        ));
         assert!(matches!(
             classify_lookup_error(&NetError::Dns(DnsError::DnssecBogus)),
             LookupFailure::Temporary(_)
@@ -435,20 +495,39 @@ mod tests {
 
     #[test]
     fn permanence_and_codes() {
-        let temp = MxError::Temporary { name: "x".into(), record_type: "MX", detail: "t".into() };
+        let temp = MxError::Temporary {
+            name: "x".into(),
+            record_type: "MX",
+            detail: "t".into(),
+        };
         assert!(!temp.is_permanent());
         assert_eq!(temp.status(), EnhancedCode::new(4, 4, 3));
         assert!(MxError::NxDomain { domain: "x".into() }.is_permanent());
         assert!(MxError::NoMailHost { domain: "x".into() }.is_permanent());
-        assert!(!MxError::RelayUnresolvable { host: "x".into(), detail: "d".into() }.is_permanent());
+        assert!(
+            !MxError::RelayUnresolvable {
+                host: "x".into(),
+                detail: "d".into()
+            }
+            .is_permanent()
+        );
     }
 
     #[test]
     fn address_literals() {
-        assert_eq!(address_literal("[192.0.2.1]"), Some("192.0.2.1".parse().unwrap()));
-        assert_eq!(address_literal("[IPv6:2001:db8::1]"), Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(
+            address_literal("[192.0.2.1]"),
+            Some("192.0.2.1".parse().unwrap())
+        );
+        assert_eq!(
+            address_literal("[IPv6:2001:db8::1]"),
+            Some("2001:db8::1".parse().unwrap())
+        );
         assert_eq!(address_literal("[ipv6:::1]"), Some("::1".parse().unwrap()));
-        assert_eq!(address_literal("[2001:db8::1]"), Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(
+            address_literal("[2001:db8::1]"),
+            Some("2001:db8::1".parse().unwrap())
+        );
         assert_eq!(address_literal("example.org"), None);
         assert_eq!(address_literal("[example.org]"), None);
         assert_eq!(address_literal("192.0.2.1"), None);

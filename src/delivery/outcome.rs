@@ -118,23 +118,39 @@ impl RecipientOutcome {
         let verdict = Verdict::of_code(reply.code);
         let status = reply.enhanced.unwrap_or_else(|| default_status(verdict));
         let detail = format!("{peer} said: {} (in reply to {command})", reply.one_line());
-        Self { verdict, status, detail }
+        Self {
+            verdict,
+            status,
+            detail,
+        }
     }
 
     /// The outcome of a failure that got no transaction answer from any server.
     pub fn from_failure(failure: &DeliveryError) -> Self {
         let verdict = failure.verdict();
-        Self { verdict, status: failure.status(), detail: clean_text(&failure.to_string()) }
+        Self {
+            verdict,
+            status: failure.status(),
+            detail: clean_text(&failure.to_string()),
+        }
     }
 
     /// A temporary outcome with a local reason (`status` class 4).
     pub fn temporary(status: EnhancedCode, detail: impl Into<String>) -> Self {
-        Self { verdict: Verdict::Temporary, status, detail: clean_text(&detail.into()) }
+        Self {
+            verdict: Verdict::Temporary,
+            status,
+            detail: clean_text(&detail.into()),
+        }
     }
 
     /// A permanent outcome with a local reason (`status` class 5).
     pub fn permanent(status: EnhancedCode, detail: impl Into<String>) -> Self {
-        Self { verdict: Verdict::Permanent, status, detail: clean_text(&detail.into()) }
+        Self {
+            verdict: Verdict::Permanent,
+            status,
+            detail: clean_text(&detail.into()),
+        }
     }
 
     /// The text stored in the spool: status code, then the detail.
@@ -170,14 +186,15 @@ pub enum DeliveryError {
         /// What went wrong.
         error: ClientError,
     },
-    /// The MX list has hosts but none of their addresses could be tried.
-    #[error("no usable address for the MX hosts of {domain}")]
+    /// The domain has MX hosts, and DNS says none of them has an address.
+    #[error("no MX host of {domain} has an address")]
     NoAddresses {
         /// The destination domain.
         domain: String,
-        /// At least one address lookup failed temporarily.
-        temporary: bool,
     },
+    /// The recipient address has no domain part, so there is nowhere to route it.
+    #[error("recipient address has no domain")]
+    NoDomain,
     /// The resolver could not be set up (for example no `/etc/resolv.conf`).
     #[error("DNS resolver unavailable: {0}")]
     ResolverUnavailable(String),
@@ -191,10 +208,9 @@ impl DeliveryError {
     pub fn verdict(&self) -> Verdict {
         match self {
             DeliveryError::Route(e) if e.is_permanent() => Verdict::Permanent,
-            DeliveryError::NoAddresses { temporary: false, .. } => Verdict::Permanent,
+            DeliveryError::NoAddresses { .. } | DeliveryError::NoDomain => Verdict::Permanent,
             DeliveryError::Route(_)
             | DeliveryError::Session { .. }
-            | DeliveryError::NoAddresses { .. }
             | DeliveryError::ResolverUnavailable(_)
             | DeliveryError::Shutdown => Verdict::Temporary,
         }
@@ -202,11 +218,12 @@ impl DeliveryError {
 
     /// The RFC 3463 status a DSN would give.
     pub fn status(&self) -> EnhancedCode {
-        let class = if self.verdict() == Verdict::Permanent { 5 } else { 4 };
         match self {
             DeliveryError::Route(e) => e.status(),
-            // 4.4.4 "unable to route": no address for any MX host.
-            DeliveryError::NoAddresses { .. } => EnhancedCode::new(class, 4, 4),
+            // 5.4.4 "unable to route": no address for any MX host.
+            DeliveryError::NoAddresses { .. } => EnhancedCode::new(5, 4, 4),
+            // 5.1.3 "bad destination mailbox address syntax".
+            DeliveryError::NoDomain => EnhancedCode::new(5, 1, 3),
             DeliveryError::Session { error, .. } => error.status(),
             // 4.4.3 "directory server failure".
             DeliveryError::ResolverUnavailable(_) => EnhancedCode::new(4, 4, 3),
@@ -221,11 +238,18 @@ mod tests {
     use super::*;
 
     fn peer() -> Peer {
-        Peer { host: "mx.example.org".into(), addr: "192.0.2.1:25".parse().unwrap() }
+        Peer {
+            host: "mx.example.org".into(),
+            addr: "192.0.2.1:25".parse().unwrap(),
+        }
     }
 
     fn reply(code: u16, enhanced: Option<EnhancedCode>, text: &str) -> Reply {
-        Reply { code, enhanced, lines: vec![text.to_string()] }
+        Reply {
+            code,
+            enhanced,
+            lines: vec![text.to_string()],
+        }
     }
 
     #[test]
@@ -254,24 +278,57 @@ mod tests {
     #[test]
     fn outcome_without_enhanced_code_gets_a_default() {
         let o = RecipientOutcome::from_reply(&peer(), Command::Rcpt, &reply(450, None, "later"));
-        assert_eq!((o.verdict, o.status), (Verdict::Temporary, EnhancedCode::new(4, 0, 0)));
+        assert_eq!(
+            (o.verdict, o.status),
+            (Verdict::Temporary, EnhancedCode::new(4, 0, 0))
+        );
         let o = RecipientOutcome::from_reply(&peer(), Command::Mail, &reply(553, None, "no"));
         assert_eq!(o.status, EnhancedCode::new(5, 0, 0));
         let o = RecipientOutcome::from_reply(&peer(), Command::DataEnd, &reply(250, None, "ok"));
-        assert_eq!((o.verdict, o.status), (Verdict::Delivered, EnhancedCode::new(2, 0, 0)));
+        assert_eq!(
+            (o.verdict, o.status),
+            (Verdict::Delivered, EnhancedCode::new(2, 0, 0))
+        );
     }
 
     #[test]
     fn failures_classify_once() {
-        let f = DeliveryError::Route(MxError::NullMx { domain: "example.org".into() });
-        assert_eq!((f.verdict(), f.status()), (Verdict::Permanent, EnhancedCode::new(5, 1, 10)));
-        let f = DeliveryError::NoAddresses { domain: "example.org".into(), temporary: true };
-        assert_eq!((f.verdict(), f.status()), (Verdict::Temporary, EnhancedCode::new(4, 4, 4)));
-        let f = DeliveryError::NoAddresses { domain: "example.org".into(), temporary: false };
-        assert_eq!((f.verdict(), f.status()), (Verdict::Permanent, EnhancedCode::new(5, 4, 4)));
+        let f = DeliveryError::Route(MxError::NullMx {
+            domain: "example.org".into(),
+        });
+        assert_eq!(
+            (f.verdict(), f.status()),
+            (Verdict::Permanent, EnhancedCode::new(5, 1, 10))
+        );
+        let f = DeliveryError::NoAddresses {
+            domain: "example.org".into(),
+        };
+        assert_eq!(
+            (f.verdict(), f.status()),
+            (Verdict::Permanent, EnhancedCode::new(5, 4, 4))
+        );
+        assert_eq!(
+            (
+                DeliveryError::NoDomain.verdict(),
+                DeliveryError::NoDomain.status()
+            ),
+            (Verdict::Permanent, EnhancedCode::new(5, 1, 3))
+        );
+        let f = DeliveryError::Route(MxError::Temporary {
+            name: "example.org".into(),
+            record_type: "MX",
+            detail: "response code SERVFAIL".into(),
+        });
+        assert_eq!(
+            (f.verdict(), f.status()),
+            (Verdict::Temporary, EnhancedCode::new(4, 4, 3))
+        );
         let f = DeliveryError::Session {
             peer: peer(),
-            error: ClientError::Timeout { phase: Command::Greeting, after: std::time::Duration::from_secs(5) },
+            error: ClientError::Timeout {
+                phase: Command::Greeting,
+                after: std::time::Duration::from_secs(5),
+            },
         };
         assert_eq!(f.verdict(), Verdict::Temporary);
         assert_eq!(

@@ -41,7 +41,11 @@ pub struct EnhancedCode {
 impl EnhancedCode {
     /// Builds a code from its three parts.
     pub const fn new(class: u8, subject: u16, detail: u16) -> Self {
-        Self { class, subject, detail }
+        Self {
+            class,
+            subject,
+            detail,
+        }
     }
 
     /// Parses `class.subject.detail` (RFC 3463 section 2: class 2, 4 or 5; subject and detail
@@ -64,7 +68,11 @@ impl EnhancedCode {
             }
             s.parse().ok()
         };
-        Some(Self { class, subject: number(subject)?, detail: number(detail)? })
+        Some(Self {
+            class,
+            subject: number(subject)?,
+            detail: number(detail)?,
+        })
     }
 }
 
@@ -129,8 +137,10 @@ impl fmt::Display for Reply {
 
 /// Replaces control characters by spaces and cuts `text` to a bounded length.
 pub(crate) fn clean_text(text: &str) -> String {
-    let mut out: String =
-        text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     if out.len() > MAX_TEXT {
         let mut cut = MAX_TEXT;
         while !out.is_char_boundary(cut) {
@@ -204,7 +214,10 @@ pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, ReplyError> {
         match code {
             None => code = Some(line_code),
             Some(first) if first != line_code => {
-                return Err(ReplyError::MixedCodes { first, later: line_code });
+                return Err(ReplyError::MixedCodes {
+                    first,
+                    later: line_code,
+                });
             }
             Some(_) => {}
         }
@@ -217,7 +230,14 @@ pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, ReplyError> {
                 .and_then(EnhancedCode::parse)
                 // RFC 3463 section 2: the class must match the reply's class.
                 .filter(|e| u16::from(e.class) == code / 100);
-            return Ok(Some((Reply { code, enhanced, lines }, pos)));
+            return Ok(Some((
+                Reply {
+                    code,
+                    enhanced,
+                    lines,
+                },
+                pos,
+            )));
         }
         if lines.len() >= MAX_LINES {
             return Err(ReplyError::TooManyLines);
@@ -231,9 +251,10 @@ fn split_line(line: &[u8]) -> Result<(u16, bool, &[u8]), ReplyError> {
         line: clean_text(&String::from_utf8_lossy(&line[..line.len().min(64)])),
     };
     let (digits, rest) = match line {
-        [a, b, c, rest @ ..] if a.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit() => {
-            (u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0'), rest)
-        }
+        [a, b, c, rest @ ..] if a.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit() => (
+            u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0'),
+            rest,
+        ),
         _ => return Err(malformed()),
     };
     if !(200..600).contains(&digits) {
@@ -274,7 +295,9 @@ impl Extensions {
         let mut ext = Self::default();
         for line in reply.lines.iter().skip(1) {
             let mut words = line.split_whitespace();
-            let Some(keyword) = words.next() else { continue };
+            let Some(keyword) = words.next() else {
+                continue;
+            };
             match keyword.to_ascii_uppercase().as_str() {
                 "STARTTLS" => ext.starttls = true,
                 "PIPELINING" => ext.pipelining = true,
@@ -373,8 +396,14 @@ mod tests {
     #[test]
     fn enhanced_code_must_match_class() {
         assert_eq!(one(b"450 5.1.1 odd\r\n").enhanced, None);
-        assert_eq!(one(b"451 4.3.0 try later\r\n").enhanced, Some(EnhancedCode::new(4, 3, 0)));
-        assert_eq!(one(b"250 2.0.0\r\n").enhanced, Some(EnhancedCode::new(2, 0, 0)));
+        assert_eq!(
+            one(b"451 4.3.0 try later\r\n").enhanced,
+            Some(EnhancedCode::new(4, 3, 0))
+        );
+        assert_eq!(
+            one(b"250 2.0.0\r\n").enhanced,
+            Some(EnhancedCode::new(2, 0, 0))
+        );
         assert_eq!(one(b"250 2.0.0.1 x\r\n").enhanced, None);
         assert_eq!(one(b"250 3.0.0 x\r\n").enhanced, None);
         assert_eq!(one(b"250 2.1000.0 x\r\n").enhanced, None);
@@ -382,15 +411,24 @@ mod tests {
 
     #[test]
     fn garbage_is_refused() {
-        assert!(matches!(parse_reply(b"hello\r\n"), Err(ReplyError::Malformed { .. })));
-        assert!(matches!(parse_reply(b"250x\r\n"), Err(ReplyError::Malformed { .. })));
+        assert!(matches!(
+            parse_reply(b"hello\r\n"),
+            Err(ReplyError::Malformed { .. })
+        ));
+        assert!(matches!(
+            parse_reply(b"250x\r\n"),
+            Err(ReplyError::Malformed { .. })
+        ));
         assert_eq!(
             parse_reply(b"150 what\r\n"),
             Err(ReplyError::CodeOutOfRange { code: 150 })
         );
         assert_eq!(
             parse_reply(b"250-a\r\n251 b\r\n"),
-            Err(ReplyError::MixedCodes { first: 250, later: 251 })
+            Err(ReplyError::MixedCodes {
+                first: 250,
+                later: 251
+            })
         );
     }
 
@@ -408,10 +446,22 @@ mod tests {
 
     #[test]
     fn one_line_removes_controls_and_cuts() {
-        let r = Reply { code: 550, enhanced: None, lines: vec!["a\tb\u{7}c".into()] };
+        let r = Reply {
+            code: 550,
+            enhanced: None,
+            lines: vec!["a\tb\u{7}c".into()],
+        };
         assert_eq!(r.one_line(), "550 a b c");
-        let r = Reply { code: 550, enhanced: None, lines: vec!["é".repeat(400)] };
+        let r = Reply {
+            code: 550,
+            enhanced: None,
+            lines: vec!["é".repeat(400)],
+        };
         let text = r.one_line();
-        assert!(text.len() <= MAX_TEXT + 3 && text.ends_with("..."), "{}", text.len());
+        assert!(
+            text.len() <= MAX_TEXT + 3 && text.ends_with("..."),
+            "{}",
+            text.len()
+        );
     }
 }

@@ -58,9 +58,16 @@ fn backoff(attempts: u32, initial: Duration, max: Duration, jitter: f64) -> Dura
     let base = if doublings >= 32 {
         max
     } else {
-        initial.checked_mul(1u32 << doublings).unwrap_or(max).min(max)
+        initial
+            .checked_mul(1u32 << doublings)
+            .unwrap_or(max)
+            .min(max)
     };
-    let jitter = if jitter.is_nan() { 0.0 } else { jitter.clamp(-1.0, 1.0) };
+    let jitter = if jitter.is_nan() {
+        0.0
+    } else {
+        jitter.clamp(-1.0, 1.0)
+    };
     base.mul_f64(1.0 + JITTER_SPAN * jitter).min(max)
 }
 
@@ -95,7 +102,17 @@ mod tests {
         let waits: Vec<_> = (1..=9).map(|n| wait(n, MIN, 0.0).unwrap()).collect();
         assert_eq!(
             waits,
-            [5 * MIN, 10 * MIN, 20 * MIN, 40 * MIN, 80 * MIN, 160 * MIN, 4 * HOUR, 4 * HOUR, 4 * HOUR]
+            [
+                5 * MIN,
+                10 * MIN,
+                20 * MIN,
+                40 * MIN,
+                80 * MIN,
+                160 * MIN,
+                4 * HOUR,
+                4 * HOUR,
+                4 * HOUR
+            ]
         );
         assert_eq!(wait(0, MIN, 0.0), Some(5 * MIN));
         assert_eq!(wait(u32::MAX, MIN, 0.0), Some(4 * HOUR));
@@ -104,8 +121,14 @@ mod tests {
 
     #[test]
     fn jitter_is_ten_percent_either_way() {
-        assert_eq!(wait(1, MIN, 1.0), Some(5 * MIN + 30 * Duration::from_secs(1)));
-        assert_eq!(wait(1, MIN, -1.0), Some(5 * MIN - 30 * Duration::from_secs(1)));
+        assert_eq!(
+            wait(1, MIN, 1.0),
+            Some(5 * MIN + 30 * Duration::from_secs(1))
+        );
+        assert_eq!(
+            wait(1, MIN, -1.0),
+            Some(5 * MIN - 30 * Duration::from_secs(1))
+        );
         assert_eq!(wait(1, MIN, 7.0), wait(1, MIN, 1.0));
         assert_eq!(wait(1, MIN, -7.0), wait(1, MIN, -1.0));
         assert_eq!(wait(1, MIN, f64::NAN), Some(5 * MIN));
@@ -123,7 +146,10 @@ mod tests {
         assert_eq!(wait(30, age, 0.0), Some(HOUR));
         assert_eq!(wait(30, 5 * DAY, 0.0), None);
         assert_eq!(wait(1, 6 * DAY, 0.0), None);
-        assert_eq!(wait(1, 5 * DAY - Duration::from_secs(1), 0.0), Some(Duration::from_secs(1)));
+        assert_eq!(
+            wait(1, 5 * DAY - Duration::from_secs(1), 0.0),
+            Some(Duration::from_secs(1))
+        );
     }
 
     #[test]

@@ -79,7 +79,9 @@ impl TlsMode {
             .negotiated_cipher_suite()
             .map(|s| {
                 let suite = s.suite();
-                suite.as_str().map_or_else(|| format!("{suite:?}"), str::to_string)
+                suite
+                    .as_str()
+                    .map_or_else(|| format!("{suite:?}"), str::to_string)
             })
             .unwrap_or_else(|| "unknown".to_string());
         TlsMode::Opportunistic { version, cipher }
@@ -133,7 +135,9 @@ pub struct AcceptAnyCertificateOpportunistic {
 impl AcceptAnyCertificateOpportunistic {
     /// A verifier using the signature algorithms of `provider`.
     pub fn new(provider: &CryptoProvider) -> Self {
-        Self { algorithms: provider.signature_verification_algorithms }
+        Self {
+            algorithms: provider.signature_verification_algorithms,
+        }
     }
 }
 
@@ -200,15 +204,29 @@ mod tests {
     fn config_builds_and_names_are_chosen() {
         opportunistic_client_config().unwrap();
         let ip: std::net::IpAddr = "192.0.2.1".parse().unwrap();
-        assert!(matches!(server_name("mx.example.org.", ip), ServerName::DnsName(n) if n.as_ref() == "mx.example.org"));
-        assert!(matches!(server_name("192.0.2.1", ip), ServerName::IpAddress(_)));
-        assert!(matches!(server_name("bad name", ip), ServerName::IpAddress(_)));
+        assert!(
+            matches!(server_name("mx.example.org.", ip), ServerName::DnsName(n) if n.as_ref() == "mx.example.org")
+        );
+        assert!(matches!(
+            server_name("192.0.2.1", ip),
+            ServerName::IpAddress(_)
+        ));
+        assert!(matches!(
+            server_name("bad name", ip),
+            ServerName::IpAddress(_)
+        ));
     }
 
     #[test]
     fn modes_display() {
         assert_eq!(TlsMode::Plaintext.to_string(), "plaintext");
-        let m = TlsMode::Opportunistic { version: "TLSv1.3".into(), cipher: "TLS13_AES_128_GCM_SHA256".into() };
-        assert_eq!(m.to_string(), "opportunistic TLSv1.3 TLS13_AES_128_GCM_SHA256");
+        let m = TlsMode::Opportunistic {
+            version: "TLSv1.3".into(),
+            cipher: "TLS13_AES_128_GCM_SHA256".into(),
+        };
+        assert_eq!(
+            m.to_string(),
+            "opportunistic TLSv1.3 TLS13_AES_128_GCM_SHA256"
+        );
     }
 }

@@ -10,10 +10,10 @@
 //! silently bring a password back.
 //!
 //! # Schema
-//! Created and migrated at open, tracked by `PRAGMA user_version`; a list of
-//! steps (the `MIGRATIONS` table), each applied once, in one transaction. A file from a newer Postern is refused rather
-//! than guessed at. Triggers also keep addresses and aliases in one namespace, as a second line
-//! behind the checks in each transaction.
+//! Created and migrated at open, tracked by `PRAGMA user_version`: the `MIGRATIONS` table
+//! lists the steps, each applied once, in one transaction. A file from a newer Postern is
+//! refused rather than guessed at. Triggers also keep addresses and aliases in one namespace,
+//! as a second line behind the checks in each transaction.
 //!
 //! # Files
 //! The parent directory is created (mode 0700) if absent; the database file is created with

@@ -39,10 +39,10 @@ def test_address_add_list_remove(pt):
     """`address add` (with and without --plan), `address list` (text and --json), `address
     remove`."""
     pt.add_address("alice@example.org")
-    pt.add_address("bob@example.net", plan="pro")
+    pt.add_address("bob@example.net", plan="business")
     text = pt.cli("address", "list").stdout
     assert "alice@example.org" in text and "bob@example.net" in text
-    assert {"alice@example.org", "bob@example.net", "pro"} <= listed(pt, "address", "list")
+    assert {"alice@example.org", "bob@example.net", "business"} <= listed(pt, "address", "list")
     pt.cli("address", "remove", "alice@example.org")
     found = listed(pt, "address", "list")
     assert "alice@example.org" not in found and "bob@example.net" in found
@@ -75,7 +75,7 @@ def test_invalid_address_names_character_and_position(pt, address, char, positio
     """A refused address names the offending character and its 1-based position; nothing is
     stored."""
     before = state(pt)
-    r = pt.cli("address", "add", address, check=False)
+    r = pt.cli("address", "add", "--", address, check=False)     # `--`: "-ab@..." is no option
     assert r.returncode != 0
     message = r.stderr + r.stdout
     assert f"'{char}'" in message and f"position {position}" in message, message
@@ -94,7 +94,7 @@ def test_local_part_of_65_characters_refused(pt):
 def test_malformed_addresses_refused(pt, address):
     """Empty local part, missing @ or domain: refused, nothing stored."""
     before = state(pt)
-    assert pt.cli("address", "add", address, check=False).returncode != 0
+    assert pt.cli("address", "add", "--", address, check=False).returncode != 0
     assert state(pt) == before
 
 
@@ -131,6 +131,7 @@ def test_store_errors_exit_1_with_one_line(pt, args):
     ["device", "rotate", "alice@example.org"],                    # NAME missing
     ["address", "add", "bob@example.org", "--bogus"],
     ["alias", "add", "info@example.org"],
+    ["address", "add", "bob@example.org", "--plan", "no-such-plan"],
 ])
 def test_bad_usage_exits_2_and_changes_nothing(pt, args):
     """Bad usage exits 2 and changes nothing."""

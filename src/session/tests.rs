@@ -1,0 +1,413 @@
+//! Transcript tests: client bytes in, exact reply lines out, with a scripted driver.
+
+use super::*;
+
+const USER: &str = "alice@example.org";
+const PASSWORD: &str = "right-password";
+
+/// A driver that answers the session's requests the way the real one would.
+struct Harness {
+    session: Session,
+    replies: Vec<String>,
+    data: Vec<u8>,
+    committed: Vec<CompletedMessage>,
+    closed: bool,
+    commits_fail: bool,
+}
+
+impl Harness {
+    fn new(role: Role) -> Self {
+        Self::with(role, |_| {})
+    }
+
+    fn with(role: Role, tweak: impl FnOnce(&mut SessionConfig)) -> Self {
+        let mut config = SessionConfig {
+            role,
+            hostname: "postern.test".into(),
+            max_recipients: 100,
+            max_message_size: 1000,
+            max_bad_commands: 5,
+            max_auth_failures: 3,
+            relay_allowed: true,
+            implicit_tls: role == Role::Submissions,
+            starttls_available: true,
+        };
+        tweak(&mut config);
+        let mut h = Self {
+            session: Session::new(config),
+            replies: Vec::new(),
+            data: Vec::new(),
+            committed: Vec::new(),
+            closed: false,
+            commits_fail: false,
+        };
+        h.pump();
+        h
+    }
+
+    /// Sends bytes and returns the reply lines they produced.
+    fn send(&mut self, bytes: &[u8]) -> Vec<String> {
+        let before = self.replies.len();
+        self.session.handle_input(bytes);
+        self.pump();
+        self.replies[before..].to_vec()
+    }
+
+    /// Sends one line and returns the last reply line it produced.
+    fn line(&mut self, line: &str) -> String {
+        let replies = self.send(format!("{line}\r\n").as_bytes());
+        replies.last().cloned().unwrap_or_default()
+    }
+
+    fn pump(&mut self) {
+        while let Some(event) = self.session.poll_event() {
+            match event {
+                Event::Reply(reply) => {
+                    let mut out = Vec::new();
+                    reply.write_to(&mut out);
+                    let text = String::from_utf8(out).unwrap();
+                    self.replies.extend(text.split_terminator("\r\n").map(String::from));
+                }
+                Event::StartTls => self.session.handle_tls_started(),
+                Event::Authenticate { login, password, .. } => {
+                    let outcome = if login == USER && password == PASSWORD {
+                        AuthOutcome::Accepted(Authenticated {
+                            address: USER.into(),
+                            device: "laptop".into(),
+                            senders: vec![USER.into(), "sales@example.org".into()],
+                        })
+                    } else {
+                        AuthOutcome::Rejected
+                    };
+                    self.session.handle_auth_outcome(outcome);
+                }
+                Event::MessageStart => self.data.clear(),
+                Event::MessageData(bytes) => self.data.extend_from_slice(&bytes),
+                Event::MessageAbort => self.data.clear(),
+                Event::TransactionRefused { .. } => {}
+                Event::MessageComplete(message) => {
+                    self.committed.push(message);
+                    let outcome = if self.commits_fail {
+                        CommitOutcome::Failed
+                    } else {
+                        CommitOutcome::Queued("QID".into())
+                    };
+                    self.session.handle_commit_outcome(outcome);
+                }
+                Event::Close => self.closed = true,
+            }
+        }
+    }
+
+    /// EHLO, STARTTLS where needed, EHLO again, AUTH PLAIN.
+    fn login(role: Role) -> Self {
+        let mut h = Self::new(role);
+        h.line("EHLO client.test");
+        if role == Role::Submission {
+            assert_eq!(h.line("STARTTLS"), "220 2.0.0 Ready to start TLS");
+            h.line("EHLO client.test");
+        }
+        assert_eq!(h.line(&format!("AUTH PLAIN {}", plain(USER, PASSWORD))), "235 2.7.0 Authentication successful");
+        h
+    }
+}
+
+fn plain(user: &str, password: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"))
+}
+
+fn b64(text: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+#[test]
+fn greeting_and_ehlo_before_and_after_tls() {
+    let mut h = Harness::new(Role::Submission);
+    assert_eq!(h.replies, vec!["220 postern.test ESMTP Postern"]);
+    let ehlo = h.send(b"EHLO client.test\r\n");
+    assert_eq!(ehlo[0], "250-postern.test");
+    assert!(ehlo.contains(&"250-STARTTLS".to_string()));
+    assert!(ehlo.contains(&"250-SIZE 1000".to_string()));
+    assert!(!ehlo.iter().any(|l| l.contains("AUTH")), "no AUTH before TLS on 587");
+    h.line("STARTTLS");
+    let ehlo = h.send(b"EHLO client.test\r\n");
+    assert!(ehlo.contains(&"250-AUTH PLAIN LOGIN".to_string()));
+    assert!(!ehlo.iter().any(|l| l.contains("STARTTLS")));
+    for ext in ["PIPELINING", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING"] {
+        assert!(ehlo.iter().any(|l| l.ends_with(ext)), "{ext}");
+    }
+    assert_eq!(ehlo.last().unwrap(), "250 DSN");
+}
+
+#[test]
+fn relay_port_never_offers_auth_and_answers_573() {
+    let mut h = Harness::new(Role::Relay);
+    let ehlo = h.send(b"EHLO web1.hosting.test\r\n");
+    assert!(!ehlo.iter().any(|l| l.contains("AUTH")));
+    assert_eq!(
+        h.line(&format!("AUTH PLAIN {}", plain(USER, PASSWORD))),
+        "573 Antispam: Authenticated connection not possible. Please use port 587 instead of port 25."
+    );
+}
+
+#[test]
+fn relay_from_other_networks_is_denied_at_rcpt() {
+    let mut h = Harness::with(Role::Relay, |c| c.relay_allowed = false);
+    h.line("EHLO x.test");
+    assert_eq!(h.line("MAIL FROM:<site@hosting.test>"), "250 2.1.0 Ok");
+    assert_eq!(h.line("RCPT TO:<b@example.net>"), "550 5.7.1 Relaying denied");
+}
+
+#[test]
+fn auth_rules_on_submission() {
+    let mut h = Harness::new(Role::Submission);
+    h.line("EHLO client.test");
+    assert_eq!(
+        h.line(&format!("AUTH PLAIN {}", plain(USER, PASSWORD))),
+        "538 5.7.11 Encryption required for requested authentication mechanism"
+    );
+    assert_eq!(h.line("MAIL FROM:<alice@example.org>"), "530 5.7.0 Authentication required");
+    let mut h = Harness::new(Role::Submissions);
+    h.line("EHLO client.test");
+    assert_eq!(h.line("MAIL FROM:<alice@example.org>"), "530 5.7.0 Authentication required");
+}
+
+#[test]
+fn auth_login_and_plain_without_initial_response() {
+    let mut h = Harness::new(Role::Submissions);
+    h.line("EHLO client.test");
+    assert_eq!(h.line("AUTH LOGIN"), "334 VXNlcm5hbWU6");
+    assert_eq!(h.line(&b64(USER)), "334 UGFzc3dvcmQ6");
+    assert_eq!(h.line(&b64(PASSWORD)), "235 2.7.0 Authentication successful");
+
+    let mut h = Harness::new(Role::Submissions);
+    h.line("EHLO client.test");
+    assert_eq!(h.line("AUTH PLAIN"), "334 ");
+    assert_eq!(h.line(&plain(USER, PASSWORD)), "235 2.7.0 Authentication successful");
+    assert_eq!(h.line("AUTH PLAIN"), "503 5.5.1 Already authenticated");
+}
+
+#[test]
+fn failed_auth_at_n_and_n_plus_one() {
+    let mut h = Harness::new(Role::Submissions);
+    h.line("EHLO client.test");
+    for _ in 0..2 {
+        assert_eq!(h.line(&format!("AUTH PLAIN {}", plain(USER, "wrong"))), "535 5.7.0 authentication failed");
+        assert!(!h.closed);
+    }
+    assert_eq!(
+        h.line(&format!("AUTH PLAIN {}", plain(USER, "wrong"))),
+        "421 4.7.0 Too many authentication failures, closing connection"
+    );
+    assert!(h.closed);
+}
+
+#[test]
+fn cancelled_and_malformed_auth() {
+    let mut h = Harness::new(Role::Submissions);
+    h.line("EHLO client.test");
+    h.line("AUTH LOGIN");
+    assert_eq!(h.line("*"), "501 5.0.0 Authentication cancelled");
+    assert_eq!(h.line("AUTH PLAIN !!notbase64!!"), "501 5.5.2 Invalid base64 data");
+    assert_eq!(h.line("AUTH CRAM-MD5"), "504 5.5.4 Unrecognized authentication type");
+}
+
+#[test]
+fn sender_must_be_owned() {
+    let mut h = Harness::login(Role::Submissions);
+    assert_eq!(
+        h.line("MAIL FROM:<bob@example.org>"),
+        "550 5.7.1 Sender address rejected: not owned by user alice@example.org"
+    );
+    assert_eq!(h.line("MAIL FROM:<Sales@example.org>"), "250 2.1.0 Ok");
+}
+
+#[test]
+fn header_from_must_be_owned() {
+    let mut h = Harness::login(Role::Submissions);
+    h.line("MAIL FROM:<alice@example.org>");
+    h.line("RCPT TO:<b@example.net>");
+    h.line("DATA");
+    let replies = h.send(b"From: Boss <boss@example.org>\r\n\r\nhi\r\n.\r\n");
+    assert_eq!(replies, vec!["550 5.7.1 Sender address rejected: not owned by user alice@example.org"]);
+    assert!(h.committed.is_empty());
+    // The session goes on.
+    assert_eq!(h.line("MAIL FROM:<alice@example.org>"), "250 2.1.0 Ok");
+}
+
+#[test]
+fn pipelined_transaction_answers_in_order() {
+    let mut h = Harness::login(Role::Submissions);
+    let replies = h.send(
+        b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<a@example.net>\r\nRCPT TO:<b@example.net>\r\nDATA\r\nFrom: alice@example.org\r\n\r\nhello\r\n.\r\nQUIT\r\n",
+    );
+    assert_eq!(
+        replies,
+        vec![
+            "250 2.1.0 Ok",
+            "250 2.1.5 Ok",
+            "250 2.1.5 Ok",
+            "354 End data with <CR><LF>.<CR><LF>",
+            "250 2.0.0 Ok: queued as QID",
+            "221 2.0.0 Bye",
+        ]
+    );
+    assert_eq!(h.data, b"From: alice@example.org\r\n\r\nhello\r\n");
+    assert_eq!(h.committed[0].recipients.len(), 2);
+    assert!(h.closed);
+}
+
+#[test]
+fn plaintext_pipelined_after_starttls_is_discarded() {
+    let mut h = Harness::new(Role::Submission);
+    h.line("EHLO client.test");
+    let replies = h.send(b"STARTTLS\r\nRSET\r\nMAIL FROM:<alice@example.org>\r\n");
+    assert_eq!(replies, vec!["220 2.0.0 Ready to start TLS"]);
+    // After the handshake the injected MAIL never ran: a transaction needs EHLO again.
+    assert_eq!(h.line("MAIL FROM:<alice@example.org>"), "503 5.5.1 Bad sequence of commands");
+}
+
+#[test]
+fn recipients_at_100_and_101() {
+    let mut h = Harness::login(Role::Submissions);
+    h.line("MAIL FROM:<alice@example.org>");
+    for i in 0..100 {
+        assert_eq!(h.line(&format!("RCPT TO:<r{i}@example.net>")), "250 2.1.5 Ok");
+    }
+    assert_eq!(h.line("RCPT TO:<r100@example.net>"), "452 4.5.3 Too many recipients");
+    h.line("DATA");
+    h.send(b"From: alice@example.org\r\n\r\nx\r\n.\r\n");
+    assert_eq!(h.committed[0].recipients.len(), 100);
+}
+
+#[test]
+fn size_at_n_and_n_plus_one() {
+    let mut h = Harness::login(Role::Submissions);
+    assert_eq!(
+        h.line("MAIL FROM:<alice@example.org> SIZE=1001"),
+        "552 5.3.4 Message size exceeds fixed maximum message size"
+    );
+    assert_eq!(h.line("MAIL FROM:<alice@example.org> SIZE=1000"), "250 2.1.0 Ok");
+    h.line("RCPT TO:<b@example.net>");
+    h.line("DATA");
+    // 1000 bytes exactly: headers plus a body padded to fit.
+    let head = b"From: alice@example.org\r\n\r\n";
+    let mut body = vec![b'x'; 1000 - head.len() - 2];
+    body.extend_from_slice(b"\r\n");
+    let message = [&head[..], &body].concat();
+    assert_eq!(message.len(), 1000);
+    let replies = h.send(&[&message[..], b".\r\n"].concat());
+    assert_eq!(replies, vec!["250 2.0.0 Ok: queued as QID"]);
+    h.line("MAIL FROM:<alice@example.org>");
+    h.line("RCPT TO:<b@example.net>");
+    h.line("DATA");
+    let bigger = [&head[..], b"y", &body].concat();
+    let replies = h.send(&[&bigger[..], b".\r\n"].concat());
+    assert_eq!(replies, vec!["552 5.3.4 Message size exceeds fixed maximum message size"]);
+    assert_eq!(h.committed.len(), 1);
+    assert_eq!(h.line("NOOP"), "250 2.0.0 Ok");
+}
+
+#[test]
+fn bare_lf_in_data_is_refused_and_session_goes_on() {
+    let mut h = Harness::login(Role::Submissions);
+    h.line("MAIL FROM:<alice@example.org>");
+    h.line("RCPT TO:<b@example.net>");
+    h.line("DATA");
+    let replies = h.send(b"From: alice@example.org\r\n\r\nsmuggled\n.\nMAIL FROM:<x@y.z>\r\n.\r\n");
+    assert_eq!(replies, vec!["554 5.6.0 Bare LF or CR in message data"]);
+    assert!(h.committed.is_empty());
+    assert_eq!(h.line("MAIL FROM:<alice@example.org>"), "250 2.1.0 Ok");
+}
+
+#[test]
+fn bare_lf_in_command_and_long_lines() {
+    let mut h = Harness::new(Role::Submissions);
+    assert_eq!(h.send(b"EHLO x.test\n"), vec!["500 5.5.2 Bare LF not allowed, use CRLF"]);
+    let long = format!("NOOP {}\r\n", "a".repeat(MAX_COMMAND_LINE + 10));
+    assert_eq!(h.send(long.as_bytes()), vec!["500 5.5.2 Line too long"]);
+    assert_eq!(h.line("NOOP"), "250 2.0.0 Ok");
+}
+
+#[test]
+fn bad_commands_at_n_and_n_plus_one() {
+    let mut h = Harness::new(Role::Submissions);
+    for _ in 0..4 {
+        assert_eq!(h.line("FROB"), "500 5.5.1 Command unrecognized");
+    }
+    assert_eq!(h.line("FROB"), "421 4.7.0 Too many errors, closing connection");
+    assert!(h.closed);
+    assert!(h.send(b"NOOP\r\n").is_empty(), "nothing is read after close");
+}
+
+#[test]
+fn sequence_errors() {
+    let mut h = Harness::login(Role::Submissions);
+    assert_eq!(h.line("RCPT TO:<b@example.net>"), "503 5.5.1 Bad sequence of commands");
+    assert_eq!(h.line("DATA"), "503 5.5.1 Bad sequence of commands");
+    h.line("MAIL FROM:<alice@example.org>");
+    assert_eq!(h.line("DATA"), "554 5.5.1 No valid recipients");
+    assert_eq!(h.line("MAIL FROM:<alice@example.org>"), "503 5.5.1 Bad sequence of commands");
+    assert_eq!(h.line("RSET"), "250 2.0.0 Ok");
+    assert_eq!(h.line("MAIL FROM:<alice@example.org>"), "250 2.1.0 Ok");
+}
+
+#[test]
+fn bdat_chunks() {
+    let mut h = Harness::login(Role::Submissions);
+    h.line("MAIL FROM:<alice@example.org>");
+    h.line("RCPT TO:<b@example.net>");
+    let first = b"From: alice@example.org\r\n\r\n";
+    let replies = h.send(&[format!("BDAT {}\r\n", first.len()).as_bytes(), first].concat());
+    assert_eq!(replies, vec![format!("250 2.0.0 Ok: {} octets received", first.len())]);
+    let replies = h.send(b"BDAT 5 LAST\r\nhello");
+    assert_eq!(replies, vec!["250 2.0.0 Ok: queued as QID"]);
+    assert_eq!(h.data, b"From: alice@example.org\r\n\r\nhello\r\n");
+}
+
+#[test]
+fn bdat_without_transaction_is_consumed() {
+    let mut h = Harness::login(Role::Submissions);
+    let replies = h.send(b"BDAT 4 LAST\r\nQUIT");
+    assert_eq!(replies, vec!["503 5.5.1 Bad sequence of commands"]);
+    assert!(!h.closed, "the chunk's bytes were data, not a QUIT");
+}
+
+#[test]
+fn failed_commit_answers_451() {
+    let mut h = Harness::login(Role::Submissions);
+    h.commits_fail = true;
+    h.line("MAIL FROM:<alice@example.org>");
+    h.line("RCPT TO:<b@example.net>");
+    h.line("DATA");
+    assert_eq!(
+        h.send(b"From: alice@example.org\r\n\r\nx\r\n.\r\n"),
+        vec!["451 4.3.0 Error: queue file write error, try again later"]
+    );
+}
+
+#[test]
+fn missing_from_header_is_refused() {
+    let mut h = Harness::login(Role::Submissions);
+    h.line("MAIL FROM:<alice@example.org>");
+    h.line("RCPT TO:<b@example.net>");
+    h.line("DATA");
+    assert_eq!(
+        h.send(b"Subject: none\r\n\r\nx\r\n.\r\n"),
+        vec!["550 5.6.0 Message has no From header field (RFC 5322 section 3.6)"]
+    );
+}
+
+#[test]
+fn dsn_parameters_are_kept() {
+    let mut h = Harness::login(Role::Submissions);
+    h.line("MAIL FROM:<alice@example.org> RET=HDRS ENVID=abc123");
+    h.line("RCPT TO:<b@example.net> NOTIFY=FAILURE,DELAY ORCPT=rfc822;b@example.net");
+    h.line("DATA");
+    h.send(b"From: alice@example.org\r\n\r\nx\r\n.\r\n");
+    let m = &h.committed[0];
+    assert_eq!(m.dsn_ret.as_deref(), Some("HDRS"));
+    assert_eq!(m.dsn_envid.as_deref(), Some("abc123"));
+    assert_eq!(m.recipients[0].notify.as_deref(), Some("FAILURE,DELAY"));
+    assert!(m.recipients[0].orcpt.as_deref().unwrap().contains("b@example.net"));
+}
