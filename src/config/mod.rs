@@ -129,6 +129,13 @@ pub struct SpoolConfig {
     /// Most messages one group commit carries.
     #[serde(default = "default_commit_batch")]
     pub commit_batch: usize,
+    /// A journal segment is closed, and older segments compacted, past this size.
+    #[serde(default = "default_segment_max")]
+    pub segment_max_bytes: u64,
+}
+
+fn default_segment_max() -> u64 {
+    64 * 1024 * 1024
 }
 
 fn default_inline_max() -> u64 {
@@ -454,6 +461,9 @@ impl Config {
             if crate::delivery::parse_relayhost(host, self.delivery.port).is_none() {
                 return bad("delivery.relayhost", "must be HOST or HOST:PORT");
             }
+        }
+        if self.spool.segment_max_bytes < 4096 {
+            return bad("spool.segment_max_bytes", "must be at least 4096");
         }
         if self.spool.commit_batch == 0 {
             return bad("spool.commit_batch", "must be at least 1");

@@ -116,8 +116,8 @@ pub enum ClientError {
         /// The configured connect timeout.
         after: Duration,
     },
-    /// A reply or a write took longer than `command_timeout`.
-    #[error("timeout after {after:?} waiting for the reply to {phase}")]
+    /// A reply, a write or the TLS handshake took longer than `command_timeout`.
+    #[error("timeout after {after:?} at {phase}")]
     Timeout {
         /// The command waited on.
         phase: Command,

@@ -10,7 +10,7 @@
 //!    transaction answer (RFC 5321 section 5.1), at most [`MAX_ADDRESSES`] addresses;
 //! 3. every recipient's outcome goes to the spool in one `record_attempt`, with the retry time
 //!    from `retry.rs` when some are still pending; when the message is `max_age` old instead,
-//!    those recipients fail as expired (status 4.4.7 in the text, RFC 3463).
+//!    those recipients fail as expired (status 5.4.7, RFC 3463 "delivery time expired").
 //!
 //! Logging: one `info` line per distinct outcome of a transaction (queue id, recipients, MX
 //! host, IP, TLS mode, reply, result); never message content. Metrics: one
@@ -121,17 +121,18 @@ fn is_host_name(host: &str) -> bool {
         })
 }
 
-/// The domain part of an address, lower case; `None` without `@`.
+/// The domain part of an address, lower case, without a trailing dot; `None` without `@`.
 fn domain_of(address: &str) -> Option<String> {
     let (_, domain) = address.rsplit_once('@')?;
+    let domain = domain.strip_suffix('.').unwrap_or(domain);
     (!domain.is_empty()).then(|| domain.to_lowercase())
 }
 
 /// Where one group of recipients goes.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Destination {
-    /// `[delivery] relayhost`.
-    Relay,
+    /// `[delivery] relayhost`: host and port.
+    Relay(String, u16),
     /// The recipients' domain (lower case).
     Domain(String),
     /// Recipients without a domain (cannot be routed by MX).
@@ -142,12 +143,12 @@ enum Destination {
 /// destination; each group keeps the envelope order.
 fn group_recipients<'a>(
     pending: impl IntoIterator<Item = (usize, &'a str)>,
-    relay: bool,
+    relay: Option<&(String, u16)>,
 ) -> BTreeMap<Destination, Vec<usize>> {
     let mut groups: BTreeMap<Destination, Vec<usize>> = BTreeMap::new();
     for (i, address) in pending {
-        let destination = if relay {
-            Destination::Relay
+        let destination = if let Some((host, port)) = relay {
+            Destination::Relay(host.clone(), *port)
         } else {
             domain_of(address).map_or(Destination::NoDomain, Destination::Domain)
         };
@@ -353,7 +354,7 @@ impl Worker {
             .enumerate()
             .filter(|(_, r)| matches!(r.status, RecipientStatus::Pending))
             .map(|(i, r)| (i, r.address.as_str()));
-        for (destination, indices) in group_recipients(pending, self.relay.is_some()) {
+        for (destination, indices) in group_recipients(pending, self.relay.as_ref()) {
             let recipients: Vec<String> = indices
                 .iter()
                 .map(|&i| envelope.recipients[i].address.clone())
@@ -455,17 +456,14 @@ impl Worker {
         let port = self.config.delivery.port;
         match destination {
             Destination::NoDomain => Err(DeliveryError::NoDomain),
-            Destination::Relay => {
-                let (host, port) = self.relay.clone().ok_or(DeliveryError::NoDomain)?;
-                Ok(Route {
-                    kind: RouteKind::Relay,
-                    hosts: vec![MxHost {
-                        name: host,
-                        preference: 0,
-                    }],
-                    port,
-                })
-            }
+            Destination::Relay(host, port) => Ok(Route {
+                kind: RouteKind::Relay,
+                hosts: vec![MxHost {
+                    name: host.clone(),
+                    preference: 0,
+                }],
+                port: *port,
+            }),
             Destination::Domain(domain) => {
                 let hosts = if mx::address_literal(domain).is_some() {
                     vec![MxHost {
@@ -709,7 +707,7 @@ mod tests {
             (3, "c@example.ORG"),
             (5, "postmaster"),
         ];
-        let groups = group_recipients(pending, false);
+        let groups = group_recipients(pending, None);
         let expected: BTreeMap<Destination, Vec<usize>> = [
             (Destination::Domain("example.org".into()), vec![0, 3]),
             (Destination::Domain("other.net".into()), vec![2]),
@@ -718,10 +716,11 @@ mod tests {
         .into_iter()
         .collect();
         assert_eq!(groups, expected);
-        let groups = group_recipients(pending, true);
+        let relay = ("smtp.example.net".to_string(), 587);
+        let groups = group_recipients(pending, Some(&relay));
         assert_eq!(
             groups.into_iter().collect::<Vec<_>>(),
-            [(Destination::Relay, vec![0, 2, 3, 5])]
+            [(Destination::Relay(relay.0.clone(), 587), vec![0, 2, 3, 5])]
         );
     }
 
@@ -731,6 +730,7 @@ mod tests {
         assert_eq!(domain_of("\"a@b\"@example.org"), Some("example.org".into()));
         assert_eq!(domain_of("postmaster"), None);
         assert_eq!(domain_of("bob@"), None);
+        assert_eq!(domain_of("bob@example.org."), Some("example.org".into()));
     }
 
     #[test]

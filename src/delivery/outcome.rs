@@ -333,7 +333,7 @@ mod tests {
         assert_eq!(f.verdict(), Verdict::Temporary);
         assert_eq!(
             RecipientOutcome::from_failure(&f).detail,
-            "mx.example.org[192.0.2.1]: timeout after 5s waiting for the reply to greeting"
+            "mx.example.org[192.0.2.1]: timeout after 5s at greeting"
         );
         assert_eq!(DeliveryError::Shutdown.verdict(), Verdict::Temporary);
     }

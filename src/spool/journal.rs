@@ -26,8 +26,6 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{Notify, oneshot};
 
-/// A segment is rolled once it grows past this size.
-const SEGMENT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// Jobs waiting for the committer before senders wait for room (backpressure).
 const QUEUE_DEPTH: usize = 4096;
 
@@ -85,8 +83,8 @@ enum DataLocation {
 }
 
 #[derive(Debug)]
-struct Entry {
-    envelope: Envelope,
+pub(super) struct Entry {
+    pub(super) envelope: Envelope,
     segment: u64,
     data: DataLocation,
     attempts: u32,
@@ -95,8 +93,8 @@ struct Entry {
 }
 
 #[derive(Default)]
-struct Index {
-    messages: HashMap<SpoolId, Entry>,
+pub(super) struct Index {
+    pub(super) messages: HashMap<SpoolId, Entry>,
     due: BTreeSet<(u64, SpoolId)>,
     /// Live message count per segment.
     segments: BTreeMap<u64, usize>,
@@ -129,7 +127,7 @@ impl Index {
 
 pub(super) struct Journal {
     root: PathBuf,
-    index: Arc<Mutex<Index>>,
+    pub(super) index: Arc<Mutex<Index>>,
     jobs: mpsc::SyncSender<Job>,
     due_changed: Arc<Notify>,
     healthy: Arc<AtomicBool>,
@@ -138,7 +136,12 @@ pub(super) struct Journal {
 }
 
 impl Journal {
-    pub(super) fn open(root: &Path, batch: usize, metrics: Metrics) -> Result<Self, SpoolError> {
+    pub(super) fn open(
+        root: &Path,
+        batch: usize,
+        segment_max: u64,
+        metrics: Metrics,
+    ) -> Result<Self, SpoolError> {
         for dir in ["journal", "data", "tmp", "corrupt"] {
             fs::create_dir_all(root.join(dir)).map_err(SpoolError::io("create directory"))?;
         }
@@ -165,6 +168,7 @@ impl Journal {
             healthy: healthy.clone(),
             live: live.clone(),
             batch,
+            segment_max,
             metrics,
         };
         committer.compact()?;
@@ -447,6 +451,7 @@ struct Committer {
     healthy: Arc<AtomicBool>,
     live: Arc<AtomicUsize>,
     batch: usize,
+    segment_max: u64,
     metrics: Metrics,
 }
 
@@ -468,7 +473,7 @@ impl Committer {
                 }
             }
             self.commit_batch(jobs);
-            if self.active.len > SEGMENT_MAX_BYTES {
+            if self.active.len > self.segment_max {
                 if let Err(e) = self.roll().and_then(|()| self.compact()) {
                     tracing::error!(error = %e, "spool: rolling the journal failed");
                     self.healthy.store(false, Ordering::Relaxed);

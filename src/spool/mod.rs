@@ -241,7 +241,12 @@ impl Spool {
     /// # Errors
     /// The directory cannot be created or locked, or the journal cannot be read.
     pub fn open(config: &SpoolConfig, metrics: Metrics) -> Result<Self, SpoolError> {
-        let journal = journal::Journal::open(&config.path, config.commit_batch, metrics)?;
+        let journal = journal::Journal::open(
+            &config.path,
+            config.commit_batch,
+            config.segment_max_bytes,
+            metrics,
+        )?;
         Ok(Self {
             journal: Arc::new(journal),
             inline_max: config.inline_max_bytes,
@@ -379,3 +384,6 @@ impl IdGenerator {
         SpoolId(format!("{ms:011X}{n:06X}{:04X}", self.tag))
     }
 }
+
+#[cfg(test)]
+mod tests;
