@@ -32,8 +32,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
     let config = Arc::new(config);
     let metrics = Metrics::new();
-    let store = EmbeddedStore::open(&config.store.path)
-        .with_context(|| format!("store.path {}", config.store.path.display()))?;
+    let store = EmbeddedStore::open(&config.store.path)?;
     let spool = Spool::open(&config.spool, metrics.clone())
         .with_context(|| format!("spool.path {}", config.spool.path.display()))?;
     let tls = listener::tls::acceptor(&config).context("tls")?;

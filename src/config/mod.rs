@@ -532,6 +532,15 @@ mod tests {
     }
 
     #[test]
+    fn shipped_configs_parse() {
+        let dev = Config::parse(include_str!("../../config/postern.toml")).unwrap();
+        assert_eq!(dev.listen.submission, Some("127.0.0.1:2587".parse().unwrap()));
+        let prod = Config::parse(include_str!("../../config/production.toml")).unwrap();
+        assert_eq!(prod.listen.relay, Some("0.0.0.0:25".parse().unwrap()));
+        assert!(prod.tls.cert.is_some());
+    }
+
+    #[test]
     fn cert_without_key_is_refused() {
         let text = format!("{MINIMAL}\n[tls]\ncert = \"a.pem\"\n");
         let e = Config::parse(&text).unwrap_err().0;
