@@ -100,6 +100,13 @@ struct Options {
     /// The server's `[log] level`.
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// The server's `[spool] segment_max_bytes` [default: the server's default].
+    #[arg(long, value_name = "BYTES")]
+    segment_max: Option<u64>,
+    /// Record a `perf` profile of the server during each throughput window into the work
+    /// directory (implies --keep; the figures of a profiled run are perturbed).
+    #[arg(long)]
+    perf: bool,
     /// Skip the throughput cases (e.g. with --postfix only).
     #[arg(long)]
     no_throughput: bool,
@@ -125,6 +132,8 @@ struct Bench {
     login: String,
     password: String,
     log_level: String,
+    segment_max: Option<u64>,
+    perf: bool,
     window: Duration,
     warmup: Duration,
 }
@@ -152,7 +161,7 @@ fn main() -> Result<()> {
     let limit = procfs::raise_nofile(idle as u64 + FD_HEADROOM)?;
     eprintln!("RLIMIT_NOFILE {} -> {} (inherited by the server)", limit.0, limit.1);
 
-    let work = WorkDir::create(opts.workdir.as_deref(), opts.keep)?;
+    let work = WorkDir::create(opts.workdir.as_deref(), opts.keep || opts.perf)?;
     let store = work.path().join("store/postern.db");
     let password = provision(&bin, &work, &store)?;
     let seconds = |value: Option<f64>, normal: f64, quick: f64| {
@@ -164,6 +173,8 @@ fn main() -> Result<()> {
         login: LOGIN.to_string(),
         password,
         log_level: opts.log_level.clone(),
+        segment_max: opts.segment_max,
+        perf: opts.perf,
         window: seconds(opts.duration, 10.0, 2.0),
         warmup: seconds(opts.warmup, 1.0, 0.5),
         work,
@@ -310,6 +321,7 @@ mod server {
         pub(crate) spool: PathBuf,
         pub(crate) workers: usize,
         pub(crate) relayhost: Option<String>,
+        pub(crate) segment_max: Option<u64>,
         pub(crate) log_level: String,
     }
 
@@ -323,6 +335,7 @@ mod server {
                 spool: PathBuf::new(),
                 workers: 0,
                 relayhost: None,
+                segment_max: None,
                 log_level: "info".into(),
             }
         }
@@ -337,11 +350,13 @@ mod server {
             };
             let relayhost =
                 self.relayhost.as_ref().map(|h| format!("relayhost = {h:?}\n")).unwrap_or_default();
+            let segment_max =
+                self.segment_max.map(|b| format!("segment_max_bytes = {b}\n")).unwrap_or_default();
             let text = format!(
                 "# written by postern-bench\n\
                  [listen]\n{}{}{}\
                  [store]\npath = {:?}\n\
-                 [spool]\npath = {:?}\n\
+                 [spool]\npath = {:?}\n{segment_max}\
                  [delivery]\nworkers = {}\n{relayhost}\
                  [relay]\nnetworks = [\"127.0.0.0/8\"]\n\
                  [limits]\nmax_sessions = 20000\nmax_sessions_per_ip = 20000\n\
@@ -390,6 +405,7 @@ mod server {
                 store: bench.store.clone(),
                 spool: dir.join("spool"),
                 workers: 0,
+                segment_max: bench.segment_max,
                 log_level: bench.log_level.clone(),
                 ..ConfigFile::default()
             }
@@ -467,6 +483,8 @@ mod server {
         pub(crate) commits: f64,
         /// Messages those commits carried.
         pub(crate) committed: f64,
+        /// Messages in the spool now.
+        pub(crate) spooled: f64,
     }
 
     impl Counters {
@@ -479,6 +497,7 @@ mod server {
             Self {
                 commits: value("postern_spool_commit_batch_messages_count"),
                 committed: value("postern_spool_commit_batch_messages_sum"),
+                spooled: value("postern_spool_messages"),
             }
         }
 
@@ -486,6 +505,34 @@ mod server {
         pub(crate) fn batch_until(&self, later: &Counters) -> Option<f64> {
             let commits = later.commits - self.commits;
             (commits > 0.0).then(|| (later.committed - self.committed) / commits)
+        }
+    }
+
+    /// `perf record` attached to the server for the length of a measurement window.
+    pub(crate) struct Profile {
+        child: std::process::Child,
+        path: PathBuf,
+    }
+
+    impl Profile {
+        pub(crate) fn start(pid: u32, path: PathBuf) -> Result<Self> {
+            let child = std::process::Command::new("perf")
+                .args(["record", "--quiet", "-F", "299", "--call-graph", "dwarf,16384", "-p"])
+                .arg(pid.to_string())
+                .arg("-o")
+                .arg(&path)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .context("starting perf (apt-get install linux-perf)")?;
+            Ok(Self { child, path })
+        }
+
+        /// Stops the recording (SIGINT, as perf expects) and waits for the file.
+        pub(crate) fn finish(mut self) -> Result<PathBuf> {
+            // SAFETY: kill(2) on the PID of our own child, which has not been reaped yet.
+            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+            self.child.wait()?;
+            Ok(self.path)
         }
     }
 
@@ -683,11 +730,12 @@ mod procfs {
         tv(usage.ru_utime) + tv(usage.ru_stime)
     }
 
-    /// Resident set size now and at its peak, in KiB.
+    /// Resident set size now and at its peak (KiB), and the number of threads.
     #[derive(Debug, Clone, Copy, Default)]
     pub(crate) struct Memory {
         pub(crate) rss_kib: u64,
         pub(crate) hwm_kib: u64,
+        pub(crate) threads: u64,
     }
 
     pub(crate) fn memory(pid: u32) -> Result<Memory> {
@@ -696,7 +744,11 @@ mod procfs {
             let line = status.lines().find(|l| l.starts_with(name)).context(name.to_string())?;
             Ok(line[name.len()..].trim().trim_end_matches("kB").trim().parse()?)
         };
-        Ok(Memory { rss_kib: field("VmRSS:")?, hwm_kib: field("VmHWM:")? })
+        Ok(Memory {
+            rss_kib: field("VmRSS:")?,
+            hwm_kib: field("VmHWM:")?,
+            threads: field("Threads:")?,
+        })
     }
 
     /// File descriptors the process holds.
@@ -733,10 +785,11 @@ mod procfs {
 /// Throughput cases: N authenticated TLS sessions sending back to back.
 mod throughput {
     use super::procfs::{self, Memory};
-    use super::server::Server;
+    use super::server::{Profile, Server};
     use super::smtp::{Client, Message};
     use super::{Bench, RECIPIENT};
     use anyhow::{Context, Result};
+    use std::path::PathBuf;
     use std::sync::Arc;
     use std::time::{Duration, Instant};
     use tokio::task::JoinSet;
@@ -754,6 +807,8 @@ mod throughput {
         pub(crate) client_cpu: Duration,
         pub(crate) memory: Memory,
         pub(crate) per_commit: Option<f64>,
+        pub(crate) spooled: u64,
+        pub(crate) profile: Option<PathBuf>,
     }
 
     impl CaseResult {
@@ -810,12 +865,19 @@ mod throughput {
         let name = format!("case-{}", label(size, sessions));
         eprintln!("{name}: starting server, {sessions} sessions (STARTTLS + AUTH PLAIN)");
         let server = Server::start(bench, &name).await?;
-        let result = measure(bench, &server, size, sessions).await;
+        let profile = bench.perf.then(|| bench.work.path().join(format!("{name}.perf.data")));
+        let result = measure(bench, &server, size, sessions, profile).await;
         server.stop().await?;
         result
     }
 
-    async fn measure(bench: &Bench, server: &Server, size: usize, sessions: usize) -> Result<CaseResult> {
+    async fn measure(
+        bench: &Bench,
+        server: &Server,
+        size: usize,
+        sessions: usize,
+        profile: Option<PathBuf>,
+    ) -> Result<CaseResult> {
         let tls = TlsConnector::from(postern::delivery::tls::opportunistic_client_config()?);
         let mut connecting = JoinSet::new();
         for _ in 0..sessions {
@@ -849,6 +911,7 @@ mod throughput {
         }
 
         tokio::time::sleep_until(window.start.into()).await;
+        let profile = profile.map(|path| Profile::start(server.pid(), path)).transpose()?;
         let (server0, client0) = (procfs::cpu_time(server.pid())?, procfs::own_cpu_time());
         let counters0 = server.counters().await?;
         tokio::time::sleep_until(window.end.into()).await;
@@ -860,6 +923,7 @@ mod throughput {
         while let Some(tally) = load.join_next().await {
             latencies.extend(tally?.context("session")?.latencies);
         }
+        let profile = profile.map(Profile::finish).transpose()?;
         latencies.sort_unstable();
         Ok(CaseResult {
             size,
@@ -872,6 +936,8 @@ mod throughput {
             client_cpu: client1.saturating_sub(client0),
             memory,
             per_commit: counters0.batch_until(&counters1),
+            spooled: counters1.spooled as u64,
+            profile,
         })
     }
 
@@ -1018,6 +1084,7 @@ mod postfix {
             spool: dir.join("spool"),
             workers: WORKERS,
             relayhost: Some(SINK.to_string()),
+            segment_max: bench.segment_max,
             log_level: bench.log_level.clone(),
             ..ConfigFile::default()
         }

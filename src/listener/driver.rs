@@ -169,6 +169,7 @@ pub(super) async fn drive(shared: &Shared, stream: TcpStream, peer: SocketAddr, 
                     }
                 }
                 Event::MessageAbort => transfer = None,
+                Event::RecipientOutcome(outcome) => shared.metrics.recipient(outcome),
                 Event::TransactionRefused { reply, recipients } => {
                     shared.metrics.message_rejected(rejection_label(&reply));
                     log_transaction(&session, &client_ip, role, None, recipients, 0, &reply.summary());
@@ -308,9 +309,6 @@ async fn commit(
     match shared.spool.commit(envelope, transfer.body).await {
         Ok(()) => {
             shared.metrics.message_accepted(size);
-            for _ in 0..recipients {
-                shared.metrics.recipient("accepted");
-            }
             log_transaction(session, client_ip, role, Some(&transfer.id), recipients, size, "queued");
             CommitOutcome::Queued(transfer.id.0)
         }

@@ -86,7 +86,7 @@ impl Metrics {
             recipients: counter_vec(
                 &registry,
                 "postern_smtp_recipients_total",
-                "RCPT commands accepted or rejected, by result",
+                "RCPT commands answered, by result (accepted, duplicate, too_many, relay_denied, bad_syntax)",
                 &["result"],
             ),
             message_bytes: counter(

@@ -193,6 +193,9 @@ pub enum Event {
         /// Recipients the refused message had.
         recipients: usize,
     },
+    /// A RCPT was answered: `accepted`, or the fixed label of why it was refused
+    /// (`too_many`, `relay_denied`, `bad_syntax`), for metrics.
+    RecipientOutcome(&'static str),
     /// Flush replies and close the connection.
     Close,
 }
@@ -680,29 +683,26 @@ impl Session {
             self.bad_command(Reply::bad_sequence());
             return;
         };
-        if relay_denied {
-            self.reply(Reply::relaying_denied());
-            return;
-        }
         let address = to.address.to_string();
-        if !sender::is_routable_recipient(&address) {
-            self.reply(Reply::bad_recipient_syntax());
-            return;
-        }
-        if tx.recipients.iter().any(|r| r.address.eq_ignore_ascii_case(&address)) {
-            self.reply(Reply::rcpt_ok());
-            return;
-        }
-        if tx.recipients.len() >= max {
-            self.reply(Reply::too_many_recipients());
-            return;
-        }
-        tx.recipients.push(RcptParams {
-            address,
-            notify: notify_keywords(to.flags),
-            orcpt: to.orcpt.map(|o| o.to_string()),
-        });
-        self.reply(Reply::rcpt_ok());
+        let (reply, outcome) = if relay_denied {
+            (Reply::relaying_denied(), "relay_denied")
+        } else if !sender::is_routable_recipient(&address) {
+            (Reply::bad_recipient_syntax(), "bad_syntax")
+        } else if tx.recipients.iter().any(|r| r.address.eq_ignore_ascii_case(&address)) {
+            // A repeated recipient is acknowledged but neither stored nor counted twice.
+            (Reply::rcpt_ok(), "duplicate")
+        } else if tx.recipients.len() >= max {
+            (Reply::too_many_recipients(), "too_many")
+        } else {
+            tx.recipients.push(RcptParams {
+                address,
+                notify: notify_keywords(to.flags),
+                orcpt: to.orcpt.map(|o| o.to_string()),
+            });
+            (Reply::rcpt_ok(), "accepted")
+        };
+        self.events.push_back(Event::RecipientOutcome(outcome));
+        self.reply(reply);
     }
 
     fn data(&mut self) {

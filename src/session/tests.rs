@@ -84,7 +84,7 @@ impl Harness {
                 Event::MessageStart => self.data.clear(),
                 Event::MessageData(bytes) => self.data.extend_from_slice(&bytes),
                 Event::MessageAbort => self.data.clear(),
-                Event::TransactionRefused { .. } => {}
+                Event::TransactionRefused { .. } | Event::RecipientOutcome(_) => {}
                 Event::MessageComplete(message) => {
                     self.committed.push(message);
                     let outcome = if self.commits_fail {

@@ -386,10 +386,9 @@ class SmtpClient:
         self.send(b".\r\n")
         return self.reply(timeout=120)
 
-    def transaction(self, sender: str, recipients: list[str], message: bytes,
-                    mail_params: str = "") -> str:
+    def transaction(self, sender: str, recipients: list[str], message: bytes) -> str:
         """MAIL, RCPT..., DATA with every reply asserted exactly; returns the queue ID."""
-        assert self.cmd(f"MAIL FROM:<{sender}>{mail_params}") == MAIL_OK
+        assert self.cmd(f"MAIL FROM:<{sender}>") == MAIL_OK
         for rcpt in recipients:
             assert self.cmd(f"RCPT TO:<{rcpt}>") == RCPT_OK
         assert self.cmd("DATA") == DATA_GO

@@ -4,7 +4,7 @@ import ssl
 
 import pytest
 
-from support import (AUTH_ON_RELAY, AUTH_OK, AUTH_REQUIRED, BAD_SEQUENCE, DATA_GO, EHLO_FIRST,
+from support import (AUTH_ON_RELAY, AUTH_REQUIRED, BAD_SEQUENCE, DATA_GO, EHLO_FIRST,
                      MAIL_OK, NO_RCPTS, OK, RCPT_OK, RELAY_DENIED, SINK, TLS_GO, SmtpClient, b64,
                      client_tls_context, make_message, not_owned, queue_id)
 
@@ -38,6 +38,7 @@ def test_tls_11_refused(server):
         SmtpClient("127.0.0.1", server.port("submissions"), implicit_tls=True, tls_context=ctx)
     if "NO_PROTOCOLS_AVAILABLE" in str(e.value):
         pytest.skip("local OpenSSL cannot offer TLS 1.1 at all")
+    assert "ALERT" in str(e.value), f"expected the server's TLS alert, got {e.value}"
 
 
 def test_starttls_after_tls_is_refused(server):

@@ -1,6 +1,8 @@
 """Durability of the spool: what got `250 ... queued as` survives `kill -9`; what did not, never
 goes out."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 from support import (DATA_GO, MAIL_OK, RCPT_OK, SmtpReceiver, free_port_on, make_message,
                      queue_id, wait_until)
 
@@ -72,20 +74,26 @@ def test_kill9_during_data_is_never_delivered(make_server, mx):
     assert mx.plain.attempts_for("partial@plain.test") == []
 
 
-def test_many_messages_survive_kill9(make_server, mx):
-    """Twenty messages accepted over five sessions, then `kill -9`: all twenty delivered after
-    restart (every 250 followed a completed durable write)."""
+def test_concurrent_messages_survive_kill9(make_server, mx):
+    """Ten concurrent sessions submit three messages each (durable writes batched across
+    sessions); `kill -9` after the last 250: all thirty are delivered after restart."""
     srv = make_server(delivery_port=mx.port, delivery={"workers": 0})
     alice = srv.alice
-    rcpts = [f"many{i:02}@plain.test" for i in range(20)]
-    for s in range(5):
+    batches = [[f"c{s:02}m{i}@plain.test" for i in range(3)] for s in range(10)]
+
+    def session(rcpts):
         client = srv.login(alice.address, alice.password)
-        for rcpt in rcpts[s * 4:(s + 1) * 4]:
+        for rcpt in rcpts:
             client.transaction(alice.address, [rcpt], make_message(sender=alice.address, to=rcpt))
+        client.close()
+
+    with ThreadPoolExecutor(len(batches)) as pool:
+        for future in [pool.submit(session, b) for b in batches]:
+            future.result()                                   # re-raises a failed assertion
     srv.kill9()
     srv.restart(delivery={"workers": None})
+    expected = {r for b in batches for r in b}
 
     def all_there():
-        got = {r for m in mx.plain.received() for r in m.rcpt_tos}
-        return got >= set(rcpts)
-    wait_until(all_there, 30, "the 20 messages after restart")
+        return {r for m in mx.plain.received() for r in m.rcpt_tos} >= expected
+    wait_until(all_there, 30, "the 30 messages after restart")

@@ -5,9 +5,8 @@ import smtplib
 
 import pytest
 
-from support import (AUTH_OK, DATA_GO, EHLO_FIRST, GREETING, MAIL_OK, OK, RCPT_OK, SINK, TLS_GO,
-                     UNRECOGNIZED, BYE, BAD_SEQUENCE, Reply, SmtpClient, client_tls_context,
-                     make_message, queue_id, run)
+from support import (AUTH_OK, BAD_SEQUENCE, BYE, DATA_GO, EHLO_FIRST, MAIL_OK, OK, RCPT_OK, SINK,
+                     TLS_GO, UNRECOGNIZED, Reply, client_tls_context, make_message, queue_id, run)
 
 BASE_EXTENSIONS = ["PIPELINING", "SIZE 210763776", "8BITMIME", "SMTPUTF8",
                    "ENHANCEDSTATUSCODES", "CHUNKING", "DSN"]
