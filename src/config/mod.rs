@@ -457,11 +457,10 @@ impl Config {
         if self.delivery.retry_max < self.delivery.retry_initial {
             return bad("delivery.retry_max", "must not be shorter than delivery.retry_initial");
         }
-        if let Some(host) = &self.delivery.relayhost {
-            if crate::delivery::parse_relayhost(host, self.delivery.port).is_none() {
+        if let Some(host) = &self.delivery.relayhost
+            && crate::delivery::parse_relayhost(host, self.delivery.port).is_none() {
                 return bad("delivery.relayhost", "must be HOST or HOST:PORT");
             }
-        }
         if self.spool.segment_max_bytes < 4096 {
             return bad("spool.segment_max_bytes", "must be at least 4096");
         }

@@ -159,14 +159,12 @@ pub(super) async fn drive(shared: &Shared, stream: TcpStream, peer: SocketAddr, 
                     transfer = Some(Transfer { id, body, failed: false });
                 }
                 Event::MessageData(bytes) => {
-                    if let Some(t) = transfer.as_mut() {
-                        if !t.failed {
-                            if let Err(e) = t.body.write(&bytes).await {
+                    if let Some(t) = transfer.as_mut()
+                        && !t.failed
+                            && let Err(e) = t.body.write(&bytes).await {
                                 tracing::error!(queue_id = %t.id, error = %e, "spool: cannot store message data");
                                 t.failed = true;
                             }
-                        }
-                    }
                 }
                 Event::MessageAbort => transfer = None,
                 Event::RecipientOutcome(outcome) => shared.metrics.recipient(outcome),

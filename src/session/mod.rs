@@ -651,13 +651,12 @@ impl Session {
             return;
         }
         let sender = from.address.to_ascii_lowercase();
-        if let Some(user) = &self.auth {
-            if !sender::may_send_as(&user.senders, &sender) {
+        if let Some(user) = &self.auth
+            && !sender::may_send_as(&user.senders, &sender) {
                 let reply = Reply::sender_not_owned(&user.address);
                 self.reply(reply);
                 return;
             }
-        }
         let dsn_ret = if from.flags & smtp_proto::MAIL_RET_FULL != 0 {
             Some("FULL".to_string())
         } else if from.flags & smtp_proto::MAIL_RET_HDRS != 0 {
@@ -807,8 +806,8 @@ impl Session {
         if out.is_empty() {
             return;
         }
-        if let Some(tx) = self.tx.as_mut() {
-            if !tx.header_done {
+        if let Some(tx) = self.tx.as_mut()
+            && !tx.header_done {
                 let room = headers::MAX_HEADER_SECTION.saturating_sub(tx.header_buf.len());
                 let from = tx.header_buf.len().saturating_sub(3);
                 tx.header_buf.extend_from_slice(&out[..out.len().min(room)]);
@@ -823,7 +822,6 @@ impl Session {
                     tx.header_done = true;
                 }
             }
-        }
         self.events.push_back(Event::MessageData(out));
     }
 

@@ -60,7 +60,7 @@ impl SpoolError {
 
 enum Job {
     Message {
-        envelope: Envelope,
+        envelope: Box<Envelope>,
         data: Vec<u8>,
         has_data_file: bool,
         done: oneshot::Sender<Result<(), SpoolError>>,
@@ -200,7 +200,7 @@ impl Journal {
         has_data_file: bool,
     ) -> Result<(), SpoolError> {
         let (done, wait) = oneshot::channel();
-        self.send(Job::Message { envelope, data, has_data_file, done }).await?;
+        self.send(Job::Message { envelope: Box::new(envelope), data, has_data_file, done }).await?;
         wait.await.map_err(|_| SpoolError::Stopped)?
     }
 
@@ -403,7 +403,7 @@ fn apply_replayed(
                 }
             };
             let next_attempt_ms = envelope.received_at_ms;
-            index.insert(Entry { envelope, segment: seq, data, attempts: 0, next_attempt_ms, in_flight: false });
+            index.insert(Entry { envelope: *envelope, segment: seq, data, attempts: 0, next_attempt_ms, in_flight: false });
         }
         Record::Update(update) => {
             if let Some(mut entry) = index.remove(&update.id) {
@@ -473,12 +473,11 @@ impl Committer {
                 }
             }
             self.commit_batch(jobs);
-            if self.active.len > self.segment_max {
-                if let Err(e) = self.roll().and_then(|()| self.compact()) {
+            if self.active.len > self.segment_max
+                && let Err(e) = self.roll().and_then(|()| self.compact()) {
                     tracing::error!(error = %e, "spool: rolling the journal failed");
                     self.healthy.store(false, Ordering::Relaxed);
                 }
-            }
             self.drop_empty_oldest();
             self.publish();
         }
@@ -509,7 +508,7 @@ impl Committer {
                         buf.extend_from_slice(&encoded);
                         let next_attempt_ms = envelope.received_at_ms;
                         changes.push(Change::Insert(Entry {
-                            envelope,
+                            envelope: *envelope,
                             segment: self.active.seq,
                             data: location,
                             attempts: 0,
@@ -701,20 +700,18 @@ impl Committer {
                     _ => break,
                 }
             };
-            if let Err(e) = fs::remove_file(segment_path(&self.root, oldest)) {
-                if e.kind() != std::io::ErrorKind::NotFound {
+            if let Err(e) = fs::remove_file(segment_path(&self.root, oldest))
+                && e.kind() != std::io::ErrorKind::NotFound {
                     tracing::error!(segment = oldest, error = %e, "spool: cannot delete old segment");
                     break;
                 }
-            }
             self.index.lock().expect("spool index lock").segments.remove(&oldest);
             deleted = true;
         }
-        if deleted {
-            if let Err(e) = fsync_dir(&self.root.join("journal")) {
+        if deleted
+            && let Err(e) = fsync_dir(&self.root.join("journal")) {
                 tracing::warn!(error = %e, "spool: fsync of the journal directory failed");
             }
-        }
     }
 
     fn publish(&self) {

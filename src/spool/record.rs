@@ -62,7 +62,7 @@ pub(crate) struct DoneRecord {
 #[derive(Debug)]
 pub(crate) enum Record {
     /// A message; `data_offset` is where its inline data starts inside the record's payload.
-    Message { envelope: Envelope, data_offset: usize, data_len: usize },
+    Message { envelope: Box<Envelope>, data_offset: usize, data_len: usize },
     Update(UpdateRecord),
     Done(DoneRecord),
 }
@@ -145,7 +145,7 @@ pub(crate) fn decode(buf: &[u8]) -> Decoded {
             }
             match serde_json::from_slice::<Envelope>(&payload[4..4 + json_len]) {
                 Ok(envelope) => Record::Message {
-                    envelope,
+                    envelope: Box::new(envelope),
                     data_offset: 4 + json_len,
                     data_len: payload.len() - 4 - json_len,
                 },
