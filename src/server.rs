@@ -113,7 +113,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     shutdown.cancel();
     services.close();
     sessions.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("sessions still open after the grace period; closing them");
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), services.wait()).await;
@@ -134,9 +137,14 @@ async fn wait_for_signal() {
 fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
     // Failed DNSSEC validations log at ERROR inside hickory; our own lines say what matters.
-    let default = format!("{},hickory_proto=warn,hickory_resolver=warn,hickory_net=off", config.log.level);
+    let default = format!(
+        "{},hickory_proto=warn,hickory_resolver=warn,hickory_net=off",
+        config.log.level
+    );
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match config.log.format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.with_ansi(false).try_init(),

@@ -30,12 +30,25 @@ impl Drop for Server {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn admin(config: &Path, args: &[&str]) -> String {
-    let out = Command::new(BIN).arg("--config").arg(config).args(args).output().unwrap();
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -81,10 +94,22 @@ auth_failure_delay = "10ms"
         assert!(Instant::now() < deadline, "postern did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    Server { child, dir, config, submission, submissions }
+    Server {
+        child,
+        dir,
+        config,
+        submission,
+        submissions,
+    }
 }
 
-fn transport(port: u16, tls: Tls, user: &str, password: &str, mechanism: Mechanism) -> AsyncSmtpTransport<Tokio1Executor> {
+fn transport(
+    port: u16,
+    tls: Tls,
+    user: &str,
+    password: &str,
+    mechanism: Mechanism,
+) -> AsyncSmtpTransport<Tokio1Executor> {
     AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
         .port(port)
         .tls(tls)
@@ -111,7 +136,10 @@ fn message(from: &str) -> Vec<u8> {
 async fn starttls_and_implicit_tls_with_plain_and_login() {
     let server = start("ok");
     admin(&server.config, &["address", "add", "alice@example.org"]);
-    let out = admin(&server.config, &["device", "add", "alice@example.org", "--name", "phone"]);
+    let out = admin(
+        &server.config,
+        &["device", "add", "alice@example.org", "--name", "phone"],
+    );
     let password = out.lines().last().unwrap().trim().to_string();
     let envelope = Envelope::new(
         Some("alice@example.org".parse().unwrap()),
@@ -120,19 +148,40 @@ async fn starttls_and_implicit_tls_with_plain_and_login() {
     .unwrap();
 
     for (port, tls, mechanism) in [
-        (server.submission, Tls::Required(tls_params()), Mechanism::Plain),
-        (server.submission, Tls::Required(tls_params()), Mechanism::Login),
-        (server.submissions, Tls::Wrapper(tls_params()), Mechanism::Plain),
-        (server.submissions, Tls::Wrapper(tls_params()), Mechanism::Login),
+        (
+            server.submission,
+            Tls::Required(tls_params()),
+            Mechanism::Plain,
+        ),
+        (
+            server.submission,
+            Tls::Required(tls_params()),
+            Mechanism::Login,
+        ),
+        (
+            server.submissions,
+            Tls::Wrapper(tls_params()),
+            Mechanism::Plain,
+        ),
+        (
+            server.submissions,
+            Tls::Wrapper(tls_params()),
+            Mechanism::Login,
+        ),
     ] {
         let smtp = transport(port, tls, "alice@example.org", &password, mechanism);
-        let response = smtp.send_raw(&envelope, &message("alice@example.org")).await.unwrap();
+        let response = smtp
+            .send_raw(&envelope, &message("alice@example.org"))
+            .await
+            .unwrap();
         assert_eq!(response.code().to_string(), "250");
         let text = response.message().collect::<Vec<_>>().join(" ");
         assert!(text.starts_with("2.0.0 Ok: queued as "), "{text}");
     }
     let journal = std::fs::read_dir(server.dir.join("spool/journal")).unwrap();
-    let bytes: usize = journal.map(|e| std::fs::read(e.unwrap().path()).unwrap().len()).sum();
+    let bytes: usize = journal
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap().len())
+        .sum();
     assert!(bytes > 4 * 100, "four messages in the journal");
 }
 
@@ -140,16 +189,53 @@ async fn starttls_and_implicit_tls_with_plain_and_login() {
 async fn wrong_password_is_535_and_foreign_sender_550() {
     let server = start("refusals");
     admin(&server.config, &["address", "add", "alice@example.org"]);
-    let out = admin(&server.config, &["device", "add", "alice@example.org", "--name", "phone"]);
+    let out = admin(
+        &server.config,
+        &["device", "add", "alice@example.org", "--name", "phone"],
+    );
     let password = out.lines().last().unwrap().trim().to_string();
 
-    let smtp = transport(server.submissions, Tls::Wrapper(tls_params()), "alice@example.org", "not-it", Mechanism::Plain);
-    let envelope = Envelope::new(Some("alice@example.org".parse().unwrap()), vec!["bob@example.net".parse().unwrap()]).unwrap();
-    let err = smtp.send_raw(&envelope, &message("alice@example.org")).await.unwrap_err();
-    assert_eq!(err.status().map(|c| c.to_string()), Some("535".into()), "{err}");
+    let smtp = transport(
+        server.submissions,
+        Tls::Wrapper(tls_params()),
+        "alice@example.org",
+        "not-it",
+        Mechanism::Plain,
+    );
+    let envelope = Envelope::new(
+        Some("alice@example.org".parse().unwrap()),
+        vec!["bob@example.net".parse().unwrap()],
+    )
+    .unwrap();
+    let err = smtp
+        .send_raw(&envelope, &message("alice@example.org"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.status().map(|c| c.to_string()),
+        Some("535".into()),
+        "{err}"
+    );
 
-    let smtp = transport(server.submissions, Tls::Wrapper(tls_params()), "alice@example.org", &password, Mechanism::Plain);
-    let envelope = Envelope::new(Some("mallory@example.org".parse().unwrap()), vec!["bob@example.net".parse().unwrap()]).unwrap();
-    let err = smtp.send_raw(&envelope, &message("mallory@example.org")).await.unwrap_err();
-    assert_eq!(err.status().map(|c| c.to_string()), Some("550".into()), "{err}");
+    let smtp = transport(
+        server.submissions,
+        Tls::Wrapper(tls_params()),
+        "alice@example.org",
+        &password,
+        Mechanism::Plain,
+    );
+    let envelope = Envelope::new(
+        Some("mallory@example.org".parse().unwrap()),
+        vec!["bob@example.net".parse().unwrap()],
+    )
+    .unwrap();
+    let err = smtp
+        .send_raw(&envelope, &message("mallory@example.org"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.status().map(|c| c.to_string()),
+        Some("550".into()),
+        "{err}"
+    );
 }

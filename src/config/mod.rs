@@ -76,7 +76,9 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { hostname: default_hostname() }
+        Self {
+            hostname: default_hostname(),
+        }
     }
 }
 
@@ -354,7 +356,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { level: default_log_level(), format: default_log_format() }
+        Self {
+            level: default_log_level(),
+            format: default_log_format(),
+        }
     }
 }
 
@@ -402,9 +407,8 @@ impl Config {
     /// # Errors
     /// One line naming the dotted key at fault.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let deserializer = toml::Deserializer::parse(text).map_err(|e| {
-            ConfigError(format!("TOML syntax: {}", one_line(e.message())))
-        })?;
+        let deserializer = toml::Deserializer::parse(text)
+            .map_err(|e| ConfigError(format!("TOML syntax: {}", one_line(e.message()))))?;
         let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let key = e.path().to_string();
             let message = one_line(e.inner().message());
@@ -421,17 +425,23 @@ impl Config {
     /// Rules that span values or that types cannot say.
     fn check(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
-        if self.server.hostname.is_empty() || self.server.hostname.contains(char::is_whitespace)
-        {
+        if self.server.hostname.is_empty() || self.server.hostname.contains(char::is_whitespace) {
             return bad("server.hostname", "must be a host name without spaces");
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
-            let key = if self.tls.cert.is_some() { "tls.key" } else { "tls.cert" };
+            let key = if self.tls.cert.is_some() {
+                "tls.key"
+            } else {
+                "tls.cert"
+            };
             return bad(key, "tls.cert and tls.key go together: set both or neither");
         }
         let l = &self.listen;
         if l.submission.is_none() && l.submissions.is_none() && l.relay.is_none() {
-            return bad("listen", "no SMTP listener configured (submission, submissions, relay)");
+            return bad(
+                "listen",
+                "no SMTP listener configured (submission, submissions, relay)",
+            );
         }
         if self.limits.max_recipients == 0 {
             return bad("limits.max_recipients", "must be at least 1");
@@ -455,12 +465,16 @@ impl Config {
             return bad("delivery.retry_initial", "must be longer than zero");
         }
         if self.delivery.retry_max < self.delivery.retry_initial {
-            return bad("delivery.retry_max", "must not be shorter than delivery.retry_initial");
+            return bad(
+                "delivery.retry_max",
+                "must not be shorter than delivery.retry_initial",
+            );
         }
         if let Some(host) = &self.delivery.relayhost
-            && crate::delivery::parse_relayhost(host, self.delivery.port).is_none() {
-                return bad("delivery.relayhost", "must be HOST or HOST:PORT");
-            }
+            && crate::delivery::parse_relayhost(host, self.delivery.port).is_none()
+        {
+            return bad("delivery.relayhost", "must be HOST or HOST:PORT");
+        }
         if self.spool.segment_max_bytes < 4096 {
             return bad("spool.segment_max_bytes", "must be at least 4096");
         }
@@ -533,7 +547,10 @@ mod tests {
     #[test]
     fn shipped_configs_parse() {
         let dev = Config::parse(include_str!("../../config/postern.toml")).unwrap();
-        assert_eq!(dev.listen.submission, Some("127.0.0.1:2587".parse().unwrap()));
+        assert_eq!(
+            dev.listen.submission,
+            Some("127.0.0.1:2587".parse().unwrap())
+        );
         let prod = Config::parse(include_str!("../../config/production.toml")).unwrap();
         assert_eq!(prod.listen.relay, Some("0.0.0.0:25".parse().unwrap()));
         assert!(prod.tls.cert.is_some());

@@ -45,7 +45,10 @@ impl Conn {
     fn tls_description(&self) -> Option<String> {
         let Conn::Tls(s) = self else { return None };
         let (_, conn) = s.get_ref();
-        let version = conn.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default();
+        let version = conn
+            .protocol_version()
+            .map(|v| format!("{v:?}"))
+            .unwrap_or_default();
         let cipher = conn
             .negotiated_cipher_suite()
             .map(|c| format!("{:?}", c.suite()))
@@ -54,7 +57,10 @@ impl Conn {
     }
 }
 
-async fn write_flush<S: AsyncWrite + Unpin + ?Sized>(s: &mut S, bytes: &[u8]) -> std::io::Result<()> {
+async fn write_flush<S: AsyncWrite + Unpin + ?Sized>(
+    s: &mut S,
+    bytes: &[u8],
+) -> std::io::Result<()> {
     s.write_all(bytes).await?;
     s.flush().await
 }
@@ -83,7 +89,11 @@ pub(super) async fn drive(shared: &Shared, stream: TcpStream, peer: SocketAddr, 
         }
     }
     let relay_allowed = role == Role::Relay
-        && config.relay.networks.iter().any(|net| net.contains(&peer.ip()));
+        && config
+            .relay
+            .networks
+            .iter()
+            .any(|net| net.contains(&peer.ip()));
     let mut session = Session::new(SessionConfig {
         role,
         hostname: config.server.hostname.clone(),
@@ -121,11 +131,17 @@ pub(super) async fn drive(shared: &Shared, stream: TcpStream, peer: SocketAddr, 
                     }
                     session.handle_tls_started();
                 }
-                Event::Authenticate { mechanism, login, password } => {
+                Event::Authenticate {
+                    mechanism,
+                    login,
+                    password,
+                } => {
                     let outcome = match shared.directory.authenticate(&login, &password).await {
                         Ok(Some(identity)) => {
                             registration = Some(
-                                shared.registry.register(identity.credential.clone(), cut.clone()),
+                                shared
+                                    .registry
+                                    .register(identity.credential.clone(), cut.clone()),
                             );
                             shared.metrics.auth_attempt(mechanism.name(), "ok");
                             tracing::info!(client_ip, address = %identity.address, device = %identity.device, mechanism = mechanism.name(), "auth ok");
@@ -156,21 +172,34 @@ pub(super) async fn drive(shared: &Shared, stream: TcpStream, peer: SocketAddr, 
                 Event::MessageStart => {
                     let id = shared.spool.new_id();
                     let body = shared.spool.new_body(&id);
-                    transfer = Some(Transfer { id, body, failed: false });
+                    transfer = Some(Transfer {
+                        id,
+                        body,
+                        failed: false,
+                    });
                 }
                 Event::MessageData(bytes) => {
                     if let Some(t) = transfer.as_mut()
                         && !t.failed
-                            && let Err(e) = t.body.write(&bytes).await {
-                                tracing::error!(queue_id = %t.id, error = %e, "spool: cannot store message data");
-                                t.failed = true;
-                            }
+                        && let Err(e) = t.body.write(&bytes).await
+                    {
+                        tracing::error!(queue_id = %t.id, error = %e, "spool: cannot store message data");
+                        t.failed = true;
+                    }
                 }
                 Event::MessageAbort => transfer = None,
                 Event::RecipientOutcome(outcome) => shared.metrics.recipient(outcome),
                 Event::TransactionRefused { reply, recipients } => {
                     shared.metrics.message_rejected(rejection_label(&reply));
-                    log_transaction(&session, &client_ip, role, None, recipients, 0, &reply.summary());
+                    log_transaction(
+                        &session,
+                        &client_ip,
+                        role,
+                        None,
+                        recipients,
+                        0,
+                        &reply.summary(),
+                    );
                 }
                 Event::MessageComplete(message) => {
                     let outcome = match transfer.take() {
@@ -189,7 +218,11 @@ pub(super) async fn drive(shared: &Shared, stream: TcpStream, peer: SocketAddr, 
             }
             out.clear();
         }
-        let timeout = if session.in_data() { config.timeouts.data } else { config.timeouts.command };
+        let timeout = if session.in_data() {
+            config.timeouts.data
+        } else {
+            config.timeouts.command
+        };
         let idle = session.is_idle();
         let read = tokio::select! {
             read = tokio::time::timeout(timeout, conn.read(&mut buf)) => read,
@@ -230,7 +263,9 @@ async fn send(conn: &mut Conn, reply: Reply) -> std::io::Result<()> {
 }
 
 async fn handshake(shared: &Shared, conn: Conn, role: Role) -> Option<Conn> {
-    let Conn::Plain(tcp) = conn else { return Some(conn) };
+    let Conn::Plain(tcp) = conn else {
+        return Some(conn);
+    };
     let accept = shared.tls.accept(tcp);
     match tokio::time::timeout(shared.config.timeouts.tls_handshake, accept).await {
         Ok(Ok(tls)) => {
@@ -286,7 +321,11 @@ async fn commit(
         recipients: message
             .recipients
             .into_iter()
-            .map(|r| Recipient { notify: r.notify, orcpt: r.orcpt, ..Recipient::new(r.address) })
+            .map(|r| Recipient {
+                notify: r.notify,
+                orcpt: r.orcpt,
+                ..Recipient::new(r.address)
+            })
             .collect(),
         received_at_ms: unix_ms(now),
         size: 0,
@@ -307,13 +346,29 @@ async fn commit(
     match shared.spool.commit(envelope, transfer.body).await {
         Ok(()) => {
             shared.metrics.message_accepted(size);
-            log_transaction(session, client_ip, role, Some(&transfer.id), recipients, size, "queued");
+            log_transaction(
+                session,
+                client_ip,
+                role,
+                Some(&transfer.id),
+                recipients,
+                size,
+                "queued",
+            );
             CommitOutcome::Queued(transfer.id.0)
         }
         Err(e) => {
             shared.metrics.message_rejected("spool_error");
             tracing::error!(queue_id = %transfer.id, error = %e, "spool commit failed; client told to retry");
-            log_transaction(session, client_ip, role, Some(&transfer.id), recipients, size, "451 spool error");
+            log_transaction(
+                session,
+                client_ip,
+                role,
+                Some(&transfer.id),
+                recipients,
+                size,
+                "451 spool error",
+            );
             CommitOutcome::Failed
         }
     }

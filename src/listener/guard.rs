@@ -77,14 +77,22 @@ impl Admission {
         if self.recent_failures(ip, now) >= self.max_failures as usize {
             return Err(Refusal::FailedLogins);
         }
-        let permit = self.sessions.clone().try_acquire_owned().map_err(|_| Refusal::TooManySessions)?;
+        let permit = self
+            .sessions
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refusal::TooManySessions)?;
         let mut per_ip = self.per_ip.lock().expect("admission lock");
         let n = per_ip.entry(ip).or_default();
         if *n >= self.max_per_ip {
             return Err(Refusal::TooManyFromIp);
         }
         *n += 1;
-        Ok(Admitted { _permit: permit, ip, admission: self.clone() })
+        Ok(Admitted {
+            _permit: permit,
+            ip,
+            admission: self.clone(),
+        })
     }
 
     /// Records a failed login from `ip`.
@@ -99,8 +107,13 @@ impl Admission {
 
     fn recent_failures(&self, ip: IpAddr, now: Instant) -> usize {
         let mut failures = self.failures.lock().expect("admission lock");
-        let Some(list) = failures.get_mut(&ip) else { return 0 };
-        while list.front().is_some_and(|t| now.duration_since(*t) > self.failure_window) {
+        let Some(list) = failures.get_mut(&ip) else {
+            return 0;
+        };
+        while list
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.failure_window)
+        {
             list.pop_front();
         }
         if list.is_empty() {
@@ -114,7 +127,8 @@ impl Admission {
     pub fn prune(&self, now: Instant) {
         let mut failures = self.failures.lock().expect("admission lock");
         failures.retain(|_, list| {
-            list.back().is_some_and(|t| now.duration_since(*t) <= self.failure_window)
+            list.back()
+                .is_some_and(|t| now.duration_since(*t) <= self.failure_window)
         });
     }
 }
@@ -159,16 +173,29 @@ impl SessionRegistry {
             .entry(credential.clone())
             .or_default()
             .insert(key, cut);
-        Registration { registry: self.clone(), credential, key }
+        Registration {
+            registry: self.clone(),
+            credential,
+            key,
+        }
     }
 
     /// Credentials with live sessions.
     pub fn credentials(&self) -> Vec<CredentialId> {
-        self.live.lock().expect("registry lock").keys().cloned().collect()
+        self.live
+            .lock()
+            .expect("registry lock")
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Cuts every session of credentials not in `still_valid`; returns how many were cut.
-    pub fn cut_all_except(&self, checked: &[CredentialId], still_valid: &std::collections::HashSet<CredentialId>) -> usize {
+    pub fn cut_all_except(
+        &self,
+        checked: &[CredentialId],
+        still_valid: &std::collections::HashSet<CredentialId>,
+    ) -> usize {
         let live = self.live.lock().expect("registry lock");
         let mut cut = 0;
         for credential in checked {
@@ -209,7 +236,10 @@ mod tests {
         let a = Admission::new(1, 5, 5, Duration::from_secs(60));
         let now = Instant::now();
         let _one = a.admit("192.0.2.1".parse().unwrap(), now).unwrap();
-        assert_eq!(a.admit("192.0.2.2".parse().unwrap(), now).err(), Some(Refusal::TooManySessions));
+        assert_eq!(
+            a.admit("192.0.2.2".parse().unwrap(), now).err(),
+            Some(Refusal::TooManySessions)
+        );
     }
 
     #[test]

@@ -73,14 +73,18 @@ fn self_signed(config: &Config) -> Result<(PathBuf, PathBuf), TlsSetupError> {
     if cert_path.exists() && key_path.exists() {
         return Ok((cert_path, key_path));
     }
-    std::fs::create_dir_all(&dir)
-        .map_err(|source| TlsSetupError::Read { path: dir.clone(), source })?;
+    std::fs::create_dir_all(&dir).map_err(|source| TlsSetupError::Read {
+        path: dir.clone(),
+        source,
+    })?;
     let names = vec![config.server.hostname.clone(), "localhost".to_string()];
     let generated = rcgen::generate_simple_self_signed(names)
         .map_err(|e| TlsSetupError::Generate(e.to_string()))?;
     write_private(&key_path, generated.signing_key.serialize_pem().as_bytes())?;
-    std::fs::write(&cert_path, generated.cert.pem())
-        .map_err(|source| TlsSetupError::Read { path: cert_path.clone(), source })?;
+    std::fs::write(&cert_path, generated.cert.pem()).map_err(|source| TlsSetupError::Read {
+        path: cert_path.clone(),
+        source,
+    })?;
     tracing::warn!(cert = %cert_path.display(), "no [tls] certificate configured: generated a self-signed one (development only)");
     Ok((cert_path, key_path))
 }
@@ -94,17 +98,27 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsSetupError> {
         .write(true)
         .mode(0o600)
         .open(path)
-        .map_err(|source| TlsSetupError::Read { path: path.to_path_buf(), source })?;
-    file.write_all(bytes)
-        .map_err(|source| TlsSetupError::Read { path: path.to_path_buf(), source })
+        .map_err(|source| TlsSetupError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    file.write_all(bytes).map_err(|source| TlsSetupError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
-    let pem = std::fs::read(path)
-        .map_err(|source| TlsSetupError::Read { path: path.to_path_buf(), source })?;
+    let pem = std::fs::read(path).map_err(|source| TlsSetupError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<_, _>>()
-        .map_err(|e| TlsSetupError::Content { path: path.to_path_buf(), what: e.to_string() })?;
+        .map_err(|e| TlsSetupError::Content {
+            path: path.to_path_buf(),
+            what: e.to_string(),
+        })?;
     if certs.is_empty() {
         return Err(TlsSetupError::Content {
             path: path.to_path_buf(),
@@ -115,10 +129,15 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError
 }
 
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
-    let pem = std::fs::read(path)
-        .map_err(|source| TlsSetupError::Read { path: path.to_path_buf(), source })?;
+    let pem = std::fs::read(path).map_err(|source| TlsSetupError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     rustls_pemfile::private_key(&mut pem.as_slice())
-        .map_err(|e| TlsSetupError::Content { path: path.to_path_buf(), what: e.to_string() })?
+        .map_err(|e| TlsSetupError::Content {
+            path: path.to_path_buf(),
+            what: e.to_string(),
+        })?
         .ok_or_else(|| TlsSetupError::Content {
             path: path.to_path_buf(),
             what: "no PRIVATE KEY block found".into(),

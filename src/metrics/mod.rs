@@ -130,42 +130,58 @@ impl Metrics {
             ),
             registry,
         };
-        Self { inner: Arc::new(inner) }
+        Self {
+            inner: Arc::new(inner),
+        }
     }
 
     /// Text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Encoding into a String only fails on invalid metric families, which we never build.
-        let _ = prometheus::TextEncoder::new()
-            .encode_utf8(&self.inner.registry.gather(), &mut out);
+        let _ = prometheus::TextEncoder::new().encode_utf8(&self.inner.registry.gather(), &mut out);
         out
     }
 
     /// A connection was accepted on `listener`.
     pub fn connection_opened(&self, listener: &str) {
         self.inner.connections.with_label_values(&[listener]).inc();
-        self.inner.sessions_active.with_label_values(&[listener]).inc();
+        self.inner
+            .sessions_active
+            .with_label_values(&[listener])
+            .inc();
     }
 
     /// A session on `listener` ended.
     pub fn connection_closed(&self, listener: &str) {
-        self.inner.sessions_active.with_label_values(&[listener]).dec();
+        self.inner
+            .sessions_active
+            .with_label_values(&[listener])
+            .dec();
     }
 
     /// A connection was refused before the greeting (`reason`: a fixed label).
     pub fn connection_rejected(&self, reason: &str) {
-        self.inner.connections_rejected.with_label_values(&[reason]).inc();
+        self.inner
+            .connections_rejected
+            .with_label_values(&[reason])
+            .inc();
     }
 
     /// A TLS handshake finished (`result`: `ok`, `failed` or `timeout`).
     pub fn tls_handshake(&self, listener: &str, result: &str) {
-        self.inner.tls_handshakes.with_label_values(&[listener, result]).inc();
+        self.inner
+            .tls_handshakes
+            .with_label_values(&[listener, result])
+            .inc();
     }
 
     /// An AUTH attempt ended (`result`: `ok`, `failed`, `error`).
     pub fn auth_attempt(&self, mechanism: &str, result: &str) {
-        self.inner.auth_attempts.with_label_values(&[mechanism, result]).inc();
+        self.inner
+            .auth_attempts
+            .with_label_values(&[mechanism, result])
+            .inc();
     }
 
     /// A message was accepted and spooled.
@@ -198,7 +214,10 @@ impl Metrics {
 
     /// One recipient's delivery attempt ended (`delivered`, `deferred`, `failed`).
     pub fn delivery_attempt(&self, result: &str) {
-        self.inner.delivery_attempts.with_label_values(&[result]).inc();
+        self.inner
+            .delivery_attempts
+            .with_label_values(&[result])
+            .inc();
     }
 
     /// A live session was cut after a revocation.
@@ -209,32 +228,42 @@ impl Metrics {
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let metric = IntCounter::new(name, help).expect("static metric definition");
-    registry.register(Box::new(metric.clone())).expect("unique metric name");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric name");
     metric
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric");
-    registry.register(Box::new(metric.clone())).expect("unique metric name");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric name");
     metric
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let metric = IntGauge::new(name, help).expect("static metric definition");
-    registry.register(Box::new(metric.clone())).expect("unique metric name");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric name");
     metric
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric");
-    registry.register(Box::new(metric.clone())).expect("unique metric name");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric name");
     metric
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
     let metric =
         Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("static");
-    registry.register(Box::new(metric.clone())).expect("unique metric name");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric name");
     metric
 }
 
@@ -251,6 +280,10 @@ mod tests {
         let text = m.render();
         assert!(text.contains("postern_smtp_connections_total{listener=\"submission\"} 1"));
         assert!(text.contains("postern_smtp_message_bytes_total 1234"));
-        assert!(text.contains("postern_smtp_auth_attempts_total{mechanism=\"plain\",result=\"failed\"} 1"));
+        assert!(
+            text.contains(
+                "postern_smtp_auth_attempts_total{mechanism=\"plain\",result=\"failed\"} 1"
+            )
+        );
     }
 }

@@ -162,7 +162,11 @@ impl DataScanner {
 mod tests {
     use super::*;
 
-    fn scan(framing: Framing, max: u64, chunks: &[&[u8]]) -> (Vec<u8>, Option<DataError>, bool, usize) {
+    fn scan(
+        framing: Framing,
+        max: u64,
+        chunks: &[&[u8]],
+    ) -> (Vec<u8>, Option<DataError>, bool, usize) {
         let mut s = DataScanner::new(framing, max);
         let mut out = Vec::new();
         let mut ended = false;
@@ -180,8 +184,11 @@ mod tests {
 
     #[test]
     fn plain_message_ends_at_crlf_dot_crlf() {
-        let (out, err, ended, rest) =
-            scan(Framing::Dot, 1000, &[b"Subject: a\r\n\r\nbody\r\n.\r\nQUIT\r\n"]);
+        let (out, err, ended, rest) = scan(
+            Framing::Dot,
+            1000,
+            &[b"Subject: a\r\n\r\nbody\r\n.\r\nQUIT\r\n"],
+        );
         assert_eq!(out, b"Subject: a\r\n\r\nbody\r\n");
         assert_eq!((err, ended, rest), (None, true, 6));
     }
@@ -228,7 +235,10 @@ mod tests {
         let ok = [vec![b'x'; 998], b"\r\n.\r\n".to_vec()].concat();
         assert_eq!(scan(Framing::Dot, 10_000, &[&ok]).1, None);
         let long = [vec![b'x'; 999], b"\r\n.\r\n".to_vec()].concat();
-        assert_eq!(scan(Framing::Dot, 10_000, &[&long]).1, Some(DataError::LineTooLong));
+        assert_eq!(
+            scan(Framing::Dot, 10_000, &[&long]).1,
+            Some(DataError::LineTooLong)
+        );
     }
 
     #[test]

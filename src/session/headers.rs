@@ -31,7 +31,9 @@ pub fn header_section_end(data: &[u8]) -> Option<usize> {
     if data.starts_with(b"\r\n") {
         return Some(2);
     }
-    data.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+    data.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
 }
 
 /// Reads the facts of a header section (the bytes before the empty line).
@@ -49,7 +51,9 @@ pub fn scan_headers(section: &[u8]) -> HeaderFacts {
         }
     }
     for field in fields {
-        let Some((name, value)) = field.split_once(':') else { continue };
+        let Some((name, value)) = field.split_once(':') else {
+            continue;
+        };
         match name.trim().to_ascii_lowercase().as_str() {
             "from" => {
                 facts.from_fields += 1;
@@ -114,7 +118,10 @@ pub fn mailbox_addresses(value: &str) -> Vec<String> {
 
 /// A `Date:` value (RFC 5322 section 3.3) in UTC.
 pub fn rfc5322_date(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let days = secs / 86_400;
     let rem = secs % 86_400;
     let (year, month, day) = civil_from_days(days as i64);
@@ -167,7 +174,10 @@ pub struct TraceInfo<'a> {
 pub fn build_prefix(facts: &HeaderFacts, trace: &TraceInfo<'_>, now: SystemTime) -> String {
     let date = rfc5322_date(now);
     let mut prefix = String::new();
-    let tls = trace.tls.map(|t| format!("\r\n\t({t})")).unwrap_or_default();
+    let tls = trace
+        .tls
+        .map(|t| format!("\r\n\t({t})"))
+        .unwrap_or_default();
     prefix.push_str(&format!(
         "Received: from {} ({})\r\n\tby {} (Postern) with {} id {}{};\r\n\t{}\r\n",
         sanitize(trace.helo),
@@ -179,7 +189,10 @@ pub fn build_prefix(facts: &HeaderFacts, trace: &TraceInfo<'_>, now: SystemTime)
         date
     ));
     if !facts.has_message_id {
-        prefix.push_str(&format!("Message-ID: <{}@{}>\r\n", trace.id, trace.hostname));
+        prefix.push_str(&format!(
+            "Message-ID: <{}@{}>\r\n",
+            trace.id, trace.hostname
+        ));
     }
     if !facts.has_date {
         prefix.push_str(&format!("Date: {date}\r\n"));
@@ -202,8 +215,14 @@ mod tests {
 
     #[test]
     fn from_addresses() {
-        assert_eq!(mailbox_addresses(" Alice <Alice@Example.org>"), vec!["alice@example.org"]);
-        assert_eq!(mailbox_addresses(" bob@example.org (Bob)"), vec!["bob@example.org"]);
+        assert_eq!(
+            mailbox_addresses(" Alice <Alice@Example.org>"),
+            vec!["alice@example.org"]
+        );
+        assert_eq!(
+            mailbox_addresses(" bob@example.org (Bob)"),
+            vec!["bob@example.org"]
+        );
         assert_eq!(
             mailbox_addresses(" \"Doe, <John>\" <j@x.org>, k@y.org"),
             vec!["j@x.org", "k@y.org"]

@@ -479,13 +479,17 @@ impl Session {
             }
             Request::Lhlo { .. } => self.bad_command(Reply::unrecognized()),
             Request::StartTls => self.starttls(),
-            Request::Auth { mechanism, initial_response } => {
-                self.auth(mechanism, initial_response.as_ref())
-            }
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(mechanism, initial_response.as_ref()),
             Request::Mail { from } => self.mail(from),
             Request::Rcpt { to } => self.rcpt(to),
             Request::Data => self.data(),
-            Request::Bdat { chunk_size, is_last } => self.bdat(chunk_size as u64, is_last),
+            Request::Bdat {
+                chunk_size,
+                is_last,
+            } => self.bdat(chunk_size as u64, is_last),
             Request::Rset => {
                 self.tx = None;
                 self.reply(Reply::ok());
@@ -513,8 +517,14 @@ impl Session {
             ext.push("AUTH PLAIN LOGIN".into());
         }
         ext.extend(
-            ["ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8", "CHUNKING", "DSN"]
-                .map(String::from),
+            [
+                "ENHANCEDSTATUSCODES",
+                "8BITMIME",
+                "SMTPUTF8",
+                "CHUNKING",
+                "DSN",
+            ]
+            .map(String::from),
         );
         ext
     }
@@ -586,7 +596,9 @@ impl Session {
     }
 
     fn auth_plain_response(&mut self, line: &[u8]) {
-        let Some(decoded) = self.sasl_decode(line) else { return };
+        let Some(decoded) = self.sasl_decode(line) else {
+            return;
+        };
         // RFC 4616: [authzid] NUL authcid NUL passwd
         let parts: Vec<&[u8]> = decoded.split(|&b| b == 0).collect();
         if parts.len() != 3 {
@@ -608,14 +620,18 @@ impl Session {
     }
 
     fn auth_login_user(&mut self, line: &[u8]) {
-        let Some(decoded) = self.sasl_decode(line) else { return };
+        let Some(decoded) = self.sasl_decode(line) else {
+            return;
+        };
         let login = String::from_utf8_lossy(&decoded).into_owned();
         self.reply(Reply::auth_challenge("UGFzc3dvcmQ6"));
         self.state = State::AuthLoginPassword { login };
     }
 
     fn auth_login_password(&mut self, login: String, line: &[u8]) {
-        let Some(decoded) = self.sasl_decode(line) else { return };
+        let Some(decoded) = self.sasl_decode(line) else {
+            return;
+        };
         match String::from_utf8(decoded) {
             Ok(password) => self.ask_auth(Mechanism::Login, login, password),
             Err(_) => self.auth_outcome_now(Mechanism::Login),
@@ -629,7 +645,11 @@ impl Session {
     }
 
     fn ask_auth(&mut self, mechanism: Mechanism, login: String, password: String) {
-        self.events.push_back(Event::Authenticate { mechanism, login, password });
+        self.events.push_back(Event::Authenticate {
+            mechanism,
+            login,
+            password,
+        });
         self.state = State::Waiting(Waiting::Auth);
     }
 
@@ -652,11 +672,12 @@ impl Session {
         }
         let sender = from.address.to_ascii_lowercase();
         if let Some(user) = &self.auth
-            && !sender::may_send_as(&user.senders, &sender) {
-                let reply = Reply::sender_not_owned(&user.address);
-                self.reply(reply);
-                return;
-            }
+            && !sender::may_send_as(&user.senders, &sender)
+        {
+            let reply = Reply::sender_not_owned(&user.address);
+            self.reply(reply);
+            return;
+        }
         let dsn_ret = if from.flags & smtp_proto::MAIL_RET_FULL != 0 {
             Some("FULL".to_string())
         } else if from.flags & smtp_proto::MAIL_RET_HDRS != 0 {
@@ -687,7 +708,11 @@ impl Session {
             (Reply::relaying_denied(), "relay_denied")
         } else if !sender::is_routable_recipient(&address) {
             (Reply::bad_recipient_syntax(), "bad_syntax")
-        } else if tx.recipients.iter().any(|r| r.address.eq_ignore_ascii_case(&address)) {
+        } else if tx
+            .recipients
+            .iter()
+            .any(|r| r.address.eq_ignore_ascii_case(&address))
+        {
             // A repeated recipient is acknowledged but neither stored nor counted twice.
             (Reply::rcpt_ok(), "duplicate")
         } else if tx.recipients.len() >= max {
@@ -724,18 +749,21 @@ impl Session {
 
     fn bdat(&mut self, size: u64, last: bool) {
         // The chunk is read whatever happens, so the client and we stay in step (RFC 3030).
-        let ok = self
-            .tx
-            .as_ref()
-            .is_some_and(|tx| !tx.recipients.is_empty());
+        let ok = self.tx.as_ref().is_some_and(|tx| !tx.recipients.is_empty());
         if ok {
             let tx = self.tx.as_mut().expect("checked");
             if tx.bdat.is_none() {
-                tx.bdat = Some(DataScanner::new(Framing::Chunked, self.config.max_message_size));
+                tx.bdat = Some(DataScanner::new(
+                    Framing::Chunked,
+                    self.config.max_message_size,
+                ));
                 self.events.push_back(Event::MessageStart);
             }
         }
-        self.state = State::Bdat { remaining: size, last };
+        self.state = State::Bdat {
+            remaining: size,
+            last,
+        };
         if !ok {
             // Mark the chunk as one to discard by dropping any transaction.
             self.tx = None;
@@ -746,7 +774,9 @@ impl Session {
         if self.input.is_empty() {
             return false;
         }
-        let State::Data(scanner) = &mut self.state else { return false };
+        let State::Data(scanner) = &mut self.state else {
+            return false;
+        };
         let mut out = Vec::new();
         let (used, ended) = scanner.feed(&self.input, &mut out);
         self.input.drain(..used);
@@ -761,7 +791,9 @@ impl Session {
     }
 
     fn step_bdat(&mut self) -> bool {
-        let State::Bdat { remaining, last } = &mut self.state else { return false };
+        let State::Bdat { remaining, last } = &mut self.state else {
+            return false;
+        };
         if *remaining > 0 && self.input.is_empty() {
             return false;
         }
@@ -789,11 +821,19 @@ impl Session {
         }
         self.state = State::Command;
         if !last {
-            let size = self.tx.as_ref().and_then(|t| t.bdat.as_ref()).map_or(0, |s| s.size());
+            let size = self
+                .tx
+                .as_ref()
+                .and_then(|t| t.bdat.as_ref())
+                .map_or(0, |s| s.size());
             self.reply(Reply::chunk_ok(size));
             return true;
         }
-        let mut scanner = self.tx.as_mut().and_then(|t| t.bdat.take()).expect("bdat in progress");
+        let mut scanner = self
+            .tx
+            .as_mut()
+            .and_then(|t| t.bdat.take())
+            .expect("bdat in progress");
         let mut tail = Vec::new();
         scanner.finish_chunked(&mut tail);
         self.take_data(tail);
@@ -807,26 +847,30 @@ impl Session {
             return;
         }
         if let Some(tx) = self.tx.as_mut()
-            && !tx.header_done {
-                let room = headers::MAX_HEADER_SECTION.saturating_sub(tx.header_buf.len());
-                let from = tx.header_buf.len().saturating_sub(3);
-                tx.header_buf.extend_from_slice(&out[..out.len().min(room)]);
-                if let Some(end) = headers::header_section_end(&tx.header_buf[from..])
-                    .map(|e| e + from)
-                    .or_else(|| headers::header_section_end(&tx.header_buf))
-                {
-                    tx.header_buf.truncate(end);
-                    tx.header_done = true;
-                } else if out.len() > room {
-                    tx.header_too_large = true;
-                    tx.header_done = true;
-                }
+            && !tx.header_done
+        {
+            let room = headers::MAX_HEADER_SECTION.saturating_sub(tx.header_buf.len());
+            let from = tx.header_buf.len().saturating_sub(3);
+            tx.header_buf.extend_from_slice(&out[..out.len().min(room)]);
+            if let Some(end) = headers::header_section_end(&tx.header_buf[from..])
+                .map(|e| e + from)
+                .or_else(|| headers::header_section_end(&tx.header_buf))
+            {
+                tx.header_buf.truncate(end);
+                tx.header_done = true;
+            } else if out.len() > room {
+                tx.header_too_large = true;
+                tx.header_done = true;
             }
+        }
         self.events.push_back(Event::MessageData(out));
     }
 
     fn finish_message(&mut self, scanner: DataScanner) {
-        let tx = self.tx.take().expect("a message is read inside a transaction");
+        let tx = self
+            .tx
+            .take()
+            .expect("a message is read inside a transaction");
         let refusal = match scanner.error() {
             Some(DataError::TooBig) => Some(Reply::message_too_big()),
             Some(DataError::BareNewline) => Some(Reply::bare_newline_in_data()),
@@ -844,28 +888,36 @@ impl Session {
                 self.refuse_message(Reply::missing_from_header(), tx.recipients.len());
                 return;
             }
-            if !facts.from.iter().all(|a| sender::may_send_as(&user.senders, a)) {
+            if !facts
+                .from
+                .iter()
+                .all(|a| sender::may_send_as(&user.senders, a))
+            {
                 let reply = Reply::sender_not_owned(&user.address);
                 self.refuse_message(reply, tx.recipients.len());
                 return;
             }
         }
-        self.events.push_back(Event::MessageComplete(CompletedMessage {
-            sender: tx.sender,
-            recipients: tx.recipients,
-            body_8bit: tx.body_8bit,
-            smtputf8: tx.smtputf8,
-            dsn_ret: tx.dsn_ret,
-            dsn_envid: tx.dsn_envid,
-            headers: facts,
-            size: scanner.size(),
-        }));
+        self.events
+            .push_back(Event::MessageComplete(CompletedMessage {
+                sender: tx.sender,
+                recipients: tx.recipients,
+                body_8bit: tx.body_8bit,
+                smtputf8: tx.smtputf8,
+                dsn_ret: tx.dsn_ret,
+                dsn_envid: tx.dsn_envid,
+                headers: facts,
+                size: scanner.size(),
+            }));
         self.state = State::Waiting(Waiting::Commit);
     }
 
     fn refuse_message(&mut self, reply: Reply, recipients: usize) {
         self.events.push_back(Event::MessageAbort);
-        self.events.push_back(Event::TransactionRefused { reply: reply.clone(), recipients });
+        self.events.push_back(Event::TransactionRefused {
+            reply: reply.clone(),
+            recipients,
+        });
         self.reply(reply);
     }
 }

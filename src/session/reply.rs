@@ -18,7 +18,10 @@ pub struct Reply {
 
 impl Reply {
     fn one(code: u16, text: impl Into<Cow<'static, str>>) -> Self {
-        Self { code, lines: vec![text.into()] }
+        Self {
+            code,
+            lines: vec![text.into()],
+        }
     }
 
     /// Whether the code is 2xx or 3xx.
@@ -40,7 +43,11 @@ impl Reply {
 
     /// The first line as text, for logs.
     pub fn summary(&self) -> String {
-        format!("{} {}", self.code, self.lines.first().map(|l| l.as_ref()).unwrap_or(""))
+        format!(
+            "{} {}",
+            self.code,
+            self.lines.first().map(|l| l.as_ref()).unwrap_or("")
+        )
     }
 
     /// `220 HOST ESMTP Postern`
@@ -97,12 +104,18 @@ impl Reply {
 
     /// `214 2.0.0 ...`
     pub fn help() -> Self {
-        Self::one(214, "2.0.0 See RFC 5321 and RFC 6409; submission needs AUTH after STARTTLS")
+        Self::one(
+            214,
+            "2.0.0 See RFC 5321 and RFC 6409; submission needs AUTH after STARTTLS",
+        )
     }
 
     /// `252 2.5.2 ...` (VRFY is never answered truthfully: RFC 5321 section 7.3)
     pub fn cannot_vrfy() -> Self {
-        Self::one(252, "2.5.2 Cannot VRFY user, but will accept message and attempt delivery")
+        Self::one(
+            252,
+            "2.5.2 Cannot VRFY user, but will accept message and attempt delivery",
+        )
     }
 
     /// `220 2.0.0 Ready to start TLS`
@@ -127,7 +140,10 @@ impl Reply {
 
     /// `454 4.7.0 Temporary authentication failure` (the store did not answer).
     pub fn auth_unavailable() -> Self {
-        Self::one(454, "4.7.0 Temporary authentication failure, try again later")
+        Self::one(
+            454,
+            "4.7.0 Temporary authentication failure, try again later",
+        )
     }
 
     /// `530 5.7.0 Authentication required`
@@ -137,7 +153,10 @@ impl Reply {
 
     /// `538 5.7.11 ...` (RFC 4954 section 6: AUTH before STARTTLS on the submission port)
     pub fn encryption_required() -> Self {
-        Self::one(538, "5.7.11 Encryption required for requested authentication mechanism")
+        Self::one(
+            538,
+            "5.7.11 Encryption required for requested authentication mechanism",
+        )
     }
 
     /// The FAQ's answer to AUTH on port 25, word for word.
@@ -185,12 +204,18 @@ impl Reply {
 
     /// `550 5.7.1 Sender address rejected: not owned by user ADDRESS`
     pub fn sender_not_owned(user: &str) -> Self {
-        Self::one(550, format!("5.7.1 Sender address rejected: not owned by user {user}"))
+        Self::one(
+            550,
+            format!("5.7.1 Sender address rejected: not owned by user {user}"),
+        )
     }
 
     /// `550 5.6.0 Message has no From header field`
     pub fn missing_from_header() -> Self {
-        Self::one(550, "5.6.0 Message has no From header field (RFC 5322 section 3.6)")
+        Self::one(
+            550,
+            "5.6.0 Message has no From header field (RFC 5322 section 3.6)",
+        )
     }
 
     /// `554 5.6.0 Header section too large`
@@ -260,7 +285,10 @@ impl Reply {
 
     /// `421 4.7.0 Too many authentication failures, closing connection`
     pub fn too_many_auth_failures() -> Self {
-        Self::one(421, "4.7.0 Too many authentication failures, closing connection")
+        Self::one(
+            421,
+            "4.7.0 Too many authentication failures, closing connection",
+        )
     }
 
     /// `421 4.7.0 Credentials revoked, closing connection`
@@ -275,12 +303,18 @@ impl Reply {
 
     /// `421 4.7.0 Too many connections from your address, try again later`
     pub fn too_many_connections_from_ip() -> Self {
-        Self::one(421, "4.7.0 Too many connections from your address, try again later")
+        Self::one(
+            421,
+            "4.7.0 Too many connections from your address, try again later",
+        )
     }
 
     /// `421 4.7.0 Too many failed logins from your address, try again later`
     pub fn too_many_failed_logins_from_ip() -> Self {
-        Self::one(421, "4.7.0 Too many failed logins from your address, try again later")
+        Self::one(
+            421,
+            "4.7.0 Too many failed logins from your address, try again later",
+        )
     }
 
     /// `421 4.4.2 Timeout, closing connection`

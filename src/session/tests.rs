@@ -66,10 +66,13 @@ impl Harness {
                     let mut out = Vec::new();
                     reply.write_to(&mut out);
                     let text = String::from_utf8(out).unwrap();
-                    self.replies.extend(text.split_terminator("\r\n").map(String::from));
+                    self.replies
+                        .extend(text.split_terminator("\r\n").map(String::from));
                 }
                 Event::StartTls => self.session.handle_tls_started(),
-                Event::Authenticate { login, password, .. } => {
+                Event::Authenticate {
+                    login, password, ..
+                } => {
                     let outcome = if login == USER && password == PASSWORD {
                         AuthOutcome::Accepted(Authenticated {
                             address: USER.into(),
@@ -107,7 +110,10 @@ impl Harness {
             assert_eq!(h.line("STARTTLS"), "220 2.0.0 Ready to start TLS");
             h.line("EHLO client.test");
         }
-        assert_eq!(h.line(&format!("AUTH PLAIN {}", plain(USER, PASSWORD))), "235 2.7.0 Authentication successful");
+        assert_eq!(
+            h.line(&format!("AUTH PLAIN {}", plain(USER, PASSWORD))),
+            "235 2.7.0 Authentication successful"
+        );
         h
     }
 }
@@ -128,12 +134,21 @@ fn greeting_and_ehlo_before_and_after_tls() {
     assert_eq!(ehlo[0], "250-postern.test");
     assert!(ehlo.contains(&"250-STARTTLS".to_string()));
     assert!(ehlo.contains(&"250-SIZE 1000".to_string()));
-    assert!(!ehlo.iter().any(|l| l.contains("AUTH")), "no AUTH before TLS on 587");
+    assert!(
+        !ehlo.iter().any(|l| l.contains("AUTH")),
+        "no AUTH before TLS on 587"
+    );
     h.line("STARTTLS");
     let ehlo = h.send(b"EHLO client.test\r\n");
     assert!(ehlo.contains(&"250-AUTH PLAIN LOGIN".to_string()));
     assert!(!ehlo.iter().any(|l| l.contains("STARTTLS")));
-    for ext in ["PIPELINING", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING"] {
+    for ext in [
+        "PIPELINING",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+        "CHUNKING",
+    ] {
         assert!(ehlo.iter().any(|l| l.ends_with(ext)), "{ext}");
     }
     assert_eq!(ehlo.last().unwrap(), "250 DSN");
@@ -155,7 +170,10 @@ fn relay_from_other_networks_is_denied_at_rcpt() {
     let mut h = Harness::with(Role::Relay, |c| c.relay_allowed = false);
     h.line("EHLO x.test");
     assert_eq!(h.line("MAIL FROM:<site@hosting.test>"), "250 2.1.0 Ok");
-    assert_eq!(h.line("RCPT TO:<b@example.net>"), "550 5.7.1 Relaying denied");
+    assert_eq!(
+        h.line("RCPT TO:<b@example.net>"),
+        "550 5.7.1 Relaying denied"
+    );
 }
 
 #[test]
@@ -166,10 +184,16 @@ fn auth_rules_on_submission() {
         h.line(&format!("AUTH PLAIN {}", plain(USER, PASSWORD))),
         "538 5.7.11 Encryption required for requested authentication mechanism"
     );
-    assert_eq!(h.line("MAIL FROM:<alice@example.org>"), "530 5.7.0 Authentication required");
+    assert_eq!(
+        h.line("MAIL FROM:<alice@example.org>"),
+        "530 5.7.0 Authentication required"
+    );
     let mut h = Harness::new(Role::Submissions);
     h.line("EHLO client.test");
-    assert_eq!(h.line("MAIL FROM:<alice@example.org>"), "530 5.7.0 Authentication required");
+    assert_eq!(
+        h.line("MAIL FROM:<alice@example.org>"),
+        "530 5.7.0 Authentication required"
+    );
 }
 
 #[test]
@@ -178,12 +202,18 @@ fn auth_login_and_plain_without_initial_response() {
     h.line("EHLO client.test");
     assert_eq!(h.line("AUTH LOGIN"), "334 VXNlcm5hbWU6");
     assert_eq!(h.line(&b64(USER)), "334 UGFzc3dvcmQ6");
-    assert_eq!(h.line(&b64(PASSWORD)), "235 2.7.0 Authentication successful");
+    assert_eq!(
+        h.line(&b64(PASSWORD)),
+        "235 2.7.0 Authentication successful"
+    );
 
     let mut h = Harness::new(Role::Submissions);
     h.line("EHLO client.test");
     assert_eq!(h.line("AUTH PLAIN"), "334 ");
-    assert_eq!(h.line(&plain(USER, PASSWORD)), "235 2.7.0 Authentication successful");
+    assert_eq!(
+        h.line(&plain(USER, PASSWORD)),
+        "235 2.7.0 Authentication successful"
+    );
     assert_eq!(h.line("AUTH PLAIN"), "503 5.5.1 Already authenticated");
 }
 
@@ -192,7 +222,10 @@ fn failed_auth_at_n_and_n_plus_one() {
     let mut h = Harness::new(Role::Submissions);
     h.line("EHLO client.test");
     for _ in 0..2 {
-        assert_eq!(h.line(&format!("AUTH PLAIN {}", plain(USER, "wrong"))), "535 5.7.0 authentication failed");
+        assert_eq!(
+            h.line(&format!("AUTH PLAIN {}", plain(USER, "wrong"))),
+            "535 5.7.0 authentication failed"
+        );
         assert!(!h.closed);
     }
     assert_eq!(
@@ -208,8 +241,14 @@ fn cancelled_and_malformed_auth() {
     h.line("EHLO client.test");
     h.line("AUTH LOGIN");
     assert_eq!(h.line("*"), "501 5.0.0 Authentication cancelled");
-    assert_eq!(h.line("AUTH PLAIN !!notbase64!!"), "501 5.5.2 Invalid base64 data");
-    assert_eq!(h.line("AUTH CRAM-MD5"), "504 5.5.4 Unrecognized authentication type");
+    assert_eq!(
+        h.line("AUTH PLAIN !!notbase64!!"),
+        "501 5.5.2 Invalid base64 data"
+    );
+    assert_eq!(
+        h.line("AUTH CRAM-MD5"),
+        "504 5.5.4 Unrecognized authentication type"
+    );
 }
 
 #[test]
@@ -229,7 +268,10 @@ fn header_from_must_be_owned() {
     h.line("RCPT TO:<b@example.net>");
     h.line("DATA");
     let replies = h.send(b"From: Boss <boss@example.org>\r\n\r\nhi\r\n.\r\n");
-    assert_eq!(replies, vec!["550 5.7.1 Sender address rejected: not owned by user alice@example.org"]);
+    assert_eq!(
+        replies,
+        vec!["550 5.7.1 Sender address rejected: not owned by user alice@example.org"]
+    );
     assert!(h.committed.is_empty());
     // The session goes on.
     assert_eq!(h.line("MAIL FROM:<alice@example.org>"), "250 2.1.0 Ok");
@@ -264,7 +306,10 @@ fn plaintext_pipelined_after_starttls_is_discarded() {
     let replies = h.send(b"STARTTLS\r\nRSET\r\nMAIL FROM:<alice@example.org>\r\n");
     assert_eq!(replies, vec!["220 2.0.0 Ready to start TLS"]);
     // After the handshake the injected MAIL never ran: a transaction needs EHLO again.
-    assert_eq!(h.line("MAIL FROM:<alice@example.org>"), "503 5.5.1 Bad sequence of commands");
+    assert_eq!(
+        h.line("MAIL FROM:<alice@example.org>"),
+        "503 5.5.1 Bad sequence of commands"
+    );
 }
 
 #[test]
@@ -272,9 +317,15 @@ fn recipients_at_100_and_101() {
     let mut h = Harness::login(Role::Submissions);
     h.line("MAIL FROM:<alice@example.org>");
     for i in 0..100 {
-        assert_eq!(h.line(&format!("RCPT TO:<r{i}@example.net>")), "250 2.1.5 Ok");
+        assert_eq!(
+            h.line(&format!("RCPT TO:<r{i}@example.net>")),
+            "250 2.1.5 Ok"
+        );
     }
-    assert_eq!(h.line("RCPT TO:<r100@example.net>"), "452 4.5.3 Too many recipients");
+    assert_eq!(
+        h.line("RCPT TO:<r100@example.net>"),
+        "452 4.5.3 Too many recipients"
+    );
     h.line("DATA");
     h.send(b"From: alice@example.org\r\n\r\nx\r\n.\r\n");
     assert_eq!(h.committed[0].recipients.len(), 100);
@@ -287,7 +338,10 @@ fn size_at_n_and_n_plus_one() {
         h.line("MAIL FROM:<alice@example.org> SIZE=1001"),
         "552 5.3.4 Message size exceeds fixed maximum message size"
     );
-    assert_eq!(h.line("MAIL FROM:<alice@example.org> SIZE=1000"), "250 2.1.0 Ok");
+    assert_eq!(
+        h.line("MAIL FROM:<alice@example.org> SIZE=1000"),
+        "250 2.1.0 Ok"
+    );
     h.line("RCPT TO:<b@example.net>");
     h.line("DATA");
     // 1000 bytes exactly: headers plus a body padded to fit.
@@ -303,7 +357,10 @@ fn size_at_n_and_n_plus_one() {
     h.line("DATA");
     let bigger = [&head[..], b"y", &body].concat();
     let replies = h.send(&[&bigger[..], b".\r\n"].concat());
-    assert_eq!(replies, vec!["552 5.3.4 Message size exceeds fixed maximum message size"]);
+    assert_eq!(
+        replies,
+        vec!["552 5.3.4 Message size exceeds fixed maximum message size"]
+    );
     assert_eq!(h.committed.len(), 1);
     assert_eq!(h.line("NOOP"), "250 2.0.0 Ok");
 }
@@ -323,7 +380,10 @@ fn bare_lf_in_data_is_refused_and_session_goes_on() {
 #[test]
 fn bare_lf_in_command_and_long_lines() {
     let mut h = Harness::new(Role::Submissions);
-    assert_eq!(h.send(b"EHLO x.test\n"), vec!["500 5.5.2 Bare LF not allowed, use CRLF"]);
+    assert_eq!(
+        h.send(b"EHLO x.test\n"),
+        vec!["500 5.5.2 Bare LF not allowed, use CRLF"]
+    );
     let long = format!("NOOP {}\r\n", "a".repeat(MAX_COMMAND_LINE + 10));
     assert_eq!(h.send(long.as_bytes()), vec!["500 5.5.2 Line too long"]);
     assert_eq!(h.line("NOOP"), "250 2.0.0 Ok");
@@ -335,19 +395,31 @@ fn bad_commands_at_n_and_n_plus_one() {
     for _ in 0..4 {
         assert_eq!(h.line("FROB"), "500 5.5.1 Command unrecognized");
     }
-    assert_eq!(h.line("FROB"), "421 4.7.0 Too many errors, closing connection");
+    assert_eq!(
+        h.line("FROB"),
+        "421 4.7.0 Too many errors, closing connection"
+    );
     assert!(h.closed);
-    assert!(h.send(b"NOOP\r\n").is_empty(), "nothing is read after close");
+    assert!(
+        h.send(b"NOOP\r\n").is_empty(),
+        "nothing is read after close"
+    );
 }
 
 #[test]
 fn sequence_errors() {
     let mut h = Harness::login(Role::Submissions);
-    assert_eq!(h.line("RCPT TO:<b@example.net>"), "503 5.5.1 Bad sequence of commands");
+    assert_eq!(
+        h.line("RCPT TO:<b@example.net>"),
+        "503 5.5.1 Bad sequence of commands"
+    );
     assert_eq!(h.line("DATA"), "503 5.5.1 Bad sequence of commands");
     h.line("MAIL FROM:<alice@example.org>");
     assert_eq!(h.line("DATA"), "554 5.5.1 No valid recipients");
-    assert_eq!(h.line("MAIL FROM:<alice@example.org>"), "503 5.5.1 Bad sequence of commands");
+    assert_eq!(
+        h.line("MAIL FROM:<alice@example.org>"),
+        "503 5.5.1 Bad sequence of commands"
+    );
     assert_eq!(h.line("RSET"), "250 2.0.0 Ok");
     assert_eq!(h.line("MAIL FROM:<alice@example.org>"), "250 2.1.0 Ok");
 }
@@ -359,7 +431,10 @@ fn bdat_chunks() {
     h.line("RCPT TO:<b@example.net>");
     let first = b"From: alice@example.org\r\n\r\n";
     let replies = h.send(&[format!("BDAT {}\r\n", first.len()).as_bytes(), first].concat());
-    assert_eq!(replies, vec![format!("250 2.0.0 Ok: {} octets received", first.len())]);
+    assert_eq!(
+        replies,
+        vec![format!("250 2.0.0 Ok: {} octets received", first.len())]
+    );
     let replies = h.send(b"BDAT 5 LAST\r\nhello");
     assert_eq!(replies, vec!["250 2.0.0 Ok: queued as QID"]);
     assert_eq!(h.data, b"From: alice@example.org\r\n\r\nhello\r\n");
@@ -409,5 +484,11 @@ fn dsn_parameters_are_kept() {
     assert_eq!(m.dsn_ret.as_deref(), Some("HDRS"));
     assert_eq!(m.dsn_envid.as_deref(), Some("abc123"));
     assert_eq!(m.recipients[0].notify.as_deref(), Some("FAILURE,DELAY"));
-    assert!(m.recipients[0].orcpt.as_deref().unwrap().contains("b@example.net"));
+    assert!(
+        m.recipients[0]
+            .orcpt
+            .as_deref()
+            .unwrap()
+            .contains("b@example.net")
+    );
 }

@@ -104,7 +104,8 @@ impl Index {
     fn insert(&mut self, entry: Entry) {
         *self.segments.entry(entry.segment).or_default() += 1;
         if !entry.in_flight {
-            self.due.insert((entry.next_attempt_ms, entry.envelope.id.clone()));
+            self.due
+                .insert((entry.next_attempt_ms, entry.envelope.id.clone()));
         }
         if let Some(old) = self.messages.insert(entry.envelope.id.clone(), entry) {
             self.forget(&old);
@@ -118,7 +119,8 @@ impl Index {
     }
 
     fn forget(&mut self, entry: &Entry) {
-        self.due.remove(&(entry.next_attempt_ms, entry.envelope.id.clone()));
+        self.due
+            .remove(&(entry.next_attempt_ms, entry.envelope.id.clone()));
         if let Some(live) = self.segments.get_mut(&entry.segment) {
             *live = live.saturating_sub(1);
         }
@@ -178,7 +180,15 @@ impl Journal {
             .spawn(move || committer.run(rx))
             .map_err(SpoolError::io("start committer"))?;
         due_changed.notify_one();
-        Ok(Self { root: root.to_path_buf(), index, jobs: tx, due_changed, healthy, live, _lock: lock })
+        Ok(Self {
+            root: root.to_path_buf(),
+            index,
+            jobs: tx,
+            due_changed,
+            healthy,
+            live,
+            _lock: lock,
+        })
     }
 
     pub(super) fn root(&self) -> &Path {
@@ -200,7 +210,13 @@ impl Journal {
         has_data_file: bool,
     ) -> Result<(), SpoolError> {
         let (done, wait) = oneshot::channel();
-        self.send(Job::Message { envelope: Box::new(envelope), data, has_data_file, done }).await?;
+        self.send(Job::Message {
+            envelope: Box::new(envelope),
+            data,
+            has_data_file,
+            done,
+        })
+        .await?;
         wait.await.map_err(|_| SpoolError::Stopped)?
     }
 
@@ -211,7 +227,13 @@ impl Journal {
         retry_ms: u64,
     ) -> Result<(), SpoolError> {
         let (done, wait) = oneshot::channel();
-        self.send(Job::Attempt { id: id.clone(), results, retry_ms, done }).await?;
+        self.send(Job::Attempt {
+            id: id.clone(),
+            results,
+            retry_ms,
+            done,
+        })
+        .await?;
         wait.await.map_err(|_| SpoolError::Stopped)?
     }
 
@@ -266,7 +288,10 @@ impl Journal {
         for _ in 0..3 {
             let (segment, offset, len) = {
                 let index = self.index.lock().expect("spool index lock");
-                let entry = index.messages.get(id).ok_or_else(|| SpoolError::NotFound(id.clone()))?;
+                let entry = index
+                    .messages
+                    .get(id)
+                    .ok_or_else(|| SpoolError::NotFound(id.clone()))?;
                 match entry.data {
                     DataLocation::Inline { offset, len } => (entry.segment, offset, len),
                     DataLocation::File => return Err(SpoolError::NotFound(id.clone())),
@@ -284,7 +309,12 @@ impl Journal {
             match read {
                 Ok(data) => return Ok(data),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(SpoolError::Io { op: "read message", source: e }),
+                Err(e) => {
+                    return Err(SpoolError::Io {
+                        op: "read message",
+                        source: e,
+                    });
+                }
             }
         }
         Err(SpoolError::NotFound(id.clone()))
@@ -353,7 +383,11 @@ fn replay(root: &Path, index: &mut Index) -> Result<Vec<u64>, SpoolError> {
         let mut set_aside = false;
         while pos < bytes.len() {
             match record::decode(&bytes[pos..]) {
-                Decoded::Record { record, len, payload_start } => {
+                Decoded::Record {
+                    record,
+                    len,
+                    payload_start,
+                } => {
                     apply_replayed(root, index, seq, pos, payload_start, record);
                     pos += len;
                 }
@@ -381,7 +415,11 @@ fn replay(root: &Path, index: &mut Index) -> Result<Vec<u64>, SpoolError> {
 }
 
 fn find_magic(bytes: &[u8], from: usize) -> Option<usize> {
-    bytes.get(from..)?.windows(4).position(|w| w == b"PSJ1").map(|p| p + from)
+    bytes
+        .get(from..)?
+        .windows(4)
+        .position(|w| w == b"PSJ1")
+        .map(|p| p + from)
 }
 
 fn apply_replayed(
@@ -393,7 +431,11 @@ fn apply_replayed(
     record: Record,
 ) {
     match record {
-        Record::Message { envelope, data_offset, data_len } => {
+        Record::Message {
+            envelope,
+            data_offset,
+            data_len,
+        } => {
             let data = if envelope.data_file.is_some() {
                 DataLocation::File
             } else {
@@ -403,7 +445,14 @@ fn apply_replayed(
                 }
             };
             let next_attempt_ms = envelope.received_at_ms;
-            index.insert(Entry { envelope: *envelope, segment: seq, data, attempts: 0, next_attempt_ms, in_flight: false });
+            index.insert(Entry {
+                envelope: *envelope,
+                segment: seq,
+                data,
+                attempts: 0,
+                next_attempt_ms,
+                in_flight: false,
+            });
         }
         Record::Update(update) => {
             if let Some(mut entry) = index.remove(&update.id) {
@@ -430,14 +479,22 @@ fn remove_data_file(root: &Path, envelope: &Envelope) {
 /// Data files no live message refers to were written for messages that were never
 /// acknowledged (crash between rename and commit) or already finished.
 fn remove_orphan_data_files(root: &Path, index: &Index) {
-    let referenced: BTreeSet<&str> =
-        index.messages.values().filter_map(|e| e.envelope.data_file.as_deref()).collect();
-    let Ok(entries) = fs::read_dir(root.join("data")) else { return };
+    let referenced: BTreeSet<&str> = index
+        .messages
+        .values()
+        .filter_map(|e| e.envelope.data_file.as_deref())
+        .collect();
+    let Ok(entries) = fs::read_dir(root.join("data")) else {
+        return;
+    };
     for entry in entries.filter_map(|e| e.ok()) {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         if !referenced.contains(name) {
-            tracing::info!(file = name, "spool: removing data file of an unacknowledged or finished message");
+            tracing::info!(
+                file = name,
+                "spool: removing data file of an unacknowledged or finished message"
+            );
             let _ = fs::remove_file(entry.path());
         }
     }
@@ -458,7 +515,12 @@ struct Committer {
 /// What a job changes in the index once its records are durable.
 enum Change {
     Insert(Entry),
-    Update { id: SpoolId, envelope: Envelope, attempts: u32, next_attempt_ms: u64 },
+    Update {
+        id: SpoolId,
+        envelope: Envelope,
+        attempts: u32,
+        next_attempt_ms: u64,
+    },
     Remove(SpoolId),
 }
 
@@ -474,10 +536,11 @@ impl Committer {
             }
             self.commit_batch(jobs);
             if self.active.len > self.segment_max
-                && let Err(e) = self.roll().and_then(|()| self.compact()) {
-                    tracing::error!(error = %e, "spool: rolling the journal failed");
-                    self.healthy.store(false, Ordering::Relaxed);
-                }
+                && let Err(e) = self.roll().and_then(|()| self.compact())
+            {
+                tracing::error!(error = %e, "spool: rolling the journal failed");
+                self.healthy.store(false, Ordering::Relaxed);
+            }
             self.drop_empty_oldest();
             self.publish();
         }
@@ -493,7 +556,12 @@ impl Committer {
             let index = self.index.lock().expect("spool index lock");
             for job in jobs {
                 match job {
-                    Job::Message { envelope, data, has_data_file, done } => {
+                    Job::Message {
+                        envelope,
+                        data,
+                        has_data_file,
+                        done,
+                    } => {
                         let offset = self.active.len + buf.len() as u64;
                         let (encoded, data_start) = record::encode_message(&envelope, &data);
                         let location = if has_data_file {
@@ -517,7 +585,12 @@ impl Committer {
                         }));
                         replies.push(done);
                     }
-                    Job::Attempt { id, results, retry_ms, done } => {
+                    Job::Attempt {
+                        id,
+                        results,
+                        retry_ms,
+                        done,
+                    } => {
                         let Some(entry) = index.messages.get(&id) else {
                             let _ = done.send(Err(SpoolError::NotFound(id)));
                             continue;
@@ -536,7 +609,9 @@ impl Committer {
                             .iter()
                             .all(|r| r.status != RecipientStatus::Pending);
                         if finished {
-                            buf.extend_from_slice(&record::encode_done(&DoneRecord { id: id.clone() }));
+                            buf.extend_from_slice(&record::encode_done(&DoneRecord {
+                                id: id.clone(),
+                            }));
                             changes.push(Change::Remove(id));
                         } else {
                             buf.extend_from_slice(&record::encode_update(&UpdateRecord {
@@ -545,7 +620,12 @@ impl Committer {
                                 attempts,
                                 next_attempt_ms: retry_ms,
                             }));
-                            changes.push(Change::Update { id, envelope, attempts, next_attempt_ms: retry_ms });
+                            changes.push(Change::Update {
+                                id,
+                                envelope,
+                                attempts,
+                                next_attempt_ms: retry_ms,
+                            });
                         }
                         replies.push(done);
                     }
@@ -559,8 +639,14 @@ impl Committer {
             if sync_data_dir {
                 fsync_dir(&self.root.join("data"))?;
             }
-            self.active.file.write_all(&buf).map_err(SpoolError::io("append journal"))?;
-            self.active.file.sync_data().map_err(SpoolError::io("fsync journal"))?;
+            self.active
+                .file
+                .write_all(&buf)
+                .map_err(SpoolError::io("append journal"))?;
+            self.active
+                .file
+                .sync_data()
+                .map_err(SpoolError::io("fsync journal"))?;
             Ok(())
         })();
         if let Err(e) = written {
@@ -585,7 +671,12 @@ impl Committer {
             for change in changes {
                 match change {
                     Change::Insert(entry) => index.insert(entry),
-                    Change::Update { id, envelope, attempts, next_attempt_ms } => {
+                    Change::Update {
+                        id,
+                        envelope,
+                        attempts,
+                        next_attempt_ms,
+                    } => {
                         if let Some(mut entry) = index.remove(&id) {
                             entry.envelope = envelope;
                             entry.attempts = attempts;
@@ -607,12 +698,18 @@ impl Committer {
         for reply in replies {
             let _ = reply.send(Ok(()));
         }
-        self.metrics.spool_commit(count, started.elapsed().as_secs_f64());
+        self.metrics
+            .spool_commit(count, started.elapsed().as_secs_f64());
     }
 
     fn roll(&mut self) -> Result<(), SpoolError> {
         let next = Segment::create(&self.root, self.active.seq + 1)?;
-        self.index.lock().expect("spool index lock").segments.entry(next.seq).or_default();
+        self.index
+            .lock()
+            .expect("spool index lock")
+            .segments
+            .entry(next.seq)
+            .or_default();
         self.active = next;
         Ok(())
     }
@@ -647,7 +744,8 @@ impl Committer {
                     let file = File::open(segment_path(&self.root, segment))
                         .map_err(SpoolError::io("open segment"))?;
                     let mut bytes = vec![0u8; len as usize];
-                    file.read_exact_at(&mut bytes, offset).map_err(SpoolError::io("read segment"))?;
+                    file.read_exact_at(&mut bytes, offset)
+                        .map_err(SpoolError::io("read segment"))?;
                     bytes
                 }
                 DataLocation::File => Vec::new(),
@@ -671,8 +769,14 @@ impl Committer {
             moved.push((id, location));
         }
         if !buf.is_empty() {
-            self.active.file.write_all(&buf).map_err(SpoolError::io("append journal"))?;
-            self.active.file.sync_data().map_err(SpoolError::io("fsync journal"))?;
+            self.active
+                .file
+                .write_all(&buf)
+                .map_err(SpoolError::io("append journal"))?;
+            self.active
+                .file
+                .sync_data()
+                .map_err(SpoolError::io("fsync journal"))?;
             self.active.len += buf.len() as u64;
         }
         {
@@ -701,17 +805,21 @@ impl Committer {
                 }
             };
             if let Err(e) = fs::remove_file(segment_path(&self.root, oldest))
-                && e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::error!(segment = oldest, error = %e, "spool: cannot delete old segment");
-                    break;
-                }
-            self.index.lock().expect("spool index lock").segments.remove(&oldest);
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::error!(segment = oldest, error = %e, "spool: cannot delete old segment");
+                break;
+            }
+            self.index
+                .lock()
+                .expect("spool index lock")
+                .segments
+                .remove(&oldest);
             deleted = true;
         }
-        if deleted
-            && let Err(e) = fsync_dir(&self.root.join("journal")) {
-                tracing::warn!(error = %e, "spool: fsync of the journal directory failed");
-            }
+        if deleted && let Err(e) = fsync_dir(&self.root.join("journal")) {
+            tracing::warn!(error = %e, "spool: fsync of the journal directory failed");
+        }
     }
 
     fn publish(&self) {

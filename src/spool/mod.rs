@@ -183,7 +183,9 @@ impl MessageBody {
     pub async fn write(&mut self, chunk: &[u8]) -> Result<(), SpoolError> {
         self.len += chunk.len() as u64;
         if let Some((file, _)) = &mut self.file {
-            file.write_all(chunk).await.map_err(SpoolError::io("write tmp"))?;
+            file.write_all(chunk)
+                .await
+                .map_err(SpoolError::io("write tmp"))?;
             return Ok(());
         }
         if self.len <= self.inline_max {
@@ -191,10 +193,16 @@ impl MessageBody {
             return Ok(());
         }
         let path = self.tmp_dir.join(format!("{}.eml", self.id));
-        let file = tokio::fs::File::create(&path).await.map_err(SpoolError::io("create tmp"))?;
+        let file = tokio::fs::File::create(&path)
+            .await
+            .map_err(SpoolError::io("create tmp"))?;
         let mut file = tokio::io::BufWriter::with_capacity(256 * 1024, file);
-        file.write_all(&self.memory).await.map_err(SpoolError::io("write tmp"))?;
-        file.write_all(chunk).await.map_err(SpoolError::io("write tmp"))?;
+        file.write_all(&self.memory)
+            .await
+            .map_err(SpoolError::io("write tmp"))?;
+        file.write_all(chunk)
+            .await
+            .map_err(SpoolError::io("write tmp"))?;
         self.memory = Vec::new();
         self.file = Some((file, path));
         Ok(())
@@ -275,7 +283,11 @@ impl Spool {
     ///
     /// # Errors
     /// Any write, fsync or rename failed: the message is not accepted.
-    pub async fn commit(&self, mut envelope: Envelope, body: MessageBody) -> Result<(), SpoolError> {
+    pub async fn commit(
+        &self,
+        mut envelope: Envelope,
+        body: MessageBody,
+    ) -> Result<(), SpoolError> {
         let mut body = body;
         envelope.size = envelope.prefix.len() as u64 + body.len;
         match body.file.take() {
@@ -286,16 +298,24 @@ impl Spool {
             Some((mut file, tmp_path)) => {
                 file.flush().await.map_err(SpoolError::io("flush tmp"))?;
                 let file = file.into_inner();
-                file.sync_all().await.map_err(SpoolError::io("fsync data file"))?;
+                file.sync_all()
+                    .await
+                    .map_err(SpoolError::io("fsync data file"))?;
                 drop(file);
                 let name = format!("{}.eml", envelope.id);
                 let final_path = self.journal.root().join("data").join(&name);
                 if let Err(e) = tokio::fs::rename(&tmp_path, &final_path).await {
                     let _ = tokio::fs::remove_file(&tmp_path).await;
-                    return Err(SpoolError::Io { op: "rename data file", source: e });
+                    return Err(SpoolError::Io {
+                        op: "rename data file",
+                        source: e,
+                    });
                 }
                 envelope.data_file = Some(name);
-                let result = self.journal.commit_message(envelope, Vec::new(), true).await;
+                let result = self
+                    .journal
+                    .commit_message(envelope, Vec::new(), true)
+                    .await;
                 if result.is_err() {
                     let _ = tokio::fs::remove_file(&final_path).await;
                 }
@@ -320,14 +340,19 @@ impl Spool {
         let prefix = std::io::Cursor::new(envelope.prefix.clone().into_bytes());
         if let Some(name) = &envelope.data_file {
             let path = self.journal.root().join("data").join(name);
-            let file = tokio::fs::File::open(&path).await.map_err(SpoolError::io("open data"))?;
+            let file = tokio::fs::File::open(&path)
+                .await
+                .map_err(SpoolError::io("open data"))?;
             return Ok(Box::new(tokio::io::AsyncReadExt::chain(
                 prefix,
                 tokio::io::BufReader::with_capacity(256 * 1024, file),
             )));
         }
         let data = self.journal.read_inline(&envelope.id).await?;
-        Ok(Box::new(tokio::io::AsyncReadExt::chain(prefix, std::io::Cursor::new(data))))
+        Ok(Box::new(tokio::io::AsyncReadExt::chain(
+            prefix,
+            std::io::Cursor::new(data),
+        )))
     }
 
     /// Records a delivery attempt durably; the message leaves the spool once no recipient is
@@ -341,7 +366,9 @@ impl Spool {
         results: Vec<RecipientResult>,
         retry_at: Option<SystemTime>,
     ) -> Result<(), SpoolError> {
-        let retry_ms = retry_at.map(unix_ms).unwrap_or_else(|| unix_ms(SystemTime::now()) + 60_000);
+        let retry_ms = retry_at
+            .map(unix_ms)
+            .unwrap_or_else(|| unix_ms(SystemTime::now()) + 60_000);
         self.journal.record_attempt(id, results, retry_ms).await
     }
 
@@ -363,7 +390,9 @@ impl Spool {
 
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as u64
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as u64
 }
 
 /// Time-ordered ids: milliseconds, then a process-wide counter, then a per-process tag so
@@ -375,7 +404,10 @@ struct IdGenerator {
 
 impl IdGenerator {
     fn new() -> Self {
-        Self { counter: AtomicU64::new(0), tag: rand::random::<u16>() }
+        Self {
+            counter: AtomicU64::new(0),
+            tag: rand::random::<u16>(),
+        }
     }
 
     fn next(&self) -> SpoolId {

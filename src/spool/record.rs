@@ -62,7 +62,11 @@ pub(crate) struct DoneRecord {
 #[derive(Debug)]
 pub(crate) enum Record {
     /// A message; `data_offset` is where its inline data starts inside the record's payload.
-    Message { envelope: Box<Envelope>, data_offset: usize, data_len: usize },
+    Message {
+        envelope: Box<Envelope>,
+        data_offset: usize,
+        data_len: usize,
+    },
     Update(UpdateRecord),
     Done(DoneRecord),
 }
@@ -71,7 +75,11 @@ pub(crate) enum Record {
 #[derive(Debug)]
 pub(crate) enum Decoded {
     /// A valid record of `len` bytes in total, payload starting at `payload_start`.
-    Record { record: Record, len: usize, payload_start: usize },
+    Record {
+        record: Record,
+        len: usize,
+        payload_start: usize,
+    },
     /// The buffer ends inside a record (a torn tail, or simply the end).
     Incomplete,
     /// The bytes are not a valid record.
@@ -91,12 +99,18 @@ pub(crate) fn encode_message(envelope: &Envelope, data: &[u8]) -> (Vec<u8>, usiz
 
 /// Encodes an update record.
 pub(crate) fn encode_update(update: &UpdateRecord) -> Vec<u8> {
-    frame(Kind::Update, &serde_json::to_vec(update).expect("update serialises"))
+    frame(
+        Kind::Update,
+        &serde_json::to_vec(update).expect("update serialises"),
+    )
 }
 
 /// Encodes a done record.
 pub(crate) fn encode_done(done: &DoneRecord) -> Vec<u8> {
-    frame(Kind::Done, &serde_json::to_vec(done).expect("done serialises"))
+    frame(
+        Kind::Done,
+        &serde_json::to_vec(done).expect("done serialises"),
+    )
 }
 
 fn frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
@@ -161,7 +175,11 @@ pub(crate) fn decode(buf: &[u8]) -> Decoded {
             Err(e) => return Decoded::Corrupt(format!("done: {e}")),
         },
     };
-    Decoded::Record { record, len: total, payload_start: HEADER_LEN }
+    Decoded::Record {
+        record,
+        len: total,
+        payload_start: HEADER_LEN,
+    }
 }
 
 #[cfg(test)]
@@ -182,7 +200,16 @@ mod tests {
     fn message_round_trip() {
         let (bytes, data_start) = encode_message(&envelope(), b"Subject: x\r\n\r\nhi\r\n");
         match decode(&bytes) {
-            Decoded::Record { record: Record::Message { envelope, data_offset, data_len }, len, payload_start } => {
+            Decoded::Record {
+                record:
+                    Record::Message {
+                        envelope,
+                        data_offset,
+                        data_len,
+                    },
+                len,
+                payload_start,
+            } => {
                 assert_eq!(len, bytes.len());
                 assert_eq!(envelope.recipients[0].status, RecipientStatus::Pending);
                 let start = payload_start + data_offset;
@@ -195,8 +222,13 @@ mod tests {
 
     #[test]
     fn torn_tail_is_incomplete_and_flipped_bit_is_corrupt() {
-        let bytes = encode_done(&DoneRecord { id: SpoolId("x".into()) });
-        assert!(matches!(decode(&bytes[..bytes.len() - 1]), Decoded::Incomplete));
+        let bytes = encode_done(&DoneRecord {
+            id: SpoolId("x".into()),
+        });
+        assert!(matches!(
+            decode(&bytes[..bytes.len() - 1]),
+            Decoded::Incomplete
+        ));
         let mut bad = bytes.clone();
         bad[10] ^= 1;
         assert!(matches!(decode(&bad), Decoded::Corrupt(_)));

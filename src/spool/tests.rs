@@ -48,7 +48,10 @@ async fn put(spool: &Spool, rcpts: &[&str], data: &[u8]) -> SpoolId {
     let envelope = Envelope {
         id: id.clone(),
         sender: "a@example.org".into(),
-        recipients: rcpts.iter().map(|r| Recipient::new(r.to_string())).collect(),
+        recipients: rcpts
+            .iter()
+            .map(|r| Recipient::new(r.to_string()))
+            .collect(),
         received_at_ms: unix_ms(SystemTime::now()),
         prefix: "X-Prefix: 1\r\n".into(),
         ..Envelope::default()
@@ -65,7 +68,9 @@ async fn read_all(spool: &Spool, envelope: &Envelope) -> Vec<u8> {
 }
 
 async fn next(spool: &Spool) -> QueuedMessage {
-    tokio::time::timeout(Duration::from_secs(5), spool.next_due()).await.expect("a due message")
+    tokio::time::timeout(Duration::from_secs(5), spool.next_due())
+        .await
+        .expect("a due message")
 }
 
 #[tokio::test]
@@ -73,7 +78,12 @@ async fn committed_messages_survive_reopen() {
     let dir = TempDir::new();
     let spool = open(&dir);
     let a = put(&spool, &["x@example.net"], b"Subject: a\r\n\r\nA\r\n").await;
-    let b = put(&spool, &["y@example.net", "z@example.net"], b"Subject: b\r\n\r\nB\r\n").await;
+    let b = put(
+        &spool,
+        &["y@example.net", "z@example.net"],
+        b"Subject: b\r\n\r\nB\r\n",
+    )
+    .await;
     drop(spool);
     let spool = open(&dir);
     assert_eq!(spool.len(), 2);
@@ -97,24 +107,45 @@ async fn finished_messages_do_not_come_back() {
     put(&spool, &["x@example.net", "y@example.net"], b"x\r\n").await;
     let m = next(&spool).await;
     let results = vec![
-        RecipientResult { index: 0, status: RecipientStatus::Delivered, reply: "250 ok".into() },
-        RecipientResult { index: 1, status: RecipientStatus::Pending, reply: "451 later".into() },
+        RecipientResult {
+            index: 0,
+            status: RecipientStatus::Delivered,
+            reply: "250 ok".into(),
+        },
+        RecipientResult {
+            index: 1,
+            status: RecipientStatus::Pending,
+            reply: "451 later".into(),
+        },
     ];
     let later = SystemTime::now() + Duration::from_secs(3600);
-    spool.record_attempt(&m.envelope.id, results, Some(later)).await.unwrap();
+    spool
+        .record_attempt(&m.envelope.id, results, Some(later))
+        .await
+        .unwrap();
     drop(spool);
 
     let spool = open(&dir);
     assert_eq!(spool.len(), 1, "one recipient still pending");
     // Not due for an hour.
-    assert!(tokio::time::timeout(Duration::from_millis(200), spool.next_due()).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), spool.next_due())
+            .await
+            .is_err()
+    );
     drop(spool);
 
     // Finish it and reopen: nothing left.
     let spool = open(&dir);
-    let results =
-        vec![RecipientResult { index: 1, status: RecipientStatus::Failed, reply: "550 no".into() }];
-    spool.record_attempt(&m.envelope.id, results, None).await.unwrap();
+    let results = vec![RecipientResult {
+        index: 1,
+        status: RecipientStatus::Failed,
+        reply: "550 no".into(),
+    }];
+    spool
+        .record_attempt(&m.envelope.id, results, None)
+        .await
+        .unwrap();
     assert_eq!(spool.len(), 0);
     drop(spool);
     assert_eq!(open(&dir).len(), 0);
@@ -127,17 +158,31 @@ async fn pending_state_survives_reopen() {
     put(&spool, &["x@example.net", "y@example.net"], b"x\r\n").await;
     let m = next(&spool).await;
     let results = vec![
-        RecipientResult { index: 0, status: RecipientStatus::Delivered, reply: "250 ok".into() },
-        RecipientResult { index: 1, status: RecipientStatus::Pending, reply: "451 later".into() },
+        RecipientResult {
+            index: 0,
+            status: RecipientStatus::Delivered,
+            reply: "250 ok".into(),
+        },
+        RecipientResult {
+            index: 1,
+            status: RecipientStatus::Pending,
+            reply: "451 later".into(),
+        },
     ];
-    spool.record_attempt(&m.envelope.id, results, Some(SystemTime::now())).await.unwrap();
+    spool
+        .record_attempt(&m.envelope.id, results, Some(SystemTime::now()))
+        .await
+        .unwrap();
     drop(spool);
     let spool = open(&dir);
     let m = next(&spool).await;
     assert_eq!(m.attempts, 1);
     assert_eq!(m.envelope.recipients[0].status, RecipientStatus::Delivered);
     assert_eq!(m.envelope.recipients[1].status, RecipientStatus::Pending);
-    assert_eq!(m.envelope.recipients[1].last_reply.as_deref(), Some("451 later"));
+    assert_eq!(
+        m.envelope.recipients[1].last_reply.as_deref(),
+        Some("451 later")
+    );
 }
 
 #[tokio::test]
@@ -152,9 +197,20 @@ async fn large_messages_stream_to_their_own_file() {
     let m = next(&spool).await;
     assert!(m.envelope.data_file.is_some());
     assert_eq!(read_all(&spool, &m.envelope).await.len(), 13 + 10_000);
-    let results = vec![RecipientResult { index: 0, status: RecipientStatus::Delivered, reply: "250".into() }];
-    spool.record_attempt(&m.envelope.id, results, None).await.unwrap();
-    assert_eq!(std::fs::read_dir(dir.0.join("data")).unwrap().count(), 0, "data file removed");
+    let results = vec![RecipientResult {
+        index: 0,
+        status: RecipientStatus::Delivered,
+        reply: "250".into(),
+    }];
+    spool
+        .record_attempt(&m.envelope.id, results, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read_dir(dir.0.join("data")).unwrap().count(),
+        0,
+        "data file removed"
+    );
 }
 
 #[tokio::test]
@@ -176,7 +232,12 @@ async fn torn_tail_is_ignored_and_earlier_records_kept() {
     put(&spool, &["x@example.net"], b"x\r\n").await;
     drop(spool);
     // Simulate a crash in the middle of an append: half a record at the end of the segment.
-    let segment = std::fs::read_dir(dir.0.join("journal")).unwrap().next().unwrap().unwrap().path();
+    let segment = std::fs::read_dir(dir.0.join("journal"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let mut bytes = std::fs::read(&segment).unwrap();
     let half = bytes[..bytes.len() / 2].to_vec();
     bytes.extend_from_slice(&half);
@@ -193,14 +254,27 @@ async fn corrupt_record_is_set_aside_and_later_records_recovered() {
     put(&spool, &["x@example.net"], b"first\r\n").await;
     put(&spool, &["y@example.net"], b"second\r\n").await;
     drop(spool);
-    let segment = std::fs::read_dir(dir.0.join("journal")).unwrap().next().unwrap().unwrap().path();
+    let segment = std::fs::read_dir(dir.0.join("journal"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let mut bytes = std::fs::read(&segment).unwrap();
     let pos = bytes.windows(7).position(|w| w == b"first\r\n").unwrap();
     bytes[pos] ^= 0x20;
     std::fs::write(&segment, bytes).unwrap();
     let spool = open(&dir);
-    assert_eq!(spool.len(), 1, "the intact record after the corrupt one is recovered");
-    assert_eq!(std::fs::read_dir(dir.0.join("corrupt")).unwrap().count(), 1, "copy kept for an operator");
+    assert_eq!(
+        spool.len(),
+        1,
+        "the intact record after the corrupt one is recovered"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.0.join("corrupt")).unwrap().count(),
+        1,
+        "copy kept for an operator"
+    );
 }
 
 #[tokio::test]
@@ -216,11 +290,26 @@ async fn rolling_compacts_old_segments() {
     while finished < 40 {
         let m = next(&spool).await;
         if m.envelope.id == keep {
-            let r = vec![RecipientResult { index: 0, status: RecipientStatus::Pending, reply: "451".into() }];
-            spool.record_attempt(&m.envelope.id, r, Some(SystemTime::now() + Duration::from_secs(3600))).await.unwrap();
+            let r = vec![RecipientResult {
+                index: 0,
+                status: RecipientStatus::Pending,
+                reply: "451".into(),
+            }];
+            spool
+                .record_attempt(
+                    &m.envelope.id,
+                    r,
+                    Some(SystemTime::now() + Duration::from_secs(3600)),
+                )
+                .await
+                .unwrap();
             continue;
         }
-        let r = vec![RecipientResult { index: 0, status: RecipientStatus::Delivered, reply: "250".into() }];
+        let r = vec![RecipientResult {
+            index: 0,
+            status: RecipientStatus::Delivered,
+            reply: "250".into(),
+        }];
         spool.record_attempt(&m.envelope.id, r, None).await.unwrap();
         finished += 1;
     }
@@ -231,7 +320,10 @@ async fn rolling_compacts_old_segments() {
     assert_eq!(spool.len(), 1);
     let index = spool.journal.index.lock().unwrap();
     let entry = index.messages.get(&keep).unwrap();
-    assert_eq!(entry.envelope.recipients[0].last_reply.as_deref(), Some("451"));
+    assert_eq!(
+        entry.envelope.recipients[0].last_reply.as_deref(),
+        Some("451")
+    );
 }
 
 #[tokio::test]
