@@ -65,6 +65,11 @@ async fn write_flush<S: AsyncWrite + Unpin + ?Sized>(
     s.flush().await
 }
 
+/// Read buffer between commands.
+const COMMAND_READ_BUFFER: usize = 4 * 1024;
+/// Read buffer while message data flows.
+const DATA_READ_BUFFER: usize = 64 * 1024;
+
 /// Per-transaction state the driver keeps beside the session.
 struct Transfer {
     id: SpoolId,
@@ -110,7 +115,9 @@ pub(super) async fn drive(shared: &Shared, stream: TcpStream, peer: SocketAddr, 
     let mut registration = None;
     let mut transfer: Option<Transfer> = None;
     let mut out = Vec::with_capacity(1024);
-    let mut buf = vec![0u8; 64 * 1024];
+    // Small while commands flow, large while message data does: ten thousand idle sessions
+    // must not each hold a data-sized buffer.
+    let mut buf = vec![0u8; COMMAND_READ_BUFFER];
     loop {
         while let Some(event) = session.poll_event() {
             match event {
@@ -218,11 +225,20 @@ pub(super) async fn drive(shared: &Shared, stream: TcpStream, peer: SocketAddr, 
             }
             out.clear();
         }
-        let timeout = if session.in_data() {
+        let in_data = session.in_data();
+        let timeout = if in_data {
             config.timeouts.data
         } else {
             config.timeouts.command
         };
+        let wanted = if in_data {
+            DATA_READ_BUFFER
+        } else {
+            COMMAND_READ_BUFFER
+        };
+        if buf.len() != wanted {
+            buf = vec![0u8; wanted];
+        }
         let idle = session.is_idle();
         let read = tokio::select! {
             read = tokio::time::timeout(timeout, conn.read(&mut buf)) => read,
