@@ -102,8 +102,12 @@ async fn admit_and_drive(shared: Arc<Shared>, mut stream: TcpStream, peer: Socke
             };
             shared.metrics.connection_rejected(label);
             tracing::info!(client_ip = %peer.ip(), listener = role.name(), reason = label, "connection refused");
-            // On 465 the client expects TLS first; a plaintext 421 is still the most useful
-            // thing to send, and costs nothing.
+            // On 465 the client speaks TLS from its first byte: plaintext would only garble its
+            // handshake, and a handshake per refused connection is what an overloaded server
+            // cannot afford. Closing is the answer there.
+            if role == Role::Submissions {
+                return;
+            }
             let mut out = Vec::new();
             reply.write_to(&mut out);
             let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(&out)).await;

@@ -311,7 +311,8 @@ impl Session {
             }
             AuthOutcome::Rejected => {
                 self.auth_failures += 1;
-                if self.auth_failures >= self.config.max_auth_failures {
+                // `max_auth_failures` failures are tolerated; the one after ends the session.
+                if self.auth_failures > self.config.max_auth_failures {
                     self.close_with(Reply::too_many_auth_failures());
                 } else {
                     self.reply(Reply::auth_failed());
@@ -397,10 +398,11 @@ impl Session {
         self.input.clear();
     }
 
-    /// Counts a bad command; ends the session past the limit.
+    /// Counts a bad command; ends the session past the limit (`max_bad_commands` are
+    /// tolerated, the next one gets 421).
     fn bad_command(&mut self, reply: Reply) {
         self.bad_commands += 1;
-        if self.bad_commands >= self.config.max_bad_commands {
+        if self.bad_commands > self.config.max_bad_commands {
             self.close_with(Reply::too_many_errors());
         } else {
             self.reply(reply);

@@ -221,7 +221,7 @@ fn auth_login_and_plain_without_initial_response() {
 fn failed_auth_at_n_and_n_plus_one() {
     let mut h = Harness::new(Role::Submissions);
     h.line("EHLO client.test");
-    for _ in 0..2 {
+    for _ in 0..3 {
         assert_eq!(
             h.line(&format!("AUTH PLAIN {}", plain(USER, "wrong"))),
             "535 5.7.0 authentication failed"
@@ -392,7 +392,7 @@ fn bare_lf_in_command_and_long_lines() {
 #[test]
 fn bad_commands_at_n_and_n_plus_one() {
     let mut h = Harness::new(Role::Submissions);
-    for _ in 0..4 {
+    for _ in 0..5 {
         assert_eq!(h.line("FROB"), "500 5.5.1 Command unrecognized");
     }
     assert_eq!(

@@ -14,7 +14,6 @@ from support import (REPO, ZONES, Account, CertPair, Knot, Postern, SmtpReceiver
                      make_cert)
 
 
-
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: the 201 MB messages")
 

@@ -86,13 +86,16 @@ def test_data_with_bare_lf_or_cr_is_refused(server, alice_session, body, why):
     assert_session_goes_on(alice_session, sender)
 
 
-def test_smuggled_end_of_data_is_not_an_end(server, alice_session):
-    """SMTP smuggling: `<LF>.<CR><LF>` inside DATA does not end the message, the commands after
-    it are not executed: one 554 for the whole message, then nothing else is pending."""
+@pytest.mark.parametrize("fake_end", [b"\n.\r\n", b"\r\n.\n", b"\r.\r\n", b"\n.\n"],
+                         ids=["LF.CRLF", "CRLF.LF", "CR.CRLF", "LF.LF"])
+def test_smuggled_end_of_data_is_not_an_end(server, alice_session, fake_end):
+    """SMTP smuggling: a fake end of data (`<LF>.<CR><LF>` and kin) inside DATA does not end the
+    message and the commands after it never run: one 554 for the whole message at the real
+    CRLF.CRLF, then nothing else is pending."""
     sender = server.alice.address
     start_data(alice_session, sender)
-    smuggled = (make_message(sender=sender, to=f"r@{SINK}", body="innocent\r\n")[:-2]
-                + b"\n.\r\n"
+    smuggled = (make_message(sender=sender, to=f"r@{SINK}", body="innocent")
+                + fake_end
                 + f"MAIL FROM:<{sender}>\r\nRCPT TO:<victim@{SINK}>\r\nDATA\r\n".encode()
                 + b"Subject: smuggled\r\n\r\nevil\r\n")
     alice_session.send(smuggled + b".\r\n")
