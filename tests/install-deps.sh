@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs when it is absent (called by tests/run.sh).
+#
+# System packages (Debian 12), each checked by the command the tests run:
+#   swaks          SMTP client of the submission tests
+#   knot           knotd, the authoritative DNS server the tests start on loopback
+#                  (the tests run their own knotd; a system service, if any, is not used)
+#   knot-dnsutils  kdig, to wait until knotd serves its zones
+#   curl           smtp:// and smtps:// client tests
+#   openssl        test certificates (openssl req -x509)
+#   ca-certificates  HTTPS for cargo and pip downloads
+#   gcc            C compiler for aws-lc-sys and the bundled SQLite
+# redis-server is not needed: the store under test is the embedded SQLite one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+
+missing=()
+need() { command -v "$1" >/dev/null 2>&1 || missing+=("$2"); }
+need swaks swaks
+need knotd knot
+need kdig knot-dnsutils
+need curl curl
+need openssl openssl
+need cc gcc
+[ -s /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
+
+if ((${#missing[@]})); then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "installing: ${missing[*]}"
+    $sudo apt-get update
+    $sudo apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+python3 -m pip install --quiet --disable-pip-version-check "pytest>=8" "aiosmtpd>=1.4"
+
