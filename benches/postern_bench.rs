@@ -114,7 +114,11 @@ struct Options {
     #[arg(long)]
     postfix: bool,
     /// The Postfix baseline script.
-    #[arg(long, value_name = "PATH", default_value = "/work/shared/bench/postfix-baseline.sh")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/work/shared/bench/postfix-baseline.sh"
+    )]
     postfix_script: PathBuf,
     /// RUNS for the Postfix script (each cell is the median of this many runs).
     #[arg(long, default_value_t = 1)]
@@ -138,11 +142,13 @@ struct Bench {
     warmup: Duration,
 }
 
-/// The submitting address; the store's TLS certificate is generated at the first start.
+/// The address the bench creates, authenticates as and sends from.
 const LOGIN: &str = "bench@example.org";
+/// The envelope and `To:` recipient (never delivered: `workers = 0`).
 const RECIPIENT: &str = "rcpt@example.net";
-/// Idle sessions: connections opened concurrently, at most this many at a time.
-const IDLE_CONNECT_BATCH: usize = 250;
+/// Idle sessions: connections opened concurrently, at most this many at a time. Below the
+/// server's listen backlog (128, mio's default), so that no SYN is dropped and retried after 1 s.
+const IDLE_CONNECT_BATCH: usize = 100;
 /// File descriptors beyond the idle sessions, for the bench and the server's own files.
 const FD_HEADROOM: u64 = 4096;
 const TARGET_MSGS_PER_SEC: f64 = 2_000.0;
@@ -156,10 +162,17 @@ fn main() -> Result<()> {
         Some(path) => path.clone(),
         None => std::env::current_exe()?.with_file_name("postern"),
     };
-    ensure!(bin.is_file(), "{} not found: build it first with `cargo build --release`", bin.display());
+    ensure!(
+        bin.is_file(),
+        "{} not found: build it first with `cargo build --release`",
+        bin.display()
+    );
     warn_if_stale(&bin);
     let limit = procfs::raise_nofile(idle as u64 + FD_HEADROOM)?;
-    eprintln!("RLIMIT_NOFILE {} -> {} (inherited by the server)", limit.0, limit.1);
+    eprintln!(
+        "RLIMIT_NOFILE {} -> {} (inherited by the server)",
+        limit.0, limit.1
+    );
 
     let work = WorkDir::create(opts.workdir.as_deref(), opts.keep || opts.perf)?;
     let store = work.path().join("store/postern.db");
@@ -180,7 +193,9 @@ fn main() -> Result<()> {
         work,
     };
 
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let mut cases = Vec::new();
     if !opts.no_throughput {
         for &size in &opts.sizes {
@@ -195,11 +210,22 @@ fn main() -> Result<()> {
     }
     let idle_result = match idle {
         0 => None,
-        n => Some(runtime.block_on(idle::run(&bench, n)).context("idle sessions")?),
+        n => Some(
+            runtime
+                .block_on(idle::run(&bench, n))
+                .context("idle sessions")?,
+        ),
     };
     let comparison = if opts.postfix {
-        let scale = opts.postfix_scale.unwrap_or(if opts.quick { 0.1 } else { 1.0 });
-        Some(postfix::compare(&bench, &opts.postfix_script, opts.postfix_runs, scale)?)
+        let scale = opts
+            .postfix_scale
+            .unwrap_or(if opts.quick { 0.1 } else { 1.0 });
+        Some(postfix::compare(
+            &bench,
+            &opts.postfix_script,
+            opts.postfix_runs,
+            scale,
+        )?)
     } else {
         None
     };
@@ -220,7 +246,10 @@ fn provision(bin: &Path, work: &WorkDir, store: &Path) -> Result<String> {
     admin(bin, &config, &["address", "add", LOGIN])?;
     let out = admin(bin, &config, &["device", "add", LOGIN, "--name", "bench"])?;
     let password = out.lines().last().map(str::trim).unwrap_or_default();
-    ensure!(!password.is_empty(), "`postern device add` printed no password");
+    ensure!(
+        !password.is_empty(),
+        "`postern device add` printed no password"
+    );
     Ok(password.to_string())
 }
 
@@ -254,7 +283,9 @@ fn warn_if_stale(bin: &Path) {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut stack = vec![src];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for path in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
             if path.is_dir() {
                 stack.push(path);
@@ -348,10 +379,15 @@ mod server {
             let addr = |key: &str, a: Option<SocketAddr>| {
                 a.map(|a| format!("{key} = \"{a}\"\n")).unwrap_or_default()
             };
-            let relayhost =
-                self.relayhost.as_ref().map(|h| format!("relayhost = {h:?}\n")).unwrap_or_default();
-            let segment_max =
-                self.segment_max.map(|b| format!("segment_max_bytes = {b}\n")).unwrap_or_default();
+            let relayhost = self
+                .relayhost
+                .as_ref()
+                .map(|h| format!("relayhost = {h:?}\n"))
+                .unwrap_or_default();
+            let segment_max = self
+                .segment_max
+                .map(|b| format!("segment_max_bytes = {b}\n"))
+                .unwrap_or_default();
             let text = format!(
                 "# written by postern-bench\n\
                  [listen]\n{}{}{}\
@@ -369,7 +405,8 @@ mod server {
                 self.workers,
                 self.log_level,
             );
-            postern::config::Config::parse(&text).map_err(|e| anyhow::anyhow!("bench config: {e}"))?;
+            postern::config::Config::parse(&text)
+                .map_err(|e| anyhow::anyhow!("bench config: {e}"))?;
             Ok(text)
         }
 
@@ -378,7 +415,8 @@ mod server {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            std::fs::write(path, self.render()?).with_context(|| format!("writing {}", path.display()))?;
+            std::fs::write(path, self.render()?)
+                .with_context(|| format!("writing {}", path.display()))?;
             Ok(path.to_path_buf())
         }
     }
@@ -422,7 +460,14 @@ mod server {
                 .spawn()
                 .with_context(|| format!("starting {}", bench.bin.display()))?;
             let pid = child.id().context("server exited at once")?;
-            let mut server = Self { child, pid, submission, http, dir, log };
+            let mut server = Self {
+                child,
+                pid,
+                submission,
+                http,
+                dir,
+                log,
+            };
             server.wait_ready().await?;
             Ok(server)
         }
@@ -435,14 +480,20 @@ mod server {
             let deadline = Instant::now() + READY_TIMEOUT;
             while Instant::now() < deadline {
                 if let Some(status) = self.child.try_wait()? {
-                    bail!("server exited ({status}) during start:\n{}", self.log_tail());
+                    bail!(
+                        "server exited ({status}) during start:\n{}",
+                        self.log_tail()
+                    );
                 }
                 if let Ok((200, _)) = http_get(self.http, "/readyz").await {
                     return Ok(());
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            bail!("server not ready after {READY_TIMEOUT:?}:\n{}", self.log_tail())
+            bail!(
+                "server not ready after {READY_TIMEOUT:?}:\n{}",
+                self.log_tail()
+            )
         }
 
         /// The server's spool counters from `/metrics`.
@@ -517,7 +568,15 @@ mod server {
     impl Profile {
         pub(crate) fn start(pid: u32, path: PathBuf) -> Result<Self> {
             let child = std::process::Command::new("perf")
-                .args(["record", "--quiet", "-F", "299", "--call-graph", "dwarf,16384", "-p"])
+                .args([
+                    "record",
+                    "--quiet",
+                    "-F",
+                    "299",
+                    "--call-graph",
+                    "dwarf,16384",
+                    "-p",
+                ])
                 .arg(pid.to_string())
                 .arg("-o")
                 .arg(&path)
@@ -539,12 +598,15 @@ mod server {
     /// A one-shot HTTP/1.1 GET; returns the status and the body.
     async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
         let mut tcp = tokio::net::TcpStream::connect(addr).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
         tcp.write_all(request.as_bytes()).await?;
         let mut response = Vec::new();
         tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut response)).await??;
         let text = String::from_utf8_lossy(&response);
-        let (head, body) = text.split_once("\r\n\r\n").context("malformed HTTP response")?;
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .context("malformed HTTP response")?;
         let status = head
             .split_whitespace()
             .nth(1)
@@ -604,7 +666,10 @@ mod smtp {
 
     impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         fn new(stream: S) -> Self {
-            Self { io: BufReader::with_capacity(4096, stream), line: Vec::with_capacity(512) }
+            Self {
+                io: BufReader::with_capacity(4096, stream),
+                line: Vec::with_capacity(512),
+            }
         }
 
         /// Reads one (possibly multi-line) reply; returns its code and last line.
@@ -612,11 +677,15 @@ mod smtp {
             loop {
                 self.line.clear();
                 let read = self.io.read_until(b'\n', &mut self.line);
-                let n = tokio::time::timeout(REPLY_TIMEOUT, read).await.context("reply timed out")??;
+                let n = tokio::time::timeout(REPLY_TIMEOUT, read)
+                    .await
+                    .context("reply timed out")??;
                 ensure!(n > 0, "connection closed by the server");
                 let line = String::from_utf8_lossy(&self.line);
                 let code = line.get(..3).and_then(|c| c.parse().ok());
-                let Some(code) = code else { bail!("malformed reply line {line:?}") };
+                let Some(code) = code else {
+                    bail!("malformed reply line {line:?}")
+                };
                 if line.as_bytes().get(3) != Some(&b'-') {
                     return Ok((code, line.trim_end().to_string()));
                 }
@@ -673,7 +742,10 @@ mod smtp {
 
         /// The socket, once no reply is left unread.
         pub(crate) fn into_stream(self) -> Result<TcpStream> {
-            ensure!(self.io.buffer().is_empty(), "unexpected bytes after the reply");
+            ensure!(
+                self.io.buffer().is_empty(),
+                "unexpected bytes after the reply"
+            );
             Ok(self.io.into_inner())
         }
 
@@ -691,9 +763,12 @@ mod smtp {
             let tcp = plain.into_stream()?;
             let mut client = Client::new(tls.connect(name, tcp).await.context("TLS handshake")?);
             client.command("EHLO client.bench.test", 250).await?;
-            let token = base64::engine::general_purpose::STANDARD
-                .encode(format!("\0{login}\0{password}"));
-            client.command(&format!("AUTH PLAIN {token}"), 235).await.context("AUTH PLAIN")?;
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("\0{login}\0{password}"));
+            client
+                .command(&format!("AUTH PLAIN {token}"), 235)
+                .await
+                .context("AUTH PLAIN")?;
             Ok(client)
         }
     }
@@ -741,8 +816,15 @@ mod procfs {
     pub(crate) fn memory(pid: u32) -> Result<Memory> {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         let field = |name: &str| -> Result<u64> {
-            let line = status.lines().find(|l| l.starts_with(name)).context(name.to_string())?;
-            Ok(line[name.len()..].trim().trim_end_matches("kB").trim().parse()?)
+            let line = status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .context(name.to_string())?;
+            Ok(line[name.len()..]
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()?)
         };
         Ok(Memory {
             rss_kib: field("VmRSS:")?,
@@ -759,7 +841,10 @@ mod procfs {
     /// Raises the soft (and if needed the hard) `RLIMIT_NOFILE` to at least `want`;
     /// returns the soft limit before and after.
     pub(crate) fn raise_nofile(want: u64) -> Result<(u64, u64)> {
-        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         // SAFETY: getrlimit/setrlimit read and write the struct we pass.
         if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
             bail!("getrlimit: {}", std::io::Error::last_os_error());
@@ -768,7 +853,10 @@ mod procfs {
         if before >= want {
             return Ok((before, before));
         }
-        let raised = libc::rlimit { rlim_cur: want, rlim_max: limit.rlim_max.max(want) };
+        let raised = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: limit.rlim_max.max(want),
+        };
         // SAFETY: as above; raising the hard limit needs CAP_SYS_RESOURCE and fails cleanly.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
             bail!(
@@ -840,7 +928,11 @@ mod throughput {
     }
 
     pub(crate) fn label(size: usize, sessions: usize) -> String {
-        let size = if size >= 1000 { format!("{}k", size / 1000) } else { format!("{size}B") };
+        let size = if size >= 1000 {
+            format!("{}k", size / 1000)
+        } else {
+            format!("{size}B")
+        };
         format!("{size}-s{sessions}")
     }
 
@@ -865,7 +957,9 @@ mod throughput {
         let name = format!("case-{}", label(size, sessions));
         eprintln!("{name}: starting server, {sessions} sessions (STARTTLS + AUTH PLAIN)");
         let server = Server::start(bench, &name).await?;
-        let profile = bench.perf.then(|| bench.work.path().join(format!("{name}.perf.data")));
+        let profile = bench
+            .perf
+            .then(|| bench.work.path().join(format!("{name}.perf.data")));
         let result = measure(bench, &server, size, sessions, profile).await;
         server.stop().await?;
         result
@@ -883,7 +977,8 @@ mod throughput {
         for _ in 0..sessions {
             let (tls, login, password) = (tls.clone(), bench.login.clone(), bench.password.clone());
             let addr = server.submission;
-            connecting.spawn(async move { Client::submission(addr, &tls, &login, &password).await });
+            connecting
+                .spawn(async move { Client::submission(addr, &tls, &login, &password).await });
         }
         let mut clients = Vec::with_capacity(sessions);
         while let Some(client) = connecting.join_next().await {
@@ -892,7 +987,10 @@ mod throughput {
 
         let message = Arc::new(Message::new(&bench.login, RECIPIENT, size));
         let start = Instant::now() + bench.warmup;
-        let window = Window { start, end: start + bench.window };
+        let window = Window {
+            start,
+            end: start + bench.window,
+        };
         let mut load = JoinSet::new();
         for mut client in clients {
             let message = message.clone();
@@ -911,7 +1009,9 @@ mod throughput {
         }
 
         tokio::time::sleep_until(window.start.into()).await;
-        let profile = profile.map(|path| Profile::start(server.pid(), path)).transpose()?;
+        let profile = profile
+            .map(|path| Profile::start(server.pid(), path))
+            .transpose()?;
         let (server0, client0) = (procfs::cpu_time(server.pid())?, procfs::own_cpu_time());
         let counters0 = server.counters().await?;
         tokio::time::sleep_until(window.end.into()).await;
@@ -971,6 +1071,8 @@ mod idle {
         pub(crate) fds: usize,
         pub(crate) fd_limit: String,
         pub(crate) connect_time: Duration,
+        /// Server and client CPU while the connections were opened.
+        pub(crate) connect_cpu: (Duration, Duration),
     }
 
     impl IdleResult {
@@ -999,6 +1101,7 @@ mod idle {
     async fn measure(server: &Server, sessions: usize) -> Result<IdleResult> {
         tokio::time::sleep(SETTLE).await;
         let before = procfs::memory(server.pid())?;
+        let cpu0 = (procfs::cpu_time(server.pid())?, procfs::own_cpu_time());
         let started = std::time::Instant::now();
         let mut streams = Vec::with_capacity(sessions);
         while streams.len() < sessions {
@@ -1013,6 +1116,8 @@ mod idle {
             }
         }
         let connect_time = started.elapsed();
+        let cpu1 = (procfs::cpu_time(server.pid())?, procfs::own_cpu_time());
+        let connect_cpu = (cpu1.0.saturating_sub(cpu0.0), cpu1.1.saturating_sub(cpu0.1));
         tokio::time::sleep(SETTLE).await;
         let after = procfs::memory(server.pid())?;
         let fds = procfs::open_fds(server.pid())?;
@@ -1020,10 +1125,24 @@ mod idle {
         let fd_limit = limits
             .lines()
             .find(|l| l.starts_with("Max open files"))
-            .map(|l| l.split_whitespace().skip(3).take(2).collect::<Vec<_>>().join("/"))
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(3)
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join("/")
+            })
             .unwrap_or_default();
         drop(streams);
-        Ok(IdleResult { sessions, before, after, fds, fd_limit, connect_time })
+        Ok(IdleResult {
+            sessions,
+            before,
+            after,
+            fds,
+            fd_limit,
+            connect_time,
+            connect_cpu,
+        })
     }
 }
 
@@ -1072,9 +1191,17 @@ mod postfix {
         pub(crate) table: String,
     }
 
-    pub(crate) fn compare(bench: &Bench, script: &Path, runs: usize, scale: f64) -> Result<Comparison> {
+    pub(crate) fn compare(
+        bench: &Bench,
+        script: &Path,
+        runs: usize,
+        scale: f64,
+    ) -> Result<Comparison> {
         // SAFETY: geteuid has no preconditions.
-        ensure!(unsafe { libc::geteuid() } == 0, "--postfix needs root (the script configures Postfix)");
+        ensure!(
+            unsafe { libc::geteuid() } == 0,
+            "--postfix needs root (the script configures Postfix)"
+        );
         ensure!(script.is_file(), "{} not found", script.display());
         let dir = bench.work.path().join("postfix");
         let relay = free_port()?;
@@ -1102,13 +1229,27 @@ mod postfix {
             .collect();
         let cases: String = pairs
             .iter()
-            .map(|p| format!("{}|{}|{}|{}|{messages}|1000|1|pfb_relay\n", p.postern, p.client, relay.port(), p.sessions))
+            .map(|p| {
+                format!(
+                    "{}|{}|{}|{}|{messages}|1000|1|pfb_relay\n",
+                    p.postern,
+                    p.client,
+                    relay.port(),
+                    p.sessions
+                )
+            })
             .collect();
         let cases_file = dir.join("postern-cases.txt");
         std::fs::write(&cases_file, &cases)?;
-        let labels: Vec<&str> =
-            pairs.iter().flat_map(|p| [p.postfix, p.postern.as_str()]).collect();
-        let relay_cmd = format!("{} --config {} serve", bench.bin.display(), config.display());
+        let labels: Vec<&str> = pairs
+            .iter()
+            .flat_map(|p| [p.postfix, p.postern.as_str()])
+            .collect();
+        let relay_cmd = format!(
+            "{} --config {} serve",
+            bench.bin.display(),
+            config.display()
+        );
         let mut env = vec![
             ("RUNS", runs.to_string()),
             ("SCALE", scale.to_string()),
@@ -1125,7 +1266,10 @@ mod postfix {
         }
         let command = format!(
             "{} bash {}",
-            env.iter().map(|(k, v)| format!("{k}='{v}'")).collect::<Vec<_>>().join(" "),
+            env.iter()
+                .map(|(k, v)| format!("{k}='{v}'"))
+                .collect::<Vec<_>>()
+                .join(" "),
             script.display()
         );
         eprintln!("postfix: {command}");
@@ -1142,12 +1286,18 @@ mod postfix {
         }
         let rows = parse_table(&table)?;
         for label in &labels {
-            ensure!(rows.contains_key(*label), "the script's table has no row {label}:\n{table}");
+            ensure!(
+                rows.contains_key(*label),
+                "the script's table has no row {label}:\n{table}"
+            );
         }
         Ok(Comparison {
             pairs,
             rows,
-            commands: vec![command, format!("# {}:\n{}", cases_file.display(), cases.trim_end())],
+            commands: vec![
+                command,
+                format!("# {}:\n{}", cases_file.display(), cases.trim_end()),
+            ],
             table,
         })
     }
@@ -1156,11 +1306,18 @@ mod postfix {
     fn parse_table(table: &str) -> Result<HashMap<String, Row>> {
         let mut lines = table.lines().filter(|l| l.starts_with('|'));
         let cells = |l: &str| -> Vec<String> {
-            l.trim().trim_matches('|').split('|').map(|c| c.trim().to_string()).collect()
+            l.trim()
+                .trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_string())
+                .collect()
         };
         let header = cells(lines.next().context("no table in the script's output")?);
         let column = |name: &str| {
-            header.iter().position(|h| h == name).with_context(|| format!("no column {name:?}"))
+            header
+                .iter()
+                .position(|h| h == name)
+                .with_context(|| format!("no column {name:?}"))
         };
         let (case, acc, del, us, cores) = (
             column("case")?,
@@ -1223,17 +1380,21 @@ mod report {
         println!(
             "\n### Submission over STARTTLS + AUTH PLAIN, reused connections, MAIL/RCPT/DATA pipelined\n\n\
              Window {:.1} s per case after {:.1} s warm-up; `[delivery] workers = 0` (acceptance only); \
-             body bytes + ~200 B of headers; latency = written final dot -> `250`.\n",
+             `[spool] segment_max_bytes` = {}; body bytes + ~200 B of headers; latency = written final dot -> `250`; \
+             RSS, threads and spooled messages at the end of the window.\n",
             bench.window.as_secs_f64(),
-            bench.warmup.as_secs_f64()
+            bench.warmup.as_secs_f64(),
+            bench
+                .segment_max
+                .map_or("default".to_string(), |b| b.to_string()),
         );
         println!(
-            "| case | body B | sessions | msgs | accepted msg/s | p50 ms | p99 ms | server CPU µs/msg | server cores | client cores | VmRSS MiB | VmHWM MiB | msgs/fsync |"
+            "| case | body B | sessions | msgs | accepted msg/s | p50 ms | p99 ms | server CPU µs/msg | server cores | client cores | VmRSS MiB | VmHWM MiB | threads | spooled | msgs/fsync |"
         );
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for c in cases {
             println!(
-                "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} | {} |",
+                "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} | {} | {} | {} |",
                 label(c.size, c.sessions),
                 c.size,
                 c.sessions,
@@ -1246,19 +1407,37 @@ mod report {
                 c.cores(c.client_cpu),
                 c.memory.rss_kib as f64 / MIB,
                 c.memory.hwm_kib as f64 / MIB,
+                c.memory.threads,
+                c.spooled,
                 c.per_commit.map_or("-".into(), |b| format!("{b:.1}")),
+            );
+        }
+        let profiles: Vec<String> = cases
+            .iter()
+            .filter_map(|c| c.profile.as_ref())
+            .map(|p| p.display().to_string())
+            .collect();
+        if !profiles.is_empty() {
+            println!(
+                "\nProfiles (`perf report --no-children -i FILE`):\n\n```\n{}\n```",
+                profiles.join("\n")
             );
         }
     }
 
     fn print_idle(idle: &IdleResult) {
         println!("\n### Idle sessions (TCP connected, greeting read, then silent)\n");
-        println!("| sessions | connect s | VmRSS before MiB | VmRSS after MiB | VmHWM MiB | KiB/session | server fds | server NOFILE soft/hard |");
-        println!("|---:|---:|---:|---:|---:|---:|---:|---|");
         println!(
-            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} |",
+            "| sessions | connect s | server CPU µs/conn | client CPU µs/conn | VmRSS before MiB | VmRSS after MiB | VmHWM MiB | KiB/session | server fds | server NOFILE soft/hard |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        let per_conn = |cpu: std::time::Duration| cpu.as_secs_f64() * 1e6 / idle.sessions as f64;
+        println!(
+            "| {} | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} |",
             idle.sessions,
             idle.connect_time.as_secs_f64(),
+            per_conn(idle.connect_cpu.0),
+            per_conn(idle.connect_cpu.1),
             idle.before.rss_kib as f64 / MIB,
             idle.after.rss_kib as f64 / MIB,
             idle.after.hwm_kib as f64 / MIB,
@@ -1277,36 +1456,53 @@ mod report {
 
     fn print_targets(cases: &[CaseResult], idle: Option<&IdleResult>) {
         let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
-        println!("\n### Targets\n");
+        let mut lines = Vec::new();
         if let Some(c) = cases.iter().find(|c| c.size == 1000 && c.sessions == 100) {
-            println!(
+            lines.push(format!(
                 "- 1 KB messages, 100 sessions over reused TLS: {:.0} msg/s (target >= {TARGET_MSGS_PER_SEC:.0}): {}",
                 c.rate(),
                 verdict(c.rate() >= TARGET_MSGS_PER_SEC)
-            );
+            ));
         }
         if let Some(i) = idle {
             // Extrapolated linearly when fewer sessions than the target were opened (--quick).
-            let projected = i.before.rss_kib as f64
-                + i.kib_per_session() * TARGET_IDLE_SESSIONS as f64;
-            let note = if i.sessions == TARGET_IDLE_SESSIONS { String::new() } else {
+            let projected =
+                i.before.rss_kib as f64 + i.kib_per_session() * TARGET_IDLE_SESSIONS as f64;
+            let note = if i.sessions == TARGET_IDLE_SESSIONS {
+                String::new()
+            } else {
                 format!(" (extrapolated from {} sessions)", i.sessions)
             };
-            println!(
+            lines.push(format!(
                 "- {TARGET_IDLE_SESSIONS} idle sessions: {:.0} MiB VmRSS{note} (target < 1024 MiB): {}",
                 projected / MIB,
                 verdict(projected < TARGET_IDLE_RSS_KIB as f64)
-            );
+            ));
+        }
+        if !lines.is_empty() {
+            println!("\n### Targets\n\n{}", lines.join("\n"));
         }
     }
 
     fn print_postfix(c: &Comparison) {
-        println!("\n### Postern vs Postfix (postfix-baseline.sh, plain SMTP from smtp-source, delivery to smtp-sink)\n");
-        println!("| load | sessions | Postfix accepted/s | Postern accepted/s | ratio | Postfix delivered/s | Postern delivered/s | ratio | Postfix µs/msg | Postern µs/msg | Postfix cores | Postern cores |");
+        println!(
+            "\n### Postern vs Postfix (postfix-baseline.sh, plain SMTP from smtp-source, delivery to smtp-sink)\n"
+        );
+        println!(
+            "| load | sessions | Postfix accepted/s | Postern accepted/s | ratio | Postfix delivered/s | Postern delivered/s | ratio | Postfix µs/msg | Postern µs/msg | Postfix cores | Postern cores |"
+        );
         println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-        let ratio = |a: f64, b: f64| if b > 0.0 { format!("{:.2}x", a / b) } else { "-".into() };
+        let ratio = |a: f64, b: f64| {
+            if b > 0.0 {
+                format!("{:.2}x", a / b)
+            } else {
+                "-".into()
+            }
+        };
         for p in &c.pairs {
-            let (Some(f), Some(n)) = (c.rows.get(p.postfix), c.rows.get(&p.postern)) else { continue };
+            let (Some(f), Some(n)) = (c.rows.get(p.postfix), c.rows.get(&p.postern)) else {
+                continue;
+            };
             let err = if f.error || n.error { " (ERR)" } else { "" };
             println!(
                 "| {}{err} | {} | {:.0} | {:.0} | {} | {:.0} | {:.0} | {} | {:.0} | {:.0} | {:.2} | {:.2} |",
@@ -1333,6 +1529,9 @@ mod report {
         let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
         let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         let load: Vec<&str> = load.split_whitespace().take(3).collect();
-        format!("## postern-bench\n\n{cores} cores; load average at the end {}", load.join(" "))
+        format!(
+            "## postern-bench\n\n{cores} cores; load average at the end {}",
+            load.join(" ")
+        )
     }
 }

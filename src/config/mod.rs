@@ -63,6 +63,117 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// Rolling daily recipient quotas.
+    #[serde(default)]
+    pub quota: QuotaConfig,
+    /// Short-term abuse brakes (per process).
+    #[serde(default)]
+    pub brakes: BrakesConfig,
+}
+
+/// `[quota]`: the rolling 24-hour recipient limits of the FAQ.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// Where counts live: `embedded` (SQLite beside the store) or `redis` (shared by a fleet).
+    #[serde(default)]
+    pub backend: QuotaBackendName,
+    /// SQLite file of the embedded backend.
+    #[serde(default = "default_quota_path")]
+    pub path: PathBuf,
+    /// Redis URL of a single server (`redis://HOST:PORT/`), for `backend = "redis"`.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// Redis Cluster seed nodes; when set, used instead of `redis_url`.
+    #[serde(default)]
+    pub redis_cluster: Vec<String>,
+    /// Length of the rolling window (24 hours; shorter only for tests).
+    #[serde(default = "default_quota_window", with = "duration::serde_text")]
+    pub window: Duration,
+    /// Time bucket: recipients counted in one bucket free up together.
+    #[serde(default = "default_quota_bucket", with = "duration::serde_text")]
+    pub bucket: Duration,
+    /// How long a recipient held by an unfinished transaction stays held if its relay dies.
+    #[serde(default = "default_hold_ttl", with = "duration::serde_text")]
+    pub hold_ttl: Duration,
+    /// Recipients per window by plan name; plans not listed keep the FAQ's figure.
+    #[serde(default = "default_plans")]
+    pub plans: std::collections::BTreeMap<String, u32>,
+    /// Recipients per window of a hosting account (unauthenticated PHP `mail()` on port 25).
+    #[serde(default = "default_hosting_limit")]
+    pub hosting: u32,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        Self {
+            backend: QuotaBackendName::default(),
+            path: default_quota_path(),
+            redis_url: None,
+            redis_cluster: Vec::new(),
+            window: default_quota_window(),
+            bucket: default_quota_bucket(),
+            hold_ttl: default_hold_ttl(),
+            plans: default_plans(),
+            hosting: default_hosting_limit(),
+        }
+    }
+}
+
+/// Quota backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuotaBackendName {
+    /// SQLite on this machine.
+    #[default]
+    Embedded,
+    /// Redis, single server or Cluster.
+    Redis,
+}
+
+fn default_quota_path() -> PathBuf {
+    PathBuf::from("var/quota.db")
+}
+fn default_quota_window() -> Duration {
+    Duration::from_secs(86_400)
+}
+fn default_quota_bucket() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_hold_ttl() -> Duration {
+    Duration::from_secs(900)
+}
+fn default_hosting_limit() -> u32 {
+    50
+}
+
+/// The FAQ's figures: 500 for free, starter and my kSuite; 1,440 for the others.
+fn default_plans() -> std::collections::BTreeMap<String, u32> {
+    [
+        ("free", 500),
+        ("starter", 500),
+        ("my-ksuite", 500),
+        ("standard", 1440),
+        ("business", 1440),
+        ("enterprise", 1440),
+        ("my-ksuite-plus", 1440),
+        ("premium", 1440),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// `[brakes]`: short-term rate limits per process (each replica of a fleet applies its own).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrakesConfig {
+    /// New connections per client IP per minute; 0 turns the brake off.
+    #[serde(default)]
+    pub connections_per_ip_per_minute: u32,
+    /// Messages per authenticated address (or hosting account) per minute; 0 turns it off.
+    #[serde(default)]
+    pub messages_per_identity_per_minute: u32,
 }
 
 /// `[server]`
@@ -418,6 +529,11 @@ impl Config {
                 ConfigError(format!("{key}: {message}"))
             }
         })?;
+        let mut config = config;
+        // `[quota.plans]` lists only what differs from the FAQ's figures.
+        for (plan, limit) in default_plans() {
+            config.quota.plans.entry(plan).or_insert(limit);
+        }
         config.check()?;
         Ok(config)
     }
@@ -490,6 +606,23 @@ impl Config {
                 return bad(timeout.0, "must be longer than zero");
             }
         }
+        let q = &self.quota;
+        if q.bucket.is_zero() || q.bucket > q.window {
+            return bad("quota.bucket", "must be longer than zero and not longer than quota.window");
+        }
+        if q.window.as_millis() % q.bucket.as_millis() != 0 {
+            return bad("quota.window", "must be a whole number of quota.bucket");
+        }
+        if q.hold_ttl.is_zero() {
+            return bad("quota.hold_ttl", "must be longer than zero");
+        }
+        if q.backend == QuotaBackendName::Redis && q.redis_url.is_none() && q.redis_cluster.is_empty()
+        {
+            return bad("quota.redis_url", "backend = \"redis\" needs redis_url or redis_cluster");
+        }
+        if let Some(unknown) = q.plans.keys().find(|k| k.parse::<crate::policy::Plan>().is_err()) {
+            return bad(&format!("quota.plans.{unknown}"), "not a plan name");
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return bad("log.level", &format!("not a valid filter: {e}"));
         }
@@ -542,6 +675,21 @@ mod tests {
         let text = format!("{MINIMAL}\n[relay]\nnetworks = [\"10.0.0.0/33\"]\n");
         let e = Config::parse(&text).unwrap_err().0;
         assert!(e.starts_with("relay.networks"), "{e}");
+    }
+
+    #[test]
+    fn quota_defaults_follow_the_faq_and_merge() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.quota.plans["starter"], 500);
+        assert_eq!(c.quota.plans["premium"], 1440);
+        assert_eq!(c.quota.hosting, 50);
+        let text = format!("{MINIMAL}\n[quota.plans]\nstarter = 700\n");
+        let c = Config::parse(&text).unwrap();
+        assert_eq!((c.quota.plans["starter"], c.quota.plans["free"]), (700, 500));
+        let text = format!("{MINIMAL}\n[quota.plans]\ngold = 10\n");
+        assert!(Config::parse(&text).unwrap_err().0.starts_with("quota.plans.gold:"));
+        let text = format!("{MINIMAL}\n[quota]\nbackend = \"redis\"\n");
+        assert!(Config::parse(&text).unwrap_err().0.starts_with("quota.redis_url:"));
     }
 
     #[test]

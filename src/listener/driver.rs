@@ -10,7 +10,8 @@
 use super::Shared;
 use crate::session::headers::{self, TraceInfo};
 use crate::session::{
-    AuthOutcome, Authenticated, CommitOutcome, CompletedMessage, Event, Reply, Role, Session,
+    AuthOutcome, Authenticated, CommitOutcome, CompletedMessage, Event, HoldOutcome, Reply, Role,
+    Session,
     SessionConfig,
 };
 use crate::spool::{Envelope, MessageBody, Recipient, SpoolId, Submitter, unix_ms};
@@ -107,6 +108,7 @@ pub(super) async fn drive(shared: &Shared, stream: TcpStream, peer: SocketAddr, 
         max_bad_commands: config.limits.max_bad_commands,
         max_auth_failures: config.limits.max_auth_failures,
         relay_allowed,
+        hosting: None,
         implicit_tls: role == Role::Submissions,
         starttls_available: true,
     });
@@ -196,6 +198,10 @@ pub(super) async fn drive(shared: &Shared, stream: TcpStream, peer: SocketAddr, 
                 }
                 Event::MessageAbort => transfer = None,
                 Event::RecipientOutcome(outcome) => shared.metrics.recipient(outcome),
+                // Quotas are wired in with the quota engine (issue 3); until then every
+                // recipient that passed the session's checks is accepted.
+                Event::HoldRecipient(_) => session.handle_hold_outcome(HoldOutcome::Held),
+                Event::TransactionReset => {}
                 Event::TransactionRefused { reply, recipients } => {
                     shared.metrics.message_rejected(rejection_label(&reply));
                     log_transaction(

@@ -24,10 +24,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// Pending connections the kernel queues for each listener before `accept`.
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// How often live sessions' credentials are re-checked.
 const REVOCATION_CHECK: Duration = Duration::from_millis(500);
@@ -57,9 +60,20 @@ pub struct Shared {
 /// # Errors
 /// The address cannot be bound.
 pub async fn bind(role: &str, addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("listen.{role} {addr}: {e}")))
+    let listen = || {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        // mio's default backlog is 128: a burst of connections (clients reconnecting after a
+        // restart) would overflow it and wait 1 s for the SYN retransmit. The kernel caps
+        // this at net.core.somaxconn.
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().map_err(|e| std::io::Error::new(e.kind(), format!("listen.{role} {addr}: {e}")))
 }
 
 /// Accepts connections on `listener` until shutdown; each session runs on `tasks`.

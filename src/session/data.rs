@@ -114,12 +114,19 @@ impl DataScanner {
                     self.dot_line = true;
                 }
                 _ => {
+                    // Up to the next CR or LF the line is plain content: take it as one run.
+                    let start = i - 1;
+                    let end = input[i..]
+                        .iter()
+                        .position(|&c| c == b'\r' || c == b'\n')
+                        .map_or(input.len(), |p| i + p);
+                    i = end;
                     self.at_line_start = false;
-                    self.line_len += 1;
+                    self.line_len += end - start;
                     if self.line_len > MAX_LINE {
                         self.fail(DataError::LineTooLong);
                     }
-                    self.emit(&[b], out);
+                    self.emit(&input[start..end], out);
                 }
             }
         }

@@ -73,6 +73,9 @@ pub struct SessionConfig {
     pub max_auth_failures: u32,
     /// The relay role: whether this client's network may relay.
     pub relay_allowed: bool,
+    /// The relay role: the hosting account this client's network belongs to, whose domains
+    /// bound `MAIL FROM`. `None` for trusted networks (no domain rule) and other roles.
+    pub hosting: Option<HostingClient>,
     /// The session starts inside TLS (port 465).
     pub implicit_tls: bool,
     /// A certificate is available for STARTTLS.
@@ -88,6 +91,33 @@ pub struct Authenticated {
     pub device: String,
     /// Addresses this user may send as (its own and its aliases), lower case.
     pub senders: Vec<String>,
+}
+
+/// A web-hosting server relaying without AUTH, identified by its network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostingClient {
+    /// Account name.
+    pub account: String,
+    /// Domains its envelope senders must belong to (lower case).
+    pub domains: Vec<String>,
+}
+
+/// The driver's answer to [`Event::HoldRecipient`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldOutcome {
+    /// The recipient is held against the sender's quota (or not metered).
+    Held,
+    /// The daily quota is used up.
+    Full {
+        /// The limit in force.
+        limit: u32,
+        /// `HH:MM` (UTC) at which capacity returns.
+        retry_after: String,
+    },
+    /// The short-term message brake is engaged.
+    Throttled,
+    /// The quota service did not answer: nothing may be accepted uncounted.
+    Unavailable,
 }
 
 /// SASL mechanism used.
@@ -193,6 +223,12 @@ pub enum Event {
         /// Recipients the refused message had.
         recipients: usize,
     },
+    /// A recipient passed every local check: hold it against the quota, then call
+    /// [`Session::handle_hold_outcome`].
+    HoldRecipient(RcptParams),
+    /// The open transaction ended without a message (RSET, new EHLO, refusal, QUIT, close):
+    /// release what it held.
+    TransactionReset,
     /// A RCPT was answered: `accepted`, or the fixed label of why it was refused
     /// (`too_many`, `relay_denied`, `bad_syntax`), for metrics.
     RecipientOutcome(&'static str),
@@ -214,7 +250,7 @@ enum State {
     Data(DataScanner),
     /// Reading a BDAT chunk: bytes still to come, last chunk or not.
     Bdat { remaining: u64, last: bool },
-    /// Waiting for the driver (TLS, AUTH or commit outcome).
+    /// Waiting for the driver (TLS, AUTH, quota hold or commit outcome).
     Waiting(Waiting),
     /// Closed: nothing more is read.
     Closed,
@@ -224,6 +260,7 @@ enum State {
 enum Waiting {
     Tls,
     Auth,
+    Hold,
     Commit,
 }
 
@@ -258,6 +295,8 @@ pub struct Session {
     auth_failures: u32,
     /// Discarding the rest of an over-long command line.
     skipping_long_line: bool,
+    /// The recipient waiting for its quota hold.
+    pending_rcpt: Option<RcptParams>,
 }
 
 impl Session {
@@ -277,6 +316,7 @@ impl Session {
             bad_commands: 0,
             auth_failures: 0,
             skipping_long_line: false,
+            pending_rcpt: None,
         }
     }
 
@@ -292,7 +332,7 @@ impl Session {
     pub fn handle_tls_started(&mut self) {
         self.tls = true;
         self.helo = None;
-        self.tx = None;
+        self.drop_transaction();
         self.auth = None;
         self.input.clear();
         self.state = State::Command;
@@ -320,6 +360,30 @@ impl Session {
             }
             AuthOutcome::Unavailable => self.reply(Reply::auth_unavailable()),
         }
+    }
+
+    /// The driver's answer to [`Event::HoldRecipient`].
+    pub fn handle_hold_outcome(&mut self, outcome: HoldOutcome) {
+        if !matches!(self.state, State::Waiting(Waiting::Hold)) {
+            return;
+        }
+        self.state = State::Command;
+        let Some(rcpt) = self.pending_rcpt.take() else { return };
+        let (reply, label) = match outcome {
+            HoldOutcome::Held => {
+                if let Some(tx) = self.tx.as_mut() {
+                    tx.recipients.push(rcpt);
+                }
+                (Reply::rcpt_ok(), "accepted")
+            }
+            HoldOutcome::Full { limit, retry_after } => {
+                (Reply::daily_limit_reached(limit, &retry_after), "quota")
+            }
+            HoldOutcome::Throttled => (Reply::message_rate_exceeded(), "throttled"),
+            HoldOutcome::Unavailable => (Reply::quota_unavailable(), "quota_unavailable"),
+        };
+        self.events.push_back(Event::RecipientOutcome(label));
+        self.reply(reply);
     }
 
     /// The driver's answer to [`Event::MessageComplete`].
@@ -391,7 +455,15 @@ impl Session {
         self.events.push_back(Event::Reply(reply));
     }
 
+    /// Forgets the open transaction, telling the driver to release its holds.
+    fn drop_transaction(&mut self) {
+        if self.tx.take().is_some_and(|tx| !tx.recipients.is_empty()) {
+            self.events.push_back(Event::TransactionReset);
+        }
+    }
+
     fn close_with(&mut self, reply: Reply) {
+        self.drop_transaction();
         self.reply(reply);
         self.events.push_back(Event::Close);
         self.state = State::Closed;
@@ -470,13 +542,13 @@ impl Session {
         match request {
             Request::Ehlo { host } => {
                 self.helo = Some(host.to_string());
-                self.tx = None;
+                self.drop_transaction();
                 let ehlo = Reply::ehlo(&self.config.hostname, self.extensions());
                 self.reply(ehlo);
             }
             Request::Helo { host } => {
                 self.helo = Some(host.to_string());
-                self.tx = None;
+                self.drop_transaction();
                 self.reply(Reply::helo(&self.config.hostname));
             }
             Request::Lhlo { .. } => self.bad_command(Reply::unrecognized()),
@@ -493,7 +565,7 @@ impl Session {
                 is_last,
             } => self.bdat(chunk_size as u64, is_last),
             Request::Rset => {
-                self.tx = None;
+                self.drop_transaction();
                 self.reply(Reply::ok());
             }
             Request::Noop { .. } => self.reply(Reply::ok()),
@@ -673,6 +745,14 @@ impl Session {
             return;
         }
         let sender = from.address.to_ascii_lowercase();
+        if let Some(hosting) = &self.config.hosting {
+            let domain = sender.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+            if !hosting.domains.iter().any(|d| d == domain) {
+                let reply = Reply::hosting_domain_not_allowed(&hosting.account);
+                self.reply(reply);
+                return;
+            }
+        }
         if let Some(user) = &self.auth
             && !sender::may_send_as(&user.senders, &sender)
         {
@@ -720,12 +800,15 @@ impl Session {
         } else if tx.recipients.len() >= max {
             (Reply::too_many_recipients(), "too_many")
         } else {
-            tx.recipients.push(RcptParams {
+            let rcpt = RcptParams {
                 address,
                 notify: notify_keywords(to.flags),
                 orcpt: to.orcpt.map(|o| o.to_string()),
-            });
-            (Reply::rcpt_ok(), "accepted")
+            };
+            self.pending_rcpt = Some(rcpt.clone());
+            self.events.push_back(Event::HoldRecipient(rcpt));
+            self.state = State::Waiting(Waiting::Hold);
+            return;
         };
         self.events.push_back(Event::RecipientOutcome(outcome));
         self.reply(reply);
@@ -916,6 +999,7 @@ impl Session {
 
     fn refuse_message(&mut self, reply: Reply, recipients: usize) {
         self.events.push_back(Event::MessageAbort);
+        self.events.push_back(Event::TransactionReset);
         self.events.push_back(Event::TransactionRefused {
             reply: reply.clone(),
             recipients,

@@ -192,6 +192,40 @@ impl Reply {
         Self::one(550, "5.7.1 Relaying denied")
     }
 
+    /// The FAQ's quota: `450 4.7.1 Daily sending limit reached (LIMIT recipients per 24 hours);
+    /// retry after HH:MM UTC`.
+    pub fn daily_limit_reached(limit: u32, retry_after: &str) -> Self {
+        Self::one(
+            450,
+            format!(
+                "4.7.1 Daily sending limit reached ({limit} recipients per 24 hours); retry after {retry_after} UTC"
+            ),
+        )
+    }
+
+    /// `451 4.3.0 Quota service unavailable, try again later`
+    pub fn quota_unavailable() -> Self {
+        Self::one(451, "4.3.0 Quota service unavailable, try again later")
+    }
+
+    /// `450 4.7.1 ...` (the per-minute message brake)
+    pub fn message_rate_exceeded() -> Self {
+        Self::one(450, "4.7.1 Too many messages in a short time, retry in a minute")
+    }
+
+    /// `421 4.7.0 ...` (the per-minute connection brake)
+    pub fn connection_rate_exceeded() -> Self {
+        Self::one(421, "4.7.0 Too many connections from your address in a short time, retry in a minute")
+    }
+
+    /// `550 5.7.1 Sender address rejected: domain not allowed for hosting account ACCOUNT`
+    pub fn hosting_domain_not_allowed(account: &str) -> Self {
+        Self::one(
+            550,
+            format!("5.7.1 Sender address rejected: domain not allowed for hosting account {account}"),
+        )
+    }
+
     /// `452 4.5.3 Too many recipients`
     pub fn too_many_recipients() -> Self {
         Self::one(452, "4.5.3 Too many recipients")

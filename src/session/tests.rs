@@ -13,6 +13,9 @@ struct Harness {
     committed: Vec<CompletedMessage>,
     closed: bool,
     commits_fail: bool,
+    holds: Vec<String>,
+    hold_answer: Option<HoldOutcome>,
+    resets: usize,
 }
 
 impl Harness {
@@ -29,6 +32,7 @@ impl Harness {
             max_bad_commands: 5,
             max_auth_failures: 3,
             relay_allowed: true,
+            hosting: None,
             implicit_tls: role == Role::Submissions,
             starttls_available: true,
         };
@@ -40,6 +44,9 @@ impl Harness {
             committed: Vec::new(),
             closed: false,
             commits_fail: false,
+            holds: Vec::new(),
+            hold_answer: None,
+            resets: 0,
         };
         h.pump();
         h
@@ -88,6 +95,12 @@ impl Harness {
                 Event::MessageData(bytes) => self.data.extend_from_slice(&bytes),
                 Event::MessageAbort => self.data.clear(),
                 Event::TransactionRefused { .. } | Event::RecipientOutcome(_) => {}
+                Event::HoldRecipient(rcpt) => {
+                    self.holds.push(rcpt.address.clone());
+                    let outcome = self.hold_answer.clone().unwrap_or(HoldOutcome::Held);
+                    self.session.handle_hold_outcome(outcome);
+                }
+                Event::TransactionReset => self.resets += 1,
                 Event::MessageComplete(message) => {
                     self.committed.push(message);
                     let outcome = if self.commits_fail {
@@ -491,4 +504,64 @@ fn dsn_parameters_are_kept() {
             .unwrap()
             .contains("b@example.net")
     );
+}
+
+#[test]
+fn quota_outcomes_at_rcpt() {
+    let mut h = Harness::login(Role::Submissions);
+    h.line("MAIL FROM:<alice@example.org>");
+    assert_eq!(h.line("RCPT TO:<a@example.net>"), "250 2.1.5 Ok");
+    h.hold_answer = Some(HoldOutcome::Full { limit: 500, retry_after: "14:05".into() });
+    assert_eq!(
+        h.line("RCPT TO:<b@example.net>"),
+        "450 4.7.1 Daily sending limit reached (500 recipients per 24 hours); retry after 14:05 UTC"
+    );
+    h.hold_answer = Some(HoldOutcome::Unavailable);
+    assert_eq!(h.line("RCPT TO:<c@example.net>"), "451 4.3.0 Quota service unavailable, try again later");
+    h.hold_answer = Some(HoldOutcome::Throttled);
+    assert_eq!(
+        h.line("RCPT TO:<d@example.net>"),
+        "450 4.7.1 Too many messages in a short time, retry in a minute"
+    );
+    // The recipient before the limit stays accepted.
+    h.line("DATA");
+    h.send(b"From: alice@example.org\r\n\r\nx\r\n.\r\n");
+    assert_eq!(h.committed[0].recipients.len(), 1);
+    assert_eq!(h.holds.len(), 4);
+}
+
+#[test]
+fn holds_are_released_when_the_transaction_ends_without_a_message() {
+    let mut h = Harness::login(Role::Submissions);
+    h.line("MAIL FROM:<alice@example.org>");
+    h.line("RCPT TO:<a@example.net>");
+    h.line("RSET");
+    assert_eq!(h.resets, 1);
+    h.line("MAIL FROM:<alice@example.org>");
+    h.line("RCPT TO:<a@example.net>");
+    h.line("DATA");
+    h.send(b"From: boss@example.org\r\n\r\nx\r\n.\r\n");
+    assert_eq!(h.resets, 2, "a refused message releases its holds");
+    h.line("MAIL FROM:<alice@example.org>");
+    h.line("RCPT TO:<a@example.net>");
+    h.line("QUIT");
+    assert_eq!(h.resets, 3);
+    // A transaction without recipients holds nothing.
+    let mut h = Harness::login(Role::Submissions);
+    h.line("MAIL FROM:<alice@example.org>");
+    h.line("RSET");
+    assert_eq!(h.resets, 0);
+}
+
+#[test]
+fn hosting_senders_must_be_in_the_account_domains() {
+    let mut h = Harness::with(Role::Relay, |c| {
+        c.hosting = Some(HostingClient { account: "web42".into(), domains: vec!["shop.example".into()] })
+    });
+    h.line("EHLO web42.hosting.test");
+    assert_eq!(
+        h.line("MAIL FROM:<noreply@other.example>"),
+        "550 5.7.1 Sender address rejected: domain not allowed for hosting account web42"
+    );
+    assert_eq!(h.line("MAIL FROM:<noreply@shop.example>"), "250 2.1.0 Ok");
 }

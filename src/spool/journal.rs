@@ -28,6 +28,8 @@ use tokio::sync::{Notify, oneshot};
 
 /// Jobs waiting for the committer before senders wait for room (backpressure).
 const QUEUE_DEPTH: usize = 4096;
+/// Compaction writes the records it copies in slices of about this size (bounded memory).
+const COMPACT_WRITE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Why the spool could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +92,8 @@ pub(super) struct Entry {
     attempts: u32,
     next_attempt_ms: u64,
     in_flight: bool,
+    /// Size of its `Message` record, for compaction decisions.
+    bytes: u64,
 }
 
 #[derive(Default)]
@@ -171,6 +175,7 @@ impl Journal {
             live: live.clone(),
             batch,
             segment_max,
+            carried: 0,
             metrics,
         };
         committer.compact()?;
@@ -388,7 +393,7 @@ fn replay(root: &Path, index: &mut Index) -> Result<Vec<u64>, SpoolError> {
                     len,
                     payload_start,
                 } => {
-                    apply_replayed(root, index, seq, pos, payload_start, record);
+                    apply_replayed(root, index, seq, pos, len, payload_start, record);
                     pos += len;
                 }
                 Decoded::Incomplete => {
@@ -427,6 +432,7 @@ fn apply_replayed(
     index: &mut Index,
     seq: u64,
     pos: usize,
+    len: usize,
     payload_start: usize,
     record: Record,
 ) {
@@ -452,6 +458,7 @@ fn apply_replayed(
                 attempts: 0,
                 next_attempt_ms,
                 in_flight: false,
+                bytes: len as u64,
             });
         }
         Record::Update(update) => {
@@ -509,6 +516,9 @@ struct Committer {
     live: Arc<AtomicUsize>,
     batch: usize,
     segment_max: u64,
+    /// Bytes the last compaction copied into the active segment: they do not count toward the
+    /// next roll, or a backlog larger than a segment would be rewritten after every batch.
+    carried: u64,
     metrics: Metrics,
 }
 
@@ -535,7 +545,7 @@ impl Committer {
                 }
             }
             self.commit_batch(jobs);
-            if self.active.len > self.segment_max
+            if self.active.len.saturating_sub(self.carried) > self.segment_max
                 && let Err(e) = self.roll().and_then(|()| self.compact())
             {
                 tracing::error!(error = %e, "spool: rolling the journal failed");
@@ -582,6 +592,7 @@ impl Committer {
                             attempts: 0,
                             next_attempt_ms,
                             in_flight: false,
+                            bytes: encoded.len() as u64,
                         }));
                         replies.push(done);
                     }
@@ -694,6 +705,8 @@ impl Committer {
             }
         }
         self.healthy.store(true, Ordering::Relaxed);
+        // Before the replies: whoever was told "committed" must see the new count.
+        self.publish();
         self.due_changed.notify_one();
         for reply in replies {
             let _ = reply.send(Ok(()));
@@ -711,19 +724,34 @@ impl Committer {
             .entry(next.seq)
             .or_default();
         self.active = next;
+        self.carried = 0;
         Ok(())
     }
 
-    /// Copies the live messages of every older segment into the active one, then deletes the
-    /// older segments oldest first.
+    /// Copies the live messages of the oldest segments into the active one, then deletes those
+    /// segments oldest first. Only the longest run of oldest segments whose live bytes are at
+    /// most half of their size is copied: each copy frees at least as much as it writes, so a
+    /// backlog larger than a segment is not rewritten at every roll.
     fn compact(&mut self) -> Result<(), SpoolError> {
         let active = self.active.seq;
         let movers: Vec<(SpoolId, u64, DataLocation, Envelope, u32, u64)> = {
             let index = self.index.lock().expect("spool index lock");
+            let mut live: BTreeMap<u64, u64> = BTreeMap::new();
+            for e in index.messages.values().filter(|e| e.segment < active) {
+                *live.entry(e.segment).or_default() += e.bytes;
+            }
+            let (mut live_sum, mut size_sum, mut upto) = (0u64, 0u64, 0u64);
+            for &seq in index.segments.keys().filter(|&&s| s < active) {
+                live_sum += live.get(&seq).copied().unwrap_or(0);
+                size_sum += fs::metadata(segment_path(&self.root, seq)).map_or(0, |m| m.len());
+                if live_sum * 2 <= size_sum {
+                    upto = seq + 1;
+                }
+            }
             index
                 .messages
                 .values()
-                .filter(|e| e.segment < active)
+                .filter(|e| e.segment < upto)
                 .map(|e| {
                     (
                         e.envelope.id.clone(),
@@ -766,9 +794,17 @@ impl Committer {
                 attempts,
                 next_attempt_ms,
             }));
-            moved.push((id, location));
+            moved.push((id, location, encoded.len() as u64));
+            if buf.len() >= COMPACT_WRITE_BYTES {
+                self.active
+                    .file
+                    .write_all(&buf)
+                    .map_err(SpoolError::io("append journal"))?;
+                self.active.len += buf.len() as u64;
+                buf.clear();
+            }
         }
-        if !buf.is_empty() {
+        if !moved.is_empty() {
             self.active
                 .file
                 .write_all(&buf)
@@ -781,14 +817,16 @@ impl Committer {
         }
         {
             let mut index = self.index.lock().expect("spool index lock");
-            for (id, location) in moved {
+            for (id, location, bytes) in moved {
                 if let Some(mut entry) = index.remove(&id) {
                     entry.segment = active;
                     entry.data = location;
+                    entry.bytes = bytes;
                     index.insert(entry);
                 }
             }
         }
+        self.carried = self.active.len;
         self.drop_empty_oldest();
         Ok(())
     }
