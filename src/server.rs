@@ -8,7 +8,9 @@
 //! let transfers in progress finish for up to [`SHUTDOWN_GRACE`], then exit; whatever was
 //! acknowledged is already durable, so the deadline loses nothing.
 
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, LogFormat, QuotaBackendName};
+use crate::policy::quota::QuotaWindow;
+use crate::store::quota::{QuotaBackend, QuotaConfig, QuotaSettings, QuotaStore, open_quota_store};
 use crate::listener::guard::{Admission, SessionRegistry};
 use crate::listener::{self, Shared};
 use crate::metrics::{Metrics, http::Readiness};
@@ -36,6 +38,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let spool = Spool::open(&config.spool, metrics.clone())
         .with_context(|| format!("spool.path {}", config.spool.path.display()))?;
     let tls = listener::tls::acceptor(&config).context("tls")?;
+    let quota = open_quota(&config).await?;
 
     let mut smtp = Vec::new();
     for (role, addr) in [
@@ -56,7 +59,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let readiness = Readiness::default();
     let shared = Arc::new(Shared {
         config: config.clone(),
-        directory: Arc::new(store),
+        directory: Arc::new(store.clone()),
+        accounts: Arc::new(store),
+        quota: quota.clone(),
+        brakes: crate::listener::brakes::Brakes::new(&config.brakes),
         spool: spool.clone(),
         metrics: metrics.clone(),
         tls,
@@ -92,18 +98,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         metrics.clone(),
         shutdown.clone(),
     ));
-    {
-        let (spool, readiness, shutdown) = (spool.clone(), readiness.clone(), shutdown.clone());
-        services.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tick.tick() => readiness.set(spool.is_healthy()),
-                }
-            }
-        });
-    }
+    services.spawn(watch_readiness(spool.clone(), quota, readiness.clone(), metrics.clone(), shutdown.clone()));
     readiness.set(true);
     tracing::info!(spooled = spool.len(), "postern ready");
 
@@ -122,6 +117,55 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(5), services.wait()).await;
     tracing::info!(spooled = spool.len(), "stopped");
     Ok(())
+}
+
+/// Opens the quota backend named by `[quota]` (also used by `postern quota show`).
+///
+/// # Errors
+/// The backend cannot be opened or reached.
+pub async fn open_quota(config: &Config) -> anyhow::Result<Arc<dyn QuotaStore>> {
+    let q = &config.quota;
+    let backend = match q.backend {
+        QuotaBackendName::Embedded => QuotaBackend::Embedded { path: config.quota_path() },
+        QuotaBackendName::Redis if !q.redis_cluster.is_empty() => {
+            QuotaBackend::RedisCluster { nodes: q.redis_cluster.clone() }
+        }
+        QuotaBackendName::Redis => QuotaBackend::Redis {
+            url: q.redis_url.clone().unwrap_or_default(),
+        },
+    };
+    let window = QuotaWindow::new(q.window.as_millis() as u64, q.bucket.as_millis() as u64)
+        .context("quota.window")?;
+    let mut settings = QuotaConfig::new(backend);
+    settings.settings = QuotaSettings { window, hold_ttl_ms: q.hold_ttl.as_millis() as u64 };
+    open_quota_store(&settings).await.context("quota")
+}
+
+/// `/readyz` follows the spool and the quota backend: a replica that cannot keep or count
+/// mail takes no traffic, and takes it again by itself once both answer.
+async fn watch_readiness(
+    spool: Spool,
+    quota: Arc<dyn QuotaStore>,
+    readiness: Readiness,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let quota_ok = match quota.ping().await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "quota backend not answering: not ready");
+                false
+            }
+        };
+        metrics.set_quota_available(quota_ok);
+        readiness.set(spool.is_healthy() && quota_ok);
+    }
 }
 
 async fn wait_for_signal() {

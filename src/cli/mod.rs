@@ -23,6 +23,10 @@
 mod address;
 mod alias;
 mod device;
+mod hosting;
+mod limit;
+mod quota;
+mod sendmail;
 
 use crate::config::{CONFIG_ENV, Config};
 use clap::Parser;
@@ -65,6 +69,19 @@ enum Command {
     /// Manage the device passwords of an address.
     #[command(subcommand)]
     Device(device::DeviceCommand),
+    /// Add, remove and list web-hosting accounts (port 25 relay by client network).
+    #[command(subcommand)]
+    Hosting(hosting::HostingCommand),
+    /// Set, clear and list per-address and per-hosting-account daily limits.
+    #[command(subcommand)]
+    Limit(limit::LimitCommand),
+    /// Show the rolling 24-hour usage of an address or hosting account.
+    #[command(subcommand)]
+    Quota(quota::QuotaCommand),
+    /// Submit a message from standard input to the relay listener, like sendmail(8):
+    /// [-t] [-i] [-oi] [-f SENDER] [-F NAME] [RECIPIENT...]. Exits with sysexits codes.
+    #[command(disable_help_flag = true, disable_version_flag = true)]
+    Sendmail(sendmail::SendmailArgs),
 }
 
 /// Runs the `postern` command line with the process's arguments.
@@ -85,6 +102,10 @@ pub fn main() -> ExitCode {
 /// Runs a parsed command; returns the exit status.
 fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let path = Config::locate(cli.config.as_deref());
+    // sendmail speaks sysexits, config errors included, and reads standard input.
+    if let Command::Sendmail(args) = cli.command {
+        return sendmail::main(args, &path, &mut std::io::stdin().lock(), err);
+    }
     let config = match Config::load(&path) {
         Ok(config) => config,
         Err(e) => {
@@ -94,9 +115,16 @@ fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     };
     let result = match cli.command {
         Command::Serve => return serve(config, err),
+        // Taken above, before the config is loaded; kept here for completeness.
+        Command::Sendmail(args) => {
+            return sendmail::main(args, &path, &mut std::io::stdin().lock(), err);
+        }
         Command::Address(cmd) => address::run(cmd, &config, out),
         Command::Alias(cmd) => alias::run(cmd, &config, out),
         Command::Device(cmd) => device::run(cmd, &config, out),
+        Command::Hosting(cmd) => hosting::run(cmd, &config, out),
+        Command::Limit(cmd) => limit::run(cmd, &config, out),
+        Command::Quota(cmd) => quota::run(cmd, &config, out),
     };
     match result.and_then(|()| out.flush().map_err(Into::into)) {
         Ok(()) => EXIT_OK,
@@ -199,18 +227,19 @@ fn one_line(text: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A temp directory with a config whose store lives inside it; removed on drop.
-    struct Fixture {
-        dir: PathBuf,
-        config: PathBuf,
+    /// Shared with the tests of each command family.
+    pub(crate) struct Fixture {
+        pub(crate) dir: PathBuf,
+        pub(crate) config: PathBuf,
     }
 
     impl Fixture {
-        fn new(name: &str) -> Self {
+        pub(crate) fn new(name: &str) -> Self {
             static COUNTER: AtomicUsize = AtomicUsize::new(0);
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);
             let dir =
@@ -227,7 +256,7 @@ mod tests {
         }
 
         /// Runs `postern --config <fixture> args...`; returns (status, stdout, stderr).
-        fn run(&self, args: &[&str]) -> (u8, String, String) {
+        pub(crate) fn run(&self, args: &[&str]) -> (u8, String, String) {
             let mut argv = vec!["postern", "--config", self.config.to_str().unwrap()];
             argv.extend_from_slice(args);
             let cli = match Cli::try_parse_from(argv) {
@@ -243,14 +272,14 @@ mod tests {
             )
         }
 
-        fn ok(&self, args: &[&str]) -> String {
+        pub(crate) fn ok(&self, args: &[&str]) -> String {
             let (status, out, err) = self.run(args);
             assert_eq!(status, 0, "{args:?}: {err}");
             assert!(err.is_empty(), "{err}");
             out
         }
 
-        fn fails(&self, args: &[&str]) -> String {
+        pub(crate) fn fails(&self, args: &[&str]) -> String {
             let (status, out, err) = self.run(args);
             assert_eq!(status, 1, "{args:?}: {out} {err}");
             assert!(err.starts_with("postern: ") && err.ends_with('\n'), "{err}");

@@ -78,9 +78,9 @@ pub struct QuotaConfig {
     /// Where counts live: `embedded` (SQLite beside the store) or `redis` (shared by a fleet).
     #[serde(default)]
     pub backend: QuotaBackendName,
-    /// SQLite file of the embedded backend.
-    #[serde(default = "default_quota_path")]
-    pub path: PathBuf,
+    /// SQLite file of the embedded backend; default `quota.db` beside the store's file.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
     /// Redis URL of a single server (`redis://HOST:PORT/`), for `backend = "redis"`.
     #[serde(default)]
     pub redis_url: Option<String>,
@@ -108,7 +108,7 @@ impl Default for QuotaConfig {
     fn default() -> Self {
         Self {
             backend: QuotaBackendName::default(),
-            path: default_quota_path(),
+            path: None,
             redis_url: None,
             redis_cluster: Vec::new(),
             window: default_quota_window(),
@@ -131,9 +131,6 @@ pub enum QuotaBackendName {
     Redis,
 }
 
-fn default_quota_path() -> PathBuf {
-    PathBuf::from("var/quota.db")
-}
 fn default_quota_window() -> Duration {
     Duration::from_secs(86_400)
 }
@@ -492,6 +489,13 @@ pub enum LogFormat {
 }
 
 impl Config {
+    /// The embedded quota backend's file: `quota.path`, else `quota.db` beside the store.
+    pub fn quota_path(&self) -> PathBuf {
+        self.quota.path.clone().unwrap_or_else(|| {
+            self.store.path.parent().unwrap_or_else(|| Path::new("")).join("quota.db")
+        })
+    }
+
     /// Picks the config file: `--config`, else `POSTERN_CONFIG`, else the dev default.
     pub fn locate(explicit: Option<&Path>) -> PathBuf {
         if let Some(path) = explicit {

@@ -9,11 +9,13 @@
 
 use super::Shared;
 use crate::session::headers::{self, TraceInfo};
+use super::metering::Meter;
 use crate::session::{
-    AuthOutcome, Authenticated, CommitOutcome, CompletedMessage, Event, HoldOutcome, Reply, Role,
-    Session,
+    AuthOutcome, Authenticated, CommitOutcome, CompletedMessage, Event, HoldOutcome, HostingClient,
+    Reply, Role, Session,
     SessionConfig,
 };
+use crate::store::QuotaIdentity;
 use crate::spool::{Envelope, MessageBody, Recipient, SpoolId, Submitter, unix_ms};
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
@@ -94,13 +96,12 @@ pub(super) async fn drive(shared: &Shared, stream: TcpStream, peer: SocketAddr, 
             None => return,
         }
     }
-    let relay_allowed = role == Role::Relay
-        && config
-            .relay
-            .networks
-            .iter()
-            .any(|net| net.contains(&peer.ip()));
-    let mut session = Session::new(SessionConfig {
+    let (relay_allowed, hosting, mut metering) = if role == Role::Relay {
+        relay_identity(shared, peer).await
+    } else {
+        (false, None, Metering::UntilAuth)
+    };
+    let session = Session::new(SessionConfig {
         role,
         hostname: config.server.hostname.clone(),
         max_recipients: config.limits.max_recipients,
@@ -108,14 +109,73 @@ pub(super) async fn drive(shared: &Shared, stream: TcpStream, peer: SocketAddr, 
         max_bad_commands: config.limits.max_bad_commands,
         max_auth_failures: config.limits.max_auth_failures,
         relay_allowed,
-        hosting: None,
+        hosting,
         implicit_tls: role == Role::Submissions,
         starttls_available: true,
     });
+    run_session(shared, conn, peer, role, session, &mut metering).await;
+    // Whatever way the session ended, an open transaction's holds go back.
+    if let Metering::Metered(meter) = &mut metering {
+        meter.release(shared).await;
+    }
+}
+
+/// How a session's recipients are counted.
+enum Metering {
+    /// Submission before AUTH: the identity is not known yet.
+    UntilAuth,
+    /// Trusted relay networks: not metered.
+    Unmetered,
+    /// Counted against this identity's quota.
+    Metered(Meter),
+    /// The limit could not be looked up: recipients get 451 until the next session.
+    Unavailable,
+}
+
+/// Who a port-25 client is: a hosting account by its network (metered, sender domains
+/// bounded), a trusted network (unmetered), or nobody (relaying denied).
+async fn relay_identity(
+    shared: &Shared,
+    peer: SocketAddr,
+) -> (bool, Option<HostingClient>, Metering) {
+    let trusted = shared.config.relay.networks.iter().any(|net| net.contains(&peer.ip()));
+    match shared.accounts.hosting_account_for(peer.ip()).await {
+        Ok(Some(account)) => {
+            let metering =
+                match Meter::for_identity(shared, QuotaIdentity::Hosting(account.name.clone())).await {
+                    Ok(meter) => Metering::Metered(meter),
+                    Err(e) => {
+                        tracing::warn!(account = %account.name, error = %e, "hosting quota unavailable");
+                        Metering::Unavailable
+                    }
+                };
+            let client = HostingClient { account: account.name, domains: account.domains };
+            (true, Some(client), metering)
+        }
+        Ok(None) if trusted => (true, None, Metering::Unmetered),
+        Ok(None) => (false, None, Metering::Unmetered),
+        Err(e) => {
+            tracing::warn!(client_ip = %peer.ip(), error = %e, "hosting account lookup failed");
+            (true, None, Metering::Unavailable)
+        }
+    }
+}
+
+async fn run_session(
+    shared: &Shared,
+    mut conn: Conn,
+    peer: SocketAddr,
+    role: Role,
+    mut session: Session,
+    metering: &mut Metering,
+) {
+    let config = &shared.config;
     let client_ip = peer.ip().to_string();
     let cut = CancellationToken::new();
     let mut registration = None;
     let mut transfer: Option<Transfer> = None;
+    // Id of the open transaction once it holds recipients; it becomes the queue id.
+    let mut tx_id: Option<SpoolId> = None;
     let mut out = Vec::with_capacity(1024);
     // Small while commands flow, large while message data does: ten thousand idle sessions
     // must not each hold a data-sized buffer.
@@ -153,6 +213,14 @@ pub(super) async fn drive(shared: &Shared, stream: TcpStream, peer: SocketAddr, 
                                     .register(identity.credential.clone(), cut.clone()),
                             );
                             shared.metrics.auth_attempt(mechanism.name(), "ok");
+                            let identity_key = QuotaIdentity::Address(identity.address.clone());
+                            *metering = match Meter::for_identity(shared, identity_key).await {
+                                Ok(meter) => Metering::Metered(meter),
+                                Err(e) => {
+                                    tracing::warn!(address = %identity.address, error = %e, "quota limit unavailable");
+                                    Metering::Unavailable
+                                }
+                            };
                             tracing::info!(client_ip, address = %identity.address, device = %identity.device, mechanism = mechanism.name(), "auth ok");
                             AuthOutcome::Accepted(Authenticated {
                                 address: identity.address,
@@ -179,7 +247,7 @@ pub(super) async fn drive(shared: &Shared, stream: TcpStream, peer: SocketAddr, 
                     session.handle_auth_outcome(outcome);
                 }
                 Event::MessageStart => {
-                    let id = shared.spool.new_id();
+                    let id = tx_id.take().unwrap_or_else(|| shared.spool.new_id());
                     let body = shared.spool.new_body(&id);
                     transfer = Some(Transfer {
                         id,
@@ -198,10 +266,17 @@ pub(super) async fn drive(shared: &Shared, stream: TcpStream, peer: SocketAddr, 
                 }
                 Event::MessageAbort => transfer = None,
                 Event::RecipientOutcome(outcome) => shared.metrics.recipient(outcome),
-                // Quotas are wired in with the quota engine (issue 3); until then every
-                // recipient that passed the session's checks is accepted.
-                Event::HoldRecipient(_) => session.handle_hold_outcome(HoldOutcome::Held),
-                Event::TransactionReset => {}
+                Event::HoldRecipient(_) => {
+                    let id = tx_id.get_or_insert_with(|| shared.spool.new_id()).clone();
+                    let outcome = hold(shared, metering, &id).await;
+                    session.handle_hold_outcome(outcome);
+                }
+                Event::TransactionReset => {
+                    tx_id = None;
+                    if let Metering::Metered(meter) = metering {
+                        meter.release(shared).await;
+                    }
+                }
                 Event::TransactionRefused { reply, recipients } => {
                     shared.metrics.message_rejected(rejection_label(&reply));
                     log_transaction(
@@ -215,11 +290,18 @@ pub(super) async fn drive(shared: &Shared, stream: TcpStream, peer: SocketAddr, 
                     );
                 }
                 Event::MessageComplete(message) => {
+                    tx_id = None;
                     let outcome = match transfer.take() {
                         Some(t) if !t.failed => {
-                            commit(shared, &session, &conn, &client_ip, role, t, message).await
+                            counted_commit(shared, &session, &conn, &client_ip, role, t, message, metering)
+                                .await
                         }
-                        _ => CommitOutcome::Failed,
+                        _ => {
+                            if let Metering::Metered(meter) = metering {
+                                meter.release(shared).await;
+                            }
+                            CommitOutcome::Failed
+                        }
                     };
                     session.handle_commit_outcome(outcome);
                 }
@@ -304,6 +386,53 @@ async fn handshake(shared: &Shared, conn: Conn, role: Role) -> Option<Conn> {
             None
         }
     }
+}
+
+/// Holds one recipient of the open transaction `id`, or says why not.
+async fn hold(shared: &Shared, metering: &mut Metering, id: &SpoolId) -> HoldOutcome {
+    match metering {
+        Metering::Unmetered => HoldOutcome::Held,
+        Metering::UntilAuth | Metering::Unavailable => HoldOutcome::Unavailable,
+        Metering::Metered(meter) => {
+            // The per-minute message brake counts transactions: checked at the first hold.
+            if !meter.has_hold() && !shared.brakes.allow_message(&meter.key().to_string()) {
+                tracing::info!(identity = %meter.key(), "message brake engaged");
+                return HoldOutcome::Throttled;
+            }
+            meter.hold(shared, &id.0).await
+        }
+    }
+}
+
+/// Counts the message against the quota, then makes it durable; gives the count back if the
+/// spool refuses it. Never the other way round: a message is not accepted uncounted.
+#[allow(clippy::too_many_arguments)]
+async fn counted_commit(
+    shared: &Shared,
+    session: &Session,
+    conn: &Conn,
+    client_ip: &str,
+    role: Role,
+    transfer: Transfer,
+    message: CompletedMessage,
+    metering: &mut Metering,
+) -> CommitOutcome {
+    let counted = match metering {
+        Metering::Metered(meter) => match meter.commit(shared).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(queue_id = %transfer.id, error = %e, "quota commit failed; message refused");
+                shared.metrics.message_rejected("quota_unavailable");
+                return CommitOutcome::QuotaUnavailable;
+            }
+        },
+        _ => 0,
+    };
+    let outcome = commit(shared, session, conn, client_ip, role, transfer, message).await;
+    if let (CommitOutcome::Failed, Metering::Metered(meter)) = (&outcome, &*metering) {
+        meter.refund(shared, counted).await;
+    }
+    outcome
 }
 
 async fn commit(

@@ -23,6 +23,8 @@ pub enum Refusal {
     TooManyFromIp,
     /// Too many failed logins from this IP recently.
     FailedLogins,
+    /// The per-minute connection brake for this IP is engaged.
+    ConnectionRate,
 }
 
 /// Admission state shared by all listeners.

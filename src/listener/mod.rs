@@ -10,8 +10,10 @@
 //! store which credentials of live sessions are still valid and cuts the others, so a revoked or
 //! rotated device password loses its sessions within a second.
 
+pub mod brakes;
 mod driver;
 pub mod guard;
+mod metering;
 pub mod tls;
 
 use crate::config::Config;
@@ -41,6 +43,8 @@ pub struct Shared {
     pub config: Arc<Config>,
     /// Credential checks.
     pub directory: Arc<dyn Directory>,
+    /// Hosting accounts and daily limits.
+    pub accounts: Arc<dyn crate::store::QuotaDirectory>,
     /// Where accepted mail goes.
     pub spool: Spool,
     /// Counters.
@@ -51,6 +55,10 @@ pub struct Shared {
     pub admission: Arc<Admission>,
     /// Authenticated sessions, for revocation.
     pub registry: Arc<SessionRegistry>,
+    /// Daily recipient quotas.
+    pub quota: Arc<dyn crate::store::quota::QuotaStore>,
+    /// Per-minute brakes on connections and messages.
+    pub brakes: brakes::Brakes,
     /// Fires when the server stops.
     pub shutdown: CancellationToken,
 }
@@ -106,13 +114,19 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, role: Role, tasks
 }
 
 async fn admit_and_drive(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, role: Role) {
-    let admitted = match shared.admission.admit(peer.ip(), Instant::now()) {
+    let admission = if shared.brakes.allow_connection(peer.ip()) {
+        shared.admission.admit(peer.ip(), Instant::now())
+    } else {
+        Err(Refusal::ConnectionRate)
+    };
+    let admitted = match admission {
         Ok(admitted) => admitted,
         Err(refusal) => {
             let (reply, label) = match refusal {
                 Refusal::TooManySessions => (Reply::too_many_connections(), "sessions"),
                 Refusal::TooManyFromIp => (Reply::too_many_connections_from_ip(), "per_ip"),
                 Refusal::FailedLogins => (Reply::too_many_failed_logins_from_ip(), "failed_logins"),
+                Refusal::ConnectionRate => (Reply::connection_rate_exceeded(), "connection_rate"),
             };
             shared.metrics.connection_rejected(label);
             tracing::info!(client_ip = %peer.ip(), listener = role.name(), reason = label, "connection refused");
@@ -144,6 +158,7 @@ pub async fn watch_revocations(shared: Arc<Shared>) {
             _ = tick.tick() => {}
         }
         shared.admission.prune(Instant::now());
+        shared.brakes.prune();
         let credentials = shared.registry.credentials();
         if credentials.is_empty() {
             continue;

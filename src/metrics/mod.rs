@@ -34,6 +34,8 @@ struct Inner {
     spool_messages: IntGauge,
     delivery_attempts: IntCounterVec,
     sessions_revoked: IntCounter,
+    quota_holds: IntCounterVec,
+    quota_available: IntGauge,
 }
 
 impl Default for Metrics {
@@ -128,6 +130,17 @@ impl Metrics {
                 "postern_smtp_sessions_revoked_total",
                 "Live sessions cut because their device password was revoked or rotated",
             ),
+            quota_holds: counter_vec(
+                &registry,
+                "postern_quota_holds_total",
+                "Recipient holds against the daily quota, by result (held, full, unavailable)",
+                &["result"],
+            ),
+            quota_available: gauge(
+                &registry,
+                "postern_quota_backend_up",
+                "1 when the quota backend answered its last health check, else 0",
+            ),
             registry,
         };
         Self {
@@ -218,6 +231,16 @@ impl Metrics {
             .delivery_attempts
             .with_label_values(&[result])
             .inc();
+    }
+
+    /// A quota hold ended (`held`, `full`, `unavailable`).
+    pub fn quota_hold(&self, result: &str) {
+        self.inner.quota_holds.with_label_values(&[result]).inc();
+    }
+
+    /// Whether the quota backend answered its last health check.
+    pub fn set_quota_available(&self, up: bool) {
+        self.inner.quota_available.set(i64::from(up));
     }
 
     /// A live session was cut after a revocation.

@@ -10,6 +10,7 @@
 
 pub mod address;
 pub mod password;
+pub mod quota;
 pub mod sender;
 
 pub use address::{AddressError, EmailAddress, domain_of, parse_address};

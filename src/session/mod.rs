@@ -189,6 +189,8 @@ pub enum CommitOutcome {
     Queued(String),
     /// Not stored; the client should retry.
     Failed,
+    /// Not counted against the quota (the quota service did not answer): not accepted.
+    QuotaUnavailable,
 }
 
 /// What the driver must do next.
@@ -396,6 +398,7 @@ impl Session {
         match outcome {
             CommitOutcome::Queued(id) => self.reply(Reply::queued(&id)),
             CommitOutcome::Failed => self.reply(Reply::spool_failed()),
+            CommitOutcome::QuotaUnavailable => self.reply(Reply::quota_unavailable()),
         }
     }
 

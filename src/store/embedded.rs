@@ -25,14 +25,19 @@
 //! across an `.await`. The async [`Directory`] methods run on tokio's blocking pool
 //! (`spawn_blocking`), so a lock wait or a slow disk never stalls the runtime's workers.
 
+use super::accounts::{check_hosting_network, parse_hosting_domain};
 use super::{
     AddressInfo, AliasInfo, AuthIdentity, CredentialId, DeviceInfo, Directory, DirectoryAdmin,
-    StoreError, address_not_found, check_device_name, device_not_found, quoted,
+    HostingAccount, HostingAccountInfo, IdentityLimits, LimitOverride, QuotaDirectory,
+    QuotaIdentity, StoreError, address_not_found, check_device_name, check_hosting_name,
+    device_not_found, quoted,
 };
 use crate::policy::password;
 use crate::policy::{DevicePassword, EmailAddress, Plan, parse_address};
+use ipnet::IpNet;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -74,6 +79,38 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER address_is_not_an_alias BEFORE INSERT ON addresses
     WHEN EXISTS (SELECT 1 FROM aliases WHERE alias = NEW.address)
     BEGIN SELECT RAISE(ABORT, 'address collides with an alias'); END;
+    "#,
+    // 2: daily limit overrides, hosting accounts with their networks and domains.
+    // A network is kept as text (for listing) and as its first and last address, big-endian
+    // (4 or 16 bytes), so that "which networks contain this IP" is a range query: BLOBs of one
+    // length compare like the numbers they encode. The primary key makes a network (address
+    // and prefix length) belong to one account at most.
+    r#"
+    ALTER TABLE addresses ADD COLUMN
+        daily_limit INTEGER CHECK (daily_limit BETWEEN 1 AND 4294967295);
+
+    CREATE TABLE hosting_accounts (
+        name        TEXT NOT NULL PRIMARY KEY,
+        daily_limit INTEGER CHECK (daily_limit BETWEEN 1 AND 4294967295),
+        created_at  INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE hosting_networks (
+        account TEXT NOT NULL REFERENCES hosting_accounts(name) ON DELETE CASCADE,
+        network TEXT NOT NULL,
+        family  INTEGER NOT NULL CHECK (family IN (4, 6)),
+        first   BLOB NOT NULL,
+        last    BLOB NOT NULL,
+        prefix  INTEGER NOT NULL,
+        PRIMARY KEY (family, first, prefix)
+    ) STRICT;
+    CREATE INDEX hosting_networks_by_account ON hosting_networks(account);
+
+    CREATE TABLE hosting_domains (
+        account TEXT NOT NULL REFERENCES hosting_accounts(name) ON DELETE CASCADE,
+        domain  TEXT NOT NULL,
+        PRIMARY KEY (account, domain)
+    ) STRICT;
     "#,
 ];
 
@@ -396,6 +433,186 @@ fn new_credential() -> Result<(DevicePassword, CredentialId), StoreError> {
     Ok((password, CredentialId::random()?))
 }
 
+/// `NotFound` for a hosting account.
+fn hosting_not_found(name: &str) -> StoreError {
+    StoreError::NotFound {
+        what: format!("hosting account {}", quoted(name)),
+    }
+}
+
+/// Family, first and last address of a network as stored: 4 or 16 big-endian bytes.
+fn network_key(network: &IpNet) -> (i64, Vec<u8>, Vec<u8>) {
+    match network {
+        IpNet::V4(n) => (
+            4,
+            n.network().octets().to_vec(),
+            n.broadcast().octets().to_vec(),
+        ),
+        IpNet::V6(n) => (
+            6,
+            n.network().octets().to_vec(),
+            n.broadcast().octets().to_vec(),
+        ),
+    }
+}
+
+/// Family and bytes of a client address, IPv4-mapped IPv6 taken as IPv4.
+fn ip_key(ip: IpAddr) -> (i64, Vec<u8>) {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => (4, v4.octets().to_vec()),
+        IpAddr::V6(v6) => (6, v6.octets().to_vec()),
+    }
+}
+
+fn stored_network(text: &str) -> Result<IpNet, StoreError> {
+    text.parse()
+        .map_err(|_| StoreError::Backend(format!("a stored hosting network is invalid: {text:?}")))
+}
+
+fn stored_limit(value: Option<i64>) -> Result<Option<u32>, StoreError> {
+    value
+        .map(|v| {
+            u32::try_from(v)
+                .map_err(|_| StoreError::Backend(format!("a stored daily limit is invalid: {v}")))
+        })
+        .transpose()
+}
+
+fn stored_plan(address: &str, plan: &str) -> Result<Plan, StoreError> {
+    plan.parse::<Plan>()
+        .map_err(|e| StoreError::Backend(format!("address {}: {e}", quoted(address))))
+}
+
+/// The table and key column holding an identity's `daily_limit`.
+fn limit_table(identity: &QuotaIdentity) -> (&'static str, &'static str) {
+    match identity {
+        QuotaIdentity::Address(_) => ("addresses", "address"),
+        QuotaIdentity::Hosting(_) => ("hosting_accounts", "name"),
+    }
+}
+
+/// `NotFound` naming the identity, in the words of the other store errors.
+fn identity_not_found(identity: &QuotaIdentity) -> StoreError {
+    StoreError::NotFound {
+        what: identity.to_string(),
+    }
+}
+
+/// Plan and override of an identity; `None` if it does not exist.
+fn read_limits(
+    conn: &Connection,
+    identity: &QuotaIdentity,
+) -> Result<Option<IdentityLimits>, StoreError> {
+    match identity {
+        QuotaIdentity::Address(address) => {
+            let row = conn
+                .prepare_cached("SELECT plan, daily_limit FROM addresses WHERE address = ?1")
+                .map_err(backend)?
+                .query_row([address], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, Option<i64>>(1)?))
+                })
+                .optional()
+                .map_err(backend)?;
+            row.map(|(plan, daily)| {
+                Ok(IdentityLimits {
+                    plan: Some(stored_plan(address, &plan)?),
+                    daily_override: stored_limit(daily)?,
+                })
+            })
+            .transpose()
+        }
+        QuotaIdentity::Hosting(name) => {
+            let row = conn
+                .prepare_cached("SELECT daily_limit FROM hosting_accounts WHERE name = ?1")
+                .map_err(backend)?
+                .query_row([name], |row| row.get::<_, Option<i64>>(0))
+                .optional()
+                .map_err(backend)?;
+            row.map(|daily| {
+                Ok(IdentityLimits {
+                    plan: None,
+                    daily_override: stored_limit(daily)?,
+                })
+            })
+            .transpose()
+        }
+    }
+}
+
+/// Sets or clears (`None`) the override of an existing identity; returns the previous one.
+fn write_limit(
+    tx: &Transaction<'_>,
+    identity: &QuotaIdentity,
+    daily: Option<u32>,
+) -> Result<Option<u32>, StoreError> {
+    let previous = read_limits(tx, identity)?.ok_or_else(|| identity_not_found(identity))?;
+    let (table, key) = limit_table(identity);
+    tx.execute(
+        &format!("UPDATE {table} SET daily_limit = ?2 WHERE {key} = ?1"),
+        params![identity.name(), daily.map(i64::from)],
+    )
+    .map_err(backend)?;
+    Ok(previous.daily_override)
+}
+
+impl EmbeddedStore {
+    /// Runs `f` on tokio's blocking pool with a clone of the store.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&EmbeddedStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+    }
+
+    fn hosting_account_for_blocking(
+        &self,
+        client: IpAddr,
+    ) -> Result<Option<HostingAccount>, StoreError> {
+        let (family, ip) = ip_key(client);
+        let conn = self.lock();
+        // One statement, so the account and its domains come from one snapshot.
+        let mut stmt = conn
+            .prepare_cached(
+                "WITH best AS (
+                     SELECT account, network FROM hosting_networks
+                     WHERE family = ?1 AND first <= ?2 AND last >= ?2
+                     ORDER BY prefix DESC LIMIT 1
+                 )
+                 SELECT best.account, best.network, d.domain
+                 FROM best JOIN hosting_domains d ON d.account = best.account
+                 ORDER BY d.domain",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map(params![family, ip], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(backend)?;
+        let mut found: Option<HostingAccount> = None;
+        for row in rows {
+            let (name, network, domain) = row.map_err(backend)?;
+            match &mut found {
+                Some(account) => account.domains.push(domain),
+                None => {
+                    found = Some(HostingAccount {
+                        name,
+                        domains: vec![domain],
+                        network: stored_network(&network)?,
+                    });
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
 impl DirectoryAdmin for EmbeddedStore {
     fn add_address(&self, address: &EmailAddress, plan: Plan) -> Result<(), StoreError> {
         self.write(|tx| {
@@ -609,6 +826,265 @@ impl DirectoryAdmin for EmbeddedStore {
             tx.execute("DELETE FROM devices WHERE address = ?1", [address])
                 .map_err(backend)
         })
+    }
+
+    fn add_hosting_account(
+        &self,
+        name: &str,
+        networks: &[IpNet],
+        domains: &[String],
+    ) -> Result<(), StoreError> {
+        check_hosting_name(name)?;
+        if networks.is_empty() {
+            return Err(StoreError::Invalid(format!(
+                "hosting account {}: at least one network is needed",
+                quoted(name)
+            )));
+        }
+        if domains.is_empty() {
+            return Err(StoreError::Invalid(format!(
+                "hosting account {}: at least one domain is needed",
+                quoted(name)
+            )));
+        }
+        let networks = networks
+            .iter()
+            .map(|n| check_hosting_network(*n))
+            .collect::<Result<BTreeSet<_>, _>>()?;
+        let domains = domains
+            .iter()
+            .map(|d| parse_hosting_domain(d))
+            .collect::<Result<BTreeSet<_>, _>>()?;
+        self.write(|tx| {
+            let exists = tx
+                .query_row(
+                    "SELECT 1 FROM hosting_accounts WHERE name = ?1",
+                    [name],
+                    |_| Ok(()),
+                )
+                .optional()
+                .map_err(backend)?
+                .is_some();
+            if exists {
+                return Err(StoreError::AlreadyExists {
+                    what: format!("hosting account {}", quoted(name)),
+                });
+            }
+            tx.execute(
+                "INSERT INTO hosting_accounts (name, created_at) VALUES (?1, ?2)",
+                params![name, now_secs()],
+            )
+            .map_err(backend)?;
+            for network in &networks {
+                let (family, first, last) = network_key(network);
+                let prefix = i64::from(network.prefix_len());
+                let owner = tx
+                    .query_row(
+                        "SELECT account FROM hosting_networks
+                         WHERE family = ?1 AND first = ?2 AND prefix = ?3",
+                        params![family, first, prefix],
+                        |row| row.get::<_, String>(0),
+                    )
+                    .optional()
+                    .map_err(backend)?;
+                if let Some(owner) = owner {
+                    return Err(StoreError::AlreadyExists {
+                        what: format!(
+                            "network {network} (same prefix length) of hosting account {}",
+                            quoted(&owner)
+                        ),
+                    });
+                }
+                tx.execute(
+                    "INSERT INTO hosting_networks (account, network, family, first, last, prefix)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![name, network.to_string(), family, first, last, prefix],
+                )
+                .map_err(backend)?;
+            }
+            for domain in &domains {
+                tx.execute(
+                    "INSERT INTO hosting_domains (account, domain) VALUES (?1, ?2)",
+                    params![name, domain],
+                )
+                .map_err(backend)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn remove_hosting_account(&self, name: &str) -> Result<(), StoreError> {
+        self.write(|tx| {
+            // Explicit rather than relying on ON DELETE CASCADE alone.
+            tx.execute("DELETE FROM hosting_networks WHERE account = ?1", [name])
+                .map_err(backend)?;
+            tx.execute("DELETE FROM hosting_domains WHERE account = ?1", [name])
+                .map_err(backend)?;
+            let removed = tx
+                .execute("DELETE FROM hosting_accounts WHERE name = ?1", [name])
+                .map_err(backend)?;
+            if removed == 0 {
+                return Err(hosting_not_found(name));
+            }
+            Ok(())
+        })
+    }
+
+    fn list_hosting_accounts(&self) -> Result<Vec<HostingAccountInfo>, StoreError> {
+        let mut conn = self.lock();
+        // A read transaction: the three queries see one snapshot.
+        let tx = conn.transaction().map_err(backend)?;
+        let mut accounts = BTreeMap::new();
+        {
+            let mut stmt = tx
+                .prepare("SELECT name, daily_limit, created_at FROM hosting_accounts")
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, Option<i64>>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
+                })
+                .map_err(backend)?;
+            for row in rows {
+                let (name, daily, created_at) = row.map_err(backend)?;
+                accounts.insert(
+                    name.clone(),
+                    HostingAccountInfo {
+                        name,
+                        networks: Vec::new(),
+                        domains: Vec::new(),
+                        daily_limit: stored_limit(daily)?,
+                        created_at: to_time(created_at),
+                    },
+                );
+            }
+        }
+        {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT account, network FROM hosting_networks
+                     ORDER BY family, first, prefix",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                })
+                .map_err(backend)?;
+            for row in rows {
+                let (account, network) = row.map_err(backend)?;
+                if let Some(info) = accounts.get_mut(&account) {
+                    info.networks.push(stored_network(&network)?);
+                }
+            }
+        }
+        {
+            let mut stmt = tx
+                .prepare("SELECT account, domain FROM hosting_domains ORDER BY domain")
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                })
+                .map_err(backend)?;
+            for row in rows {
+                let (account, domain) = row.map_err(backend)?;
+                if let Some(info) = accounts.get_mut(&account) {
+                    info.domains.push(domain);
+                }
+            }
+        }
+        Ok(accounts.into_values().collect())
+    }
+
+    fn set_limit(&self, identity: &QuotaIdentity, daily: u32) -> Result<Option<u32>, StoreError> {
+        if daily == 0 {
+            return Err(StoreError::Invalid(
+                "a daily limit must be at least 1 recipient".to_string(),
+            ));
+        }
+        self.write(|tx| write_limit(tx, identity, Some(daily)))
+    }
+
+    fn clear_limit(&self, identity: &QuotaIdentity) -> Result<Option<u32>, StoreError> {
+        self.write(|tx| write_limit(tx, identity, None))
+    }
+
+    fn identity_limits(&self, identity: &QuotaIdentity) -> Result<IdentityLimits, StoreError> {
+        read_limits(&self.lock(), identity)?.ok_or_else(|| identity_not_found(identity))
+    }
+
+    fn list_limits(&self) -> Result<Vec<LimitOverride>, StoreError> {
+        let conn = self.lock();
+        let mut out = Vec::new();
+        for (sql, make) in [
+            (
+                "SELECT address, daily_limit FROM addresses
+                 WHERE daily_limit IS NOT NULL ORDER BY address",
+                QuotaIdentity::Address as fn(String) -> QuotaIdentity,
+            ),
+            (
+                "SELECT name, daily_limit FROM hosting_accounts
+                 WHERE daily_limit IS NOT NULL ORDER BY name",
+                QuotaIdentity::Hosting,
+            ),
+        ] {
+            let mut stmt = conn.prepare(sql).map_err(backend)?;
+            let rows = stmt
+                .query_map([], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, Option<i64>>(1)?))
+                })
+                .map_err(backend)?;
+            for row in rows {
+                let (name, daily) = row.map_err(backend)?;
+                if let Some(daily) = stored_limit(daily)? {
+                    out.push(LimitOverride {
+                        identity: make(name),
+                        daily,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait::async_trait]
+impl QuotaDirectory for EmbeddedStore {
+    async fn hosting_account_for(
+        &self,
+        client: IpAddr,
+    ) -> Result<Option<HostingAccount>, StoreError> {
+        self.blocking(move |store| store.hosting_account_for_blocking(client))
+            .await
+    }
+
+    async fn plan_of(&self, address: &str) -> Result<Option<Plan>, StoreError> {
+        let identity = QuotaIdentity::Address(address.to_string());
+        self.blocking(move |store| {
+            Ok(read_limits(&store.lock(), &identity)?.and_then(|limits| limits.plan))
+        })
+        .await
+    }
+
+    async fn limit_override(&self, identity: &QuotaIdentity) -> Result<Option<u32>, StoreError> {
+        let identity = identity.clone();
+        self.blocking(move |store| {
+            Ok(read_limits(&store.lock(), &identity)?.and_then(|limits| limits.daily_override))
+        })
+        .await
+    }
+
+    async fn limits_of(
+        &self,
+        identity: &QuotaIdentity,
+    ) -> Result<Option<IdentityLimits>, StoreError> {
+        let identity = identity.clone();
+        self.blocking(move |store| read_limits(&store.lock(), &identity))
+            .await
     }
 }
 
@@ -1044,5 +1520,344 @@ mod tests {
             .query_row("SELECT password_hash FROM devices", [], |r| r.get(0))
             .unwrap();
         assert_eq!(stored, password::hash(p.expose()));
+    }
+
+    fn net(text: &str) -> IpNet {
+        text.parse().unwrap()
+    }
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn migration_from_version_1_keeps_data() {
+        let dir = TempDir::new("migrate");
+        std::fs::create_dir_all(dir.db().parent().unwrap()).unwrap();
+        {
+            // A file as the first Postern left it: schema 1 with one address.
+            let conn = Connection::open(dir.db()).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO addresses (address, plan, created_at) VALUES ('a@example.org', 'premium', 1)",
+                [],
+            )
+            .unwrap();
+        }
+        let store = EmbeddedStore::open(&dir.db()).unwrap();
+        assert_eq!(schema_version(&store.lock()).unwrap(), MIGRATIONS.len());
+        let a = QuotaIdentity::Address("a@example.org".into());
+        assert_eq!(
+            store.identity_limits(&a).unwrap(),
+            IdentityLimits {
+                plan: Some(Plan::Premium),
+                daily_override: None
+            }
+        );
+        store.set_limit(&a, 3000).unwrap();
+        assert!(store.list_hosting_accounts().unwrap().is_empty());
+        drop(store);
+        // Reopening does not migrate again.
+        let store = EmbeddedStore::open(&dir.db()).unwrap();
+        assert_eq!(
+            store.identity_limits(&a).unwrap().daily_override,
+            Some(3000)
+        );
+    }
+
+    #[test]
+    fn hosting_add_list_remove() {
+        let (_dir, store) = open("hosting");
+        store
+            .add_hosting_account(
+                "web2",
+                &[
+                    net("2001:db8:2::/48"),
+                    net("192.0.2.0/24"),
+                    net("192.0.2.0/24"),
+                ],
+                &strings(&["Shop.Example.org", "example.net", "shop.example.org"]),
+            )
+            .unwrap();
+        store
+            .add_hosting_account("web1", &[net("198.51.100.7/32")], &strings(&["a.example"]))
+            .unwrap();
+        let list = store.list_hosting_accounts().unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].name, "web1");
+        assert_eq!(list[1].name, "web2");
+        assert_eq!(
+            list[1].networks,
+            [net("192.0.2.0/24"), net("2001:db8:2::/48")]
+        );
+        assert_eq!(list[1].domains, ["example.net", "shop.example.org"]);
+        assert_eq!(list[1].daily_limit, None);
+
+        let e = store
+            .add_hosting_account("web1", &[net("203.0.113.0/24")], &strings(&["b.example"]))
+            .unwrap_err();
+        assert_eq!(e.to_string(), "hosting account \"web1\" already exists");
+        // Invalid input is refused before anything is written.
+        for (name, nets, domains) in [
+            ("Web3", vec![net("203.0.113.0/24")], strings(&["b.example"])),
+            ("web3", vec![], strings(&["b.example"])),
+            ("web3", vec![net("203.0.113.0/24")], vec![]),
+            ("web3", vec![net("203.0.113.1/24")], strings(&["b.example"])),
+            (
+                "web3",
+                vec![net("203.0.113.0/24")],
+                strings(&["b_example.org"]),
+            ),
+        ] {
+            let e = store
+                .add_hosting_account(name, &nets, &domains)
+                .unwrap_err();
+            assert!(matches!(e, StoreError::Invalid(_)), "{e}");
+        }
+        assert_eq!(store.list_hosting_accounts().unwrap().len(), 2);
+
+        store.remove_hosting_account("web2").unwrap();
+        let e = store.remove_hosting_account("web2").unwrap_err();
+        assert_eq!(e.to_string(), "hosting account \"web2\" not found");
+        assert_eq!(store.list_hosting_accounts().unwrap().len(), 1);
+        let rows: i64 = store
+            .lock()
+            .query_row("SELECT count(*) FROM hosting_networks", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 1);
+        // Its network is free again.
+        store
+            .add_hosting_account("web3", &[net("192.0.2.0/24")], &strings(&["c.example"]))
+            .unwrap();
+    }
+
+    #[test]
+    fn equal_networks_are_refused_nested_ones_allowed() {
+        let (_dir, store) = open("equal");
+        store
+            .add_hosting_account("wide", &[net("10.0.0.0/8")], &strings(&["wide.example"]))
+            .unwrap();
+        let e = store
+            .add_hosting_account(
+                "other",
+                &[net("172.16.0.0/12"), net("10.0.0.0/8")],
+                &strings(&["other.example"]),
+            )
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "network 10.0.0.0/8 (same prefix length) of hosting account \"wide\" already exists"
+        );
+        // Nothing of the refused account was kept.
+        assert_eq!(store.list_hosting_accounts().unwrap().len(), 1);
+        store
+            .add_hosting_account("narrow", &[net("10.1.0.0/16")], &strings(&["n.example"]))
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn hosting_lookup_takes_the_longest_prefix() {
+        let (_dir, store) = open("lookup");
+        let accounts = [
+            ("wide", "10.0.0.0/8"),
+            ("mid", "10.1.0.0/16"),
+            ("narrow", "10.1.2.0/24"),
+            ("host", "10.1.2.3/32"),
+            ("six", "2001:db8::/32"),
+            ("six-narrow", "2001:db8:0:1::/64"),
+            ("everything6", "::/0"),
+        ];
+        for (name, network) in accounts {
+            store
+                .add_hosting_account(
+                    name,
+                    &[net(network)],
+                    &strings(&[&format!("{name}.example"), "shared.example"]),
+                )
+                .unwrap();
+        }
+        let at = async |ip: &str| {
+            store
+                .hosting_account_for(ip.parse().unwrap())
+                .await
+                .unwrap()
+                .map(|a| a.name)
+        };
+        assert_eq!(at("10.1.2.3").await.as_deref(), Some("host"));
+        assert_eq!(at("10.1.2.4").await.as_deref(), Some("narrow"));
+        assert_eq!(at("10.1.3.4").await.as_deref(), Some("mid"));
+        assert_eq!(at("10.200.0.1").await.as_deref(), Some("wide"));
+        assert_eq!(at("10.255.255.255").await.as_deref(), Some("wide"));
+        assert_eq!(at("10.0.0.0").await.as_deref(), Some("wide"));
+        assert_eq!(at("11.0.0.0").await, None);
+        assert_eq!(at("9.255.255.255").await, None);
+        assert_eq!(at("::ffff:10.1.2.3").await.as_deref(), Some("host"));
+        assert_eq!(at("2001:db8:0:1::25").await.as_deref(), Some("six-narrow"));
+        assert_eq!(at("2001:db8:0:2::25").await.as_deref(), Some("six"));
+        assert_eq!(at("fe80::1").await.as_deref(), Some("everything6"));
+
+        let found = store
+            .hosting_account_for("10.1.2.9".parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            found,
+            HostingAccount {
+                name: "narrow".into(),
+                domains: strings(&["narrow.example", "shared.example"]),
+                network: net("10.1.2.0/24"),
+            }
+        );
+
+        // The SQL range query agrees with the reference matcher on many addresses.
+        let table: Vec<(IpNet, &str)> = accounts.iter().map(|(n, c)| (net(c), *n)).collect();
+        let mut x: u32 = 0x0a01_0203;
+        for _ in 0..300 {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let ip = IpAddr::from(std::net::Ipv4Addr::from((x & 0x00ff_ffff) | 0x0a00_0000));
+            let ip = if x.is_multiple_of(3) {
+                ip
+            } else if x % 3 == 1 {
+                IpAddr::from(std::net::Ipv4Addr::from(x))
+            } else {
+                IpAddr::from(std::net::Ipv6Addr::from(
+                    (0x2001_0db8_u128 << 96) | (u128::from(x % 4) << 64) | u128::from(x),
+                ))
+            };
+            let expected = super::super::accounts::longest_match(ip, &table).map(|(_, n)| *n);
+            let got = store.hosting_account_for(ip).await.unwrap();
+            assert_eq!(got.as_ref().map(|a| a.name.as_str()), expected, "{ip}");
+        }
+
+        store.remove_hosting_account("host").unwrap();
+        assert_eq!(at("10.1.2.3").await.as_deref(), Some("narrow"));
+    }
+
+    #[tokio::test]
+    async fn limit_overrides() {
+        let (_dir, store) = open("limits");
+        let a = addr("alice@example.org");
+        store.add_address(&a, Plan::Starter).unwrap();
+        store.add_alias(&addr("sales@example.org"), &a).unwrap();
+        store
+            .add_hosting_account("web1", &[net("192.0.2.0/24")], &strings(&["example.org"]))
+            .unwrap();
+        let alice = QuotaIdentity::Address(a.to_string());
+        let web1 = QuotaIdentity::Hosting("web1".into());
+
+        assert_eq!(
+            store.identity_limits(&alice).unwrap(),
+            IdentityLimits {
+                plan: Some(Plan::Starter),
+                daily_override: None
+            }
+        );
+        assert_eq!(store.set_limit(&alice, 2000).unwrap(), None);
+        assert_eq!(store.set_limit(&alice, 2500).unwrap(), Some(2000));
+        assert_eq!(store.set_limit(&web1, 200).unwrap(), None);
+        assert_eq!(
+            store.identity_limits(&web1).unwrap(),
+            IdentityLimits {
+                plan: None,
+                daily_override: Some(200)
+            }
+        );
+        assert_eq!(store.set_limit(&web1, u32::MAX).unwrap(), Some(200));
+        assert_eq!(
+            store.list_limits().unwrap(),
+            [
+                LimitOverride {
+                    identity: alice.clone(),
+                    daily: 2500
+                },
+                LimitOverride {
+                    identity: web1.clone(),
+                    daily: u32::MAX
+                }
+            ]
+        );
+        assert_eq!(
+            store.list_hosting_accounts().unwrap()[0].daily_limit,
+            Some(u32::MAX)
+        );
+
+        // The server side sees the same.
+        assert_eq!(store.limit_override(&alice).await.unwrap(), Some(2500));
+        assert_eq!(
+            store.plan_of("alice@example.org").await.unwrap(),
+            Some(Plan::Starter)
+        );
+        assert_eq!(store.plan_of("sales@example.org").await.unwrap(), None);
+        assert_eq!(
+            store.limits_of(&web1).await.unwrap(),
+            Some(IdentityLimits {
+                plan: None,
+                daily_override: Some(u32::MAX)
+            })
+        );
+        let nobody = QuotaIdentity::Address("nobody@example.org".into());
+        assert_eq!(store.limits_of(&nobody).await.unwrap(), None);
+        assert_eq!(store.limit_override(&nobody).await.unwrap(), None);
+
+        // Unknown identities, aliases and a zero limit are refused.
+        let e = store.set_limit(&nobody, 10).unwrap_err();
+        assert_eq!(e.to_string(), "address \"nobody@example.org\" not found");
+        let e = store
+            .set_limit(&QuotaIdentity::Address("sales@example.org".into()), 10)
+            .unwrap_err();
+        assert!(matches!(e, StoreError::NotFound { .. }), "{e}");
+        let e = store
+            .clear_limit(&QuotaIdentity::Hosting("web9".into()))
+            .unwrap_err();
+        assert_eq!(e.to_string(), "hosting account \"web9\" not found");
+        assert!(matches!(
+            store.set_limit(&alice, 0).unwrap_err(),
+            StoreError::Invalid(_)
+        ));
+        assert!(store.identity_limits(&nobody).is_err());
+
+        assert_eq!(store.clear_limit(&alice).unwrap(), Some(2500));
+        assert_eq!(store.clear_limit(&alice).unwrap(), None);
+        assert_eq!(store.limit_override(&alice).await.unwrap(), None);
+
+        // An override goes with its identity.
+        store.set_limit(&alice, 900).unwrap();
+        store.remove_address(&a).unwrap();
+        store.remove_hosting_account("web1").unwrap();
+        assert!(store.list_limits().unwrap().is_empty());
+        store.add_address(&a, Plan::Free).unwrap();
+        store
+            .add_hosting_account("web1", &[net("192.0.2.0/24")], &strings(&["example.org"]))
+            .unwrap();
+        assert_eq!(store.identity_limits(&alice).unwrap().daily_override, None);
+        assert_eq!(store.identity_limits(&web1).unwrap().daily_override, None);
+    }
+
+    #[tokio::test]
+    async fn the_server_sees_hosting_changes_at_once() {
+        let dir = TempDir::new("hosting-shared");
+        let server = EmbeddedStore::open(&dir.db()).unwrap();
+        let cli = EmbeddedStore::open(&dir.db()).unwrap();
+        let ip: IpAddr = "192.0.2.10".parse().unwrap();
+        assert!(server.hosting_account_for(ip).await.unwrap().is_none());
+        cli.add_hosting_account("web1", &[net("192.0.2.0/24")], &strings(&["example.org"]))
+            .unwrap();
+        assert_eq!(
+            server.hosting_account_for(ip).await.unwrap().unwrap().name,
+            "web1"
+        );
+        cli.set_limit(&QuotaIdentity::Hosting("web1".into()), 75)
+            .unwrap();
+        assert_eq!(
+            server
+                .limit_override(&QuotaIdentity::Hosting("web1".into()))
+                .await
+                .unwrap(),
+            Some(75)
+        );
+        cli.remove_hosting_account("web1").unwrap();
+        assert!(server.hosting_account_for(ip).await.unwrap().is_none());
     }
 }

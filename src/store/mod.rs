@@ -1,13 +1,19 @@
-//! Addresses, aliases and device passwords, behind two small traits.
+//! Addresses, aliases, device passwords, hosting accounts and limit overrides, behind three
+//! small traits.
 //!
 //! - [`Directory`] is what `postern serve` needs at run time: check an AUTH login, and tell
 //!   the revocation watcher which sessions' credentials are still good. It is async and
 //!   dyn-compatible (`Arc<dyn Directory>`), so the listener does not care about the backend.
-//! - [`DirectoryAdmin`] is what the `postern address|alias|device` commands need. It is
-//!   synchronous: the CLI does one thing and exits.
+//! - [`QuotaDirectory`] is what the port-25 and quota paths of `postern serve` need: which
+//!   hosting account a client address belongs to, an address's plan, limit overrides. Also
+//!   async and dyn-compatible. It is a trait of its own rather than more methods of
+//!   [`Directory`] so that test doubles of the AUTH path need not grow quota answers.
+//! - [`DirectoryAdmin`] is what the `postern address|alias|device|hosting|limit` commands need.
+//!   It is synchronous: the CLI does one thing and exits.
 //!
-//! [`EmbeddedStore`] (SQLite, one file) implements both; a shared backend for several relays
-//! can implement the same traits later.
+//! [`EmbeddedStore`] (SQLite, one file) implements all three; a shared backend for several
+//! relays can implement the same traits later. Hosting and identity types, and their checks,
+//! are in [`accounts`].
 //!
 //! # Model
 //! An *address* is a hosted mailbox (`alice@example.org`) with a [`Plan`]. An *alias* is another
@@ -17,25 +23,40 @@
 //! whenever the device's password changes, so that sessions authenticated with an old password
 //! can be found and cut.
 //!
+//! A *hosting account* is a web-hosting customer relaying PHP `mail()` on port 25 from its
+//! networks, with the sender domains it may use. Addresses and hosting accounts are the two
+//! kinds of [`QuotaIdentity`]; each may carry a daily limit override.
+//!
 //! # What this module does not do
-//! No syntax rules of its own beyond device names (addresses arrive as [`EmailAddress`], already
-//! checked by [`crate::policy::address`]), no password generation rules
-//! ([`crate::policy::password`]), no rate limiting of logins (the listener), no quotas yet.
+//! No syntax rules of its own beyond device and hosting account names (addresses arrive as
+//! [`EmailAddress`], already checked by [`crate::policy::address`]), no password generation
+//! rules ([`crate::policy::password`]), no rate limiting of logins (the listener), no counting
+//! of sent recipients (the quota store).
 //!
 //! # Failure policy
 //! Every backend failure is [`StoreError::Backend`]. Callers fail *closed*: an AUTH that meets a
 //! backend error is answered with a temporary error (454 4.7.0), never accepted, and the
 //! revocation watcher that cannot reach the store keeps sessions as they are and retries.
 
+pub mod accounts;
 pub mod embedded;
+pub mod quota;
+pub mod quota_embedded;
+pub mod quota_redis;
 
+pub use accounts::{
+    HostingAccount, HostingAccountInfo, IdentityLimits, LimitOverride, LimitSource, QuotaIdentity,
+    check_hosting_name,
+};
 pub use embedded::EmbeddedStore;
 
 use crate::policy::{DevicePassword, EmailAddress, Plan};
+use ipnet::IpNet;
 use rand::TryRng;
 use rand::rngs::SysRng;
 use std::collections::HashSet;
 use std::fmt;
+use std::net::IpAddr;
 use std::time::SystemTime;
 
 /// Longest device name, in characters.
@@ -141,6 +162,51 @@ pub trait Directory: Send + Sync {
         &self,
         ids: &[CredentialId],
     ) -> Result<HashSet<CredentialId>, StoreError>;
+}
+
+/// The run-time questions of the relay listener (port 25) and of quota enforcement.
+///
+/// # Contract
+/// The same as [`Directory`]'s: safe to call concurrently, never blocking the runtime,
+/// answers reflect every committed change (no caching across calls), `Err` only when the
+/// backend cannot answer; callers fail closed (no relaying, no uncounted recipient).
+/// Unknown identities are `Ok(None)`, not errors: an address can be removed while its session
+/// is open.
+#[async_trait::async_trait]
+pub trait QuotaDirectory: Send + Sync {
+    /// The hosting account whose networks contain `client` most specifically (longest
+    /// prefix), with its sender domains; `None` if no account's network contains it.
+    /// IPv4-mapped IPv6 clients (`::ffff:192.0.2.7`) are matched as IPv4.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] only.
+    async fn hosting_account_for(
+        &self,
+        client: IpAddr,
+    ) -> Result<Option<HostingAccount>, StoreError>;
+
+    /// The plan of an address (canonical lowercase, as in [`AuthIdentity::address`]); `None`
+    /// if it is not an address.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] only.
+    async fn plan_of(&self, address: &str) -> Result<Option<Plan>, StoreError>;
+
+    /// The daily limit override of an identity; `None` if it has none or does not exist.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] only.
+    async fn limit_override(&self, identity: &QuotaIdentity) -> Result<Option<u32>, StoreError>;
+
+    /// Plan and override of an identity in one lookup (`None` if it does not exist): what the
+    /// listener needs to compute the limit, with [`IdentityLimits::effective`].
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] only.
+    async fn limits_of(
+        &self,
+        identity: &QuotaIdentity,
+    ) -> Result<Option<IdentityLimits>, StoreError>;
 }
 
 /// An address as listed by [`DirectoryAdmin::list_addresses`].
@@ -257,6 +323,60 @@ pub trait DirectoryAdmin {
     /// # Errors
     /// `NotFound` for an unknown address (an address without devices gives `Ok(0)`).
     fn revoke_all(&self, address: &EmailAddress) -> Result<usize, StoreError>;
+
+    /// Adds a hosting account with its client networks and sender domains (at least one of
+    /// each). Duplicates in either list are ignored; domains are stored lowercase.
+    ///
+    /// # Errors
+    /// `Invalid` for a bad name ([`check_hosting_name`]), a bad domain
+    /// ([`accounts::parse_hosting_domain`]) or network ([`accounts::check_hosting_network`]),
+    /// or an empty list; `AlreadyExists` if the account exists, or if one of the networks
+    /// (same address and prefix length) belongs to another account already. Overlapping
+    /// networks of different lengths are fine: the longest prefix wins at lookup.
+    fn add_hosting_account(
+        &self,
+        name: &str,
+        networks: &[IpNet],
+        domains: &[String],
+    ) -> Result<(), StoreError>;
+
+    /// Removes a hosting account with its networks, domains and limit override.
+    ///
+    /// # Errors
+    /// `NotFound` if there is no such account.
+    fn remove_hosting_account(&self, name: &str) -> Result<(), StoreError>;
+
+    /// All hosting accounts, sorted by name.
+    ///
+    /// # Errors
+    /// `Backend` only.
+    fn list_hosting_accounts(&self) -> Result<Vec<HostingAccountInfo>, StoreError>;
+
+    /// Sets the daily recipient limit of an identity, replacing its plan's (or the hosting
+    /// default) until cleared. Returns the override it replaced, if any.
+    ///
+    /// # Errors
+    /// `Invalid` for a limit of 0; `NotFound` if the address or account does not exist (an
+    /// alias is not an address: its mail counts against its owner).
+    fn set_limit(&self, identity: &QuotaIdentity, daily: u32) -> Result<Option<u32>, StoreError>;
+
+    /// Removes the override of an identity; returns the removed limit, `None` if it had none.
+    ///
+    /// # Errors
+    /// `NotFound` if the address or account does not exist.
+    fn clear_limit(&self, identity: &QuotaIdentity) -> Result<Option<u32>, StoreError>;
+
+    /// Plan and override of an identity.
+    ///
+    /// # Errors
+    /// `NotFound` if the address or account does not exist.
+    fn identity_limits(&self, identity: &QuotaIdentity) -> Result<IdentityLimits, StoreError>;
+
+    /// Every override, addresses first, each kind sorted by name.
+    ///
+    /// # Errors
+    /// `Backend` only.
+    fn list_limits(&self) -> Result<Vec<LimitOverride>, StoreError>;
 }
 
 /// Checks a device name: 1 to [`MAX_DEVICE_NAME_LEN`] characters, no control characters

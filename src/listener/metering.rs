@@ -1,0 +1,130 @@
+//! Metering: counting a session's recipients against its rolling daily quota.
+//!
+//! A session is metered once its identity is known: the authenticated address on 587/465, or
+//! the hosting account whose network the client is in on port 25. Clients of the trusted
+//! `[relay] networks` are not metered (Postfix's `mynetworks`: the provider's own systems).
+//!
+//! Life of a transaction's holds (FAQ: every To/CC/BCC recipient counts 1):
+//! - each RCPT that passed the session's checks is held (one atomic check-and-hold in the
+//!   quota store); the RCPT that would go over the limit gets 450 with the time capacity
+//!   returns, and the recipients before it stay accepted;
+//! - at end of data the holds are committed (counted) *before* the spool commit, and refunded
+//!   if the spool then fails: a message is never accepted uncounted;
+//! - RSET, a new EHLO, a refused message, QUIT or a dropped connection release the holds; the
+//!   holds of a relay that dies expire by themselves after `quota.hold_ttl`.
+//!
+//! Fail closed: a quota store that does not answer turns RCPT into `451 4.3.0` and end of data
+//! into `451 4.3.0`; nothing is accepted without being counted.
+
+use super::Shared;
+use crate::session::HoldOutcome;
+use crate::spool::unix_ms;
+use crate::store::quota::{self, QuotaError, QuotaKey};
+use crate::store::{QuotaIdentity, StoreError};
+use std::time::SystemTime;
+
+/// The quota of one session's identity, and the holds of its open transaction.
+pub(super) struct Meter {
+    key: QuotaKey,
+    limit: u32,
+    /// Hold id of the open transaction, once it has held a recipient.
+    hold: Option<String>,
+}
+
+/// Why a session's quota could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum MeterError {
+    /// The store could not say what the limit is.
+    #[error("limit lookup: {0}")]
+    Store(#[from] StoreError),
+    /// The identity has no limit (removed meanwhile, or a plan without a configured limit).
+    #[error("no daily limit for {0}")]
+    NoLimit(String),
+}
+
+impl Meter {
+    /// The meter of `identity`, with its limit: override, else plan, else the hosting default.
+    pub(super) async fn for_identity(
+        shared: &Shared,
+        identity: QuotaIdentity,
+    ) -> Result<Self, MeterError> {
+        let limits = shared
+            .accounts
+            .limits_of(&identity)
+            .await?
+            .ok_or_else(|| MeterError::NoLimit(identity.to_string()))?;
+        let quota = &shared.config.quota;
+        let (limit, _source) = limits
+            .effective(|plan| quota.plans.get(plan.as_str()).copied(), quota.hosting)
+            .ok_or_else(|| MeterError::NoLimit(identity.to_string()))?;
+        let key = match identity {
+            QuotaIdentity::Address(a) => QuotaKey::Address(a),
+            QuotaIdentity::Hosting(h) => QuotaKey::Hosting(h),
+        };
+        Ok(Self { key, limit, hold: None })
+    }
+
+    /// The identity, for logs and the message brake.
+    pub(super) fn key(&self) -> &QuotaKey {
+        &self.key
+    }
+
+    /// Whether the open transaction holds anything yet.
+    pub(super) fn has_hold(&self) -> bool {
+        self.hold.is_some()
+    }
+
+    /// Holds one recipient for the transaction `tx_id`.
+    pub(super) async fn hold(&mut self, shared: &Shared, tx_id: &str) -> HoldOutcome {
+        let now = unix_ms(SystemTime::now());
+        match shared.quota.hold(&self.key, tx_id, self.limit, now).await {
+            Ok(quota::HoldOutcome::Held { .. }) => {
+                self.hold = Some(tx_id.to_string());
+                shared.metrics.quota_hold("held");
+                HoldOutcome::Held
+            }
+            Ok(quota::HoldOutcome::Full { retry_at_ms }) => {
+                shared.metrics.quota_hold("full");
+                tracing::info!(identity = %self.key, limit = self.limit, "daily quota reached");
+                HoldOutcome::Full {
+                    limit: self.limit,
+                    retry_after: crate::policy::quota::retry_after_text(retry_at_ms),
+                }
+            }
+            Err(e) => {
+                shared.metrics.quota_hold("unavailable");
+                tracing::warn!(identity = %self.key, error = %e, "quota service unavailable");
+                HoldOutcome::Unavailable
+            }
+        }
+    }
+
+    /// Counts the transaction's held recipients. Returns how many were counted.
+    pub(super) async fn commit(&mut self, shared: &Shared) -> Result<u32, QuotaError> {
+        let Some(hold) = self.hold.take() else { return Ok(0) };
+        let now = unix_ms(SystemTime::now());
+        shared.quota.commit(&self.key, &hold, now).await
+    }
+
+    /// Gives back `n` counted recipients (the spool refused the message after the commit).
+    pub(super) async fn refund(&self, shared: &Shared, n: u32) {
+        if n == 0 {
+            return;
+        }
+        let now = unix_ms(SystemTime::now());
+        if let Err(e) = shared.quota.refund(&self.key, n, now).await {
+            // Counted but not sent: the user loses n recipients of today's capacity, which
+            // is the safe side of the error.
+            tracing::warn!(identity = %self.key, n, error = %e, "quota refund failed");
+        }
+    }
+
+    /// Releases the open transaction's holds, if any.
+    pub(super) async fn release(&mut self, shared: &Shared) {
+        let Some(hold) = self.hold.take() else { return };
+        if let Err(e) = shared.quota.release(&self.key, &hold).await {
+            // The holds expire by themselves after `quota.hold_ttl`.
+            tracing::warn!(identity = %self.key, error = %e, "quota release failed; holds will expire");
+        }
+    }
+}

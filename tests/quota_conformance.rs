@@ -1,0 +1,414 @@
+//! The quota conformance cases (`postern::store::quota::conformance`) against every backend:
+//! the embedded SQLite store, one `redis-server`, and a three-master Redis Cluster made with
+//! `redis-cli --cluster create`. Plus: Redis stopped and restarted under a live store.
+//!
+//! The servers are started here on free loopback ports with their files in temporary
+//! directories, and killed when the test ends. Nothing is skipped: without `redis-server` and
+//! `redis-cli` on PATH the Redis tests fail and say what to install.
+
+use postern::store::quota::{
+    HoldOutcome, QuotaBackend, QuotaConfig, QuotaError, QuotaKey, QuotaStore, conformance,
+    open_quota_store,
+};
+use postern::store::quota_embedded::EmbeddedQuota;
+use std::collections::HashSet;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const INSTALL_HINT: &str = "install it (Debian: apt-get install redis-server redis-tools); \
+                            the Redis quota tests do not skip";
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(what: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "postern-quota-{what}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A loopback port nobody listens on; with `bus`, port + 10000 (the cluster bus) is free too.
+/// Ports handed out once are not handed out again by this process.
+fn free_port(bus: bool) -> u16 {
+    static TAKEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    for _ in 0..1000 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local addr").port();
+        if bus && (port > 55_000 || TcpListener::bind(("127.0.0.1", port + 10_000)).is_err()) {
+            continue;
+        }
+        let mut taken = TAKEN.lock().unwrap_or_else(|p| p.into_inner());
+        if taken.get_or_insert_with(HashSet::new).insert(port) {
+            return port;
+        }
+    }
+    panic!("no free loopback port found");
+}
+
+/// One `redis-server` child, killed on drop.
+struct RedisServer {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    fn start(port: u16, dir: &Path, cluster: bool) -> Self {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .args(["--logfile", "redis.log"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if cluster {
+            cmd.args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+            ]);
+        }
+        let child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                panic!("redis-server is not on PATH: {INSTALL_HINT}")
+            }
+            Err(e) => panic!("cannot start redis-server: {e}"),
+        };
+        let mut server = Self {
+            child,
+            port,
+            dir: dir.to_path_buf(),
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
+                panic!(
+                    "redis-server on port {} exited ({status}):\n{log}",
+                    self.port
+                );
+            }
+            let pong = redis::Client::open(self.url())
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            if pong.is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} not ready: {pong:?}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Three cluster-enabled servers joined into one cluster with three masters.
+struct RedisCluster {
+    servers: Vec<RedisServer>,
+    _dir: TempDir,
+}
+
+impl RedisCluster {
+    fn start() -> Self {
+        let dir = TempDir::new("cluster");
+        let servers: Vec<RedisServer> = (0..3)
+            .map(|i| {
+                let node_dir = dir.0.join(format!("node{i}"));
+                std::fs::create_dir_all(&node_dir).expect("node dir");
+                RedisServer::start(free_port(true), &node_dir, true)
+            })
+            .collect();
+        let mut create = Command::new("redis-cli");
+        create.args(["--cluster", "create"]);
+        for s in &servers {
+            create.arg(format!("127.0.0.1:{}", s.port));
+        }
+        create.args(["--cluster-replicas", "0", "--cluster-yes"]);
+        let out = match create.output() {
+            Ok(out) => out,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                panic!("redis-cli is not on PATH: {INSTALL_HINT}")
+            }
+            Err(e) => panic!("cannot run redis-cli: {e}"),
+        };
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = Self { servers, _dir: dir };
+        cluster.wait_ok();
+        cluster
+    }
+
+    fn nodes(&self) -> Vec<String> {
+        self.servers.iter().map(RedisServer::url).collect()
+    }
+
+    /// Every node says `cluster_state:ok` and knows three masters.
+    fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for s in &self.servers {
+            loop {
+                let info = redis::Client::open(s.url())
+                    .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(500)))
+                    .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut c))
+                    .unwrap_or_default();
+                if info.contains("cluster_state:ok") && info.contains("cluster_size:3") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "cluster not ok on port {}:\n{info}",
+                    s.port
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn redis_config(backend: QuotaBackend) -> QuotaConfig {
+    QuotaConfig {
+        settings: conformance::settings(),
+        ..QuotaConfig::new(backend)
+    }
+}
+
+async fn open(backend: QuotaBackend) -> Arc<dyn QuotaStore> {
+    open_quota_store(&redis_config(backend))
+        .await
+        .expect("open quota store")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_conformance() {
+    let dir = TempDir::new("embedded");
+    let path = dir.0.join("quota.db");
+    let a = open(QuotaBackend::Embedded { path: path.clone() }).await;
+    // A second handle is a second connection, as another process would have.
+    let b = EmbeddedQuota::open(&path, conformance::settings()).expect("open");
+    conformance::run_all(a.as_ref(), &b, "it-").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_single_conformance() {
+    let dir = TempDir::new("single");
+    let server = RedisServer::start(free_port(false), &dir.0, false);
+    let a = open(QuotaBackend::Redis { url: server.url() }).await;
+    let b = open(QuotaBackend::Redis { url: server.url() }).await;
+    conformance::run_all(a.as_ref(), b.as_ref(), "it-").await;
+
+    // Keys carry the hash tag and expire by themselves.
+    let mut con = redis::Client::open(server.url())
+        .and_then(|c| c.get_connection())
+        .expect("connect");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("{q:addr:it-race@conformance.test}:b")
+        .query(&mut con)
+        .expect("pttl");
+    let retention = conformance::settings().retention_ms();
+    assert!(
+        ttl > 0 && ttl <= i64::try_from(retention).unwrap(),
+        "ttl {ttl}"
+    );
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut con).expect("keys");
+    assert!(
+        keys.iter().all(|k| k.starts_with("{q:")),
+        "unexpected keys: {keys:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_conformance() {
+    let cluster = RedisCluster::start();
+    let a = open(QuotaBackend::RedisCluster {
+        nodes: cluster.nodes(),
+    })
+    .await;
+    // The second handle knows only one node and discovers the rest.
+    let b = open(QuotaBackend::RedisCluster {
+        nodes: cluster.nodes()[2..].to_vec(),
+    })
+    .await;
+    conformance::run_all(a.as_ref(), b.as_ref(), "it-").await;
+
+    // The cases' keys are spread over more than one master.
+    let mut masters_with_keys = 0;
+    for s in &cluster.servers {
+        let mut con = redis::Client::open(s.url())
+            .and_then(|c| c.get_connection())
+            .expect("connect");
+        let n: i64 = redis::cmd("DBSIZE").query(&mut con).expect("dbsize");
+        if n > 0 {
+            masters_with_keys += 1;
+        }
+    }
+    assert!(
+        masters_with_keys >= 2,
+        "keys on {masters_with_keys} master(s)"
+    );
+}
+
+/// Redis goes away: calls fail fast with `Unavailable` (never an allow); Redis comes back on
+/// the same port: the same store handle works again without help.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_then_back() {
+    let dir = TempDir::new("restart");
+    let port = free_port(false);
+    let mut server = RedisServer::start(port, &dir.0, false);
+    let store = open(QuotaBackend::Redis { url: server.url() }).await;
+    let k = QuotaKey::Hosting("restart".into());
+    let t = conformance::T0;
+    assert!(matches!(
+        store.hold(&k, "a", 10, t).await,
+        Ok(HoldOutcome::Held { .. })
+    ));
+
+    server.stop();
+    for i in 0..3 {
+        let started = Instant::now();
+        let r = store.hold(&k, "a", 10, t).await;
+        let took = started.elapsed();
+        assert!(
+            matches!(r, Err(QuotaError::Unavailable(_))),
+            "call {i} with redis down: {r:?}"
+        );
+        assert!(
+            took < Duration::from_millis(1_500),
+            "call {i} took {took:?}"
+        );
+        assert!(store.ping().await.is_err());
+    }
+
+    let server = RedisServer::start(port, &dir.0, false);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match store.hold(&k, "b", 10, t).await {
+            // A fresh server without persistence: the key starts over.
+            Ok(outcome) => {
+                assert_eq!(outcome, HoldOutcome::Held { used: 0, held: 1 });
+                break;
+            }
+            Err(QuotaError::Unavailable(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("no recovery after restart of {}: {e}", server.url()),
+        }
+    }
+    store.ping().await.expect("ping after recovery");
+}
+
+/// Opening against a port nobody listens on fails quickly and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_unreachable_at_open() {
+    let port = free_port(false);
+    let started = Instant::now();
+    let r = open_quota_store(&redis_config(QuotaBackend::Redis {
+        url: format!("redis://127.0.0.1:{port}/"),
+    }))
+    .await;
+    assert!(
+        matches!(r, Err(QuotaError::Unavailable(_))),
+        "{:?}",
+        r.err()
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let r = open_quota_store(&redis_config(QuotaBackend::Redis {
+        url: "not a url".into(),
+    }))
+    .await;
+    assert!(matches!(r, Err(QuotaError::Invalid(_))), "{:?}", r.err());
+}
+
+/// A rough rate through one Redis (the real benchmark is `postern-bench`): 64 concurrent
+/// transactions on 64 keys, one handle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "timing; run with --ignored --nocapture"]
+async fn redis_holds_per_second() {
+    let dir = TempDir::new("rate");
+    let server = RedisServer::start(free_port(false), &dir.0, false);
+    let mut config = QuotaConfig::new(QuotaBackend::Redis { url: server.url() });
+    config.redis_timeout = Duration::from_secs(2);
+    let store = open_quota_store(&config).await.expect("open");
+    let (tasks, per_task) = (64u64, 1_000u64);
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            let k = QuotaKey::Address(format!("rate{t}@example.org"));
+            let mut lat = Vec::with_capacity(usize::try_from(per_task).unwrap());
+            for i in 0..per_task {
+                let s = Instant::now();
+                let r = store
+                    .hold(&k, &format!("tx{}", i / 50), 1_000_000, conformance::T0 + i)
+                    .await;
+                assert!(matches!(r, Ok(HoldOutcome::Held { .. })), "{r:?}");
+                lat.push(s.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for h in handles {
+        lat.extend(h.await.expect("task"));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    lat.sort();
+    let pct = |p: usize| lat[lat.len() * p / 100];
+    println!(
+        "redis: {:.0} holds/s, p50 {:?}, p99 {:?} ({} holds, {tasks} tasks)",
+        lat.len() as f64 / secs,
+        pct(50),
+        pct(99),
+        lat.len()
+    );
+}
