@@ -9,14 +9,14 @@
 //! acknowledged is already durable, so the deadline loses nothing.
 
 use crate::config::{Config, LogFormat, QuotaBackendName};
-use crate::policy::quota::QuotaWindow;
-use crate::store::quota::{QuotaBackend, QuotaConfig, QuotaSettings, QuotaStore, open_quota_store};
 use crate::listener::guard::{Admission, SessionRegistry};
 use crate::listener::{self, Shared};
 use crate::metrics::{Metrics, http::Readiness};
+use crate::policy::quota::QuotaWindow;
 use crate::session::Role;
 use crate::spool::Spool;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::quota::{QuotaBackend, QuotaConfig, QuotaSettings, QuotaStore, open_quota_store};
 use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,7 +98,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         metrics.clone(),
         shutdown.clone(),
     ));
-    services.spawn(watch_readiness(spool.clone(), quota, readiness.clone(), metrics.clone(), shutdown.clone()));
+    services.spawn(watch_readiness(
+        spool.clone(),
+        quota,
+        readiness.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     readiness.set(true);
     tracing::info!(spooled = spool.len(), "postern ready");
 
@@ -126,10 +132,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 pub async fn open_quota(config: &Config) -> anyhow::Result<Arc<dyn QuotaStore>> {
     let q = &config.quota;
     let backend = match q.backend {
-        QuotaBackendName::Embedded => QuotaBackend::Embedded { path: config.quota_path() },
-        QuotaBackendName::Redis if !q.redis_cluster.is_empty() => {
-            QuotaBackend::RedisCluster { nodes: q.redis_cluster.clone() }
-        }
+        QuotaBackendName::Embedded => QuotaBackend::Embedded {
+            path: config.quota_path(),
+        },
+        QuotaBackendName::Redis if !q.redis_cluster.is_empty() => QuotaBackend::RedisCluster {
+            nodes: q.redis_cluster.clone(),
+        },
         QuotaBackendName::Redis => QuotaBackend::Redis {
             url: q.redis_url.clone().unwrap_or_default(),
         },
@@ -137,7 +145,10 @@ pub async fn open_quota(config: &Config) -> anyhow::Result<Arc<dyn QuotaStore>> 
     let window = QuotaWindow::new(q.window.as_millis() as u64, q.bucket.as_millis() as u64)
         .context("quota.window")?;
     let mut settings = QuotaConfig::new(backend);
-    settings.settings = QuotaSettings { window, hold_ttl_ms: q.hold_ttl.as_millis() as u64 };
+    settings.settings = QuotaSettings {
+        window,
+        hold_ttl_ms: q.hold_ttl.as_millis() as u64,
+    };
     open_quota_store(&settings).await.context("quota")
 }
 

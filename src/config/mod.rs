@@ -492,7 +492,11 @@ impl Config {
     /// The embedded quota backend's file: `quota.path`, else `quota.db` beside the store.
     pub fn quota_path(&self) -> PathBuf {
         self.quota.path.clone().unwrap_or_else(|| {
-            self.store.path.parent().unwrap_or_else(|| Path::new("")).join("quota.db")
+            self.store
+                .path
+                .parent()
+                .unwrap_or_else(|| Path::new(""))
+                .join("quota.db")
         })
     }
 
@@ -612,7 +616,10 @@ impl Config {
         }
         let q = &self.quota;
         if q.bucket.is_zero() || q.bucket > q.window {
-            return bad("quota.bucket", "must be longer than zero and not longer than quota.window");
+            return bad(
+                "quota.bucket",
+                "must be longer than zero and not longer than quota.window",
+            );
         }
         if q.window.as_millis() % q.bucket.as_millis() != 0 {
             return bad("quota.window", "must be a whole number of quota.bucket");
@@ -620,11 +627,20 @@ impl Config {
         if q.hold_ttl.is_zero() {
             return bad("quota.hold_ttl", "must be longer than zero");
         }
-        if q.backend == QuotaBackendName::Redis && q.redis_url.is_none() && q.redis_cluster.is_empty()
+        if q.backend == QuotaBackendName::Redis
+            && q.redis_url.is_none()
+            && q.redis_cluster.is_empty()
         {
-            return bad("quota.redis_url", "backend = \"redis\" needs redis_url or redis_cluster");
+            return bad(
+                "quota.redis_url",
+                "backend = \"redis\" needs redis_url or redis_cluster",
+            );
         }
-        if let Some(unknown) = q.plans.keys().find(|k| k.parse::<crate::policy::Plan>().is_err()) {
+        if let Some(unknown) = q
+            .plans
+            .keys()
+            .find(|k| k.parse::<crate::policy::Plan>().is_err())
+        {
             return bad(&format!("quota.plans.{unknown}"), "not a plan name");
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
@@ -689,11 +705,24 @@ mod tests {
         assert_eq!(c.quota.hosting, 50);
         let text = format!("{MINIMAL}\n[quota.plans]\nstarter = 700\n");
         let c = Config::parse(&text).unwrap();
-        assert_eq!((c.quota.plans["starter"], c.quota.plans["free"]), (700, 500));
+        assert_eq!(
+            (c.quota.plans["starter"], c.quota.plans["free"]),
+            (700, 500)
+        );
         let text = format!("{MINIMAL}\n[quota.plans]\ngold = 10\n");
-        assert!(Config::parse(&text).unwrap_err().0.starts_with("quota.plans.gold:"));
+        assert!(
+            Config::parse(&text)
+                .unwrap_err()
+                .0
+                .starts_with("quota.plans.gold:")
+        );
         let text = format!("{MINIMAL}\n[quota]\nbackend = \"redis\"\n");
-        assert!(Config::parse(&text).unwrap_err().0.starts_with("quota.redis_url:"));
+        assert!(
+            Config::parse(&text)
+                .unwrap_err()
+                .0
+                .starts_with("quota.redis_url:")
+        );
     }
 
     #[test]

@@ -29,12 +29,16 @@ impl Brakes {
 
     /// Whether a new connection from `ip` may proceed.
     pub fn allow_connection(&self, ip: IpAddr) -> bool {
-        self.connections.as_ref().is_none_or(|l| l.check_key(&ip).is_ok())
+        self.connections
+            .as_ref()
+            .is_none_or(|l| l.check_key(&ip).is_ok())
     }
 
     /// Whether `identity` may start another message now.
     pub fn allow_message(&self, identity: &str) -> bool {
-        self.messages.as_ref().is_none_or(|l| l.check_key(&identity.to_string()).is_ok())
+        self.messages
+            .as_ref()
+            .is_none_or(|l| l.check_key(&identity.to_string()).is_ok())
     }
 
     /// Forgets keys whose budget is full again (keeps memory bounded).
@@ -65,7 +69,10 @@ mod tests {
         let ip: IpAddr = "192.0.2.7".parse().unwrap();
         assert!((0..3).all(|_| brakes.allow_connection(ip)));
         assert!(!brakes.allow_connection(ip));
-        assert!(brakes.allow_connection("192.0.2.8".parse().unwrap()), "per IP");
+        assert!(
+            brakes.allow_connection("192.0.2.8".parse().unwrap()),
+            "per IP"
+        );
         assert!(brakes.allow_message("a@x.org") && brakes.allow_message("a@x.org"));
         assert!(!brakes.allow_message("a@x.org"));
         assert!(brakes.allow_message("b@x.org"), "per identity");

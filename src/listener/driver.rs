@@ -8,15 +8,14 @@
 //! data flows, `timeouts.tls_handshake` for each handshake.
 
 use super::Shared;
-use crate::session::headers::{self, TraceInfo};
 use super::metering::Meter;
+use crate::session::headers::{self, TraceInfo};
 use crate::session::{
     AuthOutcome, Authenticated, CommitOutcome, CompletedMessage, Event, HoldOutcome, HostingClient,
-    Reply, Role, Session,
-    SessionConfig,
+    Reply, Role, Session, SessionConfig,
 };
-use crate::store::QuotaIdentity;
 use crate::spool::{Envelope, MessageBody, Recipient, SpoolId, Submitter, unix_ms};
+use crate::store::QuotaIdentity;
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -138,18 +137,30 @@ async fn relay_identity(
     shared: &Shared,
     peer: SocketAddr,
 ) -> (bool, Option<HostingClient>, Metering) {
-    let trusted = shared.config.relay.networks.iter().any(|net| net.contains(&peer.ip()));
+    let trusted = shared
+        .config
+        .relay
+        .networks
+        .iter()
+        .any(|net| net.contains(&peer.ip()));
     match shared.accounts.hosting_account_for(peer.ip()).await {
         Ok(Some(account)) => {
-            let metering =
-                match Meter::for_identity(shared, QuotaIdentity::Hosting(account.name.clone())).await {
-                    Ok(meter) => Metering::Metered(meter),
-                    Err(e) => {
-                        tracing::warn!(account = %account.name, error = %e, "hosting quota unavailable");
-                        Metering::Unavailable
-                    }
-                };
-            let client = HostingClient { account: account.name, domains: account.domains };
+            let metering = match Meter::for_identity(
+                shared,
+                QuotaIdentity::Hosting(account.name.clone()),
+            )
+            .await
+            {
+                Ok(meter) => Metering::Metered(meter),
+                Err(e) => {
+                    tracing::warn!(account = %account.name, error = %e, "hosting quota unavailable");
+                    Metering::Unavailable
+                }
+            };
+            let client = HostingClient {
+                account: account.name,
+                domains: account.domains,
+            };
             (true, Some(client), metering)
         }
         Ok(None) if trusted => (true, None, Metering::Unmetered),
@@ -293,8 +304,10 @@ async fn run_session(
                     tx_id = None;
                     let outcome = match transfer.take() {
                         Some(t) if !t.failed => {
-                            counted_commit(shared, &session, &conn, &client_ip, role, t, message, metering)
-                                .await
+                            counted_commit(
+                                shared, &session, &conn, &client_ip, role, t, message, metering,
+                            )
+                            .await
                         }
                         _ => {
                             if let Metering::Metered(meter) = metering {

@@ -55,13 +55,20 @@ impl Meter {
             .ok_or_else(|| MeterError::NoLimit(identity.to_string()))?;
         let quota = &shared.config.quota;
         let (limit, _source) = limits
-            .effective(|plan| quota.plans.get(plan.as_str()).copied(), quota.hosting)
+            .effective(
+                |plan| quota.plans.get(plan.as_str()).copied(),
+                quota.hosting,
+            )
             .ok_or_else(|| MeterError::NoLimit(identity.to_string()))?;
         let key = match identity {
             QuotaIdentity::Address(a) => QuotaKey::Address(a),
             QuotaIdentity::Hosting(h) => QuotaKey::Hosting(h),
         };
-        Ok(Self { key, limit, hold: None })
+        Ok(Self {
+            key,
+            limit,
+            hold: None,
+        })
     }
 
     /// The identity, for logs and the message brake.
@@ -101,7 +108,9 @@ impl Meter {
 
     /// Counts the transaction's held recipients. Returns how many were counted.
     pub(super) async fn commit(&mut self, shared: &Shared) -> Result<u32, QuotaError> {
-        let Some(hold) = self.hold.take() else { return Ok(0) };
+        let Some(hold) = self.hold.take() else {
+            return Ok(0);
+        };
         let now = unix_ms(SystemTime::now());
         shared.quota.commit(&self.key, &hold, now).await
     }
