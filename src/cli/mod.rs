@@ -1,8 +1,8 @@
 //! The `postern` command line: `serve`, and the admin commands that edit the store.
 //!
-//! One file per command family (`address.rs`, `alias.rs`, `device.rs`); later families (limits,
-//! quotas, hosting networks, sendmail, DKIM keys, logs) each add a variant to the `Command` enum
-//! and a file of their own.
+//! One file per command family (`address.rs`, `alias.rs`, `device.rs`, `hosting.rs`,
+//! `limit.rs`, `quota.rs`, `sendmail.rs`); later families (DKIM keys, logs) each add a variant
+//! to the `Command` enum and a file of their own.
 //!
 //! # Exit status and output
 //! - 0: done. Results go to stdout; lists as aligned columns, or with `--json` as one JSON array
@@ -12,6 +12,10 @@
 //!   was changed (every store operation is atomic, and arguments are checked before the store is
 //!   opened). A failing `serve` prints `postern: error: <message>`.
 //! - 2: bad usage (clap's message) or a bad config file (`postern: <message>`).
+//!
+//! `postern sendmail` is the exception: it is called by programs that expect sendmail(8), so it
+//! parses its own options and exits with sysexits codes (64 usage, 69 refused, 75 try later,
+//! 78 config, ...; see `sendmail.rs`).
 //!
 //! Device passwords are printed exactly once, by `device add` and `device rotate`, alone on the
 //! last line of stdout so that scripts can take it with `tail -n 1`. Nothing else ever prints a
@@ -54,8 +58,8 @@ struct Cli {
     command: Command,
 }
 
-/// The command families. Later issues add theirs here (limit, quota, hosting, sendmail, dkim,
-/// log), each with a file in this directory.
+/// The command families. Later issues add theirs here (dkim, log), each with a file in this
+/// directory.
 #[derive(Debug, clap::Subcommand)]
 enum Command {
     /// Run the relay: listeners, spool and delivery.

@@ -590,8 +590,17 @@ fn display_name(name: &str) -> String {
     }
 }
 
-/// Where to submit: `listen.relay`, with an unspecified address replaced by loopback.
+/// Where to submit: `sendmail.server` (a web-hosting machine names the relay there), else
+/// this config's own `listen.relay` with an unspecified address replaced by loopback.
 fn relay_server(config: &Config) -> Result<SocketAddr, Failure> {
+    if let Some(server) = &config.sendmail.server {
+        use std::net::ToSocketAddrs;
+        return server
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| Failure::Config(format!("sendmail.server {server}: cannot resolve")));
+    }
     let Some(mut addr) = config.listen.relay else {
         return Err(Failure::Config(
             "the config has no relay listener (listen.relay) to submit to".to_string(),

@@ -69,6 +69,17 @@ pub struct Config {
     /// Short-term abuse brakes (per process).
     #[serde(default)]
     pub brakes: BrakesConfig,
+    /// The `postern sendmail` entry point.
+    #[serde(default)]
+    pub sendmail: SendmailConfig,
+}
+
+/// `[sendmail]`: where `postern sendmail` (PHP's `sendmail_path`) submits.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendmailConfig {
+    /// Relay to submit to, `HOST:PORT`; absent: this config's `listen.relay`.
+    pub server: Option<String>,
 }
 
 /// `[quota]`: the rolling 24-hour recipient limits of the FAQ.
@@ -612,6 +623,14 @@ impl Config {
         ] {
             if timeout.1.is_zero() {
                 return bad(timeout.0, "must be longer than zero");
+            }
+        }
+        if let Some(server) = &self.sendmail.server {
+            let port_ok = server
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+            if !port_ok {
+                return bad("sendmail.server", "must be HOST:PORT");
             }
         }
         let q = &self.quota;

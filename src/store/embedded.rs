@@ -15,6 +15,12 @@
 //! refused rather than guessed at. Triggers also keep addresses and aliases in one namespace,
 //! as a second line behind the checks in each transaction.
 //!
+//! Hosting networks are kept with their first and last address as big-endian BLOBs, so that
+//! the port-25 lookup (which account's network contains this client, longest prefix first) is
+//! one indexed range query that also fetches the account's domains, in one snapshot. Limit
+//! overrides are a nullable `daily_limit` column of `addresses` and `hosting_accounts`, so they
+//! disappear with their identity.
+//!
 //! # Files
 //! The parent directory is created (mode 0700) if absent; the database file is created with
 //! mode 0600 because it holds password hashes. SQLite gives its `-wal` and `-shm` files the

@@ -11,20 +11,23 @@
 //! A quota key `K` (e.g. `addr:alice@example.org`) uses three Redis keys sharing the hash tag
 //! `{q:K}`, so they live in one Cluster slot and the same script runs unchanged on a Cluster:
 //! - `{q:K}:s` hash: `used` (recipients in live buckets), `held` (recipients in live holds),
-//!   and `h:ID` (recipients held by hold id `ID`);
+//!   `first` (the bucket at the head of the list, -1 for none) and `h:ID` (recipients held by
+//!   hold id `ID`);
 //! - `{q:K}:b` list of `BUCKET:COUNT`, oldest bucket first (only buckets that were counted);
 //! - `{q:K}:e` sorted set of hold ids scored by their expiry (Unix ms).
 //!
 //! Every write sets all three to expire [`QuotaSettings::retention_ms`] later (window + bucket
-//! + hold TTL): idle keys disappear by themselves.
+//! + hold TTL): idle keys disappear by themselves, and always together, so a hold or a count
+//! never survives the key that explains it.
 //!
 //! # O(1) amortised
 //! `used` and `held` are running totals. Each call first drops the buckets that left the window
 //! from the head of the list (each bucket is popped once in its life) and the holds whose expiry
 //! passed (each hold is removed once); if even the newest bucket expired (a long idle gap) the
-//! list is deleted in one step. The hot path is then a handful of O(1) or O(log n) commands,
-//! never a scan of the 1,440 buckets of a day. Only a `Full` answer walks buckets, oldest first,
-//! and usually stops at the first.
+//! list is deleted in one step. A hold that fits is then eight commands, each O(1) or
+//! O(log holds): `HMGET`, `ZRANGEBYSCORE`, `HINCRBY`, `ZADD`, `HSET`, three `PEXPIRE`; never a
+//! scan of the 1,440 buckets of a day. Only a `Full` answer walks buckets, oldest first, and
+//! usually stops at the first.
 //!
 //! # Failures
 //! Each call has a deadline (the configured timeout, 500 ms by default): connection refused, a
@@ -70,6 +73,7 @@ local function fmt(bucket, count)
   return string.format('%d:%d', bucket, count)
 end
 
+-- The three keys always share one expiry, so none outlives the others.
 local function touch()
   redis.call('PEXPIRE', s, keep)
   redis.call('PEXPIRE', b, keep)
@@ -87,20 +91,27 @@ if op == 'release' then
   return {c}
 end
 
--- Settle: forget buckets that left the window and holds that expired.
-local used0 = tonumber(redis.call('HGET', s, 'used') or '0')
-local held0 = tonumber(redis.call('HGET', s, 'held') or '0')
-local used, held = used0, held0
+-- Settle: forget buckets that left the window and holds that expired. `first` caches the
+-- bucket at the head of the list (-1: no list), so the hot path reads one hash.
+local st = redis.call('HMGET', s, 'used', 'held', 'first')
+local used0, held0 = tonumber(st[1] or '0'), tonumber(st[2] or '0')
+local first0 = tonumber(st[3] or '-1')
+local used, held, first = used0, held0, first0
 local oldest = cur - nb + 1
-local last = redis.call('LINDEX', b, -1)
-if last then
-  if entry(last) < oldest then
+if first < 0 then
+  used = 0
+elseif first < oldest then
+  local last = redis.call('LINDEX', b, -1)
+  if (not last) or entry(last) < oldest then
     redis.call('DEL', b)
-    used = 0
+    used, first = 0, -1
   else
     while true do
       local fb, fc = entry(redis.call('LINDEX', b, 0))
-      if fb >= oldest then break end
+      if fb >= oldest then
+        first = fb
+        break
+      end
       redis.call('LPOP', b)
       used = used - fc
     end
@@ -118,8 +129,8 @@ if used < 0 then used = 0 end
 if held < 0 then held = 0 end
 
 local function save()
-  if used ~= used0 or held ~= held0 then
-    redis.call('HSET', s, 'used', used, 'held', held)
+  if used ~= used0 or held ~= held0 or first ~= first0 then
+    redis.call('HSET', s, 'used', used, 'held', held, 'first', first)
     touch()
   end
 end
@@ -163,8 +174,7 @@ if op == 'hold' then
     redis.call('HINCRBY', s, 'h:' .. id, 1)
     redis.call('ZADD', e, expires, id)
     held = held + 1
-    redis.call('HSET', s, 'used', used, 'held', held)
-    touch()
+    save()
     return {1, used, held}
   end
   if redis.call('ZADD', e, 'XX', 'CH', expires, id) > 0 then touch() end
@@ -183,6 +193,7 @@ elseif op == 'commit' then
       redis.call('LSET', b, -1, fmt(tb, tc + c))
     else
       redis.call('RPUSH', b, fmt(cur, c))
+      if first < 0 then first = cur end
     end
     used = used + c
   end
