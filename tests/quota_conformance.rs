@@ -368,8 +368,9 @@ async fn redis_unreachable_at_open() {
     assert!(matches!(r, Err(QuotaError::Invalid(_))), "{:?}", r.err());
 }
 
-/// A rough rate through one Redis (the real benchmark is `postern-bench`): 64 concurrent
-/// transactions on 64 keys, one handle.
+/// A rough rate through one Redis (the real benchmark is `postern-bench`): 1, 16 and 128
+/// concurrent transactions, each on its own key, one store handle; and the server's own time
+/// per script call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "timing; run with --ignored --nocapture"]
 async fn redis_holds_per_second() {
@@ -378,37 +379,49 @@ async fn redis_holds_per_second() {
     let mut config = QuotaConfig::new(QuotaBackend::Redis { url: server.url() });
     config.redis_timeout = Duration::from_secs(2);
     let store = open_quota_store(&config).await.expect("open");
-    let (tasks, per_task) = (64u64, 1_000u64);
-    let started = Instant::now();
-    let mut handles = Vec::new();
-    for t in 0..tasks {
-        let store = store.clone();
-        handles.push(tokio::spawn(async move {
-            let k = QuotaKey::Address(format!("rate{t}@example.org"));
-            let mut lat = Vec::with_capacity(usize::try_from(per_task).unwrap());
-            for i in 0..per_task {
-                let s = Instant::now();
-                let r = store
-                    .hold(&k, &format!("tx{}", i / 50), 1_000_000, conformance::T0 + i)
-                    .await;
-                assert!(matches!(r, Ok(HoldOutcome::Held { .. })), "{r:?}");
-                lat.push(s.elapsed());
-            }
-            lat
-        }));
+    for tasks in [1u64, 16, 128] {
+        let per_task = 64_000 / tasks;
+        let started = Instant::now();
+        let mut handles = Vec::new();
+        for t in 0..tasks {
+            let store = store.clone();
+            handles.push(tokio::spawn(async move {
+                let k = QuotaKey::Address(format!("rate{tasks}-{t}@example.org"));
+                let mut lat = Vec::new();
+                for i in 0..per_task {
+                    let s = Instant::now();
+                    let r = store
+                        .hold(&k, &format!("tx{}", i / 50), 1_000_000, conformance::T0 + i)
+                        .await;
+                    assert!(matches!(r, Ok(HoldOutcome::Held { .. })), "{r:?}");
+                    lat.push(s.elapsed());
+                }
+                lat
+            }));
+        }
+        let mut lat = Vec::new();
+        for h in handles {
+            lat.extend(h.await.expect("task"));
+        }
+        let secs = started.elapsed().as_secs_f64();
+        lat.sort();
+        let pct = |p: usize| lat[lat.len() * p / 100];
+        println!(
+            "redis, {tasks} concurrent: {:.0} holds/s, p50 {:?}, p99 {:?} ({} holds)",
+            lat.len() as f64 / secs,
+            pct(50),
+            pct(99),
+            lat.len()
+        );
     }
-    let mut lat = Vec::new();
-    for h in handles {
-        lat.extend(h.await.expect("task"));
+    let mut con = redis::Client::open(server.url())
+        .and_then(|c| c.get_connection())
+        .expect("connect");
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut con)
+        .expect("info");
+    for line in stats.lines().filter(|l| l.contains("evalsha")) {
+        println!("server: {line}");
     }
-    let secs = started.elapsed().as_secs_f64();
-    lat.sort();
-    let pct = |p: usize| lat[lat.len() * p / 100];
-    println!(
-        "redis: {:.0} holds/s, p50 {:?}, p99 {:?} ({} holds, {tasks} tasks)",
-        lat.len() as f64 / secs,
-        pct(50),
-        pct(99),
-        lat.len()
-    );
 }

@@ -85,7 +85,7 @@ impl QuotaWindow {
                 bucket_ms,
             });
         }
-        if window_ms % bucket_ms != 0 {
+        if !window_ms.is_multiple_of(bucket_ms) {
             return Err(WindowError::NotMultiple {
                 window_ms,
                 bucket_ms,

@@ -16,9 +16,9 @@
 //! - `{q:K}:b` list of `BUCKET:COUNT`, oldest bucket first (only buckets that were counted);
 //! - `{q:K}:e` sorted set of hold ids scored by their expiry (Unix ms).
 //!
-//! Every write sets all three to expire [`QuotaSettings::retention_ms`] later (window + bucket
-//! + hold TTL): idle keys disappear by themselves, and always together, so a hold or a count
-//! never survives the key that explains it.
+//! Every write sets all three to expire [`QuotaSettings::retention_ms`] later (the window plus
+//! a bucket plus the hold TTL): idle keys disappear by themselves, and always together, so a
+//! hold or a count never survives the key that explains it.
 //!
 //! # O(1) amortised
 //! `used` and `held` are running totals. Each call first drops the buckets that left the window
