@@ -10,7 +10,11 @@
 #   openssl        test certificates (openssl req -x509)
 #   ca-certificates  HTTPS for cargo and pip downloads
 #   gcc            C compiler for aws-lc-sys and the bundled SQLite
-# redis-server is not needed: the store under test is the embedded SQLite one.
+#   redis-server   redis-server, started by the quota tests on free ports (a single server and
+#                  a three-master Cluster; never the machine's 6379, no system service used)
+#   redis-tools    redis-cli: readiness pings and `redis-cli --cluster create`
+#   php-cli        php, whose mail() goes through `postern sendmail` (sendmail_path) in the
+#                  hosting tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
@@ -23,6 +27,9 @@ need kdig knot-dnsutils
 need curl curl
 need openssl openssl
 need cc gcc
+need redis-server redis-server
+need redis-cli redis-tools
+need php php-cli
 [ -s /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
 
 if ((${#missing[@]})); then

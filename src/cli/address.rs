@@ -4,7 +4,7 @@
 //! stored lowercase. Removing an address also removes its aliases and devices; the relay then
 //! cuts the sessions of those devices within a second.
 
-use super::{format_time, open_store, write_json, write_table};
+use super::{format_time, open_store, write_list};
 use crate::config::Config;
 use crate::policy::{Plan, parse_address};
 use crate::store::DirectoryAdmin;
@@ -72,29 +72,23 @@ pub(super) fn run(cmd: AddressCommand, config: &Config, out: &mut dyn Write) -> 
         }
         AddressCommand::List { json } => {
             let addresses = open_store(config)?.list_addresses()?;
-            if json {
-                let items: Vec<_> = addresses
-                    .iter()
-                    .map(|a| AddressJson {
-                        address: &a.address,
-                        plan: a.plan.as_str(),
-                        created_at: format_time(a.created_at),
-                    })
-                    .collect();
-                write_json(out, &items)?;
-            } else {
-                let rows: Vec<Vec<String>> = addresses
-                    .iter()
-                    .map(|a| {
-                        vec![
-                            a.address.clone(),
-                            a.plan.to_string(),
-                            format_time(a.created_at),
-                        ]
-                    })
-                    .collect();
-                write_table(out, &rows)?;
-            }
+            write_list(
+                out,
+                json,
+                &addresses,
+                |a| AddressJson {
+                    address: &a.address,
+                    plan: a.plan.as_str(),
+                    created_at: format_time(a.created_at),
+                },
+                |a| {
+                    vec![
+                        a.address.clone(),
+                        a.plan.to_string(),
+                        format_time(a.created_at),
+                    ]
+                },
+            )?;
         }
     }
     Ok(())

@@ -4,7 +4,7 @@
 //! devices. Aliases and addresses share one namespace, which the store enforces. Both texts are
 //! checked with [`crate::policy::parse_address`] before the store is opened.
 
-use super::{open_store, write_json, write_table};
+use super::{open_store, write_list};
 use crate::config::Config;
 use crate::policy::parse_address;
 use crate::store::DirectoryAdmin;
@@ -59,22 +59,16 @@ pub(super) fn run(cmd: AliasCommand, config: &Config, out: &mut dyn Write) -> an
         AliasCommand::List { address, json } => {
             let address = address.as_deref().map(parse_address).transpose()?;
             let aliases = open_store(config)?.list_aliases(address.as_ref())?;
-            if json {
-                let items: Vec<_> = aliases
-                    .iter()
-                    .map(|a| AliasJson {
-                        alias: &a.alias,
-                        address: &a.address,
-                    })
-                    .collect();
-                write_json(out, &items)?;
-            } else {
-                let rows: Vec<Vec<String>> = aliases
-                    .iter()
-                    .map(|a| vec![a.alias.clone(), a.address.clone()])
-                    .collect();
-                write_table(out, &rows)?;
-            }
+            write_list(
+                out,
+                json,
+                &aliases,
+                |a| AliasJson {
+                    alias: &a.alias,
+                    address: &a.address,
+                },
+                |a| vec![a.alias.clone(), a.address.clone()],
+            )?;
         }
     }
     Ok(())

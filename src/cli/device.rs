@@ -6,7 +6,7 @@
 //! Rotating or revoking cuts the device's open sessions within a second (the relay's
 //! revocation watcher); other devices of the address are untouched.
 
-use super::{format_time, open_store, write_json, write_table};
+use super::{format_time, open_store, write_list};
 use crate::config::Config;
 use crate::policy::{DevicePassword, EmailAddress, parse_address};
 use crate::store::{DirectoryAdmin, check_device_name};
@@ -75,22 +75,16 @@ pub(super) fn run(cmd: DeviceCommand, config: &Config, out: &mut dyn Write) -> a
         DeviceCommand::List { address, json } => {
             let address = parse_address(&address)?;
             let devices = open_store(config)?.list_devices(&address)?;
-            if json {
-                let items: Vec<_> = devices
-                    .iter()
-                    .map(|d| DeviceJson {
-                        name: &d.name,
-                        created_at: format_time(d.created_at),
-                    })
-                    .collect();
-                write_json(out, &items)?;
-            } else {
-                let rows: Vec<Vec<String>> = devices
-                    .iter()
-                    .map(|d| vec![d.name.clone(), format_time(d.created_at)])
-                    .collect();
-                write_table(out, &rows)?;
-            }
+            write_list(
+                out,
+                json,
+                &devices,
+                |d| DeviceJson {
+                    name: &d.name,
+                    created_at: format_time(d.created_at),
+                },
+                |d| vec![d.name.clone(), format_time(d.created_at)],
+            )?;
         }
         DeviceCommand::Rotate { address, name } => {
             let address = parse_address(&address)?;

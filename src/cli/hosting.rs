@@ -9,7 +9,7 @@
 //!
 //! Every name, network and domain is checked before the store is opened.
 
-use super::{format_time, open_store, write_json, write_table};
+use super::{format_time, open_store, write_list};
 use crate::config::Config;
 use crate::store::DirectoryAdmin;
 use crate::store::accounts::{check_hosting_name, parse_hosting_domain, parse_hosting_network};
@@ -88,38 +88,32 @@ pub(super) fn run(cmd: HostingCommand, config: &Config, out: &mut dyn Write) -> 
         }
         HostingCommand::List { json } => {
             let accounts = open_store(config)?.list_hosting_accounts()?;
-            if json {
-                let items: Vec<_> = accounts
-                    .iter()
-                    .map(|a| HostingJson {
-                        name: &a.name,
-                        networks: a.networks.iter().map(ToString::to_string).collect(),
-                        domains: &a.domains,
-                        daily_limit: a.daily_limit,
-                        created_at: format_time(a.created_at),
-                    })
-                    .collect();
-                write_json(out, &items)?;
-            } else {
-                let rows: Vec<Vec<String>> = accounts
-                    .iter()
-                    .map(|a| {
-                        vec![
-                            a.name.clone(),
-                            a.networks
-                                .iter()
-                                .map(ToString::to_string)
-                                .collect::<Vec<_>>()
-                                .join(","),
-                            a.domains.join(","),
-                            a.daily_limit
-                                .map_or_else(|| "-".to_string(), |n| n.to_string()),
-                            format_time(a.created_at),
-                        ]
-                    })
-                    .collect();
-                write_table(out, &rows)?;
-            }
+            write_list(
+                out,
+                json,
+                &accounts,
+                |a| HostingJson {
+                    name: &a.name,
+                    networks: a.networks.iter().map(ToString::to_string).collect(),
+                    domains: &a.domains,
+                    daily_limit: a.daily_limit,
+                    created_at: format_time(a.created_at),
+                },
+                |a| {
+                    vec![
+                        a.name.clone(),
+                        a.networks
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        a.domains.join(","),
+                        a.daily_limit
+                            .map_or_else(|| "-".to_string(), |n| n.to_string()),
+                        format_time(a.created_at),
+                    ]
+                },
+            )?;
         }
     }
     Ok(())
@@ -149,15 +143,7 @@ mod tests {
             "added hosting account web1 (networks 192.0.2.0/24, 2001:db8:1::/48; domains \
              example.org, shop.example.net)\n"
         );
-        f.ok(&[
-            "hosting",
-            "add",
-            "web0",
-            "--network",
-            "192.0.2.128/25",
-            "--domain",
-            "zero.example",
-        ]);
+        f.add_hosting("web0", "192.0.2.128/25", "zero.example");
         let list = f.ok(&["hosting", "list"]);
         let lines: Vec<_> = list.lines().collect();
         assert_eq!(lines.len(), 2, "{list}");

@@ -6,8 +6,7 @@
 //! `postern serve` runs. Aliases have no limit of their own: mail sent as an alias counts
 //! against the address that logged in.
 
-use super::open_store;
-use super::{write_json, write_table};
+use super::{open_store, write_list};
 use crate::config::Config;
 use crate::policy::parse_address;
 use crate::store::{DirectoryAdmin, QuotaIdentity, check_hosting_name};
@@ -74,8 +73,8 @@ struct LimitJson<'a> {
     daily: u32,
 }
 
-/// `address`, `hosting`: the kinds as `limit list` shows them.
-fn kind_word(identity: &QuotaIdentity) -> &'static str {
+/// `address`, `hosting`: the kinds as `limit list` and `quota show --json` show them.
+pub(super) fn kind_word(identity: &QuotaIdentity) -> &'static str {
     match identity {
         QuotaIdentity::Address(_) => "address",
         QuotaIdentity::Hosting(_) => "hosting",
@@ -113,29 +112,23 @@ pub(super) fn run(cmd: LimitCommand, config: &Config, out: &mut dyn Write) -> an
         }
         LimitCommand::List { json } => {
             let limits = open_store(config)?.list_limits()?;
-            if json {
-                let items: Vec<_> = limits
-                    .iter()
-                    .map(|l| LimitJson {
-                        kind: kind_word(&l.identity),
-                        name: l.identity.name(),
-                        daily: l.daily,
-                    })
-                    .collect();
-                write_json(out, &items)?;
-            } else {
-                let rows: Vec<Vec<String>> = limits
-                    .iter()
-                    .map(|l| {
-                        vec![
-                            kind_word(&l.identity).to_string(),
-                            l.identity.name().to_string(),
-                            l.daily.to_string(),
-                        ]
-                    })
-                    .collect();
-                write_table(out, &rows)?;
-            }
+            write_list(
+                out,
+                json,
+                &limits,
+                |l| LimitJson {
+                    kind: kind_word(&l.identity),
+                    name: l.identity.name(),
+                    daily: l.daily,
+                },
+                |l| {
+                    vec![
+                        kind_word(&l.identity).to_string(),
+                        l.identity.name().to_string(),
+                        l.daily.to_string(),
+                    ]
+                },
+            )?;
         }
     }
     Ok(())
@@ -150,15 +143,7 @@ mod tests {
         let f = Fixture::new("limit");
         f.ok(&["address", "add", "alice@example.org"]);
         f.ok(&["alias", "add", "sales@example.org", "alice@example.org"]);
-        f.ok(&[
-            "hosting",
-            "add",
-            "web1",
-            "--network",
-            "192.0.2.0/24",
-            "--domain",
-            "example.org",
-        ]);
+        f.add_hosting("web1", "192.0.2.0/24", "example.org");
         assert_eq!(
             f.ok(&["limit", "set", "Alice@Example.org", "--daily", "2000"]),
             "set the daily limit of address alice@example.org to 2000 recipients (replacing the \

@@ -165,9 +165,28 @@ fn open_store(config: &Config) -> anyhow::Result<crate::store::EmbeddedStore> {
     Ok(crate::store::EmbeddedStore::open(&config.store.path)?)
 }
 
-/// Writes `items` as one JSON array of objects, pretty-printed, with a final newline.
-fn write_json<T: serde::Serialize>(out: &mut dyn Write, items: &[T]) -> anyhow::Result<()> {
-    serde_json::to_writer_pretty(&mut *out, items)?;
+/// Writes the items of a `list` command: with `--json` as one JSON array of the objects
+/// `to_json` makes, otherwise as the table of the rows `to_row` makes.
+fn write_list<'a, T, J: serde::Serialize>(
+    out: &mut dyn Write,
+    json: bool,
+    items: &'a [T],
+    to_json: impl Fn(&'a T) -> J,
+    to_row: impl Fn(&'a T) -> Vec<String>,
+) -> anyhow::Result<()> {
+    if json {
+        let objects: Vec<J> = items.iter().map(to_json).collect();
+        write_json(out, &objects)
+    } else {
+        let rows: Vec<Vec<String>> = items.iter().map(to_row).collect();
+        write_table(out, &rows)
+    }
+}
+
+/// Writes `value` (an object, or an array of objects) as JSON, pretty-printed, with a final
+/// newline.
+fn write_json<T: serde::Serialize + ?Sized>(out: &mut dyn Write, value: &T) -> anyhow::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value)?;
     writeln!(out)?;
     Ok(())
 }
@@ -233,22 +252,19 @@ fn one_line(text: &str) -> String {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use crate::store::testutil::TempDir;
 
     /// A temp directory with a config whose store lives inside it; removed on drop.
     /// Shared with the tests of each command family.
     pub(crate) struct Fixture {
-        pub(crate) dir: PathBuf,
+        pub(crate) dir: TempDir,
         pub(crate) config: PathBuf,
     }
 
     impl Fixture {
         pub(crate) fn new(name: &str) -> Self {
-            static COUNTER: AtomicUsize = AtomicUsize::new(0);
-            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let dir =
-                std::env::temp_dir().join(format!("postern-cli-{name}-{}-{n}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
+            let dir = TempDir::new(&format!("cli-{name}"));
+            std::fs::create_dir_all(dir.path()).unwrap();
             let config = dir.join("postern.toml");
             let text = format!(
                 "[listen]\nsubmission = \"127.0.0.1:2587\"\n[store]\npath = {:?}\n[spool]\npath = {:?}\n",
@@ -290,11 +306,18 @@ pub(super) mod tests {
             assert_eq!(err.lines().count(), 1, "{err}");
             err.trim_end().to_string()
         }
-    }
 
-    impl Drop for Fixture {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.dir);
+        /// Adds a hosting account with one network and one domain.
+        pub(crate) fn add_hosting(&self, account: &str, network: &str, domain: &str) {
+            self.ok(&[
+                "hosting",
+                "add",
+                account,
+                "--network",
+                network,
+                "--domain",
+                domain,
+            ]);
         }
     }
 

@@ -9,8 +9,8 @@
 //!
 //! Read-only: it neither holds nor counts anything.
 
-use super::limit::Target;
-use super::{format_time, open_store};
+use super::limit::{Target, kind_word};
+use super::{format_time, open_store, write_json};
 use crate::config::Config;
 use crate::store::quota::{QuotaKey, Usage};
 use crate::store::{DirectoryAdmin, LimitSource, QuotaIdentity};
@@ -137,10 +137,7 @@ impl Shown<'_> {
             LimitSource::HostingDefault => ("hosting default", None),
         };
         let item = QuotaJson {
-            kind: match self.identity {
-                QuotaIdentity::Address(_) => "address",
-                QuotaIdentity::Hosting(_) => "hosting",
-            },
+            kind: kind_word(self.identity),
             name: self.identity.name(),
             used: self.usage.used,
             held: self.usage.held,
@@ -151,9 +148,7 @@ impl Shown<'_> {
             next_free: self.next_free(),
             window_seconds: self.window.as_secs(),
         };
-        serde_json::to_writer_pretty(&mut *out, &item)?;
-        writeln!(out)?;
-        Ok(())
+        write_json(out, &item)
     }
 }
 
@@ -219,15 +214,7 @@ mod tests {
     fn quota_show() {
         let f = Fixture::new("quota");
         f.ok(&["address", "add", "alice@example.org", "--plan", "premium"]);
-        f.ok(&[
-            "hosting",
-            "add",
-            "web1",
-            "--network",
-            "192.0.2.0/24",
-            "--domain",
-            "example.org",
-        ]);
+        f.add_hosting("web1", "192.0.2.0/24", "example.org");
         assert_eq!(
             f.ok(&["quota", "show", "Alice@Example.org"]),
             "address alice@example.org\n\

@@ -8,7 +8,7 @@
 //! data flows, `timeouts.tls_handshake` for each handshake.
 
 use super::Shared;
-use super::metering::Meter;
+use super::metering::{CommitRefusal, Meter};
 use crate::session::headers::{self, TraceInfo};
 use crate::session::{
     AuthOutcome, Authenticated, CommitOutcome, CompletedMessage, Event, HoldOutcome, HostingClient,
@@ -433,11 +433,15 @@ async fn counted_commit(
     let counted = match metering {
         Metering::Metered(meter) => match meter.commit(shared).await {
             Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(queue_id = %transfer.id, error = %e, "quota commit failed; message refused");
+            Err(CommitRefusal::Unavailable) => {
                 shared.metrics.message_rejected("quota_unavailable");
                 return CommitOutcome::QuotaUnavailable;
             }
+            Err(CommitRefusal::Full(HoldOutcome::Full { limit, retry_after })) => {
+                shared.metrics.message_rejected("quota");
+                return CommitOutcome::QuotaFull { limit, retry_after };
+            }
+            Err(CommitRefusal::Full(_)) => return CommitOutcome::QuotaUnavailable,
         },
         _ => 0,
     };

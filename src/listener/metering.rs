@@ -25,10 +25,23 @@ use std::time::SystemTime;
 
 /// The quota of one session's identity, and the holds of its open transaction.
 pub(super) struct Meter {
+    identity: QuotaIdentity,
     key: QuotaKey,
     limit: u32,
     /// Hold id of the open transaction, once it has held a recipient.
     hold: Option<String>,
+    /// Recipients the open transaction holds.
+    held: u32,
+}
+
+/// Why a message could not be counted at end of data.
+#[derive(Debug)]
+pub(super) enum CommitRefusal {
+    /// The quota store did not answer.
+    Unavailable,
+    /// The holds had expired (a transaction longer than `quota.hold_ttl`) and the capacity
+    /// is gone meanwhile; carries the `Full` outcome to answer with.
+    Full(HoldOutcome),
 }
 
 /// Why a session's quota could not be set up.
@@ -48,26 +61,17 @@ impl Meter {
         shared: &Shared,
         identity: QuotaIdentity,
     ) -> Result<Self, MeterError> {
-        let limits = shared
-            .accounts
-            .limits_of(&identity)
-            .await?
-            .ok_or_else(|| MeterError::NoLimit(identity.to_string()))?;
-        let quota = &shared.config.quota;
-        let (limit, _source) = limits
-            .effective(
-                |plan| quota.plans.get(plan.as_str()).copied(),
-                quota.hosting,
-            )
-            .ok_or_else(|| MeterError::NoLimit(identity.to_string()))?;
-        let key = match identity {
-            QuotaIdentity::Address(a) => QuotaKey::Address(a),
-            QuotaIdentity::Hosting(h) => QuotaKey::Hosting(h),
+        let limit = current_limit(shared, &identity).await?;
+        let key = match &identity {
+            QuotaIdentity::Address(a) => QuotaKey::Address(a.clone()),
+            QuotaIdentity::Hosting(h) => QuotaKey::Hosting(h.clone()),
         };
         Ok(Self {
+            identity,
             key,
             limit,
             hold: None,
+            held: 0,
         })
     }
 
@@ -83,20 +87,30 @@ impl Meter {
 
     /// Holds one recipient for the transaction `tx_id`.
     pub(super) async fn hold(&mut self, shared: &Shared, tx_id: &str) -> HoldOutcome {
+        if self.hold.is_none() {
+            // Each transaction sees the limit in force now: `postern limit set/clear` applies
+            // to the next message, also in sessions that are already open.
+            match current_limit(shared, &self.identity).await {
+                Ok(limit) => self.limit = limit,
+                Err(e) => {
+                    tracing::warn!(identity = %self.key, error = %e, "quota limit unavailable");
+                    shared.metrics.quota_hold("unavailable");
+                    return HoldOutcome::Unavailable;
+                }
+            }
+        }
         let now = unix_ms(SystemTime::now());
         match shared.quota.hold(&self.key, tx_id, self.limit, now).await {
             Ok(quota::HoldOutcome::Held { .. }) => {
                 self.hold = Some(tx_id.to_string());
+                self.held += 1;
                 shared.metrics.quota_hold("held");
                 HoldOutcome::Held
             }
             Ok(quota::HoldOutcome::Full { retry_at_ms }) => {
                 shared.metrics.quota_hold("full");
                 tracing::info!(identity = %self.key, limit = self.limit, "daily quota reached");
-                HoldOutcome::Full {
-                    limit: self.limit,
-                    retry_after: crate::policy::quota::retry_after_text(retry_at_ms),
-                }
+                self.full(retry_at_ms)
             }
             Err(e) => {
                 shared.metrics.quota_hold("unavailable");
@@ -106,13 +120,61 @@ impl Meter {
         }
     }
 
+    fn full(&self, retry_at_ms: u64) -> HoldOutcome {
+        HoldOutcome::Full {
+            limit: self.limit,
+            retry_after: crate::policy::quota::retry_after_text(retry_at_ms),
+        }
+    }
+
     /// Counts the transaction's held recipients. Returns how many were counted.
-    pub(super) async fn commit(&mut self, shared: &Shared) -> Result<u32, QuotaError> {
+    ///
+    /// Holds that expired during a transaction longer than `quota.hold_ttl` (a slow upload)
+    /// are taken again before the message is accepted; if the capacity went meanwhile, the
+    /// message is refused with the quota reply: a message is never accepted uncounted.
+    pub(super) async fn commit(&mut self, shared: &Shared) -> Result<u32, CommitRefusal> {
         let Some(hold) = self.hold.take() else {
             return Ok(0);
         };
+        let expected = std::mem::take(&mut self.held);
         let now = unix_ms(SystemTime::now());
-        shared.quota.commit(&self.key, &hold, now).await
+        let unavailable = |e: QuotaError| {
+            tracing::warn!(error = %e, "quota commit failed");
+            CommitRefusal::Unavailable
+        };
+        let counted = shared
+            .quota
+            .commit(&self.key, &hold, now)
+            .await
+            .map_err(unavailable)?;
+        if counted >= expected {
+            return Ok(counted);
+        }
+        tracing::info!(identity = %self.key, expected, counted, "holds expired during the transaction; taking them again");
+        let renewal = format!("{hold}.renewed");
+        for _ in counted..expected {
+            let refusal = match shared
+                .quota
+                .hold(&self.key, &renewal, self.limit, now)
+                .await
+            {
+                Ok(quota::HoldOutcome::Held { .. }) => continue,
+                Ok(quota::HoldOutcome::Full { retry_at_ms }) => {
+                    CommitRefusal::Full(self.full(retry_at_ms))
+                }
+                Err(e) => unavailable(e),
+            };
+            let _ = shared.quota.release(&self.key, &renewal).await;
+            self.refund(shared, counted).await;
+            return Err(refusal);
+        }
+        match shared.quota.commit(&self.key, &renewal, now).await {
+            Ok(renewed) => Ok(counted + renewed),
+            Err(e) => {
+                self.refund(shared, counted).await;
+                Err(unavailable(e))
+            }
+        }
     }
 
     /// Gives back `n` counted recipients (the spool refused the message after the commit).
@@ -130,10 +192,28 @@ impl Meter {
 
     /// Releases the open transaction's holds, if any.
     pub(super) async fn release(&mut self, shared: &Shared) {
+        self.held = 0;
         let Some(hold) = self.hold.take() else { return };
         if let Err(e) = shared.quota.release(&self.key, &hold).await {
             // The holds expire by themselves after `quota.hold_ttl`.
             tracing::warn!(identity = %self.key, error = %e, "quota release failed; holds will expire");
         }
     }
+}
+
+/// The limit in force for `identity`: its override, else its plan's, else the hosting default.
+async fn current_limit(shared: &Shared, identity: &QuotaIdentity) -> Result<u32, MeterError> {
+    let limits = shared
+        .accounts
+        .limits_of(identity)
+        .await?
+        .ok_or_else(|| MeterError::NoLimit(identity.to_string()))?;
+    let quota = &shared.config.quota;
+    limits
+        .effective(
+            |plan| quota.plans.get(plan.as_str()).copied(),
+            quota.hosting,
+        )
+        .map(|(limit, _source)| limit)
+        .ok_or_else(|| MeterError::NoLimit(identity.to_string()))
 }

@@ -161,14 +161,12 @@ pub fn has_room(used: u64, held: u64, limit: u32) -> bool {
 /// - `buckets`: the live buckets, `(bucket, count)`, in ascending bucket order.
 /// - `holds`: the live holds, `(expires_ms, count)`, in any order.
 ///
-/// The answer, with `need = used + held - limit + 1` recipients to free:
-/// 1. Holds are assumed to stay (most become counted recipients at end of data): the answer
-///    is [`QuotaWindow::frees_at`] of the oldest bucket whose expiry, together with the older
-///    buckets', frees `need`.
-/// 2. If the buckets cannot free enough (`held >= limit`: capacity is blocked by holds), the
-///    earliest moment at which bucket expiries and hold expiries together free `need`.
-/// 3. If nothing can free enough (only with limit 0): `now_ms + window_ms`.
-///
+/// Held recipients are assumed to be counted now: an open transaction's holds become counts
+/// at its end of data, so capacity they block returns one window after the current bucket,
+/// not when the holds would expire (which only happens if their relay dies). With
+/// `need = used + held - limit + 1` recipients to free, the answer is [`QuotaWindow::frees_at`]
+/// of the oldest bucket (the current one standing for the holds) whose expiry, together with
+/// the older ones', frees `need`. If nothing can free enough (limit 0): `now_ms + window`.
 /// A key that is not full gets `now_ms`.
 pub fn retry_at(
     window: QuotaWindow,
@@ -183,27 +181,16 @@ pub fn retry_at(
         return now_ms;
     }
     let need = used + held + 1 - u64::from(limit);
-    if need <= used {
-        let mut freed = 0;
-        for &(bucket, count) in buckets {
-            freed += count;
-            if freed >= need {
-                return window.frees_at(bucket);
-            }
-        }
-    }
-    let mut events: Vec<(u64, u64)> = buckets
-        .iter()
-        .map(|&(bucket, count)| (window.frees_at(bucket), count))
-        .chain(holds.iter().copied())
-        .collect();
-    events.sort_unstable();
     let mut freed = 0;
-    for (at, count) in events {
+    for &(bucket, count) in buckets {
         freed += count;
         if freed >= need {
-            return at;
+            return window.frees_at(bucket);
         }
+    }
+    let newest = buckets.last().map_or(0, |&(b, _)| b);
+    if freed + held >= need {
+        return window.frees_at(window.bucket_of(now_ms).max(newest));
     }
     now_ms.saturating_add(window.window_ms)
 }
@@ -310,18 +297,18 @@ mod tests {
         let w = small();
         let b = w.bucket_of(T0);
         let now = T0 + 500;
-        // Only holds: the expiry that brings held below the limit.
+        // Holds are counted at their end of data: capacity they block returns one window
+        // after the current bucket, whenever the holds themselves would expire.
         let holds = [(now + 900, 1), (now + 300, 2), (now + 5_000, 4)];
-        assert_eq!(retry_at(w, now, 7, &[], &holds), now + 300);
-        assert_eq!(retry_at(w, now, 5, &[], &holds), now + 900);
-        assert_eq!(retry_at(w, now, 2, &[], &holds), now + 5_000);
-        // Holds >= limit with some counted: bucket and hold expiries merge in time order.
-        // used 1 (frees at T0 + 4000), held 3 (2 expire at now + 300, 1 at now + 5000),
-        // limit 3: need 2 -> the hold expiry at now + 300 frees 2.
+        for limit in [7, 5, 2] {
+            assert_eq!(retry_at(w, now, limit, &[], &holds), T0 + 4_000);
+        }
+        // Some counted, then the holds: used 1 in bucket b, held 3, limit 3, need 2.
         let holds = [(now + 300, 2), (now + 5_000, 1)];
-        assert_eq!(retry_at(w, now, 3, &[(b, 1)], &holds), now + 300);
-        // limit 2: need 3 -> now + 300 (2), then the bucket at T0 + 4000 (3).
-        assert_eq!(retry_at(w, now, 2, &[(b, 1)], &holds), T0 + 4_000);
+        assert_eq!(retry_at(w, now, 3, &[(b, 1)], &holds), T0 + 4_000);
+        // Later in the window the current bucket is a later one.
+        let later = T0 + 2_500;
+        assert_eq!(retry_at(w, later, 3, &[(b, 1)], &holds), T0 + 2_000 + 4_000);
     }
 
     #[test]

@@ -191,6 +191,13 @@ pub enum CommitOutcome {
     Failed,
     /// Not counted against the quota (the quota service did not answer): not accepted.
     QuotaUnavailable,
+    /// The daily quota was used up before the message could be counted.
+    QuotaFull {
+        /// The limit in force.
+        limit: u32,
+        /// `HH:MM` (UTC) at which capacity returns.
+        retry_after: String,
+    },
 }
 
 /// What the driver must do next.
@@ -370,7 +377,9 @@ impl Session {
             return;
         }
         self.state = State::Command;
-        let Some(rcpt) = self.pending_rcpt.take() else { return };
+        let Some(rcpt) = self.pending_rcpt.take() else {
+            return;
+        };
         let (reply, label) = match outcome {
             HoldOutcome::Held => {
                 if let Some(tx) = self.tx.as_mut() {
@@ -399,6 +408,9 @@ impl Session {
             CommitOutcome::Queued(id) => self.reply(Reply::queued(&id)),
             CommitOutcome::Failed => self.reply(Reply::spool_failed()),
             CommitOutcome::QuotaUnavailable => self.reply(Reply::quota_unavailable()),
+            CommitOutcome::QuotaFull { limit, retry_after } => {
+                self.reply(Reply::daily_limit_reached(limit, &retry_after))
+            }
         }
     }
 

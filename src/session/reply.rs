@@ -210,19 +210,27 @@ impl Reply {
 
     /// `450 4.7.1 ...` (the per-minute message brake)
     pub fn message_rate_exceeded() -> Self {
-        Self::one(450, "4.7.1 Too many messages in a short time, retry in a minute")
+        Self::one(
+            450,
+            "4.7.1 Too many messages in a short time, retry in a minute",
+        )
     }
 
     /// `421 4.7.0 ...` (the per-minute connection brake)
     pub fn connection_rate_exceeded() -> Self {
-        Self::one(421, "4.7.0 Too many connections from your address in a short time, retry in a minute")
+        Self::one(
+            421,
+            "4.7.0 Too many connections from your address in a short time, retry in a minute",
+        )
     }
 
     /// `550 5.7.1 Sender address rejected: domain not allowed for hosting account ACCOUNT`
     pub fn hosting_domain_not_allowed(account: &str) -> Self {
         Self::one(
             550,
-            format!("5.7.1 Sender address rejected: domain not allowed for hosting account {account}"),
+            format!(
+                "5.7.1 Sender address rejected: domain not allowed for hosting account {account}"
+            ),
         )
     }
 

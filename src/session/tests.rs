@@ -511,13 +511,19 @@ fn quota_outcomes_at_rcpt() {
     let mut h = Harness::login(Role::Submissions);
     h.line("MAIL FROM:<alice@example.org>");
     assert_eq!(h.line("RCPT TO:<a@example.net>"), "250 2.1.5 Ok");
-    h.hold_answer = Some(HoldOutcome::Full { limit: 500, retry_after: "14:05".into() });
+    h.hold_answer = Some(HoldOutcome::Full {
+        limit: 500,
+        retry_after: "14:05".into(),
+    });
     assert_eq!(
         h.line("RCPT TO:<b@example.net>"),
         "450 4.7.1 Daily sending limit reached (500 recipients per 24 hours); retry after 14:05 UTC"
     );
     h.hold_answer = Some(HoldOutcome::Unavailable);
-    assert_eq!(h.line("RCPT TO:<c@example.net>"), "451 4.3.0 Quota service unavailable, try again later");
+    assert_eq!(
+        h.line("RCPT TO:<c@example.net>"),
+        "451 4.3.0 Quota service unavailable, try again later"
+    );
     h.hold_answer = Some(HoldOutcome::Throttled);
     assert_eq!(
         h.line("RCPT TO:<d@example.net>"),
@@ -556,7 +562,10 @@ fn holds_are_released_when_the_transaction_ends_without_a_message() {
 #[test]
 fn hosting_senders_must_be_in_the_account_domains() {
     let mut h = Harness::with(Role::Relay, |c| {
-        c.hosting = Some(HostingClient { account: "web42".into(), domains: vec!["shop.example".into()] })
+        c.hosting = Some(HostingClient {
+            account: "web42".into(),
+            domains: vec!["shop.example".into()],
+        })
     });
     h.line("EHLO web42.hosting.test");
     assert_eq!(

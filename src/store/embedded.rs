@@ -10,7 +10,8 @@
 //! silently bring a password back.
 //!
 //! # Schema
-//! Created and migrated at open, tracked by `PRAGMA user_version`: the `MIGRATIONS` table
+//! Created and migrated at open (the SQLite plumbing shared with the quota store, in
+//! `store/sqlite.rs`), tracked by `PRAGMA user_version`: the `MIGRATIONS` table
 //! lists the steps, each applied once, in one transaction. A file from a newer Postern is
 //! refused rather than guessed at. Triggers also keep addresses and aliases in one namespace,
 //! as a second line behind the checks in each transaction.
@@ -36,15 +37,14 @@ use super::{
     AddressInfo, AliasInfo, AuthIdentity, CredentialId, DeviceInfo, Directory, DirectoryAdmin,
     HostingAccount, HostingAccountInfo, IdentityLimits, LimitOverride, QuotaDirectory,
     QuotaIdentity, StoreError, address_not_found, check_device_name, check_hosting_name,
-    device_not_found, quoted,
+    device_not_found, quoted, sqlite,
 };
 use crate::policy::password;
 use crate::policy::{DevicePassword, EmailAddress, Plan, parse_address};
 use ipnet::IpNet;
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Params, Transaction, TransactionBehavior, params};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -120,6 +120,19 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
+/// How the file is opened: see the module documentation.
+const SQLITE: sqlite::Settings = sqlite::Settings {
+    busy_timeout: BUSY_TIMEOUT,
+    synchronous: sqlite::Synchronous::Full,
+    foreign_keys: true,
+    file_mode: Some(0o600),
+    schema: sqlite::Schema {
+        name: "schema",
+        migrations: MIGRATIONS,
+        kind: None,
+    },
+};
+
 /// Credential ids per `IN (...)` query of [`Directory::live_credentials`]; well under SQLite's
 /// limit on bound parameters.
 const LIVE_BATCH: usize = 500;
@@ -147,6 +160,14 @@ fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// A failure of the shared SQLite plumbing as a store error.
+fn plumbing(e: sqlite::Error) -> StoreError {
+    match e {
+        sqlite::Error::Sqlite(e) => backend(e),
+        sqlite::Error::Refused(m) => StoreError::Backend(m),
+    }
+}
+
 fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -172,35 +193,10 @@ impl EmbeddedStore {
     /// opened, the file is not a SQLite database, WAL mode cannot be enabled, or the schema is
     /// newer than this Postern understands.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let fail = |what: String| StoreError::Backend(format!("{}: {what}", path.display()));
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
-            && !parent.exists()
-        {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(parent)
-                .map_err(|e| fail(format!("cannot create directory: {e}")))?;
-        }
-        // Create the file ourselves so that it never exists with a wider mode; an empty file
-        // is a valid empty database to SQLite.
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-        {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(fail(format!("cannot create: {e}"))),
-        }
-        let mut conn = Connection::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
-        let with_path = |e: StoreError| match e {
-            StoreError::Backend(m) => fail(m),
+        let conn = sqlite::open(path, &SQLITE).map_err(|e| match plumbing(e) {
+            StoreError::Backend(m) => StoreError::Backend(format!("{}: {m}", path.display())),
             other => other,
-        };
-        configure(&conn).map_err(with_path)?;
-        migrate(&mut conn).map_err(with_path)?;
+        })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
@@ -317,67 +313,6 @@ impl EmbeddedStore {
     }
 }
 
-/// Per-connection settings. `busy_timeout` comes first: switching to WAL may need a lock.
-fn configure(conn: &Connection) -> Result<(), StoreError> {
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
-    let mode: String = conn
-        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-        .map_err(backend)?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::Backend(format!(
-            "cannot enable WAL mode (journal_mode is {mode})"
-        )));
-    }
-    conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(backend)?;
-    conn.pragma_update(None, "foreign_keys", "ON")
-        .map_err(backend)?;
-    Ok(())
-}
-
-fn schema_version(conn: &Connection) -> Result<usize, StoreError> {
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |row| row.get(0))
-        .map_err(backend)?;
-    usize::try_from(version)
-        .map_err(|_| StoreError::Backend(format!("invalid schema version {version}")))
-}
-
-/// Brings the schema to the latest version; a no-op (and no write lock) when it is current.
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let latest = MIGRATIONS.len();
-    let newer = |v: usize| {
-        StoreError::Backend(format!(
-            "schema version {v} is newer than this postern understands ({latest})"
-        ))
-    };
-    let version = schema_version(conn)?;
-    if version == latest {
-        return Ok(());
-    }
-    if version > latest {
-        return Err(newer(version));
-    }
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(backend)?;
-    // Another process may have migrated while we waited for the lock.
-    let version = schema_version(&tx)?;
-    if version > latest {
-        return Err(newer(version));
-    }
-    for step in &MIGRATIONS[version..] {
-        tx.execute_batch(step).map_err(backend)?;
-    }
-    tx.pragma_update(
-        None,
-        "user_version",
-        i64::try_from(latest).expect("few migrations"),
-    )
-    .map_err(backend)?;
-    tx.commit().map_err(backend)
-}
-
 fn aliases_of(conn: &Connection, address: &str) -> Result<Vec<String>, StoreError> {
     let mut stmt = conn
         .prepare_cached("SELECT alias FROM aliases WHERE address = ?1 ORDER BY alias")
@@ -388,26 +323,24 @@ fn aliases_of(conn: &Connection, address: &str) -> Result<Vec<String>, StoreErro
     rows.collect::<Result<Vec<_>, _>>().map_err(backend)
 }
 
+/// Whether `sql` (a `SELECT 1 ...`) finds a row.
+fn exists(conn: &Connection, sql: &str, params: impl Params) -> Result<bool, StoreError> {
+    conn.query_row(sql, params, |_| Ok(()))
+        .optional()
+        .map(|found| found.is_some())
+        .map_err(backend)
+}
+
 fn is_address(conn: &Connection, address: &str) -> Result<bool, StoreError> {
-    conn.query_row(
+    exists(
+        conn,
         "SELECT 1 FROM addresses WHERE address = ?1",
         [address],
-        |_| Ok(()),
     )
-    .optional()
-    .map(|found| found.is_some())
-    .map_err(backend)
 }
 
 fn is_alias(conn: &Connection, alias: &str) -> Result<bool, StoreError> {
-    conn.query_row(
-        "SELECT 1 FROM aliases WHERE alias = ?1",
-        [alias],
-        |_| Ok(()),
-    )
-    .optional()
-    .map(|found| found.is_some())
-    .map_err(backend)
+    exists(conn, "SELECT 1 FROM aliases WHERE alias = ?1", [alias])
 }
 
 /// `AlreadyExists` if `name` is taken as an address or an alias.
@@ -664,9 +597,7 @@ impl DirectoryAdmin for EmbeddedStore {
         let mut out = Vec::new();
         for row in rows {
             let (address, plan, created_at) = row.map_err(backend)?;
-            let plan = plan
-                .parse::<Plan>()
-                .map_err(|e| StoreError::Backend(format!("address {}: {e}", quoted(&address))))?;
+            let plan = stored_plan(&address, &plan)?;
             out.push(AddressInfo {
                 address,
                 plan,
@@ -737,16 +668,11 @@ impl DirectoryAdmin for EmbeddedStore {
         let address = address.as_str();
         self.write(|tx| {
             ensure_address(tx, address)?;
-            let exists = tx
-                .query_row(
-                    "SELECT 1 FROM devices WHERE address = ?1 AND name = ?2",
-                    [address, name],
-                    |_| Ok(()),
-                )
-                .optional()
-                .map_err(backend)?
-                .is_some();
-            if exists {
+            if exists(
+                tx,
+                "SELECT 1 FROM devices WHERE address = ?1 AND name = ?2",
+                [address, name],
+            )? {
                 return Err(StoreError::AlreadyExists {
                     what: format!("device {} of address {}", quoted(name), quoted(address)),
                 });
@@ -862,16 +788,7 @@ impl DirectoryAdmin for EmbeddedStore {
             .map(|d| parse_hosting_domain(d))
             .collect::<Result<BTreeSet<_>, _>>()?;
         self.write(|tx| {
-            let exists = tx
-                .query_row(
-                    "SELECT 1 FROM hosting_accounts WHERE name = ?1",
-                    [name],
-                    |_| Ok(()),
-                )
-                .optional()
-                .map_err(backend)?
-                .is_some();
-            if exists {
+            if exists(tx, "SELECT 1 FROM hosting_accounts WHERE name = ?1", [name])? {
                 return Err(StoreError::AlreadyExists {
                     what: format!("hosting account {}", quoted(name)),
                 });
@@ -1126,36 +1043,12 @@ impl Directory for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testutil::TempDir;
     use std::os::unix::fs::PermissionsExt;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A fresh directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> Self {
-            static COUNTER: AtomicUsize = AtomicUsize::new(0);
-            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos();
-            let dir = std::env::temp_dir().join(format!(
-                "postern-store-{name}-{}-{n}-{nanos}",
-                std::process::id()
-            ));
-            Self(dir)
-        }
-
-        fn db(&self) -> PathBuf {
-            self.0.join("nested").join("store.db")
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+    /// The store file of a test: in a subdirectory that `open` has to create.
+    fn db(dir: &TempDir) -> PathBuf {
+        dir.join("nested").join("store.db")
     }
 
     async fn auth(store: &EmbeddedStore, login: &str, password: &str) -> Option<AuthIdentity> {
@@ -1167,32 +1060,32 @@ mod tests {
     }
 
     fn open(name: &str) -> (TempDir, EmbeddedStore) {
-        let dir = TempDir::new(name);
-        let store = EmbeddedStore::open(&dir.db()).unwrap();
+        let dir = TempDir::new(&format!("store-{name}"));
+        let store = EmbeddedStore::open(&db(&dir)).unwrap();
         (dir, store)
     }
 
     #[test]
     fn open_creates_parent_file_mode_and_wal() {
-        let dir = TempDir::new("open");
-        let store = EmbeddedStore::open(&dir.db()).unwrap();
-        let mode = std::fs::metadata(dir.db()).unwrap().permissions().mode() & 0o777;
+        let dir = TempDir::new("store-open");
+        let store = EmbeddedStore::open(&db(&dir)).unwrap();
+        let mode = std::fs::metadata(db(&dir)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let conn = store.lock();
         let journal: String = conn
             .pragma_query_value(None, "journal_mode", |r| r.get(0))
             .unwrap();
         assert_eq!(journal, "wal");
-        assert_eq!(schema_version(&conn).unwrap(), MIGRATIONS.len());
+        assert_eq!(sqlite::schema_version(&conn).unwrap(), MIGRATIONS.len());
         drop(conn);
         drop(store);
         // Reopening an existing store is fine and keeps the data.
-        let store = EmbeddedStore::open(&dir.db()).unwrap();
+        let store = EmbeddedStore::open(&db(&dir)).unwrap();
         store
             .add_address(&addr("a@example.org"), Plan::Free)
             .unwrap();
         drop(store);
-        let store = EmbeddedStore::open(&dir.db()).unwrap();
+        let store = EmbeddedStore::open(&db(&dir)).unwrap();
         assert_eq!(store.list_addresses().unwrap().len(), 1);
     }
 
@@ -1204,7 +1097,7 @@ mod tests {
             .pragma_update(None, "user_version", 99)
             .unwrap();
         drop(store);
-        let e = EmbeddedStore::open(&dir.db()).unwrap_err().to_string();
+        let e = EmbeddedStore::open(&db(&dir)).unwrap_err().to_string();
         assert!(e.contains("schema version 99 is newer"), "{e}");
         assert!(e.contains("store.db"), "{e}");
     }
@@ -1495,9 +1388,9 @@ mod tests {
     #[tokio::test]
     async fn a_second_process_sees_changes_at_once() {
         // Two connections on one file stand for `postern serve` and the CLI.
-        let dir = TempDir::new("shared");
-        let server = EmbeddedStore::open(&dir.db()).unwrap();
-        let cli = EmbeddedStore::open(&dir.db()).unwrap();
+        let dir = TempDir::new("store-shared");
+        let server = EmbeddedStore::open(&db(&dir)).unwrap();
+        let cli = EmbeddedStore::open(&db(&dir)).unwrap();
         let a = addr("alice@example.org");
         cli.add_address(&a, Plan::Starter).unwrap();
         let p = cli.add_device(&a, "phone").unwrap();
@@ -1538,11 +1431,11 @@ mod tests {
 
     #[test]
     fn migration_from_version_1_keeps_data() {
-        let dir = TempDir::new("migrate");
-        std::fs::create_dir_all(dir.db().parent().unwrap()).unwrap();
+        let dir = TempDir::new("store-migrate");
+        std::fs::create_dir_all(db(&dir).parent().unwrap()).unwrap();
         {
             // A file as the first Postern left it: schema 1 with one address.
-            let conn = Connection::open(dir.db()).unwrap();
+            let conn = Connection::open(db(&dir)).unwrap();
             conn.execute_batch(MIGRATIONS[0]).unwrap();
             conn.pragma_update(None, "user_version", 1).unwrap();
             conn.execute(
@@ -1551,8 +1444,11 @@ mod tests {
             )
             .unwrap();
         }
-        let store = EmbeddedStore::open(&dir.db()).unwrap();
-        assert_eq!(schema_version(&store.lock()).unwrap(), MIGRATIONS.len());
+        let store = EmbeddedStore::open(&db(&dir)).unwrap();
+        assert_eq!(
+            sqlite::schema_version(&store.lock()).unwrap(),
+            MIGRATIONS.len()
+        );
         let a = QuotaIdentity::Address("a@example.org".into());
         assert_eq!(
             store.identity_limits(&a).unwrap(),
@@ -1565,7 +1461,7 @@ mod tests {
         assert!(store.list_hosting_accounts().unwrap().is_empty());
         drop(store);
         // Reopening does not migrate again.
-        let store = EmbeddedStore::open(&dir.db()).unwrap();
+        let store = EmbeddedStore::open(&db(&dir)).unwrap();
         assert_eq!(
             store.identity_limits(&a).unwrap().daily_override,
             Some(3000)
@@ -1843,9 +1739,9 @@ mod tests {
 
     #[tokio::test]
     async fn the_server_sees_hosting_changes_at_once() {
-        let dir = TempDir::new("hosting-shared");
-        let server = EmbeddedStore::open(&dir.db()).unwrap();
-        let cli = EmbeddedStore::open(&dir.db()).unwrap();
+        let dir = TempDir::new("store-hosting-shared");
+        let server = EmbeddedStore::open(&db(&dir)).unwrap();
+        let cli = EmbeddedStore::open(&db(&dir)).unwrap();
         let ip: IpAddr = "192.0.2.10".parse().unwrap();
         assert!(server.hosting_account_for(ip).await.unwrap().is_none());
         cli.add_hosting_account("web1", &[net("192.0.2.0/24")], &strings(&["example.org"]))

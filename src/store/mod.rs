@@ -43,6 +43,9 @@ pub mod embedded;
 pub mod quota;
 pub mod quota_embedded;
 pub mod quota_redis;
+mod sqlite;
+#[cfg(test)]
+pub(crate) mod testutil;
 
 pub use accounts::{
     HostingAccount, HostingAccountInfo, IdentityLimits, LimitOverride, LimitSource, QuotaIdentity,

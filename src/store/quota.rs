@@ -389,9 +389,9 @@ pub mod conformance {
         for i in 1..=5 {
             assert_eq!(hold(s, &k, "t1", 5, T0).await, held(0, i));
         }
-        // Nothing counted, so capacity comes back when the holds expire.
-        assert_eq!(hold(s, &k, "t1", 5, T0).await, full(T0 + HOLD_TTL_MS));
-        assert_eq!(hold(s, &k, "t2", 5, T0).await, full(T0 + HOLD_TTL_MS));
+        // Nothing counted yet: the holds will be, now, so capacity returns a window later.
+        assert_eq!(hold(s, &k, "t1", 5, T0).await, full(T0 + WINDOW_MS));
+        assert_eq!(hold(s, &k, "t2", 5, T0).await, full(T0 + WINDOW_MS));
         let z = key(prefix, "limit-zero");
         assert_eq!(hold(s, &z, "t1", 0, T0).await, full(T0 + WINDOW_MS));
     }
@@ -478,8 +478,7 @@ pub mod conformance {
         assert_eq!((u.used, u.held), (1, 0));
     }
 
-    /// The retry time: oldest bucket that frees enough, holds assumed to stay; holds alone
-    /// blocking give their expiry.
+    /// The retry time: oldest bucket that frees enough, holds counted in the current bucket.
     pub async fn retry_at_exact(s: &dyn QuotaStore, prefix: &str) {
         let k = key(prefix, "retry");
         // 2 in bucket T0, 3 in bucket T0+1s, 1 in bucket T0+2s.
@@ -499,19 +498,17 @@ pub mod conformance {
         // limit 7: need 2 -> still the first bucket; limit 5: need 4 -> the second.
         assert_eq!(hold(s, &k, "z", 7, now).await, full(T0 + WINDOW_MS));
         assert_eq!(hold(s, &k, "z", 5, now).await, full(T0 + WINDOW_MS + 1_000));
-        // Holds alone block (limit 2 <= held 2): the merged expiries. The holds of "y" expire
-        // at now + ttl = T0 + 4000, together with the first bucket: need 7 = 2 (bucket) +
-        // 2 (holds) + 3 (second bucket at T0 + 5000).
-        assert_eq!(hold(s, &k, "z", 2, now).await, full(T0 + WINDOW_MS + 1_000));
-        // Holds only, on a fresh key: the expiry of the oldest hold that brings held below.
+        // Limit 2: need 7 = 6 counted + 1 of the holds, which count in the current bucket
+        // (T0 + 2s): it frees at T0 + 2s + window.
+        assert_eq!(hold(s, &k, "z", 2, now).await, full(T0 + WINDOW_MS + 2_000));
+        // Holds only, on a fresh key: they count in the current bucket.
         let h = key(prefix, "retry-holds");
         hold(s, &h, "p", 2, T0).await;
         hold(s, &h, "q", 2, T0 + 200).await;
-        assert_eq!(hold(s, &h, "r", 2, T0 + 300).await, full(T0 + HOLD_TTL_MS));
-        // Refreshing "p" moves its expiry: now "q" expires first.
+        assert_eq!(hold(s, &h, "r", 2, T0 + 300).await, full(T0 + WINDOW_MS));
         assert_eq!(
-            hold(s, &h, "p", 2, T0 + 400).await,
-            full(T0 + 200 + HOLD_TTL_MS)
+            hold(s, &h, "p", 2, T0 + 1_400).await,
+            full(T0 + 1_000 + WINDOW_MS)
         );
     }
 
@@ -522,7 +519,7 @@ pub mod conformance {
         hold(s, &k, "dead", 2, T0 + 500).await;
         assert_eq!(
             hold(s, &k, "live", 2, T0 + 500 + HOLD_TTL_MS - 1).await,
-            full(T0 + 500 + HOLD_TTL_MS)
+            full(T0 + 1_000 + WINDOW_MS)
         );
         assert_eq!(
             hold(s, &k, "live", 2, T0 + 500 + HOLD_TTL_MS).await,

@@ -38,9 +38,9 @@
 //! run on tokio's blocking pool (`spawn_blocking`).
 
 use super::quota::{HoldOutcome, QuotaError, QuotaKey, QuotaSettings, QuotaStore, Usage};
+use super::sqlite;
 use crate::policy::quota::{has_room, retry_at};
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
-use std::os::unix::fs::DirBuilderExt;
+use rusqlite::{Connection, OptionalExtension, Params, Transaction, TransactionBehavior, params};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -74,6 +74,22 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
+/// How the file is opened: see the module documentation.
+const SQLITE: sqlite::Settings = sqlite::Settings {
+    busy_timeout: BUSY_TIMEOUT,
+    synchronous: sqlite::Synchronous::Normal,
+    foreign_keys: false,
+    file_mode: None,
+    schema: sqlite::Schema {
+        name: "quota schema",
+        migrations: MIGRATIONS,
+        kind: Some(sqlite::FileKind {
+            application_id: APPLICATION_ID,
+            refusal: "not a quota database (the quota store needs a file of its own)",
+        }),
+    },
+};
+
 /// The SQLite-backed quota store. Cheap to clone: clones share one connection.
 #[derive(Clone)]
 pub struct EmbeddedQuota {
@@ -105,6 +121,14 @@ fn backend(e: rusqlite::Error) -> QuotaError {
     QuotaError::Unavailable(format!("quota database: {e}"))
 }
 
+/// A failure of the shared SQLite plumbing as a quota error.
+fn plumbing(e: sqlite::Error) -> QuotaError {
+    match e {
+        sqlite::Error::Sqlite(e) => backend(e),
+        sqlite::Error::Refused(m) => QuotaError::Unavailable(m),
+    }
+}
+
 /// A time, bucket or count as a SQLite integer.
 fn int(v: u64) -> Result<i64, QuotaError> {
     i64::try_from(v).map_err(|_| QuotaError::Invalid(format!("value {v} out of range")))
@@ -130,23 +154,12 @@ impl EmbeddedQuota {
     /// cannot be enabled, it is another kind of database, or its schema is newer than this
     /// Postern understands.
     pub fn open(path: &Path, settings: QuotaSettings) -> Result<Self, QuotaError> {
-        let fail = |what: String| QuotaError::Unavailable(format!("{}: {what}", path.display()));
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
-            && !parent.exists()
-        {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(parent)
-                .map_err(|e| fail(format!("cannot create directory: {e}")))?;
-        }
-        let mut conn = Connection::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
-        let with_path = |e: QuotaError| match e {
-            QuotaError::Unavailable(m) => fail(m),
+        let conn = sqlite::open(path, &SQLITE).map_err(|e| match plumbing(e) {
+            QuotaError::Unavailable(m) => {
+                QuotaError::Unavailable(format!("{}: {m}", path.display()))
+            }
             other => other,
-        };
-        configure(&conn).map_err(with_path)?;
-        migrate(&mut conn).map_err(with_path)?;
+        })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
@@ -249,13 +262,7 @@ impl EmbeddedQuota {
     fn commit_blocking(&self, key: &str, hold_id: &str, now_ms: u64) -> Result<u32, QuotaError> {
         let window = self.inner.settings.window;
         self.write(key, now_ms, |tx| {
-            let count: Option<i64> = tx
-                .prepare_cached(
-                    "DELETE FROM quota_holds WHERE key = ?1 AND hold_id = ?2 RETURNING count",
-                )
-                .and_then(|mut s| s.query_row(params![key, hold_id], |r| r.get(0)).optional())
-                .map_err(backend)?;
-            let count = uint(count.unwrap_or(0))?;
+            let count = uint(take_holds(tx, key, hold_id)?)?;
             if count == 0 {
                 return Ok(0);
             }
@@ -282,14 +289,9 @@ impl EmbeddedQuota {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(backend)?;
-        let count: Option<i64> = tx
-            .prepare_cached(
-                "DELETE FROM quota_holds WHERE key = ?1 AND hold_id = ?2 RETURNING count",
-            )
-            .and_then(|mut s| s.query_row(params![key, hold_id], |r| r.get(0)).optional())
-            .map_err(backend)?;
+        let count = take_holds(&tx, key, hold_id)?;
         tx.commit().map_err(backend)?;
-        Ok(count32(uint(count.unwrap_or(0))?))
+        Ok(count32(uint(count)?))
     }
 
     fn refund_blocking(&self, key: &str, n: u32, now_ms: u64) -> Result<u32, QuotaError> {
@@ -359,6 +361,15 @@ impl EmbeddedQuota {
     }
 }
 
+/// Deletes `hold_id`'s holds on `key`; returns their stored count (0 if it has none).
+fn take_holds(tx: &Transaction<'_>, key: &str, hold_id: &str) -> Result<i64, QuotaError> {
+    let count: Option<i64> = tx
+        .prepare_cached("DELETE FROM quota_holds WHERE key = ?1 AND hold_id = ?2 RETURNING count")
+        .and_then(|mut s| s.query_row(params![key, hold_id], |r| r.get(0)).optional())
+        .map_err(backend)?;
+    Ok(count.unwrap_or(0))
+}
+
 /// Recipients counted in `key`'s live buckets.
 fn used(tx: &Transaction<'_>, key: &str, oldest_live: u64) -> Result<u64, QuotaError> {
     let oldest = int(oldest_live)?;
@@ -380,49 +391,45 @@ fn held(tx: &Transaction<'_>, key: &str) -> Result<u64, QuotaError> {
     uint(sum)
 }
 
+/// Rows of two stored non-negative integers.
+fn pairs(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: impl Params,
+) -> Result<Vec<(u64, u64)>, QuotaError> {
+    let mut stmt = tx.prepare_cached(sql).map_err(backend)?;
+    let rows = stmt
+        .query_map(params, |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+        .map_err(backend)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (a, b) = row.map_err(backend)?;
+        out.push((uint(a)?, uint(b)?));
+    }
+    Ok(out)
+}
+
 /// `key`'s live buckets, `(bucket, count)`, ascending.
 fn buckets(
     tx: &Transaction<'_>,
     key: &str,
     oldest_live: u64,
 ) -> Result<Vec<(u64, u64)>, QuotaError> {
-    let mut stmt = tx
-        .prepare_cached(
-            "SELECT bucket, count FROM quota_buckets WHERE key = ?1 AND bucket >= ?2
-             ORDER BY bucket",
-        )
-        .map_err(backend)?;
-    let rows = stmt
-        .query_map(params![key, int(oldest_live)?], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-        })
-        .map_err(backend)?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (b, c) = row.map_err(backend)?;
-        out.push((uint(b)?, uint(c)?));
-    }
-    Ok(out)
+    pairs(
+        tx,
+        "SELECT bucket, count FROM quota_buckets WHERE key = ?1 AND bucket >= ?2
+         ORDER BY bucket",
+        params![key, int(oldest_live)?],
+    )
 }
 
 /// `key`'s live holds, `(expires_ms, count)`.
 fn holds(tx: &Transaction<'_>, key: &str, now_ms: u64) -> Result<Vec<(u64, u64)>, QuotaError> {
-    let mut stmt = tx
-        .prepare_cached(
-            "SELECT expires_ms, count FROM quota_holds WHERE key = ?1 AND expires_ms > ?2",
-        )
-        .map_err(backend)?;
-    let rows = stmt
-        .query_map(params![key, int(now_ms)?], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-        })
-        .map_err(backend)?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (e, c) = row.map_err(backend)?;
-        out.push((uint(e)?, uint(c)?));
-    }
-    Ok(out)
+    pairs(
+        tx,
+        "SELECT expires_ms, count FROM quota_holds WHERE key = ?1 AND expires_ms > ?2",
+        params![key, int(now_ms)?],
+    )
 }
 
 /// The retry time of a full key, from its live rows.
@@ -442,83 +449,6 @@ fn full_retry_at(
         &live_buckets,
         &live_holds,
     ))
-}
-
-/// Per-connection settings. `busy_timeout` comes first: switching to WAL may need a lock.
-fn configure(conn: &Connection) -> Result<(), QuotaError> {
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
-    let mode: String = conn
-        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-        .map_err(backend)?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(QuotaError::Unavailable(format!(
-            "cannot enable WAL mode (journal_mode is {mode})"
-        )));
-    }
-    conn.pragma_update(None, "synchronous", "NORMAL")
-        .map_err(backend)?;
-    Ok(())
-}
-
-fn schema_version(conn: &Connection) -> Result<usize, QuotaError> {
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |row| row.get(0))
-        .map_err(backend)?;
-    usize::try_from(version)
-        .map_err(|_| QuotaError::Unavailable(format!("invalid schema version {version}")))
-}
-
-/// Refuses files that are not quota files; brings the schema to the latest version (no write
-/// lock when it is current).
-fn migrate(conn: &mut Connection) -> Result<(), QuotaError> {
-    let latest = MIGRATIONS.len();
-    let check_kind = |conn: &Connection| -> Result<(), QuotaError> {
-        let id: i64 = conn
-            .pragma_query_value(None, "application_id", |row| row.get(0))
-            .map_err(backend)?;
-        let tables: i64 = conn
-            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
-            .map_err(backend)?;
-        if id == APPLICATION_ID || (id == 0 && tables == 0) {
-            Ok(())
-        } else {
-            Err(QuotaError::Unavailable(
-                "not a quota database (the quota store needs a file of its own)".to_string(),
-            ))
-        }
-    };
-    check_kind(conn)?;
-    let newer = |v: usize| {
-        QuotaError::Unavailable(format!(
-            "quota schema version {v} is newer than this postern understands ({latest})"
-        ))
-    };
-    let version = schema_version(conn)?;
-    if version == latest {
-        return Ok(());
-    }
-    if version > latest {
-        return Err(newer(version));
-    }
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(backend)?;
-    // Another process may have migrated while we waited for the lock.
-    check_kind(&tx)?;
-    let version = schema_version(&tx)?;
-    if version > latest {
-        return Err(newer(version));
-    }
-    for step in &MIGRATIONS[version..] {
-        tx.execute_batch(step).map_err(backend)?;
-    }
-    tx.pragma_update(None, "application_id", APPLICATION_ID)
-        .map_err(backend)?;
-    let latest = i64::try_from(latest)
-        .map_err(|_| QuotaError::Unavailable("too many migrations".to_string()))?;
-    tx.pragma_update(None, "user_version", latest)
-        .map_err(backend)?;
-    tx.commit().map_err(backend)
 }
 
 #[async_trait::async_trait]
@@ -572,34 +502,12 @@ impl QuotaStore for EmbeddedQuota {
 mod tests {
     use super::*;
     use crate::store::quota::conformance;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// A fresh directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new() -> Self {
-            static N: AtomicUsize = AtomicUsize::new(0);
-            let path = std::env::temp_dir().join(format!(
-                "postern-quota-test-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            let _ = std::fs::remove_dir_all(&path);
-            Self(path)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::store::testutil::TempDir;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn conformance_on_one_file_two_connections() {
-        let dir = TempDir::new();
-        let path = dir.0.join("quota.db");
+        let dir = TempDir::new("quota-test");
+        let path = dir.join("quota.db");
         let a = EmbeddedQuota::open(&path, conformance::settings()).unwrap();
         let b = EmbeddedQuota::open(&path, conformance::settings()).unwrap();
         conformance::run_all(&a, &b, "unit-").await;
@@ -607,21 +515,21 @@ mod tests {
 
     #[test]
     fn refuses_a_foreign_database() {
-        let dir = TempDir::new();
-        let path = dir.0.join("store.db");
+        let dir = TempDir::new("quota-test");
+        let path = dir.join("store.db");
         crate::store::EmbeddedStore::open(&path).unwrap();
         let e = EmbeddedQuota::open(&path, QuotaSettings::default()).unwrap_err();
         assert!(e.to_string().contains("not a quota database"), "{e}");
         // A quota file reopens fine.
-        let q = dir.0.join("quota.db");
+        let q = dir.join("quota.db");
         EmbeddedQuota::open(&q, QuotaSettings::default()).unwrap();
         EmbeddedQuota::open(&q, QuotaSettings::default()).unwrap();
     }
 
     #[tokio::test]
     async fn sweep_deletes_expired_rows() {
-        let dir = TempDir::new();
-        let s = EmbeddedQuota::open(&dir.0.join("q.db"), conformance::settings()).unwrap();
+        let dir = TempDir::new("quota-test");
+        let s = EmbeddedQuota::open(&dir.join("q.db"), conformance::settings()).unwrap();
         let k = QuotaKey::Hosting("sweep".into());
         let t0 = conformance::T0;
         s.hold(&k, "a", 10, t0).await.unwrap();
@@ -649,8 +557,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "timing; run with --ignored --nocapture"]
     async fn holds_per_second() {
-        let dir = TempDir::new();
-        let s = EmbeddedQuota::open(&dir.0.join("q.db"), QuotaSettings::default()).unwrap();
+        let dir = TempDir::new("quota-test");
+        let s = EmbeddedQuota::open(&dir.join("q.db"), QuotaSettings::default()).unwrap();
         let n = 20_000u32;
         let start = std::time::Instant::now();
         let mut tasks = Vec::new();

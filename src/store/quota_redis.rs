@@ -138,33 +138,23 @@ end
 -- When one recipient of capacity returns (policy::quota::retry_at).
 local function retry()
   local need = used + held - limit + 1
-  if need <= used then
-    local freed, i = 0, 0
-    while true do
-      local chunk = redis.call('LRANGE', b, i, i + 31)
-      for _, x in ipairs(chunk) do
-        local eb, ec = entry(x)
-        freed = freed + ec
-        if freed >= need then return (eb + nb) * bms end
-      end
-      if #chunk < 32 then break end
-      i = i + 32
+  local freed, i, newest = 0, 0, 0
+  while true do
+    local chunk = redis.call('LRANGE', b, i, i + 31)
+    for _, x in ipairs(chunk) do
+      local eb, ec = entry(x)
+      freed = freed + ec
+      if eb > newest then newest = eb end
+      if freed >= need then return (eb + nb) * bms end
     end
+    if #chunk < 32 then break end
+    i = i + 32
   end
-  local ev = {}
-  for _, x in ipairs(redis.call('LRANGE', b, 0, -1)) do
-    local eb, ec = entry(x)
-    ev[#ev + 1] = {(eb + nb) * bms, ec}
-  end
-  local hz = redis.call('ZRANGE', e, 0, -1, 'WITHSCORES')
-  for j = 1, #hz, 2 do
-    ev[#ev + 1] = {tonumber(hz[j + 1]), tonumber(redis.call('HGET', s, 'h:' .. hz[j]) or '0')}
-  end
-  table.sort(ev, function(p, q) return p[1] < q[1] end)
-  local freed = 0
-  for _, p in ipairs(ev) do
-    freed = freed + p[2]
-    if freed >= need then return p[1] end
+  -- Held recipients count as counted now (policy::quota::retry_at).
+  if freed + held >= need then
+    local current = math.floor(now / bms)
+    if newest > current then current = newest end
+    return (current + nb) * bms
   end
   return now + nb * bms
 end
@@ -308,14 +298,7 @@ impl RedisQuota {
                 .await
                 .map_err(|_| timed_out(timeout))?
                 .map_err(unavailable)?;
-        let store = Self {
-            conn: Conn::Single(manager),
-            script: Script::new(SCRIPT),
-            settings,
-            timeout,
-        };
-        store.ping().await?;
-        Ok(store)
+        Self::connected(Conn::Single(manager), settings, timeout).await
     }
 
     /// Connects to a Redis Cluster through some of its nodes.
@@ -343,8 +326,17 @@ impl RedisQuota {
             .await
             .map_err(|_| timed_out(timeout))?
             .map_err(unavailable)?;
+        Self::connected(Conn::Cluster(conn), settings, timeout).await
+    }
+
+    /// The store on an established connection, once it answers a ping.
+    async fn connected(
+        conn: Conn,
+        settings: QuotaSettings,
+        timeout: Duration,
+    ) -> Result<Self, QuotaError> {
         let store = Self {
-            conn: Conn::Cluster(conn),
+            conn,
             script: Script::new(SCRIPT),
             settings,
             timeout,

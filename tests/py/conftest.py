@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from support import (REPO, ZONES, Account, CertPair, Knot, Postern, SmtpReceiver, free_port_on,
-                     make_cert)
+from support import (REPO, ZONES, Account, CertPair, Knot, Postern, RedisCluster, RedisServer,
+                     SmtpReceiver, free_port_on, make_cert)
 
 
 def pytest_configure(config):
@@ -103,6 +103,74 @@ def make_postern(postern_bin, tmp_path, certs, knot, request):
     yield factory
     for pt in made:
         pt.stop()
+
+
+@pytest.fixture
+def make_fleet(make_postern):
+    """Factory: ``make_fleet(n, **overrides)`` gives ``n`` configured (not started) servers with
+    their own ports and spools sharing the first one's store file (so also its embedded quota
+    file): a fleet of relays in front of one directory."""
+    def factory(n: int, **overrides) -> list[Postern]:
+        first = make_postern(**overrides)
+        shared = {"store": {"path": first.config["store"]["path"]}}
+        return [first] + [make_postern(**overrides, **shared) for _ in range(n - 1)]
+    return factory
+
+
+@pytest.fixture
+def make_redis(tmp_path):
+    """Factory: a started ``redis-server`` on a free port; all are stopped at teardown."""
+    made: list[RedisServer] = []
+
+    def factory() -> RedisServer:
+        server = RedisServer(tmp_path / f"redis{len(made)}")
+        made.append(server)
+        return server.start()
+
+    yield factory
+    for server in made:
+        server.stop()
+
+
+@pytest.fixture
+def redis_cluster(tmp_path) -> RedisCluster:
+    """A started three-master Redis Cluster (no replicas) on free ports."""
+    cluster = RedisCluster(tmp_path / "redis-cluster")
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@dataclasses.dataclass
+class QuotaBackend:
+    """One quota backend for a test: its name, the ``[quota]`` keys that select it, and the
+    Redis server or Cluster the test started for it."""
+    name: str
+    keys: dict
+    redis: RedisServer | None = None
+    cluster: RedisCluster | None = None
+
+    def quota(self, **keys) -> dict:
+        """The ``[quota]`` section: this backend plus ``keys`` (window, hold_ttl, ...)."""
+        return {**self.keys, **keys}
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def quota_backend(request) -> QuotaBackend:
+    """The quota backend, parametrized (``embedded``, ``redis``); tests may ask for
+    ``cluster`` too with ``@pytest.mark.parametrize("quota_backend", [...], indirect=True)``."""
+    name = request.param
+    if name == "embedded":
+        return QuotaBackend(name, {"backend": "embedded"})
+    if name == "redis":
+        redis = request.getfixturevalue("make_redis")()
+        return QuotaBackend(name, {"backend": "redis", "redis_url": redis.url}, redis=redis)
+    if name == "cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        return QuotaBackend(name, {"backend": "redis", "redis_cluster": cluster.urls},
+                            cluster=cluster)
+    raise ValueError(f"unknown quota backend {name!r}")
 
 
 @dataclasses.dataclass

@@ -9,6 +9,8 @@ Everything here talks to real processes over real sockets:
   runs the admin CLI, starts ``serve``, can ``kill -9`` and restart on the same dirs.
 * ``SmtpClient``: a line-exact SMTP client over a plain or TLS socket for the cases where
   smtplib hides too much (pipelining, STARTTLS injection, bare LF, limits).
+* ``RedisServer`` / ``RedisCluster``: ``redis-server`` on free loopback ports (a single server,
+  or three masters joined with ``redis-cli --cluster create``) for the Redis quota backend.
 """
 
 from __future__ import annotations
@@ -70,6 +72,14 @@ BARE_LF_DATA = "554 5.6.0 Bare LF or CR in message data"
 LONG_LINE_DATA = "554 5.6.0 Line longer than 998 octets"
 QUEUED_RE = re.compile(r"^250 2\.0\.0 Ok: queued as (\S+)$")
 
+# Quotas, hosting accounts and brakes (issue 3).
+QUOTA_UNAVAILABLE = "451 4.3.0 Quota service unavailable, try again later"
+MESSAGE_BRAKE = "450 4.7.1 Too many messages in a short time, retry in a minute"
+CONNECTION_BRAKE = (
+    "421 4.7.0 Too many connections from your address in a short time, retry in a minute")
+DAILY_LIMIT_RE = re.compile(r"^450 4\.7\.1 Daily sending limit reached \((\d+) recipients per "
+                            r"24 hours\); retry after (\d\d):(\d\d) UTC$")
+
 DEFAULT_MAX_SIZE = 210_763_776
 
 # Zones served by the session's knotd. MX hosts: 127.0.0.2 offers STARTTLS, 127.0.0.3 does
@@ -88,6 +98,30 @@ SINK = "nullmx.test"
 def not_owned(address: str) -> str:
     """The sender-rule refusal for a session authenticated as ``address``."""
     return f"550 5.7.1 Sender address rejected: not owned by user {address}"
+
+
+def domain_not_allowed(account: str) -> str:
+    """The refusal of a ``MAIL FROM`` outside hosting account ``account``'s domains."""
+    return f"550 5.7.1 Sender address rejected: domain not allowed for hosting account {account}"
+
+
+def daily_limit_minute(reply: Reply | str, limit: int) -> int:
+    """Asserts ``reply`` is the quota refusal for ``limit``; returns its HH:MM as the minute
+    of the day (0-1439)."""
+    text = reply.text if isinstance(reply, Reply) else reply
+    m = DAILY_LIMIT_RE.match(text)
+    assert m and int(m.group(1)) == limit, (
+        f"expected the daily-limit 450 for {limit} recipients, got {text!r}")
+    hours, minutes = int(m.group(2)), int(m.group(3))
+    assert hours < 24 and minutes < 60, text
+    return hours * 60 + minutes
+
+
+def minutes_of_day(start: float, end: float, slack: int = 1) -> set[int]:
+    """The UTC minutes of the day (0-1439) from Unix time ``start`` to ``end``, widened by
+    ``slack`` minutes each side."""
+    first, last = int(start // 60) - slack, int(end // 60) + slack
+    return {m % 1440 for m in range(first, last + 1)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,9 +428,44 @@ class SmtpClient:
         assert self.cmd("DATA") == DATA_GO
         return queue_id(self.send_data(message))
 
+    def rcpts(self, recipients: Iterable[str]) -> list[Reply]:
+        """Pipelined ``RCPT TO`` for each recipient; their replies, in order."""
+        recipients = list(recipients)
+        self.send("".join(f"RCPT TO:<{r}>\r\n" for r in recipients))
+        return self.replies(len(recipients))
+
+    def try_transaction(self, sender: str, recipients: list[str],
+                        message: bytes | None = None) -> Attempt:
+        """MAIL (asserted), the RCPTs (pipelined; any may be refused), then DATA when at least
+        one was accepted, else RSET. The final reply is None when no DATA was sent."""
+        assert self.cmd(f"MAIL FROM:<{sender}>") == MAIL_OK
+        replies = self.rcpts(recipients)
+        accepted = [r for r, reply in zip(recipients, replies) if reply == RCPT_OK]
+        if not accepted:
+            assert self.cmd("RSET") == OK
+            return Attempt(replies, accepted, None)
+        assert self.cmd("DATA") == DATA_GO
+        body = message or make_message(sender=sender, to=accepted[0])
+        return Attempt(replies, accepted, self.send_data(body))
+
     def quit(self):
         assert self.cmd("QUIT") == BYE
         self.close()
+
+
+@dataclasses.dataclass
+class Attempt:
+    """What :meth:`SmtpClient.try_transaction` saw."""
+    rcpt_replies: list[Reply]
+    accepted: list[str]             # recipients answered 250 2.1.5
+    final: Reply | None             # the reply to the end of data; None without DATA
+
+    @property
+    def queued(self) -> bool:
+        return self.final is not None and QUEUED_RE.match(self.final.text) is not None
+
+    def refusals(self) -> list[Reply]:
+        return [r for r in self.rcpt_replies if r != RCPT_OK]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -658,11 +727,12 @@ class Postern:
         return int(self.config["listen"][role].rsplit(":", 1)[1])
 
     def cli(self, *args: str, check: bool = True, env: dict | None = None,
-            with_config: bool = True) -> subprocess.CompletedProcess:
-        """``postern --config F ARGS...``; with ``check`` a non-zero exit fails the test."""
+            with_config: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
+        """``postern --config F ARGS...`` (``input`` on stdin); with ``check`` a non-zero exit
+        fails the test."""
         cmd = [self.binary] + (["--config", self.config_path] if with_config else []) + list(args)
         full_env = {**os.environ, **(env or {})}
-        result = run(cmd, timeout=30, env=full_env)
+        result = run(cmd, timeout=30, env=full_env, input=input)
         if check:
             assert result.returncode == 0, (
                 f"{' '.join(map(str, cmd))} exited {result.returncode}\n"
@@ -679,9 +749,29 @@ class Postern:
         """Adds a device; returns its password, the last line of stdout."""
         return last_line(self.cli("device", "add", address, "--name", name).stdout)
 
-    def add_account(self, address: str, *devices: str) -> Account:
-        self.add_address(address)
+    def add_account(self, address: str, *devices: str, plan: str | None = None) -> Account:
+        self.add_address(address, plan)
         return Account(address, {name: self.add_device(address, name) for name in devices})
+
+    def add_hosting(self, account: str, networks: Iterable[str], domains: Iterable[str]):
+        """``hosting add ACCOUNT --network N... --domain D...``"""
+        self.cli("hosting", "add", account, *[a for n in networks for a in ("--network", n)],
+                 *[a for d in domains for a in ("--domain", d)])
+
+    def quota(self, *target: str) -> dict:
+        """``quota show TARGET --json`` parsed (TARGET: an address, or ``--hosting`` NAME)."""
+        return json.loads(self.cli("quota", "show", *target, "--json").stdout)
+
+    def metric(self, series: str) -> float | None:
+        """The value of one ``/metrics`` series, e.g. ``postern_quota_backend_up`` or
+        ``name{label="x"}`` exactly as exposed; None when absent."""
+        status, _, text = self.http_get("/metrics")
+        assert status == 200, status
+        for line in text.splitlines():
+            name, _, value = line.rpartition(" ")
+            if name == series:
+                return float(value)
+        return None
 
     # -- process ------------------------------------------------------------------------------
     def start(self, timeout: float = 30.0):
@@ -778,3 +868,100 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return True
     except OSError:
         return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Redis: a single server or a three-master Cluster, on free loopback ports
+# ---------------------------------------------------------------------------------------------
+CLUSTER_BUS_OFFSET = 10_000          # Redis Cluster's bus listens on the data port + 10000
+
+
+def free_port_with_bus(offset: int = CLUSTER_BUS_OFFSET) -> int:
+    """A free port P whose Cluster bus port P + ``offset`` is free as well."""
+    for _ in range(200):
+        port = free_port()
+        if port + offset > 65535:
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + offset))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
+class RedisServer:
+    """``redis-server`` on 127.0.0.1:<port> without persistence, its files in ``workdir``.
+
+    Never the machine's 6379: the port is free when chosen, and stays the same across
+    :meth:`stop` / :meth:`start` (a restart is the same server address, empty)."""
+
+    def __init__(self, workdir: Path, *, cluster: bool = False):
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.cluster = cluster
+        self.port = free_port_with_bus() if cluster else free_port()
+        self.log = workdir / "redis.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> RedisServer:
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", str(self.dir)]
+        if self.cluster:
+            args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                     "--cluster-node-timeout", "5000"]
+        self.proc = subprocess.Popen(args, stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+
+        def answers():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"redis-server exited: {self.log.read_text()[-2000:]}")
+            return self.cli("PING").stdout.strip() == "PONG"
+        wait_until(answers, 15, f"redis-server on port {self.port}", interval=0.02)
+        return self
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        """``redis-cli -p PORT ARGS...``"""
+        return run(["redis-cli", "-h", "127.0.0.1", "-p", str(self.port), *args], timeout=10)
+
+    def stop(self):
+        stop_process(self.proc)
+
+
+class RedisCluster:
+    """Three (by default) master-only Redis Cluster nodes made with ``redis-cli --cluster
+    create``; ready once every node reports ``cluster_state:ok``."""
+
+    def __init__(self, workdir: Path, masters: int = 3):
+        self.nodes = [RedisServer(workdir / f"node{i}", cluster=True) for i in range(masters)]
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    def start(self) -> RedisCluster:
+        for node in self.nodes:
+            node.start()
+        create = run(["redis-cli", "--cluster", "create",
+                      *[node.address for node in self.nodes],
+                      "--cluster-replicas", "0", "--cluster-yes"], timeout=60)
+        assert create.returncode == 0, f"redis-cli --cluster create: {create.stdout}{create.stderr}"
+
+        def all_ok():
+            return all("cluster_state:ok" in node.cli("CLUSTER", "INFO").stdout
+                       for node in self.nodes)
+        wait_until(all_ok, 20, "the Redis Cluster to be ok", interval=0.05)
+        return self
+
+    def stop(self):
+        for node in self.nodes:
+            node.stop()

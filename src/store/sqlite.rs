@@ -1,0 +1,218 @@
+//! SQLite plumbing shared by the embedded stores: the directory ([`super::embedded`]) and the
+//! quota store ([`super::quota_embedded`]), each in a file of its own.
+//!
+//! # WAL
+//! Every file runs in WAL mode: readers (`postern serve`) never wait for a writer (the CLI, or
+//! another connection) and see each committed change at their next query, and a commit appends
+//! to the WAL instead of rewriting pages in place. A file on which WAL cannot be enabled (some
+//! network file systems) is refused rather than used in a mode that would block readers.
+//! `busy_timeout` is set before switching: the switch itself may have to wait for a lock.
+//!
+//! # Durability is the caller's choice
+//! `PRAGMA synchronous` trades a power cut's losses against an `fsync` per commit, and the two
+//! stores want opposite answers, so each passes its own [`Synchronous`]: the directory is
+//! written a few times a day and a revocation lost to a power cut would bring a password back
+//! (`FULL`); the quota store is written at every RCPT and a power cut only forgets a few counted
+//! recipients (`NORMAL`). See each store's module documentation.
+//!
+//! # Migrations
+//! A store's schema is a list of steps ([`Schema::migrations`]); after step `i` the file is at
+//! `PRAGMA user_version = i + 1` (a new file is at 0). [`open`] applies the missing steps in one
+//! `BEGIN IMMEDIATE` transaction, reading the version again once it holds the write lock, since
+//! another process may have migrated meanwhile; a current file takes no write lock. A file at a
+//! version newer than the list is refused rather than guessed at. A store that wants a file of
+//! its own also names a [`FileKind`]: its `PRAGMA application_id` is checked before (and inside)
+//! the migration and set by it, so that another kind of database is never taken over.
+//!
+//! # Errors
+//! Failures are an [`Error`]; each store maps them to its own error type and adds the path.
+
+use rusqlite::{Connection, TransactionBehavior};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+/// A failure of the plumbing, for the caller to map to its own error type.
+#[derive(Debug)]
+pub(super) enum Error {
+    /// SQLite failed on a statement.
+    Sqlite(rusqlite::Error),
+    /// The file cannot be used: why, as a message (cannot be created or opened, WAL refused, a
+    /// newer schema, another kind of database).
+    Refused(String),
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sqlite(e)
+    }
+}
+
+/// `PRAGMA synchronous` in WAL mode (see the module documentation).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Synchronous {
+    /// No `fsync` per commit: a power cut may lose the commits since the last checkpoint.
+    Normal,
+    /// An `fsync` per commit: nothing committed is ever lost.
+    Full,
+}
+
+impl Synchronous {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Normal => "NORMAL",
+            Self::Full => "FULL",
+        }
+    }
+}
+
+/// The `PRAGMA application_id` of a store that needs a file of its own.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FileKind {
+    /// The id the file carries once migrated; an empty file (id 0, no tables) is accepted too.
+    pub(super) application_id: i64,
+    /// The refusal message for any other file.
+    pub(super) refusal: &'static str,
+}
+
+/// A store's schema.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Schema {
+    /// How messages name it: `schema version 9 is newer ...`.
+    pub(super) name: &'static str,
+    /// The steps; after step `i` the file is at `user_version = i + 1`.
+    pub(super) migrations: &'static [&'static str],
+    /// Checked and set when the store needs a file of its own.
+    pub(super) kind: Option<FileKind>,
+}
+
+/// How a store opens its file.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Settings {
+    /// How long a statement waits for another process's write lock before failing.
+    pub(super) busy_timeout: Duration,
+    /// The durability of a commit.
+    pub(super) synchronous: Synchronous,
+    /// `PRAGMA foreign_keys = ON`.
+    pub(super) foreign_keys: bool,
+    /// Create the file with this mode (before SQLite does, so that it never exists with a
+    /// wider one); `None` leaves it to SQLite.
+    pub(super) file_mode: Option<u32>,
+    /// The schema to bring the file to.
+    pub(super) schema: Schema,
+}
+
+/// Opens the database at `path`, creating its parent directory (mode 0700) and the file as
+/// needed, configures the connection and brings the schema to the latest version.
+///
+/// # Errors
+/// [`Error::Refused`] if the directory or file cannot be created or opened, WAL mode cannot be
+/// enabled, the file is another kind of database or its schema is newer; [`Error::Sqlite`] if
+/// a statement fails.
+pub(super) fn open(path: &Path, settings: &Settings) -> Result<Connection, Error> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(|e| Error::Refused(format!("cannot create directory: {e}")))?;
+    }
+    if let Some(mode) = settings.file_mode {
+        // An empty file is a valid empty database to SQLite.
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::Refused(format!("cannot create: {e}"))),
+        }
+    }
+    let mut conn =
+        Connection::open(path).map_err(|e| Error::Refused(format!("cannot open: {e}")))?;
+    configure(&conn, settings)?;
+    migrate(&mut conn, &settings.schema)?;
+    Ok(conn)
+}
+
+/// Per-connection settings. `busy_timeout` comes first: switching to WAL may need a lock.
+fn configure(conn: &Connection, settings: &Settings) -> Result<(), Error> {
+    conn.busy_timeout(settings.busy_timeout)?;
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::Refused(format!(
+            "cannot enable WAL mode (journal_mode is {mode})"
+        )));
+    }
+    conn.pragma_update(None, "synchronous", settings.synchronous.as_str())?;
+    if settings.foreign_keys {
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+    }
+    Ok(())
+}
+
+/// The file's `PRAGMA user_version`.
+///
+/// # Errors
+/// [`Error::Refused`] for a negative version.
+pub(super) fn schema_version(conn: &Connection) -> Result<usize, Error> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    usize::try_from(version)
+        .map_err(|_| Error::Refused(format!("invalid schema version {version}")))
+}
+
+/// Refuses a file of another kind (when the schema names one).
+fn check_kind(conn: &Connection, kind: Option<FileKind>) -> Result<(), Error> {
+    let Some(kind) = kind else {
+        return Ok(());
+    };
+    let id: i64 = conn.pragma_query_value(None, "application_id", |row| row.get(0))?;
+    let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+    if id == kind.application_id || (id == 0 && tables == 0) {
+        Ok(())
+    } else {
+        Err(Error::Refused(kind.refusal.to_string()))
+    }
+}
+
+/// Brings the schema to the latest version; a no-op (and no write lock) when it is current.
+fn migrate(conn: &mut Connection, schema: &Schema) -> Result<(), Error> {
+    let latest = schema.migrations.len();
+    let newer = |v: usize| {
+        Error::Refused(format!(
+            "{} version {v} is newer than this postern understands ({latest})",
+            schema.name
+        ))
+    };
+    check_kind(conn, schema.kind)?;
+    let version = schema_version(conn)?;
+    if version == latest {
+        return Ok(());
+    }
+    if version > latest {
+        return Err(newer(version));
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Another process may have migrated while we waited for the lock.
+    check_kind(&tx, schema.kind)?;
+    let version = schema_version(&tx)?;
+    if version > latest {
+        return Err(newer(version));
+    }
+    for step in &schema.migrations[version..] {
+        tx.execute_batch(step)?;
+    }
+    if let Some(kind) = schema.kind {
+        tx.pragma_update(None, "application_id", kind.application_id)?;
+    }
+    let latest =
+        i64::try_from(latest).map_err(|_| Error::Refused("too many migrations".to_string()))?;
+    tx.pragma_update(None, "user_version", latest)?;
+    tx.commit()?;
+    Ok(())
+}
