@@ -247,7 +247,11 @@ fn provision(bin: &Path, work: &WorkDir, store: &Path) -> Result<String> {
     // The daily quota (500 for the default plan) is enforced on this path, as in production:
     // every RCPT is a real hold and every message a real commit in the embedded quota store.
     // The limit is raised so the window measures throughput, not the refusal.
-    admin(bin, &config, &["limit", "set", LOGIN, "--daily", "4000000000"])?;
+    admin(
+        bin,
+        &config,
+        &["limit", "set", LOGIN, "--daily", "4000000000"],
+    )?;
     let out = admin(bin, &config, &["device", "add", LOGIN, "--name", "bench"])?;
     let password = out.lines().last().map(str::trim).unwrap_or_default();
     ensure!(

@@ -626,9 +626,9 @@ impl Config {
             }
         }
         if let Some(server) = &self.sendmail.server {
-            let port_ok = server
-                .rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+            let port_ok = server.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
             if !port_ok {
                 return bad("sendmail.server", "must be HOST:PORT");
             }
@@ -640,7 +640,7 @@ impl Config {
                 "must be longer than zero and not longer than quota.window",
             );
         }
-        if q.window.as_millis() % q.bucket.as_millis() != 0 {
+        if !q.window.as_millis().is_multiple_of(q.bucket.as_millis()) {
             return bad("quota.window", "must be a whole number of quota.bucket");
         }
         if q.hold_ttl.is_zero() {
