@@ -553,29 +553,4 @@ mod tests {
         s.refund(&other, 1, t0 + SWEEP_EVERY_MS).await.unwrap();
         assert_eq!(rows(&s), (0, 0));
     }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "timing; run with --ignored --nocapture"]
-    async fn holds_per_second() {
-        let dir = TempDir::new("quota-test");
-        let s = EmbeddedQuota::open(&dir.join("q.db"), QuotaSettings::default()).unwrap();
-        let n = 20_000u32;
-        let start = std::time::Instant::now();
-        let mut tasks = Vec::new();
-        for t in 0..16u32 {
-            let s = s.clone();
-            tasks.push(tokio::spawn(async move {
-                let k = QuotaKey::Address(format!("bench{t}@example.org"));
-                for i in 0..n / 16 {
-                    let now = conformance::T0 + u64::from(i);
-                    s.hold(&k, "tx", 1_000_000, now).await.unwrap();
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        let rate = f64::from(n) / start.elapsed().as_secs_f64();
-        println!("embedded: {rate:.0} holds/s (16 tasks)");
-    }
 }
