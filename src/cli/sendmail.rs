@@ -51,7 +51,7 @@
 //! Blocking `std::net` on purpose: one message, one connection, no runtime to start.
 
 use crate::config::Config;
-use crate::session::headers::mailbox_addresses;
+use crate::session::headers::{Where, mailbox_addresses, structured_chars};
 use base64::Engine;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
@@ -332,39 +332,15 @@ fn address_list(value: &str) -> Vec<String> {
     // outside quoted strings, comments and angle brackets.
     let mut flat = String::with_capacity(value.len());
     let mut item_start = 0;
-    let (mut in_quote, mut in_angle, mut escaped) = (false, false, false);
-    let mut comment_depth = 0u32;
-    for c in value.chars() {
-        if escaped {
-            escaped = false;
-            flat.push(c);
-            continue;
-        }
-        match c {
-            '\\' if in_quote || comment_depth > 0 => escaped = true,
-            '"' if comment_depth == 0 && !in_angle => in_quote = !in_quote,
-            '(' if !in_quote => comment_depth += 1,
-            ')' if !in_quote && comment_depth > 0 => comment_depth -= 1,
-            _ if in_quote || comment_depth > 0 => {}
-            '<' => in_angle = true,
-            '>' => in_angle = false,
-            ':' if !in_angle => {
-                flat.truncate(item_start);
-                continue;
-            }
-            ';' if !in_angle => {
+    for (c, place) in structured_chars(value) {
+        match (place, c) {
+            (Where::Plain, ':') => flat.truncate(item_start),
+            (Where::Plain, ';' | ',') => {
                 flat.push(',');
                 item_start = flat.len();
-                continue;
             }
-            ',' if !in_angle => {
-                flat.push(',');
-                item_start = flat.len();
-                continue;
-            }
-            _ => {}
+            _ => flat.push(c),
         }
-        flat.push(c);
     }
     mailbox_addresses(&flat)
 }

@@ -67,49 +67,84 @@ pub fn scan_headers(section: &[u8]) -> HeaderFacts {
     facts
 }
 
+/// Where a character of a structured header value stands (RFC 5322 section 3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Where {
+    /// Outside quoted strings, comments and angle brackets (an opening `<` is here too).
+    Plain,
+    /// Between `<` and `>` (the closing `>` included).
+    Angle,
+    /// Inside a quoted string or a comment, their delimiters and escapes included.
+    Hidden,
+}
+
+/// The characters of a structured header value with where each stands: the one lexer that
+/// both the session's `From:` check and `postern sendmail`'s recipient parsing use, so they
+/// can never read the same header differently.
+pub fn structured_chars(value: &str) -> impl Iterator<Item = (char, Where)> + '_ {
+    let (mut in_quote, mut in_angle, mut escaped, mut comment_depth) = (false, false, false, 0u32);
+    value.chars().map(move |c| {
+        if escaped {
+            escaped = false;
+            return (c, Where::Hidden);
+        }
+        let hidden = in_quote || comment_depth > 0;
+        match c {
+            '\\' if hidden => {
+                escaped = true;
+                (c, Where::Hidden)
+            }
+            '"' if comment_depth == 0 && !in_angle => {
+                in_quote = !in_quote;
+                (c, Where::Hidden)
+            }
+            '(' if !in_quote => {
+                comment_depth += 1;
+                (c, Where::Hidden)
+            }
+            ')' if !in_quote && comment_depth > 0 => {
+                comment_depth -= 1;
+                (c, Where::Hidden)
+            }
+            _ if hidden => (c, Where::Hidden),
+            '<' => {
+                in_angle = true;
+                (c, Where::Plain)
+            }
+            '>' if in_angle => {
+                in_angle = false;
+                (c, Where::Angle)
+            }
+            _ if in_angle => (c, Where::Angle),
+            _ => (c, Where::Plain),
+        }
+    })
+}
+
 /// The addresses of a mailbox list (`"A, B" <a@x>, b@y (comment)`), lower-cased.
 pub fn mailbox_addresses(value: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut current = String::new();
     let mut angle: Option<String> = None;
-    let mut in_quote = false;
-    let mut comment_depth = 0u32;
-    let mut escaped = false;
     let mut finish = |current: &mut String, angle: &mut Option<String>| {
-        let address = match angle.take() {
-            Some(a) => a,
-            None => current.trim().to_string(),
-        };
+        let address = angle.take().unwrap_or_else(|| current.clone());
         current.clear();
         let address = address.trim().to_ascii_lowercase();
         if !address.is_empty() {
             out.push(address);
         }
     };
-    let mut in_angle = false;
-    for c in value.chars() {
-        if escaped {
-            escaped = false;
-            if !in_quote && comment_depth == 0 {
-                current.push(c);
+    for (c, place) in structured_chars(value) {
+        match (place, c) {
+            (Where::Hidden, _) | (Where::Angle, '>') => {}
+            (Where::Plain, '<') => angle = Some(String::new()),
+            (Where::Angle, c) => angle.get_or_insert_with(String::new).push(c),
+            (Where::Plain, ',') => finish(&mut current, &mut angle),
+            (Where::Plain, c) => {
+                if angle.is_none() {
+                    current.push(c);
+                }
             }
-            continue;
-        }
-        match c {
-            '\\' if in_quote || comment_depth > 0 => escaped = true,
-            '"' if comment_depth == 0 && !in_angle => in_quote = !in_quote,
-            '(' if !in_quote => comment_depth += 1,
-            ')' if !in_quote && comment_depth > 0 => comment_depth -= 1,
-            _ if in_quote || comment_depth > 0 => {}
-            '<' => {
-                in_angle = true;
-                angle = Some(String::new());
-            }
-            '>' if in_angle => in_angle = false,
-            ',' if !in_angle => finish(&mut current, &mut angle),
-            c if in_angle => angle.get_or_insert_with(String::new).push(c),
-            c if angle.is_none() => current.push(c),
-            _ => {}
         }
     }
     finish(&mut current, &mut angle);
