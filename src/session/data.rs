@@ -96,6 +96,10 @@ impl DataScanner {
                     continue;
                 }
                 self.fail(DataError::BareNewline);
+                // The line so far is not ".": "CRLF . CR CR LF" must never end the data.
+                self.dot_line = false;
+                self.at_line_start = false;
+                self.line_len += 1;
                 // The byte after a bare CR is data again; look at it afresh.
                 i -= 1;
                 continue;
@@ -229,6 +233,7 @@ mod tests {
             b"a\n.\r\nMAIL FROM:<x@y>\r\n.\r\n",
             b"a\r.\rMAIL FROM:<x@y>\r\n.\r\n",
             b"a\r\n.\r MAIL\r\n.\r\n",
+            b"hi\r\n.\r\r\nNOOP smuggled\r\n.\r\n",
         ] {
             let (_, err, ended, rest) = scan(Framing::Dot, 1000, &[attack]);
             assert_eq!(err, Some(DataError::BareNewline), "{attack:?}");

@@ -23,10 +23,20 @@ pub struct HeaderFacts {
     pub has_message_id: bool,
     /// A `Date:` field exists.
     pub has_date: bool,
+    /// A `From:` field could not be read unambiguously (an empty or unclosed mailbox, two
+    /// angle addresses in one mailbox, text after `>`): ownership cannot be decided.
+    pub from_malformed: bool,
+}
+
+/// Where a CRLF CRLF ends in `data` (offset just past it), if anywhere.
+pub fn blank_line_end(data: &[u8]) -> Option<usize> {
+    data.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
 }
 
 /// Where the header section ends in `data` (offset just past the empty line), or `None` if
-/// `data` holds no empty line yet.
+/// `data` holds no empty line yet. `data` must start at the beginning of the message.
 pub fn header_section_end(data: &[u8]) -> Option<usize> {
     if data.starts_with(b"\r\n") {
         return Some(2);
@@ -57,7 +67,10 @@ pub fn scan_headers(section: &[u8]) -> HeaderFacts {
         match name.trim().to_ascii_lowercase().as_str() {
             "from" => {
                 facts.from_fields += 1;
-                facts.from.extend(mailbox_addresses(value));
+                match strict_mailbox_addresses(value) {
+                    Some(addresses) => facts.from.extend(addresses),
+                    None => facts.from_malformed = true,
+                }
             }
             "message-id" => facts.has_message_id = true,
             "date" => facts.has_date = true,
@@ -149,6 +162,46 @@ pub fn mailbox_addresses(value: &str) -> Vec<String> {
     }
     finish(&mut current, &mut angle);
     out
+}
+
+/// The addresses of a mailbox list read strictly, for deciding ownership: `None` if any
+/// mailbox is empty, holds two angle addresses, has text after its `>`, leaves a `<` open or
+/// lacks an `@`. What a mail client displays must be what was checked, so anything a client
+/// might read differently is refused rather than guessed.
+pub fn strict_mailbox_addresses(value: &str) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    let mut plain = String::new();
+    let mut angle: Option<String> = None;
+    let mut closed = false;
+    let finish = |plain: &mut String, angle: &mut Option<String>, closed: &mut bool| {
+        let address = match angle.take() {
+            Some(a) if *closed => a,
+            Some(_) => return None,
+            None => std::mem::take(plain),
+        };
+        plain.clear();
+        *closed = false;
+        let address = address.trim().to_ascii_lowercase();
+        (address.contains('@') && !address.contains(char::is_whitespace)).then_some(address)
+    };
+    for (c, place) in structured_chars(value) {
+        match (place, c) {
+            (Where::Hidden, _) => {}
+            (Where::Angle, '>') => closed = true,
+            (Where::Plain, '<') if angle.is_some() => return None,
+            (Where::Plain, '<') => angle = Some(String::new()),
+            (Where::Angle, c) => angle.as_mut()?.push(c),
+            (Where::Plain, ',') => out.push(finish(&mut plain, &mut angle, &mut closed)?),
+            (Where::Plain, c) if closed && !c.is_whitespace() => return None,
+            (Where::Plain, c) => {
+                if angle.is_none() {
+                    plain.push(c);
+                }
+            }
+        }
+    }
+    out.push(finish(&mut plain, &mut angle, &mut closed)?);
+    Some(out)
 }
 
 /// A `Date:` value (RFC 5322 section 3.3) in UTC.
@@ -262,6 +315,24 @@ mod tests {
             mailbox_addresses(" \"Doe, <John>\" <j@x.org>, k@y.org"),
             vec!["j@x.org", "k@y.org"]
         );
+    }
+
+    #[test]
+    fn strict_from_refuses_what_clients_could_read_differently() {
+        assert_eq!(
+            strict_mailbox_addresses(" \"Doe, <John>\" <J@x.org>, k@y.org (K)"),
+            Some(vec!["j@x.org".to_string(), "k@y.org".to_string()])
+        );
+        for bad in [
+            " <ceo@bank.example><alice@example.org>",
+            " <alice@example.org> ceo@bank.example",
+            " \"CEO\" <>",
+            " alice@example.org,",
+            " <alice@example.org",
+            " Alice",
+        ] {
+            assert_eq!(strict_mailbox_addresses(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -472,7 +472,12 @@ impl Session {
 
     /// Forgets the open transaction, telling the driver to release its holds.
     fn drop_transaction(&mut self) {
-        if self.tx.take().is_some_and(|tx| !tx.recipients.is_empty()) {
+        let Some(tx) = self.tx.take() else { return };
+        if tx.bdat.is_some() {
+            // A BDAT message in progress: its body goes too.
+            self.events.push_back(Event::MessageAbort);
+        }
+        if !tx.recipients.is_empty() {
             self.events.push_back(Event::TransactionReset);
         }
     }
@@ -800,6 +805,11 @@ impl Session {
             self.bad_command(Reply::bad_sequence());
             return;
         };
+        if tx.bdat.is_some() {
+            // RFC 3030: the envelope is closed once the first chunk arrived.
+            self.bad_command(Reply::bad_sequence());
+            return;
+        }
         let address = to.address.to_string();
         let (reply, outcome) = if relay_denied {
             (Reply::relaying_denied(), "relay_denied")
@@ -950,12 +960,17 @@ impl Session {
             && !tx.header_done
         {
             let room = headers::MAX_HEADER_SECTION.saturating_sub(tx.header_buf.len());
-            let from = tx.header_buf.len().saturating_sub(3);
+            // Only the buffer as a whole can start with the empty line; later chunks are
+            // searched for CRLF CRLF across the boundary (the last 3 bytes before them).
+            let searched_from = tx.header_buf.len().saturating_sub(3);
+            let first_chunk = tx.header_buf.is_empty();
             tx.header_buf.extend_from_slice(&out[..out.len().min(room)]);
-            if let Some(end) = headers::header_section_end(&tx.header_buf[from..])
-                .map(|e| e + from)
-                .or_else(|| headers::header_section_end(&tx.header_buf))
-            {
+            let end = if first_chunk {
+                headers::header_section_end(&tx.header_buf)
+            } else {
+                headers::blank_line_end(&tx.header_buf[searched_from..]).map(|e| e + searched_from)
+            };
+            if let Some(end) = end {
                 tx.header_buf.truncate(end);
                 tx.header_done = true;
             } else if out.len() > room {
@@ -984,8 +999,12 @@ impl Session {
         }
         let facts = headers::scan_headers(&tx.header_buf);
         if let Some(user) = &self.auth {
-            if facts.from.is_empty() {
+            if facts.from_fields == 0 {
                 self.refuse_message(Reply::missing_from_header(), tx.recipients.len());
+                return;
+            }
+            if facts.from_fields > 1 || facts.from_malformed {
+                self.refuse_message(Reply::malformed_from_header(), tx.recipients.len());
                 return;
             }
             if !facts

@@ -260,6 +260,14 @@ impl Reply {
         )
     }
 
+    /// `550 5.6.0 ...` (a From: field whose addresses cannot be read unambiguously, or two)
+    pub fn malformed_from_header() -> Self {
+        Self::one(
+            550,
+            "5.6.0 Malformed or repeated From header field (RFC 5322 section 3.6)",
+        )
+    }
+
     /// `554 5.6.0 Header section too large`
     pub fn header_too_large() -> Self {
         Self::one(554, "5.6.0 Header section too large")

@@ -574,3 +574,60 @@ fn hosting_senders_must_be_in_the_account_domains() {
     );
     assert_eq!(h.line("MAIL FROM:<noreply@shop.example>"), "250 2.1.0 Ok");
 }
+
+#[test]
+fn from_check_holds_across_chunk_boundaries() {
+    // A header section split right after "\r\nX" must not look finished there.
+    let mut h = Harness::login(Role::Submissions);
+    h.line("MAIL FROM:<alice@example.org>");
+    h.line("RCPT TO:<b@example.net>");
+    let first = b"From: alice@example.org\r\nX";
+    h.send(&[format!("BDAT {}\r\n", first.len()).as_bytes(), first].concat());
+    let last = b"-A: 1\r\nFrom: ceo@bank.example\r\n\r\nbody";
+    let replies = h.send(&[format!("BDAT {} LAST\r\n", last.len()).as_bytes(), last].concat());
+    assert_eq!(
+        replies,
+        vec!["550 5.6.0 Malformed or repeated From header field (RFC 5322 section 3.6)"]
+    );
+    // The same message fed one byte at a time through DATA.
+    h.line("MAIL FROM:<alice@example.org>");
+    h.line("RCPT TO:<b@example.net>");
+    h.line("DATA");
+    let mut replies = Vec::new();
+    for b in b"From: alice@example.org\r\nX-A: 1\r\nFrom: ceo@bank.example\r\n\r\nbody\r\n.\r\n" {
+        replies.extend(h.send(&[*b]));
+    }
+    assert_eq!(
+        replies,
+        vec!["550 5.6.0 Malformed or repeated From header field (RFC 5322 section 3.6)"]
+    );
+    assert!(h.committed.is_empty());
+}
+
+#[test]
+fn ambiguous_from_is_refused() {
+    let mut h = Harness::login(Role::Submissions);
+    h.line("MAIL FROM:<alice@example.org>");
+    h.line("RCPT TO:<b@example.net>");
+    h.line("DATA");
+    assert_eq!(
+        h.send(b"From: <ceo@bank.example><alice@example.org>\r\n\r\nx\r\n.\r\n"),
+        vec!["550 5.6.0 Malformed or repeated From header field (RFC 5322 section 3.6)"]
+    );
+}
+
+#[test]
+fn no_rcpt_once_bdat_started() {
+    let mut h = Harness::login(Role::Submissions);
+    h.line("MAIL FROM:<alice@example.org>");
+    h.line("RCPT TO:<a@example.net>");
+    h.send(b"BDAT 5\r\nFrom:");
+    assert_eq!(
+        h.line("RCPT TO:<c@example.net>"),
+        "503 5.5.1 Bad sequence of commands"
+    );
+    assert_eq!(h.holds.len(), 1);
+    // RSET drops the half-received message and its holds.
+    assert_eq!(h.line("RSET"), "250 2.0.0 Ok");
+    assert_eq!(h.resets, 1);
+}
