@@ -31,7 +31,7 @@ impl Brakes {
     pub fn allow_connection(&self, ip: IpAddr) -> bool {
         self.connections
             .as_ref()
-            .is_none_or(|l| l.check_key(&ip).is_ok())
+            .is_none_or(|l| l.check_key(&super::guard::client_key(ip)).is_ok())
     }
 
     /// Whether `identity` may start another message now.

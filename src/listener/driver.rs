@@ -435,6 +435,7 @@ async fn counted_commit(
             Ok(n) => n,
             Err(CommitRefusal::Unavailable) => {
                 shared.metrics.message_rejected("quota_unavailable");
+                meter.release(shared).await;
                 return CommitOutcome::QuotaUnavailable;
             }
             Err(CommitRefusal::Full(HoldOutcome::Full { limit, retry_after })) => {

@@ -76,6 +76,7 @@ impl Admission {
 
     /// Admits a connection from `ip` or says why not.
     pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Admitted, Refusal> {
+        let ip = client_key(ip);
         if self.recent_failures(ip, now) >= self.max_failures as usize {
             return Err(Refusal::FailedLogins);
         }
@@ -99,6 +100,7 @@ impl Admission {
 
     /// Records a failed login from `ip`.
     pub fn record_failure(&self, ip: IpAddr, now: Instant) {
+        let ip = client_key(ip);
         let mut failures = self.failures.lock().expect("admission lock");
         let list = failures.entry(ip).or_default();
         list.push_back(now);
@@ -132,6 +134,23 @@ impl Admission {
             list.back()
                 .is_some_and(|t| now.duration_since(*t) <= self.failure_window)
         });
+    }
+}
+
+/// The key per-client limits count under: an IPv4 address, or the /64 of an IPv6 address
+/// (one subscriber's allocation: per-/128 limits would be evaded by rotating addresses).
+/// IPv4-mapped IPv6 addresses count as their IPv4 address.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut segments = v6.segments();
+                segments[4..].fill(0);
+                IpAddr::V6(segments.into())
+            }
+        },
     }
 }
 
@@ -231,6 +250,22 @@ mod tests {
         assert_eq!(a.admit(ip, now).err(), Some(Refusal::TooManyFromIp));
         drop(first);
         assert!(a.admit(ip, now).is_ok());
+    }
+
+    #[test]
+    fn ipv6_clients_count_per_64() {
+        let a = Admission::new(10, 1, 5, Duration::from_secs(60));
+        let now = Instant::now();
+        let _first = a.admit("2001:db8:1:2::1".parse().unwrap(), now).unwrap();
+        assert_eq!(
+            a.admit("2001:db8:1:2:ffff::9".parse().unwrap(), now).err(),
+            Some(Refusal::TooManyFromIp)
+        );
+        assert!(a.admit("2001:db8:1:3::1".parse().unwrap(), now).is_ok());
+        assert_eq!(
+            client_key("::ffff:192.0.2.1".parse().unwrap()),
+            "192.0.2.1".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]

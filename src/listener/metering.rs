@@ -113,6 +113,9 @@ impl Meter {
                 self.full(retry_at_ms)
             }
             Err(e) => {
+                // The call may have taken effect before it timed out: remember the hold id so
+                // that the transaction's end releases it.
+                self.hold = Some(tx_id.to_string());
                 shared.metrics.quota_hold("unavailable");
                 tracing::warn!(identity = %self.key, error = %e, "quota service unavailable");
                 HoldOutcome::Unavailable
@@ -142,11 +145,15 @@ impl Meter {
             tracing::warn!(error = %e, "quota commit failed");
             CommitRefusal::Unavailable
         };
-        let counted = shared
-            .quota
-            .commit(&self.key, &hold, now)
-            .await
-            .map_err(unavailable)?;
+        let counted = match shared.quota.commit(&self.key, &hold, now).await {
+            Ok(counted) => counted,
+            Err(e) => {
+                // Keep the hold id so that the transaction's release can still find it.
+                self.hold = Some(hold);
+                self.held = expected;
+                return Err(unavailable(e));
+            }
+        };
         if counted >= expected {
             return Ok(counted);
         }

@@ -106,14 +106,16 @@ pub(super) struct Index {
 
 impl Index {
     fn insert(&mut self, entry: Entry) {
+        // Forget a previous entry of the same id first: its due key may equal the new one.
+        if let Some(old) = self.messages.remove(&entry.envelope.id) {
+            self.forget(&old);
+        }
         *self.segments.entry(entry.segment).or_default() += 1;
         if !entry.in_flight {
             self.due
                 .insert((entry.next_attempt_ms, entry.envelope.id.clone()));
         }
-        if let Some(old) = self.messages.insert(entry.envelope.id.clone(), entry) {
-            self.forget(&old);
-        }
+        self.messages.insert(entry.envelope.id.clone(), entry);
     }
 
     fn remove(&mut self, id: &SpoolId) -> Option<Entry> {
@@ -138,7 +140,21 @@ pub(super) struct Journal {
     due_changed: Arc<Notify>,
     healthy: Arc<AtomicBool>,
     live: Arc<AtomicUsize>,
+    /// The committer thread, joined on drop so that the lock is released only once nothing
+    /// of this process touches the spool any more.
+    committer: Option<std::thread::JoinHandle<()>>,
     _lock: File,
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        // Closing the channel ends the committer's loop after the batch it is writing.
+        let (closed, _) = mpsc::sync_channel(0);
+        drop(std::mem::replace(&mut self.jobs, closed));
+        if let Some(thread) = self.committer.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Journal {
@@ -180,7 +196,7 @@ impl Journal {
         };
         committer.compact()?;
         committer.publish();
-        std::thread::Builder::new()
+        let committer = std::thread::Builder::new()
             .name("spool-commit".into())
             .spawn(move || committer.run(rx))
             .map_err(SpoolError::io("start committer"))?;
@@ -192,6 +208,7 @@ impl Journal {
             due_changed,
             healthy,
             live,
+            committer: Some(committer),
             _lock: lock,
         })
     }
@@ -386,8 +403,9 @@ fn replay(root: &Path, index: &mut Index) -> Result<Vec<u64>, SpoolError> {
         let bytes = fs::read(&path).map_err(SpoolError::io("read segment"))?;
         let mut pos = 0usize;
         let mut set_aside = false;
+        let newest = Some(&seq) == seqs.last();
         while pos < bytes.len() {
-            match record::decode(&bytes[pos..]) {
+            let why = match record::decode(&bytes[pos..]) {
                 Decoded::Record {
                     record,
                     len,
@@ -395,23 +413,27 @@ fn replay(root: &Path, index: &mut Index) -> Result<Vec<u64>, SpoolError> {
                 } => {
                     apply_replayed(root, index, seq, pos, len, payload_start, record);
                     pos += len;
+                    continue;
                 }
-                Decoded::Incomplete => {
+                // Only the end of the newest segment can hold a torn append (nothing after it
+                // was ever written); anywhere else a record that runs past the end is a
+                // damaged length field, and the records after it must not be dropped.
+                Decoded::Incomplete if newest && find_magic(&bytes, pos + 1).is_none() => {
                     tracing::warn!(segment = %path.display(), offset = pos, "spool: torn record at the end of a segment ignored (it was never acknowledged)");
                     break;
                 }
-                Decoded::Corrupt(why) => {
-                    tracing::error!(segment = %path.display(), offset = pos, %why, "spool: corrupt record; copying the segment to corrupt/ and scanning for the next record");
-                    if !set_aside {
-                        let dest = root.join("corrupt").join(format!("{seq:016}.log"));
-                        fs::copy(&path, dest).map_err(SpoolError::io("set aside segment"))?;
-                        set_aside = true;
-                    }
-                    match find_magic(&bytes, pos + 1) {
-                        Some(next) => pos = next,
-                        None => break,
-                    }
-                }
+                Decoded::Incomplete => "record runs past the end of the segment".to_string(),
+                Decoded::Corrupt(why) => why,
+            };
+            tracing::error!(segment = %path.display(), offset = pos, %why, "spool: corrupt record; copying the segment to corrupt/ and scanning for the next record");
+            if !set_aside {
+                let dest = root.join("corrupt").join(format!("{seq:016}.log"));
+                fs::copy(&path, dest).map_err(SpoolError::io("set aside segment"))?;
+                set_aside = true;
+            }
+            match find_magic(&bytes, pos + 1) {
+                Some(next) => pos = next,
+                None => break,
             }
         }
         index.segments.entry(seq).or_default();
@@ -663,15 +685,14 @@ impl Committer {
         if let Err(e) = written {
             tracing::error!(error = %e, "spool: group commit failed; the batch is refused");
             self.healthy.store(false, Ordering::Relaxed);
+            // The refused batch must not come back at replay (its clients were told 451) and
+            // no later offset may be computed from a length the file no longer has.
+            self.discard_tail();
             for reply in replies {
                 let _ = reply.send(Err(SpoolError::Io {
                     op: "group commit",
                     source: std::io::Error::other(e.to_string()),
                 }));
-            }
-            // What the file holds now is unknown: continue in a fresh segment.
-            if let Err(e) = self.roll() {
-                tracing::error!(error = %e, "spool: cannot start a new segment");
             }
             return;
         }
@@ -715,6 +736,24 @@ impl Committer {
             .spool_commit(count, started.elapsed().as_secs_f64());
     }
 
+    /// After a failed append: cut the active segment back to its last committed length, then
+    /// continue in a fresh segment (after a failed fsync the kernel's view of the old file is
+    /// not to be trusted). If even the cut fails, the segment is left for replay, whose CRCs
+    /// and torn-tail handling decide; appends never continue in it.
+    fn discard_tail(&mut self) {
+        let cut = self
+            .active
+            .file
+            .set_len(self.active.len)
+            .and_then(|()| self.active.file.sync_all());
+        if let Err(e) = cut {
+            tracing::error!(error = %e, "spool: cannot cut the failed append off the segment");
+        }
+        if let Err(e) = self.roll() {
+            tracing::error!(error = %e, "spool: cannot start a new segment");
+        }
+    }
+
     fn roll(&mut self) -> Result<(), SpoolError> {
         let next = Segment::create(&self.root, self.active.seq + 1)?;
         self.index
@@ -733,6 +772,17 @@ impl Committer {
     /// most half of their size is copied: each copy frees at least as much as it writes, so a
     /// backlog larger than a segment is not rewritten at every roll.
     fn compact(&mut self) -> Result<(), SpoolError> {
+        let committed_len = self.active.len;
+        let result = self.copy_forward();
+        if result.is_err() {
+            // Nothing was moved in the index; cut the partial copies off like a failed batch.
+            self.active.len = committed_len;
+            self.discard_tail();
+        }
+        result
+    }
+
+    fn copy_forward(&mut self) -> Result<(), SpoolError> {
         let active = self.active.seq;
         let movers: Vec<(SpoolId, u64, DataLocation, Envelope, u32, u64)> = {
             let index = self.index.lock().expect("spool index lock");

@@ -333,3 +333,30 @@ async fn second_process_cannot_share_the_spool() {
     let second = Spool::open(&config(&dir.0, 1024, 1 << 20), Metrics::new());
     assert!(matches!(second, Err(SpoolError::Locked(_))));
 }
+
+#[tokio::test]
+async fn damaged_length_field_does_not_drop_later_records() {
+    let dir = TempDir::new();
+    let spool = open(&dir);
+    put(&spool, &["x@example.net"], b"first\r\n").await;
+    put(&spool, &["y@example.net"], b"second\r\n").await;
+    drop(spool);
+    let segment = std::fs::read_dir(dir.0.join("journal"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    // The first record's length now claims to run past the end of the segment.
+    let past_the_end = (bytes.len() as u32).to_le_bytes();
+    bytes[5..9].copy_from_slice(&past_the_end);
+    std::fs::write(&segment, bytes).unwrap();
+    let spool = open(&dir);
+    assert_eq!(
+        spool.len(),
+        1,
+        "the record after the damaged one is recovered"
+    );
+    assert_eq!(std::fs::read_dir(dir.0.join("corrupt")).unwrap().count(), 1);
+}
