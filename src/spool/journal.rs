@@ -360,6 +360,20 @@ impl Segment {
         fsync_dir(&root.join("journal"))?;
         Ok(Self { seq, file, len: 0 })
     }
+
+    /// Appends bytes (the caller advances `len` once they are durable).
+    fn append(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
+        self.file
+            .write_all(bytes)
+            .map_err(SpoolError::io("append journal"))
+    }
+
+    /// Makes what was appended durable (`fdatasync`: the data and the file's length).
+    fn sync(&mut self) -> Result<(), SpoolError> {
+        self.file
+            .sync_data()
+            .map_err(SpoolError::io("fsync journal"))
+    }
 }
 
 fn segment_path(root: &Path, seq: u64) -> PathBuf {
@@ -672,15 +686,8 @@ impl Committer {
             if sync_data_dir {
                 fsync_dir(&self.root.join("data"))?;
             }
-            self.active
-                .file
-                .write_all(&buf)
-                .map_err(SpoolError::io("append journal"))?;
-            self.active
-                .file
-                .sync_data()
-                .map_err(SpoolError::io("fsync journal"))?;
-            Ok(())
+            self.active.append(&buf)?;
+            self.active.sync()
         })();
         if let Err(e) = written {
             tracing::error!(error = %e, "spool: group commit failed; the batch is refused");
@@ -846,23 +853,14 @@ impl Committer {
             }));
             moved.push((id, location, encoded.len() as u64));
             if buf.len() >= COMPACT_WRITE_BYTES {
-                self.active
-                    .file
-                    .write_all(&buf)
-                    .map_err(SpoolError::io("append journal"))?;
+                self.active.append(&buf)?;
                 self.active.len += buf.len() as u64;
                 buf.clear();
             }
         }
         if !moved.is_empty() {
-            self.active
-                .file
-                .write_all(&buf)
-                .map_err(SpoolError::io("append journal"))?;
-            self.active
-                .file
-                .sync_data()
-                .map_err(SpoolError::io("fsync journal"))?;
+            self.active.append(&buf)?;
+            self.active.sync()?;
             self.active.len += buf.len() as u64;
         }
         {

@@ -296,12 +296,20 @@ impl Spool {
                 self.journal.commit_message(envelope, data, false).await
             }
             Some((mut file, tmp_path)) => {
-                file.flush().await.map_err(SpoolError::io("flush tmp"))?;
-                let file = file.into_inner();
-                file.sync_all()
-                    .await
-                    .map_err(SpoolError::io("fsync data file"))?;
+                let synced = async {
+                    file.flush().await.map_err(SpoolError::io("flush tmp"))?;
+                    file.get_ref()
+                        .sync_all()
+                        .await
+                        .map_err(SpoolError::io("fsync data file"))
+                }
+                .await;
                 drop(file);
+                if let Err(e) = synced {
+                    // Refused (451): its data must not wait for a restart to be cleaned up.
+                    let _ = tokio::fs::remove_file(&tmp_path).await;
+                    return Err(e);
+                }
                 let name = format!("{}.eml", envelope.id);
                 let final_path = self.journal.root().join("data").join(&name);
                 if let Err(e) = tokio::fs::rename(&tmp_path, &final_path).await {
