@@ -37,6 +37,19 @@ fn config(path: &Path, inline_max: u64, segment_max: u64) -> SpoolConfig {
     }
 }
 
+/// The one journal segment of a spool that was opened once.
+fn only_segment(dir: &TempDir) -> PathBuf {
+    let mut segments = std::fs::read_dir(dir.0.join("journal")).unwrap();
+    let segment = segments.next().unwrap().unwrap().path();
+    assert!(segments.next().is_none(), "one segment expected");
+    segment
+}
+
+/// Files in a spool subdirectory.
+fn files_in(dir: &TempDir, sub: &str) -> usize {
+    std::fs::read_dir(dir.0.join(sub)).unwrap().count()
+}
+
 fn open(dir: &TempDir) -> Spool {
     Spool::open(&config(&dir.0, 1024, 64 * 1024 * 1024), Metrics::new()).unwrap()
 }
@@ -191,7 +204,7 @@ async fn large_messages_stream_to_their_own_file() {
     let spool = open(&dir);
     let data = vec![b'x'; 10_000];
     put(&spool, &["x@example.net"], &data).await;
-    assert_eq!(std::fs::read_dir(dir.0.join("data")).unwrap().count(), 1);
+    assert_eq!(files_in(&dir, "data"), 1);
     drop(spool);
     let spool = open(&dir);
     let m = next(&spool).await;
@@ -206,11 +219,7 @@ async fn large_messages_stream_to_their_own_file() {
         .record_attempt(&m.envelope.id, results, None)
         .await
         .unwrap();
-    assert_eq!(
-        std::fs::read_dir(dir.0.join("data")).unwrap().count(),
-        0,
-        "data file removed"
-    );
+    assert_eq!(files_in(&dir, "data"), 0, "data file removed");
 }
 
 #[tokio::test]
@@ -220,9 +229,9 @@ async fn abandoned_large_body_leaves_no_file() {
     let id = spool.new_id();
     let mut body = spool.new_body(&id);
     body.write(&vec![b'x'; 5000]).await.unwrap();
-    assert_eq!(std::fs::read_dir(dir.0.join("tmp")).unwrap().count(), 1);
+    assert_eq!(files_in(&dir, "tmp"), 1);
     drop(body);
-    assert_eq!(std::fs::read_dir(dir.0.join("tmp")).unwrap().count(), 0);
+    assert_eq!(files_in(&dir, "tmp"), 0);
 }
 
 #[tokio::test]
@@ -232,19 +241,14 @@ async fn torn_tail_is_ignored_and_earlier_records_kept() {
     put(&spool, &["x@example.net"], b"x\r\n").await;
     drop(spool);
     // Simulate a crash in the middle of an append: half a record at the end of the segment.
-    let segment = std::fs::read_dir(dir.0.join("journal"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let segment = only_segment(&dir);
     let mut bytes = std::fs::read(&segment).unwrap();
     let half = bytes[..bytes.len() / 2].to_vec();
     bytes.extend_from_slice(&half);
     std::fs::write(&segment, bytes).unwrap();
     let spool = open(&dir);
     assert_eq!(spool.len(), 1);
-    assert_eq!(std::fs::read_dir(dir.0.join("corrupt")).unwrap().count(), 0);
+    assert_eq!(files_in(&dir, "corrupt"), 0);
 }
 
 #[tokio::test]
@@ -254,12 +258,7 @@ async fn corrupt_record_is_set_aside_and_later_records_recovered() {
     put(&spool, &["x@example.net"], b"first\r\n").await;
     put(&spool, &["y@example.net"], b"second\r\n").await;
     drop(spool);
-    let segment = std::fs::read_dir(dir.0.join("journal"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let segment = only_segment(&dir);
     let mut bytes = std::fs::read(&segment).unwrap();
     let pos = bytes.windows(7).position(|w| w == b"first\r\n").unwrap();
     bytes[pos] ^= 0x20;
@@ -270,11 +269,7 @@ async fn corrupt_record_is_set_aside_and_later_records_recovered() {
         1,
         "the intact record after the corrupt one is recovered"
     );
-    assert_eq!(
-        std::fs::read_dir(dir.0.join("corrupt")).unwrap().count(),
-        1,
-        "copy kept for an operator"
-    );
+    assert_eq!(files_in(&dir, "corrupt"), 1, "copy kept for an operator");
 }
 
 #[tokio::test]
@@ -313,7 +308,7 @@ async fn rolling_compacts_old_segments() {
         spool.record_attempt(&m.envelope.id, r, None).await.unwrap();
         finished += 1;
     }
-    let segments = std::fs::read_dir(dir.0.join("journal")).unwrap().count();
+    let segments = files_in(&dir, "journal");
     assert!(segments <= 2, "old segments deleted, {segments} left");
     drop(spool);
     let spool = Spool::open(&config(&dir.0, 1024, 4096), Metrics::new()).unwrap();
@@ -341,12 +336,7 @@ async fn damaged_length_field_does_not_drop_later_records() {
     put(&spool, &["x@example.net"], b"first\r\n").await;
     put(&spool, &["y@example.net"], b"second\r\n").await;
     drop(spool);
-    let segment = std::fs::read_dir(dir.0.join("journal"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let segment = only_segment(&dir);
     let mut bytes = std::fs::read(&segment).unwrap();
     // The first record's length now claims to run past the end of the segment.
     let past_the_end = (bytes.len() as u32).to_le_bytes();
@@ -358,5 +348,5 @@ async fn damaged_length_field_does_not_drop_later_records() {
         1,
         "the record after the damaged one is recovered"
     );
-    assert_eq!(std::fs::read_dir(dir.0.join("corrupt")).unwrap().count(), 1);
+    assert_eq!(files_in(&dir, "corrupt"), 1);
 }

@@ -885,39 +885,22 @@ impl DirectoryAdmin for EmbeddedStore {
                 );
             }
         }
-        {
-            let mut stmt = tx
-                .prepare(
-                    "SELECT account, network FROM hosting_networks
-                     ORDER BY family, first, prefix",
-                )
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map([], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-                })
-                .map_err(backend)?;
-            for row in rows {
-                let (account, network) = row.map_err(backend)?;
-                if let Some(info) = accounts.get_mut(&account) {
-                    info.networks.push(stored_network(&network)?);
-                }
+        let networks = string_pairs(
+            &tx,
+            "SELECT account, network FROM hosting_networks ORDER BY family, first, prefix",
+        )?;
+        for (account, network) in networks {
+            if let Some(info) = accounts.get_mut(&account) {
+                info.networks.push(stored_network(&network)?);
             }
         }
-        {
-            let mut stmt = tx
-                .prepare("SELECT account, domain FROM hosting_domains ORDER BY domain")
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map([], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-                })
-                .map_err(backend)?;
-            for row in rows {
-                let (account, domain) = row.map_err(backend)?;
-                if let Some(info) = accounts.get_mut(&account) {
-                    info.domains.push(domain);
-                }
+        let domains = string_pairs(
+            &tx,
+            "SELECT account, domain FROM hosting_domains ORDER BY domain",
+        )?;
+        for (account, domain) in domains {
+            if let Some(info) = accounts.get_mut(&account) {
+                info.domains.push(domain);
             }
         }
         Ok(accounts.into_values().collect())
@@ -1038,6 +1021,17 @@ impl Directory for EmbeddedStore {
             .await
             .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
     }
+}
+
+/// The rows of a two-text-column query.
+fn string_pairs(conn: &Connection, sql: &str) -> Result<Vec<(String, String)>, StoreError> {
+    let mut stmt = conn.prepare(sql).map_err(backend)?;
+    let rows = stmt
+        .query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })
+        .map_err(backend)?;
+    rows.collect::<Result<_, _>>().map_err(backend)
 }
 
 #[cfg(test)]
