@@ -22,6 +22,7 @@
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod dkim;
 pub mod listener;
 pub mod metrics;
 pub mod policy;

@@ -60,7 +60,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         config: config.clone(),
         directory: Arc::new(store.clone()),
-        accounts: Arc::new(store),
+        accounts: Arc::new(store.clone()),
+        signer: Arc::new(crate::dkim::Signer::new(Arc::new(store), metrics.clone())),
         quota: quota.clone(),
         brakes: crate::listener::brakes::Brakes::new(&config.brakes),
         spool: spool.clone(),

@@ -27,6 +27,7 @@
 mod address;
 mod alias;
 mod device;
+mod dkim;
 mod hosting;
 mod limit;
 mod quota;
@@ -82,6 +83,9 @@ enum Command {
     /// Show the rolling 24-hour usage of an address or hosting account.
     #[command(subcommand)]
     Quota(quota::QuotaCommand),
+    /// Make, import, publish, activate and remove DKIM signing keys; verify signed messages.
+    #[command(subcommand)]
+    Dkim(dkim::DkimCommand),
     /// Submit a message from standard input to the relay listener, like sendmail(8):
     /// [-t] [-i] [-oi] [-f SENDER] [-F NAME] [RECIPIENT...]. Exits with sysexits codes.
     #[command(disable_help_flag = true, disable_version_flag = true)]
@@ -126,6 +130,7 @@ fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Command::Address(cmd) => address::run(cmd, &config, out),
         Command::Alias(cmd) => alias::run(cmd, &config, out),
         Command::Device(cmd) => device::run(cmd, &config, out),
+        Command::Dkim(cmd) => dkim::run(cmd, &config, out),
         Command::Hosting(cmd) => hosting::run(cmd, &config, out),
         Command::Limit(cmd) => limit::run(cmd, &config, out),
         Command::Quota(cmd) => quota::run(cmd, &config, out),

@@ -25,7 +25,7 @@
 use std::net::IpAddr;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
@@ -150,23 +150,31 @@ pub fn build_resolver(cfg: &DnsConfig) -> Result<TokioResolver, ResolverSetupErr
     let builder = if cfg.servers.is_empty() {
         TokioResolver::builder_tokio()?
     } else {
-        let servers = cfg
-            .servers
-            .iter()
-            .map(|addr| {
-                let mut udp = ConnectionConfig::udp();
-                udp.port = addr.port();
-                let mut tcp = ConnectionConfig::tcp();
-                tcp.port = addr.port();
-                NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
-            })
-            .collect();
-        TokioResolver::builder_with_config(
-            ResolverConfig::from_name_servers(servers),
-            TokioRuntimeProvider::default(),
-        )
+        let (config, options) = resolver_config(cfg);
+        TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+            .with_options(options)
     };
     Ok(builder.build()?)
+}
+
+/// The resolver configuration for the `[dns] servers` (each `IP:PORT`, UDP with TCP for
+/// truncated answers). Shared with `postern dkim verify`, which asks the same servers.
+pub fn resolver_config(cfg: &DnsConfig) -> (ResolverConfig, ResolverOpts) {
+    let servers = cfg
+        .servers
+        .iter()
+        .map(|addr| {
+            let mut udp = ConnectionConfig::udp();
+            udp.port = addr.port();
+            let mut tcp = ConnectionConfig::tcp();
+            tcp.port = addr.port();
+            NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
+        })
+        .collect();
+    (
+        ResolverConfig::from_name_servers(servers),
+        ResolverOpts::default(),
+    )
 }
 
 /// The MX hosts of `domain` in the order to try them, or the implicit MX.

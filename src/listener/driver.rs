@@ -9,6 +9,7 @@
 
 use super::Shared;
 use super::metering::{CommitRefusal, Meter};
+use crate::dkim::Signing;
 use crate::session::headers::{self, TraceInfo};
 use crate::session::{
     AuthOutcome, Authenticated, CommitOutcome, CompletedMessage, Event, HoldOutcome, HostingClient,
@@ -78,6 +79,8 @@ struct Transfer {
     body: MessageBody,
     /// A body write failed: the message will be refused with 451 at its end.
     failed: bool,
+    /// Header section and DKIM body hash, computed as the data streams past.
+    hasher: crate::dkim::MessageHasher,
 }
 
 /// Why the read loop stopped.
@@ -264,15 +267,18 @@ async fn run_session(
                         id,
                         body,
                         failed: false,
+                        hasher: crate::dkim::MessageHasher::new(),
                     });
                 }
                 Event::MessageData(bytes) => {
                     if let Some(t) = transfer.as_mut()
                         && !t.failed
-                        && let Err(e) = t.body.write(&bytes).await
                     {
-                        tracing::error!(queue_id = %t.id, error = %e, "spool: cannot store message data");
-                        t.failed = true;
+                        t.hasher.write(&bytes);
+                        if let Err(e) = t.body.write(&bytes).await {
+                            tracing::error!(queue_id = %t.id, error = %e, "spool: cannot store message data");
+                            t.failed = true;
+                        }
                     }
                 }
                 Event::MessageAbort => transfer = None,
@@ -298,6 +304,7 @@ async fn run_session(
                         recipients,
                         0,
                         &reply.summary(),
+                        "-",
                     );
                 }
                 Event::MessageComplete(message) => {
@@ -483,6 +490,21 @@ async fn commit(
         },
         now,
     );
+    // Signed after the sender checks (the session made them) and before the spool: the
+    // spool holds the signed message.
+    let signing = shared
+        .signer
+        .sign(
+            &message.headers.from,
+            transfer.hasher.finish(),
+            &prefix.added,
+        )
+        .await;
+    let prefix = match &signing {
+        Signing::Signed { fields, .. } => format!("{}{fields}{}", prefix.trace, prefix.added),
+        Signing::Unsigned(_) => prefix.joined(),
+    };
+    let dkim = signing.log_text();
     let recipients = message.recipients.len();
     let envelope = Envelope {
         id: transfer.id.clone(),
@@ -523,6 +545,7 @@ async fn commit(
                 recipients,
                 size,
                 "queued",
+                &dkim,
             );
             CommitOutcome::Queued(transfer.id.0)
         }
@@ -537,13 +560,16 @@ async fn commit(
                 recipients,
                 size,
                 "451 spool error",
+                &dkim,
             );
             CommitOutcome::Failed
         }
     }
 }
 
-/// The one line per SMTP transaction operators grep for.
+/// The one line per SMTP transaction operators grep for; `dkim` says how it was signed
+/// (`rsa-sha256:sel@example.org ...`) or why not (`unsigned (no_key)`).
+#[allow(clippy::too_many_arguments)]
 fn log_transaction(
     session: &Session,
     client_ip: &str,
@@ -552,6 +578,7 @@ fn log_transaction(
     recipients: usize,
     size: u64,
     result: &str,
+    dkim: &str,
 ) {
     let auth = session.authenticated();
     tracing::info!(
@@ -564,6 +591,7 @@ fn log_transaction(
         recipients,
         size,
         result,
+        dkim,
         "transaction"
     );
 }

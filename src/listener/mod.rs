@@ -59,6 +59,8 @@ pub struct Shared {
     pub quota: Arc<dyn crate::store::quota::QuotaStore>,
     /// Per-minute brakes on connections and messages.
     pub brakes: brakes::Brakes,
+    /// DKIM signing with the keys in the store.
+    pub signer: Arc<crate::dkim::Signer>,
     /// Fires when the server stops.
     pub shutdown: CancellationToken,
 }

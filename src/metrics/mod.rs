@@ -36,6 +36,8 @@ struct Inner {
     sessions_revoked: IntCounter,
     quota_holds: IntCounterVec,
     quota_available: IntGauge,
+    dkim_messages: IntCounterVec,
+    dkim_signatures: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -141,6 +143,18 @@ impl Metrics {
                 "postern_quota_backend_up",
                 "1 when the quota backend answered its last health check, else 0",
             ),
+            dkim_messages: counter_vec(
+                &registry,
+                "postern_dkim_messages_total",
+                "Accepted messages by DKIM outcome (signed, no_key, no_from_domain, header_too_large, error)",
+                &["result"],
+            ),
+            dkim_signatures: counter_vec(
+                &registry,
+                "postern_dkim_signatures_total",
+                "DKIM signatures made, by algorithm (a dual-signed message counts twice)",
+                &["algorithm"],
+            ),
             registry,
         };
         Self {
@@ -241,6 +255,19 @@ impl Metrics {
     /// Whether the quota backend answered its last health check.
     pub fn set_quota_available(&self, up: bool) {
         self.inner.quota_available.set(i64::from(up));
+    }
+
+    /// An accepted message was signed, or relayed unsigned for the reason `result`.
+    pub fn dkim_message(&self, result: &str) {
+        self.inner.dkim_messages.with_label_values(&[result]).inc();
+    }
+
+    /// One DKIM signature was made with `algorithm` (`rsa-sha256`, `ed25519-sha256`).
+    pub fn dkim_signature(&self, algorithm: &str) {
+        self.inner
+            .dkim_signatures
+            .with_label_values(&[algorithm])
+            .inc();
     }
 
     /// A live session was cut after a revocation.

@@ -257,16 +257,31 @@ pub struct TraceInfo<'a> {
     pub tls: Option<&'a str>,
 }
 
+/// The header fields Postern puts in front of the client's message, in that order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prefix {
+    /// The `Received:` trace field (never signed: later hops add theirs above it).
+    pub trace: String,
+    /// `Message-ID:` and `Date:` where the message lacks them; signed with the client's fields.
+    pub added: String,
+}
+
+impl Prefix {
+    /// Both parts, CRLF-terminated fields.
+    pub fn joined(&self) -> String {
+        format!("{}{}", self.trace, self.added)
+    }
+}
+
 /// The header fields Postern puts in front of the client's message: `Received:`, then a
 /// `Message-ID:` and `Date:` if the message lacks them. CRLF-terminated.
-pub fn build_prefix(facts: &HeaderFacts, trace: &TraceInfo<'_>, now: SystemTime) -> String {
+pub fn build_prefix(facts: &HeaderFacts, trace: &TraceInfo<'_>, now: SystemTime) -> Prefix {
     let date = rfc5322_date(now);
-    let mut prefix = String::new();
     let tls = trace
         .tls
         .map(|t| format!("\r\n\t({t})"))
         .unwrap_or_default();
-    prefix.push_str(&format!(
+    let received = format!(
         "Received: from {} ({})\r\n\tby {} (Postern) with {} id {}{};\r\n\t{}\r\n",
         sanitize(trace.helo),
         sanitize(trace.client_ip),
@@ -275,17 +290,21 @@ pub fn build_prefix(facts: &HeaderFacts, trace: &TraceInfo<'_>, now: SystemTime)
         trace.id,
         tls,
         date
-    ));
+    );
+    let mut added = String::new();
     if !facts.has_message_id {
-        prefix.push_str(&format!(
+        added.push_str(&format!(
             "Message-ID: <{}@{}>\r\n",
             trace.id, trace.hostname
         ));
     }
     if !facts.has_date {
-        prefix.push_str(&format!("Date: {date}\r\n"));
+        added.push_str(&format!("Date: {date}\r\n"));
     }
-    prefix
+    Prefix {
+        trace: received,
+        added,
+    }
 }
 
 /// Keeps client-supplied text from breaking the header field it is placed in.

@@ -118,6 +118,25 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (account, domain)
     ) STRICT;
     "#,
+    // 3: DKIM keys. `key_id` is random and names one key for the signer's parse cache; at most
+    // one active key per domain and algorithm (the partial unique index), so a domain signs
+    // with one RSA key, one Ed25519 key, or both.
+    r#"
+    CREATE TABLE dkim_keys (
+        domain       TEXT NOT NULL,
+        selector     TEXT NOT NULL,
+        algorithm    TEXT NOT NULL CHECK (algorithm IN ('rsa', 'ed25519')),
+        bits         INTEGER NOT NULL,
+        key_id       TEXT NOT NULL UNIQUE,
+        private_key  BLOB NOT NULL,
+        public_key   TEXT NOT NULL,
+        active       INTEGER NOT NULL DEFAULT 0 CHECK (active IN (0, 1)),
+        created_at   INTEGER NOT NULL,
+        activated_at INTEGER,
+        PRIMARY KEY (domain, selector)
+    ) STRICT;
+    CREATE UNIQUE INDEX dkim_one_active_key ON dkim_keys(domain, algorithm) WHERE active = 1;
+    "#,
 ];
 
 /// How the file is opened: see the module documentation.
@@ -156,7 +175,7 @@ impl std::fmt::Debug for EmbeddedStore {
     }
 }
 
-fn backend(e: rusqlite::Error) -> StoreError {
+pub(super) fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
@@ -168,13 +187,13 @@ fn plumbing(e: sqlite::Error) -> StoreError {
     }
 }
 
-fn now_secs() -> i64 {
+pub(super) fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-fn to_time(secs: i64) -> SystemTime {
+pub(super) fn to_time(secs: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
 }
 
@@ -212,7 +231,7 @@ impl EmbeddedStore {
 
     /// The connection. A panic while it was held leaves no half-done write behind (an open
     /// transaction rolls back when dropped), so a poisoned lock is safe to take over.
-    fn lock(&self) -> MutexGuard<'_, Connection> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Connection> {
         self.inner
             .conn
             .lock()
@@ -220,7 +239,7 @@ impl EmbeddedStore {
     }
 
     /// Runs `f` with a `BEGIN IMMEDIATE` transaction, committing if it returns `Ok`.
-    fn write<T>(
+    pub(super) fn write<T>(
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
@@ -496,7 +515,7 @@ fn write_limit(
 
 impl EmbeddedStore {
     /// Runs `f` on tokio's blocking pool with a clone of the store.
-    async fn blocking<T: Send + 'static>(
+    pub(super) async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&EmbeddedStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {

@@ -11,7 +11,11 @@
 //! - [`DirectoryAdmin`] is what the `postern address|alias|device|hosting|limit` commands need.
 //!   It is synchronous: the CLI does one thing and exits.
 //!
-//! [`EmbeddedStore`] (SQLite, one file) implements all three; a shared backend for several
+//! - [`DkimKeyStore`] is the signer's one question (the active keys of a domain), and
+//!   [`DkimAdmin`] what `postern dkim` needs: the keys live in the store, next to the accounts,
+//!   in the file only the service user can read.
+//!
+//! [`EmbeddedStore`] (SQLite, one file) implements all of them; a shared backend for several
 //! relays can implement the same traits later. Hosting and identity types, and their checks,
 //! are in [`accounts`].
 //!
@@ -39,6 +43,7 @@
 //! revocation watcher that cannot reach the store keeps sessions as they are and retries.
 
 pub mod accounts;
+mod dkim_keys;
 pub mod embedded;
 pub mod quota;
 pub mod quota_embedded;
@@ -61,6 +66,8 @@ use std::collections::HashSet;
 use std::fmt;
 use std::net::IpAddr;
 use std::time::SystemTime;
+
+pub use dkim_keys::{ActiveDkimKey, DkimKeyInfo, NewDkimKey};
 
 /// Longest device name, in characters.
 pub const MAX_DEVICE_NAME_LEN: usize = 64;
@@ -428,6 +435,57 @@ fn device_not_found(address: &str, name: &str) -> StoreError {
     StoreError::NotFound {
         what: format!("device {} of address {}", quoted(name), quoted(address)),
     }
+}
+
+/// The signer's question, asked once per signed message.
+///
+/// # Contract
+/// As [`Directory`]'s: concurrent, never blocking the runtime, no caching across calls (so
+/// `postern dkim activate` takes effect with the next message), `Err` only when the backend
+/// cannot answer; the caller then relays the message unsigned and says so.
+#[async_trait::async_trait]
+pub trait DkimKeyStore: Send + Sync {
+    /// The active keys of `domain` (lowercase): at most one per algorithm.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] only.
+    async fn active_dkim_keys(&self, domain: &str) -> Result<Vec<ActiveDkimKey>, StoreError>;
+}
+
+/// What `postern dkim` needs. Domains and selectors arrive checked and lowercase.
+pub trait DkimAdmin {
+    /// Stores a new key, active if `key.active` (then replacing the domain's active key of the
+    /// same algorithm).
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyExists`] if the domain has this selector already.
+    fn add_dkim_key(&self, key: &NewDkimKey) -> Result<(), StoreError>;
+
+    /// The keys of one domain, or of all, by domain then selector. Never the private keys.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] only.
+    fn list_dkim_keys(&self, domain: Option<&str>) -> Result<Vec<DkimKeyInfo>, StoreError>;
+
+    /// Makes a key the domain's active key of its algorithm; returns the selector it replaced,
+    /// if any.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] if the domain has no such selector.
+    fn activate_dkim_key(&self, domain: &str, selector: &str)
+    -> Result<Option<String>, StoreError>;
+
+    /// Deletes a key. An active key is only deleted with `force` (signing with its algorithm
+    /// then stops for the domain). Returns whether the key was active.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`]; [`StoreError::Invalid`] for an active key without `force`.
+    fn remove_dkim_key(
+        &self,
+        domain: &str,
+        selector: &str,
+        force: bool,
+    ) -> Result<bool, StoreError>;
 }
 
 #[cfg(test)]

@@ -1,0 +1,231 @@
+//! The relay's signer: finds the From domain's active keys in the store and signs with each.
+//!
+//! Keys are read from the store for every message (one indexed query), so `postern dkim
+//! activate` applies to the next message without a restart; the parsed keys are cached by
+//! their random store id, so an RSA key is not re-parsed each time.
+
+use super::{ActiveKey, HashedMessage, keys, signature_field};
+use crate::metrics::Metrics;
+use crate::store::DkimKeyStore;
+use mail_auth::common::crypto::DkimKey;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Parsed keys kept at most; past it the cache starts over (keys are re-parsed on use).
+const CACHE_MAX: usize = 10_000;
+
+/// What signing did to a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signing {
+    /// Signed: the `DKIM-Signature:` fields to put in front, and `a=/s=/d=` for the log.
+    Signed {
+        /// CRLF-terminated fields, one per key.
+        fields: String,
+        /// `rsa-sha256:s1@example.org ed25519-sha256:s2@example.org`.
+        summary: String,
+    },
+    /// Relayed unsigned, for this reason.
+    Unsigned(Unsigned),
+}
+
+impl Signing {
+    /// The words for the transaction log.
+    pub fn log_text(&self) -> String {
+        match self {
+            Signing::Signed { summary, .. } => summary.clone(),
+            Signing::Unsigned(why) => format!("unsigned ({})", why.label()),
+        }
+    }
+
+    /// The `result` label of `postern_dkim_messages_total`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Signing::Signed { .. } => "signed",
+            Signing::Unsigned(why) => why.label(),
+        }
+    }
+}
+
+/// Why a message went out unsigned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsigned {
+    /// The From domain has no active key.
+    NoKey,
+    /// No `From:` address, or addresses in several domains (no one domain to sign for).
+    NoFromDomain,
+    /// The header section was too large to keep (the session refuses such messages anyway).
+    HeaderTooLarge,
+    /// The store could not be read, or no key could sign.
+    Error,
+}
+
+impl Unsigned {
+    /// Metric label and log word.
+    pub fn label(self) -> &'static str {
+        match self {
+            Unsigned::NoKey => "no_key",
+            Unsigned::NoFromDomain => "no_from_domain",
+            Unsigned::HeaderTooLarge => "header_too_large",
+            Unsigned::Error => "error",
+        }
+    }
+}
+
+/// Signs messages with the keys in the store.
+pub struct Signer {
+    store: Arc<dyn DkimKeyStore>,
+    parsed: Mutex<HashMap<String, Arc<DkimKey>>>,
+    metrics: Metrics,
+}
+
+impl Signer {
+    /// A signer reading keys from `store`.
+    pub fn new(store: Arc<dyn DkimKeyStore>, metrics: Metrics) -> Self {
+        Self {
+            store,
+            parsed: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    /// Signs `message` (header section and body hash) for the domain of `from` (the
+    /// addresses of its `From:` field), with `added` (Postern's `Message-ID:`/`Date:`) in
+    /// front of its header section. Counts the outcome.
+    pub async fn sign(
+        &self,
+        from: &[String],
+        message: Option<HashedMessage>,
+        added: &str,
+    ) -> Signing {
+        let outcome = self.sign_uncounted(from, message, added).await;
+        self.metrics.dkim_message(outcome.metric_label());
+        outcome
+    }
+
+    async fn sign_uncounted(
+        &self,
+        from: &[String],
+        message: Option<HashedMessage>,
+        added: &str,
+    ) -> Signing {
+        let Some(domain) = single_domain(from) else {
+            return Signing::Unsigned(Unsigned::NoFromDomain);
+        };
+        let Some(message) = message else {
+            return Signing::Unsigned(Unsigned::HeaderTooLarge);
+        };
+        let stored = match self.store.active_dkim_keys(&domain).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::error!(domain = %domain, error = %e, "DKIM: cannot read keys; relaying unsigned");
+                return Signing::Unsigned(Unsigned::Error);
+            }
+        };
+        if stored.is_empty() {
+            return Signing::Unsigned(Unsigned::NoKey);
+        }
+        let mut active = Vec::with_capacity(stored.len());
+        for key in stored {
+            match self.parsed_key(&key) {
+                Ok(parsed) => active.push(ActiveKey {
+                    domain: domain.clone(),
+                    selector: key.selector,
+                    key: parsed,
+                }),
+                Err(e) => {
+                    tracing::error!(domain = %domain, selector = %key.selector, error = %e, "DKIM: stored key unusable");
+                }
+            }
+        }
+        let added = added.as_bytes().to_vec();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        // An RSA signature takes about a millisecond of CPU: off the async workers.
+        let signed = tokio::task::spawn_blocking(move || {
+            active
+                .iter()
+                .map(|key| (key, signature_field(&message, &added, key, now)))
+                .map(|(key, result)| {
+                    (
+                        format!("{}:{}@{}", key.algorithm_name(), key.selector, key.domain),
+                        key.algorithm_name(),
+                        result,
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let Ok(signed) = signed else {
+            return Signing::Unsigned(Unsigned::Error);
+        };
+        let mut fields = String::new();
+        let mut summary = Vec::new();
+        for (name, algorithm, result) in signed {
+            match result {
+                Ok(field) => {
+                    self.metrics.dkim_signature(algorithm);
+                    fields.push_str(&field);
+                    summary.push(name);
+                }
+                Err(e) => tracing::error!(key = %name, error = %e, "DKIM: signing failed"),
+            }
+        }
+        if summary.is_empty() {
+            return Signing::Unsigned(Unsigned::Error);
+        }
+        Signing::Signed {
+            fields,
+            summary: summary.join(" "),
+        }
+    }
+
+    fn parsed_key(
+        &self,
+        stored: &crate::store::ActiveDkimKey,
+    ) -> Result<Arc<DkimKey>, keys::KeyError> {
+        let mut cache = self.parsed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(key) = cache.get(&stored.key_id) {
+            return Ok(key.clone());
+        }
+        let key = Arc::new(keys::load(stored.algorithm, &stored.private_key)?);
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(stored.key_id.clone(), key.clone());
+        Ok(key)
+    }
+}
+
+/// The one domain of the `From:` addresses, if they have exactly one.
+fn single_domain(from: &[String]) -> Option<String> {
+    let mut domains = from
+        .iter()
+        .filter_map(|a| crate::policy::domain_of(a))
+        .map(str::to_ascii_lowercase);
+    let first = domains.next()?;
+    if domains.all(|d| d == first) && from.iter().all(|a| a.contains('@')) {
+        Some(first)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::single_domain;
+
+    #[test]
+    fn signing_domain_comes_from_one_from_domain() {
+        let s = |v: &[&str]| single_domain(&v.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+        assert_eq!(s(&["a@example.org"]).as_deref(), Some("example.org"));
+        assert_eq!(
+            s(&["a@Example.ORG", "b@example.org"]).as_deref(),
+            Some("example.org")
+        );
+        assert_eq!(s(&["a@example.org", "b@other.org"]), None);
+        assert_eq!(s(&[]), None);
+        assert_eq!(s(&["undisclosed"]), None);
+    }
+}
