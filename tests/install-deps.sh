@@ -3,8 +3,12 @@
 #
 # System packages (Debian 12), each checked by the command the tests run:
 #   swaks          SMTP client of the submission tests
+#   libnet-ssleay-perl  Net::SSLeay, without which swaks cannot do STARTTLS or TLS on connect
+#                  ("TLS not available"); swaks only recommends it, and recommends are not
+#                  installed here
 #   knot           knotd, the authoritative DNS server the tests start on loopback
-#                  (the tests run their own knotd; a system service, if any, is not used)
+#                  (the tests run their own knotd; a system service, if any, is not used),
+#                  and knotc, with which the DKIM tests reload zones to publish new keys
 #   knot-dnsutils  kdig, to wait until knotd serves its zones
 #   curl           smtp:// and smtps:// client tests
 #   openssl        test certificates (openssl req -x509)
@@ -22,6 +26,7 @@ export DEBIAN_FRONTEND=noninteractive
 missing=()
 need() { command -v "$1" >/dev/null 2>&1 || missing+=("$2"); }
 need swaks swaks
+perl -MNet::SSLeay -e 1 >/dev/null 2>&1 || missing+=(libnet-ssleay-perl)
 need knotd knot
 need kdig knot-dnsutils
 need curl curl
@@ -40,5 +45,10 @@ if ((${#missing[@]})); then
     $sudo apt-get install -y --no-install-recommends "${missing[@]}"
 fi
 
-python3 -m pip install --quiet --disable-pip-version-check "pytest>=8" "aiosmtpd>=1.4"
+# Python packages: pytest and aiosmtpd (the receiving MX hosts) for every test; the DKIM tests
+# verify Postern's signatures with a second, independent verifier: dkimpy (dkim.verify), whose
+# key lookups go to the test knotd over the wire with dnspython, and which checks Ed25519
+# signatures (RFC 8463) only when PyNaCl is installed.
+python3 -m pip install --quiet --disable-pip-version-check "pytest>=8" "aiosmtpd>=1.4" \
+    "dkimpy>=1.1" "dnspython>=2.4" "pynacl>=1.5"
 

@@ -480,13 +480,14 @@ class Knot:
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.log = workdir / "knotd.log"
+        self.serial = 1              # SOA serial of every zone; reload() increments it
 
     def _write(self):
         for sub in ("run", "db", "zones"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         for zone, records in self.zones.items():
             soa = [f"$ORIGIN {zone}", "$TTL 60",
-                   f"@ IN SOA ns.{zone} hostmaster.{zone} 1 3600 600 86400 60",
+                   f"@ IN SOA ns.{zone} hostmaster.{zone} {self.serial} 3600 600 86400 60",
                    f"@ IN NS ns.{zone}", "ns IN A 127.0.0.1"]
             (self.dir / "zones" / f"{zone.rstrip('.')}.zone").write_text(
                 "\n".join(soa + records) + "\n")
@@ -512,6 +513,21 @@ class Knot:
             return all(self.query(zone, "SOA") for zone in self.zones)
 
         wait_until(all_zones_served, 20, "knotd to serve its zones", interval=0.05)
+
+    def reload(self):
+        """Publishes the current ``zones`` (records added since start, say) in the running
+        knotd: rewrites the zone files with the next SOA serial, ``knotc zone-reload``, and
+        waits until every zone answers with that serial over the wire."""
+        self.serial += 1
+        self._write()
+        r = run(["knotc", "-c", str(self.dir / "knot.conf"), "zone-reload"], timeout=10)
+        assert r.returncode == 0, f"knotc zone-reload failed: {r.stdout}{r.stderr}"
+
+        def all_reloaded():
+            return all([f"ns.{zone} hostmaster.{zone} {self.serial} 3600 600 86400 60"]
+                       == self.query(zone, "SOA") for zone in self.zones)
+
+        wait_until(all_reloaded, 10, f"knotd to serve serial {self.serial}", interval=0.02)
 
     def query(self, name: str, rtype: str) -> list[str]:
         """Answers over the wire with ``kdig +short`` (empty list when none)."""
