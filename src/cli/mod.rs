@@ -1,8 +1,8 @@
 //! The `postern` command line: `serve`, and the admin commands that edit the store.
 //!
 //! One file per command family (`address.rs`, `alias.rs`, `device.rs`, `hosting.rs`,
-//! `limit.rs`, `quota.rs`, `sendmail.rs`); later families (DKIM keys, logs) each add a variant
-//! to the `Command` enum and a file of their own.
+//! `limit.rs`, `log.rs`, `quota.rs`, `sendmail.rs`); later families each add a variant to the
+//! `Command` enum and a file of their own.
 //!
 //! # Exit status and output
 //! - 0: done. Results go to stdout; lists as aligned columns, or with `--json` as one JSON array
@@ -30,6 +30,7 @@ mod device;
 mod dkim;
 mod hosting;
 mod limit;
+mod log;
 mod quota;
 mod sendmail;
 
@@ -86,6 +87,8 @@ enum Command {
     /// Make, import, publish, activate and remove DKIM signing keys; verify signed messages.
     #[command(subcommand)]
     Dkim(dkim::DkimCommand),
+    /// Show the delivery log: one line per recipient per delivery attempt.
+    Log(log::LogArgs),
     /// Submit a message from standard input to the relay listener, like sendmail(8):
     /// [-t] [-i] [-oi] [-f SENDER] [-F NAME] [RECIPIENT...]. Exits with sysexits codes.
     #[command(disable_help_flag = true, disable_version_flag = true)]
@@ -133,6 +136,7 @@ fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Command::Dkim(cmd) => dkim::run(cmd, &config, out),
         Command::Hosting(cmd) => hosting::run(cmd, &config, out),
         Command::Limit(cmd) => limit::run(cmd, &config, out),
+        Command::Log(args) => log::run(args, &config, out),
         Command::Quota(cmd) => quota::run(cmd, &config, out),
     };
     match result.and_then(|()| out.flush().map_err(Into::into)) {

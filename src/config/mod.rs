@@ -72,6 +72,34 @@ pub struct Config {
     /// The `postern sendmail` entry point.
     #[serde(default)]
     pub sendmail: SendmailConfig,
+    /// The delivery log (`postern log`).
+    #[serde(default)]
+    pub delivery_log: DeliveryLogConfig,
+}
+
+/// `[delivery_log]`: one record per recipient per delivery attempt.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryLogConfig {
+    /// SQLite file of the log; default `delivery-log.db` beside the store's file.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Records older than this are purged.
+    #[serde(default = "default_log_retention", with = "duration::serde_text")]
+    pub retention: Duration,
+}
+
+impl Default for DeliveryLogConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            retention: default_log_retention(),
+        }
+    }
+}
+
+fn default_log_retention() -> Duration {
+    Duration::from_secs(30 * 86_400)
 }
 
 /// `[sendmail]`: where `postern sendmail` (PHP's `sendmail_path`) submits.
@@ -511,6 +539,17 @@ impl Config {
         })
     }
 
+    /// The delivery log's file: `delivery_log.path`, else `delivery-log.db` beside the store.
+    pub fn delivery_log_path(&self) -> PathBuf {
+        self.delivery_log.path.clone().unwrap_or_else(|| {
+            self.store
+                .path
+                .parent()
+                .unwrap_or_else(|| Path::new(""))
+                .join("delivery-log.db")
+        })
+    }
+
     /// Picks the config file: `--config`, else `POSTERN_CONFIG`, else the dev default.
     pub fn locate(explicit: Option<&Path>) -> PathBuf {
         if let Some(path) = explicit {
@@ -662,6 +701,9 @@ impl Config {
         {
             return bad(&format!("quota.plans.{unknown}"), "not a plan name");
         }
+        if self.delivery_log.retention.is_zero() {
+            return bad("delivery_log.retention", "must be longer than zero");
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return bad("log.level", &format!("not a valid filter: {e}"));
         }
@@ -742,6 +784,26 @@ mod tests {
                 .0
                 .starts_with("quota.redis_url:")
         );
+    }
+
+    #[test]
+    fn delivery_log_section() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.delivery_log.retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.delivery_log_path(), Path::new("var/delivery-log.db"));
+        let text = format!("{MINIMAL}\n[delivery_log]\npath = \"/x/log.db\"\nretention = \"7d\"\n");
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.delivery_log.retention, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.delivery_log_path(), Path::new("/x/log.db"));
+        for (extra, key) in [
+            ("retension = \"7d\"", "delivery_log"),
+            ("retention = \"7\"", "delivery_log.retention"),
+            ("retention = \"0s\"", "delivery_log.retention"),
+        ] {
+            let text = format!("{MINIMAL}\n[delivery_log]\n{extra}\n");
+            let e = Config::parse(&text).unwrap_err().0;
+            assert!(e.starts_with(key), "{extra}: {e}");
+        }
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //!    those recipients fail as expired (status 5.4.7, RFC 3463 "delivery time expired").
 //!
 //! Logging: one `info` line per distinct outcome of a transaction (queue id, recipients, MX
-//! host, IP, TLS mode, reply, result); never message content. Metrics: one
+//! host, IP, TLS mode, reply, result); never message content. The same facts, one record per
+//! recipient, go to the delivery log (`log.rs`, read by `postern log`); a log that cannot be
+//! opened or written costs an `error` line, never a delay or a message. Metrics: one
 //! `delivery_attempt(result)` per recipient and attempt, result `delivered`, `deferred` or
 //! `failed`.
 //!
@@ -30,6 +32,7 @@
 
 pub mod client;
 pub mod dot;
+pub mod log;
 pub mod mx;
 pub mod outcome;
 pub mod reply;
@@ -198,7 +201,9 @@ pub async fn run(
             None
         }
     };
+    let delivery_log = start_delivery_log(&config).await;
     let worker = Arc::new(Worker {
+        log: delivery_log.clone(),
         client: ClientSettings {
             helo_name: config.server.hostname.clone(),
             connect_timeout: config.delivery.connect_timeout,
@@ -244,7 +249,31 @@ pub async fn run(
         );
     }
     tasks.wait().await;
+    if let Some(log) = delivery_log {
+        let _ = tokio::task::spawn_blocking(move || log.close()).await;
+    }
     tracing::info!("delivery stopped");
+}
+
+/// Opens the delivery log and starts its writer; `None` (with an error line) when it cannot
+/// be: mail is delivered all the same.
+async fn start_delivery_log(config: &Config) -> Option<Arc<log::LogWriter>> {
+    let path = config.delivery_log_path();
+    let retention = config.delivery_log.retention;
+    let started = tokio::task::spawn_blocking(move || -> Result<log::LogWriter, String> {
+        let opened = log::DeliveryLog::open(&path).map_err(|e| e.to_string())?;
+        log::LogWriter::start(opened, retention)
+            .map_err(|e| format!("cannot start the delivery log writer: {e}"))
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    match started {
+        Ok(writer) => Some(Arc::new(writer)),
+        Err(e) => {
+            tracing::error!(error = %e, "delivery log unavailable; deliveries go on unlogged");
+            None
+        }
+    }
 }
 
 /// Everything a delivery task needs.
@@ -252,6 +281,8 @@ struct Worker {
     spool: Arc<Spool>,
     config: Arc<Config>,
     metrics: Metrics,
+    /// The delivery log's writer; `None` when it could not be opened.
+    log: Option<Arc<log::LogWriter>>,
     /// `None` until the resolver can be built (retried for each destination).
     resolver: Mutex<Option<TokioResolver>>,
     /// Parsed `[delivery] relayhost`.
@@ -552,8 +583,14 @@ impl Worker {
         }
 
         let mut results = Vec::new();
+        let mut records = Vec::new();
+        let time_ms = log::now_ms();
+        let attempt = attempts_before.saturating_add(1);
         for (addresses, group) in &groups {
             self.log_group(envelope, addresses, group);
+            if self.log.is_some() {
+                records.extend(log_records(envelope, addresses, group, time_ms, attempt));
+            }
             for (index, outcome) in &group.recipients {
                 self.metrics.delivery_attempt(outcome.verdict.label());
                 let status = match outcome.verdict {
@@ -567,6 +604,9 @@ impl Worker {
                     reply: outcome.spool_text(),
                 });
             }
+        }
+        if let Some(log) = &self.log {
+            log.submit(records);
         }
         if let Err(e) = self
             .spool
@@ -609,6 +649,49 @@ impl Worker {
             );
         }
     }
+}
+
+/// The delivery log's records of one group: one per recipient.
+fn log_records(
+    envelope: &Envelope,
+    addresses: &[String],
+    group: &GroupOutcome,
+    time_ms: u64,
+    attempt: u32,
+) -> Vec<log::LogRecord> {
+    let (tls_mode, tls_version, tls_cipher) = match &group.tls {
+        None => (None, None, None),
+        Some(TlsMode::Plaintext) => (Some("plaintext".to_string()), None, None),
+        Some(TlsMode::Opportunistic { version, cipher }) => (
+            Some("opportunistic".to_string()),
+            Some(version.clone()),
+            Some(cipher.clone()),
+        ),
+    };
+    group
+        .recipients
+        .iter()
+        .enumerate()
+        .map(|(n, (_, outcome))| log::LogRecord {
+            time_ms,
+            queue_id: envelope.id.to_string(),
+            sender: envelope.sender.clone(),
+            recipient: addresses.get(n).cloned().unwrap_or_default(),
+            mx: group.peer.as_ref().map(|p| p.host.clone()),
+            ip: group.peer.as_ref().map(|p| p.addr.ip().to_string()),
+            tls_mode: tls_mode.clone(),
+            tls_version: tls_version.clone(),
+            tls_cipher: tls_cipher.clone(),
+            reply: outcome.detail.clone(),
+            dsn: outcome.status.to_string(),
+            state: match outcome.verdict {
+                Verdict::Delivered => log::LogState::Delivered,
+                Verdict::Temporary => log::LogState::Deferred,
+                Verdict::Permanent => log::LogState::Bounced,
+            },
+            attempt,
+        })
+        .collect()
 }
 
 /// A temporary outcome turned permanent because the message is too old (RFC 3463 x.4.7

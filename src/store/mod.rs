@@ -48,7 +48,7 @@ pub mod embedded;
 pub mod quota;
 pub mod quota_embedded;
 pub mod quota_redis;
-mod sqlite;
+pub(crate) mod sqlite;
 #[cfg(test)]
 pub(crate) mod testutil;
 

@@ -1,5 +1,6 @@
-//! SQLite plumbing shared by the embedded stores: the directory ([`super::embedded`]) and the
-//! quota store ([`super::quota_embedded`]), each in a file of its own.
+//! SQLite plumbing shared by the embedded stores: the directory ([`super::embedded`]), the
+//! quota store ([`super::quota_embedded`]) and the delivery log ([`crate::delivery::log`]),
+//! each in a file of its own.
 //!
 //! # WAL
 //! Every file runs in WAL mode: readers (`postern serve`) never wait for a writer (the CLI, or
@@ -34,7 +35,7 @@ use std::time::Duration;
 
 /// A failure of the plumbing, for the caller to map to its own error type.
 #[derive(Debug)]
-pub(super) enum Error {
+pub(crate) enum Error {
     /// SQLite failed on a statement.
     Sqlite(rusqlite::Error),
     /// The file cannot be used: why, as a message (cannot be created or opened, WAL refused, a
@@ -50,7 +51,7 @@ impl From<rusqlite::Error> for Error {
 
 /// `PRAGMA synchronous` in WAL mode (see the module documentation).
 #[derive(Debug, Clone, Copy)]
-pub(super) enum Synchronous {
+pub(crate) enum Synchronous {
     /// No `fsync` per commit: a power cut may lose the commits since the last checkpoint.
     Normal,
     /// An `fsync` per commit: nothing committed is ever lost.
@@ -68,38 +69,38 @@ impl Synchronous {
 
 /// The `PRAGMA application_id` of a store that needs a file of its own.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct FileKind {
+pub(crate) struct FileKind {
     /// The id the file carries once migrated; an empty file (id 0, no tables) is accepted too.
-    pub(super) application_id: i64,
+    pub(crate) application_id: i64,
     /// The refusal message for any other file.
-    pub(super) refusal: &'static str,
+    pub(crate) refusal: &'static str,
 }
 
 /// A store's schema.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Schema {
+pub(crate) struct Schema {
     /// How messages name it: `schema version 9 is newer ...`.
-    pub(super) name: &'static str,
+    pub(crate) name: &'static str,
     /// The steps; after step `i` the file is at `user_version = i + 1`.
-    pub(super) migrations: &'static [&'static str],
+    pub(crate) migrations: &'static [&'static str],
     /// Checked and set when the store needs a file of its own.
-    pub(super) kind: Option<FileKind>,
+    pub(crate) kind: Option<FileKind>,
 }
 
 /// How a store opens its file.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Settings {
+pub(crate) struct Settings {
     /// How long a statement waits for another process's write lock before failing.
-    pub(super) busy_timeout: Duration,
+    pub(crate) busy_timeout: Duration,
     /// The durability of a commit.
-    pub(super) synchronous: Synchronous,
+    pub(crate) synchronous: Synchronous,
     /// `PRAGMA foreign_keys = ON`.
-    pub(super) foreign_keys: bool,
+    pub(crate) foreign_keys: bool,
     /// Create the file with this mode (before SQLite does, so that it never exists with a
     /// wider one); `None` leaves it to SQLite.
-    pub(super) file_mode: Option<u32>,
+    pub(crate) file_mode: Option<u32>,
     /// The schema to bring the file to.
-    pub(super) schema: Schema,
+    pub(crate) schema: Schema,
 }
 
 /// Opens the database at `path`, creating its parent directory (mode 0700) and the file as
@@ -109,7 +110,7 @@ pub(super) struct Settings {
 /// [`Error::Refused`] if the directory or file cannot be created or opened, WAL mode cannot be
 /// enabled, the file is another kind of database or its schema is newer; [`Error::Sqlite`] if
 /// a statement fails.
-pub(super) fn open(path: &Path, settings: &Settings) -> Result<Connection, Error> {
+pub(crate) fn open(path: &Path, settings: &Settings) -> Result<Connection, Error> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
         && !parent.exists()
     {
@@ -160,7 +161,7 @@ fn configure(conn: &Connection, settings: &Settings) -> Result<(), Error> {
 ///
 /// # Errors
 /// [`Error::Refused`] for a negative version.
-pub(super) fn schema_version(conn: &Connection) -> Result<usize, Error> {
+pub(crate) fn schema_version(conn: &Connection) -> Result<usize, Error> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
     usize::try_from(version)
         .map_err(|_| Error::Refused(format!("invalid schema version {version}")))
