@@ -12,7 +12,8 @@
 //!
 //! `verify` checks the DKIM signatures of a message file with mail-auth's verifier, reading the
 //! keys from the DNS servers of `[dns] servers` (the system resolver when empty): what a
-//! receiver will see.
+//! receiver will see. The body is first put in RFC relaxed canonical form, which works around
+//! mail-auth 0.13.3's one divergence from the RFC (see [`rfc_relaxed_body`]).
 
 use super::{format_time, open_store, write_json, write_table};
 use crate::config::Config;
@@ -308,6 +309,8 @@ fn store_and_print(
 fn verify(config: &Config, message: &[u8], out: &mut dyn Write) -> anyhow::Result<()> {
     use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator};
 
+    let canonical = rfc_relaxed_body(message);
+    let message = canonical.as_deref().unwrap_or(message);
     let parsed = AuthenticatedMessage::parse(message)
         .ok_or_else(|| anyhow::anyhow!("the input is not an RFC 5322 message"))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -365,4 +368,32 @@ fn verify(config: &Config, message: &[u8], out: &mut dyn Write) -> anyhow::Resul
         anyhow::bail!("DKIM verification failed");
     }
     Ok(())
+}
+
+/// The message with its body in RFC 6376 relaxed canonical form, when every signature uses
+/// relaxed body canonicalisation without `l=`; `None` otherwise.
+///
+/// mail-auth 0.13.3 keeps a white-space-only last line of the body that the RFC drops (see
+/// `dkim::canonical`), so its verifier would fail signatures that RFC-conforming receivers
+/// pass. Canonicalising is idempotent, so the body hash of the canonical body is the message's
+/// own, and on a canonical body mail-auth and the RFC agree.
+fn rfc_relaxed_body(message: &[u8]) -> Option<Vec<u8>> {
+    use mail_auth::AuthenticatedMessage;
+    use mail_auth::dkim::Canonicalization;
+
+    let parsed = AuthenticatedMessage::parse(message)?;
+    let all_relaxed = !parsed.dkim_headers.is_empty()
+        && parsed
+            .dkim_headers
+            .iter()
+            .all(|h| h.header.cb == Canonicalization::Relaxed && h.header.l == 0);
+    if !all_relaxed {
+        return None;
+    }
+    let offset = usize::try_from(parsed.body_offset).ok()?.min(message.len());
+    let mut body = crate::dkim::canonical::RelaxedBody::new(Vec::new());
+    body.write(&message[offset..]);
+    let mut out = message[..offset].to_vec();
+    out.extend_from_slice(&body.finish());
+    Some(out)
 }

@@ -186,6 +186,9 @@ pub enum SignError {
     /// No `From:` field to sign.
     #[error("the message has no From: field")]
     NoFrom,
+    /// A field to sign holds a character canonicalisation would mangle (a form feed).
+    #[error("the {0} field holds a form feed")]
+    UnsignableField(String),
     /// The crypto library refused.
     #[error("signing failed: {0}")]
     Crypto(String),
@@ -211,10 +214,19 @@ pub fn signature_field(
     let mut fields = Vec::new();
     let mut names = Vec::new();
     for (name, value) in header_fields(&header) {
+        // The raw name, untrimmed: `h=` must name the field exactly as verifiers find it, so
+        // the obsolete `Subject :` form (RFC 5322 section 4.5) is left unsigned.
         if SIGNED_HEADERS
             .iter()
-            .any(|h| name.trim_ascii().eq_ignore_ascii_case(h.as_bytes()))
+            .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
         {
+            // mail-auth's header canonicalisation takes a form feed for white space, which
+            // RFC 6376 does not: a signature over such a field would fail at receivers.
+            if value.contains(&0x0c) {
+                return Err(SignError::UnsignableField(
+                    String::from_utf8_lossy(name).into_owned(),
+                ));
+            }
             fields.push((name, value));
             names.push(String::from_utf8_lossy(name).into_owned());
         }

@@ -4,7 +4,7 @@
 //! activate` applies to the next message without a restart; the parsed keys are cached by
 //! their random store id, so an RSA key is not re-parsed each time.
 
-use super::{ActiveKey, HashedMessage, keys, signature_field};
+use super::{ActiveKey, HashedMessage, SignError, keys, signature_field};
 use crate::metrics::Metrics;
 use crate::store::DkimKeyStore;
 use mail_auth::common::crypto::DkimKey;
@@ -56,7 +56,13 @@ pub enum Unsigned {
     NoFromDomain,
     /// The header section was too large to keep (the session refuses such messages anyway).
     HeaderTooLarge,
-    /// The store could not be read, or no key could sign.
+    /// The From domain is not one this client may sign for (a hosting account's `From:`
+    /// outside its domains).
+    NotPermitted,
+    /// A field to sign cannot be canonicalised faithfully (a form feed in it).
+    UnsignableHeader,
+    /// The store could not be read, or no key could sign. The driver answers 451 rather than
+    /// relay unsigned: for a domain publishing DMARC `p=reject` that would be a silent loss.
     Error,
 }
 
@@ -67,6 +73,8 @@ impl Unsigned {
             Unsigned::NoKey => "no_key",
             Unsigned::NoFromDomain => "no_from_domain",
             Unsigned::HeaderTooLarge => "header_too_large",
+            Unsigned::NotPermitted => "not_permitted",
+            Unsigned::UnsignableHeader => "unsignable_header",
             Unsigned::Error => "error",
         }
     }
@@ -90,15 +98,19 @@ impl Signer {
     }
 
     /// Signs `message` (header section and body hash) for the domain of `from` (the
-    /// addresses of its `From:` field), with `added` (Postern's `Message-ID:`/`Date:`) in
-    /// front of its header section. Counts the outcome.
+    /// addresses of its one well-formed `From:` field; empty otherwise), with `added`
+    /// (Postern's `Message-ID:`/`Date:`) in front of its header section. `permitted` bounds
+    /// the domains this client may sign for (a hosting account's domains); `None` when the
+    /// session already proved ownership of the `From:` address (AUTH) or the client is a
+    /// trusted network. Counts the outcome.
     pub async fn sign(
         &self,
         from: &[String],
+        permitted: Option<&[String]>,
         message: Option<HashedMessage>,
         added: &str,
     ) -> Signing {
-        let outcome = self.sign_uncounted(from, message, added).await;
+        let outcome = self.sign_uncounted(from, permitted, message, added).await;
         self.metrics.dkim_message(outcome.metric_label());
         outcome
     }
@@ -106,12 +118,16 @@ impl Signer {
     async fn sign_uncounted(
         &self,
         from: &[String],
+        permitted: Option<&[String]>,
         message: Option<HashedMessage>,
         added: &str,
     ) -> Signing {
         let Some(domain) = single_domain(from) else {
             return Signing::Unsigned(Unsigned::NoFromDomain);
         };
+        if permitted.is_some_and(|domains| !domains.contains(&domain)) {
+            return Signing::Unsigned(Unsigned::NotPermitted);
+        }
         let Some(message) = message else {
             return Signing::Unsigned(Unsigned::HeaderTooLarge);
         };
@@ -162,6 +178,7 @@ impl Signer {
         };
         let mut fields = String::new();
         let mut summary = Vec::new();
+        let mut refusal = None;
         for (name, algorithm, result) in signed {
             match result {
                 Ok(field) => {
@@ -169,11 +186,14 @@ impl Signer {
                     fields.push_str(&field);
                     summary.push(name);
                 }
+                // Properties of the message, the same for every key.
+                Err(SignError::NoFrom) => refusal = Some(Unsigned::NoFromDomain),
+                Err(SignError::UnsignableField(_)) => refusal = Some(Unsigned::UnsignableHeader),
                 Err(e) => tracing::error!(key = %name, error = %e, "DKIM: signing failed"),
             }
         }
         if summary.is_empty() {
-            return Signing::Unsigned(Unsigned::Error);
+            return Signing::Unsigned(refusal.unwrap_or(Unsigned::Error));
         }
         Signing::Signed {
             fields,
@@ -214,7 +234,88 @@ fn single_domain(from: &[String]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::single_domain;
+    use super::*;
+    use crate::dkim::{Algorithm, KeyMaterial, MessageHasher};
+    use crate::store::testutil::TempDir;
+    use crate::store::{DkimAdmin, EmbeddedStore, NewDkimKey};
+
+    fn hashed(message: &[u8]) -> Option<HashedMessage> {
+        let mut h = MessageHasher::new();
+        h.write(message);
+        h.finish()
+    }
+
+    #[tokio::test]
+    async fn signs_only_where_permitted_and_counts_why_not() {
+        let dir = TempDir::new("signer");
+        let store = EmbeddedStore::open(&dir.path().join("store.db")).unwrap();
+        let key = KeyMaterial::generate(Algorithm::Ed25519, 0).unwrap();
+        store
+            .add_dkim_key(&NewDkimKey {
+                domain: "b.org".into(),
+                selector: "s1".into(),
+                algorithm: Algorithm::Ed25519,
+                bits: key.bits,
+                private_key: key.private_key.clone(),
+                public_key: key.public_key.clone(),
+                active: true,
+            })
+            .unwrap();
+        let metrics = Metrics::new();
+        let signer = Signer::new(Arc::new(store), metrics.clone());
+        let msg = b"From: x@b.org\r\n\r\nhi\r\n";
+        let from = vec!["x@b.org".to_string()];
+        // A hosting account whose domains do not include b.org cannot borrow its key.
+        let theirs = vec!["a.org".to_string()];
+        assert_eq!(
+            signer.sign(&from, Some(&theirs), hashed(msg), "").await,
+            Signing::Unsigned(Unsigned::NotPermitted)
+        );
+        let ours = vec!["b.org".to_string()];
+        let signed = signer.sign(&from, Some(&ours), hashed(msg), "").await;
+        assert!(
+            matches!(&signed, Signing::Signed { summary, .. } if summary == "ed25519-sha256:s1@b.org"),
+            "{signed:?}"
+        );
+        assert!(matches!(
+            signer.sign(&from, None, hashed(msg), "").await,
+            Signing::Signed { .. }
+        ));
+        let other = vec!["y@c.org".to_string()];
+        assert_eq!(
+            signer
+                .sign(&other, None, hashed(b"From: y@c.org\r\n\r\n"), "")
+                .await,
+            Signing::Unsigned(Unsigned::NoKey)
+        );
+        assert_eq!(
+            signer.sign(&[], None, hashed(msg), "").await,
+            Signing::Unsigned(Unsigned::NoFromDomain)
+        );
+        // A form feed in a signed field: relayed unsigned, not refused.
+        assert_eq!(
+            signer
+                .sign(
+                    &from,
+                    None,
+                    hashed(b"From: x@b.org\r\nSubject: a\x0cb\r\n\r\n"),
+                    ""
+                )
+                .await,
+            Signing::Unsigned(Unsigned::UnsignableHeader)
+        );
+        let text = metrics.render();
+        for (result, n) in [
+            ("not_permitted", 1),
+            ("signed", 2),
+            ("no_key", 1),
+            ("no_from_domain", 1),
+            ("unsignable_header", 1),
+        ] {
+            let line = format!("postern_dkim_messages_total{{result=\"{result}\"}} {n}");
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+    }
 
     #[test]
     fn signing_domain_comes_from_one_from_domain() {

@@ -492,14 +492,34 @@ async fn commit(
     );
     // Signed after the sender checks (the session made them) and before the spool: the
     // spool holds the signed message.
+    // Only a single, well-formed From: names a signing domain; a hosting account signs only
+    // for its own domains (authenticated senders proved ownership in the session).
+    let from: &[String] = if message.headers.from_fields == 1 && !message.headers.from_malformed {
+        &message.headers.from
+    } else {
+        &[]
+    };
+    let permitted = session.hosting().map(|h| h.domains.as_slice());
     let signing = shared
         .signer
-        .sign(
-            &message.headers.from,
-            transfer.hasher.finish(),
-            &prefix.added,
-        )
+        .sign(from, permitted, transfer.hasher.finish(), &prefix.added)
         .await;
+    if signing == Signing::Unsigned(crate::dkim::Unsigned::Error) {
+        // Fail closed, as for the quota store: the client retries; unsigned mail from a
+        // DMARC p=reject domain would be lost silently.
+        shared.metrics.message_rejected("dkim_error");
+        log_transaction(
+            session,
+            client_ip,
+            role,
+            Some(&transfer.id),
+            message.recipients.len(),
+            0,
+            "451 signing unavailable",
+            &signing.log_text(),
+        );
+        return CommitOutcome::Failed;
+    }
     let prefix = match &signing {
         Signing::Signed { fields, .. } => format!("{}{fields}{}", prefix.trace, prefix.added),
         Signing::Unsigned(_) => prefix.joined(),

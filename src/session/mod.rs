@@ -414,7 +414,12 @@ impl Session {
         }
     }
 
-    /// The authenticated identity, if any.
+    /// The hosting account of a port-25 client, if it is one.
+    pub fn hosting(&self) -> Option<&HostingClient> {
+        self.config.hosting.as_ref()
+    }
+
+    /// The identity AUTH established, if any.
     pub fn authenticated(&self) -> Option<&Authenticated> {
         self.auth.as_ref()
     }
@@ -995,6 +1000,12 @@ impl Session {
         };
         if let Some(reply) = refusal {
             self.refuse_message(reply, tx.recipients.len());
+            return;
+        }
+        // A first line starting with white space would continue the last header field Postern
+        // puts in front (RFC 5322 folding): trace or signature fields could be rewritten.
+        if matches!(tx.header_buf.first(), Some(b' ' | b'\t')) {
+            self.refuse_message(Reply::header_starts_folded(), tx.recipients.len());
             return;
         }
         let facts = headers::scan_headers(&tx.header_buf);

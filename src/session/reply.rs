@@ -268,6 +268,14 @@ impl Reply {
         )
     }
 
+    /// `554 5.6.0 Header section starts with a continuation line (RFC 5322 section 2.2.3)`
+    pub fn header_starts_folded() -> Self {
+        Self::one(
+            554,
+            "5.6.0 Header section starts with a continuation line (RFC 5322 section 2.2.3)",
+        )
+    }
+
     /// `554 5.6.0 Header section too large`
     pub fn header_too_large() -> Self {
         Self::one(554, "5.6.0 Header section too large")

@@ -291,6 +291,27 @@ fn header_from_must_be_owned() {
 }
 
 #[test]
+fn header_section_starting_with_a_continuation_line_is_refused() {
+    // It would fold into the last field Postern puts in front (trace or DKIM-Signature).
+    for start in [&b" "[..], b"\t"] {
+        let mut h = Harness::login(Role::Submissions);
+        h.line("MAIL FROM:<alice@example.org>");
+        h.line("RCPT TO:<b@example.net>");
+        h.line("DATA");
+        let mut message = start.to_vec();
+        message.extend_from_slice(b"x=1\r\nFrom: alice@example.org\r\n\r\nhi\r\n.\r\n");
+        assert_eq!(
+            h.send(&message),
+            vec![
+                "554 5.6.0 Header section starts with a continuation line (RFC 5322 section 2.2.3)"
+            ]
+        );
+        assert!(h.committed.is_empty());
+        assert_eq!(h.line("MAIL FROM:<alice@example.org>"), "250 2.1.0 Ok");
+    }
+}
+
+#[test]
 fn pipelined_transaction_answers_in_order() {
     let mut h = Harness::login(Role::Submissions);
     let replies = h.send(

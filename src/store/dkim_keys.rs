@@ -260,7 +260,7 @@ impl DkimAdmin for EmbeddedStore {
         selector: &str,
         force: bool,
     ) -> Result<bool, StoreError> {
-        self.write(|tx| {
+        let was_active = self.write(|tx| {
             let active: bool = tx
                 .query_row(
                     "SELECT active FROM dkim_keys WHERE domain = ?1 AND selector = ?2",
@@ -283,7 +283,14 @@ impl DkimAdmin for EmbeddedStore {
             )
             .map_err(backend)?;
             Ok(active)
-        })
+        })?;
+        // secure_delete (set at open) zeroed the key in the page's new version; checkpointing
+        // now lets SQLite reuse the WAL frames that still hold the old one. Best effort: a
+        // reader (the relay) can keep the checkpoint from finishing.
+        let _ = self
+            .lock()
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        Ok(was_active)
     }
 }
 

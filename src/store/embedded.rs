@@ -24,8 +24,9 @@
 //!
 //! # Files
 //! The parent directory is created (mode 0700) if absent; the database file is created with
-//! mode 0600 because it holds password hashes. SQLite gives its `-wal` and `-shm` files the
-//! mode of the database file.
+//! mode 0600 because it holds password hashes and DKIM private keys. SQLite gives its `-wal`
+//! and `-shm` files the mode of the database file. `secure_delete` is on, so deleted rows are
+//! zeroed rather than left in free pages.
 //!
 //! # Concurrency inside the process
 //! One connection behind a `std::sync::Mutex`: queries take microseconds and are never held
@@ -216,6 +217,10 @@ impl EmbeddedStore {
             StoreError::Backend(m) => StoreError::Backend(format!("{}: {m}", path.display())),
             other => other,
         })?;
+        // Deleted rows are overwritten, not left in free pages: a removed DKIM private key or
+        // a revoked password hash does not linger in the file.
+        conn.pragma_update(None, "secure_delete", "ON")
+            .map_err(backend)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
