@@ -15,9 +15,12 @@
 //! Logging: one `info` line per distinct outcome of a transaction (queue id, recipients, MX
 //! host, IP, TLS mode, reply, result); never message content. The same facts, one record per
 //! recipient, go to the delivery log (`log.rs`, read by `postern log`); a log that cannot be
-//! opened or written costs an `error` line, never a delay or a message. Metrics: one
-//! `delivery_attempt(result)` per recipient and attempt, result `delivered`, `deferred` or
-//! `failed`.
+//! opened or written costs an `error` line, never a delay or a message. Metrics (named and
+//! described in `crate::metrics`): `postern_delivery_recipients_total{result, tls}` per
+//! recipient and attempt (`result_label`, `tls_label`), `postern_delivery_retries_total`
+//! per message attempt after the first, `postern_delivery_connections_total{reused}` per
+//! connection a transaction used (`opened_connection`); the spool publishes the queue depth
+//! and the oldest message's age.
 //!
 //! Shutdown: no new message is taken; a message in progress finishes its current transaction,
 //! groups not started yet are deferred (4.3.2) and recorded, so nothing is lost. With
@@ -398,6 +401,9 @@ impl Worker {
             };
             groups.push((recipients, outcome));
         }
+        if queued.attempts > 0 {
+            self.metrics.delivery_retry();
+        }
         self.record(queued.attempts, envelope, groups).await;
     }
 
@@ -448,7 +454,11 @@ impl Worker {
                     addr: SocketAddr::new(ip, route.port),
                 };
                 let policy = TlsPolicy::Opportunistic;
-                match client::deliver(&self.client, &peer, policy, &txn, &source).await {
+                let result = client::deliver(&self.client, &peer, policy, &txn, &source).await;
+                if opened_connection(&result) {
+                    self.metrics.delivery_connection(false);
+                }
+                match result {
                     Ok(report) => {
                         return GroupOutcome {
                             peer: Some(report.peer),
@@ -592,7 +602,10 @@ impl Worker {
                 records.extend(log_records(envelope, addresses, group, time_ms, attempt));
             }
             for (index, outcome) in &group.recipients {
-                self.metrics.delivery_attempt(outcome.verdict.label());
+                self.metrics.delivery_recipient(
+                    result_label(outcome.verdict),
+                    tls_label(group.tls.as_ref()),
+                );
                 let status = match outcome.verdict {
                     Verdict::Delivered => RecipientStatus::Delivered,
                     Verdict::Temporary => RecipientStatus::Pending,
@@ -649,6 +662,36 @@ impl Worker {
             );
         }
     }
+}
+
+/// The `result` label of `postern_delivery_recipients_total`: the delivery log's state names.
+fn result_label(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Delivered => log::LogState::Delivered.as_str(),
+        Verdict::Temporary => log::LogState::Deferred.as_str(),
+        Verdict::Permanent => log::LogState::Bounced.as_str(),
+    }
+}
+
+/// The `tls` label of `postern_delivery_recipients_total`: the mode of the session that gave
+/// the transaction answer, `none` without one.
+fn tls_label(tls: Option<&TlsMode>) -> &'static str {
+    match tls {
+        None => "none",
+        Some(TlsMode::Plaintext) => "plaintext",
+        Some(TlsMode::Opportunistic { .. }) => "opportunistic",
+    }
+}
+
+/// Whether a [`client::deliver`] call got as far as a TCP connection (counted in
+/// `postern_delivery_connections_total`): every outcome but a failed or timed-out connect.
+/// A cleartext retry after a failed handshake belongs to the same call and is not counted
+/// again.
+fn opened_connection(result: &Result<client::TransactionReport, client::ClientError>) -> bool {
+    !matches!(
+        result,
+        Err(client::ClientError::Connect { .. } | client::ClientError::ConnectTimeout { .. })
+    )
 }
 
 /// The delivery log's records of one group: one per recipient.
@@ -814,6 +857,50 @@ mod tests {
         assert_eq!(domain_of("postmaster"), None);
         assert_eq!(domain_of("bob@"), None);
         assert_eq!(domain_of("bob@example.org."), Some("example.org".into()));
+    }
+
+    #[test]
+    fn metric_labels() {
+        assert_eq!(result_label(Verdict::Delivered), "delivered");
+        assert_eq!(result_label(Verdict::Temporary), "deferred");
+        assert_eq!(result_label(Verdict::Permanent), "bounced");
+        assert_eq!(tls_label(None), "none");
+        assert_eq!(tls_label(Some(&TlsMode::Plaintext)), "plaintext");
+        let tls = TlsMode::Opportunistic {
+            version: "TLSv1.3".into(),
+            cipher: "TLS13_AES_128_GCM_SHA256".into(),
+        };
+        assert_eq!(tls_label(Some(&tls)), "opportunistic");
+    }
+
+    #[test]
+    fn connections_counted_unless_connect_failed() {
+        use client::ClientError;
+        let refused = Err(ClientError::Connect {
+            source: io::Error::from(io::ErrorKind::ConnectionRefused),
+        });
+        assert!(!opened_connection(&refused));
+        let slow = Err(ClientError::ConnectTimeout {
+            after: Duration::from_secs(30),
+        });
+        assert!(!opened_connection(&slow));
+        let closed = Err(ClientError::Closed {
+            phase: outcome::Command::Greeting,
+        });
+        assert!(opened_connection(&closed));
+        let handshake = Err(ClientError::TlsHandshake {
+            source: io::Error::other("bad record mac"),
+        });
+        assert!(opened_connection(&handshake));
+        let answered = Ok(client::TransactionReport {
+            peer: Peer {
+                host: "mx.example".into(),
+                addr: "192.0.2.1:25".parse().unwrap(),
+            },
+            tls: TlsMode::Plaintext,
+            recipients: Vec::new(),
+        });
+        assert!(opened_connection(&answered));
     }
 
     #[test]

@@ -39,7 +39,8 @@ impl Verdict {
         }
     }
 
-    /// The label of the `postern_delivery_attempts_total` metric and of the log line.
+    /// The `result` of the delivery attempt's log line (the metric and the delivery log say
+    /// `bounced` for `failed`).
     pub fn label(self) -> &'static str {
         match self {
             Verdict::Delivered => "delivered",

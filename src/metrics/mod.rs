@@ -4,13 +4,33 @@
 //! the parts that count things (never a global). The HTTP side (`/metrics`, `/healthz`,
 //! `/readyz`) is in [`http`]. Label values are small fixed sets chosen by the code, never taken
 //! from client input, so the series count stays bounded.
+//!
+//! Delivery and queue metrics (issue 5):
+//! - `postern_delivery_recipients_total{result, tls}`: one per recipient per delivery attempt;
+//!   `result` is `delivered`, `deferred` or `bounced` (the delivery log's states; an expired
+//!   recipient is `bounced`), `tls` the protection of the session that answered: `plaintext`,
+//!   `opportunistic`, `dane`, `mta-sts`, or `none` when no server gave a transaction answer
+//!   (nothing reached, or the session failed before the transaction).
+//! - `postern_delivery_retries_total`: delivery attempts of a message after its first (one per
+//!   message and attempt, whatever its recipient count).
+//! - `postern_delivery_connections_total{reused}`: SMTP connections a delivery used, `reused`
+//!   `false` for a new one and `true` for one taken from a pool (not built yet: every
+//!   transaction opens its own connection today).
+//! - `postern_spool_messages`: messages in the spool (queued or in flight).
+//! - `postern_spool_oldest_message_age_seconds`: age of the oldest message in the spool (since
+//!   it was accepted), 0 when the spool is empty. The spool publishes the oldest acceptance
+//!   time after each group commit; the age is computed when `/metrics` is rendered, so it grows
+//!   between commits as it should.
 
 pub mod http;
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Handle to all metrics; clones share the same counters.
 #[derive(Clone)]
@@ -32,7 +52,12 @@ struct Inner {
     commit_batch: Histogram,
     commit_seconds: Histogram,
     spool_messages: IntGauge,
-    delivery_attempts: IntCounterVec,
+    spool_oldest_age: Gauge,
+    /// Acceptance time (Unix ms) of the oldest spooled message; 0 when the spool is empty.
+    spool_oldest_received_ms: AtomicU64,
+    delivery_recipients: IntCounterVec,
+    delivery_retries: IntCounter,
+    delivery_connections: IntCounterVec,
     sessions_revoked: IntCounter,
     quota_holds: IntCounterVec,
     quota_available: IntGauge,
@@ -121,11 +146,28 @@ impl Metrics {
                 "postern_spool_messages",
                 "Messages in the spool awaiting delivery",
             ),
-            delivery_attempts: counter_vec(
+            spool_oldest_age: float_gauge(
                 &registry,
-                "postern_delivery_attempts_total",
-                "Delivery attempts per recipient, by result",
-                &["result"],
+                "postern_spool_oldest_message_age_seconds",
+                "Age of the oldest message in the spool, 0 when it is empty",
+            ),
+            spool_oldest_received_ms: AtomicU64::new(0),
+            delivery_recipients: counter_vec(
+                &registry,
+                "postern_delivery_recipients_total",
+                "Recipient delivery attempts, by result (delivered, deferred, bounced) and TLS mode (plaintext, opportunistic, dane, mta-sts, none)",
+                &["result", "tls"],
+            ),
+            delivery_retries: counter(
+                &registry,
+                "postern_delivery_retries_total",
+                "Delivery attempts of a message after its first",
+            ),
+            delivery_connections: counter_vec(
+                &registry,
+                "postern_delivery_connections_total",
+                "Outbound SMTP connections used by deliveries, by whether they were reused",
+                &["reused"],
             ),
             sessions_revoked: counter(
                 &registry,
@@ -164,6 +206,11 @@ impl Metrics {
 
     /// Text exposition of every metric.
     pub fn render(&self) -> String {
+        let oldest = self.inner.spool_oldest_received_ms.load(Ordering::Relaxed);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.inner.spool_oldest_age.set(age_seconds(oldest, now_ms));
         let mut out = String::new();
         // Encoding into a String only fails on invalid metric families, which we never build.
         let _ = prometheus::TextEncoder::new().encode_utf8(&self.inner.registry.gather(), &mut out);
@@ -239,11 +286,33 @@ impl Metrics {
         self.inner.spool_messages.set(count as i64);
     }
 
-    /// One recipient's delivery attempt ended (`delivered`, `deferred`, `failed`).
-    pub fn delivery_attempt(&self, result: &str) {
+    /// When the oldest message in the spool was accepted (Unix ms); `None` when it is empty.
+    pub fn set_spool_oldest(&self, received_at_ms: Option<u64>) {
         self.inner
-            .delivery_attempts
-            .with_label_values(&[result])
+            .spool_oldest_received_ms
+            .store(received_at_ms.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// One recipient's delivery attempt ended: `result` `delivered`, `deferred` or `bounced`;
+    /// `tls` `plaintext`, `opportunistic`, `dane`, `mta-sts` or `none`.
+    pub fn delivery_recipient(&self, result: &str, tls: &str) {
+        self.inner
+            .delivery_recipients
+            .with_label_values(&[result, tls])
+            .inc();
+    }
+
+    /// A message's delivery attempt after its first began.
+    pub fn delivery_retry(&self) {
+        self.inner.delivery_retries.inc();
+    }
+
+    /// A delivery used an SMTP connection: a new one, or one `reused` from a pool.
+    pub fn delivery_connection(&self, reused: bool) {
+        let label = if reused { "true" } else { "false" };
+        self.inner
+            .delivery_connections
+            .with_label_values(&[label])
             .inc();
     }
 
@@ -300,6 +369,23 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     metric
 }
 
+fn float_gauge(registry: &Registry, name: &str, help: &str) -> Gauge {
+    let metric = Gauge::new(name, help).expect("static metric definition");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric name");
+    metric
+}
+
+/// Seconds from `oldest_ms` to `now_ms` (Unix ms); 0 for an empty spool (`oldest_ms` 0) or a
+/// clock that went backwards.
+fn age_seconds(oldest_ms: u64, now_ms: u64) -> f64 {
+    if oldest_ms == 0 {
+        return 0.0;
+    }
+    now_ms.saturating_sub(oldest_ms) as f64 / 1000.0
+}
+
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric");
     registry
@@ -334,6 +420,61 @@ mod tests {
             text.contains(
                 "postern_smtp_auth_attempts_total{mechanism=\"plain\",result=\"failed\"} 1"
             )
+        );
+    }
+
+    #[test]
+    fn delivery_series_by_result_tls_and_reuse() {
+        let m = Metrics::new();
+        m.delivery_recipient("deferred", "plaintext");
+        m.delivery_recipient("delivered", "plaintext");
+        m.delivery_recipient("delivered", "plaintext");
+        m.delivery_recipient("deferred", "none");
+        m.delivery_retry();
+        m.delivery_connection(false);
+        let text = m.render();
+        for line in [
+            "postern_delivery_recipients_total{result=\"delivered\",tls=\"plaintext\"} 2",
+            "postern_delivery_recipients_total{result=\"deferred\",tls=\"plaintext\"} 1",
+            "postern_delivery_recipients_total{result=\"deferred\",tls=\"none\"} 1",
+            "postern_delivery_retries_total 1",
+            "postern_delivery_connections_total{reused=\"false\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn oldest_age_is_computed_at_render() {
+        assert_eq!(age_seconds(0, 1_700_000_000_000), 0.0);
+        assert_eq!(age_seconds(1_700_000_000_000, 1_700_000_002_500), 2.5);
+        assert_eq!(age_seconds(1_700_000_002_500, 1_700_000_000_000), 0.0);
+
+        let m = Metrics::new();
+        assert!(
+            m.render()
+                .contains("postern_spool_oldest_message_age_seconds 0\n")
+        );
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        m.set_spool_oldest(Some(now_ms - 60_000));
+        let text = m.render();
+        let age: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("postern_spool_oldest_message_age_seconds "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((60.0..120.0).contains(&age), "{age}");
+        m.set_spool_oldest(None);
+        assert!(
+            m.render()
+                .contains("postern_spool_oldest_message_age_seconds 0\n")
         );
     }
 }

@@ -100,6 +100,8 @@ pub(super) struct Entry {
 pub(super) struct Index {
     pub(super) messages: HashMap<SpoolId, Entry>,
     due: BTreeSet<(u64, SpoolId)>,
+    /// (received_at_ms, id) of every live message, for the oldest message's age.
+    by_received: BTreeSet<(u64, SpoolId)>,
     /// Live message count per segment.
     segments: BTreeMap<u64, usize>,
 }
@@ -111,6 +113,8 @@ impl Index {
             self.forget(&old);
         }
         *self.segments.entry(entry.segment).or_default() += 1;
+        self.by_received
+            .insert((entry.envelope.received_at_ms, entry.envelope.id.clone()));
         if !entry.in_flight {
             self.due
                 .insert((entry.next_attempt_ms, entry.envelope.id.clone()));
@@ -127,9 +131,16 @@ impl Index {
     fn forget(&mut self, entry: &Entry) {
         self.due
             .remove(&(entry.next_attempt_ms, entry.envelope.id.clone()));
+        self.by_received
+            .remove(&(entry.envelope.received_at_ms, entry.envelope.id.clone()));
         if let Some(live) = self.segments.get_mut(&entry.segment) {
             *live = live.saturating_sub(1);
         }
+    }
+
+    /// When the oldest live message was accepted (Unix ms); `None` when there is none.
+    pub(super) fn oldest_received_ms(&self) -> Option<u64> {
+        self.by_received.first().map(|(ms, _)| *ms)
     }
 }
 
@@ -909,8 +920,58 @@ impl Committer {
     }
 
     fn publish(&self) {
-        let count = self.index.lock().expect("spool index lock").messages.len();
+        let (count, oldest) = {
+            let index = self.index.lock().expect("spool index lock");
+            (index.messages.len(), index.oldest_received_ms())
+        };
         self.live.store(count, Ordering::Relaxed);
         self.metrics.set_spool_messages(count);
+        self.metrics.set_spool_oldest(oldest);
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    use super::*;
+
+    fn entry(id: &str, received_at_ms: u64) -> Entry {
+        Entry {
+            envelope: Envelope {
+                id: SpoolId(id.into()),
+                received_at_ms,
+                ..Envelope::default()
+            },
+            segment: 1,
+            data: DataLocation::File,
+            attempts: 0,
+            next_attempt_ms: received_at_ms,
+            in_flight: false,
+            bytes: 0,
+        }
+    }
+
+    #[test]
+    fn oldest_received_follows_inserts_updates_and_removals() {
+        let mut index = Index::default();
+        assert_eq!(index.oldest_received_ms(), None);
+        index.insert(entry("B", 2_000));
+        index.insert(entry("A", 1_000));
+        index.insert(entry("C", 1_000));
+        assert_eq!(index.oldest_received_ms(), Some(1_000));
+
+        // An attempt re-inserts the entry (new schedule, in flight): still counted once.
+        let mut a = index.remove(&SpoolId("A".into())).unwrap();
+        a.next_attempt_ms = 9_000;
+        a.in_flight = true;
+        index.insert(a);
+        assert_eq!(index.by_received.len(), 3);
+
+        index.remove(&SpoolId("A".into()));
+        assert_eq!(index.oldest_received_ms(), Some(1_000), "C is as old");
+        index.remove(&SpoolId("C".into()));
+        assert_eq!(index.oldest_received_ms(), Some(2_000));
+        index.remove(&SpoolId("B".into()));
+        assert_eq!(index.oldest_received_ms(), None);
+        assert!(index.by_received.is_empty());
     }
 }
