@@ -325,6 +325,10 @@ pub struct DeliveryConfig {
     /// A message still undelivered after this long fails for good.
     #[serde(default = "default_max_age", with = "duration::serde_text")]
     pub max_age: Duration,
+    /// A message still pending this long gets one delay DSN (RFC 3464 `Action: delayed`) to
+    /// its sender; zero sends none.
+    #[serde(default = "default_delay_warning", with = "duration::serde_text")]
+    pub delay_warning: Duration,
     /// TCP connect timeout per MX address.
     #[serde(default = "default_connect_timeout", with = "duration::serde_text")]
     pub connect_timeout: Duration,
@@ -342,6 +346,7 @@ impl Default for DeliveryConfig {
             retry_initial: default_retry_initial(),
             retry_max: default_retry_max(),
             max_age: default_max_age(),
+            delay_warning: default_delay_warning(),
             connect_timeout: default_connect_timeout(),
             command_timeout: default_command_timeout(),
         }
@@ -362,6 +367,9 @@ fn default_retry_max() -> Duration {
 }
 fn default_max_age() -> Duration {
     Duration::from_secs(5 * 86400)
+}
+fn default_delay_warning() -> Duration {
+    Duration::from_secs(4 * 3600)
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(30)

@@ -10,7 +10,10 @@
 //!    transaction answer (RFC 5321 section 5.1), at most [`MAX_ADDRESSES`] addresses;
 //! 3. every recipient's outcome goes to the spool in one `record_attempt`, with the retry time
 //!    from `retry.rs` when some are still pending; when the message is `max_age` old instead,
-//!    those recipients fail as expired (status 5.4.7, RFC 3463 "delivery time expired").
+//!    those recipients fail as expired (status 5.4.7, RFC 3463 "delivery time expired");
+//! 4. before that record, the attempt's DSNs (failures, expiries, the delay notice, relayed
+//!    for NOTIFY=SUCCESS) are committed to the spool as new messages from `<>` (`dsn.rs`), so
+//!    a crash in between can duplicate a bounce but never lose one.
 //!
 //! Logging: one `info` line per distinct outcome of a transaction (queue id, recipients, MX
 //! host, IP, TLS mode, reply, result); never message content. The same facts, one record per
@@ -30,11 +33,11 @@
 //! queued message that cannot be read defer mail; they never send it elsewhere or drop it.
 //!
 //! Not here (later): DANE (RFC 7672) and MTA-STS (RFC 8461) as further [`tls::TlsPolicy`]
-//! variants chosen per destination, DSNs (RFC 3464) from the stored outcomes, per-destination
-//! concurrency limits, connection reuse.
+//! variants chosen per destination, per-destination concurrency limits, connection reuse.
 
 pub mod client;
 pub mod dot;
+pub mod dsn;
 pub mod log;
 pub mod mx;
 pub mod outcome;
@@ -592,6 +595,24 @@ impl Worker {
             }
         }
 
+        let notices = dsn::after_attempt(
+            &self.spool,
+            &self.config,
+            &self.metrics,
+            envelope,
+            &groups,
+            now,
+        )
+        .await;
+        if let Some(at) = retry_at {
+            retry_at = Some(dsn::retry_for_delay_notice(
+                &self.config.delivery,
+                envelope,
+                now,
+                at,
+            ));
+        }
+
         let mut results = Vec::new();
         let mut records = Vec::new();
         let time_ms = log::now_ms();
@@ -609,12 +630,17 @@ impl Worker {
                 let status = match outcome.verdict {
                     Verdict::Delivered => RecipientStatus::Delivered,
                     Verdict::Temporary => RecipientStatus::Pending,
+                    // Its DSN could not be enqueued: kept (and bounced again), never lost.
+                    Verdict::Permanent if notices.unsent_failures.contains(index) => {
+                        RecipientStatus::Pending
+                    }
                     Verdict::Permanent => RecipientStatus::Failed,
                 };
                 results.push(RecipientResult {
                     index: *index,
                     status,
                     reply: outcome.spool_text(),
+                    delay_notified: notices.delay_notified.contains(index),
                 });
             }
         }
@@ -740,14 +766,17 @@ fn log_records(
 /// A temporary outcome turned permanent because the message is too old (RFC 3463 x.4.7
 /// "delivery time expired").
 fn expired(last: &RecipientOutcome, max_age: Duration) -> RecipientOutcome {
-    RecipientOutcome::permanent(
+    let mut outcome = RecipientOutcome::permanent(
         EnhancedCode::new(5, 4, 7),
         format!(
             "expired: undelivered after {}; last error: {}",
             format_age(max_age),
             last.spool_text()
         ),
-    )
+    );
+    // The DSN's Diagnostic-Code: the last thing a server said, if one did.
+    outcome.remote_reply = last.remote_reply.clone();
+    outcome
 }
 
 fn format_age(d: Duration) -> String {

@@ -111,6 +111,9 @@ pub struct RecipientOutcome {
     /// One line for logs and the spool, e.g.
     /// `mx.example.org[192.0.2.1] said: 550 5.1.1 no such user (in reply to RCPT TO)`.
     pub detail: String,
+    /// The remote server's reply on one line (`550 5.1.1 no such user`) when the outcome is
+    /// a reply: a DSN's `Diagnostic-Code: smtp; ...` (RFC 3464 section 2.3.6).
+    pub remote_reply: Option<String>,
 }
 
 impl RecipientOutcome {
@@ -123,6 +126,7 @@ impl RecipientOutcome {
             verdict,
             status,
             detail,
+            remote_reply: Some(reply.one_line()),
         }
     }
 
@@ -133,6 +137,7 @@ impl RecipientOutcome {
             verdict,
             status: failure.status(),
             detail: clean_text(&failure.to_string()),
+            remote_reply: None,
         }
     }
 
@@ -142,6 +147,7 @@ impl RecipientOutcome {
             verdict: Verdict::Temporary,
             status,
             detail: clean_text(&detail.into()),
+            remote_reply: None,
         }
     }
 
@@ -151,6 +157,7 @@ impl RecipientOutcome {
             verdict: Verdict::Permanent,
             status,
             detail: clean_text(&detail.into()),
+            remote_reply: None,
         }
     }
 

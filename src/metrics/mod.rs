@@ -16,6 +16,8 @@
 //! - `postern_delivery_connections_total{reused}`: SMTP connections a delivery used, `reused`
 //!   `false` for a new one and `true` for one taken from a pool (not built yet: every
 //!   transaction opens its own connection today).
+//! - `postern_delivery_bounces_total{kind}`: DSNs enqueued to senders (`src/delivery/dsn.rs`),
+//!   `kind` `failure`, `delay` or `success`; one per DSN, whatever its recipient count.
 //! - `postern_spool_messages`: messages in the spool (queued or in flight).
 //! - `postern_spool_oldest_message_age_seconds`: age of the oldest message in the spool (since
 //!   it was accepted), 0 when the spool is empty. The spool publishes the oldest acceptance
@@ -58,6 +60,7 @@ struct Inner {
     delivery_recipients: IntCounterVec,
     delivery_retries: IntCounter,
     delivery_connections: IntCounterVec,
+    delivery_bounces: IntCounterVec,
     sessions_revoked: IntCounter,
     quota_holds: IntCounterVec,
     quota_available: IntGauge,
@@ -168,6 +171,12 @@ impl Metrics {
                 "postern_delivery_connections_total",
                 "Outbound SMTP connections used by deliveries, by whether they were reused",
                 &["reused"],
+            ),
+            delivery_bounces: counter_vec(
+                &registry,
+                "postern_delivery_bounces_total",
+                "DSNs enqueued to senders, by kind (failure, delay, success)",
+                &["kind"],
             ),
             sessions_revoked: counter(
                 &registry,
@@ -314,6 +323,12 @@ impl Metrics {
             .delivery_connections
             .with_label_values(&[label])
             .inc();
+    }
+
+    /// A DSN was enqueued: `kind` `failure`, `delay` or `success` (RFC 3464 `failed`,
+    /// `delayed`, `relayed`).
+    pub fn delivery_bounce(&self, kind: &str) {
+        self.inner.delivery_bounces.with_label_values(&[kind]).inc();
     }
 
     /// A quota hold ended (`held`, `full`, `unavailable`).

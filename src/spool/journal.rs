@@ -659,6 +659,7 @@ impl Committer {
                                 rcpt.status = r.status;
                                 rcpt.attempts += 1;
                                 rcpt.last_reply = Some(r.reply);
+                                rcpt.delay_notified |= r.delay_notified;
                             }
                         }
                         let attempts = entry.attempts + 1;

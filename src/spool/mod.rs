@@ -83,6 +83,9 @@ pub struct Recipient {
     /// DSN `ORCPT=` as given at RCPT (RFC 3461).
     #[serde(default)]
     pub orcpt: Option<String>,
+    /// A delay DSN (`[delivery] delay_warning`) was sent for this recipient; never twice.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delay_notified: bool,
 }
 
 impl Recipient {
@@ -95,6 +98,7 @@ impl Recipient {
             last_reply: None,
             notify: None,
             orcpt: None,
+            delay_notified: false,
         }
     }
 }
@@ -162,6 +166,9 @@ pub struct RecipientResult {
     pub status: RecipientStatus,
     /// Remote reply or local reason.
     pub reply: String,
+    /// A delay DSN was enqueued for this recipient in this attempt (kept in the spool, so a
+    /// restart does not send another).
+    pub delay_notified: bool,
 }
 
 /// The data of a message being received, in memory until it grows past the inline limit,

@@ -124,11 +124,13 @@ async fn finished_messages_do_not_come_back() {
             index: 0,
             status: RecipientStatus::Delivered,
             reply: "250 ok".into(),
+            delay_notified: false,
         },
         RecipientResult {
             index: 1,
             status: RecipientStatus::Pending,
             reply: "451 later".into(),
+            delay_notified: false,
         },
     ];
     let later = SystemTime::now() + Duration::from_secs(3600);
@@ -154,6 +156,7 @@ async fn finished_messages_do_not_come_back() {
         index: 1,
         status: RecipientStatus::Failed,
         reply: "550 no".into(),
+        delay_notified: false,
     }];
     spool
         .record_attempt(&m.envelope.id, results, None)
@@ -175,11 +178,13 @@ async fn pending_state_survives_reopen() {
             index: 0,
             status: RecipientStatus::Delivered,
             reply: "250 ok".into(),
+            delay_notified: false,
         },
         RecipientResult {
             index: 1,
             status: RecipientStatus::Pending,
             reply: "451 later".into(),
+            delay_notified: false,
         },
     ];
     spool
@@ -214,6 +219,7 @@ async fn large_messages_stream_to_their_own_file() {
         index: 0,
         status: RecipientStatus::Delivered,
         reply: "250".into(),
+        delay_notified: false,
     }];
     spool
         .record_attempt(&m.envelope.id, results, None)
@@ -289,6 +295,7 @@ async fn rolling_compacts_old_segments() {
                 index: 0,
                 status: RecipientStatus::Pending,
                 reply: "451".into(),
+                delay_notified: false,
             }];
             spool
                 .record_attempt(
@@ -304,6 +311,7 @@ async fn rolling_compacts_old_segments() {
             index: 0,
             status: RecipientStatus::Delivered,
             reply: "250".into(),
+            delay_notified: false,
         }];
         spool.record_attempt(&m.envelope.id, r, None).await.unwrap();
         finished += 1;
