@@ -301,6 +301,16 @@ pub struct DnsConfig {
     /// Recursive resolvers as `IP:PORT`; empty means the system resolver (`/etc/resolv.conf`).
     #[serde(default)]
     pub servers: Vec<SocketAddr>,
+    /// DNSSEC validation of delivery lookups (DANE needs it). `false`: every answer is
+    /// insecure, so DANE never applies (labs, resolvers that strip DNSSEC records).
+    /// Default `false` for now: the test harness's unsigned knot cannot be validated from the
+    /// root (every answer would be bogus); `config/production.toml` sets `true`.
+    #[serde(default)]
+    pub dnssec: bool,
+    /// File of DNSKEY lines (zone-file syntax) to validate from; absent: the IANA root keys
+    /// compiled into hickory.
+    #[serde(default)]
+    pub trust_anchor: Option<PathBuf>,
 }
 
 /// `[delivery]`
@@ -656,6 +666,11 @@ impl Config {
             && crate::delivery::parse_relayhost(host, self.delivery.port).is_none()
         {
             return bad("delivery.relayhost", "must be HOST or HOST:PORT");
+        }
+        if let Some(path) = &self.dns.trust_anchor
+            && let Err(e) = crate::delivery::dane::load_trust_anchors(path)
+        {
+            return bad("dns.trust_anchor", &e);
         }
         if self.spool.segment_max_bytes < 4096 {
             return bad("spool.segment_max_bytes", "must be at least 4096");

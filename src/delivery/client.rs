@@ -30,7 +30,10 @@
 //!
 //! Bytes that arrive after the 220 to STARTTLS and before the handshake are refused
 //! (CVE-2011-0411-style injection). Not done here: choosing hosts and addresses (`mod.rs`),
-//! DANE/MTA-STS verification (later, as policies), BDAT, AUTH, connection reuse.
+//! MTA-STS (later), BDAT, AUTH, connection reuse. DANE: under [`TlsPolicy::Dane`] and
+//! [`TlsPolicy::Encrypt`] no STARTTLS, a refused STARTTLS or a failed handshake (including a
+//! certificate the DANE verifier in `settings.tls_config` refuses) is
+//! [`ClientError::TlsRequired`], before any MAIL FROM: nothing of the message is sent.
 
 use std::future::Future;
 use std::io;
@@ -163,6 +166,16 @@ pub enum ClientError {
     /// The server sent bytes after its 220 to STARTTLS, before the handshake.
     #[error("server sent data after its reply to STARTTLS")]
     PipelinedAfterStartTls,
+    /// The policy requires TLS (DANE) and the session could not have it, or the server was
+    /// not authenticated.
+    #[error("TLS required by DANE: {detail}")]
+    TlsRequired {
+        /// Metric label: `starttls_not_offered`, `starttls_refused`, `handshake`,
+        /// `tlsa_mismatch`, `name_mismatch`.
+        reason: &'static str,
+        /// What happened.
+        detail: String,
+    },
 }
 
 impl ClientError {
@@ -188,6 +201,8 @@ impl ClientError {
             ClientError::TlsHandshake { .. } | ClientError::PipelinedAfterStartTls => {
                 EnhancedCode::new(4, 7, 0)
             }
+            // 4.7.5 "cryptographic failure".
+            ClientError::TlsRequired { .. } => EnhancedCode::new(4, 7, 5),
         }
     }
 }
@@ -252,17 +267,43 @@ async fn converse<S: MessageSource>(
     if policy.attempts_starttls() && ext.starttls {
         let reply = session.command("STARTTLS\r\n", Command::StartTls).await?;
         if reply.code == 220 {
-            session.start_tls(settings, peer).await?;
-            tls = session.tls_mode();
+            match session.start_tls(settings, peer).await {
+                Ok(()) => {}
+                Err(ClientError::TlsHandshake { source }) if policy.requires_tls() => {
+                    return Err(match super::dane::DaneError::from_io(&source) {
+                        Some(dane) => ClientError::TlsRequired {
+                            reason: dane.reason(),
+                            detail: dane.to_string(),
+                        },
+                        None => ClientError::TlsRequired {
+                            reason: "handshake",
+                            detail: format!("TLS handshake failed: {source}"),
+                        },
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+            tls = session.tls_mode(policy);
             ext = session.hello(&settings.helo_name).await?;
         } else if reply.code == 421 {
             return Err(ClientError::Rejected {
                 phase: Command::StartTls,
                 reply,
             });
+        } else if policy.requires_tls() {
+            return Err(ClientError::TlsRequired {
+                reason: "starttls_refused",
+                detail: format!("STARTTLS refused: {reply}"),
+            });
         }
         // Any other refusal (454 "TLS not available"): RFC 3207 section 4 lets the client go
         // on in cleartext, which is what the opportunistic policy wants.
+    } else if policy.requires_tls() {
+        // RFC 7672 2.2: never cleartext where DANE applies.
+        return Err(ClientError::TlsRequired {
+            reason: "starttls_not_offered",
+            detail: "STARTTLS not offered".to_string(),
+        });
     }
     let recipients = session.transaction(peer, txn, &ext, source).await?;
     Ok(TransactionReport {
@@ -517,9 +558,9 @@ impl Session {
         }
     }
 
-    fn tls_mode(&self) -> TlsMode {
+    fn tls_mode(&self, policy: TlsPolicy) -> TlsMode {
         match &self.stream {
-            Stream::Tls(tls) => TlsMode::opportunistic(tls.get_ref().1),
+            Stream::Tls(tls) => TlsMode::of(tls.get_ref().1, policy),
             Stream::Plain(_) | Stream::Upgrading => TlsMode::Plaintext,
         }
     }

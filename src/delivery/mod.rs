@@ -32,10 +32,17 @@
 //! Fail-closed: a resolver that cannot be set up, a relay host that does not resolve, or a
 //! queued message that cannot be read defer mail; they never send it elsewhere or drop it.
 //!
-//! Not here (later): DANE (RFC 7672) and MTA-STS (RFC 8461) as further [`tls::TlsPolicy`]
-//! variants chosen per destination, per-destination concurrency limits, connection reuse.
+//! DANE (RFC 7672): the MX lookup says whether the route is secure, each host's address
+//! lookup whether the host is; where both are, the host's TLSA records choose
+//! [`tls::TlsPolicy::Dane`] (or `Encrypt`) for it, and a host that fails DANE is skipped for the
+//! next; the decision table is in `dane.rs`. A group deferred after DANE applied is logged
+//! with TLS mode `dane`; `postern_delivery_dane_failures_total{reason}` counts the failures.
+//!
+//! Not here (later): MTA-STS (RFC 8461) as a further [`tls::TlsPolicy`]
+//! variant chosen per destination, per-destination concurrency limits, connection reuse.
 
 pub mod client;
+pub mod dane;
 pub mod dot;
 pub mod dsn;
 pub mod log;
@@ -314,6 +321,8 @@ struct Route {
     hosts: Vec<MxHost>,
     /// TCP port to connect to.
     port: u16,
+    /// The MX RRset (or the implicit MX's denial) was DNSSEC-secure: DANE may apply.
+    dane: bool,
 }
 
 /// How a [`Route`] was found; decides what "no address at all" means.
@@ -437,8 +446,9 @@ impl Worker {
         let mut tried = 0;
         let mut last: Option<(Peer, client::ClientError)> = None;
         let mut lookup_failure: Option<mx::MxError> = None;
+        let mut dane_applied = false;
         'hosts: for host in &route.hosts {
-            let addresses = match self.addresses_of(&host.name).await {
+            let (addresses, host_tls) = match self.host_of(&route, &host.name).await {
                 Ok(a) => a,
                 // A temporary failure may pass; an invalid host name is as good as no address.
                 Err(e) if !e.is_permanent() => {
@@ -447,6 +457,40 @@ impl Worker {
                 }
                 Err(_) => continue,
             };
+            let (policy, settings) = match host_tls {
+                dane::HostTls::Opportunistic => (TlsPolicy::Opportunistic, None),
+                dane::HostTls::Encrypt => (TlsPolicy::Encrypt, None),
+                dane::HostTls::Dane(tls_config) => {
+                    let settings = ClientSettings {
+                        tls_config,
+                        ..self.client.clone()
+                    };
+                    (TlsPolicy::Dane, Some(settings))
+                }
+                dane::HostTls::Skip { bogus, detail } => {
+                    // RFC 7672 2.2: a host whose TLSA records cannot be had is not used.
+                    self.metrics
+                        .dane_failure(if bogus { "bogus_tlsa" } else { "tlsa_lookup" });
+                    tracing::info!(queue_id = %envelope.id, mx = %host.name, reason = %detail,
+                        "DANE: host skipped");
+                    dane_applied = true;
+                    lookup_failure = Some(if bogus {
+                        mx::MxError::Bogus {
+                            name: format!("_25._tcp.{}", host.name),
+                            record_type: "TLSA",
+                        }
+                    } else {
+                        mx::MxError::Temporary {
+                            name: format!("_25._tcp.{}", host.name),
+                            record_type: "TLSA",
+                            detail,
+                        }
+                    });
+                    continue;
+                }
+            };
+            dane_applied |= policy.requires_tls();
+            let settings = settings.as_ref().unwrap_or(&self.client);
             for ip in addresses {
                 if tried == MAX_ADDRESSES || self.shutdown.is_cancelled() {
                     break 'hosts;
@@ -456,8 +500,10 @@ impl Worker {
                     host: host.name.clone(),
                     addr: SocketAddr::new(ip, route.port),
                 };
-                let policy = TlsPolicy::Opportunistic;
-                let result = client::deliver(&self.client, &peer, policy, &txn, &source).await;
+                let result = client::deliver(settings, &peer, policy, &txn, &source).await;
+                if let Err(client::ClientError::TlsRequired { reason, .. }) = &result {
+                    self.metrics.dane_failure(reason);
+                }
                 if opened_connection(&result) {
                     self.metrics.delivery_connection(false);
                 }
@@ -492,7 +538,11 @@ impl Worker {
             DeliveryError::Session { peer, .. } => Some(peer.clone()),
             _ => None,
         };
-        self.failed_group(indices, peer, &error)
+        let mut outcome = self.failed_group(indices, peer, &error);
+        if dane_applied {
+            outcome.tls = Some(TlsMode::DaneFailed);
+        }
+        outcome
     }
 
     /// The hosts to try for a destination, in order.
@@ -507,15 +557,22 @@ impl Worker {
                     preference: 0,
                 }],
                 port: *port,
+                dane: false,
             }),
             Destination::Domain(domain) => {
-                let hosts = if mx::address_literal(domain).is_some() {
-                    vec![MxHost {
+                let (hosts, dane) = if mx::address_literal(domain).is_some() {
+                    let host = MxHost {
                         name: domain.clone(),
                         preference: 0,
-                    }]
+                    };
+                    (vec![host], false)
                 } else {
-                    mx::lookup_mx(&self.resolver()?, domain).await?
+                    let found = mx::lookup_mx_secure(&self.resolver()?, domain).await;
+                    if let Err(mx::MxError::Bogus { .. }) = &found {
+                        self.metrics.dane_failure("bogus_mx");
+                    }
+                    let (hosts, secure) = found?;
+                    (hosts, secure && self.config.dns.dnssec)
                 };
                 // order_mx answers an empty MX set with the domain itself (RFC 5321 5.1).
                 let implicit = hosts.len() == 1 && hosts[0].name == *domain;
@@ -527,22 +584,52 @@ impl Worker {
                     },
                     hosts,
                     port,
+                    dane,
                 })
             }
         }
     }
 
-    /// The addresses of a host; a definitive "none" is `Ok(empty)`.
-    async fn addresses_of(&self, host: &str) -> Result<Vec<IpAddr>, mx::MxError> {
+    /// The addresses of a host (a definitive "none" is an empty list) and, for a DANE route,
+    /// how TLS must go (`dane.rs`).
+    async fn host_of(
+        &self,
+        route: &Route,
+        host: &str,
+    ) -> Result<(Vec<IpAddr>, dane::HostTls), mx::MxError> {
         if let Some(ip) = mx::address_literal(host).or_else(|| host.parse().ok()) {
-            return Ok(vec![ip]);
+            return Ok((vec![ip], dane::HostTls::Opportunistic));
         }
         let resolver = self.resolver().map_err(|e| mx::MxError::Temporary {
             name: host.to_string(),
             record_type: "A",
             detail: e.to_string(),
         })?;
-        mx::lookup_addresses(&resolver, host).await
+        let found = mx::lookup_host(&resolver, host).await;
+        if route.dane
+            && let Err(mx::MxError::Bogus { .. }) = &found
+        {
+            self.metrics.dane_failure("bogus_address");
+        }
+        let found = found?;
+        let domain = match &route.kind {
+            RouteKind::Mx(d) | RouteKind::Implicit(d) => d.as_str(),
+            RouteKind::Relay => host,
+        };
+        let tls = if found.addresses.is_empty() {
+            dane::HostTls::Opportunistic
+        } else {
+            dane::host_tls(
+                &resolver,
+                route.dane,
+                host,
+                found.secure,
+                found.canonical.as_deref(),
+                domain,
+            )
+            .await
+        };
+        Ok((found.addresses, tls))
     }
 
     fn failed_group(
@@ -706,6 +793,8 @@ fn tls_label(tls: Option<&TlsMode>) -> &'static str {
         None => "none",
         Some(TlsMode::Plaintext) => "plaintext",
         Some(TlsMode::Opportunistic { .. }) => "opportunistic",
+        Some(TlsMode::Dane { .. }) => "dane",
+        Some(TlsMode::DaneFailed) => "none",
     }
 }
 
@@ -736,6 +825,12 @@ fn log_records(
             Some(version.clone()),
             Some(cipher.clone()),
         ),
+        Some(TlsMode::Dane { version, cipher }) => (
+            Some("dane".to_string()),
+            Some(version.clone()),
+            Some(cipher.clone()),
+        ),
+        Some(TlsMode::DaneFailed) => (Some("dane".to_string()), None, None),
     };
     group
         .recipients

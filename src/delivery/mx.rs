@@ -17,17 +17,22 @@
 //!
 //! The decisions are pure functions ([`order_mx`], [`classify_lookup_error`],
 //! [`address_literal`]) so they are unit tested; [`lookup_mx`] and [`lookup_addresses`] are
-//! the thin async wrappers around hickory-resolver. Not here: DNSSEC validation and TLSA
-//! (DANE, later; the resolver is built so `validate` and a trust anchor can be added),
-//! MTA-STS, connecting (the client), the order in which addresses are tried across hosts
-//! (the worker in `mod.rs`).
+//! the thin async wrappers around hickory-resolver.
+//!
+//! DNSSEC: with `[dns] dnssec` (the default) the resolver validates from `[dns] trust_anchor`
+//! (DNSKEY lines) or the IANA root keys. [`lookup_mx_secure`] and [`lookup_host`] also say
+//! whether the answer was secure; a bogus answer is [`MxError::Bogus`], temporary, never
+//! used. What that means for TLS is in `dane.rs`. Not here: MTA-STS, connecting (the client),
+//! the order in which addresses are tried across hosts (the worker in `mod.rs`).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{Name, RData};
 use rand::seq::SliceRandom;
@@ -60,8 +65,10 @@ pub enum LookupFailure {
     NxDomain,
     /// NODATA: the name exists but has no record of the type asked.
     NoData,
-    /// Anything else (SERVFAIL, REFUSED, timeout, network error, bogus DNSSEC): ask again
-    /// later. The text describes the failure.
+    /// DNSSEC validation failed (RFC 4033 "bogus"): ask again later, never use the answer.
+    Bogus,
+    /// Anything else (SERVFAIL, REFUSED, timeout, network error): ask again later. The text
+    /// describes the failure.
     Temporary(String),
 }
 
@@ -102,6 +109,15 @@ pub enum MxError {
         /// The resolver's description.
         detail: String,
     },
+    /// DNSSEC validation of an answer failed (RFC 7672 2.2.1/2.2.2: bogus answers are not
+    /// used; the mail waits).
+    #[error("DNS lookup of {name} {record_type}: DNSSEC validation failed (bogus)")]
+    Bogus {
+        /// The name asked for.
+        name: String,
+        /// `MX`, `A` or `AAAA`.
+        record_type: &'static str,
+    },
     /// The configured relay host has no address (a configuration problem: the mail waits).
     #[error("relay host {host} has no address: {detail}")]
     RelayUnresolvable {
@@ -120,7 +136,9 @@ impl MxError {
             | MxError::NxDomain { .. }
             | MxError::NoMailHost { .. }
             | MxError::InvalidDomain { .. } => true,
-            MxError::Temporary { .. } | MxError::RelayUnresolvable { .. } => false,
+            MxError::Temporary { .. }
+            | MxError::Bogus { .. }
+            | MxError::RelayUnresolvable { .. } => false,
         }
     }
 
@@ -131,6 +149,8 @@ impl MxError {
             MxError::NxDomain { .. } | MxError::InvalidDomain { .. } => EnhancedCode::new(5, 1, 2),
             MxError::NoMailHost { .. } => EnhancedCode::new(5, 4, 4),
             MxError::Temporary { .. } => EnhancedCode::new(4, 4, 3),
+            // 4.7.5 "cryptographic failure".
+            MxError::Bogus { .. } => EnhancedCode::new(4, 7, 5),
             MxError::RelayUnresolvable { .. } => EnhancedCode::new(4, 4, 4),
         }
     }
@@ -138,8 +158,14 @@ impl MxError {
 
 /// The resolver could not be built (for example no readable `/etc/resolv.conf`).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot set up the DNS resolver: {0}")]
-pub struct ResolverSetupError(#[from] NetError);
+pub enum ResolverSetupError {
+    /// hickory refused the configuration.
+    #[error("cannot set up the DNS resolver: {0}")]
+    Net(#[from] NetError),
+    /// `[dns] trust_anchor` could not be read or parsed.
+    #[error("cannot set up the DNS resolver: dns.trust_anchor: {0}")]
+    Anchor(String),
+}
 
 /// Builds the resolver for delivery: the `[dns] servers` (each `IP:PORT`, asked over UDP with
 /// TCP for truncated answers), or the system configuration when the list is empty.
@@ -147,13 +173,23 @@ pub struct ResolverSetupError(#[from] NetError);
 /// # Errors
 /// When the system configuration cannot be read.
 pub fn build_resolver(cfg: &DnsConfig) -> Result<TokioResolver, ResolverSetupError> {
-    let builder = if cfg.servers.is_empty() {
+    let mut builder = if cfg.servers.is_empty() {
         TokioResolver::builder_tokio()?
     } else {
         let (config, options) = resolver_config(cfg);
         TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
             .with_options(options)
     };
+    if cfg.dnssec {
+        let anchors = match &cfg.trust_anchor {
+            Some(path) => {
+                super::dane::load_trust_anchors(path).map_err(ResolverSetupError::Anchor)?
+            }
+            None => TrustAnchors::default(),
+        };
+        builder.options_mut().validate = true;
+        builder = builder.with_trust_anchor(Arc::new(anchors));
+    }
     Ok(builder.build()?)
 }
 
@@ -182,21 +218,50 @@ pub fn resolver_config(cfg: &DnsConfig) -> (ResolverConfig, ResolverOpts) {
 /// # Errors
 /// [`MxError`]: null MX, NXDOMAIN and invalid names are permanent, the rest temporary.
 pub async fn lookup_mx(resolver: &TokioResolver, domain: &str) -> Result<Vec<MxHost>, MxError> {
+    Ok(lookup_mx_secure(resolver, domain).await?.0)
+}
+
+/// [`lookup_mx`] with the DNSSEC status of the answer: `true` when the MX RRset (or, for the
+/// implicit MX, the denial of MX records) is secure. A bogus answer is
+/// [`MxError::Bogus`].
+///
+/// # Errors
+/// As [`lookup_mx`].
+pub async fn lookup_mx_secure(
+    resolver: &TokioResolver,
+    domain: &str,
+) -> Result<(Vec<MxHost>, bool), MxError> {
     let name = fqdn(domain)?;
-    let records = match resolver.mx_lookup(name).await {
-        Ok(lookup) => lookup
-            .answers()
-            .iter()
-            .filter_map(|record| match &record.data {
-                RData::MX(mx) => Some(MxRecord {
-                    preference: mx.preference,
-                    exchange: (!mx.exchange.is_root()).then(|| host_name(&mx.exchange)),
-                }),
-                _ => None,
-            })
-            .collect(),
+    let bogus = || MxError::Bogus {
+        name: domain.to_string(),
+        record_type: "MX",
+    };
+    let (records, secure) = match resolver.mx_lookup(name).await {
+        Ok(lookup) => {
+            let secure = super::dane::rrset_security(lookup.answers().iter().map(|r| r.proof))
+                .ok_or_else(bogus)?;
+            let records = lookup
+                .answers()
+                .iter()
+                .filter_map(|record| match &record.data {
+                    RData::MX(mx) => Some(MxRecord {
+                        preference: mx.preference,
+                        exchange: (!mx.exchange.is_root()).then(|| host_name(&mx.exchange)),
+                    }),
+                    _ => None,
+                })
+                .collect();
+            (records, secure)
+        }
         Err(e) => match classify_lookup_error(&e) {
-            LookupFailure::NoData => Vec::new(),
+            LookupFailure::NoData => {
+                let secure = matches!(
+                    &e,
+                    NetError::Dns(DnsError::Nsec { proof, .. }) if *proof == Proof::Secure
+                );
+                (Vec::new(), secure)
+            }
+            LookupFailure::Bogus => return Err(bogus()),
             LookupFailure::NxDomain => {
                 return Err(MxError::NxDomain {
                     domain: domain.to_string(),
@@ -212,7 +277,7 @@ pub async fn lookup_mx(resolver: &TokioResolver, domain: &str) -> Result<Vec<MxH
         },
     };
     let mut rng = rand::rng();
-    order_mx(domain, records, &mut rng)
+    Ok((order_mx(domain, records, &mut rng)?, secure))
 }
 
 /// The addresses of one host: IPv4 first, then IPv6. An empty list means DNS says the host
@@ -226,8 +291,33 @@ pub async fn lookup_addresses(
     resolver: &TokioResolver,
     host: &str,
 ) -> Result<Vec<IpAddr>, MxError> {
+    Ok(lookup_host(resolver, host).await?.addresses)
+}
+
+/// The addresses of a host with their DNSSEC status (RFC 7672 section 2.2.2) and the
+/// CNAME-expanded name (section 2.2.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostAddresses {
+    /// IPv4 first, then IPv6.
+    pub addresses: Vec<IpAddr>,
+    /// Every record of the answers (A, AAAA and CNAMEs on the way) is secure.
+    pub secure: bool,
+    /// The owner name of the address records when a CNAME led there (lower case, no dot).
+    pub canonical: Option<String>,
+}
+
+/// [`lookup_addresses`] with DNSSEC status and CNAME expansion.
+///
+/// # Errors
+/// As [`lookup_addresses`]; a bogus answer of either type is [`MxError::Bogus`] (the host is
+/// not used, RFC 7672 2.2.2).
+pub async fn lookup_host(resolver: &TokioResolver, host: &str) -> Result<HostAddresses, MxError> {
     if let Some(ip) = address_literal(host).or_else(|| host.parse().ok()) {
-        return Ok(vec![ip]);
+        return Ok(HostAddresses {
+            addresses: vec![ip],
+            secure: false,
+            canonical: None,
+        });
     }
     let name = fqdn(host)?;
     let (v4, v6) = tokio::join!(
@@ -236,28 +326,55 @@ pub async fn lookup_addresses(
     );
     let mut addresses = Vec::new();
     let mut temporary = None;
+    let mut proofs = Vec::new();
+    let mut canonical = None;
     for (result, record_type) in [(v4, "A"), (v6, "AAAA")] {
         match result {
-            Ok(lookup) => addresses.extend(lookup.answers().iter().filter_map(|r| match &r.data {
-                RData::A(a) => Some(IpAddr::V4(a.0)),
-                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-                _ => None,
-            })),
-            Err(e) => {
-                if let LookupFailure::Temporary(detail) = classify_lookup_error(&e) {
+            Ok(lookup) => {
+                for r in lookup.answers() {
+                    proofs.push(r.proof);
+                    let ip = match &r.data {
+                        RData::A(a) => IpAddr::V4(a.0),
+                        RData::AAAA(a) => IpAddr::V6(a.0),
+                        _ => continue,
+                    };
+                    addresses.push(ip);
+                    let owner = host_name(&r.name);
+                    if owner != host.trim_end_matches('.').to_ascii_lowercase() {
+                        canonical.get_or_insert(owner);
+                    }
+                }
+            }
+            Err(e) => match classify_lookup_error(&e) {
+                LookupFailure::Bogus => {
+                    return Err(MxError::Bogus {
+                        name: host.to_string(),
+                        record_type,
+                    });
+                }
+                LookupFailure::Temporary(detail) => {
                     temporary.get_or_insert(MxError::Temporary {
                         name: host.to_string(),
                         record_type,
                         detail,
                     });
                 }
-            }
+                LookupFailure::NxDomain | LookupFailure::NoData => {}
+            },
         }
     }
     addresses.dedup();
+    let secure = super::dane::rrset_security(proofs).ok_or_else(|| MxError::Bogus {
+        name: host.to_string(),
+        record_type: "A",
+    })?;
     match temporary {
         Some(error) if addresses.is_empty() => Err(error),
-        _ => Ok(addresses),
+        _ => Ok(HostAddresses {
+            addresses,
+            secure,
+            canonical,
+        }),
     }
 }
 
@@ -315,6 +432,7 @@ pub fn classify_lookup_error(error: &NetError) -> LookupFailure {
             ResponseCode::NoError => LookupFailure::NoData,
             other => LookupFailure::Temporary(format!("response code {other}")),
         },
+        NetError::Dns(DnsError::DnssecBogus) => LookupFailure::Bogus,
         other => LookupFailure::Temporary(clean_text(&other.to_string())),
     }
 }
@@ -495,10 +613,10 @@ mod tests {
             classify_lookup_error(&NetError::Timeout),
             LookupFailure::Temporary(_)
         ));
-        assert!(matches!(
+        assert_eq!(
             classify_lookup_error(&NetError::Dns(DnsError::DnssecBogus)),
-            LookupFailure::Temporary(_)
-        ));
+            LookupFailure::Bogus
+        );
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! TLS for outbound SMTP: the policy a transaction runs under, what was actually negotiated,
 //! and the certificate verifier for opportunistic STARTTLS.
 //!
-//! Today every destination gets [`TlsPolicy::Opportunistic`] (RFC 7435 "opportunistic
+//! Hosts without DANE get [`TlsPolicy::Opportunistic`] (RFC 7435 "opportunistic
 //! security", as RFC 3207 STARTTLS is used between MTAs on port 25 without DANE or MTA-STS):
 //! encrypt when the server offers STARTTLS, authenticate nothing, and fall back to cleartext
-//! when the handshake fails. Authenticating policies come later as new variants: DANE
-//! (RFC 7672: TLS required, the certificate checked against TLSA records) and MTA-STS
-//! (RFC 8461: TLS required, WebPKI validation for the policy's MX names). Those variants must
-//! never downgrade to plaintext; the client asks [`TlsPolicy::allows_plaintext_fallback`].
+//! when the handshake fails. [`TlsPolicy::Dane`] (RFC 7672, see `dane.rs`) requires TLS and
+//! checks the certificate against TLSA records with `dane::DaneVerifier`;
+//! [`TlsPolicy::Encrypt`] requires TLS without authentication (secure TLSA records, none
+//! usable). Those never downgrade to plaintext: the client asks
+//! [`TlsPolicy::allows_plaintext_fallback`] and [`TlsPolicy::requires_tls`]. MTA-STS comes later.
 //!
 //! The verifier [`AcceptAnyCertificateOpportunistic`] accepts any certificate chain, but it
 //! still verifies the handshake signature against the certificate's key: a peer that cannot
@@ -32,13 +33,18 @@ pub enum TlsPolicy {
     Opportunistic,
     /// No STARTTLS: the retry in cleartext after a failed opportunistic handshake.
     Plaintext,
+    /// RFC 7672 row 10: TLS required, the certificate not checked.
+    Encrypt,
+    /// RFC 7672: TLS required and the server authenticated against its TLSA records (the
+    /// client configuration carries the verifier).
+    Dane,
 }
 
 impl TlsPolicy {
     /// Whether STARTTLS is attempted when the server offers it.
     pub fn attempts_starttls(self) -> bool {
         match self {
-            TlsPolicy::Opportunistic => true,
+            TlsPolicy::Opportunistic | TlsPolicy::Encrypt | TlsPolicy::Dane => true,
             TlsPolicy::Plaintext => false,
         }
     }
@@ -47,8 +53,14 @@ impl TlsPolicy {
     pub fn allows_plaintext_fallback(self) -> bool {
         match self {
             TlsPolicy::Opportunistic => true,
-            TlsPolicy::Plaintext => false,
+            TlsPolicy::Plaintext | TlsPolicy::Encrypt | TlsPolicy::Dane => false,
         }
+    }
+
+    /// Whether the transaction must not run without TLS (no STARTTLS offered, STARTTLS
+    /// refused or a failed handshake end the session).
+    pub fn requires_tls(self) -> bool {
+        matches!(self, TlsPolicy::Encrypt | TlsPolicy::Dane)
     }
 }
 
@@ -64,6 +76,15 @@ pub enum TlsMode {
         /// Negotiated cipher suite, e.g. `TLS13_AES_256_GCM_SHA384`.
         cipher: String,
     },
+    /// TLS with the server authenticated by DANE (RFC 7672).
+    Dane {
+        /// Negotiated protocol.
+        version: String,
+        /// Negotiated cipher suite.
+        cipher: String,
+    },
+    /// DANE applied and no host gave an authenticated session (for the log of a deferral).
+    DaneFailed,
 }
 
 impl TlsMode {
@@ -86,6 +107,16 @@ impl TlsMode {
             .unwrap_or_else(|| "unknown".to_string());
         TlsMode::Opportunistic { version, cipher }
     }
+
+    /// The mode of an established connection under `policy`.
+    pub fn of(conn: &rustls::ClientConnection, policy: TlsPolicy) -> Self {
+        match (Self::opportunistic(conn), policy) {
+            (TlsMode::Opportunistic { version, cipher }, TlsPolicy::Dane) => {
+                TlsMode::Dane { version, cipher }
+            }
+            (mode, _) => mode,
+        }
+    }
 }
 
 impl fmt::Display for TlsMode {
@@ -95,6 +126,8 @@ impl fmt::Display for TlsMode {
             TlsMode::Opportunistic { version, cipher } => {
                 write!(f, "opportunistic {version} {cipher}")
             }
+            TlsMode::Dane { version, cipher } => write!(f, "dane {version} {cipher}"),
+            TlsMode::DaneFailed => f.write_str("dane (no authenticated session)"),
         }
     }
 }
@@ -198,6 +231,11 @@ mod tests {
         assert!(TlsPolicy::Opportunistic.allows_plaintext_fallback());
         assert!(!TlsPolicy::Plaintext.attempts_starttls());
         assert!(!TlsPolicy::Plaintext.allows_plaintext_fallback());
+        for strict in [TlsPolicy::Dane, TlsPolicy::Encrypt] {
+            assert!(strict.attempts_starttls() && strict.requires_tls());
+            assert!(!strict.allows_plaintext_fallback());
+        }
+        assert!(!TlsPolicy::Opportunistic.requires_tls());
     }
 
     #[test]

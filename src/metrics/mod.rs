@@ -60,6 +60,7 @@ struct Inner {
     delivery_recipients: IntCounterVec,
     delivery_retries: IntCounter,
     delivery_connections: IntCounterVec,
+    delivery_dane_failures: IntCounterVec,
     delivery_bounces: IntCounterVec,
     sessions_revoked: IntCounter,
     quota_holds: IntCounterVec,
@@ -171,6 +172,12 @@ impl Metrics {
                 "postern_delivery_connections_total",
                 "Outbound SMTP connections used by deliveries, by whether they were reused",
                 &["reused"],
+            ),
+            delivery_dane_failures: counter_vec(
+                &registry,
+                "postern_delivery_dane_failures_total",
+                "DANE failures (RFC 7672), by reason (bogus_mx, bogus_address, bogus_tlsa, tlsa_lookup, starttls_not_offered, starttls_refused, handshake, tlsa_mismatch, name_mismatch)",
+                &["reason"],
             ),
             delivery_bounces: counter_vec(
                 &registry,
@@ -322,6 +329,14 @@ impl Metrics {
         self.inner
             .delivery_connections
             .with_label_values(&[label])
+            .inc();
+    }
+
+    /// A DANE check failed for a destination or host (`reason`: a fixed label, see `new`).
+    pub fn dane_failure(&self, reason: &str) {
+        self.inner
+            .delivery_dane_failures
+            .with_label_values(&[reason])
             .inc();
     }
 
