@@ -75,6 +75,64 @@ pub struct Config {
     /// The delivery log (`postern log`).
     #[serde(default)]
     pub delivery_log: DeliveryLogConfig,
+    /// MTA-STS (RFC 8461) for delivery.
+    #[serde(default)]
+    pub mta_sts: MtaStsConfig,
+}
+
+/// `[mta_sts]`: honouring destination domains' MTA-STS policies.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtaStsConfig {
+    /// Look policies up at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// HTTPS port of `mta-sts.DOMAIN` (443; other values exist for tests).
+    #[serde(default = "default_mta_sts_port")]
+    pub port: u16,
+    /// Trusted CA roots for the policy fetch and for MX certificates under `enforce`:
+    /// `webpki` (the Mozilla set compiled in), `system` (the OS store), or a PEM file's path.
+    #[serde(default = "default_mta_sts_roots")]
+    pub roots: String,
+    /// Longest wait for a policy fetch.
+    #[serde(default = "default_mta_sts_timeout", with = "duration::serde_text")]
+    pub fetch_timeout: Duration,
+}
+
+impl Default for MtaStsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            port: default_mta_sts_port(),
+            roots: default_mta_sts_roots(),
+            fetch_timeout: default_mta_sts_timeout(),
+        }
+    }
+}
+
+impl MtaStsConfig {
+    /// Where the roots come from.
+    pub fn roots(&self) -> crate::delivery::mta_sts::Roots {
+        use crate::delivery::mta_sts::Roots;
+        match self.roots.as_str() {
+            "webpki" => Roots::WebPki,
+            "system" => Roots::System,
+            path => Roots::File(PathBuf::from(path)),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_mta_sts_port() -> u16 {
+    443
+}
+fn default_mta_sts_roots() -> String {
+    "webpki".to_string()
+}
+fn default_mta_sts_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// `[delivery_log]`: one record per recipient per delivery attempt.
@@ -295,22 +353,30 @@ fn default_commit_batch() -> usize {
 }
 
 /// `[dns]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DnsConfig {
     /// Recursive resolvers as `IP:PORT`; empty means the system resolver (`/etc/resolv.conf`).
     #[serde(default)]
     pub servers: Vec<SocketAddr>,
-    /// DNSSEC validation of delivery lookups (DANE needs it). `false`: every answer is
-    /// insecure, so DANE never applies (labs, resolvers that strip DNSSEC records).
-    /// Default `false` for now: the test harness's unsigned knot cannot be validated from the
-    /// root (every answer would be bogus); `config/production.toml` sets `true`.
-    #[serde(default)]
+    /// DNSSEC validation of delivery lookups (DANE needs it), on by default. `false`: every
+    /// answer is insecure, so DANE never applies (labs, resolvers that strip DNSSEC records).
+    #[serde(default = "default_true")]
     pub dnssec: bool,
     /// File of DNSKEY lines (zone-file syntax) to validate from; absent: the IANA root keys
     /// compiled into hickory.
     #[serde(default)]
     pub trust_anchor: Option<PathBuf>,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            dnssec: true,
+            trust_anchor: None,
+        }
+    }
 }
 
 /// `[delivery]`
@@ -723,6 +789,20 @@ impl Config {
             .find(|k| k.parse::<crate::policy::Plan>().is_err())
         {
             return bad(&format!("quota.plans.{unknown}"), "not a plan name");
+        }
+        if self.mta_sts.fetch_timeout.is_zero() {
+            return bad("mta_sts.fetch_timeout", "must be longer than zero");
+        }
+        if self.mta_sts.port == 0 {
+            return bad("mta_sts.port", "must not be 0");
+        }
+        if let crate::delivery::mta_sts::Roots::File(path) = self.mta_sts.roots()
+            && !path.is_file()
+        {
+            return bad(
+                "mta_sts.roots",
+                "must be webpki, system, or the path of a PEM file of CA certificates",
+            );
         }
         if self.delivery_log.retention.is_zero() {
             return bad("delivery_log.retention", "must be longer than zero");

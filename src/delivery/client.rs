@@ -168,8 +168,10 @@ pub enum ClientError {
     PipelinedAfterStartTls,
     /// The policy requires TLS (DANE) and the session could not have it, or the server was
     /// not authenticated.
-    #[error("TLS required by DANE: {detail}")]
+    #[error("TLS required by {by}: {detail}")]
     TlsRequired {
+        /// `DANE` or `MTA-STS` ([`TlsPolicy::required_by`]).
+        by: &'static str,
         /// Metric label: `starttls_not_offered`, `starttls_refused`, `handshake`,
         /// `tlsa_mismatch`, `name_mismatch`.
         reason: &'static str,
@@ -272,10 +274,12 @@ async fn converse<S: MessageSource>(
                 Err(ClientError::TlsHandshake { source }) if policy.requires_tls() => {
                     return Err(match super::dane::DaneError::from_io(&source) {
                         Some(dane) => ClientError::TlsRequired {
+                            by: policy.required_by(),
                             reason: dane.reason(),
                             detail: dane.to_string(),
                         },
                         None => ClientError::TlsRequired {
+                            by: policy.required_by(),
                             reason: "handshake",
                             detail: format!("TLS handshake failed: {source}"),
                         },
@@ -292,6 +296,7 @@ async fn converse<S: MessageSource>(
             });
         } else if policy.requires_tls() {
             return Err(ClientError::TlsRequired {
+                by: policy.required_by(),
                 reason: "starttls_refused",
                 detail: format!("STARTTLS refused: {reply}"),
             });
@@ -301,6 +306,7 @@ async fn converse<S: MessageSource>(
     } else if policy.requires_tls() {
         // RFC 7672 2.2: never cleartext where DANE applies.
         return Err(ClientError::TlsRequired {
+            by: policy.required_by(),
             reason: "starttls_not_offered",
             detail: "STARTTLS not offered".to_string(),
         });

@@ -38,14 +38,21 @@
 //! next; the decision table is in `dane.rs`. A group deferred after DANE applied is logged
 //! with TLS mode `dane`; `postern_delivery_dane_failures_total{reason}` counts the failures.
 //!
-//! Not here (later): MTA-STS (RFC 8461) as a further [`tls::TlsPolicy`]
-//! variant chosen per destination, per-destination concurrency limits, connection reuse.
+//! MTA-STS (RFC 8461, `mta_sts.rs`): a destination whose policy is `enforce` has its hosts that
+//! DANE leaves to opportunistic TLS delivered under [`tls::TlsPolicy::MtaSts`]: hosts outside
+//! the policy's `mx` patterns are skipped, TLS is mandatory and the certificate must be
+//! WebPKI-valid for the host name; with no host left the group is deferred (4.7.5) and logged
+//! with TLS mode `mta-sts`; `postern_delivery_mta_sts_failures_total{reason}` counts failures.
+//! `testing` and `none` policies change nothing.
+//!
+//! Not here (later): per-destination concurrency limits, connection reuse across messages.
 
 pub mod client;
 pub mod dane;
 pub mod dot;
 pub mod dsn;
 pub mod log;
+pub mod mta_sts;
 pub mod mx;
 pub mod outcome;
 pub mod reply;
@@ -215,7 +222,15 @@ pub async fn run(
         }
     };
     let delivery_log = start_delivery_log(&config).await;
+    let mta_sts = match mta_sts::MtaSts::from_config(&config.mta_sts) {
+        Ok(sts) => sts,
+        Err(e) => {
+            tracing::error!(error = %e, "MTA-STS roots unavailable: MTA-STS policies are not applied");
+            None
+        }
+    };
     let worker = Arc::new(Worker {
+        mta_sts,
         log: delivery_log.clone(),
         client: ClientSettings {
             helo_name: config.server.hostname.clone(),
@@ -300,6 +315,8 @@ struct Worker {
     resolver: Mutex<Option<TokioResolver>>,
     /// Parsed `[delivery] relayhost`.
     relay: Option<(String, u16)>,
+    /// MTA-STS policies and their WebPKI roots; `None` when `[mta_sts] enabled = false`.
+    mta_sts: Option<mta_sts::MtaSts>,
     client: ClientSettings,
     shutdown: CancellationToken,
 }
@@ -443,6 +460,23 @@ impl Worker {
             envelope,
         };
 
+        // RFC 8461: the destination's MTA-STS policy; only `enforce` changes delivery.
+        let sts_domain = match &route.kind {
+            RouteKind::Mx(d) | RouteKind::Implicit(d) if mx::address_literal(d).is_none() => {
+                Some(d.as_str())
+            }
+            _ => None,
+        };
+        let enforce = match (&self.mta_sts, sts_domain, self.resolver()) {
+            (Some(sts), Some(domain), Ok(resolver)) => sts
+                .policy(&resolver, domain)
+                .await
+                .filter(|p| p.mode == mta_sts::Mode::Enforce),
+            _ => None,
+        };
+        let mut sts_refusal: Option<String> = None;
+        let mut sts_applied = false;
+
         let mut tried = 0;
         let mut last: Option<(Peer, client::ClientError)> = None;
         let mut lookup_failure: Option<mx::MxError> = None;
@@ -490,6 +524,28 @@ impl Worker {
                 }
             };
             dane_applied |= policy.requires_tls();
+            // DANE takes precedence (RFC 8461 section 2); an MTA-STS `enforce` policy governs
+            // the hosts DANE leaves to opportunistic TLS.
+            let (policy, settings) = match (&enforce, &self.mta_sts, policy) {
+                (Some(sts_policy), Some(sts), TlsPolicy::Opportunistic) => {
+                    sts_applied = true;
+                    if !sts_policy.matches_mx(&host.name) {
+                        self.metrics.mta_sts_failure("mx_mismatch");
+                        sts_refusal = Some(format!(
+                            "MX host {} is not allowed by the MTA-STS policy of {}",
+                            host.name,
+                            sts_domain.unwrap_or("-")
+                        ));
+                        continue;
+                    }
+                    let settings = ClientSettings {
+                        tls_config: sts.tls.clone(),
+                        ..self.client.clone()
+                    };
+                    (TlsPolicy::MtaSts, Some(settings))
+                }
+                _ => (policy, settings),
+            };
             let settings = settings.as_ref().unwrap_or(&self.client);
             for ip in addresses {
                 if tried == MAX_ADDRESSES || self.shutdown.is_cancelled() {
@@ -502,7 +558,11 @@ impl Worker {
                 };
                 let result = client::deliver(settings, &peer, policy, &txn, &source).await;
                 if let Err(client::ClientError::TlsRequired { reason, .. }) = &result {
-                    self.metrics.dane_failure(reason);
+                    if policy == TlsPolicy::MtaSts {
+                        self.metrics.mta_sts_failure(reason);
+                    } else {
+                        self.metrics.dane_failure(reason);
+                    }
                 }
                 if opened_connection(&result) {
                     self.metrics.delivery_connection(false);
@@ -529,10 +589,12 @@ impl Worker {
             }
         }
 
-        let error = match (last, lookup_failure) {
-            (Some((peer, error)), _) => DeliveryError::Session { peer, error },
-            (None, _) if self.shutdown.is_cancelled() => DeliveryError::Shutdown,
-            (None, failure) => route.no_address(failure),
+        let error = match (last, lookup_failure, sts_refusal) {
+            (Some((peer, error)), _, _) => DeliveryError::Session { peer, error },
+            (None, _, _) if self.shutdown.is_cancelled() => DeliveryError::Shutdown,
+            // No MX host the policy allows: wait for the domain to fix its MX or its policy.
+            (None, None, Some(refusal)) => DeliveryError::PolicyRefused(refusal),
+            (None, failure, _) => route.no_address(failure),
         };
         let peer = match &error {
             DeliveryError::Session { peer, .. } => Some(peer.clone()),
@@ -541,6 +603,8 @@ impl Worker {
         let mut outcome = self.failed_group(indices, peer, &error);
         if dane_applied {
             outcome.tls = Some(TlsMode::DaneFailed);
+        } else if sts_applied {
+            outcome.tls = Some(TlsMode::MtaStsFailed);
         }
         outcome
     }
@@ -794,7 +858,8 @@ fn tls_label(tls: Option<&TlsMode>) -> &'static str {
         Some(TlsMode::Plaintext) => "plaintext",
         Some(TlsMode::Opportunistic { .. }) => "opportunistic",
         Some(TlsMode::Dane { .. }) => "dane",
-        Some(TlsMode::DaneFailed) => "none",
+        Some(TlsMode::MtaSts { .. }) => "mta-sts",
+        Some(TlsMode::DaneFailed | TlsMode::MtaStsFailed) => "none",
     }
 }
 
@@ -831,6 +896,12 @@ fn log_records(
             Some(cipher.clone()),
         ),
         Some(TlsMode::DaneFailed) => (Some("dane".to_string()), None, None),
+        Some(TlsMode::MtaSts { version, cipher }) => (
+            Some("mta-sts".to_string()),
+            Some(version.clone()),
+            Some(cipher.clone()),
+        ),
+        Some(TlsMode::MtaStsFailed) => (Some("mta-sts".to_string()), None, None),
     };
     group
         .recipients

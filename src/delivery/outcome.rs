@@ -209,6 +209,9 @@ pub enum DeliveryError {
     /// Delivery stopped because the server is shutting down.
     #[error("delivery interrupted by shutdown")]
     Shutdown,
+    /// A TLS policy (MTA-STS `enforce`) leaves no host to try.
+    #[error("{0}")]
+    PolicyRefused(String),
 }
 
 impl DeliveryError {
@@ -220,7 +223,8 @@ impl DeliveryError {
             DeliveryError::Route(_)
             | DeliveryError::Session { .. }
             | DeliveryError::ResolverUnavailable(_)
-            | DeliveryError::Shutdown => Verdict::Temporary,
+            | DeliveryError::Shutdown
+            | DeliveryError::PolicyRefused(_) => Verdict::Temporary,
         }
     }
 
@@ -237,6 +241,8 @@ impl DeliveryError {
             DeliveryError::ResolverUnavailable(_) => EnhancedCode::new(4, 4, 3),
             // 4.3.2 "system not accepting network messages".
             DeliveryError::Shutdown => EnhancedCode::new(4, 3, 2),
+            // 4.7.5 "cryptographic failure", as for a refused certificate.
+            DeliveryError::PolicyRefused(_) => EnhancedCode::new(4, 7, 5),
         }
     }
 }

@@ -8,7 +8,9 @@
 //! checks the certificate against TLSA records with `dane::DaneVerifier`;
 //! [`TlsPolicy::Encrypt`] requires TLS without authentication (secure TLSA records, none
 //! usable). Those never downgrade to plaintext: the client asks
-//! [`TlsPolicy::allows_plaintext_fallback`] and [`TlsPolicy::requires_tls`]. MTA-STS comes later.
+//! [`TlsPolicy::allows_plaintext_fallback`] and [`TlsPolicy::requires_tls`].
+//! [`TlsPolicy::MtaSts`] (RFC 8461 `enforce`, see `mta_sts.rs`) requires TLS with a
+//! certificate WebPKI-valid for the MX host name.
 //!
 //! The verifier [`AcceptAnyCertificateOpportunistic`] accepts any certificate chain, but it
 //! still verifies the handshake signature against the certificate's key: a peer that cannot
@@ -38,13 +40,18 @@ pub enum TlsPolicy {
     /// RFC 7672: TLS required and the server authenticated against its TLSA records (the
     /// client configuration carries the verifier).
     Dane,
+    /// RFC 8461 `enforce`: TLS required and the certificate WebPKI-valid for the MX host name
+    /// (the client configuration carries the roots of `[mta_sts] roots`).
+    MtaSts,
 }
 
 impl TlsPolicy {
     /// Whether STARTTLS is attempted when the server offers it.
     pub fn attempts_starttls(self) -> bool {
         match self {
-            TlsPolicy::Opportunistic | TlsPolicy::Encrypt | TlsPolicy::Dane => true,
+            TlsPolicy::Opportunistic | TlsPolicy::Encrypt | TlsPolicy::Dane | TlsPolicy::MtaSts => {
+                true
+            }
             TlsPolicy::Plaintext => false,
         }
     }
@@ -53,14 +60,28 @@ impl TlsPolicy {
     pub fn allows_plaintext_fallback(self) -> bool {
         match self {
             TlsPolicy::Opportunistic => true,
-            TlsPolicy::Plaintext | TlsPolicy::Encrypt | TlsPolicy::Dane => false,
+            TlsPolicy::Plaintext | TlsPolicy::Encrypt | TlsPolicy::Dane | TlsPolicy::MtaSts => {
+                false
+            }
         }
     }
 
     /// Whether the transaction must not run without TLS (no STARTTLS offered, STARTTLS
     /// refused or a failed handshake end the session).
     pub fn requires_tls(self) -> bool {
-        matches!(self, TlsPolicy::Encrypt | TlsPolicy::Dane)
+        matches!(
+            self,
+            TlsPolicy::Encrypt | TlsPolicy::Dane | TlsPolicy::MtaSts
+        )
+    }
+
+    /// Who requires TLS, for error texts: `DANE` or `MTA-STS` (`-` when nobody does).
+    pub fn required_by(self) -> &'static str {
+        match self {
+            TlsPolicy::Encrypt | TlsPolicy::Dane => "DANE",
+            TlsPolicy::MtaSts => "MTA-STS",
+            TlsPolicy::Opportunistic | TlsPolicy::Plaintext => "-",
+        }
     }
 }
 
@@ -85,6 +106,15 @@ pub enum TlsMode {
     },
     /// DANE applied and no host gave an authenticated session (for the log of a deferral).
     DaneFailed,
+    /// TLS with the server authenticated by WebPKI under an MTA-STS `enforce` policy.
+    MtaSts {
+        /// Negotiated protocol.
+        version: String,
+        /// Negotiated cipher suite.
+        cipher: String,
+    },
+    /// An MTA-STS `enforce` policy applied and no host gave an authenticated session.
+    MtaStsFailed,
 }
 
 impl TlsMode {
@@ -114,6 +144,9 @@ impl TlsMode {
             (TlsMode::Opportunistic { version, cipher }, TlsPolicy::Dane) => {
                 TlsMode::Dane { version, cipher }
             }
+            (TlsMode::Opportunistic { version, cipher }, TlsPolicy::MtaSts) => {
+                TlsMode::MtaSts { version, cipher }
+            }
             (mode, _) => mode,
         }
     }
@@ -128,6 +161,8 @@ impl fmt::Display for TlsMode {
             }
             TlsMode::Dane { version, cipher } => write!(f, "dane {version} {cipher}"),
             TlsMode::DaneFailed => f.write_str("dane (no authenticated session)"),
+            TlsMode::MtaSts { version, cipher } => write!(f, "mta-sts {version} {cipher}"),
+            TlsMode::MtaStsFailed => f.write_str("mta-sts (no authenticated session)"),
         }
     }
 }

@@ -61,6 +61,7 @@ struct Inner {
     delivery_retries: IntCounter,
     delivery_connections: IntCounterVec,
     delivery_dane_failures: IntCounterVec,
+    delivery_mta_sts_failures: IntCounterVec,
     delivery_bounces: IntCounterVec,
     sessions_revoked: IntCounter,
     quota_holds: IntCounterVec,
@@ -177,6 +178,12 @@ impl Metrics {
                 &registry,
                 "postern_delivery_dane_failures_total",
                 "DANE failures (RFC 7672), by reason (bogus_mx, bogus_address, bogus_tlsa, tlsa_lookup, starttls_not_offered, starttls_refused, handshake, tlsa_mismatch, name_mismatch)",
+                &["reason"],
+            ),
+            delivery_mta_sts_failures: counter_vec(
+                &registry,
+                "postern_delivery_mta_sts_failures_total",
+                "MTA-STS enforce failures (RFC 8461), by reason (mx_mismatch, starttls_not_offered, starttls_refused, handshake)",
                 &["reason"],
             ),
             delivery_bounces: counter_vec(
@@ -336,6 +343,14 @@ impl Metrics {
     pub fn dane_failure(&self, reason: &str) {
         self.inner
             .delivery_dane_failures
+            .with_label_values(&[reason])
+            .inc();
+    }
+
+    /// An MTA-STS `enforce` policy refused a host (`reason`: a fixed label, see `new`).
+    pub fn mta_sts_failure(&self, reason: &str) {
+        self.inner
+            .delivery_mta_sts_failures
             .with_label_values(&[reason])
             .inc();
     }
