@@ -363,8 +363,8 @@ pub struct DnsConfig {
     /// answer is insecure, so DANE never applies (labs, resolvers that strip DNSSEC records).
     #[serde(default = "default_true")]
     pub dnssec: bool,
-    /// File of DNSKEY lines (zone-file syntax) to validate from; absent: the IANA root keys
-    /// compiled into hickory.
+    /// File of DNSKEY and DS lines (zone-file syntax) to validate from (`delivery::dane`);
+    /// absent: the IANA root keys compiled into hickory.
     #[serde(default)]
     pub trust_anchor: Option<PathBuf>,
 }

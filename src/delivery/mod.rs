@@ -214,7 +214,7 @@ pub async fn run(
             return;
         }
     };
-    let resolver = match mx::build_resolver(&config.dns) {
+    let resolver = match mx::build_resolver(&config.dns).await {
         Ok(r) => Some(r),
         Err(e) => {
             tracing::error!(error = %e, "DNS resolver unavailable; deliveries are deferred until it can be set up");
@@ -394,18 +394,21 @@ impl MessageSource for SpoolMessage<'_> {
 }
 
 impl Worker {
-    fn resolver(&self) -> Result<TokioResolver, DeliveryError> {
-        let mut slot = self
-            .resolver
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(resolver) = slot.as_ref() {
+    /// The cached resolver, else a new one (async: DS trust anchors are looked up first;
+    /// concurrent builders may race, the first one stored wins).
+    async fn resolver(&self) -> Result<TokioResolver, DeliveryError> {
+        let slot = || {
+            self.resolver
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        };
+        if let Some(resolver) = slot().as_ref() {
             return Ok(resolver.clone());
         }
         let resolver = mx::build_resolver(&self.config.dns)
+            .await
             .map_err(|e| DeliveryError::ResolverUnavailable(e.to_string()))?;
-        *slot = Some(resolver.clone());
-        Ok(resolver)
+        Ok(slot().get_or_insert(resolver).clone())
     }
 
     async fn deliver_message(&self, queued: QueuedMessage) {
@@ -467,7 +470,7 @@ impl Worker {
             }
             _ => None,
         };
-        let enforce = match (&self.mta_sts, sts_domain, self.resolver()) {
+        let enforce = match (&self.mta_sts, sts_domain, self.resolver().await) {
             (Some(sts), Some(domain), Ok(resolver)) => sts
                 .policy(&resolver, domain)
                 .await
@@ -631,7 +634,7 @@ impl Worker {
                     };
                     (vec![host], false)
                 } else {
-                    let found = mx::lookup_mx_secure(&self.resolver()?, domain).await;
+                    let found = mx::lookup_mx_secure(&self.resolver().await?, domain).await;
                     if let Err(mx::MxError::Bogus { .. }) = &found {
                         self.metrics.dane_failure("bogus_mx");
                     }
@@ -664,7 +667,7 @@ impl Worker {
         if let Some(ip) = mx::address_literal(host).or_else(|| host.parse().ok()) {
             return Ok((vec![ip], dane::HostTls::Opportunistic));
         }
-        let resolver = self.resolver().map_err(|e| mx::MxError::Temporary {
+        let resolver = self.resolver().await.map_err(|e| mx::MxError::Temporary {
             name: host.to_string(),
             record_type: "A",
             detail: e.to_string(),

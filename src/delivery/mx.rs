@@ -20,7 +20,8 @@
 //! the thin async wrappers around hickory-resolver.
 //!
 //! DNSSEC: with `[dns] dnssec` (the default) the resolver validates from `[dns] trust_anchor`
-//! (DNSKEY lines) or the IANA root keys. [`lookup_mx_secure`] and [`lookup_host`] also say
+//! (DNSKEY and DS lines; a DS is resolved to its key by [`build_resolver`]) or the IANA root
+//! keys. [`lookup_mx_secure`] and [`lookup_host`] also say
 //! whether the answer was secure; a bogus answer is [`MxError::Bogus`], temporary, never
 //! used. What that means for TLS is in `dane.rs`. Not here: MTA-STS, connecting (the client),
 //! the order in which addresses are tried across hosts (the worker in `mod.rs`).
@@ -28,13 +29,15 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use hickory_resolver::ResolverBuilder;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::dnssec::rdata::{DNSKEY, DNSSECRData};
 use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
 use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::{Name, RData};
+use hickory_resolver::proto::rr::{LowerName, Name, RData, RecordType};
 use rand::seq::SliceRandom;
 
 use super::reply::{EnhancedCode, clean_text};
@@ -170,20 +173,30 @@ pub enum ResolverSetupError {
 /// Builds the resolver for delivery: the `[dns] servers` (each `IP:PORT`, asked over UDP with
 /// TCP for truncated answers), or the system configuration when the list is empty.
 ///
+/// With DS lines in `[dns] trust_anchor`, the owner's DNSKEY RRset is first fetched from the
+/// same servers without validation, and the keys a DS names (`dane::ds_anchor_keys`) become
+/// trust anchors, next to the file's DNSKEY lines. Fail-closed: when that lookup fails or no
+/// key matches, there is no resolver (an error naming the anchor; the worker defers every
+/// delivery and builds again for the next destination), never one without the anchor.
+///
 /// # Errors
-/// When the system configuration cannot be read.
-pub fn build_resolver(cfg: &DnsConfig) -> Result<TokioResolver, ResolverSetupError> {
-    let mut builder = if cfg.servers.is_empty() {
-        TokioResolver::builder_tokio()?
-    } else {
-        let (config, options) = resolver_config(cfg);
-        TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
-            .with_options(options)
-    };
+/// When the system configuration cannot be read, the anchor file cannot be read, or a DS
+/// anchor cannot be resolved to a key.
+pub async fn build_resolver(cfg: &DnsConfig) -> Result<TokioResolver, ResolverSetupError> {
+    let mut builder = resolver_builder(cfg)?;
     if cfg.dnssec {
         let anchors = match &cfg.trust_anchor {
             Some(path) => {
-                super::dane::load_trust_anchors(path).map_err(ResolverSetupError::Anchor)?
+                let file =
+                    super::dane::load_trust_anchors(path).map_err(ResolverSetupError::Anchor)?;
+                resolve_ds_anchors(cfg, file).await.map_err(|e| {
+                    let e = format!("{}: {e}", path.display());
+                    tracing::error!(
+                        error = %e,
+                        "dns.trust_anchor: DS anchor unusable; no DNSSEC validation, deliveries are deferred"
+                    );
+                    ResolverSetupError::Anchor(e)
+                })?
             }
             None => TrustAnchors::default(),
         };
@@ -191,6 +204,74 @@ pub fn build_resolver(cfg: &DnsConfig) -> Result<TokioResolver, ResolverSetupErr
         builder = builder.with_trust_anchor(Arc::new(anchors));
     }
     Ok(builder.build()?)
+}
+
+fn resolver_builder(
+    cfg: &DnsConfig,
+) -> Result<ResolverBuilder<TokioRuntimeProvider>, ResolverSetupError> {
+    Ok(if cfg.servers.is_empty() {
+        TokioResolver::builder_tokio()?
+    } else {
+        let (config, options) = resolver_config(cfg);
+        TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+            .with_options(options)
+    })
+}
+
+/// The file's DNSKEY keys plus, for each DS owner, the keys of its DNSKEY RRset (asked
+/// without validation) that one of its DS lines names.
+async fn resolve_ds_anchors(
+    cfg: &DnsConfig,
+    file: super::dane::TrustAnchorFile,
+) -> Result<TrustAnchors, String> {
+    let mut anchors = file.keys;
+    if file.ds.is_empty() {
+        return Ok(anchors);
+    }
+    let plain = resolver_builder(cfg)
+        .map_err(|e| e.to_string())?
+        .build()
+        .map_err(|e| format!("cannot set up the DNS resolver: {e}"))?;
+    let mut owners: Vec<&Name> = Vec::new();
+    for (owner, _) in &file.ds {
+        if !owners.contains(&owner) {
+            owners.push(owner);
+        }
+    }
+    for owner in owners {
+        let ds: Vec<_> = file
+            .ds
+            .iter()
+            .filter(|(o, _)| o == owner)
+            .map(|(_, d)| d)
+            .collect();
+        let lookup = plain
+            .lookup(owner.clone(), RecordType::DNSKEY)
+            .await
+            .map_err(|e| format!("DS anchor for {owner}: DNSKEY lookup failed: {e}"))?;
+        let keys: Vec<DNSKEY> = lookup
+            .answers()
+            .iter()
+            .filter(|r| r.name == *owner)
+            .filter_map(|r| match &r.data {
+                RData::DNSSEC(DNSSECRData::DNSKEY(k)) => Some(k.clone()),
+                _ => None,
+            })
+            .collect();
+        let matched = super::dane::ds_anchor_keys(owner, &ds, &keys);
+        if matched.is_empty() {
+            let tags: Vec<String> = ds.iter().map(|d| d.key_tag().to_string()).collect();
+            return Err(format!(
+                "DS anchor for {owner} (key tag {}): none of the {} DNSKEY records of {owner} matches",
+                tags.join(", "),
+                keys.len()
+            ));
+        }
+        for key in matched {
+            anchors.insert_with_name(key.public_key(), LowerName::from(owner));
+        }
+    }
+    Ok(anchors)
 }
 
 /// The resolver configuration for the `[dns] servers` (each `IP:PORT`, UDP with TCP for

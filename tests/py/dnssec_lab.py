@@ -6,7 +6,8 @@
   signs every zone on load (``dnssec-signing: on``). A child listed in ``bogus_ds`` gets a DS
   that matches none of its keys: all its answers are bogus. A child in ``unsigned`` is
   delegated without DS: insecure. ``anchor_file`` holds the DNSKEY records of ``lab.``, the
-  trust anchor Postern validates from (``[dns] trust_anchor``).
+  trust anchor Postern validates from (``[dns] trust_anchor``); ``ds_file`` the same anchor
+  as the DS records of ``lab.``'s KSK (``keymgr ds``: SHA-256 and SHA-384).
 * ``LabCa`` / ``self_signed``: certificates made with ``openssl`` for the receivers: a lab CA
   (for DANE-TA) issuing leaf certificates, and self-signed ones (for DANE-EE).
 * ``tlsa_digest``: the association data of a TLSA ``U 1 1`` record (SHA2-256 of the SPKI) or
@@ -108,6 +109,7 @@ class SignedKnot:
         self.proc: subprocess.Popen | None = None
         self.conf = self.workdir / "knot.conf"
         self.anchor_file = self.workdir / "trust-anchor.keys"
+        self.ds_file = self.workdir / "trust-anchor.ds"
         self.log = self.workdir / "knotd.log"
 
     @property
@@ -157,6 +159,7 @@ class SignedKnot:
                 ds[zone] = [line for line in self._keymgr(zone, "ds").splitlines()
                             if " DS " in line and " 15 2 " in line]
         self.anchor_file.write_text(self._keymgr("lab.", "dnskey"))
+        self.ds_file.write_text(self._keymgr("lab.", "ds"))
 
         records: dict[str, list[str]] = {"lab.": []}
         for child, recs in self.children.items():

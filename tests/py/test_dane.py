@@ -239,9 +239,51 @@ def test_bad_dns_config_exit_2(make_postern, dns, word):
         r.stderr
 
 
-def test_ds_trust_anchor_is_refused(make_postern, tmp_path):
+def test_ds_trust_anchor_delivers_with_mode_dane(make_server, lab):
+    """The trust anchor file holds lab.'s DS lines only: Postern fetches lab.'s DNSKEY RRset,
+    takes the key the DS names as the anchor, and DANE-EE works as with the DNSKEY file."""
+    text = lab.dns.ds_file.read_text()
+    assert " DS " in text and "DNSKEY" not in text, text
+    srv = make_server(delivery_port=lab.port,
+                      dns={"servers": [f"127.0.0.1:{lab.dns.port}"], "dnssec": True,
+                           "trust_anchor": lab.dns.ds_file})
+    submit(srv, "ds1@ee.lab")
+    assert lab.ee.wait_for("ds1@ee.lab").tls
+    row = first_row(srv, "ds1@ee.lab")
+    assert row["tls"].startswith("dane/") and row["state"] == "delivered", row
+    # Validation is on: a bogus zone is still refused.
+    submit(srv, "ds2@bogus.lab")
+    row = first_row(srv, "ds2@bogus.lab")
+    assert row["state"] == "deferred" and "bogus" in row["reply"], row
+    assert not lab.saw("ds2@bogus.lab")
+
+
+def test_ds_matching_no_key_defers_everything(make_server, lab, tmp_path):
+    """A DS naming no key of lab. (the real key tag, a wrong digest): fail-closed, no resolver,
+    every delivery deferred, an error in the log naming the anchor file."""
+    tag = lab.dns.ds_file.read_text().split()[2]
+    anchor = tmp_path / "wrong.ds"
+    anchor.write_text(f"lab. DS {tag} 15 2 " + "00" * 32 + "\n")
+    srv = make_server(delivery_port=lab.port,
+                      dns={"servers": [f"127.0.0.1:{lab.dns.port}"], "dnssec": True,
+                           "trust_anchor": anchor})
+    for rcpt in ("wd1@ee.lab", "wd2@insecureplain.lab"):
+        submit(srv, rcpt)
+        row = first_row(srv, rcpt)
+        assert row["state"] == "deferred" and row["dsn"].startswith("4."), row
+        assert not lab.saw(rcpt)
+    log = srv.log_text()
+    assert "dns.trust_anchor" in log and str(anchor) in log and "lab." in log, srv.log_tail()
+
+
+@pytest.mark.parametrize("line", [
+    "lab. DS 4711 15 1 " + "00" * 20,     # SHA-1 is refused
+    "lab. DS 4711 15 2 " + "00" * 31,     # wrong digest length
+    "lab. DS 4711 15 2",                  # no digest
+])
+def test_bad_ds_trust_anchor_exit_2(make_postern, tmp_path, line):
     anchor = tmp_path / "ds.keys"
-    anchor.write_text("lab. DS 4711 15 2 " + "00" * 32 + "\n")
+    anchor.write_text(line + "\n")
     pt = make_postern()
     pt.write_config(dns={"trust_anchor": anchor})
     r = run([pt.binary, "--config", pt.config_path, "address", "list"], timeout=15)
