@@ -411,6 +411,14 @@ pub struct DeliveryConfig {
     /// Timeout for each reply of the remote server.
     #[serde(default = "default_command_timeout", with = "duration::serde_text")]
     pub command_timeout: Duration,
+    /// SMTP transactions in flight at once to one destination (the recipients' domain, or the
+    /// relay host); more wait for a slot (Postfix's `default_destination_concurrency_limit`).
+    #[serde(default = "default_max_per_destination")]
+    pub max_per_destination: usize,
+    /// How long a session is kept open after a transaction for the next message to the same
+    /// MX host; zero closes every session after its transaction.
+    #[serde(default = "default_connection_idle", with = "duration::serde_text")]
+    pub connection_idle: Duration,
 }
 
 impl Default for DeliveryConfig {
@@ -425,6 +433,8 @@ impl Default for DeliveryConfig {
             delay_warning: default_delay_warning(),
             connect_timeout: default_connect_timeout(),
             command_timeout: default_command_timeout(),
+            max_per_destination: default_max_per_destination(),
+            connection_idle: default_connection_idle(),
         }
     }
 }
@@ -452,6 +462,12 @@ fn default_connect_timeout() -> Duration {
 }
 fn default_command_timeout() -> Duration {
     Duration::from_secs(300)
+}
+fn default_max_per_destination() -> usize {
+    20
+}
+fn default_connection_idle() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// `[relay]`
@@ -719,6 +735,9 @@ impl Config {
         if self.delivery.port == 0 {
             return bad("delivery.port", "must be a TCP port (1-65535)");
         }
+        if self.delivery.max_per_destination == 0 {
+            return bad("delivery.max_per_destination", "must be at least 1");
+        }
         if self.delivery.retry_initial.is_zero() {
             return bad("delivery.retry_initial", "must be longer than zero");
         }
@@ -907,6 +926,21 @@ mod tests {
             let e = Config::parse(&text).unwrap_err().0;
             assert!(e.starts_with(key), "{extra}: {e}");
         }
+    }
+
+    #[test]
+    fn delivery_concurrency_and_reuse() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.delivery.max_per_destination, 20);
+        assert_eq!(c.delivery.connection_idle, Duration::from_secs(5));
+        let text =
+            format!("{MINIMAL}\n[delivery]\nmax_per_destination = 3\nconnection_idle = \"0s\"\n");
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.delivery.max_per_destination, 3);
+        assert!(c.delivery.connection_idle.is_zero());
+        let text = format!("{MINIMAL}\n[delivery]\nmax_per_destination = 0\n");
+        let e = Config::parse(&text).unwrap_err().0;
+        assert!(e.starts_with("delivery.max_per_destination"), "{e}");
     }
 
     #[test]

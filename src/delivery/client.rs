@@ -28,9 +28,19 @@
 //! cleartext without STARTTLS (RFC 7435: opportunistic security must not make delivery worse
 //! than cleartext). The report says which [`TlsMode`] carried the mail.
 //!
+//! Reuse ([`deliver_reusing`]): with `keep`, a session that answered a transaction and can
+//! still carry commands (not left inside DATA or after an error) is handed back as an
+//! [`IdleSession`] (stream, last EHLO extensions, TLS mode, peer, the policy it was made
+//! under) instead of getting QUIT; `pool.rs` keeps it. Given back later for the same peer and
+//! policy, it gets RSET (RFC 5321 4.1.1.5; 250 within 10 s, nothing unasked for buffered)
+//! before MAIL FROM; its report carries the session's [`TlsMode`]. Any failure before a
+//! transaction answer on it (the server closed it, 421, no reply) closes it and the
+//! transaction runs on a new connection as usual, which is safe: without the final dot's
+//! reply nothing was accepted, and a lost reply after the dot is an answer, not a failure.
+//!
 //! Bytes that arrive after the 220 to STARTTLS and before the handshake are refused
 //! (CVE-2011-0411-style injection). Not done here: choosing hosts and addresses (`mod.rs`),
-//! MTA-STS (later), BDAT, AUTH, connection reuse. DANE: under [`TlsPolicy::Dane`] and
+//! keeping idle sessions (`pool.rs`), BDAT, AUTH. DANE: under [`TlsPolicy::Dane`] and
 //! [`TlsPolicy::Encrypt`] no STARTTLS, a refused STARTTLS or a failed handshake (including a
 //! certificate the DANE verifier in `settings.tls_config` refuses) is
 //! [`ClientError::TlsRequired`], before any MAIL FROM: nothing of the message is sent.
@@ -221,17 +231,86 @@ pub async fn deliver<S: MessageSource>(
     txn: &Transaction<'_>,
     source: &S,
 ) -> Result<TransactionReport, ClientError> {
-    match attempt(settings, peer, policy, txn, source).await {
-        Err(ClientError::TlsHandshake { source: error }) if policy.allows_plaintext_fallback() => {
+    deliver_reusing(settings, peer, policy, txn, source, None, false)
+        .await
+        .result
+}
+
+/// What [`deliver_reusing`] did.
+#[derive(Debug)]
+pub struct Delivered {
+    /// As [`deliver`] answers.
+    pub result: Result<TransactionReport, ClientError>,
+    /// The answer came over the reused session.
+    pub reused: bool,
+    /// A new connection was tried (after no, or a failed, reused session); `result` is its
+    /// outcome.
+    pub fresh: bool,
+    /// The session to keep for the next transaction (only when `keep` was asked for, the
+    /// server answered and the session can still carry commands).
+    pub idle: Option<IdleSession>,
+}
+
+/// [`deliver`] over `reuse`, an idle session to the same peer made under the same policy,
+/// when given: RSET, then the transaction. A reused session that is dead, refuses RSET or
+/// fails before a transaction answer is closed and the transaction runs on a new connection,
+/// as [`deliver`] would (nothing of the message was accepted on it: an error after the final
+/// dot is an answer). With `keep`, the session that answered is handed back in
+/// [`Delivered::idle`] instead of getting QUIT.
+pub async fn deliver_reusing<S: MessageSource>(
+    settings: &ClientSettings,
+    peer: &Peer,
+    policy: TlsPolicy,
+    txn: &Transaction<'_>,
+    source: &S,
+    reuse: Option<IdleSession>,
+    keep: bool,
+) -> Delivered {
+    if let Some(idle) = reuse {
+        match idle.transaction(peer, txn, source).await {
+            Ok((report, idle)) => {
+                let idle = match (keep, idle) {
+                    (true, idle) => idle,
+                    (false, Some(idle)) => {
+                        idle.quit().await;
+                        None
+                    }
+                    (false, None) => None,
+                };
+                return Delivered {
+                    result: Ok(report),
+                    reused: true,
+                    fresh: false,
+                    idle,
+                };
+            }
+            Err(error) => tracing::debug!(
+                mx = %peer.host,
+                ip = %peer.addr.ip(),
+                error = %error,
+                "reused connection failed, opening a new one"
+            ),
+        }
+    }
+    let (result, idle) = match attempt(settings, peer, policy, txn, source, keep).await {
+        (Err(ClientError::TlsHandshake { source: error }), _)
+            if policy.allows_plaintext_fallback() =>
+        {
             tracing::info!(
                 mx = %peer.host,
                 ip = %peer.addr.ip(),
                 error = %error,
                 "TLS handshake failed, retrying the same host in plaintext"
             );
-            attempt(settings, peer, TlsPolicy::Plaintext, txn, source).await
+            attempt(settings, peer, TlsPolicy::Plaintext, txn, source, keep).await
         }
         other => other,
+    };
+    Delivered {
+        result,
+        reused: false,
+        fresh: true,
+        idle,
     }
 }
 
@@ -241,11 +320,138 @@ async fn attempt<S: MessageSource>(
     policy: TlsPolicy,
     txn: &Transaction<'_>,
     source: &S,
-) -> Result<TransactionReport, ClientError> {
-    let mut session = Session::connect(settings, peer).await?;
-    let result = converse(&mut session, settings, peer, policy, txn, source).await;
-    session.quit().await;
-    result
+    keep: bool,
+) -> (Result<TransactionReport, ClientError>, Option<IdleSession>) {
+    let mut session = match Session::connect(settings, peer).await {
+        Ok(session) => session,
+        Err(e) => return (Err(e), None),
+    };
+    match converse(&mut session, settings, peer, policy, txn, source).await {
+        Ok((report, ext)) if keep && session.usable => {
+            let idle = IdleSession {
+                tls: report.tls.clone(),
+                session,
+                ext,
+                peer: peer.clone(),
+                policy,
+            };
+            (Ok(report), Some(idle))
+        }
+        result => {
+            session.quit().await;
+            (result.map(|(report, _)| report), None)
+        }
+    }
+}
+
+/// Longest wait for the reply to RSET on a reused session: a session that was fine seconds
+/// ago answers at once, and a silent one is better replaced than waited for.
+const RESET_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A session kept open after a transaction answer, for the next transaction to the same
+/// peer under the same policy (`pool.rs`): it has had its greeting, EHLO and STARTTLS.
+pub struct IdleSession {
+    session: Session,
+    /// The extensions of the last EHLO (after STARTTLS when there was one).
+    ext: Extensions,
+    /// The protection the session has; also that of every transaction it carries.
+    tls: TlsMode,
+    peer: Peer,
+    /// The policy the session was made under ([`TlsPolicy::Plaintext`] after the cleartext
+    /// fallback).
+    policy: TlsPolicy,
+}
+
+impl std::fmt::Debug for IdleSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdleSession")
+            .field("peer", &self.peer)
+            .field("policy", &self.policy)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IdleSession {
+    /// The host and address connected to.
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    /// The policy the session was made under.
+    pub fn policy(&self) -> TlsPolicy {
+        self.policy
+    }
+
+    /// QUIT and close.
+    pub async fn quit(mut self) {
+        self.session.quit().await;
+    }
+
+    /// RSET, then the transaction. `Err` (the session closed) when RSET is not answered with
+    /// 250 or there is no transaction answer; `Ok` hands the session back when it can carry
+    /// another transaction.
+    async fn transaction<S: MessageSource>(
+        mut self,
+        peer: &Peer,
+        txn: &Transaction<'_>,
+        source: &S,
+    ) -> Result<(TransactionReport, Option<IdleSession>), ClientError> {
+        let result = self.reset_and_send(peer, txn, source).await;
+        match result {
+            Ok(recipients) => {
+                let report = TransactionReport {
+                    peer: peer.clone(),
+                    tls: self.tls.clone(),
+                    recipients,
+                };
+                let idle = if self.session.usable {
+                    Some(self)
+                } else {
+                    self.session.quit().await;
+                    None
+                };
+                Ok((report, idle))
+            }
+            Err(e) => {
+                self.session.quit().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn reset_and_send<S: MessageSource>(
+        &mut self,
+        peer: &Peer,
+        txn: &Transaction<'_>,
+        source: &S,
+    ) -> Result<Vec<RecipientOutcome>, ClientError> {
+        let session = &mut self.session;
+        if !session.buf.is_empty() {
+            // Something unasked for (a 421 before closing an idle connection).
+            session.usable = false;
+            return Err(ClientError::Closed {
+                phase: Command::Rset,
+            });
+        }
+        session.write(b"RSET\r\n", Command::Rset).await?;
+        let deadline = Instant::now() + RESET_TIMEOUT.min(session.command_timeout);
+        let reply = match session.read_reply_until(Command::Rset, deadline).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                session.usable = false;
+                return Err(e);
+            }
+        };
+        if reply.code != 250 {
+            return Err(ClientError::Rejected {
+                phase: Command::Rset,
+                reply,
+            });
+        }
+        let ext = self.ext.clone();
+        self.session.transaction(peer, txn, &ext, source).await
+    }
 }
 
 async fn converse<S: MessageSource>(
@@ -255,7 +461,7 @@ async fn converse<S: MessageSource>(
     policy: TlsPolicy,
     txn: &Transaction<'_>,
     source: &S,
-) -> Result<TransactionReport, ClientError> {
+) -> Result<(TransactionReport, Extensions), ClientError> {
     let greeting = session.read_reply(Command::Greeting).await?;
     if !greeting.is_positive() {
         // RFC 5321 3.1 / 4.3.2: 554 (or 421) instead of 220; Postfix's smtp_skip_5xx_greeting.
@@ -312,11 +518,12 @@ async fn converse<S: MessageSource>(
         });
     }
     let recipients = session.transaction(peer, txn, &ext, source).await?;
-    Ok(TransactionReport {
+    let report = TransactionReport {
         peer: peer.clone(),
         tls,
         recipients,
-    })
+    };
+    Ok((report, ext))
 }
 
 /// The `MAIL FROM` command line with the parameters the server supports.

@@ -22,7 +22,8 @@
 //! described in `crate::metrics`): `postern_delivery_recipients_total{result, tls}` per
 //! recipient and attempt (`result_label`, `tls_label`), `postern_delivery_retries_total`
 //! per message attempt after the first, `postern_delivery_connections_total{reused}` per
-//! connection a transaction used (`opened_connection`); the spool publishes the queue depth
+//! connection a transaction used (a new one as in `opened_connection`, or a reused idle
+//! session that carried the transaction); the spool publishes the queue depth
 //! and the oldest message's age.
 //!
 //! Shutdown: no new message is taken; a message in progress finishes its current transaction,
@@ -45,7 +46,18 @@
 //! with TLS mode `mta-sts`; `postern_delivery_mta_sts_failures_total{reason}` counts failures.
 //! `testing` and `none` policies change nothing.
 //!
-//! Not here (later): per-destination concurrency limits, connection reuse across messages.
+//! Concurrency and reuse (`pool.rs`): a group waits for one of its destination's
+//! `[delivery] max_per_destination` slots (the destination is the recipients' domain, or the
+//! relay host) right before its host loop and holds it until its transaction is over; a
+//! waiting group is delayed, never failed (a shutdown meanwhile defers it, 4.3.2). After a
+//! transaction answer the session is kept idle for `[delivery] connection_idle` under its MX
+//! host, address and TLS policy; the next group for that host, address and policy sends RSET
+//! on it and its transaction follows. A reused session that is dead or refuses RSET is closed
+//! and a new connection made, as if there had been none (never a failed attempt). Such a
+//! transaction is counted as `postern_delivery_connections_total{reused="true"}` and logged
+//! with the TLS mode the session has. Sessions never cross TLS policies, and a cleartext
+//! session after a failed opportunistic handshake is not reused. Idle sessions get QUIT when
+//! their time is up and at shutdown. `connection_idle = "0s"` closes every session at once.
 
 pub mod client;
 pub mod dane;
@@ -55,6 +67,7 @@ pub mod log;
 pub mod mta_sts;
 pub mod mx;
 pub mod outcome;
+pub mod pool;
 pub mod reply;
 pub mod retry;
 pub mod tls;
@@ -229,7 +242,17 @@ pub async fn run(
             None
         }
     };
+    let limiter = pool::Limiter::new(config.delivery.max_per_destination);
+    let sessions = pool::SessionCache::new(
+        config.delivery.connection_idle,
+        config.delivery.max_per_destination,
+    );
+    if let Some(cache) = &sessions {
+        tokio::spawn(cache.clone().reap(shutdown.clone()));
+    }
     let worker = Arc::new(Worker {
+        limiter,
+        sessions,
         mta_sts,
         log: delivery_log.clone(),
         client: ClientSettings {
@@ -277,6 +300,9 @@ pub async fn run(
         );
     }
     tasks.wait().await;
+    if let Some(cache) = &worker.sessions {
+        cache.close_all().await;
+    }
     if let Some(log) = delivery_log {
         let _ = tokio::task::spawn_blocking(move || log.close()).await;
     }
@@ -319,6 +345,10 @@ struct Worker {
     mta_sts: Option<mta_sts::MtaSts>,
     client: ClientSettings,
     shutdown: CancellationToken,
+    /// `[delivery] max_per_destination`: transactions in flight per destination.
+    limiter: pool::Limiter<Destination>,
+    /// Idle sessions for reuse; `None` when `[delivery] connection_idle` is zero.
+    sessions: Option<Arc<pool::SessionCache>>,
 }
 
 /// The outcome of one group: where it went and what each recipient got.
@@ -480,6 +510,15 @@ impl Worker {
         let mut sts_refusal: Option<String> = None;
         let mut sts_applied = false;
 
+        // `[delivery] max_per_destination`: wait for a slot, held until the group is done.
+        let _slot = tokio::select! {
+            biased;
+            slot = self.limiter.acquire(destination) => slot,
+            _ = self.shutdown.cancelled() => {
+                return self.failed_group(indices, None, &DeliveryError::Shutdown);
+            }
+        };
+
         let mut tried = 0;
         let mut last: Option<(Peer, client::ClientError)> = None;
         let mut lookup_failure: Option<mx::MxError> = None;
@@ -559,7 +598,18 @@ impl Worker {
                     host: host.name.clone(),
                     addr: SocketAddr::new(ip, route.port),
                 };
-                let result = client::deliver(settings, &peer, policy, &txn, &source).await;
+                // An idle session to this address under this policy carries the transaction
+                // when it can; otherwise (or when it turns out dead) a new connection does.
+                let key = pool::SessionKey::new(&peer, policy);
+                let reuse = self.sessions.as_ref().and_then(|cache| cache.take(&key));
+                let keep = self.sessions.is_some() && !self.shutdown.is_cancelled();
+                let delivered =
+                    client::deliver_reusing(settings, &peer, policy, &txn, &source, reuse, keep)
+                        .await;
+                if let (Some(cache), Some(idle)) = (&self.sessions, delivered.idle) {
+                    cache.put(idle);
+                }
+                let result = delivered.result;
                 if let Err(client::ClientError::TlsRequired { reason, .. }) = &result {
                     if policy == TlsPolicy::MtaSts {
                         self.metrics.mta_sts_failure(reason);
@@ -567,7 +617,9 @@ impl Worker {
                         self.metrics.dane_failure(reason);
                     }
                 }
-                if opened_connection(&result) {
+                if delivered.reused {
+                    self.metrics.delivery_connection(true);
+                } else if delivered.fresh && opened_connection(&result) {
                     self.metrics.delivery_connection(false);
                 }
                 match result {

@@ -69,6 +69,8 @@ pub enum Command {
     Data,
     /// The message body and its final dot.
     DataEnd,
+    /// RSET before a transaction on a reused session.
+    Rset,
 }
 
 impl fmt::Display for Command {
@@ -82,6 +84,7 @@ impl fmt::Display for Command {
             Command::Rcpt => "RCPT TO",
             Command::Data => "DATA",
             Command::DataEnd => "end of DATA",
+            Command::Rset => "RSET",
         })
     }
 }

@@ -14,8 +14,8 @@
 //! - `postern_delivery_retries_total`: delivery attempts of a message after its first (one per
 //!   message and attempt, whatever its recipient count).
 //! - `postern_delivery_connections_total{reused}`: SMTP connections a delivery used, `reused`
-//!   `false` for a new one and `true` for one taken from a pool (not built yet: every
-//!   transaction opens its own connection today).
+//!   `false` for a new one and `true` for an idle session that carried the transaction
+//!   (`src/delivery/pool.rs`).
 //! - `postern_delivery_bounces_total{kind}`: DSNs enqueued to senders (`src/delivery/dsn.rs`),
 //!   `kind` `failure`, `delay` or `success`; one per DSN, whatever its recipient count.
 //! - `postern_spool_messages`: messages in the spool (queued or in flight).
