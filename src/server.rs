@@ -121,7 +121,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     {
         tracing::warn!("sessions still open after the grace period; closing them");
     }
-    let _ = tokio::time::timeout(Duration::from_secs(5), services.wait()).await;
+    // Deliveries in progress finish their transaction (the worker starts no new one): cutting
+    // one after the final dot but before its outcome is recorded would send it twice.
+    let delivery_grace = config.delivery.command_timeout + Duration::from_secs(5);
+    if tokio::time::timeout(delivery_grace, services.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("deliveries still running after the grace period; stopping them");
+    }
     tracing::info!(spooled = spool.len(), "stopped");
     Ok(())
 }

@@ -826,7 +826,14 @@ impl Worker {
         for (addresses, group) in &groups {
             self.log_group(envelope, addresses, group);
             if self.log.is_some() {
-                records.extend(log_records(envelope, addresses, group, time_ms, attempt));
+                let mut group_records = log_records(envelope, addresses, group, time_ms, attempt);
+                // A failure whose DSN could not be enqueued stays pending: logged as deferred.
+                for (record, (index, _)) in group_records.iter_mut().zip(&group.recipients) {
+                    if notices.unsent_failures.contains(index) {
+                        record.state = log::LogState::Deferred;
+                    }
+                }
+                records.extend(group_records);
             }
             for (index, outcome) in &group.recipients {
                 self.metrics.delivery_recipient(
@@ -850,15 +857,21 @@ impl Worker {
                 });
             }
         }
-        if let Some(log) = &self.log {
-            log.submit(records);
-        }
-        if let Err(e) = self
+        // The log follows the spool: an attempt the spool did not record (it will be made
+        // again under the same number) is not logged either.
+        match self
             .spool
             .record_attempt(&envelope.id, results, retry_at)
             .await
         {
-            tracing::error!(queue_id = %envelope.id, error = %e, "cannot record the delivery attempt");
+            Ok(()) => {
+                if let Some(log) = &self.log {
+                    log.submit(records);
+                }
+            }
+            Err(e) => {
+                tracing::error!(queue_id = %envelope.id, error = %e, "cannot record the delivery attempt");
+            }
         }
     }
 

@@ -18,7 +18,8 @@
 //! - `enforce`: only MX hosts matching the policy's `mx` patterns are used (section 4.1:
 //!   `*.example.net` matches one leftmost label), STARTTLS is mandatory, and the certificate
 //!   must be WebPKI-valid for the MX host name; anything else defers the message (4.7.5 class).
-//! - `testing`: delivery as without a policy (opportunistic TLS); failures are only logged.
+//! - `testing`: delivery as without a policy (opportunistic TLS); TLS-RPT (RFC 8460), where
+//!   such failures would be reported, is not implemented.
 //! - `none`: no policy.
 //!
 //! DANE takes precedence: a destination whose MX hosts have usable TLSA records is delivered
@@ -306,7 +307,8 @@ pub async fn fetch_policy_text(
             .get(hyper::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        if !media.trim().to_ascii_lowercase().starts_with("text/plain") {
+        let essence = media.split(';').next().unwrap_or("").trim();
+        if !essence.eq_ignore_ascii_case("text/plain") {
             return Err(StsError::Fetch(format!(
                 "media type {media:?} is not text/plain"
             )));
@@ -323,28 +325,49 @@ pub async fn fetch_policy_text(
         .map_err(|_| StsError::Fetch("timed out".into()))?
 }
 
+/// A cached policy is fetched again, even under an unchanged TXT `id`, once this share of its
+/// `max_age` has passed (at most [`REFRESH_MAX`]): a policy in use never lapses just because
+/// its first fetch is old (RFC 8461 section 10.2: refresh before expiry).
+const REFRESH_SHARE: u32 = 2;
+/// Longest time a policy is used without a refresh attempt.
+const REFRESH_MAX: Duration = Duration::from_secs(86_400);
+
+/// A cached policy, when it was fetched, when it expires.
+type CacheEntry = (Arc<Policy>, Instant, Instant);
+
 /// Cached policies by domain.
 #[derive(Default)]
 pub struct PolicyCache {
-    entries: Mutex<HashMap<String, (Arc<Policy>, Instant)>>,
+    entries: Mutex<HashMap<String, CacheEntry>>,
 }
 
 impl PolicyCache {
     /// The unexpired cached policy of `domain`.
     pub fn get(&self, domain: &str, now: Instant) -> Option<Arc<Policy>> {
+        self.entry(domain, now).map(|(policy, _)| policy)
+    }
+
+    /// The unexpired cached policy of `domain` and whether it is due for a refresh.
+    fn entry(&self, domain: &str, now: Instant) -> Option<(Arc<Policy>, bool)> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries
             .get(domain)
-            .filter(|(_, expires)| *expires > now)
-            .map(|(policy, _)| policy.clone())
+            .filter(|(_, _, expires)| *expires > now)
+            .map(|(policy, fetched, _)| {
+                let refresh_after = (policy.max_age / REFRESH_SHARE).min(REFRESH_MAX);
+                (
+                    policy.clone(),
+                    now.duration_since(*fetched) >= refresh_after,
+                )
+            })
     }
 
     /// Stores `policy` for `domain` until `now + max_age`.
     pub fn put(&self, domain: &str, policy: Arc<Policy>, now: Instant) {
         let expires = now + policy.max_age;
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.retain(|_, (_, e)| *e > now);
-        entries.insert(domain.to_string(), (policy, expires));
+        entries.retain(|_, (_, _, e)| *e > now);
+        entries.insert(domain.to_string(), (policy, now, expires));
     }
 }
 
@@ -361,14 +384,16 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<String, StsError>>,
 {
-    let cached = cache.get(domain, now);
+    let entry = cache.entry(domain, now);
+    let cached = entry.as_ref().map(|(policy, _)| policy.clone());
     let id = match txt {
         Ok(id) => id,
         // No record (or it could not be read): an unexpired policy stays in force.
         Err(_) => return cached,
     };
-    if let Some(policy) = &cached
+    if let Some((policy, due)) = &entry
         && policy.id == id
+        && !due
     {
         return cached;
     }
@@ -418,6 +443,13 @@ impl MtaSts {
         resolver: &hickory_resolver::TokioResolver,
         domain: &str,
     ) -> Option<Arc<Policy>> {
+        // An internationalised domain is looked up, named in `Host:` and checked in the
+        // certificate in its ASCII form (A-labels).
+        let Ok(ascii) = idna::domain_to_ascii(domain) else {
+            tracing::info!(domain, "MTA-STS: the domain has no ASCII form");
+            return None;
+        };
+        let domain = ascii.as_str();
         let txt = match resolver.txt_lookup(format!("_mta-sts.{domain}.")).await {
             Ok(lookup) => parse_txt(
                 &lookup
@@ -575,8 +607,43 @@ mod tests {
                 .id,
             "b"
         );
+        // Half the max_age later the same id is fetched again; a failure keeps the policy,
+        // a success extends it.
+        let half = t0 + Duration::from_secs(1800);
+        assert_eq!(
+            resolve_policy(&cache, "d", Ok("b".into()), fail, half)
+                .await
+                .unwrap()
+                .id,
+            "b"
+        );
+        let fetched = std::cell::Cell::new(false);
+        let refetch = || async {
+            fetched.set(true);
+            Ok(policy("b", 3600))
+        };
+        assert!(
+            resolve_policy(&cache, "d", Ok("b".into()), refetch, half)
+                .await
+                .is_some()
+        );
+        assert!(fetched.get());
+        let after_first_expiry = t0 + Duration::from_secs(3601);
+        assert_eq!(
+            resolve_policy(
+                &cache,
+                "d",
+                Err(StsError::NoRecord),
+                never,
+                after_first_expiry
+            )
+            .await
+            .unwrap()
+            .id,
+            "b"
+        );
         // Expired: gone.
-        let later = t0 + Duration::from_secs(3601);
+        let later = half + Duration::from_secs(3601);
         assert!(
             resolve_policy(&cache, "d", Err(StsError::NoRecord), never, later)
                 .await

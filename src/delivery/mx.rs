@@ -335,13 +335,7 @@ pub async fn lookup_mx_secure(
             (records, secure)
         }
         Err(e) => match classify_lookup_error(&e) {
-            LookupFailure::NoData => {
-                let secure = matches!(
-                    &e,
-                    NetError::Dns(DnsError::Nsec { proof, .. }) if *proof == Proof::Secure
-                );
-                (Vec::new(), secure)
-            }
+            LookupFailure::NoData => (Vec::new(), denial_is_secure(&e)),
             LookupFailure::Bogus => return Err(bogus()),
             LookupFailure::NxDomain => {
                 return Err(MxError::NxDomain {
@@ -359,6 +353,29 @@ pub async fn lookup_mx_secure(
     };
     let mut rng = rand::rng();
     Ok((order_mx(domain, records, &mut rng)?, secure))
+}
+
+/// Whether a "no such records" answer was proven by DNSSEC (RFC 7672 section 2.2.1: a secure
+/// denial of the MX RRset makes the implicit MX eligible for DANE). A validated denial reaches
+/// us as `NoRecordsFound` whose authority section holds the NSEC/NSEC3 records with their
+/// proofs; hickory reports unproven denials as `Nsec` errors with a non-secure proof.
+fn denial_is_secure(error: &NetError) -> bool {
+    match error {
+        NetError::Dns(DnsError::Nsec { proof, .. }) => *proof == Proof::Secure,
+        NetError::Dns(DnsError::NoRecordsFound(no)) => no.authorities.as_ref().is_some_and(|a| {
+            let mut denials = a.iter().filter(|r| {
+                matches!(
+                    r.record_type(),
+                    hickory_resolver::proto::rr::RecordType::NSEC
+                        | hickory_resolver::proto::rr::RecordType::NSEC3
+                )
+            });
+            let first = denials.next();
+            first.is_some_and(|r| r.proof == Proof::Secure)
+                && denials.all(|r| r.proof == Proof::Secure)
+        }),
+        _ => false,
+    }
 }
 
 /// The addresses of one host: IPv4 first, then IPv6. An empty list means DNS says the host

@@ -68,6 +68,10 @@ def lab(tmp_path_factory) -> Lab:
         "pkix": mx("127.0.0.13") + [f"_25._tcp.mx IN TLSA 1 1 1 {tlsa_digest(ee.cert)}"],
         "insecure": mx("127.0.0.13") + [ee_311],
         "insecureplain": mx("127.0.0.12"),
+        # No MX: the securely denied MX RRset makes the domain itself the implicit MX, and
+        # DANE applies to it (RFC 7672 2.2.1).
+        "implicit": ["@ IN A 127.0.0.11", f"_25._tcp IN TLSA 3 1 1 {tlsa_digest(ee.cert)}"],
+        "implicitbad": ["@ IN A 127.0.0.13", f"_25._tcp IN TLSA 3 1 1 {tlsa_digest(ee.cert)}"],
     }
     dns = SignedKnot(d / "knot", children, unsigned={"insecure", "insecureplain"},
                      bogus_ds={"bogus", "_tcp.mx.bogustlsa"}).start()
@@ -288,3 +292,18 @@ def test_bad_ds_trust_anchor_exit_2(make_postern, tmp_path, line):
     pt.write_config(dns={"trust_anchor": anchor})
     r = run([pt.binary, "--config", pt.config_path, "address", "list"], timeout=15)
     assert r.returncode == 2 and "dns.trust_anchor" in r.stderr and "DS" in r.stderr, r.stderr
+
+
+def test_implicit_mx_with_secure_denial_gets_dane(dsrv, lab):
+    """A domain without MX records whose denial is signed: its own TLSA record applies."""
+    submit(dsrv, "i1@implicit.lab")
+    lab.ee.wait_for("i1@implicit.lab")
+    row = first_row(dsrv, "i1@implicit.lab")
+    assert row["state"] == "delivered" and row["tls"].startswith("dane/"), row
+    assert row["peer"] == "implicit.lab[127.0.0.11]", row
+
+
+def test_implicit_mx_tlsa_mismatch_defers(dsrv, lab):
+    """The same with a certificate matching no TLSA record: deferred, never cleartext."""
+    submit(dsrv, "i2@implicitbad.lab")
+    assert_deferred_dane(dsrv, lab, "i2@implicitbad.lab", "TLS required by DANE")
