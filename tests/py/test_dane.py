@@ -72,6 +72,14 @@ def lab(tmp_path_factory) -> Lab:
         # DANE applies to it (RFC 7672 2.2.1).
         "implicit": ["@ IN A 127.0.0.11", f"_25._tcp IN TLSA 3 1 1 {tlsa_digest(ee.cert)}"],
         "implicitbad": ["@ IN A 127.0.0.13", f"_25._tcp IN TLSA 3 1 1 {tlsa_digest(ee.cert)}"],
+        # Row 5: the MX host's addresses are in the bogus zone.
+        "bogushost": ["@ IN MX 10 mx.bogus.lab."],
+        # Row 6: secure MX RRset, host in the unsigned zone (whose TLSA would not match).
+        "insecurehost": ["@ IN MX 10 mx.insecure.lab."],
+        # Row 7: the MX host is a secure CNAME to mx.ee.lab, whose TLSA record matches.
+        "cname": ["@ IN MX 10 mx", "mx IN CNAME mx.ee.lab."],
+        # Row 9: signed zone, no TLSA record for the host.
+        "notlsa": mx("127.0.0.13"),
     }
     dns = SignedKnot(d / "knot", children, unsigned={"insecure", "insecureplain"},
                      bogus_ds={"bogus", "_tcp.mx.bogustlsa"}).start()
@@ -307,3 +315,37 @@ def test_implicit_mx_tlsa_mismatch_defers(dsrv, lab):
     """The same with a certificate matching no TLSA record: deferred, never cleartext."""
     submit(dsrv, "i2@implicitbad.lab")
     assert_deferred_dane(dsrv, lab, "i2@implicitbad.lab", "TLS required by DANE")
+
+
+def test_bogus_host_addresses_skip_the_host(dsrv, lab):
+    """Decision table row 5: the only MX host's A lookup is bogus: deferred, nothing sent."""
+    submit(dsrv, "bh1@bogushost.lab")
+    row = first_row(dsrv, "bh1@bogushost.lab")
+    assert row["state"] == "deferred" and row["dsn"].startswith("4."), row
+    assert "bogus" in row["reply"], row
+    assert not lab.saw("bh1@bogushost.lab")
+
+
+def test_insecure_host_under_secure_mx_is_opportunistic(dsrv, lab):
+    """Row 6: secure MX, host addresses insecure: no TLSA lookup (the unsigned zone's
+    mismatching record is ignored), opportunistic TLS."""
+    submit(dsrv, "ih1@insecurehost.lab")
+    assert lab.other.wait_for("ih1@insecurehost.lab").tls
+    row = first_row(dsrv, "ih1@insecurehost.lab")
+    assert row["tls"].startswith("opportunistic/") and row["state"] == "delivered", row
+
+
+def test_secure_cname_uses_the_expanded_names_tlsa(dsrv, lab):
+    """Row 7: the MX host is a secure CNAME; the TLSA record of the expanded name applies."""
+    submit(dsrv, "cn1@cname.lab")
+    lab.ee.wait_for("cn1@cname.lab")
+    row = first_row(dsrv, "cn1@cname.lab")
+    assert row["tls"].startswith("dane/") and row["state"] == "delivered", row
+
+
+def test_secure_zone_without_tlsa_is_opportunistic(dsrv, lab):
+    """Row 9: secure MX and addresses, TLSA denied: no DANE for the host, opportunistic TLS."""
+    submit(dsrv, "nx1@notlsa.lab")
+    assert lab.other.wait_for("nx1@notlsa.lab").tls
+    row = first_row(dsrv, "nx1@notlsa.lab")
+    assert row["tls"].startswith("opportunistic/") and row["state"] == "delivered", row
