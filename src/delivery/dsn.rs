@@ -153,6 +153,9 @@ pub enum Returned {
     Full,
     /// `text/rfc822-headers`: its header section.
     Headers,
+    /// No third part: the original could not be read from the spool (the DSN still goes out,
+    /// rather than being retried forever).
+    Nothing,
 }
 
 /// The module docs' RET rule.
@@ -265,6 +268,11 @@ fn ms_time(ms: u64) -> SystemTime {
 /// The DSN around the returned content: `(front, back)`; the original (whole, or its header
 /// section) goes between them.
 pub fn render(report: &Report<'_>) -> (String, String) {
+    render_returning(report, report.returned)
+}
+
+/// [`render`] with the third part chosen by `returned`.
+fn render_returning(report: &Report<'_>, returned: Returned) -> (String, String) {
     let host = clean(report.hostname);
     let b = &report.boundary;
     let original = report.original;
@@ -289,7 +297,7 @@ pub fn render(report: &Report<'_>) -> (String, String) {
     out.push_str("\r\nThis is a MIME-encapsulated message (RFC 3464 delivery status).\r\n\r\n");
 
     // Part 1: for people.
-    let text = human_text(report, &host);
+    let text = human_text(report, &host, returned);
     out.push_str(&format!("--{b}\r\n"));
     out.push_str("Content-Description: Notification\r\n");
     if text.is_ascii() {
@@ -345,8 +353,12 @@ pub fn render(report: &Report<'_>) -> (String, String) {
     out.push_str("\r\n");
 
     // Part 3: the original.
+    if returned == Returned::Nothing {
+        return (out, format!("--{b}--\r\n"));
+    }
     out.push_str(&format!("--{b}\r\n"));
-    match report.returned {
+    match returned {
+        Returned::Nothing => {}
         Returned::Full => {
             out.push_str("Content-Description: Undelivered message\r\n");
             out.push_str("Content-Type: message/rfc822\r\n");
@@ -363,7 +375,7 @@ pub fn render(report: &Report<'_>) -> (String, String) {
     (out, format!("\r\n--{b}--\r\n"))
 }
 
-fn human_text(report: &Report<'_>, host: &str) -> String {
+fn human_text(report: &Report<'_>, host: &str, returned: Returned) -> String {
     let mut t = format!("This is the mail delivery system at {host}.\r\n\r\n");
     t.push_str(match report.kind {
         Kind::Failure => {
@@ -395,13 +407,16 @@ fn human_text(report: &Report<'_>, host: &str) -> String {
     }
     t.push_str("\r\n");
     let size_note = report.kind == Kind::Failure
-        && report.returned == Returned::Headers
+        && returned == Returned::Headers
         && !report
             .original
             .dsn_ret
             .as_deref()
             .is_some_and(|r| r.eq_ignore_ascii_case("HDRS"));
-    t.push_str(match (report.returned, size_note) {
+    t.push_str(match (returned, size_note) {
+        (Returned::Nothing, _) => {
+            "The message could not be read back from the queue, so it is not attached.\r\n"
+        }
         (Returned::Full, _) => "The message is attached.\r\n",
         (Returned::Headers, true) => {
             "The message is too large to return; its header is attached.\r\n"
@@ -421,6 +436,7 @@ pub fn build(report: &Report<'_>, original: &[u8]) -> Vec<u8> {
     let (front, back) = render(report);
     let mut out = front.into_bytes();
     match report.returned {
+        Returned::Nothing => {}
         Returned::Full => out.extend_from_slice(original),
         Returned::Headers => {
             for line in original.split_inclusive(|&b| b == b'\n') {
@@ -445,14 +461,32 @@ fn read_error(source: std::io::Error) -> SpoolError {
 /// Writes the DSN into a spool body, streaming the original from the spool, and commits it
 /// as a new message from `<>` to the original's sender.
 pub async fn enqueue(spool: &Spool, report: &Report<'_>) -> Result<(), SpoolError> {
-    let (front, back) = render(report);
     let original = report.original;
+    // An original that cannot be opened (a damaged spool) still gets its senders told.
+    let reader: Option<Box<dyn AsyncRead + Send + Unpin>> = match spool.open_message(original).await
+    {
+        Ok(reader) => Some(reader),
+        Err(e) => {
+            tracing::error!(queue_id = %original.id, error = %e, "DSN sent without the original");
+            None
+        }
+    };
+    let returned = if reader.is_some() {
+        report.returned
+    } else {
+        Returned::Nothing
+    };
+    let (front, back) = render_returning(report, returned);
     let eight_bit = !front.is_ascii() || original.body_8bit || original.smtputf8;
     let mut body = spool.new_body(report.id);
     body.write(front.as_bytes()).await?;
-    let reader: Box<dyn AsyncRead + Send + Unpin> = spool.open_message(original).await?;
+    let reader: Box<dyn AsyncRead + Send + Unpin> = match reader {
+        Some(reader) => reader,
+        None => Box::new(tokio::io::empty()),
+    };
     let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, reader);
-    match report.returned {
+    match returned {
+        Returned::Nothing => {}
         Returned::Full => loop {
             let chunk = reader.fill_buf().await.map_err(read_error)?;
             if chunk.is_empty() {

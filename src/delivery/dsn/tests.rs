@@ -194,6 +194,21 @@ fn headers_only_and_no_envid_or_orcpt() {
 }
 
 #[test]
+fn unreadable_original_gives_a_two_part_report() {
+    let env = envelope();
+    let id = SpoolId("DSN9".into());
+    let dsn = build(
+        &report(&env, &id, Kind::Failure, Returned::Nothing),
+        ORIGINAL,
+    );
+    let (_, body) = split(&dsn);
+    let p = parts(body, "BOUNDARY123");
+    assert_eq!(p.len(), 2, "{}", String::from_utf8_lossy(&dsn));
+    assert!(String::from_utf8_lossy(p[0]).contains("could not be read back from the queue"));
+    assert!(dsn.ends_with(b"\r\n--BOUNDARY123--\r\n"));
+}
+
+#[test]
 fn delay_dsn_fields() {
     let env = envelope();
     let id = SpoolId("DSN3".into());
