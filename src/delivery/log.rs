@@ -481,10 +481,16 @@ fn writer_loop(mut log: DeliveryLog, rx: &mpsc::Receiver<Message>, retention: Du
                 rx.try_recv().ok()
             };
         }
+        // One transaction: a failed insert wrote nothing, so one more try (a disk that was
+        // briefly full or busy) cannot duplicate rows; after that the rows are given up.
         if !batch.is_empty()
-            && let Err(e) = log.insert(&batch)
+            && let Err(first) = log.insert(&batch)
         {
-            tracing::error!(error = %e, records = batch.len(), "delivery log write failed");
+            std::thread::sleep(Duration::from_secs(1));
+            if let Err(e) = log.insert(&batch) {
+                tracing::error!(error = %e, first_error = %first, records = batch.len(),
+                    "delivery log write failed twice; records dropped");
+            }
         }
         if closing {
             return;
