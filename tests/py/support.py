@@ -209,6 +209,27 @@ def client_tls_context(*, min_version=None, max_version=None) -> ssl.SSLContext:
 
 
 # ---------------------------------------------------------------------------------------------
+# Delivery helpers shared by the delivery test modules
+# ---------------------------------------------------------------------------------------------
+def submit_as_alice(srv, rcpts, *, body: str = "Body line.\r\n", device: str = "laptop") -> str:
+    """Submits a small message as the standard account alice on 587 to ``rcpts`` (one address
+    or a list); returns the queue id."""
+    rcpts = [rcpts] if isinstance(rcpts, str) else list(rcpts)
+    alice = srv.alice
+    msg = make_message(sender=alice.address, to=rcpts[0], body=body)
+    client = srv.login(alice.address, alice.devices[device])
+    qid = client.transaction(alice.address, rcpts, msg)
+    client.quit()
+    return qid
+
+
+def delivery_log(srv, *args: str) -> list[dict]:
+    """`postern log ARGS... --json`: the delivery log records, oldest first."""
+    out = srv.cli("log", *args, "--json").stdout
+    return json.loads(out) if out else []
+
+
+# ---------------------------------------------------------------------------------------------
 # Messages
 # ---------------------------------------------------------------------------------------------
 def make_message(*, sender: str, to: str, subject: str = "test", body: str = "Hello.\r\n",

@@ -17,7 +17,7 @@ import dataclasses
 import pytest
 
 from dnssec_lab import LabCa, SignedKnot, self_signed, server_context, tlsa_digest
-from support import SmtpReceiver, free_port_on, make_message, run, wait_until
+from support import SmtpReceiver, free_port_on, run, submit_as_alice, wait_until
 
 COLUMNS = ("time", "queue_id", "sender", "recipient", "peer", "tls", "state", "dsn", "reply")
 HOSTS = ["127.0.0.11", "127.0.0.12", "127.0.0.13", "127.0.0.14", "127.0.0.15"]
@@ -107,15 +107,6 @@ def dsrv(make_server, lab):
                             "trust_anchor": lab.dns.anchor_file})
 
 
-def submit(srv, rcpt: str) -> str:
-    alice = srv.alice
-    msg = make_message(sender=alice.address, to=rcpt, body="DANE test.\r\n")
-    client = srv.login(alice.address, alice.devices["laptop"])
-    qid = client.transaction(alice.address, [rcpt], msg)
-    client.quit()
-    return qid
-
-
 def log_rows(srv, address) -> list[dict]:
     out = srv.cli("log", address).stdout
     return [dict(zip(COLUMNS, line.split(None, len(COLUMNS) - 1))) for line in out.splitlines()]
@@ -146,7 +137,7 @@ def test_lab_answers_are_signed(lab):
 
 def test_dane_ee_match_delivers_with_mode_dane(dsrv, lab):
     """3 1 1 matching the receiver's key: delivered, logged `dane` with version and cipher."""
-    submit(dsrv, "ee1@ee.lab")
+    submit_as_alice(dsrv, "ee1@ee.lab")
     got = lab.ee.wait_for("ee1@ee.lab")
     assert got.tls
     row = first_row(dsrv, "ee1@ee.lab")
@@ -157,20 +148,20 @@ def test_dane_ee_match_delivers_with_mode_dane(dsrv, lab):
 
 
 def test_tlsa_mismatch_defers_and_sends_nothing(dsrv, lab):
-    submit(dsrv, "mm1@mismatch.lab")
+    submit_as_alice(dsrv, "mm1@mismatch.lab")
     assert_deferred_dane(dsrv, lab, "mm1@mismatch.lab", "no TLSA record matches",
                          "tlsa_mismatch")
     assert not lab.other.received()
 
 
 def test_no_starttls_under_dane_defers(dsrv, lab):
-    submit(dsrv, "nt1@notls.lab")
+    submit_as_alice(dsrv, "nt1@notls.lab")
     assert_deferred_dane(dsrv, lab, "nt1@notls.lab", "STARTTLS not offered",
                          "starttls_not_offered")
 
 
 def test_first_mx_fails_dane_second_delivers(dsrv, lab):
-    submit(dsrv, "two1@twomx.lab")
+    submit_as_alice(dsrv, "two1@twomx.lab")
     lab.ee.wait_for("two1@twomx.lab")
     row = first_row(dsrv, "two1@twomx.lab")
     assert row["tls"].startswith("dane/") and row["state"] == "delivered", row
@@ -180,7 +171,7 @@ def test_first_mx_fails_dane_second_delivers(dsrv, lab):
 
 
 def test_bogus_mx_defers(dsrv, lab):
-    submit(dsrv, "bg1@bogus.lab")
+    submit_as_alice(dsrv, "bg1@bogus.lab")
     row = first_row(dsrv, "bg1@bogus.lab")
     assert (row["tls"], row["state"]) == ("-", "deferred"), row
     assert "bogus" in row["reply"] and row["dsn"] == "4.7.5", row
@@ -189,25 +180,25 @@ def test_bogus_mx_defers(dsrv, lab):
 
 
 def test_bogus_tlsa_defers(dsrv, lab):
-    submit(dsrv, "bt1@bogustlsa.lab")
+    submit_as_alice(dsrv, "bt1@bogustlsa.lab")
     assert_deferred_dane(dsrv, lab, "bt1@bogustlsa.lab", "bogus", "bogus_tlsa")
 
 
 def test_dane_ta_chain_and_name_deliver(dsrv, lab):
-    submit(dsrv, "ta1@ta.lab")
+    submit_as_alice(dsrv, "ta1@ta.lab")
     lab.ta.wait_for("ta1@ta.lab")
     row = first_row(dsrv, "ta1@ta.lab")
     assert row["tls"].startswith("dane/") and row["state"] == "delivered", row
 
 
 def test_dane_ta_wrong_name_defers(dsrv, lab):
-    submit(dsrv, "tw1@tawrong.lab")
+    submit_as_alice(dsrv, "tw1@tawrong.lab")
     assert_deferred_dane(dsrv, lab, "tw1@tawrong.lab", "names none of", "name_mismatch")
 
 
 def test_only_unusable_tlsa_means_mandatory_unauthenticated_tls(dsrv, lab):
     """PKIX-EE(1) is unusable for SMTP: TLS without authentication, logged opportunistic."""
-    submit(dsrv, "px1@pkix.lab")
+    submit_as_alice(dsrv, "px1@pkix.lab")
     got = lab.other.wait_for("px1@pkix.lab")
     assert got.tls
     row = first_row(dsrv, "px1@pkix.lab")
@@ -216,14 +207,14 @@ def test_only_unusable_tlsa_means_mandatory_unauthenticated_tls(dsrv, lab):
 
 def test_insecure_zone_is_opportunistic(dsrv, lab):
     """An unsigned zone (no DS): its TLSA record is ignored, STARTTLS without checks."""
-    submit(dsrv, "in1@insecure.lab")
+    submit_as_alice(dsrv, "in1@insecure.lab")
     assert lab.other.wait_for("in1@insecure.lab").tls
     row = first_row(dsrv, "in1@insecure.lab")
     assert row["tls"].startswith("opportunistic/") and row["state"] == "delivered", row
 
 
 def test_insecure_zone_without_starttls_is_cleartext(dsrv, lab):
-    submit(dsrv, "ip1@insecureplain.lab")
+    submit_as_alice(dsrv, "ip1@insecureplain.lab")
     assert not lab.plain.wait_for("ip1@insecureplain.lab").tls
     row = first_row(dsrv, "ip1@insecureplain.lab")
     assert (row["tls"], row["state"]) == ("plaintext", "delivered"), row
@@ -233,7 +224,7 @@ def test_dnssec_off_means_no_dane(make_server, lab):
     """`dnssec = false`: every answer insecure, so the mismatching TLSA record is not used."""
     srv = make_server(delivery_port=lab.port,
                       dns={"servers": [f"127.0.0.1:{lab.dns.port}"], "dnssec": False})
-    submit(srv, "off1@mismatch.lab")
+    submit_as_alice(srv, "off1@mismatch.lab")
     assert lab.other.wait_for("off1@mismatch.lab").tls
     row = first_row(srv, "off1@mismatch.lab")
     assert row["tls"].startswith("opportunistic/") and row["state"] == "delivered", row
@@ -259,12 +250,12 @@ def test_ds_trust_anchor_delivers_with_mode_dane(make_server, lab):
     srv = make_server(delivery_port=lab.port,
                       dns={"servers": [f"127.0.0.1:{lab.dns.port}"], "dnssec": True,
                            "trust_anchor": lab.dns.ds_file})
-    submit(srv, "ds1@ee.lab")
+    submit_as_alice(srv, "ds1@ee.lab")
     assert lab.ee.wait_for("ds1@ee.lab").tls
     row = first_row(srv, "ds1@ee.lab")
     assert row["tls"].startswith("dane/") and row["state"] == "delivered", row
     # Validation is on: a bogus zone is still refused.
-    submit(srv, "ds2@bogus.lab")
+    submit_as_alice(srv, "ds2@bogus.lab")
     row = first_row(srv, "ds2@bogus.lab")
     assert row["state"] == "deferred" and "bogus" in row["reply"], row
     assert not lab.saw("ds2@bogus.lab")
@@ -280,7 +271,7 @@ def test_ds_matching_no_key_defers_everything(make_server, lab, tmp_path):
                       dns={"servers": [f"127.0.0.1:{lab.dns.port}"], "dnssec": True,
                            "trust_anchor": anchor})
     for rcpt in ("wd1@ee.lab", "wd2@insecureplain.lab"):
-        submit(srv, rcpt)
+        submit_as_alice(srv, rcpt)
         row = first_row(srv, rcpt)
         assert row["state"] == "deferred" and row["dsn"].startswith("4."), row
         assert not lab.saw(rcpt)
@@ -304,7 +295,7 @@ def test_bad_ds_trust_anchor_exit_2(make_postern, tmp_path, line):
 
 def test_implicit_mx_with_secure_denial_gets_dane(dsrv, lab):
     """A domain without MX records whose denial is signed: its own TLSA record applies."""
-    submit(dsrv, "i1@implicit.lab")
+    submit_as_alice(dsrv, "i1@implicit.lab")
     lab.ee.wait_for("i1@implicit.lab")
     row = first_row(dsrv, "i1@implicit.lab")
     assert row["state"] == "delivered" and row["tls"].startswith("dane/"), row
@@ -313,13 +304,13 @@ def test_implicit_mx_with_secure_denial_gets_dane(dsrv, lab):
 
 def test_implicit_mx_tlsa_mismatch_defers(dsrv, lab):
     """The same with a certificate matching no TLSA record: deferred, never cleartext."""
-    submit(dsrv, "i2@implicitbad.lab")
+    submit_as_alice(dsrv, "i2@implicitbad.lab")
     assert_deferred_dane(dsrv, lab, "i2@implicitbad.lab", "TLS required by DANE")
 
 
 def test_bogus_host_addresses_skip_the_host(dsrv, lab):
     """Decision table row 5: the only MX host's A lookup is bogus: deferred, nothing sent."""
-    submit(dsrv, "bh1@bogushost.lab")
+    submit_as_alice(dsrv, "bh1@bogushost.lab")
     row = first_row(dsrv, "bh1@bogushost.lab")
     assert row["state"] == "deferred" and row["dsn"].startswith("4."), row
     assert "bogus" in row["reply"], row
@@ -329,7 +320,7 @@ def test_bogus_host_addresses_skip_the_host(dsrv, lab):
 def test_insecure_host_under_secure_mx_is_opportunistic(dsrv, lab):
     """Row 6: secure MX, host addresses insecure: no TLSA lookup (the unsigned zone's
     mismatching record is ignored), opportunistic TLS."""
-    submit(dsrv, "ih1@insecurehost.lab")
+    submit_as_alice(dsrv, "ih1@insecurehost.lab")
     assert lab.other.wait_for("ih1@insecurehost.lab").tls
     row = first_row(dsrv, "ih1@insecurehost.lab")
     assert row["tls"].startswith("opportunistic/") and row["state"] == "delivered", row
@@ -337,7 +328,7 @@ def test_insecure_host_under_secure_mx_is_opportunistic(dsrv, lab):
 
 def test_secure_cname_uses_the_expanded_names_tlsa(dsrv, lab):
     """Row 7: the MX host is a secure CNAME; the TLSA record of the expanded name applies."""
-    submit(dsrv, "cn1@cname.lab")
+    submit_as_alice(dsrv, "cn1@cname.lab")
     lab.ee.wait_for("cn1@cname.lab")
     row = first_row(dsrv, "cn1@cname.lab")
     assert row["tls"].startswith("dane/") and row["state"] == "delivered", row
@@ -345,7 +336,7 @@ def test_secure_cname_uses_the_expanded_names_tlsa(dsrv, lab):
 
 def test_secure_zone_without_tlsa_is_opportunistic(dsrv, lab):
     """Row 9: secure MX and addresses, TLSA denied: no DANE for the host, opportunistic TLS."""
-    submit(dsrv, "nx1@notlsa.lab")
+    submit_as_alice(dsrv, "nx1@notlsa.lab")
     assert lab.other.wait_for("nx1@notlsa.lab").tls
     row = first_row(dsrv, "nx1@notlsa.lab")
     assert row["tls"].startswith("opportunistic/") and row["state"] == "delivered", row

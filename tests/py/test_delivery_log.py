@@ -4,12 +4,12 @@ Receivers from conftest: tls.test's MX (127.0.0.2) offers STARTTLS, plain.test's
 does not; their default policy answers ``reject*`` with 550 5.1.1 and ``tempfail*`` with 451
 4.3.0 on the first attempt."""
 
-import json
 import time
 
 import pytest
 
-from support import make_message, wait_until
+from support import delivery_log, make_message, wait_until
+from support import submit_as_alice as submit
 
 # A table line: time, queue id, sender, recipient, mx[ip], tls, state, dsn, reply (spaces).
 COLUMNS = ("time", "queue_id", "sender", "recipient", "peer", "tls", "state", "dsn", "reply")
@@ -21,25 +21,10 @@ def dsrv(make_server, mx):
     return make_server(delivery_port=mx.port)
 
 
-def submit(srv, rcpts):
-    """Submits as alice on 587; returns the queue id."""
-    alice = srv.alice
-    msg = make_message(sender=alice.address, to=rcpts[0], body="Body line.\r\n")
-    client = srv.login(alice.address, alice.devices["laptop"])
-    qid = client.transaction(alice.address, rcpts, msg)
-    client.quit()
-    return qid
-
-
 def log_rows(srv, *args) -> list[dict]:
     """`postern log ARGS...` (table form) parsed into dicts."""
     out = srv.cli("log", *args).stdout
     return [dict(zip(COLUMNS, line.split(None, len(COLUMNS) - 1))) for line in out.splitlines()]
-
-
-def log_json(srv, *args) -> list[dict]:
-    out = srv.cli("log", *args, "--json").stdout
-    return json.loads(out) if out else []
 
 
 def wait_rows(srv, address, n, *args, timeout=20) -> list[dict]:
@@ -61,7 +46,7 @@ def test_starttls_delivery_is_logged_opportunistic(dsrv, mx):
     assert cipher.startswith("TLS13_"), row
     assert row["state"] == "delivered" and row["dsn"] == "2.0.0", row
     assert "250 2.0.0 Message accepted" in row["reply"], row
-    [rec] = log_json(dsrv, "t1@tls.test")
+    [rec] = delivery_log(dsrv, "t1@tls.test")
     assert (rec["tls_mode"], rec["tls_version"], rec["tls_cipher"]) == (mode, version, cipher)
     assert rec["attempt"] == 1 and rec["mx"] == "mx.tls.test" and rec["ip"] == "127.0.0.2"
 
@@ -73,7 +58,7 @@ def test_cleartext_delivery_is_logged_plaintext(dsrv, mx):
     assert row["tls"] == "plaintext", row
     assert row["peer"] == "mx.plain.test[127.0.0.3]"
     assert row["state"] == "delivered"
-    [rec] = log_json(dsrv, "p1@plain.test")
+    [rec] = delivery_log(dsrv, "p1@plain.test")
     assert rec["tls_mode"] == "plaintext"
     assert rec["tls_version"] is None and rec["tls_cipher"] is None
 
@@ -86,7 +71,7 @@ def test_4xx_then_success_logs_both_attempts_in_order(dsrv, mx):
     assert rows[0]["dsn"] == "4.3.0" and "451 4.3.0 Try again later" in rows[0]["reply"]
     assert "250" in rows[1]["reply"]
     assert {r["queue_id"] for r in rows} == {qid}
-    recs = log_json(dsrv, "tempfail-1@plain.test")
+    recs = delivery_log(dsrv, "tempfail-1@plain.test")
     assert [r["attempt"] for r in recs] == [1, 2]
     assert recs[0]["time_ms"] <= recs[1]["time_ms"]
     assert [r["state"] for r in log_rows(dsrv, "tempfail-1@plain.test", "--status",
@@ -131,7 +116,7 @@ def test_filters_and_json(dsrv, mx):
     time.sleep(1.2)
     assert dsrv.cli("log", "--since", "1s").stdout == ""
 
-    recs = log_json(dsrv, "--status", "delivered")
+    recs = delivery_log(dsrv, "--status", "delivered")
     assert len(recs) == 1
     assert set(recs[0]) == {"time", "time_ms", "queue_id", "sender", "recipient", "mx", "ip",
                             "tls_mode", "tls_version", "tls_cipher", "state", "dsn", "reply",

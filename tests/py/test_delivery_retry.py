@@ -6,37 +6,22 @@ does not; their default policy answers ``tempfail*`` with 451 4.3.0 on the first
 (counted by the receiver, which keeps running while Postern restarts) and ``reject*`` with
 550 5.1.1."""
 
-import json
 import time
 
 import pytest
 
-from support import SINK, make_message, wait_until
+from support import SINK, delivery_log, wait_until
+from support import submit_as_alice as submit
 
 RETRY_INITIAL = 6.0       # seconds: long enough to restart Postern before the retry is due
 JITTER = 0.1              # the retry schedule's ±10 %
 
 
-def submit(srv, rcpts) -> str:
-    """Submits as alice on 587; returns the queue id."""
-    alice = srv.alice
-    msg = make_message(sender=alice.address, to=rcpts[0], body="Body line.\r\n")
-    client = srv.login(alice.address, alice.devices["laptop"])
-    qid = client.transaction(alice.address, rcpts, msg)
-    client.quit()
-    return qid
-
-
-def log_json(srv, address) -> list[dict]:
-    out = srv.cli("log", address, "--json").stdout
-    return json.loads(out) if out else []
-
-
 def wait_states(srv, address, states, timeout=30) -> list[dict]:
     """Polls `postern log ADDRESS --json` until its states are ``states``; returns the records."""
-    wait_until(lambda: [r["state"] for r in log_json(srv, address)] == states, timeout,
+    wait_until(lambda: [r["state"] for r in delivery_log(srv, address)] == states, timeout,
                f"delivery log of {address} to be {states}")
-    return log_json(srv, address)
+    return delivery_log(srv, address)
 
 
 def metric(srv, series) -> float:

@@ -4,7 +4,6 @@ connections, concurrent ones and concurrent transactions. Postern delivers to it
 relay host (`[delivery] relayhost`): one destination, one host, one address."""
 
 import asyncio
-import json
 import threading
 import time
 
@@ -12,7 +11,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
 
-from support import free_port, make_message, wait_until
+from support import delivery_log, free_port, wait_until
+from support import submit_as_alice as submit
 
 REUSED = 'postern_delivery_connections_total{reused="true"}'
 NEW = 'postern_delivery_connections_total{reused="false"}'
@@ -131,20 +131,6 @@ def start(make_server, rcv: Receiver, **delivery):
     return make_server(delivery={"relayhost": f"[127.0.0.1]:{rcv.port}", **delivery})
 
 
-def submit(srv, rcpt: str) -> str:
-    alice = srv.alice
-    msg = make_message(sender=alice.address, to=rcpt, body="Body line.\r\n")
-    client = srv.login(alice.address, alice.devices["laptop"])
-    qid = client.transaction(alice.address, [rcpt], msg)
-    client.quit()
-    return qid
-
-
-def log_json(srv, address) -> list[dict]:
-    out = srv.cli("log", address, "--json").stdout
-    return json.loads(out) if out else []
-
-
 def metric(srv, series) -> float:
     value = srv.metric(series)
     return 0.0 if value is None else value
@@ -167,7 +153,7 @@ def test_concurrency_capped_per_destination(make_server, receiver, cap, messages
     if cap > 1:
         assert rcv.max_in_data >= 2, "no concurrency at all below the cap"
     for rcpt in rcpts:
-        wait_until(lambda: [r["state"] for r in log_json(srv, rcpt)] == ["delivered"], 10,
+        wait_until(lambda: [r["state"] for r in delivery_log(srv, rcpt)] == ["delivered"], 10,
                    f"{rcpt} delivered in one attempt")
 
 
@@ -186,7 +172,7 @@ def test_queued_messages_share_one_connection(make_server, receiver):
     wait_until(lambda: metric(srv, REUSED) == 3, 5, "3 reused connections counted")
     assert metric(srv, NEW) == 1
     for rcpt in rcpts:
-        [record] = log_json(srv, rcpt)
+        [record] = delivery_log(srv, rcpt)
         assert record["state"] == "delivered", record
         assert record["tls_mode"] == "plaintext" and record["ip"] == "127.0.0.1", record
         assert "250 2.0.0 Message accepted" in record["reply"], record
@@ -231,7 +217,7 @@ def test_dead_idle_connection_falls_back_to_a_new_one(make_server, receiver):
     got = rcv.wait_messages(2, timeout=10)
     assert len(rcv.connections) == 2, rcv.connections
     assert got[1][0] == rcv.connections[1] != rcv.connections[0]
-    [record] = wait_until(lambda: log_json(srv, "second@dest.test"), 5, "the log record")
+    [record] = wait_until(lambda: delivery_log(srv, "second@dest.test"), 5, "the log record")
     assert (record["state"], record["attempt"]) == ("delivered", 1), record
     assert "250 2.0.0 Message accepted" in record["reply"], record
     assert metric(srv, REUSED) == 0

@@ -14,14 +14,14 @@ Domains (each `_mta-sts` TXT record points at the policy server, each MX at a re
 from __future__ import annotations
 
 import http.server
-import json
 import ssl
 import threading
 from pathlib import Path
 
 import pytest
 
-from support import Knot, SmtpReceiver, free_port, free_port_on, make_message, run, wait_until
+from support import (Knot, SmtpReceiver, delivery_log, free_port, free_port_on, run,
+                     submit_as_alice, wait_until)
 
 GOOD_MX, BAD_MX, PLAIN_MX, POLICY_IP = "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"
 
@@ -157,27 +157,13 @@ def srv(lab, tmp_path_factory, postern_bin):
     pt.stop()
 
 
-def submit(srv, rcpt: str) -> str:
-    alice = srv.alice
-    client = srv.login(alice.address, alice.devices["laptop"])
-    qid = client.transaction(alice.address, [rcpt],
-                             make_message(sender=alice.address, to=rcpt, body="Hello.\r\n"))
-    client.quit()
-    return qid
-
-
-def log(srv, address: str) -> list[dict]:
-    out = srv.cli("log", address, "--json").stdout
-    return json.loads(out) if out else []
-
-
 def wait_log(srv, address: str, n: int = 1) -> list[dict]:
-    return wait_until(lambda: (rows := log(srv, address)) and len(rows) >= n and rows, 20,
+    return wait_until(lambda: (rows := delivery_log(srv, address)) and len(rows) >= n and rows, 20,
                       f"{n} delivery log rows for {address}")
 
 
 def test_enforce_with_a_valid_certificate_delivers_as_mta_sts(srv, lab):
-    submit(srv, "a@good.test")
+    submit_as_alice(srv, "a@good.test")
     lab["rx"][GOOD_MX].wait_for("a@good.test")
     [row] = wait_log(srv, "a@good.test")
     assert (row["state"], row["tls_mode"], row["mx"]) == ("delivered", "mta-sts", "mx.good.test")
@@ -186,7 +172,7 @@ def test_enforce_with_a_valid_certificate_delivers_as_mta_sts(srv, lab):
 
 
 def test_enforce_with_a_certificate_for_another_name_defers(srv, lab):
-    submit(srv, "b@wrongname.test")
+    submit_as_alice(srv, "b@wrongname.test")
     rows = wait_log(srv, "b@wrongname.test")
     assert rows[0]["state"] == "deferred", rows
     assert rows[0]["dsn"].startswith("4."), rows
@@ -195,14 +181,14 @@ def test_enforce_with_a_certificate_for_another_name_defers(srv, lab):
 
 
 def test_testing_mode_delivers_despite_the_bad_certificate(srv, lab):
-    submit(srv, "c@testing.test")
+    submit_as_alice(srv, "c@testing.test")
     lab["rx"][BAD_MX].wait_for("c@testing.test")
     [row] = wait_log(srv, "c@testing.test")
     assert (row["state"], row["tls_mode"]) == ("delivered", "opportunistic"), row
 
 
 def test_enforce_with_no_matching_mx_defers(srv, lab):
-    submit(srv, "d@nomatch.test")
+    submit_as_alice(srv, "d@nomatch.test")
     rows = wait_log(srv, "d@nomatch.test")
     assert rows[0]["state"] == "deferred", rows
     assert "MTA-STS" in rows[0]["reply"], rows
@@ -210,14 +196,14 @@ def test_enforce_with_no_matching_mx_defers(srv, lab):
 
 
 def test_enforce_without_starttls_defers(srv, lab):
-    submit(srv, "e@nostarttls.test")
+    submit_as_alice(srv, "e@nostarttls.test")
     rows = wait_log(srv, "e@nostarttls.test")
     assert rows[0]["state"] == "deferred", rows
     assert not any("e@nostarttls.test" in m.rcpt_tos for m in lab["rx"][PLAIN_MX].received())
 
 
 def test_unfetchable_policy_means_no_policy(srv, lab):
-    submit(srv, "f@nopolicy.test")
+    submit_as_alice(srv, "f@nopolicy.test")
     lab["rx"][BAD_MX].wait_for("f@nopolicy.test")
     [row] = wait_log(srv, "f@nopolicy.test")
     assert (row["state"], row["tls_mode"]) == ("delivered", "opportunistic"), row
