@@ -17,6 +17,7 @@
 //! - [`metrics`]: Prometheus metrics and the health endpoints.
 //! - [`config`]: the TOML configuration, strictly checked.
 //! - [`server`]: wires the pieces together for `postern serve`.
+//! - [`unix_time`]: Unix milliseconds, the crate's one stored time format (a leaf).
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod cli;
@@ -30,3 +31,4 @@ pub mod server;
 pub mod session;
 pub mod spool;
 pub mod store;
+pub mod unix_time;

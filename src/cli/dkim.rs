@@ -121,17 +121,9 @@ pub(super) fn run(cmd: DkimCommand, config: &Config, out: &mut dyn Write) -> any
             bits,
             activate,
         } => {
-            let domain = parse_hosting_domain(&domain)?;
-            let selector = parse_selector(&selector).map_err(anyhow::Error::msg)?;
-            let bits = match (algorithm, bits) {
-                (Algorithm::Ed25519, Some(_)) => {
-                    anyhow::bail!("--bits applies to RSA keys only; Ed25519 keys have one size")
-                }
-                (_, Some(bits)) => bits.parse().context("--bits")?,
-                (_, None) => 2048,
-            };
-            let material = KeyMaterial::generate(algorithm, bits)?;
-            store_and_print(config, out, domain, selector, material, activate)?;
+            let (domain, selector) = parse_key_name(&domain, &selector)?;
+            let material = KeyMaterial::generate(algorithm, key_bits(algorithm, bits)?)?;
+            store_and_print(config, out, domain, selector, material, activate)
         }
         DkimCommand::Import {
             domain,
@@ -139,87 +131,17 @@ pub(super) fn run(cmd: DkimCommand, config: &Config, out: &mut dyn Write) -> any
             key_file,
             activate,
         } => {
-            let domain = parse_hosting_domain(&domain)?;
-            let selector = parse_selector(&selector).map_err(anyhow::Error::msg)?;
+            let (domain, selector) = parse_key_name(&domain, &selector)?;
             let pem = std::fs::read(&key_file)
                 .with_context(|| format!("cannot read {}", key_file.display()))?;
             let material =
                 KeyMaterial::from_pem(&pem).with_context(|| format!("{}", key_file.display()))?;
-            store_and_print(config, out, domain, selector, material, activate)?;
+            store_and_print(config, out, domain, selector, material, activate)
         }
-        DkimCommand::Show { domain, selector } => {
-            let domain = parse_hosting_domain(&domain)?;
-            let selector = selector
-                .as_deref()
-                .map(parse_selector)
-                .transpose()
-                .map_err(anyhow::Error::msg)?;
-            let keys: Vec<DkimKeyInfo> = open_store(config)?
-                .list_dkim_keys(Some(&domain))?
-                .into_iter()
-                .filter(|k| selector.as_ref().is_none_or(|s| *s == k.selector))
-                .collect();
-            if keys.is_empty() {
-                match selector {
-                    Some(s) => {
-                        anyhow::bail!("DKIM selector \"{s}\" of domain \"{domain}\" not found")
-                    }
-                    None => anyhow::bail!("domain \"{domain}\" has no DKIM keys"),
-                }
-            }
-            for key in &keys {
-                writeln!(
-                    out,
-                    "; {} {}-{} {}",
-                    key.selector,
-                    key.algorithm.name(),
-                    key.bits,
-                    if key.active { "active" } else { "inactive" }
-                )?;
-                writeln!(
-                    out,
-                    "{}",
-                    zone_line(&key.domain, &key.selector, key.algorithm, &key.public_key)
-                )?;
-            }
-        }
-        DkimCommand::List { domain, json } => {
-            let domain = domain.as_deref().map(parse_hosting_domain).transpose()?;
-            let keys = open_store(config)?.list_dkim_keys(domain.as_deref())?;
-            if json {
-                let objects: Vec<KeyJson<'_>> = keys
-                    .iter()
-                    .map(|k| KeyJson {
-                        domain: &k.domain,
-                        selector: &k.selector,
-                        algorithm: k.algorithm,
-                        bits: k.bits,
-                        active: k.active,
-                        created_at: format_time(k.created_at),
-                        record: record_name(&k.domain, &k.selector),
-                        txt: txt_value(k.algorithm, &k.public_key),
-                    })
-                    .collect();
-                write_json(out, &objects)?;
-            } else {
-                let rows: Vec<Vec<String>> = keys
-                    .iter()
-                    .map(|k| {
-                        vec![
-                            k.domain.clone(),
-                            k.selector.clone(),
-                            format!("{}-{}", k.algorithm.name(), k.bits),
-                            if k.active { "active" } else { "inactive" }.to_string(),
-                            format_time(k.created_at),
-                        ]
-                    })
-                    .collect();
-                write_table(out, &rows)?;
-            }
-        }
+        DkimCommand::Show { domain, selector } => show(config, &domain, selector.as_deref(), out),
+        DkimCommand::List { domain, json } => list(config, domain.as_deref(), json, out),
         DkimCommand::Activate { domain, selector } => {
-            let domain = parse_hosting_domain(&domain)?;
-            let selector = parse_selector(&selector).map_err(anyhow::Error::msg)?;
+            let (domain, selector) = parse_key_name(&domain, &selector)?;
             let previous = open_store(config)?.activate_dkim_key(&domain, &selector)?;
             match previous {
                 Some(p) if p == selector => {
@@ -228,14 +150,14 @@ pub(super) fn run(cmd: DkimCommand, config: &Config, out: &mut dyn Write) -> any
                 Some(p) => writeln!(out, "{domain} now signs with selector {selector} (was {p})")?,
                 None => writeln!(out, "{domain} now signs with selector {selector}")?,
             }
+            Ok(())
         }
         DkimCommand::Remove {
             domain,
             selector,
             force,
         } => {
-            let domain = parse_hosting_domain(&domain)?;
-            let selector = parse_selector(&selector).map_err(anyhow::Error::msg)?;
+            let (domain, selector) = parse_key_name(&domain, &selector)?;
             let was_active = open_store(config)?.remove_dkim_key(&domain, &selector, force)?;
             writeln!(
                 out,
@@ -246,6 +168,7 @@ pub(super) fn run(cmd: DkimCommand, config: &Config, out: &mut dyn Write) -> any
                     ""
                 }
             )?;
+            Ok(())
         }
         DkimCommand::Verify { file } => {
             let message = match &file {
@@ -257,10 +180,109 @@ pub(super) fn run(cmd: DkimCommand, config: &Config, out: &mut dyn Write) -> any
                     buf
                 }
             };
-            return verify(config, &message, out);
+            verify(config, &message, out)
         }
     }
+}
+
+/// A key's domain and selector as typed, checked and normalised.
+fn parse_key_name(domain: &str, selector: &str) -> anyhow::Result<(String, String)> {
+    let domain = parse_hosting_domain(domain)?;
+    let selector = parse_selector(selector).map_err(anyhow::Error::msg)?;
+    Ok((domain, selector))
+}
+
+/// `--bits` for `generate`: RSA only, 2048 unless given.
+fn key_bits(algorithm: Algorithm, bits: Option<String>) -> anyhow::Result<u32> {
+    match (algorithm, bits) {
+        (Algorithm::Ed25519, Some(_)) => {
+            anyhow::bail!("--bits applies to RSA keys only; Ed25519 keys have one size")
+        }
+        (_, Some(bits)) => bits.parse().context("--bits"),
+        (_, None) => Ok(2048),
+    }
+}
+
+/// `dkim show`: the zone-file records of a domain's keys, or of one selector.
+fn show(
+    config: &Config,
+    domain: &str,
+    selector: Option<&str>,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let domain = parse_hosting_domain(domain)?;
+    let selector = selector
+        .map(parse_selector)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let keys: Vec<DkimKeyInfo> = open_store(config)?
+        .list_dkim_keys(Some(&domain))?
+        .into_iter()
+        .filter(|k| selector.as_ref().is_none_or(|s| *s == k.selector))
+        .collect();
+    if keys.is_empty() {
+        match selector {
+            Some(s) => anyhow::bail!("DKIM selector \"{s}\" of domain \"{domain}\" not found"),
+            None => anyhow::bail!("domain \"{domain}\" has no DKIM keys"),
+        }
+    }
+    for key in &keys {
+        writeln!(
+            out,
+            "; {} {}-{} {}",
+            key.selector,
+            key.algorithm.name(),
+            key.bits,
+            if key.active { "active" } else { "inactive" }
+        )?;
+        writeln!(
+            out,
+            "{}",
+            zone_line(&key.domain, &key.selector, key.algorithm, &key.public_key)
+        )?;
+    }
     Ok(())
+}
+
+/// `dkim list`: a table, or JSON objects.
+fn list(
+    config: &Config,
+    domain: Option<&str>,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let domain = domain.map(parse_hosting_domain).transpose()?;
+    let keys = open_store(config)?.list_dkim_keys(domain.as_deref())?;
+    if json {
+        let objects: Vec<KeyJson<'_>> = keys
+            .iter()
+            .map(|k| KeyJson {
+                domain: &k.domain,
+                selector: &k.selector,
+                algorithm: k.algorithm,
+                bits: k.bits,
+                active: k.active,
+                created_at: format_time(k.created_at),
+                record: record_name(&k.domain, &k.selector),
+                txt: txt_value(k.algorithm, &k.public_key),
+            })
+            .collect();
+        write_json(out, &objects)
+    } else {
+        let rows: Vec<Vec<String>> = keys
+            .iter()
+            .map(|k| {
+                vec![
+                    k.domain.clone(),
+                    k.selector.clone(),
+                    format!("{}-{}", k.algorithm.name(), k.bits),
+                    if k.active { "active" } else { "inactive" }.to_string(),
+                    format_time(k.created_at),
+                ]
+            })
+            .collect();
+        write_table(out, &rows)
+    }
 }
 
 fn store_and_print(

@@ -9,9 +9,10 @@
 
 use super::{format_time, write_list};
 use crate::config::{Config, parse_duration};
-use crate::delivery::log::{DeliveryLog, LogQuery, LogRecord, LogState, now_ms};
+use crate::delivery::log::{DeliveryLog, LogQuery, LogRecord, LogState};
+use crate::unix_time::{from_unix_ms, now_ms};
 use std::io::Write;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 /// `postern log ...`
 #[derive(Debug, clap::Args)]
@@ -61,7 +62,7 @@ struct RecordJson<'a> {
 }
 
 fn time_of(r: &LogRecord) -> String {
-    format_time(UNIX_EPOCH + Duration::from_millis(r.time_ms))
+    format_time(from_unix_ms(r.time_ms))
 }
 
 fn to_json(r: &LogRecord) -> RecordJson<'_> {
@@ -147,7 +148,8 @@ pub(super) fn run(args: LogArgs, config: &Config, out: &mut dyn Write) -> anyhow
 #[cfg(test)]
 mod tests {
     use super::super::tests::Fixture;
-    use crate::delivery::log::{DeliveryLog, LogRecord, LogState, now_ms};
+    use crate::delivery::log::{DeliveryLog, LogRecord, LogState};
+    use crate::unix_time::now_ms;
 
     fn record(recipient: &str, state: LogState, ago_ms: u64) -> LogRecord {
         LogRecord {

@@ -14,9 +14,10 @@ use super::{format_time, open_store, write_json};
 use crate::config::Config;
 use crate::store::quota::{QuotaKey, Usage};
 use crate::store::{DirectoryAdmin, LimitSource, QuotaIdentity};
+use crate::unix_time::now_ms;
 use anyhow::Context;
 use std::io::Write;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 /// `postern quota ...`
 #[derive(Debug, clap::Subcommand)]
@@ -70,10 +71,10 @@ pub(super) fn run(cmd: QuotaCommand, config: &Config, out: &mut dyn Write) -> an
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let now_ms = unix_ms(SystemTime::now());
+    let now = now_ms();
     let usage = runtime.block_on(async {
         let store = crate::server::open_quota(config).await?;
-        anyhow::Ok(store.usage(&key, limit, now_ms).await?)
+        anyhow::Ok(store.usage(&key, limit, now).await?)
     })?;
     let shown = Shown {
         identity: &identity,
@@ -171,12 +172,6 @@ fn window_text(window: Duration) -> String {
     }
 }
 
-/// Unix time in milliseconds.
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::tests::Fixture;
@@ -192,7 +187,7 @@ mod tests {
             .unwrap();
         runtime.block_on(async {
             let store = crate::server::open_quota(&config).await.unwrap();
-            let now = unix_ms(SystemTime::now());
+            let now = now_ms();
             for _ in 0..n {
                 let held = store.hold(&key, "tx", u32::MAX, now).await.unwrap();
                 assert!(matches!(held, HoldOutcome::Held { .. }));
@@ -256,7 +251,7 @@ mod tests {
         assert_eq!(json["limit_source"], "override");
         assert_eq!(json["plan"], serde_json::Value::Null);
         let next = json["next_free"].as_str().unwrap();
-        let expected = format_time(SystemTime::now() + Duration::from_secs(86_400));
+        let expected = format_time(std::time::SystemTime::now() + Duration::from_secs(86_400));
         // Within the minute bucket after now + 24 h.
         assert!(
             next.ends_with('Z') && next[..13] >= expected[..13],

@@ -74,7 +74,8 @@ use super::reply::EnhancedCode;
 use crate::config::{Config, DeliveryConfig};
 use crate::metrics::Metrics;
 use crate::session::headers::rfc5322_date;
-use crate::spool::{Envelope, Recipient, Spool, SpoolError, SpoolId, Submitter, unix_ms};
+use crate::spool::{Envelope, Recipient, Spool, SpoolError, SpoolId, Submitter};
+use crate::unix_time::{from_unix_ms, unix_ms};
 
 /// Largest original returned whole when the sender gave no `RET=`.
 pub const FULL_RETURN_MAX: u64 = 1024 * 1024;
@@ -261,10 +262,6 @@ fn field(out: &mut String, name: &str, value: &str) {
     out.push_str("\r\n");
 }
 
-fn ms_time(ms: u64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
-}
-
 /// The DSN around the returned content: `(front, back)`; the original (whole, or its header
 /// section) goes between them.
 pub fn render(report: &Report<'_>) -> (String, String) {
@@ -325,7 +322,7 @@ fn render_returning(report: &Report<'_>, returned: Returned) -> (String, String)
     field(
         &mut out,
         "Arrival-Date",
-        &rfc5322_date(ms_time(original.received_at_ms)),
+        &rfc5322_date(from_unix_ms(original.received_at_ms)),
     );
     for entry in &report.entries {
         out.push_str("\r\n");
@@ -560,7 +557,7 @@ pub(super) async fn after_attempt(
         return notices;
     }
     let delivery = &config.delivery;
-    let received = ms_time(envelope.received_at_ms);
+    let received = from_unix_ms(envelope.received_at_ms);
     let age = now.duration_since(received).unwrap_or(Duration::ZERO);
     let delay_due = !delivery.delay_warning.is_zero() && age >= delivery.delay_warning;
     let mut kinds: [(Kind, Vec<(usize, Entry)>); 3] = [
@@ -658,7 +655,7 @@ pub fn retry_for_delay_notice(
     if warning.is_zero() || envelope.sender.is_empty() || !untold {
         return retry_at;
     }
-    let warn_at = ms_time(envelope.received_at_ms) + warning;
+    let warn_at = from_unix_ms(envelope.received_at_ms) + warning;
     if warn_at > now && warn_at < retry_at {
         warn_at
     } else {

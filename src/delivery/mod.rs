@@ -157,9 +157,10 @@ fn is_host_name(host: &str) -> bool {
         })
 }
 
-/// The domain part of an address, lower case, without a trailing dot; `None` without `@`.
-fn domain_of(address: &str) -> Option<String> {
-    let (_, domain) = address.rsplit_once('@')?;
+/// The domain a recipient is routed by: its domain part ([`crate::policy::domain_of`]) lower
+/// case and without a trailing dot; `None` without one.
+fn destination_domain(address: &str) -> Option<String> {
+    let domain = crate::policy::domain_of(address)?;
     let domain = domain.strip_suffix('.').unwrap_or(domain);
     (!domain.is_empty()).then(|| domain.to_lowercase())
 }
@@ -186,7 +187,7 @@ fn group_recipients<'a>(
         let destination = if let Some((host, port)) = relay {
             Destination::Relay(host.clone(), *port)
         } else {
-            domain_of(address).map_or(Destination::NoDomain, Destination::Domain)
+            destination_domain(address).map_or(Destination::NoDomain, Destination::Domain)
         };
         groups.entry(destination).or_default().push(i);
     }
@@ -361,6 +362,29 @@ struct GroupOutcome {
     recipients: Vec<(usize, RecipientOutcome)>,
 }
 
+/// What trying a group's hosts found, for the failure when none answered.
+#[derive(Default)]
+struct HostTrail {
+    /// Addresses tried (at most [`MAX_ADDRESSES`]).
+    tried: usize,
+    /// The last address's session error.
+    last: Option<(Peer, client::ClientError)>,
+    /// The last temporary address or TLSA lookup failure.
+    lookup_failure: Option<mx::MxError>,
+    /// Why the MTA-STS policy allowed no host, if it did not.
+    sts_refusal: Option<String>,
+    /// DANE governed at least one host (the failure is logged as `dane-failed`).
+    dane_applied: bool,
+    /// An enforced MTA-STS policy governed at least one host.
+    sts_applied: bool,
+}
+
+/// An `enforce` MTA-STS policy and the domain it belongs to.
+struct StsEnforcement<'r> {
+    policy: Arc<mta_sts::Policy>,
+    domain: &'r str,
+}
+
 /// The hosts of a destination and how they were found.
 struct Route {
     kind: RouteKind,
@@ -469,7 +493,8 @@ impl Worker {
         self.record(queued.attempts, envelope, groups).await;
     }
 
-    /// One transaction for one destination.
+    /// One transaction for one destination: its route, its TLS policy host by host, and each
+    /// address in turn until one answers.
     async fn deliver_group(
         &self,
         envelope: &Envelope,
@@ -492,23 +517,7 @@ impl Worker {
             spool: &self.spool,
             envelope,
         };
-
-        // RFC 8461: the destination's MTA-STS policy; only `enforce` changes delivery.
-        let sts_domain = match &route.kind {
-            RouteKind::Mx(d) | RouteKind::Implicit(d) if mx::address_literal(d).is_none() => {
-                Some(d.as_str())
-            }
-            _ => None,
-        };
-        let enforce = match (&self.mta_sts, sts_domain, self.resolver().await) {
-            (Some(sts), Some(domain), Ok(resolver)) => sts
-                .policy(&resolver, domain)
-                .await
-                .filter(|p| p.mode == mta_sts::Mode::Enforce),
-            _ => None,
-        };
-        let mut sts_refusal: Option<String> = None;
-        let mut sts_applied = false;
+        let sts = self.enforced_sts_policy(&route).await;
 
         // `[delivery] max_per_destination`: wait for a slot, held until the group is done.
         let _slot = tokio::select! {
@@ -519,110 +528,25 @@ impl Worker {
             }
         };
 
-        let mut tried = 0;
-        let mut last: Option<(Peer, client::ClientError)> = None;
-        let mut lookup_failure: Option<mx::MxError> = None;
-        let mut dane_applied = false;
+        let mut trail = HostTrail::default();
         'hosts: for host in &route.hosts {
-            let (addresses, host_tls) = match self.host_of(&route, &host.name).await {
-                Ok(a) => a,
-                // A temporary failure may pass; an invalid host name is as good as no address.
-                Err(e) if !e.is_permanent() => {
-                    lookup_failure = Some(e);
-                    continue;
-                }
-                Err(_) => continue,
-            };
-            let (policy, settings) = match host_tls {
-                dane::HostTls::Opportunistic => (TlsPolicy::Opportunistic, None),
-                dane::HostTls::Encrypt => (TlsPolicy::Encrypt, None),
-                dane::HostTls::Dane(tls_config) => {
-                    let settings = ClientSettings {
-                        tls_config,
-                        ..self.client.clone()
-                    };
-                    (TlsPolicy::Dane, Some(settings))
-                }
-                dane::HostTls::Skip { bogus, detail } => {
-                    // RFC 7672 2.2: a host whose TLSA records cannot be had is not used.
-                    self.metrics
-                        .dane_failure(if bogus { "bogus_tlsa" } else { "tlsa_lookup" });
-                    tracing::info!(queue_id = %envelope.id, mx = %host.name, reason = %detail,
-                        "DANE: host skipped");
-                    dane_applied = true;
-                    lookup_failure = Some(if bogus {
-                        mx::MxError::Bogus {
-                            name: format!("_25._tcp.{}", host.name),
-                            record_type: "TLSA",
-                        }
-                    } else {
-                        mx::MxError::Temporary {
-                            name: format!("_25._tcp.{}", host.name),
-                            record_type: "TLSA",
-                            detail,
-                        }
-                    });
-                    continue;
-                }
-            };
-            dane_applied |= policy.requires_tls();
-            // DANE takes precedence (RFC 8461 section 2); an MTA-STS `enforce` policy governs
-            // the hosts DANE leaves to opportunistic TLS.
-            let (policy, settings) = match (&enforce, &self.mta_sts, policy) {
-                (Some(sts_policy), Some(sts), TlsPolicy::Opportunistic) => {
-                    sts_applied = true;
-                    if !sts_policy.matches_mx(&host.name) {
-                        self.metrics.mta_sts_failure("mx_mismatch");
-                        sts_refusal = Some(format!(
-                            "MX host {} is not allowed by the MTA-STS policy of {}",
-                            host.name,
-                            sts_domain.unwrap_or("-")
-                        ));
-                        continue;
-                    }
-                    let settings = ClientSettings {
-                        tls_config: sts.tls.clone(),
-                        ..self.client.clone()
-                    };
-                    (TlsPolicy::MtaSts, Some(settings))
-                }
-                _ => (policy, settings),
+            let Some((addresses, policy, settings)) = self
+                .host_policy(envelope, &route, host, sts.as_ref(), &mut trail)
+                .await
+            else {
+                continue;
             };
             let settings = settings.as_ref().unwrap_or(&self.client);
             for ip in addresses {
-                if tried == MAX_ADDRESSES || self.shutdown.is_cancelled() {
+                if trail.tried == MAX_ADDRESSES || self.shutdown.is_cancelled() {
                     break 'hosts;
                 }
-                tried += 1;
+                trail.tried += 1;
                 let peer = Peer {
                     host: host.name.clone(),
                     addr: SocketAddr::new(ip, route.port),
                 };
-                // An idle session to this address under this policy carries the transaction
-                // when it can; otherwise (or when it turns out dead) a new connection does.
-                let key = pool::SessionKey::new(&peer, policy);
-                let reuse = self.sessions.as_ref().and_then(|cache| cache.take(&key));
-                let keep = self.sessions.is_some() && !self.shutdown.is_cancelled();
-                let delivered =
-                    client::deliver_reusing(settings, &peer, policy, &txn, &source, reuse, keep)
-                        .await;
-                if let (Some(cache), Some(idle)) = (&self.sessions, delivered.idle) {
-                    cache.put(idle);
-                }
-                let result = delivered.result;
-                if let Err(client::ClientError::TlsRequired { reason, .. }) = &result {
-                    if policy == TlsPolicy::MtaSts {
-                        self.metrics.mta_sts_failure(reason);
-                    } else {
-                        self.metrics.dane_failure(reason);
-                    }
-                }
-                if delivered.reused {
-                    self.metrics.delivery_connection(true);
-                } else if delivered.fresh && opened_connection(&result) {
-                    self.metrics.delivery_connection(false);
-                }
-                match result {
+                match self.attempt(settings, &peer, policy, &txn, &source).await {
                     Ok(report) => {
                         return GroupOutcome {
                             peer: Some(report.peer),
@@ -638,13 +562,142 @@ impl Worker {
                             error = %error,
                             "no transaction with this address, trying the next"
                         );
-                        last = Some((peer, error));
+                        trail.last = Some((peer, error));
                     }
                 }
             }
         }
+        self.group_failure(indices, &route, trail)
+    }
 
-        let error = match (last, lookup_failure, sts_refusal) {
+    /// RFC 8461: the destination's MTA-STS policy when it is `enforce` (the other modes change
+    /// nothing about delivery). Relay hosts and address literals have none.
+    async fn enforced_sts_policy<'r>(&self, route: &'r Route) -> Option<StsEnforcement<'r>> {
+        let domain = match &route.kind {
+            RouteKind::Mx(d) | RouteKind::Implicit(d) if mx::address_literal(d).is_none() => d,
+            _ => return None,
+        };
+        let sts = self.mta_sts.as_ref()?;
+        let resolver = self.resolver().await.ok()?;
+        let policy = sts
+            .policy(&resolver, domain)
+            .await
+            .filter(|p| p.mode == mta_sts::Mode::Enforce)?;
+        Some(StsEnforcement { policy, domain })
+    }
+
+    /// A host's addresses and how TLS must go to it: DANE first (RFC 8461 section 2), then an
+    /// enforced MTA-STS policy for the hosts DANE leaves to opportunistic TLS. `None` when the
+    /// host is not to be tried; `trail` keeps the reason for the final failure.
+    async fn host_policy(
+        &self,
+        envelope: &Envelope,
+        route: &Route,
+        host: &MxHost,
+        sts: Option<&StsEnforcement<'_>>,
+        trail: &mut HostTrail,
+    ) -> Option<(Vec<IpAddr>, TlsPolicy, Option<ClientSettings>)> {
+        let (addresses, host_tls) = match self.host_of(route, &host.name).await {
+            Ok(a) => a,
+            // A temporary failure may pass; an invalid host name is as good as no address.
+            Err(e) if !e.is_permanent() => {
+                trail.lookup_failure = Some(e);
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let (policy, settings) = match host_tls {
+            dane::HostTls::Opportunistic => (TlsPolicy::Opportunistic, None),
+            dane::HostTls::Encrypt => (TlsPolicy::Encrypt, None),
+            dane::HostTls::Dane(tls_config) => {
+                let settings = ClientSettings {
+                    tls_config,
+                    ..self.client.clone()
+                };
+                (TlsPolicy::Dane, Some(settings))
+            }
+            dane::HostTls::Skip { bogus, detail } => {
+                // RFC 7672 2.2: a host whose TLSA records cannot be had is not used.
+                self.metrics
+                    .dane_failure(if bogus { "bogus_tlsa" } else { "tlsa_lookup" });
+                tracing::info!(queue_id = %envelope.id, mx = %host.name, reason = %detail,
+                    "DANE: host skipped");
+                trail.dane_applied = true;
+                let name = format!("_25._tcp.{}", host.name);
+                trail.lookup_failure = Some(if bogus {
+                    mx::MxError::Bogus {
+                        name,
+                        record_type: "TLSA",
+                    }
+                } else {
+                    mx::MxError::Temporary {
+                        name,
+                        record_type: "TLSA",
+                        detail,
+                    }
+                });
+                return None;
+            }
+        };
+        trail.dane_applied |= policy.requires_tls();
+        let (Some(enforced), Some(sts), TlsPolicy::Opportunistic) = (sts, &self.mta_sts, policy)
+        else {
+            return Some((addresses, policy, settings));
+        };
+        trail.sts_applied = true;
+        if !enforced.policy.matches_mx(&host.name) {
+            self.metrics.mta_sts_failure("mx_mismatch");
+            trail.sts_refusal = Some(format!(
+                "MX host {} is not allowed by the MTA-STS policy of {}",
+                host.name, enforced.domain
+            ));
+            return None;
+        }
+        let settings = ClientSettings {
+            tls_config: sts.tls.clone(),
+            ..self.client.clone()
+        };
+        Some((addresses, TlsPolicy::MtaSts, Some(settings)))
+    }
+
+    /// One transaction with one address. An idle session to this address under this policy
+    /// carries it when it can; otherwise (or when it turns out dead) a new connection does.
+    async fn attempt(
+        &self,
+        settings: &ClientSettings,
+        peer: &Peer,
+        policy: TlsPolicy,
+        txn: &Transaction<'_>,
+        source: &SpoolMessage<'_>,
+    ) -> Result<client::TransactionReport, client::ClientError> {
+        let key = pool::SessionKey::new(peer, policy);
+        let reuse = self.sessions.as_ref().and_then(|cache| cache.take(&key));
+        let keep = self.sessions.is_some() && !self.shutdown.is_cancelled();
+        let delivered =
+            client::deliver_reusing(settings, peer, policy, txn, source, reuse, keep).await;
+        if let (Some(cache), Some(idle)) = (&self.sessions, delivered.idle) {
+            cache.put(idle);
+        }
+        let result = delivered.result;
+        if let Err(client::ClientError::TlsRequired { reason, .. }) = &result {
+            if policy == TlsPolicy::MtaSts {
+                self.metrics.mta_sts_failure(reason);
+            } else {
+                self.metrics.dane_failure(reason);
+            }
+        }
+        if delivered.reused {
+            self.metrics.delivery_connection(true);
+        } else if delivered.fresh && opened_connection(&result) {
+            self.metrics.delivery_connection(false);
+        }
+        result
+    }
+
+    /// The outcome when no address answered: the last session error, else shutdown, else an
+    /// MTA-STS refusal, else what the route says "no address" means.
+    fn group_failure(&self, indices: &[usize], route: &Route, trail: HostTrail) -> GroupOutcome {
+        let error = match (trail.last, trail.lookup_failure, trail.sts_refusal) {
             (Some((peer, error)), _, _) => DeliveryError::Session { peer, error },
             (None, _, _) if self.shutdown.is_cancelled() => DeliveryError::Shutdown,
             // No MX host the policy allows: wait for the domain to fix its MX or its policy.
@@ -656,9 +709,9 @@ impl Worker {
             _ => None,
         };
         let mut outcome = self.failed_group(indices, peer, &error);
-        if dane_applied {
+        if trail.dane_applied {
             outcome.tls = Some(TlsMode::DaneFailed);
-        } else if sts_applied {
+        } else if trail.sts_applied {
             outcome.tls = Some(TlsMode::MtaStsFailed);
         }
         outcome
@@ -821,7 +874,7 @@ impl Worker {
 
         let mut results = Vec::new();
         let mut records = Vec::new();
-        let time_ms = log::now_ms();
+        let time_ms = crate::unix_time::now_ms();
         let attempt = attempts_before.saturating_add(1);
         for (addresses, group) in &groups {
             self.log_group(envelope, addresses, group);
@@ -1115,11 +1168,20 @@ mod tests {
 
     #[test]
     fn domains_are_lowercased() {
-        assert_eq!(domain_of("Bob@Example.ORG"), Some("example.org".into()));
-        assert_eq!(domain_of("\"a@b\"@example.org"), Some("example.org".into()));
-        assert_eq!(domain_of("postmaster"), None);
-        assert_eq!(domain_of("bob@"), None);
-        assert_eq!(domain_of("bob@example.org."), Some("example.org".into()));
+        assert_eq!(
+            destination_domain("Bob@Example.ORG"),
+            Some("example.org".into())
+        );
+        assert_eq!(
+            destination_domain("\"a@b\"@example.org"),
+            Some("example.org".into())
+        );
+        assert_eq!(destination_domain("postmaster"), None);
+        assert_eq!(destination_domain("bob@"), None);
+        assert_eq!(
+            destination_domain("bob@example.org."),
+            Some("example.org".into())
+        );
     }
 
     #[test]

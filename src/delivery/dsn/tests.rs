@@ -38,7 +38,7 @@ fn report<'a>(env: &'a Envelope, id: &'a SpoolId, kind: Kind, returned: Returned
         original: env,
         entries: vec![failed_entry()],
         id,
-        now: ms_time(1_700_000_100_000),
+        now: from_unix_ms(1_700_000_100_000),
         retry_until: None,
         returned,
         boundary: "BOUNDARY123".into(),
@@ -216,7 +216,7 @@ fn delay_dsn_fields() {
     r.entries[0].status = EnhancedCode::new(4, 4, 1);
     r.entries[0].remote_mta = None;
     r.entries[0].remote_reply = None;
-    r.retry_until = Some(ms_time(1_700_432_000_000));
+    r.retry_until = Some(from_unix_ms(1_700_432_000_000));
     let dsn = build(&r, ORIGINAL);
     let (top, body) = split(&dsn);
     assert_eq!(
@@ -335,7 +335,7 @@ fn delay_retry_moves_to_the_warning_instant() {
         ..DeliveryConfig::default()
     };
     let env = envelope();
-    let received = ms_time(env.received_at_ms);
+    let received = from_unix_ms(env.received_at_ms);
     let now = received + Duration::from_secs(3 * 3600);
     let later = received + Duration::from_secs(7 * 3600);
     let warn = received + Duration::from_secs(4 * 3600);
