@@ -181,7 +181,7 @@ fn unix_ms(t: SystemTime) -> u64 {
 mod tests {
     use super::super::tests::Fixture;
     use super::*;
-    use crate::store::quota::HoldOutcome;
+    use crate::store::quota::QuotaHold;
 
     /// Holds and counts `n` recipients of `key` now, as the relay would.
     fn count(f: &Fixture, key: QuotaKey, n: u32) {
@@ -195,7 +195,7 @@ mod tests {
             let now = unix_ms(SystemTime::now());
             for _ in 0..n {
                 let held = store.hold(&key, "tx", u32::MAX, now).await.unwrap();
-                assert!(matches!(held, HoldOutcome::Held { .. }));
+                assert!(matches!(held, QuotaHold::Held { .. }));
             }
             assert_eq!(store.commit(&key, "tx", now).await.unwrap(), n);
         });
