@@ -20,9 +20,8 @@
 
 use anyhow::{Context, bail};
 use postern::policy::quota::QuotaWindow;
-use postern::store::quota::{
-    HoldOutcome, QuotaBackend, QuotaConfig, QuotaKey, QuotaSettings, QuotaStore, open_quota_store,
-};
+use postern::store::quota::builder::{QuotaBackend, QuotaStoreConfig, open_quota_store};
+use postern::store::quota::{QuotaHold, QuotaKey, QuotaSettings, QuotaStore};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -163,7 +162,7 @@ async fn run_case(
                     let started = Instant::now();
                     let outcome = store.hold(&key, &hold_id, u32::MAX / 2, now_ms()).await?;
                     latencies.push(started.elapsed());
-                    if !matches!(outcome, HoldOutcome::Held { .. }) {
+                    if !matches!(outcome, QuotaHold::Held { .. }) {
                         bail!("hold refused under a limit that should never be reached");
                     }
                 }
@@ -201,7 +200,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let mut rows = Vec::new();
     for backend in ["redis", "embedded"] {
-        let mut config = QuotaConfig::new(match backend {
+        let mut config = QuotaStoreConfig::new(match backend {
             "redis" => QuotaBackend::Redis {
                 url: format!("redis://127.0.0.1:{}/", redis.port),
             },

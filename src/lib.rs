@@ -11,8 +11,9 @@
 //! - [`spool`]: durable storage of accepted mail (group-committed journal plus files for large
 //!   messages) and the schedule of delivery attempts.
 //! - [`delivery`]: MX resolution and the outbound SMTP client that empties the spool.
-//! - [`store`]: addresses, aliases and device passwords behind a small trait
-//!   (embedded SQLite by default).
+//! - [`store`]: the directory (addresses, aliases, devices, hosting accounts, limits, DKIM
+//!   keys) behind the traits a backend implements (embedded SQLite in `store/embedded/`, one
+//!   file per subject), and the recipient quotas (`store/quota/`: embedded or Redis).
 //! - [`cli`]: the `postern` command line: `serve` and the admin subcommands.
 //! - [`metrics`]: Prometheus metrics and the health endpoints.
 //! - [`config`]: the TOML configuration, strictly checked.

@@ -16,7 +16,8 @@ use crate::policy::quota::QuotaWindow;
 use crate::session::Role;
 use crate::spool::Spool;
 use crate::store::embedded::EmbeddedStore;
-use crate::store::quota::{QuotaBackend, QuotaConfig, QuotaSettings, QuotaStore, open_quota_store};
+use crate::store::quota::builder::{QuotaBackend, QuotaStoreConfig, open_quota_store};
+use crate::store::quota::{QuotaSettings, QuotaStore};
 use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
@@ -153,7 +154,7 @@ pub async fn open_quota(config: &Config) -> anyhow::Result<Arc<dyn QuotaStore>> 
     };
     let window = QuotaWindow::new(q.window.as_millis() as u64, q.bucket.as_millis() as u64)
         .context("quota.window")?;
-    let mut settings = QuotaConfig::new(backend);
+    let mut settings = QuotaStoreConfig::new(backend);
     settings.settings = QuotaSettings {
         window,
         hold_ttl_ms: q.hold_ttl.as_millis() as u64,

@@ -1,4 +1,5 @@
-//! The quota conformance cases (`postern::store::quota::conformance`) against every backend:
+//! The quota conformance cases (`postern::store::quota::conformance`, compiled in through the
+//! `conformance` feature that the dev-dependency on this package turns on) against every backend:
 //! the embedded SQLite store, one `redis-server`, and a three-master Redis Cluster made with
 //! `redis-cli --cluster create`. Plus: Redis stopped and restarted under a live store.
 //!
@@ -6,43 +7,25 @@
 //! directories, and killed when the test ends. Nothing is skipped: without `redis-server` and
 //! `redis-cli` on PATH the Redis tests fail and say what to install.
 
-use postern::store::quota::{
-    HoldOutcome, QuotaBackend, QuotaConfig, QuotaError, QuotaKey, QuotaStore, conformance,
-    open_quota_store,
-};
-use postern::store::quota_embedded::EmbeddedQuota;
+use postern::store::quota::builder::{QuotaBackend, QuotaStoreConfig, open_quota_store};
+use postern::store::quota::embedded::EmbeddedQuota;
+use postern::store::quota::{QuotaError, QuotaHold, QuotaKey, QuotaStore, conformance};
+use postern::store::testutil::TempDir;
 use std::collections::HashSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const INSTALL_HINT: &str = "install it (Debian: apt-get install redis-server redis-tools); \
                             the Redis quota tests do not skip";
 
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "postern-quota-{what}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A fresh, existing directory for one test's files, removed on drop.
+fn temp_dir(what: &str) -> TempDir {
+    let dir = TempDir::new(&format!("quota-{what}"));
+    std::fs::create_dir_all(dir.path()).expect("create temp dir");
+    dir
 }
 
 /// A loopback port nobody listens on; with `bus`, port + 10000 (the cluster bus) is free too.
@@ -156,10 +139,10 @@ struct RedisCluster {
 
 impl RedisCluster {
     fn start() -> Self {
-        let dir = TempDir::new("cluster");
+        let dir = temp_dir("cluster");
         let servers: Vec<RedisServer> = (0..3)
             .map(|i| {
-                let node_dir = dir.0.join(format!("node{i}"));
+                let node_dir = dir.join(format!("node{i}"));
                 std::fs::create_dir_all(&node_dir).expect("node dir");
                 RedisServer::start(free_port(true), &node_dir, true)
             })
@@ -215,10 +198,10 @@ impl RedisCluster {
     }
 }
 
-fn redis_config(backend: QuotaBackend) -> QuotaConfig {
-    QuotaConfig {
+fn redis_config(backend: QuotaBackend) -> QuotaStoreConfig {
+    QuotaStoreConfig {
         settings: conformance::settings(),
-        ..QuotaConfig::new(backend)
+        ..QuotaStoreConfig::new(backend)
     }
 }
 
@@ -230,8 +213,8 @@ async fn open(backend: QuotaBackend) -> Arc<dyn QuotaStore> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_conformance() {
-    let dir = TempDir::new("embedded");
-    let path = dir.0.join("quota.db");
+    let dir = temp_dir("embedded");
+    let path = dir.join("quota.db");
     let a = open(QuotaBackend::Embedded { path: path.clone() }).await;
     // A second handle is a second connection, as another process would have.
     let b = EmbeddedQuota::open(&path, conformance::settings()).expect("open");
@@ -240,8 +223,8 @@ async fn embedded_conformance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_single_conformance() {
-    let dir = TempDir::new("single");
-    let server = RedisServer::start(free_port(false), &dir.0, false);
+    let dir = temp_dir("single");
+    let server = RedisServer::start(free_port(false), dir.path(), false);
     let a = open(QuotaBackend::Redis { url: server.url() }).await;
     let b = open(QuotaBackend::Redis { url: server.url() }).await;
     conformance::run_all(a.as_ref(), b.as_ref(), "it-").await;
@@ -301,15 +284,15 @@ async fn redis_cluster_conformance() {
 /// the same port: the same store handle works again without help.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_then_back() {
-    let dir = TempDir::new("restart");
+    let dir = temp_dir("restart");
     let port = free_port(false);
-    let mut server = RedisServer::start(port, &dir.0, false);
+    let mut server = RedisServer::start(port, dir.path(), false);
     let store = open(QuotaBackend::Redis { url: server.url() }).await;
     let k = QuotaKey::Hosting("restart".into());
     let t = conformance::T0;
     assert!(matches!(
         store.hold(&k, "a", 10, t).await,
-        Ok(HoldOutcome::Held { .. })
+        Ok(QuotaHold::Held { .. })
     ));
 
     server.stop();
@@ -328,13 +311,13 @@ async fn redis_down_then_back() {
         assert!(store.ping().await.is_err());
     }
 
-    let server = RedisServer::start(port, &dir.0, false);
+    let server = RedisServer::start(port, dir.path(), false);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         match store.hold(&k, "b", 10, t).await {
             // A fresh server without persistence: the key starts over.
             Ok(outcome) => {
-                assert_eq!(outcome, HoldOutcome::Held { used: 0, held: 1 });
+                assert_eq!(outcome, QuotaHold::Held { used: 0, held: 1 });
                 break;
             }
             Err(QuotaError::Unavailable(_)) if Instant::now() < deadline => {

@@ -176,7 +176,7 @@ fn window_text(window: Duration) -> String {
 mod tests {
     use super::super::tests::Fixture;
     use super::*;
-    use crate::store::quota::HoldOutcome;
+    use crate::store::quota::QuotaHold;
 
     /// Holds and counts `n` recipients of `key` now, as the relay would.
     fn count(f: &Fixture, key: QuotaKey, n: u32) {
@@ -190,7 +190,7 @@ mod tests {
             let now = now_ms();
             for _ in 0..n {
                 let held = store.hold(&key, "tx", u32::MAX, now).await.unwrap();
-                assert!(matches!(held, HoldOutcome::Held { .. }));
+                assert!(matches!(held, QuotaHold::Held { .. }));
             }
             assert_eq!(store.commit(&key, "tx", now).await.unwrap(), n);
         });

@@ -101,13 +101,13 @@ impl Meter {
         }
         let now = unix_ms(SystemTime::now());
         match shared.quota.hold(&self.key, tx_id, self.limit, now).await {
-            Ok(quota::HoldOutcome::Held { .. }) => {
+            Ok(quota::QuotaHold::Held { .. }) => {
                 self.hold = Some(tx_id.to_string());
                 self.held += 1;
                 shared.metrics.quota_hold("held");
                 HoldOutcome::Held
             }
-            Ok(quota::HoldOutcome::Full { retry_at_ms }) => {
+            Ok(quota::QuotaHold::Full { retry_at_ms }) => {
                 shared.metrics.quota_hold("full");
                 tracing::info!(identity = %self.key, limit = self.limit, "daily quota reached");
                 self.full(retry_at_ms)
@@ -165,8 +165,8 @@ impl Meter {
                 .hold(&self.key, &renewal, self.limit, now)
                 .await
             {
-                Ok(quota::HoldOutcome::Held { .. }) => continue,
-                Ok(quota::HoldOutcome::Full { retry_at_ms }) => {
+                Ok(quota::QuotaHold::Held { .. }) => continue,
+                Ok(quota::QuotaHold::Full { retry_at_ms }) => {
                     CommitRefusal::Full(self.full(retry_at_ms))
                 }
                 Err(e) => unavailable(e),

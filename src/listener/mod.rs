@@ -44,7 +44,7 @@ pub struct Shared {
     /// Credential checks.
     pub directory: Arc<dyn Directory>,
     /// Hosting accounts and daily limits.
-    pub accounts: Arc<dyn crate::store::QuotaDirectory>,
+    pub accounts: Arc<dyn Directory>,
     /// Where accepted mail goes.
     pub spool: Spool,
     /// Counters.

@@ -174,7 +174,7 @@ pub fn longest_match<T>(ip: IpAddr, networks: &[(IpNet, T)]) -> Option<&(IpNet, 
 }
 
 /// What the relay listener learns about a client of port 25: the account its address belongs
-/// to, from [`super::QuotaDirectory::hosting_account_for`].
+/// to, from [`super::Directory::hosting_account_for`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostingAccount {
     /// The account's name.

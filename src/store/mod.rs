@@ -1,23 +1,27 @@
-//! Addresses, aliases, device passwords, hosting accounts and limit overrides, behind three
-//! small traits.
+//! Addresses, aliases, device passwords, hosting accounts, limit overrides and DKIM keys,
+//! behind four small traits: the contract every directory backend implements.
 //!
-//! - [`Directory`] is what `postern serve` needs at run time: check an AUTH login, and tell
-//!   the revocation watcher which sessions' credentials are still good. It is async and
-//!   dyn-compatible (`Arc<dyn Directory>`), so the listener does not care about the backend.
-//! - [`QuotaDirectory`] is what the port-25 and quota paths of `postern serve` need: which
-//!   hosting account a client address belongs to, an address's plan, limit overrides. Also
-//!   async and dyn-compatible. It is a trait of its own rather than more methods of
-//!   [`Directory`] so that test doubles of the AUTH path need not grow quota answers.
-//! - [`DirectoryAdmin`] is what the `postern address|alias|device|hosting|limit` commands need.
-//!   It is synchronous: the CLI does one thing and exits.
+//! - [`Directory`] is what `postern serve`'s listeners ask at run time: check an AUTH login,
+//!   tell the revocation watcher which sessions' credentials are still good, find the hosting
+//!   account of a port-25 client, and give an identity's plan and limit override. It is async
+//!   and dyn-compatible (`Arc<dyn Directory>`), so the listener does not care about the
+//!   backend.
+//! - [`DkimKeyStore`] is the signer's one question (the active keys of a domain). It is a
+//!   trait of its own so that the signer sees the keys and nothing else of the directory.
+//! - [`DirectoryAdmin`] is what the `postern address|alias|device|hosting|limit` commands
+//!   need, and [`DkimAdmin`] what `postern dkim` needs: the keys live in the store, next to
+//!   the accounts, in the file only the service user can read. Both are synchronous: the CLI
+//!   does one thing and exits.
 //!
-//! - [`DkimKeyStore`] is the signer's one question (the active keys of a domain), and
-//!   [`DkimAdmin`] what `postern dkim` needs: the keys live in the store, next to the accounts,
-//!   in the file only the service user can read.
-//!
-//! [`EmbeddedStore`] (SQLite, one file) implements all of them; a shared backend for several
-//! relays can implement the same traits later. Hosting and identity types, and their checks,
-//! are in [`accounts`].
+//! # Layout
+//! This module holds the traits, the types they speak in and the checks every backend makes
+//! the same way ([`check_device_name`]; hosting and identity types and their checks are in
+//! [`accounts`], DKIM key types in `dkim_keys.rs`). [`EmbeddedStore`] (SQLite, one file,
+//! [`embedded`]) implements all four traits, one file per subject; a shared backend for a
+//! fleet of relays implements the same traits in a sibling folder of the same shape.
+//! `conformance` holds the behaviour every backend must show, run against each backend by its
+//! tests (test builds and the `conformance` feature only). Quotas are a store of their own,
+//! behind [`quota::QuotaStore`].
 //!
 //! # Model
 //! An *address* is a hosted mailbox (`alice@example.org`) with a [`Plan`]. An *alias* is another
@@ -43,14 +47,14 @@
 //! revocation watcher that cannot reach the store keeps sessions as they are and retries.
 
 pub mod accounts;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 mod dkim_keys;
 pub mod embedded;
 pub mod quota;
-pub mod quota_embedded;
-pub mod quota_redis;
 pub(crate) mod sqlite;
-#[cfg(test)]
-pub(crate) mod testutil;
+#[cfg(any(test, feature = "conformance"))]
+pub mod testutil;
 
 pub use accounts::{
     HostingAccount, HostingAccountInfo, IdentityLimits, LimitOverride, LimitSource, QuotaIdentity,
@@ -136,15 +140,19 @@ impl fmt::Display for CredentialId {
     }
 }
 
-/// The run-time questions `postern serve` asks.
+/// The run-time questions of `postern serve`: AUTH and its revocation on the submission
+/// ports, the hosting account of a port-25 client, and the limits of a quota identity.
 ///
 /// # Contract
-/// - Both methods are safe to call concurrently from many tasks and must not block the async
+/// - Every method is safe to call concurrently from many tasks and must not block the async
 ///   runtime (backends doing blocking I/O move it to `spawn_blocking`).
 /// - Answers reflect every change committed before the call, including changes made by another
-///   process (the CLI) on the same store: no caching of credentials across calls.
+///   process (the CLI) on the same store: no caching of credentials, accounts or limits across
+///   calls.
 /// - `Err` means the backend could not answer; it never means "no". Callers fail closed
-///   (see the module documentation).
+///   (see the module documentation): no login, no relaying, no uncounted recipient.
+/// - Unknown identities are `Ok(None)`, not errors: an address can be removed while its
+///   session is open.
 #[async_trait::async_trait]
 pub trait Directory: Send + Sync {
     /// Checks a login (full email address, any case) and a device password. Ok(None) = bad credentials.
@@ -172,18 +180,7 @@ pub trait Directory: Send + Sync {
         &self,
         ids: &[CredentialId],
     ) -> Result<HashSet<CredentialId>, StoreError>;
-}
 
-/// The run-time questions of the relay listener (port 25) and of quota enforcement.
-///
-/// # Contract
-/// The same as [`Directory`]'s: safe to call concurrently, never blocking the runtime,
-/// answers reflect every committed change (no caching across calls), `Err` only when the
-/// backend cannot answer; callers fail closed (no relaying, no uncounted recipient).
-/// Unknown identities are `Ok(None)`, not errors: an address can be removed while its session
-/// is open.
-#[async_trait::async_trait]
-pub trait QuotaDirectory: Send + Sync {
     /// The hosting account whose networks contain `client` most specifically (longest
     /// prefix), with its sender domains; `None` if no account's network contains it.
     /// IPv4-mapped IPv6 clients (`::ffff:192.0.2.7`) are matched as IPv4.
@@ -195,21 +192,9 @@ pub trait QuotaDirectory: Send + Sync {
         client: IpAddr,
     ) -> Result<Option<HostingAccount>, StoreError>;
 
-    /// The plan of an address (canonical lowercase, as in [`AuthIdentity::address`]); `None`
-    /// if it is not an address.
-    ///
-    /// # Errors
-    /// [`StoreError::Backend`] only.
-    async fn plan_of(&self, address: &str) -> Result<Option<Plan>, StoreError>;
-
-    /// The daily limit override of an identity; `None` if it has none or does not exist.
-    ///
-    /// # Errors
-    /// [`StoreError::Backend`] only.
-    async fn limit_override(&self, identity: &QuotaIdentity) -> Result<Option<u32>, StoreError>;
-
-    /// Plan and override of an identity in one lookup (`None` if it does not exist): what the
-    /// listener needs to compute the limit, with [`IdentityLimits::effective`].
+    /// Plan and override of an identity in one lookup (`None` if it does not exist; an alias
+    /// is not an address): what the listener needs to compute the limit, with
+    /// [`IdentityLimits::effective`].
     ///
     /// # Errors
     /// [`StoreError::Backend`] only.
@@ -442,7 +427,8 @@ fn device_not_found(address: &str, name: &str) -> StoreError {
 /// # Contract
 /// As [`Directory`]'s: concurrent, never blocking the runtime, no caching across calls (so
 /// `postern dkim activate` takes effect with the next message), `Err` only when the backend
-/// cannot answer; the caller then relays the message unsigned and says so.
+/// cannot answer; the caller then relays the message unsigned and says so. The keys come
+/// ordered by algorithm name (`ed25519` before `rsa`).
 #[async_trait::async_trait]
 pub trait DkimKeyStore: Send + Sync {
     /// The active keys of `domain` (lowercase): at most one per algorithm.
@@ -453,6 +439,11 @@ pub trait DkimKeyStore: Send + Sync {
 }
 
 /// What `postern dkim` needs. Domains and selectors arrive checked and lowercase.
+///
+/// # Contract
+/// As [`DirectoryAdmin`]'s: each method is atomic, also against another process writing the
+/// same store; a domain has at most one active key per algorithm at every moment; private
+/// keys are returned only to the signer ([`DkimKeyStore`]), never by a listing.
 pub trait DkimAdmin {
     /// Stores a new key, active if `key.active` (then replacing the domain's active key of the
     /// same algorithm).

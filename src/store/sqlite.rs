@@ -1,5 +1,5 @@
 //! SQLite plumbing shared by the embedded stores: the directory ([`super::embedded`]), the
-//! quota store ([`super::quota_embedded`]) and the delivery log ([`crate::delivery::log`]),
+//! quota store ([`super::quota::embedded`]) and the delivery log ([`crate::delivery::log`]),
 //! each in a file of its own.
 //!
 //! # WAL

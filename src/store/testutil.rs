@@ -1,4 +1,6 @@
-//! Helpers shared by the unit tests of the store and the CLI.
+//! Helpers shared by the tests: the one temporary-directory type of the crate's unit tests
+//! (store, CLI, DKIM signer, delivery log) and of the integration tests that turn on the
+//! `conformance` feature. Not part of a release build.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -6,11 +8,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A fresh directory under the system temp dir (not created: the code under test creates what
 /// it needs), removed on drop.
-pub(crate) struct TempDir(PathBuf);
+pub struct TempDir(PathBuf);
 
 impl TempDir {
     /// `postern-<name>-<pid>-<n>-<nanos>`, unique per process, call and time.
-    pub(crate) fn new(name: &str) -> Self {
+    pub fn new(name: &str) -> Self {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let nanos = SystemTime::now()
@@ -24,12 +26,12 @@ impl TempDir {
     }
 
     /// The directory.
-    pub(crate) fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         &self.0
     }
 
     /// A path inside the directory.
-    pub(crate) fn join(&self, relative: impl AsRef<Path>) -> PathBuf {
+    pub fn join(&self, relative: impl AsRef<Path>) -> PathBuf {
         self.0.join(relative)
     }
 }

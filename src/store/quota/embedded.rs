@@ -37,9 +37,9 @@
 //! One connection behind a `std::sync::Mutex`, never held across an `.await`; the async methods
 //! run on tokio's blocking pool (`spawn_blocking`).
 
-use super::quota::{HoldOutcome, QuotaError, QuotaKey, QuotaSettings, QuotaStore, Usage};
-use super::sqlite;
+use super::{QuotaError, QuotaHold, QuotaKey, QuotaSettings, QuotaStore, Usage};
 use crate::policy::quota::{has_room, retry_at};
+use crate::store::sqlite;
 use rusqlite::{Connection, OptionalExtension, Params, Transaction, TransactionBehavior, params};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -226,7 +226,7 @@ impl EmbeddedQuota {
         hold_id: &str,
         limit: u32,
         now_ms: u64,
-    ) -> Result<HoldOutcome, QuotaError> {
+    ) -> Result<QuotaHold, QuotaError> {
         let settings = self.inner.settings;
         let expires = int(now_ms.saturating_add(settings.hold_ttl_ms))?;
         self.write(key, now_ms, |tx| {
@@ -242,7 +242,7 @@ impl EmbeddedQuota {
                 )
                 .and_then(|mut s| s.execute(params![key, hold_id, expires]))
                 .map_err(backend)?;
-                return Ok(HoldOutcome::Held {
+                return Ok(QuotaHold::Held {
                     used: count32(used),
                     held: count32(held + 1),
                 });
@@ -253,7 +253,7 @@ impl EmbeddedQuota {
             )
             .and_then(|mut s| s.execute(params![key, hold_id, expires]))
             .map_err(backend)?;
-            Ok(HoldOutcome::Full {
+            Ok(QuotaHold::Full {
                 retry_at_ms: full_retry_at(tx, settings, key, limit, now_ms)?,
             })
         })
@@ -459,7 +459,7 @@ impl QuotaStore for EmbeddedQuota {
         hold_id: &str,
         limit: u32,
         now_ms: u64,
-    ) -> Result<HoldOutcome, QuotaError> {
+    ) -> Result<QuotaHold, QuotaError> {
         let (key, hold_id) = (key.as_key(), hold_id.to_string());
         self.blocking(move |s| s.hold_blocking(&key, &hold_id, limit, now_ms))
             .await

@@ -36,7 +36,7 @@
 //! the connection broken, and the cluster connection refreshes its slots and connections by
 //! itself; calls succeed again once Redis is back, with no action from the caller.
 
-use super::quota::{HoldOutcome, QuotaError, QuotaKey, QuotaSettings, QuotaStore, Usage};
+use super::{QuotaError, QuotaHold, QuotaKey, QuotaSettings, QuotaStore, Usage};
 use crate::policy::quota::QuotaWindow;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
@@ -392,7 +392,7 @@ impl QuotaStore for RedisQuota {
         hold_id: &str,
         limit: u32,
         now_ms: u64,
-    ) -> Result<HoldOutcome, QuotaError> {
+    ) -> Result<QuotaHold, QuotaError> {
         let r = self
             .call(
                 key,
@@ -406,12 +406,12 @@ impl QuotaStore for RedisQuota {
             )
             .await?;
         if at(&r, 0)? == 1 {
-            Ok(HoldOutcome::Held {
+            Ok(QuotaHold::Held {
                 used: count(at(&r, 1)?)?,
                 held: count(at(&r, 2)?)?,
             })
         } else {
-            Ok(HoldOutcome::Full {
+            Ok(QuotaHold::Full {
                 retry_at_ms: time(at(&r, 1)?)?,
             })
         }
