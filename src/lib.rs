@@ -11,6 +11,8 @@
 //! - [`spool`]: durable storage of accepted mail (group-committed journal plus files for large
 //!   messages) and the schedule of delivery attempts.
 //! - [`delivery`]: MX resolution and the outbound SMTP client that empties the spool.
+//! - [`smtp`]: the client side of the SMTP wire (reply parsing, commands, dot-stuffing),
+//!   pure code shared by [`delivery`] and `postern sendmail`; uses only std and crates.
 //! - [`store`]: addresses, aliases and device passwords behind a small trait
 //!   (embedded SQLite by default).
 //! - [`cli`]: the `postern` command line: `serve` and the admin subcommands.
@@ -28,5 +30,6 @@ pub mod metrics;
 pub mod policy;
 pub mod server;
 pub mod session;
+pub mod smtp;
 pub mod spool;
 pub mod store;
