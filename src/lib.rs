@@ -11,6 +11,8 @@
 //! - [`spool`]: durable storage of accepted mail (group-committed journal plus files for large
 //!   messages) and the schedule of delivery attempts.
 //! - [`delivery`]: MX resolution and the outbound SMTP client that empties the spool.
+//! - [`smtp`]: the client side of the SMTP wire (reply parsing, commands, dot-stuffing),
+//!   pure code shared by [`delivery`] and `postern sendmail`; uses only std and crates.
 //! - [`store`]: the directory (addresses, aliases, devices, hosting accounts, limits, DKIM
 //!   keys) behind the traits a backend implements (embedded SQLite in `store/embedded/`, one
 //!   file per subject), and the recipient quotas (`store/quota/`: embedded or Redis).
@@ -30,6 +32,7 @@ pub mod metrics;
 pub mod policy;
 pub mod server;
 pub mod session;
+pub mod smtp;
 pub mod spool;
 pub mod store;
 pub mod unix_time;

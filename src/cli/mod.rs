@@ -1,7 +1,7 @@
 //! The `postern` command line: `serve`, and the admin commands that edit the store.
 //!
 //! One file per command family (`address.rs`, `alias.rs`, `device.rs`, `hosting.rs`,
-//! `limit.rs`, `log.rs`, `quota.rs`, `sendmail.rs`); later families each add a variant to the
+//! `limit.rs`, `log.rs`, `quota.rs`, `sendmail/`); later families each add a variant to the
 //! `Command` enum and a file of their own.
 //!
 //! # Exit status and output
@@ -15,7 +15,7 @@
 //!
 //! `postern sendmail` is the exception: it is called by programs that expect sendmail(8), so it
 //! parses its own options and exits with sysexits codes (64 usage, 69 refused, 75 try later,
-//! 78 config, ...; see `sendmail.rs`).
+//! 78 config, ...; see `sendmail/`).
 //!
 //! Device passwords are printed exactly once, by `device add` and `device rotate`, alone on the
 //! last line of stdout so that scripts can take it with `tail -n 1`. Nothing else ever prints a

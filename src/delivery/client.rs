@@ -5,7 +5,7 @@
 //! afterwards, section 4.2) → MAIL FROM with SIZE= (RFC 1870), BODY=8BITMIME (RFC 6152) and
 //! SMTPUTF8 (RFC 6531) as the server supports them → one RCPT TO per recipient (all sent in
 //! one write after MAIL when PIPELINING is advertised, RFC 2920; DATA is sent on its own once
-//! a recipient is accepted) → DATA, the message streamed through the dot-stuffer (`dot.rs`)
+//! a recipient is accepted) → DATA, the message streamed through the dot-stuffer (`smtp::dot`)
 //! from an [`AsyncRead`] in 64 KiB chunks, never whole in memory → final reply → QUIT.
 //!
 //! Timeouts: `connect_timeout` for the TCP connect; `command_timeout` for each whole reply,
@@ -58,10 +58,12 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use super::dot::DotStuffer;
 use super::outcome::{Command, Peer, RecipientOutcome};
-use super::reply::{EnhancedCode, Extensions, Reply, ReplyError, parse_reply};
 use super::tls::{TlsMode, TlsPolicy, server_name};
+use crate::smtp::command::{self, MailFrom, is_unsendable_address};
+use crate::smtp::dot::DotStuffer;
+use crate::smtp::extensions::Extensions;
+use crate::smtp::{EnhancedCode, Response, ResponseError, parse_response};
 
 /// Size of the chunks read from the spool and written to the server.
 const CHUNK: usize = 64 * 1024;
@@ -94,6 +96,18 @@ pub struct Transaction<'a> {
     pub body_8bit: bool,
     /// The envelope or headers need SMTPUTF8.
     pub smtputf8: bool,
+}
+
+impl Transaction<'_> {
+    /// The reverse-path with everything the message would declare on it.
+    fn mail_from(&self) -> MailFrom<'_> {
+        MailFrom {
+            sender: self.sender,
+            size: Some(self.size),
+            body_8bit: self.body_8bit,
+            smtputf8: self.smtputf8,
+        }
+    }
 }
 
 /// Opens the message to send, from its first byte, each time a DATA is about to start.
@@ -157,7 +171,7 @@ pub enum ClientError {
         /// The command answered.
         phase: Command,
         /// What was wrong.
-        source: ReplyError,
+        source: ResponseError,
     },
     /// The server refused the session (greeting, EHLO/HELO) or closed it with 421.
     #[error("{reply} (in reply to {phase})")]
@@ -165,7 +179,7 @@ pub enum ClientError {
         /// The command answered.
         phase: Command,
         /// The reply.
-        reply: Reply,
+        reply: Response,
     },
     /// The TLS handshake after STARTTLS failed.
     #[error("TLS handshake failed: {source}")]
@@ -434,7 +448,9 @@ impl IdleSession {
                 phase: Command::Rset,
             });
         }
-        session.write(b"RSET\r\n", Command::Rset).await?;
+        session
+            .write(command::RSET.as_bytes(), Command::Rset)
+            .await?;
         let deadline = Instant::now() + RESET_TIMEOUT.min(session.command_timeout);
         let reply = match session.read_reply_until(Command::Rset, deadline).await {
             Ok(reply) => reply,
@@ -473,7 +489,9 @@ async fn converse<S: MessageSource>(
     let mut ext = session.hello(&settings.helo_name).await?;
     let mut tls = TlsMode::Plaintext;
     if policy.attempts_starttls() && ext.starttls {
-        let reply = session.command("STARTTLS\r\n", Command::StartTls).await?;
+        let reply = session
+            .command(command::STARTTLS, Command::StartTls)
+            .await?;
         if reply.code == 220 {
             match session.start_tls(settings, peer).await {
                 Ok(()) => {}
@@ -524,36 +542,6 @@ async fn converse<S: MessageSource>(
         recipients,
     };
     Ok((report, ext))
-}
-
-/// The `MAIL FROM` command line with the parameters the server supports.
-pub fn mail_command(txn: &Transaction<'_>, ext: &Extensions) -> String {
-    let mut line = format!("MAIL FROM:<{}>", txn.sender);
-    if ext.size.is_some() {
-        line.push_str(&format!(" SIZE={}", txn.size));
-    }
-    // Without 8BITMIME the message goes as it is (RFC 6152 section 3 would have us
-    // downgrade or bounce; every current MTA accepts 8-bit data, as Postfix assumes).
-    if txn.body_8bit && ext.eight_bit_mime {
-        line.push_str(" BODY=8BITMIME");
-    }
-    if txn.smtputf8 && ext.smtputf8 {
-        line.push_str(" SMTPUTF8");
-    }
-    line.push_str("\r\n");
-    line
-}
-
-/// The `RCPT TO` command line.
-pub fn rcpt_command(recipient: &str) -> String {
-    format!("RCPT TO:<{recipient}>\r\n")
-}
-
-/// An address that cannot be put between angle brackets on a command line.
-pub fn is_unsendable_address(address: &str) -> bool {
-    address
-        .chars()
-        .any(|c| c.is_control() || c == '<' || c == '>')
 }
 
 /// The transport under a session: TCP, then TLS after STARTTLS.
@@ -641,7 +629,7 @@ impl Session {
     }
 
     /// Reads one whole reply within `command_timeout`.
-    async fn read_reply(&mut self, phase: Command) -> Result<Reply, ClientError> {
+    async fn read_reply(&mut self, phase: Command) -> Result<Response, ClientError> {
         let deadline = Instant::now() + self.command_timeout;
         let result = self.read_reply_until(phase, deadline).await;
         if result.is_err() {
@@ -654,9 +642,9 @@ impl Session {
         &mut self,
         phase: Command,
         deadline: Instant,
-    ) -> Result<Reply, ClientError> {
+    ) -> Result<Response, ClientError> {
         loop {
-            match parse_reply(&self.buf) {
+            match parse_response(&self.buf) {
                 Ok(Some((reply, used))) => {
                     self.buf.drain(..used);
                     return Ok(reply);
@@ -701,16 +689,14 @@ impl Session {
         result
     }
 
-    async fn command(&mut self, line: &str, phase: Command) -> Result<Reply, ClientError> {
+    async fn command(&mut self, line: &str, phase: Command) -> Result<Response, ClientError> {
         self.write(line.as_bytes(), phase).await?;
         self.read_reply(phase).await
     }
 
     /// EHLO, or HELO when EHLO is refused with 5yz (RFC 5321 3.2).
     async fn hello(&mut self, name: &str) -> Result<Extensions, ClientError> {
-        let reply = self
-            .command(&format!("EHLO {name}\r\n"), Command::Ehlo)
-            .await?;
+        let reply = self.command(&command::ehlo(name), Command::Ehlo).await?;
         if reply.is_positive() {
             return Ok(Extensions::from_ehlo(&reply));
         }
@@ -720,9 +706,7 @@ impl Session {
                 reply,
             });
         }
-        let reply = self
-            .command(&format!("HELO {name}\r\n"), Command::Helo)
-            .await?;
+        let reply = self.command(&command::helo(name), Command::Helo).await?;
         if reply.is_positive() {
             Ok(Extensions::default())
         } else {
@@ -826,10 +810,10 @@ impl Session {
             return Ok(finish(outcomes, &none));
         }
 
-        let mut batch = mail_command(txn, ext);
+        let mut batch = txn.mail_from().command(ext);
         if ext.pipelining {
             for &i in &sendable {
-                batch.push_str(&rcpt_command(&txn.recipients[i]));
+                batch.push_str(&command::rcpt_to(&txn.recipients[i]));
             }
         }
         self.write(batch.as_bytes(), Command::Mail).await?;
@@ -859,7 +843,7 @@ impl Session {
             let reply = if ext.pipelining {
                 self.read_reply(Command::Rcpt).await?
             } else {
-                self.command(&rcpt_command(rcpt), Command::Rcpt).await?
+                self.command(&command::rcpt_to(rcpt), Command::Rcpt).await?
             };
             if reply.code == 421 {
                 // The server is closing: nothing was delivered, another address may work.
@@ -891,7 +875,7 @@ impl Session {
                 return Ok(finish(outcomes, &local));
             }
         };
-        let data = self.command("DATA\r\n", Command::Data).await?;
+        let data = self.command(command::DATA, Command::Data).await?;
         if data.code != 354 {
             let outcome = RecipientOutcome::from_reply(peer, Command::Data, &data);
             return Ok(finish(outcomes, &outcome));
@@ -946,7 +930,7 @@ impl Session {
     async fn quit(&mut self) {
         if self.usable {
             let quit = async {
-                self.stream.write_all(b"QUIT\r\n").await?;
+                self.stream.write_all(command::QUIT.as_bytes()).await?;
                 self.stream.flush().await?;
                 // The 221 itself is of no interest; wait for it so the server does not see a
                 // reset before it has answered.
@@ -987,7 +971,10 @@ mod tests {
         let rcpts = vec!["b@example.org".to_string()];
         let mut t = txn("a@example.com", &rcpts);
         let none = Extensions::default();
-        assert_eq!(mail_command(&t, &none), "MAIL FROM:<a@example.com>\r\n");
+        assert_eq!(
+            t.mail_from().command(&none),
+            "MAIL FROM:<a@example.com>\r\n"
+        );
         let all = Extensions {
             size: Some(0),
             eight_bit_mime: true,
@@ -995,40 +982,33 @@ mod tests {
             ..Extensions::default()
         };
         assert_eq!(
-            mail_command(&t, &all),
+            t.mail_from().command(&all),
             "MAIL FROM:<a@example.com> SIZE=1234\r\n"
         );
         t.body_8bit = true;
         t.smtputf8 = true;
         assert_eq!(
-            mail_command(&t, &all),
+            t.mail_from().command(&all),
             "MAIL FROM:<a@example.com> SIZE=1234 BODY=8BITMIME SMTPUTF8\r\n"
         );
-        assert_eq!(mail_command(&t, &none), "MAIL FROM:<a@example.com>\r\n");
+        assert_eq!(
+            t.mail_from().command(&none),
+            "MAIL FROM:<a@example.com>\r\n"
+        );
     }
 
     #[test]
-    fn null_sender_and_rcpt() {
+    fn null_sender() {
         let rcpts = vec![];
         assert_eq!(
-            mail_command(&txn("", &rcpts), &Extensions::default()),
+            txn("", &rcpts).mail_from().command(&Extensions::default()),
             "MAIL FROM:<>\r\n"
         );
-        assert_eq!(rcpt_command("b@example.org"), "RCPT TO:<b@example.org>\r\n");
-    }
-
-    #[test]
-    fn unsendable_addresses() {
-        assert!(!is_unsendable_address("a@example.org"));
-        assert!(!is_unsendable_address("\"john doe\"@example.org"));
-        assert!(!is_unsendable_address("jörg@bücher.example"));
-        assert!(is_unsendable_address("a@example.org>\r\nRCPT TO:<x@y"));
-        assert!(is_unsendable_address("a<b@example.org"));
     }
 
     #[test]
     fn client_errors_are_class_4() {
-        let reply = Reply {
+        let reply = Response {
             code: 554,
             enhanced: Some(EnhancedCode::new(5, 7, 1)),
             lines: vec![],

@@ -70,10 +70,10 @@ use tokio::io::{AsyncBufReadExt, AsyncRead};
 
 use super::GroupOutcome;
 use super::outcome::{Peer, RecipientOutcome, Verdict};
-use super::reply::EnhancedCode;
 use crate::config::{Config, DeliveryConfig};
 use crate::metrics::Metrics;
 use crate::session::headers::rfc5322_date;
+use crate::smtp::EnhancedCode;
 use crate::spool::{Envelope, Recipient, Spool, SpoolError, SpoolId, Submitter};
 use crate::unix_time::{from_unix_ms, unix_ms};
 

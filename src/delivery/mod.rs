@@ -61,14 +61,12 @@
 
 pub mod client;
 pub mod dane;
-pub mod dot;
 pub mod dsn;
 pub mod log;
 pub mod mta_sts;
 pub mod mx;
 pub mod outcome;
 pub mod pool;
-pub mod reply;
 pub mod retry;
 pub mod tls;
 
@@ -86,12 +84,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::smtp::EnhancedCode;
 use crate::spool::{Envelope, QueuedMessage, RecipientResult, RecipientStatus, Spool};
 use client::{ClientSettings, MessageSource, Transaction};
 use mx::MxHost;
 pub use outcome::DeliveryError;
 use outcome::{Peer, RecipientOutcome, Verdict};
-use reply::EnhancedCode;
 use tls::{TlsMode, TlsPolicy};
 
 /// Most addresses tried for one destination in one attempt (Postfix's

@@ -40,8 +40,9 @@ use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{LowerName, Name, RData, RecordType};
 use rand::seq::SliceRandom;
 
-use super::reply::{EnhancedCode, clean_text};
 use crate::config::DnsConfig;
+use crate::smtp::EnhancedCode;
+use crate::smtp::response::clean_text;
 
 /// One mail exchanger of a domain.
 #[derive(Debug, Clone, PartialEq, Eq)]

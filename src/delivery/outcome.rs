@@ -16,7 +16,8 @@ use std::net::SocketAddr;
 
 use super::client::ClientError;
 use super::mx::MxError;
-use super::reply::{EnhancedCode, Reply, clean_text};
+use crate::smtp::response::clean_text;
+use crate::smtp::{EnhancedCode, Response};
 
 /// The three ways an attempt can end for one recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -121,7 +122,7 @@ pub struct RecipientOutcome {
 
 impl RecipientOutcome {
     /// The outcome a remote reply gives.
-    pub fn from_reply(peer: &Peer, command: Command, reply: &Reply) -> Self {
+    pub fn from_reply(peer: &Peer, command: Command, reply: &Response) -> Self {
         let verdict = Verdict::of_code(reply.code);
         let status = reply.enhanced.unwrap_or_else(|| default_status(verdict));
         let detail = format!("{peer} said: {} (in reply to {command})", reply.one_line());
@@ -261,8 +262,8 @@ mod tests {
         }
     }
 
-    fn reply(code: u16, enhanced: Option<EnhancedCode>, text: &str) -> Reply {
-        Reply {
+    fn reply(code: u16, enhanced: Option<EnhancedCode>, text: &str) -> Response {
+        Response {
             code,
             enhanced,
             lines: vec![text.to_string()],

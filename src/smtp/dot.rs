@@ -6,11 +6,13 @@
 //! starts a line and the last two bytes seen, so a chunk boundary may fall anywhere, even
 //! between CR and LF or just before a period.
 //!
-//! The spool guarantees CRLF line endings, so the encoder does not rewrite line endings. A
-//! period after a bare LF is still stuffed, because some receivers end lines at a bare LF.
+//! Both clients hand it CRLF line endings (the spool guarantees them, `postern sendmail` makes
+//! them), so the encoder does not rewrite line endings. A period after a bare LF is still
+//! stuffed, because some receivers end lines at a bare LF.
 //! When the message already ends with CRLF, only `. CRLF` is appended (no extra empty line,
 //! unlike lettre and mail-send; DKIM body hashes and byte-exact tests stay intact). Pure code;
-//! the client in `client.rs` does the reading and writing.
+//! each client does its own reading and writing: the delivery client chunk by chunk from the
+//! spool, `postern sendmail` over the message it prepared in memory.
 
 /// Streaming dot-stuffer for the body of DATA.
 #[derive(Debug, Clone)]

@@ -1,8 +1,8 @@
-//! SMTP replies as the outbound client reads them, and the EHLO extensions they advertise.
+//! A server's reply as an SMTP client reads it (RFC 5321 section 4.2), for both clients.
 //!
-//! Pure code (no I/O): [`parse_reply`] looks at the bytes received so far and returns one
-//! complete reply and how many bytes it used, or `None` when more bytes are needed. The driver
-//! in `client.rs` keeps the buffer, so pipelined replies (RFC 2920) that arrive together are
+//! Pure code (no I/O): [`parse_response`] looks at the bytes received so far and returns one
+//! complete reply and how many bytes it used, or `None` when more bytes are needed. Each
+//! client keeps its own buffer, so pipelined replies (RFC 2920) that arrive together are
 //! taken one after the other.
 //!
 //! What it follows:
@@ -11,13 +11,16 @@
 //!   protocol error rather than guessed at.
 //! - RFC 3463 / RFC 2034: an enhanced status code `class.subject.detail` at the start of the
 //!   text, taken from the first line.
-//! - RFC 5321 section 4.1.1.1 and the extension RFCs for the EHLO keywords we act on.
 //!
-//! Lenient where peers are sloppy: a bare LF ends a line like CRLF does, `250` with no text is
-//! accepted, and text that is not UTF-8 is decoded lossily. Not done here: deciding what a
-//! reply means for a recipient (that is `outcome.rs`).
+//! Limits ([`MAX_LINE`], [`MAX_LINES`]) bound what a server can make a client buffer; past
+//! them the bytes are refused, never cut and guessed at. Lenient where peers are sloppy: a
+//! bare LF ends a line like CRLF does, `250` with no text is accepted, and text that is not
+//! UTF-8 is decoded lossily. Not done here: deciding what a reply means for a recipient (that
+//! is `delivery/outcome.rs`) or for the exit status of `postern sendmail`.
 
 use std::fmt;
+
+use super::EnhancedCode;
 
 /// Longest reply line accepted (RFC 5321 4.5.3.1.5 asks for 512 octets; peers exceed it).
 pub const MAX_LINE: usize = 4096;
@@ -26,65 +29,10 @@ pub const MAX_LINES: usize = 128;
 /// Longest reply text kept for logs and the spool; longer text is cut with `...`.
 const MAX_TEXT: usize = 512;
 
-/// An RFC 3463 enhanced status code, e.g. `5.1.1`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct EnhancedCode {
-    /// 2 (success), 4 (persistent transient failure) or 5 (permanent failure).
-    pub class: u8,
-    /// The subject (1 addressing, 2 mailbox, 3 mail system, 4 network, 5 protocol, 6 content,
-    /// 7 security).
-    pub subject: u16,
-    /// The detail within the subject.
-    pub detail: u16,
-}
-
-impl EnhancedCode {
-    /// Builds a code from its three parts.
-    pub const fn new(class: u8, subject: u16, detail: u16) -> Self {
-        Self {
-            class,
-            subject,
-            detail,
-        }
-    }
-
-    /// Parses `class.subject.detail` (RFC 3463 section 2: class 2, 4 or 5; subject and detail
-    /// one to three digits).
-    pub fn parse(text: &str) -> Option<Self> {
-        let mut parts = text.split('.');
-        let (class, subject, detail) = (parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() {
-            return None;
-        }
-        let class: u8 = match class {
-            "2" => 2,
-            "4" => 4,
-            "5" => 5,
-            _ => return None,
-        };
-        let number = |s: &str| -> Option<u16> {
-            if s.is_empty() || s.len() > 3 || !s.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            s.parse().ok()
-        };
-        Some(Self {
-            class,
-            subject: number(subject)?,
-            detail: number(detail)?,
-        })
-    }
-}
-
-impl fmt::Display for EnhancedCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}.{}", self.class, self.subject, self.detail)
-    }
-}
-
-/// One complete SMTP reply.
+/// One complete reply received from an SMTP server (not to be confused with
+/// `session::reply::Reply`, a reply our own server sends).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
+pub struct Response {
     /// The three-digit reply code.
     pub code: u16,
     /// The enhanced status code at the start of the first line, if the server sent one.
@@ -93,7 +41,7 @@ pub struct Reply {
     pub lines: Vec<String>,
 }
 
-impl Reply {
+impl Response {
     /// 2yz: the command succeeded.
     pub fn is_positive(&self) -> bool {
         (200..300).contains(&self.code)
@@ -114,6 +62,20 @@ impl Reply {
         (500..600).contains(&self.code)
     }
 
+    /// The lines as the server sent them, code and separator included (`250-PIPELINING`,
+    /// `250 OK`), without the line end; a line with no text is the code alone.
+    pub fn lines_as_sent(&self) -> impl Iterator<Item = String> + '_ {
+        let last = self.lines.len().saturating_sub(1);
+        self.lines
+            .iter()
+            .enumerate()
+            .map(move |(i, text)| match (i == last, text.is_empty()) {
+                (false, _) => format!("{}-{text}", self.code),
+                (true, true) => self.code.to_string(),
+                (true, false) => format!("{} {text}", self.code),
+            })
+    }
+
     /// The reply on one line, control characters removed and cut to a sane length, for logs,
     /// the spool and (later) DSNs: `550 5.1.1 no such user`.
     pub fn one_line(&self) -> String {
@@ -129,7 +91,7 @@ impl Reply {
     }
 }
 
-impl fmt::Display for Reply {
+impl fmt::Display for Response {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.one_line())
     }
@@ -154,7 +116,7 @@ pub(crate) fn clean_text(text: &str) -> String {
 
 /// Bytes that are not an SMTP reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ReplyError {
+pub enum ResponseError {
     /// A line does not start with three digits followed by space, `-` or the line end.
     #[error("malformed reply line {line:?}")]
     Malformed {
@@ -189,8 +151,8 @@ pub enum ReplyError {
 /// occupied, `Ok(None)` if `buf` holds only part of a reply.
 ///
 /// # Errors
-/// [`ReplyError`] when the bytes cannot be an SMTP reply; the connection is then unusable.
-pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, ReplyError> {
+/// [`ResponseError`] when the bytes cannot be an SMTP reply; the connection is then unusable.
+pub fn parse_response(buf: &[u8]) -> Result<Option<(Response, usize)>, ResponseError> {
     let mut pos = 0;
     let mut code: Option<u16> = None;
     let mut lines = Vec::new();
@@ -198,12 +160,12 @@ pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, ReplyError> {
         let rest = &buf[pos..];
         let Some(newline) = rest.iter().position(|&b| b == b'\n') else {
             if rest.len() > MAX_LINE {
-                return Err(ReplyError::LineTooLong);
+                return Err(ResponseError::LineTooLong);
             }
             return Ok(None);
         };
         if newline > MAX_LINE {
-            return Err(ReplyError::LineTooLong);
+            return Err(ResponseError::LineTooLong);
         }
         let mut line = &rest[..newline];
         if let [head @ .., b'\r'] = line {
@@ -214,7 +176,7 @@ pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, ReplyError> {
         match code {
             None => code = Some(line_code),
             Some(first) if first != line_code => {
-                return Err(ReplyError::MixedCodes {
+                return Err(ResponseError::MixedCodes {
                     first,
                     later: line_code,
                 });
@@ -231,7 +193,7 @@ pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, ReplyError> {
                 // RFC 3463 section 2: the class must match the reply's class.
                 .filter(|e| u16::from(e.class) == code / 100);
             return Ok(Some((
-                Reply {
+                Response {
                     code,
                     enhanced,
                     lines,
@@ -240,14 +202,14 @@ pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, ReplyError> {
             )));
         }
         if lines.len() >= MAX_LINES {
-            return Err(ReplyError::TooManyLines);
+            return Err(ResponseError::TooManyLines);
         }
     }
 }
 
 /// Splits one line (without its line end) into code, "is last line" and text.
-fn split_line(line: &[u8]) -> Result<(u16, bool, &[u8]), ReplyError> {
-    let malformed = || ReplyError::Malformed {
+fn split_line(line: &[u8]) -> Result<(u16, bool, &[u8]), ResponseError> {
+    let malformed = || ResponseError::Malformed {
         line: clean_text(&String::from_utf8_lossy(&line[..line.len().min(64)])),
     };
     let (digits, rest) = match line {
@@ -258,7 +220,7 @@ fn split_line(line: &[u8]) -> Result<(u16, bool, &[u8]), ReplyError> {
         _ => return Err(malformed()),
     };
     if !(200..600).contains(&digits) {
-        return Err(ReplyError::CodeOutOfRange { code: digits });
+        return Err(ResponseError::CodeOutOfRange { code: digits });
     }
     match rest {
         [] => Ok((digits, true, rest)),
@@ -268,59 +230,12 @@ fn split_line(line: &[u8]) -> Result<(u16, bool, &[u8]), ReplyError> {
     }
 }
 
-/// The service extensions of an EHLO reply that delivery acts on (RFC 5321 4.1.1.1: keywords
-/// are case-insensitive, the first line is the server's greeting and carries none).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Extensions {
-    /// RFC 3207 `STARTTLS`.
-    pub starttls: bool,
-    /// RFC 2920 `PIPELINING`.
-    pub pipelining: bool,
-    /// RFC 1870 `SIZE`: `Some(0)` means the keyword without a limit (or limit 0, "no fixed
-    /// maximum"); `None` means SIZE is not supported.
-    pub size: Option<u64>,
-    /// RFC 6152 `8BITMIME`.
-    pub eight_bit_mime: bool,
-    /// RFC 6531 `SMTPUTF8`.
-    pub smtputf8: bool,
-    /// RFC 2034 `ENHANCEDSTATUSCODES`.
-    pub enhanced_status_codes: bool,
-    /// RFC 3030 `CHUNKING` (recorded, BDAT not used yet).
-    pub chunking: bool,
-}
-
-impl Extensions {
-    /// Reads the keywords of a positive EHLO reply. A reply to HELO gives the default (none).
-    pub fn from_ehlo(reply: &Reply) -> Self {
-        let mut ext = Self::default();
-        for line in reply.lines.iter().skip(1) {
-            let mut words = line.split_whitespace();
-            let Some(keyword) = words.next() else {
-                continue;
-            };
-            match keyword.to_ascii_uppercase().as_str() {
-                "STARTTLS" => ext.starttls = true,
-                "PIPELINING" => ext.pipelining = true,
-                "SIZE" => {
-                    ext.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0));
-                }
-                "8BITMIME" => ext.eight_bit_mime = true,
-                "SMTPUTF8" => ext.smtputf8 = true,
-                "ENHANCEDSTATUSCODES" => ext.enhanced_status_codes = true,
-                "CHUNKING" => ext.chunking = true,
-                _ => {}
-            }
-        }
-        ext
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn one(bytes: &[u8]) -> Reply {
-        let (reply, used) = parse_reply(bytes).unwrap().unwrap();
+    fn one(bytes: &[u8]) -> Response {
+        let (reply, used) = parse_response(bytes).unwrap().unwrap();
         assert_eq!(used, bytes.len());
         reply
     }
@@ -335,51 +250,20 @@ mod tests {
     }
 
     #[test]
-    fn multi_line_ehlo_reply() {
-        let bytes = b"250-mx.example.org hello\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n\
-            250-starttls\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250 SMTPUTF8\r\n";
-        let r = one(bytes);
-        assert_eq!(r.code, 250);
-        assert_eq!(r.lines.len(), 7);
-        assert_eq!(r.enhanced, None);
-        let ext = Extensions::from_ehlo(&r);
-        assert_eq!(
-            ext,
-            Extensions {
-                starttls: true,
-                pipelining: true,
-                size: Some(10_240_000),
-                eight_bit_mime: true,
-                smtputf8: true,
-                enhanced_status_codes: true,
-                chunking: false,
-            }
-        );
-    }
-
-    #[test]
-    fn size_without_number_means_no_limit() {
-        let r = one(b"250-mx\r\n250 SIZE\r\n");
-        assert_eq!(Extensions::from_ehlo(&r).size, Some(0));
-        let r = one(b"250 mx\r\n");
-        assert_eq!(Extensions::from_ehlo(&r), Extensions::default());
-    }
-
-    #[test]
     fn partial_reply_needs_more() {
-        assert_eq!(parse_reply(b""), Ok(None));
-        assert_eq!(parse_reply(b"250-first\r\n250 sec"), Ok(None));
-        assert_eq!(parse_reply(b"25"), Ok(None));
+        assert_eq!(parse_response(b""), Ok(None));
+        assert_eq!(parse_response(b"250-first\r\n250 sec"), Ok(None));
+        assert_eq!(parse_response(b"25"), Ok(None));
     }
 
     #[test]
     fn pipelined_replies_are_taken_one_by_one() {
         let buf = b"250 2.1.0 ok\r\n550 5.1.1 unknown\r\n250 2.1.5 ok\r\n";
-        let (a, n) = parse_reply(buf).unwrap().unwrap();
+        let (a, n) = parse_response(buf).unwrap().unwrap();
         assert_eq!(a.code, 250);
-        let (b, m) = parse_reply(&buf[n..]).unwrap().unwrap();
+        let (b, m) = parse_response(&buf[n..]).unwrap().unwrap();
         assert_eq!(b.code, 550);
-        let (c, k) = parse_reply(&buf[n + m..]).unwrap().unwrap();
+        let (c, k) = parse_response(&buf[n + m..]).unwrap().unwrap();
         assert_eq!(c.code, 250);
         assert_eq!(n + m + k, buf.len());
     }
@@ -391,6 +275,20 @@ mod tests {
         assert_eq!(r.one_line(), "250");
         let r = one(b"220-a\n220 b\n");
         assert_eq!(r.lines, vec!["a".to_string(), "b".to_string()]);
+    }
+
+    #[test]
+    fn lines_as_sent_put_back_code_and_separator() {
+        let r = one(b"550-5.7.1 Sender address rejected:\r\n550 5.7.1 domain not allowed\r\n");
+        assert_eq!(
+            r.lines_as_sent().collect::<Vec<_>>(),
+            [
+                "550-5.7.1 Sender address rejected:",
+                "550 5.7.1 domain not allowed"
+            ]
+        );
+        let r = one(b"250-\r\n250\r\n");
+        assert_eq!(r.lines_as_sent().collect::<Vec<_>>(), ["250-", "250"]);
     }
 
     #[test]
@@ -412,20 +310,20 @@ mod tests {
     #[test]
     fn garbage_is_refused() {
         assert!(matches!(
-            parse_reply(b"hello\r\n"),
-            Err(ReplyError::Malformed { .. })
+            parse_response(b"hello\r\n"),
+            Err(ResponseError::Malformed { .. })
         ));
         assert!(matches!(
-            parse_reply(b"250x\r\n"),
-            Err(ReplyError::Malformed { .. })
+            parse_response(b"250x\r\n"),
+            Err(ResponseError::Malformed { .. })
         ));
         assert_eq!(
-            parse_reply(b"150 what\r\n"),
-            Err(ReplyError::CodeOutOfRange { code: 150 })
+            parse_response(b"150 what\r\n"),
+            Err(ResponseError::CodeOutOfRange { code: 150 })
         );
         assert_eq!(
-            parse_reply(b"250-a\r\n251 b\r\n"),
-            Err(ReplyError::MixedCodes {
+            parse_response(b"250-a\r\n251 b\r\n"),
+            Err(ResponseError::MixedCodes {
                 first: 250,
                 later: 251
             })
@@ -435,24 +333,24 @@ mod tests {
     #[test]
     fn limits_hold() {
         let long = vec![b'a'; MAX_LINE + 1];
-        assert_eq!(parse_reply(&long), Err(ReplyError::LineTooLong));
+        assert_eq!(parse_response(&long), Err(ResponseError::LineTooLong));
         let mut many = Vec::new();
         for _ in 0..MAX_LINES {
             many.extend_from_slice(b"250-x\r\n");
         }
         many.extend_from_slice(b"250 x\r\n");
-        assert_eq!(parse_reply(&many), Err(ReplyError::TooManyLines));
+        assert_eq!(parse_response(&many), Err(ResponseError::TooManyLines));
     }
 
     #[test]
     fn one_line_removes_controls_and_cuts() {
-        let r = Reply {
+        let r = Response {
             code: 550,
             enhanced: None,
             lines: vec!["a\tb\u{7}c".into()],
         };
         assert_eq!(r.one_line(), "550 a b c");
-        let r = Reply {
+        let r = Response {
             code: 550,
             enhanced: None,
             lines: vec!["é".repeat(400)],
