@@ -440,36 +440,13 @@ impl IdleSession {
         txn: &Transaction<'_>,
         source: &S,
     ) -> Result<Vec<RecipientOutcome>, ClientError> {
-        let session = &mut self.session;
-        if !session.buf.is_empty() {
-            // Something unasked for (a 421 before closing an idle connection).
-            session.usable = false;
-            return Err(ClientError::Closed {
-                phase: Command::Rset,
-            });
-        }
-        session
-            .write(command::RSET.as_bytes(), Command::Rset)
-            .await?;
-        let deadline = Instant::now() + RESET_TIMEOUT.min(session.command_timeout);
-        let reply = match session.read_reply_until(Command::Rset, deadline).await {
-            Ok(reply) => reply,
-            Err(e) => {
-                session.usable = false;
-                return Err(e);
-            }
-        };
-        if reply.code != 250 {
-            return Err(ClientError::Rejected {
-                phase: Command::Rset,
-                reply,
-            });
-        }
-        let ext = self.ext.clone();
-        self.session.transaction(peer, txn, &ext, source).await
+        self.session.reset().await?;
+        self.session.transaction(peer, txn, &self.ext, source).await
     }
 }
 
+/// The conversation on a new connection: greeting, EHLO, STARTTLS as the policy wants, the
+/// transaction. Also hands back the extensions, for a session kept for reuse.
 async fn converse<S: MessageSource>(
     session: &mut Session,
     settings: &ClientSettings,
@@ -486,55 +463,8 @@ async fn converse<S: MessageSource>(
             reply: greeting,
         });
     }
-    let mut ext = session.hello(&settings.helo_name).await?;
-    let mut tls = TlsMode::Plaintext;
-    if policy.attempts_starttls() && ext.starttls {
-        let reply = session
-            .command(command::STARTTLS, Command::StartTls)
-            .await?;
-        if reply.code == 220 {
-            match session.start_tls(settings, peer).await {
-                Ok(()) => {}
-                Err(ClientError::TlsHandshake { source }) if policy.requires_tls() => {
-                    return Err(match super::dane::DaneError::from_io(&source) {
-                        Some(dane) => ClientError::TlsRequired {
-                            by: policy.required_by(),
-                            reason: dane.reason(),
-                            detail: dane.to_string(),
-                        },
-                        None => ClientError::TlsRequired {
-                            by: policy.required_by(),
-                            reason: "handshake",
-                            detail: format!("TLS handshake failed: {source}"),
-                        },
-                    });
-                }
-                Err(e) => return Err(e),
-            }
-            tls = session.tls_mode(policy);
-            ext = session.hello(&settings.helo_name).await?;
-        } else if reply.code == 421 {
-            return Err(ClientError::Rejected {
-                phase: Command::StartTls,
-                reply,
-            });
-        } else if policy.requires_tls() {
-            return Err(ClientError::TlsRequired {
-                by: policy.required_by(),
-                reason: "starttls_refused",
-                detail: format!("STARTTLS refused: {reply}"),
-            });
-        }
-        // Any other refusal (454 "TLS not available"): RFC 3207 section 4 lets the client go
-        // on in cleartext, which is what the opportunistic policy wants.
-    } else if policy.requires_tls() {
-        // RFC 7672 2.2: never cleartext where DANE applies.
-        return Err(ClientError::TlsRequired {
-            by: policy.required_by(),
-            reason: "starttls_not_offered",
-            detail: "STARTTLS not offered".to_string(),
-        });
-    }
+    let ext = session.hello(&settings.helo_name).await?;
+    let (tls, ext) = session.negotiate_tls(settings, peer, policy, ext).await?;
     let recipients = session.transaction(peer, txn, &ext, source).await?;
     let report = TransactionReport {
         peer: peer.clone(),
@@ -542,6 +472,97 @@ async fn converse<S: MessageSource>(
         recipients,
     };
     Ok((report, ext))
+}
+
+/// The [`ClientError::TlsRequired`] for a handshake that failed where the policy allows no
+/// cleartext: the DANE verifier's own reason when it refused the certificate.
+fn required_tls_failed(policy: TlsPolicy, source: &io::Error) -> ClientError {
+    match super::dane::DaneError::from_io(source) {
+        Some(dane) => ClientError::TlsRequired {
+            by: policy.required_by(),
+            reason: dane.reason(),
+            detail: dane.to_string(),
+        },
+        None => ClientError::TlsRequired {
+            by: policy.required_by(),
+            reason: "handshake",
+            detail: format!("TLS handshake failed: {source}"),
+        },
+    }
+}
+
+/// Whether the recipients of `txn` are refused before MAIL FROM, and how: the message needs
+/// SMTPUTF8 and the server lacks it, or the sender cannot be written on a command line.
+fn refused_before_mail(
+    peer: &Peer,
+    txn: &Transaction<'_>,
+    ext: &Extensions,
+) -> Option<RecipientOutcome> {
+    if txn.smtputf8 && !ext.smtputf8 {
+        // RFC 6531 section 3.4: such a message must not be sent to a server without
+        // SMTPUTF8; there is no downgrade (RFC 6857 is not implemented).
+        return Some(RecipientOutcome::permanent(
+            EnhancedCode::new(5, 6, 7),
+            format!("{peer} does not support SMTPUTF8, which the message requires"),
+        ));
+    }
+    if is_unsendable_address(txn.sender) {
+        return Some(RecipientOutcome::permanent(
+            EnhancedCode::new(5, 1, 7),
+            "sender address cannot be sent in SMTP",
+        ));
+    }
+    None
+}
+
+/// The outcomes of one transaction's recipients as they become known, in the order of
+/// [`Transaction::recipients`]; a reply that applies to all recipients still open fills the
+/// rest at the end.
+struct Outcomes {
+    known: Vec<Option<RecipientOutcome>>,
+}
+
+impl Outcomes {
+    /// Recipients whose address cannot go on the wire fail at once (5.1.3); the others are
+    /// returned by index, to be sent.
+    fn screen(recipients: &[String]) -> (Self, Vec<usize>) {
+        let mut known = vec![None; recipients.len()];
+        let mut sendable = Vec::with_capacity(recipients.len());
+        for (i, rcpt) in recipients.iter().enumerate() {
+            if is_unsendable_address(rcpt) {
+                known[i] = Some(RecipientOutcome::permanent(
+                    EnhancedCode::new(5, 1, 3),
+                    "recipient address cannot be sent in SMTP",
+                ));
+            } else {
+                sendable.push(i);
+            }
+        }
+        (Self { known }, sendable)
+    }
+
+    fn set(&mut self, index: usize, outcome: RecipientOutcome) {
+        self.known[index] = Some(outcome);
+    }
+
+    /// Every recipient without an outcome of its own gets `rest`.
+    fn finish(self, rest: &RecipientOutcome) -> Vec<RecipientOutcome> {
+        self.known
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| rest.clone()))
+            .collect()
+    }
+}
+
+/// What the server answered to the envelope.
+enum EnvelopeAnswer {
+    /// MAIL FROM refused: the outcome of every recipient still open.
+    MailRefused(RecipientOutcome),
+    /// MAIL FROM accepted and every RCPT answered (refusals are in the [`Outcomes`]).
+    Recipients {
+        /// How many recipients the server accepted.
+        accepted: usize,
+    },
 }
 
 /// The transport under a session: TCP, then TLS after STARTTLS.
@@ -762,6 +783,84 @@ impl Session {
         }
     }
 
+    /// STARTTLS when the server offers it and `policy` wants it, then EHLO again (RFC 3207
+    /// section 4.2): the protection the session has and the extensions that now hold.
+    async fn negotiate_tls(
+        &mut self,
+        settings: &ClientSettings,
+        peer: &Peer,
+        policy: TlsPolicy,
+        ext: Extensions,
+    ) -> Result<(TlsMode, Extensions), ClientError> {
+        if !(policy.attempts_starttls() && ext.starttls) {
+            if policy.requires_tls() {
+                // RFC 7672 2.2: never cleartext where DANE applies.
+                return Err(ClientError::TlsRequired {
+                    by: policy.required_by(),
+                    reason: "starttls_not_offered",
+                    detail: "STARTTLS not offered".to_string(),
+                });
+            }
+            return Ok((TlsMode::Plaintext, ext));
+        }
+        let reply = self.command(command::STARTTLS, Command::StartTls).await?;
+        if reply.code == 220 {
+            match self.start_tls(settings, peer).await {
+                Ok(()) => {}
+                Err(ClientError::TlsHandshake { source }) if policy.requires_tls() => {
+                    return Err(required_tls_failed(policy, &source));
+                }
+                Err(e) => return Err(e),
+            }
+            let tls = self.tls_mode(policy);
+            let ext = self.hello(&settings.helo_name).await?;
+            return Ok((tls, ext));
+        }
+        if reply.code == 421 {
+            return Err(ClientError::Rejected {
+                phase: Command::StartTls,
+                reply,
+            });
+        }
+        if policy.requires_tls() {
+            return Err(ClientError::TlsRequired {
+                by: policy.required_by(),
+                reason: "starttls_refused",
+                detail: format!("STARTTLS refused: {reply}"),
+            });
+        }
+        // Any other refusal (454 "TLS not available"): RFC 3207 section 4 lets the client go
+        // on in cleartext, which is what the opportunistic policy wants.
+        Ok((TlsMode::Plaintext, ext))
+    }
+
+    /// RSET on a reused session, answered with 250 within [`RESET_TIMEOUT`].
+    async fn reset(&mut self) -> Result<(), ClientError> {
+        if !self.buf.is_empty() {
+            // Something unasked for (a 421 before closing an idle connection).
+            self.usable = false;
+            return Err(ClientError::Closed {
+                phase: Command::Rset,
+            });
+        }
+        self.write(command::RSET.as_bytes(), Command::Rset).await?;
+        let deadline = Instant::now() + RESET_TIMEOUT.min(self.command_timeout);
+        let reply = match self.read_reply_until(Command::Rset, deadline).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                self.usable = false;
+                return Err(e);
+            }
+        };
+        if reply.code != 250 {
+            return Err(ClientError::Rejected {
+                phase: Command::Rset,
+                reply,
+            });
+        }
+        Ok(())
+    }
+
     /// MAIL, RCPT, DATA. `Ok` means the server answered the transaction.
     async fn transaction<S: MessageSource>(
         &mut self,
@@ -770,49 +869,44 @@ impl Session {
         ext: &Extensions,
         source: &S,
     ) -> Result<Vec<RecipientOutcome>, ClientError> {
-        let all = |outcome: RecipientOutcome| vec![outcome; txn.recipients.len()];
-        if txn.smtputf8 && !ext.smtputf8 {
-            // RFC 6531 section 3.4: such a message must not be sent to a server without
-            // SMTPUTF8; there is no downgrade (RFC 6857 is not implemented).
-            return Ok(all(RecipientOutcome::permanent(
-                EnhancedCode::new(5, 6, 7),
-                format!("{peer} does not support SMTPUTF8, which the message requires"),
-            )));
+        if let Some(refusal) = refused_before_mail(peer, txn, ext) {
+            return Ok(vec![refusal; txn.recipients.len()]);
         }
-        if is_unsendable_address(txn.sender) {
-            return Ok(all(RecipientOutcome::permanent(
-                EnhancedCode::new(5, 1, 7),
-                "sender address cannot be sent in SMTP",
-            )));
-        }
-
-        // Recipients that go on the wire, with their index in txn.recipients.
-        let mut outcomes: Vec<Option<RecipientOutcome>> = vec![None; txn.recipients.len()];
-        let mut sendable = Vec::with_capacity(txn.recipients.len());
-        for (i, rcpt) in txn.recipients.iter().enumerate() {
-            if is_unsendable_address(rcpt) {
-                outcomes[i] = Some(RecipientOutcome::permanent(
-                    EnhancedCode::new(5, 1, 3),
-                    "recipient address cannot be sent in SMTP",
-                ));
-            } else {
-                sendable.push(i);
-            }
-        }
-        let finish = |outcomes: Vec<Option<RecipientOutcome>>, rest: &RecipientOutcome| {
-            outcomes
-                .into_iter()
-                .map(|o| o.unwrap_or_else(|| rest.clone()))
-                .collect()
-        };
+        let (mut outcomes, sendable) = Outcomes::screen(txn.recipients);
         if sendable.is_empty() {
             let none = RecipientOutcome::permanent(EnhancedCode::new(5, 1, 3), "no recipient");
-            return Ok(finish(outcomes, &none));
+            return Ok(outcomes.finish(&none));
         }
+        let answer = self
+            .send_envelope(peer, txn, ext, &sendable, &mut outcomes)
+            .await?;
+        match answer {
+            EnvelopeAnswer::MailRefused(outcome) => Ok(outcomes.finish(&outcome)),
+            EnvelopeAnswer::Recipients { accepted: 0 } => {
+                // Every recipient has its RCPT reply; the fallback is never used.
+                let unused = RecipientOutcome::temporary(EnhancedCode::new(4, 0, 0), "no reply");
+                Ok(outcomes.finish(&unused))
+            }
+            EnvelopeAnswer::Recipients { .. } => {
+                let end = self.send_message(peer, source).await?;
+                Ok(outcomes.finish(&end))
+            }
+        }
+    }
 
+    /// MAIL FROM and a RCPT TO for each of the `sendable` recipients, all in one write when
+    /// the server pipelines (RFC 2920). Each refused RCPT gets its outcome in `outcomes`.
+    async fn send_envelope(
+        &mut self,
+        peer: &Peer,
+        txn: &Transaction<'_>,
+        ext: &Extensions,
+        sendable: &[usize],
+        outcomes: &mut Outcomes,
+    ) -> Result<EnvelopeAnswer, ClientError> {
         let mut batch = txn.mail_from().command(ext);
         if ext.pipelining {
-            for &i in &sendable {
+            for &i in sendable {
                 batch.push_str(&command::rcpt_to(&txn.recipients[i]));
             }
         }
@@ -821,7 +915,7 @@ impl Session {
         if !mail.is_positive() {
             if ext.pipelining {
                 // The RCPT replies (503 after a refused MAIL) must be read before QUIT.
-                for _ in &sendable {
+                for _ in sendable {
                     if self.read_reply(Command::Rcpt).await.is_err() {
                         break;
                     }
@@ -834,16 +928,16 @@ impl Session {
                 });
             }
             let outcome = RecipientOutcome::from_reply(peer, Command::Mail, &mail);
-            return Ok(finish(outcomes, &outcome));
+            return Ok(EnvelopeAnswer::MailRefused(outcome));
         }
 
-        let mut accepted = Vec::with_capacity(sendable.len());
-        for &i in &sendable {
-            let rcpt = &txn.recipients[i];
+        let mut accepted = 0;
+        for &i in sendable {
             let reply = if ext.pipelining {
                 self.read_reply(Command::Rcpt).await?
             } else {
-                self.command(&command::rcpt_to(rcpt), Command::Rcpt).await?
+                let rcpt = command::rcpt_to(&txn.recipients[i]);
+                self.command(&rcpt, Command::Rcpt).await?
             };
             if reply.code == 421 {
                 // The server is closing: nothing was delivered, another address may work.
@@ -854,47 +948,47 @@ impl Session {
                 });
             }
             if reply.is_positive() {
-                accepted.push(i);
+                accepted += 1;
             } else {
-                outcomes[i] = Some(RecipientOutcome::from_reply(peer, Command::Rcpt, &reply));
+                outcomes.set(i, RecipientOutcome::from_reply(peer, Command::Rcpt, &reply));
             }
         }
-        if accepted.is_empty() {
-            // Every recipient has its RCPT reply; the fallback below is never used.
-            let unused = RecipientOutcome::temporary(EnhancedCode::new(4, 0, 0), "no reply");
-            return Ok(finish(outcomes, &unused));
-        }
+        Ok(EnvelopeAnswer::Recipients { accepted })
+    }
 
+    /// DATA, the message and its final reply: the outcome of every accepted recipient. The
+    /// message is opened before DATA, so a spool that cannot be read costs no DATA at all.
+    async fn send_message<S: MessageSource>(
+        &mut self,
+        peer: &Peer,
+        source: &S,
+    ) -> Result<RecipientOutcome, ClientError> {
         let body = match source.open().await {
             Ok(body) => body,
             Err(e) => {
-                let local = RecipientOutcome::temporary(
+                return Ok(RecipientOutcome::temporary(
                     EnhancedCode::new(4, 3, 0),
                     format!("cannot read the queued message: {e}"),
-                );
-                return Ok(finish(outcomes, &local));
+                ));
             }
         };
         let data = self.command(command::DATA, Command::Data).await?;
         if data.code != 354 {
-            let outcome = RecipientOutcome::from_reply(peer, Command::Data, &data);
-            return Ok(finish(outcomes, &outcome));
+            return Ok(RecipientOutcome::from_reply(peer, Command::Data, &data));
         }
-        let end = match self.send_body(body).await {
-            Ok(BodyEnd::Sent) => match self.read_reply(Command::DataEnd).await {
+        Ok(match self.send_body(body).await? {
+            BodyEnd::Sent => match self.read_reply(Command::DataEnd).await {
                 Ok(reply) => RecipientOutcome::from_reply(peer, Command::DataEnd, &reply),
                 Err(e) => RecipientOutcome::temporary(
                     e.status(),
                     format!("{peer}: {e}; delivery status unknown"),
                 ),
             },
-            Ok(BodyEnd::SourceFailed(e)) => RecipientOutcome::temporary(
+            BodyEnd::SourceFailed(e) => RecipientOutcome::temporary(
                 EnhancedCode::new(4, 3, 0),
                 format!("reading the queued message failed during DATA: {e}"),
             ),
-            Err(e) => return Err(e),
-        };
-        Ok(finish(outcomes, &end))
+        })
     }
 
     /// Streams the message, dot-stuffed, and the end marker.
@@ -1004,6 +1098,32 @@ mod tests {
             txn("", &rcpts).mail_from().command(&Extensions::default()),
             "MAIL FROM:<>\r\n"
         );
+    }
+
+    #[test]
+    fn unsendable_addresses_are_refused_before_any_command() {
+        let peer = Peer {
+            host: "mx.example.org".into(),
+            addr: "192.0.2.1:25".parse().unwrap(),
+        };
+        let rcpts = vec![
+            "a@example.org".to_string(),
+            "b@example.org>\r\nRCPT TO:<x@y".to_string(),
+        ];
+        let ext = Extensions::default();
+        assert!(refused_before_mail(&peer, &txn("s@example.com", &rcpts), &ext).is_none());
+        let refusal = refused_before_mail(&peer, &txn("s<@example.com", &rcpts), &ext).unwrap();
+        assert_eq!(refusal.status, EnhancedCode::new(5, 1, 7));
+        let mut utf8 = txn("s@example.com", &rcpts);
+        utf8.smtputf8 = true;
+        let refusal = refused_before_mail(&peer, &utf8, &ext).unwrap();
+        assert_eq!(refusal.status, EnhancedCode::new(5, 6, 7));
+        let (outcomes, sendable) = Outcomes::screen(&rcpts);
+        assert_eq!(sendable, [0]);
+        let rest = RecipientOutcome::temporary(EnhancedCode::new(4, 0, 0), "rest");
+        let all = outcomes.finish(&rest);
+        assert_eq!(all[0].status, EnhancedCode::new(4, 0, 0));
+        assert_eq!(all[1].status, EnhancedCode::new(5, 1, 3));
     }
 
     #[test]
