@@ -3,6 +3,7 @@
 //! A session is metered once its identity is known: the authenticated address on 587/465, or
 //! the hosting account whose network the client is in on port 25. Clients of the trusted
 //! `[relay] networks` are not metered (Postfix's `mynetworks`: the provider's own systems).
+//! [`RelayClient::identify`] makes that call for a port-25 client when it connects.
 //!
 //! Life of a transaction's holds (FAQ: every To/CC/BCC recipient counts 1):
 //! - each RCPT that passed the session's checks is held (one atomic check-and-hold in the
