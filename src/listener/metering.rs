@@ -3,6 +3,7 @@
 //! A session is metered once its identity is known: the authenticated address on 587/465, or
 //! the hosting account whose network the client is in on port 25. Clients of the trusted
 //! `[relay] networks` are not metered (Postfix's `mynetworks`: the provider's own systems).
+//! [`RelayClient::identify`] makes that call for a port-25 client when it connects.
 //!
 //! Life of a transaction's holds (FAQ: every To/CC/BCC recipient counts 1):
 //! - each RCPT that passed the session's checks is held (one atomic check-and-hold in the
@@ -17,11 +18,121 @@
 //! into `451 4.3.0`; nothing is accepted without being counted.
 
 use super::Shared;
-use crate::session::HoldOutcome;
-use crate::spool::unix_ms;
+use crate::policy::quota::retry_after_text;
+use crate::session::{HoldOutcome, HostingClient};
+use crate::spool::{SpoolId, unix_ms};
 use crate::store::quota::{self, QuotaError, QuotaKey};
 use crate::store::{QuotaIdentity, StoreError};
+use std::net::SocketAddr;
 use std::time::SystemTime;
+
+/// How a session's recipients are counted.
+pub(super) enum Metering {
+    /// Submission before AUTH: the identity is not known yet.
+    UntilAuth,
+    /// Trusted relay networks: not metered.
+    Unmetered,
+    /// Counted against this identity's quota.
+    Metered(Meter),
+    /// The limit could not be looked up: recipients get 451 until the next session.
+    Unavailable,
+}
+
+/// Who a port-25 client is, as the session and its metering need it.
+pub(super) struct RelayClient {
+    /// Whether its network may relay at all.
+    pub(super) relay_allowed: bool,
+    /// The hosting account its network belongs to.
+    pub(super) hosting: Option<HostingClient>,
+    /// How its recipients are counted.
+    pub(super) metering: Metering,
+}
+
+impl RelayClient {
+    /// A hosting account by its network (metered, sender domains bounded), a trusted network
+    /// (unmetered), or nobody (relaying denied).
+    pub(super) async fn identify(shared: &Shared, peer: SocketAddr) -> Self {
+        let trusted = shared
+            .config
+            .relay
+            .networks
+            .iter()
+            .any(|net| net.contains(&peer.ip()));
+        let (relay_allowed, hosting, metering) = match shared
+            .accounts
+            .hosting_account_for(peer.ip())
+            .await
+        {
+            Ok(Some(account)) => {
+                let identity = QuotaIdentity::Hosting(account.name.clone());
+                let metering = match Meter::for_identity(shared, identity).await {
+                    Ok(meter) => Metering::Metered(meter),
+                    Err(e) => {
+                        tracing::warn!(account = %account.name, error = %e, "hosting quota unavailable");
+                        Metering::Unavailable
+                    }
+                };
+                let client = HostingClient {
+                    account: account.name,
+                    domains: account.domains,
+                };
+                (true, Some(client), metering)
+            }
+            Ok(None) if trusted => (true, None, Metering::Unmetered),
+            Ok(None) => (false, None, Metering::Unmetered),
+            Err(e) => {
+                tracing::warn!(client_ip = %peer.ip(), error = %e, "hosting account lookup failed");
+                (true, None, Metering::Unavailable)
+            }
+        };
+        Self {
+            relay_allowed,
+            hosting,
+            metering,
+        }
+    }
+}
+
+impl Metering {
+    /// Holds one recipient of the open transaction `id`, or says why not.
+    pub(super) async fn hold(&mut self, shared: &Shared, id: &SpoolId) -> HoldOutcome {
+        match self {
+            Metering::Unmetered => HoldOutcome::Held,
+            Metering::UntilAuth | Metering::Unavailable => HoldOutcome::Unavailable,
+            Metering::Metered(meter) => {
+                // The per-minute message brake counts transactions: checked at the first hold.
+                if !meter.has_hold() && !shared.brakes.allow_message(&meter.key().to_string()) {
+                    tracing::info!(identity = %meter.key(), "message brake engaged");
+                    return HoldOutcome::Throttled;
+                }
+                meter.hold(shared, &id.0).await
+            }
+        }
+    }
+
+    /// Counts the open transaction's holds at end of data; see [`Meter::commit`]. Returns how
+    /// many were counted (none when the session is not metered).
+    pub(super) async fn commit(&mut self, shared: &Shared) -> Result<u32, CommitRefusal> {
+        match self {
+            Metering::Metered(meter) => meter.commit(shared).await,
+            _ => Ok(0),
+        }
+    }
+
+    /// Gives back `n` counted recipients; see [`Meter::refund`].
+    pub(super) async fn refund(&self, shared: &Shared, n: u32) {
+        if let Metering::Metered(meter) = self {
+            meter.refund(shared, n).await;
+        }
+    }
+
+    /// Releases the open transaction's holds, if any.
+    pub(super) async fn release(&mut self, shared: &Shared) {
+        if let Metering::Metered(meter) = self {
+            meter.release(shared).await;
+        }
+    }
+}
 
 /// The quota of one session's identity, and the holds of its open transaction.
 pub(super) struct Meter {
@@ -40,8 +151,13 @@ pub(super) enum CommitRefusal {
     /// The quota store did not answer.
     Unavailable,
     /// The holds had expired (a transaction longer than `quota.hold_ttl`) and the capacity
-    /// is gone meanwhile; carries the `Full` outcome to answer with.
-    Full(HoldOutcome),
+    /// is gone meanwhile.
+    Full {
+        /// The limit in force.
+        limit: u32,
+        /// `HH:MM` (UTC) at which capacity returns.
+        retry_after: String,
+    },
 }
 
 /// Why a session's quota could not be set up.
@@ -110,7 +226,10 @@ impl Meter {
             Ok(quota::QuotaHold::Full { retry_at_ms }) => {
                 shared.metrics.quota_hold("full");
                 tracing::info!(identity = %self.key, limit = self.limit, "daily quota reached");
-                self.full(retry_at_ms)
+                HoldOutcome::Full {
+                    limit: self.limit,
+                    retry_after: retry_after_text(retry_at_ms),
+                }
             }
             Err(e) => {
                 // The call may have taken effect before it timed out: remember the hold id so
@@ -120,13 +239,6 @@ impl Meter {
                 tracing::warn!(identity = %self.key, error = %e, "quota service unavailable");
                 HoldOutcome::Unavailable
             }
-        }
-    }
-
-    fn full(&self, retry_at_ms: u64) -> HoldOutcome {
-        HoldOutcome::Full {
-            limit: self.limit,
-            retry_after: crate::policy::quota::retry_after_text(retry_at_ms),
         }
     }
 
@@ -166,9 +278,10 @@ impl Meter {
                 .await
             {
                 Ok(quota::QuotaHold::Held { .. }) => continue,
-                Ok(quota::QuotaHold::Full { retry_at_ms }) => {
-                    CommitRefusal::Full(self.full(retry_at_ms))
-                }
+                Ok(quota::QuotaHold::Full { retry_at_ms }) => CommitRefusal::Full {
+                    limit: self.limit,
+                    retry_after: retry_after_text(retry_at_ms),
+                },
                 Err(e) => unavailable(e),
             };
             let _ = shared.quota.release(&self.key, &renewal).await;

@@ -5,14 +5,18 @@
 //! - relay (25): web-hosting servers on configured networks, no AUTH.
 //!
 //! Each accepted connection is admitted (`guard.rs`: session caps, failed-login brake), then
-//! handed to `driver.rs`, which runs one [`crate::session::Session`] over the socket.
+//! handed to `driver.rs`, which runs one [`crate::session::Session`] over the socket
+//! (`connection.rs`) and has `handler.rs` carry out the session's requests to the store, the quota
+//! (`metering.rs`) and the spool.
 //! Revocations reach live sessions through the watcher in this file: every 500 ms it asks the
 //! store which credentials of live sessions are still valid and cuts the others, so a revoked or
 //! rotated device password loses its sessions within a second.
 
 pub mod brakes;
+mod connection;
 mod driver;
 pub mod guard;
+mod handler;
 mod metering;
 pub mod tls;
 

@@ -200,6 +200,33 @@ pub enum CommitOutcome {
     },
 }
 
+/// Why a message was refused at end of data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageRefusal {
+    /// Over `max_message_size` (552).
+    TooBig,
+    /// Broken data or header section: bare CR or LF, a line over 998 octets, a header
+    /// section over its cap or starting with a continuation line (554).
+    Malformed,
+    /// No single well-formed `From:` field, so the message cannot show whose it is (550).
+    FromHeader,
+    /// `From:` names an address the authenticated user may not send as (550).
+    SenderNotOwned,
+}
+
+impl MessageRefusal {
+    /// Label for metrics (`postern_smtp_messages_total{result=...}`).
+    pub fn label(self) -> &'static str {
+        match self {
+            MessageRefusal::TooBig => "too_big",
+            MessageRefusal::Malformed => "malformed",
+            // The From rules are the first step of the ownership check: dashboards have
+            // always counted both under one label.
+            MessageRefusal::FromHeader | MessageRefusal::SenderNotOwned => "sender_not_owned",
+        }
+    }
+}
+
 /// What the driver must do next.
 #[derive(Debug)]
 pub enum Event {
@@ -229,6 +256,8 @@ pub enum Event {
     TransactionRefused {
         /// The reply sent.
         reply: Reply,
+        /// Why, as the session decided it (metrics count by its label).
+        reason: MessageRefusal,
         /// Recipients the refused message had.
         recipients: usize,
     },
@@ -991,31 +1020,41 @@ impl Session {
             .tx
             .take()
             .expect("a message is read inside a transaction");
+        let recipients = tx.recipients.len();
         let refusal = match scanner.error() {
-            Some(DataError::TooBig) => Some(Reply::message_too_big()),
-            Some(DataError::BareNewline) => Some(Reply::bare_newline_in_data()),
-            Some(DataError::LineTooLong) => Some(Reply::data_line_too_long()),
-            None if tx.header_too_large => Some(Reply::header_too_large()),
+            Some(DataError::TooBig) => Some((Reply::message_too_big(), MessageRefusal::TooBig)),
+            Some(DataError::BareNewline) => {
+                Some((Reply::bare_newline_in_data(), MessageRefusal::Malformed))
+            }
+            Some(DataError::LineTooLong) => {
+                Some((Reply::data_line_too_long(), MessageRefusal::Malformed))
+            }
+            None if tx.header_too_large => {
+                Some((Reply::header_too_large(), MessageRefusal::Malformed))
+            }
             None => None,
         };
-        if let Some(reply) = refusal {
-            self.refuse_message(reply, tx.recipients.len());
+        if let Some((reply, reason)) = refusal {
+            self.refuse_message(reply, reason, recipients);
             return;
         }
         // A first line starting with white space would continue the last header field Postern
         // puts in front (RFC 5322 folding): trace or signature fields could be rewritten.
         if matches!(tx.header_buf.first(), Some(b' ' | b'\t')) {
-            self.refuse_message(Reply::header_starts_folded(), tx.recipients.len());
+            let reply = Reply::header_starts_folded();
+            self.refuse_message(reply, MessageRefusal::Malformed, recipients);
             return;
         }
         let facts = headers::scan_headers(&tx.header_buf);
         if let Some(user) = &self.auth {
             if facts.from_fields == 0 {
-                self.refuse_message(Reply::missing_from_header(), tx.recipients.len());
+                let reply = Reply::missing_from_header();
+                self.refuse_message(reply, MessageRefusal::FromHeader, recipients);
                 return;
             }
             if facts.from_fields > 1 || facts.from_malformed {
-                self.refuse_message(Reply::malformed_from_header(), tx.recipients.len());
+                let reply = Reply::malformed_from_header();
+                self.refuse_message(reply, MessageRefusal::FromHeader, recipients);
                 return;
             }
             if !facts
@@ -1024,7 +1063,7 @@ impl Session {
                 .all(|a| sender::may_send_as(&user.senders, a))
             {
                 let reply = Reply::sender_not_owned(&user.address);
-                self.refuse_message(reply, tx.recipients.len());
+                self.refuse_message(reply, MessageRefusal::SenderNotOwned, recipients);
                 return;
             }
         }
@@ -1042,11 +1081,12 @@ impl Session {
         self.state = State::Waiting(Waiting::Commit);
     }
 
-    fn refuse_message(&mut self, reply: Reply, recipients: usize) {
+    fn refuse_message(&mut self, reply: Reply, reason: MessageRefusal, recipients: usize) {
         self.events.push_back(Event::MessageAbort);
         self.events.push_back(Event::TransactionReset);
         self.events.push_back(Event::TransactionRefused {
             reply: reply.clone(),
+            reason,
             recipients,
         });
         self.reply(reply);

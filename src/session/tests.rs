@@ -16,6 +16,8 @@ struct Harness {
     holds: Vec<String>,
     hold_answer: Option<HoldOutcome>,
     resets: usize,
+    /// End-of-data refusals: the reply's first line and the reason the session gave.
+    refusals: Vec<(String, MessageRefusal, usize)>,
 }
 
 impl Harness {
@@ -47,6 +49,7 @@ impl Harness {
             holds: Vec::new(),
             hold_answer: None,
             resets: 0,
+            refusals: Vec::new(),
         };
         h.pump();
         h
@@ -94,7 +97,12 @@ impl Harness {
                 Event::MessageStart => self.data.clear(),
                 Event::MessageData(bytes) => self.data.extend_from_slice(&bytes),
                 Event::MessageAbort => self.data.clear(),
-                Event::TransactionRefused { .. } | Event::RecipientOutcome(_) => {}
+                Event::TransactionRefused {
+                    reply,
+                    reason,
+                    recipients,
+                } => self.refusals.push((reply.summary(), reason, recipients)),
+                Event::RecipientOutcome(_) => {}
                 Event::HoldRecipient(rcpt) => {
                     self.holds.push(rcpt.address.clone());
                     let outcome = self.hold_answer.clone().unwrap_or(HoldOutcome::Held);
@@ -651,4 +659,83 @@ fn no_rcpt_once_bdat_started() {
     // RSET drops the half-received message and its holds.
     assert_eq!(h.line("RSET"), "250 2.0.0 Ok");
     assert_eq!(h.resets, 1);
+}
+
+#[test]
+fn each_refusal_at_end_of_data_carries_its_reason() {
+    let head = "From: alice@example.org\r\n\r\n";
+    let field = format!("X-Pad: {}\r\n", "y".repeat(90));
+    let big_header_section = field.repeat(headers::MAX_HEADER_SECTION / field.len() + 1);
+    let cases: [(&str, String, MessageRefusal, &str); 8] = [
+        (
+            "552 5.3.4 Message size exceeds fixed maximum message size",
+            format!("{head}{}\r\n.\r\n", "x".repeat(990)),
+            MessageRefusal::TooBig,
+            "too_big",
+        ),
+        (
+            "554 5.6.0 Bare LF or CR in message data",
+            format!("{head}bare\nlf\r\n.\r\n"),
+            MessageRefusal::Malformed,
+            "malformed",
+        ),
+        (
+            "554 5.6.0 Line longer than 998 octets",
+            format!("{head}{}\r\n.\r\n", "x".repeat(999)),
+            MessageRefusal::Malformed,
+            "malformed",
+        ),
+        (
+            "554 5.6.0 Header section starts with a continuation line (RFC 5322 section 2.2.3)",
+            format!(" x=1\r\n{head}hi\r\n.\r\n"),
+            MessageRefusal::Malformed,
+            "malformed",
+        ),
+        (
+            "550 5.6.0 Message has no From header field (RFC 5322 section 3.6)",
+            "Subject: none\r\n\r\nx\r\n.\r\n".to_string(),
+            MessageRefusal::FromHeader,
+            "sender_not_owned",
+        ),
+        (
+            "550 5.6.0 Malformed or repeated From header field (RFC 5322 section 3.6)",
+            "From: alice@example.org\r\nFrom: b@example.org\r\n\r\nx\r\n.\r\n".to_string(),
+            MessageRefusal::FromHeader,
+            "sender_not_owned",
+        ),
+        (
+            "550 5.7.1 Sender address rejected: not owned by user alice@example.org",
+            "From: boss@example.org\r\n\r\nhi\r\n.\r\n".to_string(),
+            MessageRefusal::SenderNotOwned,
+            "sender_not_owned",
+        ),
+        (
+            "554 5.6.0 Header section too large",
+            format!("{}{head}.\r\n", big_header_section),
+            MessageRefusal::Malformed,
+            "malformed",
+        ),
+    ];
+    for (reply, message, reason, label) in cases {
+        // Only the size case keeps the small limit; the header cap needs room past it.
+        let mut h = Harness::with(Role::Submissions, |c| {
+            if reason != MessageRefusal::TooBig {
+                c.max_message_size = 2 * headers::MAX_HEADER_SECTION as u64;
+            }
+        });
+        h.line("EHLO client.test");
+        h.line(&format!("AUTH PLAIN {}", plain(USER, PASSWORD)));
+        h.line("MAIL FROM:<alice@example.org>");
+        h.line("RCPT TO:<a@example.net>");
+        h.line("RCPT TO:<b@example.net>");
+        h.line("DATA");
+        assert_eq!(
+            h.send(message.as_bytes()),
+            vec![reply.to_string()],
+            "{label}"
+        );
+        assert_eq!(h.refusals, vec![(reply.to_string(), reason, 2)]);
+        assert_eq!(reason.label(), label);
+        assert!(h.committed.is_empty(), "{reply}");
+    }
 }
