@@ -17,12 +17,15 @@
 //! - [`metrics`]: Prometheus metrics and the health endpoints.
 //! - [`config`]: the TOML configuration, strictly checked.
 //! - [`server`]: wires the pieces together for `postern serve`.
+//! - [`keys`]: the DKIM key algorithm, below both `dkim` and `store` so neither imports the
+//!   other for it.
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod dkim;
+pub mod keys;
 pub mod listener;
 pub mod metrics;
 pub mod policy;

@@ -8,7 +8,7 @@
 
 use super::embedded::{backend, now_secs, to_time};
 use super::{DkimAdmin, DkimKeyStore, EmbeddedStore, StoreError};
-use crate::dkim::Algorithm;
+use crate::keys::Algorithm;
 use rusqlite::{OptionalExtension, params};
 use std::time::SystemTime;
 
