@@ -8,6 +8,7 @@
 //!   in, replies and requests for the driver out. All reply texts live in `session::reply`.
 //! - [`policy`]: decisions about who may send what: address syntax, device passwords,
 //!   sender ownership.
+//! - [`dkim`]: signs accepted mail with the sender domain's active keys.
 //! - [`spool`]: durable storage of accepted mail (group-committed journal plus files for large
 //!   messages) and the schedule of delivery attempts.
 //! - [`delivery`]: MX resolution and the outbound SMTP client that empties the spool.
@@ -17,14 +18,16 @@
 //! - [`metrics`]: Prometheus metrics and the health endpoints.
 //! - [`config`]: the TOML configuration, strictly checked.
 //! - [`server`]: wires the pieces together for `postern serve`.
-//! - [`keys`]: the DKIM key algorithm, below both `dkim` and `store` so neither imports the
-//!   other for it.
+//! - [`dnssec`], [`keys`]: leaves that hold what two layers share (the trust anchor file,
+//!   the DKIM key algorithm), so that neither has to import the other.
+
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod dkim;
+pub mod dnssec;
 pub mod keys;
 pub mod listener;
 pub mod metrics;
