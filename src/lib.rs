@@ -20,7 +20,25 @@
 //! - [`server`]: wires the pieces together for `postern serve`.
 //! - [`dnssec`], [`keys`]: leaves that hold what two layers share (the trust anchor file,
 //!   the DKIM key algorithm), so that neither has to import the other.
-
+//!
+//! # Layers: who may use whom
+//!
+//! Dependencies run one way: a module may use the modules of the layers below its own, never
+//! one of its own layer or above. Modules in one layer are peers that do not know each other
+//! (the listener never calls delivery; both go through the spool). `tests/layering.rs` reads
+//! this table and checks every `crate::` path in `src/` against it, so a new module, or a new
+//! edge that points up, is a change to this table first.
+//!
+//! | layer | modules | why here |
+//! |---|---|---|
+//! | 7 | `cli` | the entry point; `postern serve` runs `server`, admin commands use any layer |
+//! | 6 | `server` | wires listeners, delivery and the stores together |
+//! | 5 | `listener`, `delivery` | the two I/O drivers: mail in, mail out |
+//! | 4 | `dkim` | signs what the listener accepts; reads keys from `store`, the header cap from `session` |
+//! | 3 | `session`, `store`, `spool` | the protocol state machine, the directory and quota stores, the queue on disk |
+//! | 2 | `smtp`, `metrics` | wire pieces both SMTP clients share; counters every layer above may bump |
+//! | 1 | `config` | typed, checked configuration: every layer above reads it, it reads none of them |
+//! | 0 | `policy`, `dnssec`, `keys` | pure rules and shared values: import nothing from the crate |
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod cli;
