@@ -8,6 +8,7 @@
 //!   in, replies and requests for the driver out. All reply texts live in `session::reply`.
 //! - [`policy`]: decisions about who may send what: address syntax, device passwords,
 //!   sender ownership.
+//! - [`dkim`]: signs accepted mail with the sender domain's active keys.
 //! - [`spool`]: durable storage of accepted mail (group-committed journal plus files for large
 //!   messages) and the schedule of delivery attempts.
 //! - [`delivery`]: MX resolution and the outbound SMTP client that empties the spool.
@@ -20,13 +21,36 @@
 //! - [`metrics`]: Prometheus metrics and the health endpoints.
 //! - [`config`]: the TOML configuration, strictly checked.
 //! - [`server`]: wires the pieces together for `postern serve`.
-//! - [`unix_time`]: Unix milliseconds, the crate's one stored time format (a leaf).
+//! - [`unix_time`]: Unix milliseconds, the crate's one stored time format.
+//! - [`dnssec`], [`keys`]: leaves that hold what two layers share (the trust anchor file,
+//!   the DKIM key algorithm), so that neither has to import the other.
+//!
+//! # Layers: who may use whom
+//!
+//! Dependencies run one way: a module may use the modules of the layers below its own, never
+//! one of its own layer or above. Modules in one layer are peers that do not know each other
+//! (the listener never calls delivery; both go through the spool). `tests/layering.rs` reads
+//! this table and checks every `crate::` path in `src/` against it, so a new module, or a new
+//! edge that points up, is a change to this table first.
+//!
+//! | layer | modules | why here |
+//! |---|---|---|
+//! | 7 | `cli` | the entry point; `postern serve` runs `server`, admin commands use any layer |
+//! | 6 | `server` | wires listeners, delivery and the stores together |
+//! | 5 | `listener`, `delivery` | the two I/O drivers: mail in, mail out |
+//! | 4 | `dkim` | signs what the listener accepts; reads keys from `store`, the header cap from `session` |
+//! | 3 | `session`, `store`, `spool` | the protocol state machine, the directory and quota stores, the queue on disk |
+//! | 2 | `smtp`, `metrics` | wire pieces both SMTP clients share; counters every layer above may bump |
+//! | 1 | `config` | typed, checked configuration: every layer above reads it, it reads none of them |
+//! | 0 | `policy`, `dnssec`, `keys`, `unix_time` | pure rules and shared values: import nothing from the crate |
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod dkim;
+pub mod dnssec;
+pub mod keys;
 pub mod listener;
 pub mod metrics;
 pub mod policy;

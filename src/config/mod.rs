@@ -6,12 +6,24 @@
 //! The CLI turns that into exit status 2. A `Config` value has therefore always been checked:
 //! nothing downstream re-validates.
 //!
+//! Values with a form of their own are held typed, parsed once while deserialising (serde
+//! `try_from`): the relay host ([`RelayHost`]), the MTA-STS roots ([`MtaStsRoots`]) and the
+//! DNSSEC trust anchor file ([`TrustAnchor`]). Rules across values are `check.rs`, one step
+//! per section. This module is the bottom of the crate's layers (see the crate docs): it uses
+//! only `policy` (plan names) and `dnssec` (the anchor file format), never the code that
+//! reads it.
+//!
 //! Relative paths are taken relative to the working directory, as operators expect from the
 //! command line; the Helm chart and production config use absolute paths.
 
+mod check;
 mod duration;
+mod relay_host;
+mod trust;
 
 pub use duration::parse_duration;
+pub use relay_host::RelayHost;
+pub use trust::{MtaStsRoots, TrustAnchor};
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -93,7 +105,7 @@ pub struct MtaStsConfig {
     /// Trusted CA roots for the policy fetch and for MX certificates under `enforce`:
     /// `webpki` (the Mozilla set compiled in), `system` (the OS store), or a PEM file's path.
     #[serde(default = "default_mta_sts_roots")]
-    pub roots: String,
+    pub roots: MtaStsRoots,
     /// Longest wait for a policy fetch.
     #[serde(default = "default_mta_sts_timeout", with = "duration::serde_text")]
     pub fetch_timeout: Duration,
@@ -110,26 +122,14 @@ impl Default for MtaStsConfig {
     }
 }
 
-impl MtaStsConfig {
-    /// Where the roots come from.
-    pub fn roots(&self) -> crate::delivery::mta_sts::Roots {
-        use crate::delivery::mta_sts::Roots;
-        match self.roots.as_str() {
-            "webpki" => Roots::WebPki,
-            "system" => Roots::System,
-            path => Roots::File(PathBuf::from(path)),
-        }
-    }
-}
-
 fn default_true() -> bool {
     true
 }
 fn default_mta_sts_port() -> u16 {
     443
 }
-fn default_mta_sts_roots() -> String {
-    "webpki".to_string()
+fn default_mta_sts_roots() -> MtaStsRoots {
+    MtaStsRoots::WebPki
 }
 fn default_mta_sts_timeout() -> Duration {
     Duration::from_secs(10)
@@ -363,10 +363,10 @@ pub struct DnsConfig {
     /// answer is insecure, so DANE never applies (labs, resolvers that strip DNSSEC records).
     #[serde(default = "default_true")]
     pub dnssec: bool,
-    /// File of DNSKEY and DS lines (zone-file syntax) to validate from (`delivery::dane`);
-    /// absent: the IANA root keys compiled into hickory.
+    /// File of DNSKEY and DS lines (zone-file syntax) to validate from ([`crate::dnssec`]),
+    /// read and parsed at load; absent: the IANA root keys compiled into hickory.
     #[serde(default)]
-    pub trust_anchor: Option<PathBuf>,
+    pub trust_anchor: Option<TrustAnchor>,
 }
 
 impl Default for DnsConfig {
@@ -388,7 +388,7 @@ pub struct DeliveryConfig {
     pub port: u16,
     /// Send everything to this host instead of the recipients' MX (Postfix's `relayhost`).
     #[serde(default)]
-    pub relayhost: Option<String>,
+    pub relayhost: Option<RelayHost>,
     /// Deliveries in flight at once; 0 holds all mail in the spool (maintenance).
     #[serde(default = "default_delivery_workers")]
     pub workers: usize,
@@ -695,142 +695,6 @@ impl Config {
         config.check()?;
         Ok(config)
     }
-
-    /// Rules that span values or that types cannot say.
-    fn check(&self) -> Result<(), ConfigError> {
-        let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
-        if self.server.hostname.is_empty() || self.server.hostname.contains(char::is_whitespace) {
-            return bad("server.hostname", "must be a host name without spaces");
-        }
-        if self.tls.cert.is_some() != self.tls.key.is_some() {
-            let key = if self.tls.cert.is_some() {
-                "tls.key"
-            } else {
-                "tls.cert"
-            };
-            return bad(key, "tls.cert and tls.key go together: set both or neither");
-        }
-        let l = &self.listen;
-        if l.submission.is_none() && l.submissions.is_none() && l.relay.is_none() {
-            return bad(
-                "listen",
-                "no SMTP listener configured (submission, submissions, relay)",
-            );
-        }
-        if self.limits.max_recipients == 0 {
-            return bad("limits.max_recipients", "must be at least 1");
-        }
-        if self.limits.max_message_size == 0 {
-            return bad("limits.max_message_size", "must be at least 1");
-        }
-        if self.limits.max_sessions == 0 {
-            return bad("limits.max_sessions", "must be at least 1");
-        }
-        if self.limits.max_sessions_per_ip == 0 {
-            return bad("limits.max_sessions_per_ip", "must be at least 1");
-        }
-        if self.limits.max_auth_failures == 0 {
-            return bad("limits.max_auth_failures", "must be at least 1");
-        }
-        if self.delivery.port == 0 {
-            return bad("delivery.port", "must be a TCP port (1-65535)");
-        }
-        if self.delivery.max_per_destination == 0 {
-            return bad("delivery.max_per_destination", "must be at least 1");
-        }
-        if self.delivery.retry_initial.is_zero() {
-            return bad("delivery.retry_initial", "must be longer than zero");
-        }
-        if self.delivery.retry_max < self.delivery.retry_initial {
-            return bad(
-                "delivery.retry_max",
-                "must not be shorter than delivery.retry_initial",
-            );
-        }
-        if let Some(host) = &self.delivery.relayhost
-            && crate::delivery::parse_relayhost(host, self.delivery.port).is_none()
-        {
-            return bad("delivery.relayhost", "must be HOST or HOST:PORT");
-        }
-        if let Some(path) = &self.dns.trust_anchor
-            && let Err(e) = crate::delivery::dane::load_trust_anchors(path)
-        {
-            return bad("dns.trust_anchor", &e);
-        }
-        if self.spool.segment_max_bytes < 4096 {
-            return bad("spool.segment_max_bytes", "must be at least 4096");
-        }
-        if self.spool.commit_batch == 0 {
-            return bad("spool.commit_batch", "must be at least 1");
-        }
-        for timeout in [
-            ("timeouts.command", self.timeouts.command),
-            ("timeouts.data", self.timeouts.data),
-            ("timeouts.tls_handshake", self.timeouts.tls_handshake),
-        ] {
-            if timeout.1.is_zero() {
-                return bad(timeout.0, "must be longer than zero");
-            }
-        }
-        if let Some(server) = &self.sendmail.server {
-            let port_ok = server.rsplit_once(':').is_some_and(|(host, port)| {
-                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
-            });
-            if !port_ok {
-                return bad("sendmail.server", "must be HOST:PORT");
-            }
-        }
-        let q = &self.quota;
-        if q.bucket.is_zero() || q.bucket > q.window {
-            return bad(
-                "quota.bucket",
-                "must be longer than zero and not longer than quota.window",
-            );
-        }
-        if !q.window.as_millis().is_multiple_of(q.bucket.as_millis()) {
-            return bad("quota.window", "must be a whole number of quota.bucket");
-        }
-        if q.hold_ttl.is_zero() {
-            return bad("quota.hold_ttl", "must be longer than zero");
-        }
-        if q.backend == QuotaBackendName::Redis
-            && q.redis_url.is_none()
-            && q.redis_cluster.is_empty()
-        {
-            return bad(
-                "quota.redis_url",
-                "backend = \"redis\" needs redis_url or redis_cluster",
-            );
-        }
-        if let Some(unknown) = q
-            .plans
-            .keys()
-            .find(|k| k.parse::<crate::policy::Plan>().is_err())
-        {
-            return bad(&format!("quota.plans.{unknown}"), "not a plan name");
-        }
-        if self.mta_sts.fetch_timeout.is_zero() {
-            return bad("mta_sts.fetch_timeout", "must be longer than zero");
-        }
-        if self.mta_sts.port == 0 {
-            return bad("mta_sts.port", "must not be 0");
-        }
-        if let crate::delivery::mta_sts::Roots::File(path) = self.mta_sts.roots()
-            && !path.is_file()
-        {
-            return bad(
-                "mta_sts.roots",
-                "must be webpki, system, or the path of a PEM file of CA certificates",
-            );
-        }
-        if self.delivery_log.retention.is_zero() {
-            return bad("delivery_log.retention", "must be longer than zero");
-        }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            return bad("log.level", &format!("not a valid filter: {e}"));
-        }
-        Ok(())
-    }
 }
 
 fn one_line(text: &str) -> String {
@@ -953,6 +817,73 @@ mod tests {
         let prod = Config::parse(include_str!("../../config/production.toml")).unwrap();
         assert_eq!(prod.listen.relay, Some("0.0.0.0:25".parse().unwrap()));
         assert!(prod.tls.cert.is_some());
+    }
+
+    #[test]
+    fn typed_values_are_parsed_once_and_named() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.delivery.relayhost, None);
+        assert_eq!(c.mta_sts.roots, MtaStsRoots::WebPki);
+        assert!(c.dns.trust_anchor.is_none());
+        let text = format!(
+            "{MINIMAL}\n[delivery]\nrelayhost = \"[smtp.example.net]:2525\"\n[mta_sts]\nroots = \"system\"\n"
+        );
+        let c = Config::parse(&text).unwrap();
+        let relay = c.delivery.relayhost.unwrap();
+        assert_eq!(
+            (relay.host(), relay.port_or(25)),
+            ("smtp.example.net", 2525)
+        );
+        assert_eq!(c.mta_sts.roots, MtaStsRoots::System);
+        for (section, extra, message) in [
+            (
+                "delivery",
+                "relayhost = \"bad host\"",
+                "delivery.relayhost: must be HOST or HOST:PORT",
+            ),
+            (
+                "mta_sts",
+                "roots = \"/nonexistent/roots.pem\"",
+                "mta_sts.roots: must be webpki, system, or the path of a PEM file of CA certificates",
+            ),
+            (
+                "dns",
+                "trust_anchor = \"/nonexistent/anchor.keys\"",
+                "dns.trust_anchor: cannot read /nonexistent/anchor.keys: ",
+            ),
+        ] {
+            let text = format!("{MINIMAL}\n[{section}]\n{extra}\n");
+            let e = Config::parse(&text).unwrap_err().0;
+            assert!(e.starts_with(message), "{extra}: {e}");
+        }
+    }
+
+    #[test]
+    fn trust_anchor_file_is_read_at_load() {
+        let dir = std::env::temp_dir().join(format!("postern-anchor-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.keys");
+        std::fs::write(
+            &good,
+            ". DNSKEY 257 3 15 BL4vzcaEuW7hnGlz6YsU0YiRqNRFvOMMxzxkZYwlaUc=\n",
+        )
+        .unwrap();
+        let bad = dir.join("bad.keys");
+        std::fs::write(
+            &bad,
+            "lab. DS 4711 15 1 00112233445566778899aabbccddeeff00112233\n",
+        )
+        .unwrap();
+        let with = |path: &Path| format!("{MINIMAL}\n[dns]\ntrust_anchor = {:?}\n", path);
+        let c = Config::parse(&with(&good)).unwrap();
+        let anchor = c.dns.trust_anchor.unwrap();
+        assert_eq!(anchor.path, good);
+        // hickory counts root keys only, hence the root owner above.
+        assert_eq!(anchor.anchors.keys.len(), 1);
+        assert!(anchor.anchors.ds.is_empty());
+        let e = Config::parse(&with(&bad)).unwrap_err().0;
+        assert!(e.starts_with("dns.trust_anchor: DS digest type 1"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

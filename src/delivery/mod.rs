@@ -36,7 +36,7 @@
 //! DANE (RFC 7672): the MX lookup says whether the route is secure, each host's address
 //! lookup whether the host is; where both are, the host's TLSA records choose
 //! [`tls::TlsPolicy::Dane`] (or `Encrypt`) for it, and a host that fails DANE is skipped for the
-//! next; the decision table is in `dane.rs`. A group deferred after DANE applied is logged
+//! next; the decision table is in `dane/mod.rs`. A group deferred after DANE applied is logged
 //! with TLS mode `dane`; `postern_delivery_dane_failures_total{reason}` counts the failures.
 //!
 //! MTA-STS (RFC 8461, `mta_sts.rs`): a destination whose policy is `enforce` has its hosts that
@@ -72,7 +72,7 @@ pub mod tls;
 
 use std::collections::BTreeMap;
 use std::io;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -96,64 +96,6 @@ use tls::{TlsMode, TlsPolicy};
 /// `smtp_mx_address_limit` is 5; more MX hosts than this is misconfiguration, and each dead
 /// address can cost a connect timeout).
 pub const MAX_ADDRESSES: usize = 10;
-
-/// Parses `[delivery] relayhost`: `HOST`, `HOST:PORT`, `[HOST]`, `[HOST]:PORT`, `[IPV6]:PORT`
-/// (also `[IPv6:...]`), a bare IP address. Returns host (brackets removed) and port
-/// (`default_port` when absent). `None` when the text is none of these.
-///
-/// The relay host never gets an MX lookup, so brackets only serve to delimit an IPv6 address;
-/// a name is resolved with A/AAAA, an IP address is used as it is.
-pub fn parse_relayhost(text: &str, default_port: u16) -> Option<(String, u16)> {
-    let text = text.trim();
-    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
-        let (inside, after) = rest.split_once(']')?;
-        let port = if after.is_empty() {
-            None
-        } else {
-            Some(after.strip_prefix(':')?)
-        };
-        let inside = match inside.get(..5) {
-            Some(prefix) if prefix.eq_ignore_ascii_case("IPv6:") => {
-                inside[5..].parse::<Ipv6Addr>().ok()?;
-                &inside[5..]
-            }
-            _ => inside,
-        };
-        (inside, port)
-    } else if text.parse::<Ipv6Addr>().is_ok() {
-        (text, None)
-    } else {
-        match text.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (text, None),
-        }
-    };
-    let port = match port {
-        None => default_port,
-        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => p.parse().ok()?,
-        Some(_) => return None,
-    };
-    if port == 0 || !(host.parse::<IpAddr>().is_ok() || is_host_name(host)) {
-        return None;
-    }
-    Some((host.trim_end_matches('.').to_string(), port))
-}
-
-/// A DNS host name in LDH form (underscore tolerated), optional trailing dot.
-fn is_host_name(host: &str) -> bool {
-    let host = host.strip_suffix('.').unwrap_or(host);
-    !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
-}
 
 /// The domain a recipient is routed by: its domain part ([`crate::policy::domain_of`]) lower
 /// case and without a trailing dot; `None` without one.
@@ -205,19 +147,12 @@ pub async fn run(
         shutdown.cancelled().await;
         return;
     }
-    let relay = match &config.delivery.relayhost {
-        None => None,
-        Some(text) => match parse_relayhost(text, config.delivery.port) {
-            Some(relay) => Some(relay),
-            None => {
-                // Config::load refuses this; never fall back to MX delivery behind the
-                // operator's back.
-                tracing::error!(relayhost = %text, "invalid delivery.relayhost: delivery stopped");
-                shutdown.cancelled().await;
-                return;
-            }
-        },
-    };
+    let relay = config.delivery.relayhost.as_ref().map(|relay| {
+        (
+            relay.host().to_string(),
+            relay.port_or(config.delivery.port),
+        )
+    });
     let tls_config = match tls::opportunistic_client_config() {
         Ok(c) => c,
         Err(e) => {
@@ -1076,68 +1011,6 @@ fn format_age(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn relayhost_forms() {
-        let p = |t| parse_relayhost(t, 25);
-        assert_eq!(p("smtp.example.net"), Some(("smtp.example.net".into(), 25)));
-        assert_eq!(
-            p("smtp.example.net:587"),
-            Some(("smtp.example.net".into(), 587))
-        );
-        assert_eq!(
-            p("smtp.example.net."),
-            Some(("smtp.example.net".into(), 25))
-        );
-        assert_eq!(
-            p("[smtp.example.net]"),
-            Some(("smtp.example.net".into(), 25))
-        );
-        assert_eq!(
-            p("[smtp.example.net]:2525"),
-            Some(("smtp.example.net".into(), 2525))
-        );
-        assert_eq!(p("192.0.2.7"), Some(("192.0.2.7".into(), 25)));
-        assert_eq!(p("192.0.2.7:2525"), Some(("192.0.2.7".into(), 2525)));
-        assert_eq!(p("[192.0.2.7]:2525"), Some(("192.0.2.7".into(), 2525)));
-        assert_eq!(p("[::1]:2525"), Some(("::1".into(), 2525)));
-        assert_eq!(p("[IPv6:2001:db8::1]"), Some(("2001:db8::1".into(), 25)));
-        assert_eq!(p("2001:db8::1"), Some(("2001:db8::1".into(), 25)));
-        assert_eq!(
-            p(" relay_host.internal "),
-            Some(("relay_host.internal".into(), 25))
-        );
-        assert_eq!(
-            parse_relayhost("localhost", 2525),
-            Some(("localhost".into(), 2525))
-        );
-    }
-
-    #[test]
-    fn relayhost_rejects() {
-        let p = |t| parse_relayhost(t, 25);
-        for bad in [
-            "",
-            ":25",
-            "host:",
-            "host:0",
-            "host:65536",
-            "host:+25",
-            "host:2x",
-            "[host",
-            "[host]25",
-            "[host]:",
-            "[]:25",
-            "2001:db8::1:25x",
-            "bad host",
-            "-bad.example",
-            "a..b",
-            "[IPv6:example.org]",
-            "host:25:26",
-        ] {
-            assert_eq!(p(bad), None, "{bad:?}");
-        }
-    }
 
     #[test]
     fn recipients_group_by_domain_or_relay() {

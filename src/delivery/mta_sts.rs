@@ -38,6 +38,8 @@ use hyper::body::Bytes;
 use rustls::RootCertStore;
 use rustls::pki_types::ServerName;
 
+use crate::config::{MtaStsConfig, MtaStsRoots};
+
 /// Largest policy body read (RFC 8461 section 3.3 suggests 64 KiB).
 pub const MAX_POLICY_BYTES: usize = 64 * 1024;
 
@@ -203,26 +205,15 @@ pub fn parse_policy(text: &str, id: &str) -> Result<Policy, StsError> {
     })
 }
 
-/// Where the trusted CA roots come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Roots {
-    /// The operating system's store (rustls-native-certs).
-    System,
-    /// The Mozilla root set compiled in (webpki-roots).
-    WebPki,
-    /// The certificates of a PEM file.
-    File(std::path::PathBuf),
-}
-
 /// Loads the roots.
 ///
 /// # Errors
 /// A message naming the file or the store problem; also when no root at all was found.
-pub fn load_roots(roots: &Roots) -> Result<RootCertStore, String> {
+pub fn load_roots(roots: &MtaStsRoots) -> Result<RootCertStore, String> {
     let mut store = RootCertStore::empty();
     match roots {
-        Roots::WebPki => store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        Roots::System => {
+        MtaStsRoots::WebPki => store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        MtaStsRoots::System => {
             let found = rustls_native_certs::load_native_certs();
             let (added, _) = store.add_parsable_certificates(found.certs);
             if added == 0 {
@@ -232,7 +223,7 @@ pub fn load_roots(roots: &Roots) -> Result<RootCertStore, String> {
                 ));
             }
         }
-        Roots::File(path) => {
+        MtaStsRoots::File(path) => {
             let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
             let certs: Vec<_> = rustls_pemfile::certs(&mut &pem[..])
                 .collect::<Result<_, _>>()
@@ -424,11 +415,11 @@ impl MtaSts {
     ///
     /// # Errors
     /// When the roots cannot be loaded.
-    pub fn from_config(cfg: &crate::config::MtaStsConfig) -> Result<Option<Self>, String> {
+    pub fn from_config(cfg: &MtaStsConfig) -> Result<Option<Self>, String> {
         if !cfg.enabled {
             return Ok(None);
         }
-        let roots = load_roots(&cfg.roots())?;
+        let roots = load_roots(&cfg.roots)?;
         Ok(Some(Self {
             cache: PolicyCache::default(),
             tls: webpki_client_config(roots),

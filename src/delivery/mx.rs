@@ -23,7 +23,7 @@
 //! (DNSKEY and DS lines; a DS is resolved to its key by [`build_resolver`]) or the IANA root
 //! keys. [`lookup_mx_secure`] and [`lookup_host`] also say
 //! whether the answer was secure; a bogus answer is [`MxError::Bogus`], temporary, never
-//! used. What that means for TLS is in `dane.rs`. Not here: MTA-STS, connecting (the client),
+//! used. What that means for TLS is in `dane/`. Not here: MTA-STS, connecting (the client),
 //! the order in which addresses are tried across hosts (the worker in `mod.rs`).
 
 use std::net::IpAddr;
@@ -43,6 +43,7 @@ use rand::seq::SliceRandom;
 use crate::config::DnsConfig;
 use crate::smtp::EnhancedCode;
 use crate::smtp::response::clean_text;
+use crate::dnssec::{TrustAnchorFile, ds_anchor_keys};
 
 /// One mail exchanger of a domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,7 +167,7 @@ pub enum ResolverSetupError {
     /// hickory refused the configuration.
     #[error("cannot set up the DNS resolver: {0}")]
     Net(#[from] NetError),
-    /// `[dns] trust_anchor` could not be read or parsed.
+    /// A DS line of `[dns] trust_anchor` could not be resolved to a key.
     #[error("cannot set up the DNS resolver: dns.trust_anchor: {0}")]
     Anchor(String),
 }
@@ -175,23 +176,21 @@ pub enum ResolverSetupError {
 /// TCP for truncated answers), or the system configuration when the list is empty.
 ///
 /// With DS lines in `[dns] trust_anchor`, the owner's DNSKEY RRset is first fetched from the
-/// same servers without validation, and the keys a DS names (`dane::ds_anchor_keys`) become
+/// same servers without validation, and the keys a DS names ([`ds_anchor_keys`]) become
 /// trust anchors, next to the file's DNSKEY lines. Fail-closed: when that lookup fails or no
 /// key matches, there is no resolver (an error naming the anchor; the worker defers every
 /// delivery and builds again for the next destination), never one without the anchor.
 ///
 /// # Errors
-/// When the system configuration cannot be read, the anchor file cannot be read, or a DS
-/// anchor cannot be resolved to a key.
+/// When the system configuration cannot be read, or a DS anchor cannot be resolved to a key
+/// (the file itself was read and parsed with the config).
 pub async fn build_resolver(cfg: &DnsConfig) -> Result<TokioResolver, ResolverSetupError> {
     let mut builder = resolver_builder(cfg)?;
     if cfg.dnssec {
         let anchors = match &cfg.trust_anchor {
-            Some(path) => {
-                let file =
-                    super::dane::load_trust_anchors(path).map_err(ResolverSetupError::Anchor)?;
-                resolve_ds_anchors(cfg, file).await.map_err(|e| {
-                    let e = format!("{}: {e}", path.display());
+            Some(anchor) => {
+                resolve_ds_anchors(cfg, &anchor.anchors).await.map_err(|e| {
+                    let e = format!("{}: {e}", anchor.path.display());
                     tracing::error!(
                         error = %e,
                         "dns.trust_anchor: DS anchor unusable; no DNSSEC validation, deliveries are deferred"
@@ -223,9 +222,9 @@ fn resolver_builder(
 /// without validation) that one of its DS lines names.
 async fn resolve_ds_anchors(
     cfg: &DnsConfig,
-    file: super::dane::TrustAnchorFile,
+    file: &TrustAnchorFile,
 ) -> Result<TrustAnchors, String> {
-    let mut anchors = file.keys;
+    let mut anchors = file.keys.clone();
     if file.ds.is_empty() {
         return Ok(anchors);
     }
@@ -259,7 +258,7 @@ async fn resolve_ds_anchors(
                 _ => None,
             })
             .collect();
-        let matched = super::dane::ds_anchor_keys(owner, &ds, &keys);
+        let matched = ds_anchor_keys(owner, &ds, &keys);
         if matched.is_empty() {
             let tags: Vec<String> = ds.iter().map(|d| d.key_tag().to_string()).collect();
             return Err(format!(

@@ -4,7 +4,7 @@
 //! Hosts without DANE get [`TlsPolicy::Opportunistic`] (RFC 7435 "opportunistic
 //! security", as RFC 3207 STARTTLS is used between MTAs on port 25 without DANE or MTA-STS):
 //! encrypt when the server offers STARTTLS, authenticate nothing, and fall back to cleartext
-//! when the handshake fails. [`TlsPolicy::Dane`] (RFC 7672, see `dane.rs`) requires TLS and
+//! when the handshake fails. [`TlsPolicy::Dane`] (RFC 7672, see `dane/`) requires TLS and
 //! checks the certificate against TLSA records with `dane::DaneVerifier`;
 //! [`TlsPolicy::Encrypt`] requires TLS without authentication (secure TLSA records, none
 //! usable). Those never downgrade to plaintext: the client asks

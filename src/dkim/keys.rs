@@ -8,6 +8,7 @@
 //! (RFC 8463 section 4.2).
 
 use super::ActiveKey;
+pub use crate::keys::Algorithm;
 use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der};
 use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
@@ -19,35 +20,6 @@ use std::sync::Arc;
 
 /// Longest character-string in a TXT record (RFC 1035 section 3.3).
 const TXT_STRING_MAX: usize = 255;
-
-/// A DKIM key algorithm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Algorithm {
-    /// RSA with SHA-256 (`k=rsa`, `a=rsa-sha256`).
-    Rsa,
-    /// Ed25519 with SHA-256 (`k=ed25519`, `a=ed25519-sha256`, RFC 8463).
-    Ed25519,
-}
-
-impl Algorithm {
-    /// The `k=` value, also the name in the store and the CLI.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Rsa => "rsa",
-            Self::Ed25519 => "ed25519",
-        }
-    }
-
-    /// Parses [`Algorithm::name`].
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "rsa" => Some(Self::Rsa),
-            "ed25519" => Some(Self::Ed25519),
-            _ => None,
-        }
-    }
-}
 
 /// Why a key could not be made, read or used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

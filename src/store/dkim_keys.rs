@@ -2,7 +2,7 @@
 //! lists, and what the signer gets. The embedded table is in `store/embedded/dkim_keys.rs`.
 
 use super::StoreError;
-use crate::dkim::Algorithm;
+use crate::keys::Algorithm;
 use std::time::SystemTime;
 
 /// A key to store.

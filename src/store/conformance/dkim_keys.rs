@@ -1,7 +1,7 @@
 //! DKIM keys: one active key per domain and algorithm, and private keys kept private.
 
 use super::Backend;
-use crate::dkim::Algorithm;
+use crate::keys::Algorithm;
 use crate::store::{DkimAdmin, DkimKeyStore, NewDkimKey, StoreError};
 
 fn key(domain: &str, selector: &str, algorithm: Algorithm, active: bool) -> NewDkimKey {

@@ -1,0 +1,219 @@
+//! The rules a config must keep that its types cannot say: values that must not be zero,
+//! keys that go together, limits on one value set by another.
+//!
+//! One step per section, run in the order of the file; the first broken rule is the error,
+//! named by its dotted key. Values with a form of their own (addresses, durations, the relay
+//! host, the MTA-STS roots, the trust anchor file) are checked while they are deserialised
+//! and never reach this point unchecked.
+
+use super::{
+    Config, ConfigError, DeliveryConfig, DeliveryLogConfig, LimitsConfig, ListenConfig, LogConfig,
+    MtaStsConfig, QuotaBackendName, QuotaConfig, SendmailConfig, ServerConfig, SpoolConfig,
+    TimeoutsConfig, TlsConfig,
+};
+use crate::policy::Plan;
+
+/// The error for `key`.
+fn invalid(key: &str, why: &str) -> Result<(), ConfigError> {
+    Err(ConfigError(format!("{key}: {why}")))
+}
+
+impl Config {
+    /// Every section's rules, in file order.
+    pub(super) fn check(&self) -> Result<(), ConfigError> {
+        self.server.check()?;
+        self.tls.check()?;
+        self.listen.check()?;
+        self.limits.check()?;
+        self.delivery.check()?;
+        self.spool.check()?;
+        self.timeouts.check()?;
+        self.sendmail.check()?;
+        self.quota.check()?;
+        self.mta_sts.check()?;
+        self.delivery_log.check()?;
+        self.log.check()
+    }
+}
+
+impl ServerConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.hostname.is_empty() || self.hostname.contains(char::is_whitespace) {
+            return invalid("server.hostname", "must be a host name without spaces");
+        }
+        Ok(())
+    }
+}
+
+impl TlsConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.cert.is_some() != self.key.is_some() {
+            let key = if self.cert.is_some() {
+                "tls.key"
+            } else {
+                "tls.cert"
+            };
+            return invalid(key, "tls.cert and tls.key go together: set both or neither");
+        }
+        Ok(())
+    }
+}
+
+impl ListenConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.submission.is_none() && self.submissions.is_none() && self.relay.is_none() {
+            return invalid(
+                "listen",
+                "no SMTP listener configured (submission, submissions, relay)",
+            );
+        }
+        Ok(())
+    }
+}
+
+impl LimitsConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.max_recipients == 0 {
+            return invalid("limits.max_recipients", "must be at least 1");
+        }
+        if self.max_message_size == 0 {
+            return invalid("limits.max_message_size", "must be at least 1");
+        }
+        if self.max_sessions == 0 {
+            return invalid("limits.max_sessions", "must be at least 1");
+        }
+        if self.max_sessions_per_ip == 0 {
+            return invalid("limits.max_sessions_per_ip", "must be at least 1");
+        }
+        if self.max_auth_failures == 0 {
+            return invalid("limits.max_auth_failures", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+impl DeliveryConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.port == 0 {
+            return invalid("delivery.port", "must be a TCP port (1-65535)");
+        }
+        if self.max_per_destination == 0 {
+            return invalid("delivery.max_per_destination", "must be at least 1");
+        }
+        if self.retry_initial.is_zero() {
+            return invalid("delivery.retry_initial", "must be longer than zero");
+        }
+        if self.retry_max < self.retry_initial {
+            return invalid(
+                "delivery.retry_max",
+                "must not be shorter than delivery.retry_initial",
+            );
+        }
+        Ok(())
+    }
+}
+
+impl SpoolConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.segment_max_bytes < 4096 {
+            return invalid("spool.segment_max_bytes", "must be at least 4096");
+        }
+        if self.commit_batch == 0 {
+            return invalid("spool.commit_batch", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+impl TimeoutsConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        for (key, timeout) in [
+            ("timeouts.command", self.command),
+            ("timeouts.data", self.data),
+            ("timeouts.tls_handshake", self.tls_handshake),
+        ] {
+            if timeout.is_zero() {
+                return invalid(key, "must be longer than zero");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SendmailConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if let Some(server) = &self.server {
+            let port_ok = server.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !port_ok {
+                return invalid("sendmail.server", "must be HOST:PORT");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl QuotaConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.bucket.is_zero() || self.bucket > self.window {
+            return invalid(
+                "quota.bucket",
+                "must be longer than zero and not longer than quota.window",
+            );
+        }
+        if !self
+            .window
+            .as_millis()
+            .is_multiple_of(self.bucket.as_millis())
+        {
+            return invalid("quota.window", "must be a whole number of quota.bucket");
+        }
+        if self.hold_ttl.is_zero() {
+            return invalid("quota.hold_ttl", "must be longer than zero");
+        }
+        if self.backend == QuotaBackendName::Redis
+            && self.redis_url.is_none()
+            && self.redis_cluster.is_empty()
+        {
+            return invalid(
+                "quota.redis_url",
+                "backend = \"redis\" needs redis_url or redis_cluster",
+            );
+        }
+        if let Some(unknown) = self.plans.keys().find(|k| k.parse::<Plan>().is_err()) {
+            return invalid(&format!("quota.plans.{unknown}"), "not a plan name");
+        }
+        Ok(())
+    }
+}
+
+impl MtaStsConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.fetch_timeout.is_zero() {
+            return invalid("mta_sts.fetch_timeout", "must be longer than zero");
+        }
+        if self.port == 0 {
+            return invalid("mta_sts.port", "must not be 0");
+        }
+        Ok(())
+    }
+}
+
+impl DeliveryLogConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.retention.is_zero() {
+            return invalid("delivery_log.retention", "must be longer than zero");
+        }
+        Ok(())
+    }
+}
+
+impl LogConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.level) {
+            return invalid("log.level", &format!("not a valid filter: {e}"));
+        }
+        Ok(())
+    }
+}
