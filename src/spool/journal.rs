@@ -11,12 +11,17 @@
 //! A failed write or fsync fails every job of the batch (their clients get a 4xx, nothing is
 //! acknowledged) and marks the spool unhealthy: after a failed fsync the kernel's view of the
 //! file is unknown, so the next batch goes to a fresh segment.
+//!
+//! Every record is encoded for the position it is appended at (`record.rs` binds the tag to
+//! segment and offset), so the committer computes each record's offset before encoding it.
 
-use super::record::{self, Decoded, DoneRecord, Record, UpdateRecord};
-use super::{Envelope, QueuedMessage, RecipientResult, RecipientStatus, SpoolId, unix_ms};
+use super::files::{self, fsync_dir, private_dir, private_options};
+use super::record::{self, DoneRecord, Position, RecordKey, UpdateRecord};
+use super::replay::{self, Replayed};
+use super::{Envelope, QueuedMessage, RecipientResult, RecipientStatus, SpoolId, key, unix_ms};
 use crate::metrics::Metrics;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
@@ -52,6 +57,17 @@ pub enum SpoolError {
     /// The committer thread is gone.
     #[error("spool committer stopped")]
     Stopped,
+    /// The spool's record key cannot be used.
+    #[error("spool key {path}: {problem}")]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// A message id that this spool does not make, so not one to name a file after.
+    #[error("message id {0:?} is not one this spool makes")]
+    InvalidId(SpoolId),
 }
 
 impl SpoolError {
@@ -65,19 +81,19 @@ enum Job {
         envelope: Box<Envelope>,
         data: Vec<u8>,
         has_data_file: bool,
-        done: oneshot::Sender<Result<(), SpoolError>>,
+        done: Reply,
     },
     Attempt {
         id: SpoolId,
         results: Vec<RecipientResult>,
         retry_ms: u64,
-        done: oneshot::Sender<Result<(), SpoolError>>,
+        done: Reply,
     },
 }
 
 /// Where a live message's data is.
 #[derive(Debug, Clone)]
-enum DataLocation {
+pub(super) enum DataLocation {
     /// Inside a segment: absolute offset and length of the data.
     Inline { offset: u64, len: u64 },
     /// In `data/NAME`.
@@ -87,13 +103,13 @@ enum DataLocation {
 #[derive(Debug)]
 pub(super) struct Entry {
     pub(super) envelope: Envelope,
-    segment: u64,
-    data: DataLocation,
-    attempts: u32,
-    next_attempt_ms: u64,
-    in_flight: bool,
+    pub(super) segment: u64,
+    pub(super) data: DataLocation,
+    pub(super) attempts: u32,
+    pub(super) next_attempt_ms: u64,
+    pub(super) in_flight: bool,
     /// Size of its `Message` record, for compaction decisions.
-    bytes: u64,
+    pub(super) bytes: u64,
 }
 
 #[derive(Default)]
@@ -103,11 +119,11 @@ pub(super) struct Index {
     /// (received_at_ms, id) of every live message, for the oldest message's age.
     by_received: BTreeSet<(u64, SpoolId)>,
     /// Live message count per segment.
-    segments: BTreeMap<u64, usize>,
+    pub(super) segments: BTreeMap<u64, usize>,
 }
 
 impl Index {
-    fn insert(&mut self, entry: Entry) {
+    pub(super) fn insert(&mut self, entry: Entry) {
         // Forget a previous entry of the same id first: its due key may equal the new one.
         if let Some(old) = self.messages.remove(&entry.envelope.id) {
             self.forget(&old);
@@ -122,7 +138,7 @@ impl Index {
         self.messages.insert(entry.envelope.id.clone(), entry);
     }
 
-    fn remove(&mut self, id: &SpoolId) -> Option<Entry> {
+    pub(super) fn remove(&mut self, id: &SpoolId) -> Option<Entry> {
         let entry = self.messages.remove(id)?;
         self.forget(&entry);
         Some(entry)
@@ -175,17 +191,23 @@ impl Journal {
         segment_max: u64,
         metrics: Metrics,
     ) -> Result<Self, SpoolError> {
+        private_dir(root)?;
         for dir in ["journal", "data", "tmp", "corrupt"] {
-            fs::create_dir_all(root.join(dir)).map_err(SpoolError::io("create directory"))?;
+            private_dir(&root.join(dir))?;
         }
         let lock = lock_spool(root)?;
         for stale in fs::read_dir(root.join("tmp")).map_err(SpoolError::io("read tmp"))? {
             // Data of messages whose DATA never completed: no 250 was ever sent for them.
             let _ = fs::remove_file(stale.map_err(SpoolError::io("read tmp"))?.path());
         }
+        let key = key::load_or_create(root, replay::journal_is_keyed(root)?)?;
         let mut index = Index::default();
-        let segments = replay(root, &mut index)?;
-        remove_orphan_data_files(root, &index);
+        let Replayed {
+            segments,
+            newest_legacy,
+            ..
+        } = replay::replay(root, &key, &mut index)?;
+        replay::remove_orphan_data_files(root, &index);
         let next_seq = segments.last().map_or(1, |s| s + 1);
         let active = Segment::create(root, next_seq)?;
         let index = Arc::new(Mutex::new(index));
@@ -195,6 +217,7 @@ impl Journal {
         let (tx, rx) = mpsc::sync_channel(QUEUE_DEPTH);
         let mut committer = Committer {
             root: root.to_path_buf(),
+            key,
             active,
             index: index.clone(),
             due_changed: due_changed.clone(),
@@ -205,7 +228,9 @@ impl Journal {
             carried: 0,
             metrics,
         };
-        committer.compact()?;
+        // Segments of the previous format are read once: their live messages move forward
+        // into keyed records now, so the next open has no unkeyed record to read.
+        committer.compact(newest_legacy)?;
         committer.publish();
         let committer = std::thread::Builder::new()
             .name("spool-commit".into())
@@ -362,12 +387,13 @@ struct Segment {
 
 impl Segment {
     fn create(root: &Path, seq: u64) -> Result<Self, SpoolError> {
-        let file = OpenOptions::new()
+        let file = private_options()
             .create_new(true)
             .append(true)
             .read(true)
             .open(segment_path(root, seq))
             .map_err(SpoolError::io("create segment"))?;
+        files::make_private(&file).map_err(SpoolError::io("set segment mode"))?;
         fsync_dir(&root.join("journal"))?;
         Ok(Self { seq, file, len: 0 })
     }
@@ -387,23 +413,18 @@ impl Segment {
     }
 }
 
-fn segment_path(root: &Path, seq: u64) -> PathBuf {
+pub(super) fn segment_path(root: &Path, seq: u64) -> PathBuf {
     root.join("journal").join(format!("{seq:016}.log"))
 }
 
-fn fsync_dir(dir: &Path) -> Result<(), SpoolError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(SpoolError::io("fsync directory"))
-}
-
 fn lock_spool(root: &Path) -> Result<File, SpoolError> {
-    let file = OpenOptions::new()
+    let file = private_options()
         .create(true)
         .truncate(false)
         .write(true)
         .open(root.join("lock"))
         .map_err(SpoolError::io("open lock"))?;
+    files::make_private(&file).map_err(SpoolError::io("set lock mode"))?;
     // SAFETY: flock on a file descriptor we own; no memory is involved.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
@@ -412,150 +433,15 @@ fn lock_spool(root: &Path) -> Result<File, SpoolError> {
     Ok(file)
 }
 
-/// Reads every segment in order into the index; returns the segment numbers found.
-fn replay(root: &Path, index: &mut Index) -> Result<Vec<u64>, SpoolError> {
-    let mut seqs: Vec<u64> = fs::read_dir(root.join("journal"))
-        .map_err(SpoolError::io("read journal"))?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            name.strip_suffix(".log")?.parse().ok()
-        })
-        .collect();
-    seqs.sort_unstable();
-    for &seq in &seqs {
-        let path = segment_path(root, seq);
-        let bytes = fs::read(&path).map_err(SpoolError::io("read segment"))?;
-        let mut pos = 0usize;
-        let mut set_aside = false;
-        let newest = Some(&seq) == seqs.last();
-        while pos < bytes.len() {
-            let why = match record::decode(&bytes[pos..]) {
-                Decoded::Record {
-                    record,
-                    len,
-                    payload_start,
-                } => {
-                    apply_replayed(root, index, seq, pos, len, payload_start, record);
-                    pos += len;
-                    continue;
-                }
-                // Only the end of the newest segment can hold a torn append (nothing after it
-                // was ever written); anywhere else a record that runs past the end is a
-                // damaged length field, and the records after it must not be dropped.
-                Decoded::Incomplete if newest && find_magic(&bytes, pos + 1).is_none() => {
-                    tracing::warn!(segment = %path.display(), offset = pos, "spool: torn record at the end of a segment ignored (it was never acknowledged)");
-                    break;
-                }
-                Decoded::Incomplete => "record runs past the end of the segment".to_string(),
-                Decoded::Corrupt(why) => why,
-            };
-            tracing::error!(segment = %path.display(), offset = pos, %why, "spool: corrupt record; copying the segment to corrupt/ and scanning for the next record");
-            if !set_aside {
-                let dest = root.join("corrupt").join(format!("{seq:016}.log"));
-                fs::copy(&path, dest).map_err(SpoolError::io("set aside segment"))?;
-                set_aside = true;
-            }
-            match find_magic(&bytes, pos + 1) {
-                Some(next) => pos = next,
-                None => break,
-            }
-        }
-        index.segments.entry(seq).or_default();
-    }
-    Ok(seqs)
-}
-
-fn find_magic(bytes: &[u8], from: usize) -> Option<usize> {
-    bytes
-        .get(from..)?
-        .windows(4)
-        .position(|w| w == b"PSJ1")
-        .map(|p| p + from)
-}
-
-fn apply_replayed(
-    root: &Path,
-    index: &mut Index,
-    seq: u64,
-    pos: usize,
-    len: usize,
-    payload_start: usize,
-    record: Record,
-) {
-    match record {
-        Record::Message {
-            envelope,
-            data_offset,
-            data_len,
-        } => {
-            let data = if envelope.data_file.is_some() {
-                DataLocation::File
-            } else {
-                DataLocation::Inline {
-                    offset: (pos + payload_start + data_offset) as u64,
-                    len: data_len as u64,
-                }
-            };
-            let next_attempt_ms = envelope.received_at_ms;
-            index.insert(Entry {
-                envelope: *envelope,
-                segment: seq,
-                data,
-                attempts: 0,
-                next_attempt_ms,
-                in_flight: false,
-                bytes: len as u64,
-            });
-        }
-        Record::Update(update) => {
-            if let Some(mut entry) = index.remove(&update.id) {
-                entry.envelope.recipients = update.recipients;
-                entry.attempts = update.attempts;
-                entry.next_attempt_ms = update.next_attempt_ms;
-                index.insert(entry);
-            }
-        }
-        Record::Done(done) => {
-            if let Some(entry) = index.remove(&done.id) {
-                remove_data_file(root, &entry.envelope);
-            }
-        }
-    }
-}
-
-fn remove_data_file(root: &Path, envelope: &Envelope) {
-    if let Some(name) = &envelope.data_file {
-        let _ = fs::remove_file(root.join("data").join(name));
-    }
-}
-
-/// Data files no live message refers to were written for messages that were never
-/// acknowledged (crash between rename and commit) or already finished.
-fn remove_orphan_data_files(root: &Path, index: &Index) {
-    let referenced: BTreeSet<&str> = index
-        .messages
-        .values()
-        .filter_map(|e| e.envelope.data_file.as_deref())
-        .collect();
-    let Ok(entries) = fs::read_dir(root.join("data")) else {
-        return;
-    };
-    for entry in entries.filter_map(|e| e.ok()) {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if !referenced.contains(name) {
-            tracing::info!(
-                file = name,
-                "spool: removing data file of an unacknowledged or finished message"
-            );
-            let _ = fs::remove_file(entry.path());
-        }
+pub(super) fn remove_data_file(root: &Path, envelope: &Envelope) {
+    if let Some(path) = super::data_path(root, envelope) {
+        let _ = fs::remove_file(path);
     }
 }
 
 struct Committer {
     root: PathBuf,
+    key: RecordKey,
     active: Segment,
     index: Arc<Mutex<Index>>,
     due_changed: Arc<Notify>,
@@ -581,6 +467,18 @@ enum Change {
     Remove(SpoolId),
 }
 
+/// A job's answer channel.
+type Reply = oneshot::Sender<Result<(), SpoolError>>;
+
+/// The encoded records of one group commit and what they change once durable.
+struct Batch {
+    bytes: Vec<u8>,
+    changes: Vec<Change>,
+    replies: Vec<Reply>,
+    /// Some record refers to a data file just renamed into `data/`.
+    sync_data_dir: bool,
+}
+
 impl Committer {
     fn run(mut self, rx: mpsc::Receiver<Job>) {
         while let Ok(first) = rx.recv() {
@@ -593,7 +491,7 @@ impl Committer {
             }
             self.commit_batch(jobs);
             if self.active.len.saturating_sub(self.carried) > self.segment_max
-                && let Err(e) = self.roll().and_then(|()| self.compact())
+                && let Err(e) = self.roll().and_then(|()| self.compact(None))
             {
                 tracing::error!(error = %e, "spool: rolling the journal failed");
                 self.healthy.store(false, Ordering::Relaxed);
@@ -603,156 +501,195 @@ impl Committer {
         }
     }
 
+    /// One group commit: encode every job's records, append and fsync them once, then apply
+    /// the changes to the index and answer. Nothing is answered before the fsync.
     fn commit_batch(&mut self, jobs: Vec<Job>) {
         let started = Instant::now();
-        let mut buf = Vec::new();
-        let mut changes = Vec::with_capacity(jobs.len());
-        let mut replies = Vec::with_capacity(jobs.len());
-        let mut sync_data_dir = false;
-        {
-            let index = self.index.lock().expect("spool index lock");
-            for job in jobs {
-                match job {
-                    Job::Message {
-                        envelope,
-                        data,
-                        has_data_file,
-                        done,
-                    } => {
-                        let offset = self.active.len + buf.len() as u64;
-                        let (encoded, data_start) = record::encode_message(&envelope, &data);
-                        let location = if has_data_file {
-                            sync_data_dir = true;
-                            DataLocation::File
-                        } else {
-                            DataLocation::Inline {
-                                offset: offset + data_start as u64,
-                                len: data.len() as u64,
-                            }
-                        };
-                        buf.extend_from_slice(&encoded);
-                        let next_attempt_ms = envelope.received_at_ms;
-                        changes.push(Change::Insert(Entry {
-                            envelope: *envelope,
-                            segment: self.active.seq,
-                            data: location,
-                            attempts: 0,
-                            next_attempt_ms,
-                            in_flight: false,
-                            bytes: encoded.len() as u64,
-                        }));
-                        replies.push(done);
-                    }
-                    Job::Attempt {
-                        id,
-                        results,
-                        retry_ms,
-                        done,
-                    } => {
-                        let Some(entry) = index.messages.get(&id) else {
-                            let _ = done.send(Err(SpoolError::NotFound(id)));
-                            continue;
-                        };
-                        let mut envelope = entry.envelope.clone();
-                        for r in results {
-                            if let Some(rcpt) = envelope.recipients.get_mut(r.index) {
-                                rcpt.status = r.status;
-                                rcpt.attempts += 1;
-                                rcpt.last_reply = Some(r.reply);
-                                rcpt.delay_notified |= r.delay_notified;
-                            }
-                        }
-                        let attempts = entry.attempts + 1;
-                        let finished = envelope
-                            .recipients
-                            .iter()
-                            .all(|r| r.status != RecipientStatus::Pending);
-                        if finished {
-                            buf.extend_from_slice(&record::encode_done(&DoneRecord {
-                                id: id.clone(),
-                            }));
-                            changes.push(Change::Remove(id));
-                        } else {
-                            buf.extend_from_slice(&record::encode_update(&UpdateRecord {
-                                id: id.clone(),
-                                recipients: envelope.recipients.clone(),
-                                attempts,
-                                next_attempt_ms: retry_ms,
-                            }));
-                            changes.push(Change::Update {
-                                id,
-                                envelope,
-                                attempts,
-                                next_attempt_ms: retry_ms,
-                            });
-                        }
-                        replies.push(done);
-                    }
-                }
-            }
-        }
-        if buf.is_empty() {
+        let batch = self.encode_batch(jobs);
+        if batch.bytes.is_empty() {
             return;
         }
-        let written = (|| -> Result<(), SpoolError> {
-            if sync_data_dir {
-                fsync_dir(&self.root.join("data"))?;
-            }
-            self.active.append(&buf)?;
-            self.active.sync()
-        })();
-        if let Err(e) = written {
-            tracing::error!(error = %e, "spool: group commit failed; the batch is refused");
-            self.healthy.store(false, Ordering::Relaxed);
-            // The refused batch must not come back at replay (its clients were told 451) and
-            // no later offset may be computed from a length the file no longer has.
-            self.discard_tail();
-            for reply in replies {
-                let _ = reply.send(Err(SpoolError::Io {
-                    op: "group commit",
-                    source: std::io::Error::other(e.to_string()),
-                }));
-            }
+        if let Err(e) = self.write_batch(&batch) {
+            self.refuse_batch(batch.replies, &e);
             return;
         }
-        self.active.len += buf.len() as u64;
-        let count = replies.len();
-        {
-            let mut index = self.index.lock().expect("spool index lock");
-            for change in changes {
-                match change {
-                    Change::Insert(entry) => index.insert(entry),
-                    Change::Update {
-                        id,
-                        envelope,
-                        attempts,
-                        next_attempt_ms,
-                    } => {
-                        if let Some(mut entry) = index.remove(&id) {
-                            entry.envelope = envelope;
-                            entry.attempts = attempts;
-                            entry.next_attempt_ms = next_attempt_ms;
-                            entry.in_flight = false;
-                            index.insert(entry);
-                        }
-                    }
-                    Change::Remove(id) => {
-                        if let Some(entry) = index.remove(&id) {
-                            remove_data_file(&self.root, &entry.envelope);
-                        }
-                    }
-                }
-            }
-        }
+        self.active.len += batch.bytes.len() as u64;
+        let count = batch.replies.len();
+        self.apply_changes(batch.changes);
         self.healthy.store(true, Ordering::Relaxed);
         // Before the replies: whoever was told "committed" must see the new count.
         self.publish();
         self.due_changed.notify_one();
-        for reply in replies {
+        for reply in batch.replies {
             let _ = reply.send(Ok(()));
         }
         self.metrics
             .spool_commit(count, started.elapsed().as_secs_f64());
+    }
+
+    /// Encodes the records of a batch, each for the offset it will have in the active segment.
+    /// A job that cannot be applied (an attempt for a message no longer here) is answered now.
+    fn encode_batch(&self, jobs: Vec<Job>) -> Batch {
+        let mut batch = Batch {
+            bytes: Vec::new(),
+            changes: Vec::with_capacity(jobs.len()),
+            replies: Vec::with_capacity(jobs.len()),
+            sync_data_dir: false,
+        };
+        let index = self.index.lock().expect("spool index lock");
+        for job in jobs {
+            let at = Position {
+                segment: self.active.seq,
+                offset: self.active.len + batch.bytes.len() as u64,
+            };
+            match job {
+                Job::Message {
+                    envelope,
+                    data,
+                    has_data_file,
+                    done,
+                } => {
+                    let (encoded, data_start) =
+                        record::encode_message(&self.key, at, &envelope, &data);
+                    let location = if has_data_file {
+                        batch.sync_data_dir = true;
+                        DataLocation::File
+                    } else {
+                        DataLocation::Inline {
+                            offset: at.offset + data_start as u64,
+                            len: data.len() as u64,
+                        }
+                    };
+                    batch.bytes.extend_from_slice(&encoded);
+                    let next_attempt_ms = envelope.received_at_ms;
+                    batch.changes.push(Change::Insert(Entry {
+                        envelope: *envelope,
+                        segment: self.active.seq,
+                        data: location,
+                        attempts: 0,
+                        next_attempt_ms,
+                        in_flight: false,
+                        bytes: encoded.len() as u64,
+                    }));
+                    batch.replies.push(done);
+                }
+                Job::Attempt {
+                    id,
+                    results,
+                    retry_ms,
+                    done,
+                } => {
+                    let Some(entry) = index.messages.get(&id) else {
+                        let _ = done.send(Err(SpoolError::NotFound(id)));
+                        continue;
+                    };
+                    let (encoded, change) = self.encode_attempt(at, entry, id, results, retry_ms);
+                    batch.bytes.extend_from_slice(&encoded);
+                    batch.changes.push(change);
+                    batch.replies.push(done);
+                }
+            }
+        }
+        batch
+    }
+
+    /// The record of one delivery attempt: `Done` once no recipient is pending, else `Update`.
+    fn encode_attempt(
+        &self,
+        at: Position,
+        entry: &Entry,
+        id: SpoolId,
+        results: Vec<RecipientResult>,
+        retry_ms: u64,
+    ) -> (Vec<u8>, Change) {
+        let mut envelope = entry.envelope.clone();
+        for r in results {
+            if let Some(rcpt) = envelope.recipients.get_mut(r.index) {
+                rcpt.status = r.status;
+                rcpt.attempts += 1;
+                rcpt.last_reply = Some(r.reply);
+                rcpt.delay_notified |= r.delay_notified;
+            }
+        }
+        let attempts = entry.attempts + 1;
+        let finished = envelope
+            .recipients
+            .iter()
+            .all(|r| r.status != RecipientStatus::Pending);
+        if finished {
+            let done = DoneRecord { id: id.clone() };
+            return (
+                record::encode_done(&self.key, at, &done),
+                Change::Remove(id),
+            );
+        }
+        let update = UpdateRecord {
+            id: id.clone(),
+            recipients: envelope.recipients.clone(),
+            attempts,
+            next_attempt_ms: retry_ms,
+        };
+        (
+            record::encode_update(&self.key, at, &update),
+            Change::Update {
+                id,
+                envelope,
+                attempts,
+                next_attempt_ms: retry_ms,
+            },
+        )
+    }
+
+    /// Appends a batch and makes it durable; data files it refers to are made durable first
+    /// (their directory entry), so no record ever points at a file a crash could lose.
+    fn write_batch(&mut self, batch: &Batch) -> Result<(), SpoolError> {
+        if batch.sync_data_dir {
+            fsync_dir(&self.root.join("data"))?;
+        }
+        self.active.append(&batch.bytes)?;
+        self.active.sync()
+    }
+
+    fn refuse_batch(&mut self, replies: Vec<Reply>, e: &SpoolError) {
+        tracing::error!(error = %e, "spool: group commit failed; the batch is refused");
+        self.healthy.store(false, Ordering::Relaxed);
+        // The refused batch must not come back at replay (its clients were told 451) and
+        // no later offset may be computed from a length the file no longer has.
+        self.discard_tail();
+        for reply in replies {
+            let _ = reply.send(Err(SpoolError::Io {
+                op: "group commit",
+                source: std::io::Error::other(e.to_string()),
+            }));
+        }
+    }
+
+    fn apply_changes(&mut self, changes: Vec<Change>) {
+        let mut index = self.index.lock().expect("spool index lock");
+        for change in changes {
+            match change {
+                Change::Insert(entry) => index.insert(entry),
+                Change::Update {
+                    id,
+                    envelope,
+                    attempts,
+                    next_attempt_ms,
+                } => {
+                    if let Some(mut entry) = index.remove(&id) {
+                        entry.envelope = envelope;
+                        entry.attempts = attempts;
+                        entry.next_attempt_ms = next_attempt_ms;
+                        entry.in_flight = false;
+                        index.insert(entry);
+                    }
+                }
+                Change::Remove(id) => {
+                    if let Some(entry) = index.remove(&id) {
+                        remove_data_file(&self.root, &entry.envelope);
+                    }
+                }
+            }
+        }
     }
 
     /// After a failed append: cut the active segment back to its last committed length, then
@@ -789,10 +726,11 @@ impl Committer {
     /// Copies the live messages of the oldest segments into the active one, then deletes those
     /// segments oldest first. Only the longest run of oldest segments whose live bytes are at
     /// most half of their size is copied: each copy frees at least as much as it writes, so a
-    /// backlog larger than a segment is not rewritten at every roll.
-    fn compact(&mut self) -> Result<(), SpoolError> {
+    /// backlog larger than a segment is not rewritten at every roll. Segments up to
+    /// `through` are copied forward whatever their live bytes (the previous format's).
+    fn compact(&mut self, through: Option<u64>) -> Result<(), SpoolError> {
         let committed_len = self.active.len;
-        let result = self.copy_forward();
+        let result = self.copy_forward(through);
         if result.is_err() {
             // Nothing was moved in the index; cut the partial copies off like a failed batch.
             self.active.len = committed_len;
@@ -801,7 +739,7 @@ impl Committer {
         result
     }
 
-    fn copy_forward(&mut self) -> Result<(), SpoolError> {
+    fn copy_forward(&mut self, through: Option<u64>) -> Result<(), SpoolError> {
         let active = self.active.seq;
         let movers: Vec<(SpoolId, u64, DataLocation, Envelope, u32, u64)> = {
             let index = self.index.lock().expect("spool index lock");
@@ -816,6 +754,9 @@ impl Committer {
                 if live_sum * 2 <= size_sum {
                     upto = seq + 1;
                 }
+            }
+            if let Some(through) = through {
+                upto = upto.max(through + 1);
             }
             index
                 .messages
@@ -847,22 +788,30 @@ impl Committer {
                 }
                 DataLocation::File => Vec::new(),
             };
-            let offset = self.active.len + buf.len() as u64;
-            let (encoded, data_start) = record::encode_message(&envelope, &bytes);
+            let at = Position {
+                segment: active,
+                offset: self.active.len + buf.len() as u64,
+            };
+            let (encoded, data_start) = record::encode_message(&self.key, at, &envelope, &bytes);
             let location = match data {
                 DataLocation::Inline { .. } => DataLocation::Inline {
-                    offset: offset + data_start as u64,
+                    offset: at.offset + data_start as u64,
                     len: bytes.len() as u64,
                 },
                 DataLocation::File => DataLocation::File,
             };
             buf.extend_from_slice(&encoded);
-            buf.extend_from_slice(&record::encode_update(&UpdateRecord {
+            let update = UpdateRecord {
                 id: id.clone(),
                 recipients: envelope.recipients.clone(),
                 attempts,
                 next_attempt_ms,
-            }));
+            };
+            let at = Position {
+                offset: at.offset + encoded.len() as u64,
+                ..at
+            };
+            buf.extend_from_slice(&record::encode_update(&self.key, at, &update));
             moved.push((id, location, encoded.len() as u64));
             if buf.len() >= COMPACT_WRITE_BYTES {
                 self.active.append(&buf)?;

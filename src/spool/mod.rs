@@ -6,18 +6,25 @@
 //! any later moment loses nothing.
 //!
 //! # Layout on disk
-//! - `journal/NNNNNNNNNNNNNNNN.log`: append-only segments of typed, checksummed records
-//!   (`record.rs`). Small messages (up to `spool.inline_max_bytes`) are written inline; every
+//! - `journal/NNNNNNNNNNNNNNNN.log`: append-only segments of typed records, each authenticated
+//!   with the spool's key for its segment and offset (`record.rs`), so that message bytes a
+//!   client wrote can never pass for spool structure. Small messages (up to `spool.inline_max_bytes`) are written inline; every
 //!   delivery outcome is an `Update` record and a finished message a `Done` record. One
 //!   thread appends and fsyncs on behalf of all sessions (group commit, `journal.rs`): while
 //!   one fsync runs, the next batch gathers, so throughput grows with concurrency while each
 //!   250 still follows the fsync of its own message.
 //! - `data/ID.eml`: large messages, streamed there during DATA (never whole in memory),
-//!   fsynced and renamed before their journal record is committed.
+//!   fsynced and renamed before their journal record is committed. A record may name only
+//!   the file the spool names for its id ([`check_data_file`]); any other name makes the
+//!   record corrupt and is never joined to a path.
 //! - `tmp/`: large messages being received; emptied at start (none was acknowledged).
-//! - `corrupt/`: copies of segments that failed their checksums, set aside for an operator,
-//!   never deleted.
+//! - `corrupt/`: copies of segments with damaged records, set aside for an operator, never
+//!   deleted (`replay.rs` says what counts as damage and what as a torn append).
+//! - `journal.key`: the secret that authenticates records (`key.rs`).
 //! - `lock`: an exclusive `flock` so two processes never share a spool.
+//!
+//! Directories are 0700 and files 0600 whatever the umask (`files.rs`): queued mail is
+//! readable by the spool's owner only.
 //!
 //! # Compaction
 //! Only the oldest segment is ever deleted, once none of its messages is live: a `Done`
@@ -29,8 +36,11 @@
 //! The delivery schedule (`next_due`, `record_attempt`) lives here too: the spool is the only
 //! owner of a message's state, so the schedule survives restarts with the message.
 
+mod files;
 mod journal;
+mod key;
 mod record;
+mod replay;
 
 pub use journal::SpoolError;
 
@@ -38,6 +48,7 @@ use crate::config::SpoolConfig;
 use crate::metrics::Metrics;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +58,18 @@ use tokio::io::{AsyncRead, AsyncWriteExt};
 /// Queue identifier: time-ordered, unique within a spool, safe in file names and logs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
 pub struct SpoolId(pub String);
+
+impl SpoolId {
+    /// Whether the id has the form [`IdGenerator`] makes (upper-case hex digits, 21 of them
+    /// until the year 2527): the only ids the spool names files after.
+    fn is_spool_made(&self) -> bool {
+        (21..=24).contains(&self.0.len())
+            && self
+                .0
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F'))
+    }
+}
 
 impl fmt::Display for SpoolId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -148,6 +171,33 @@ pub struct Envelope {
     pub data_file: Option<String>,
 }
 
+/// The file name under `data/` of message `id`'s data; `None` for an id the spool does not
+/// make, which no file is ever named after.
+fn data_file_name(id: &SpoolId) -> Option<String> {
+    id.is_spool_made().then(|| format!("{id}.eml"))
+}
+
+/// Checks that an envelope names no data file other than the one the spool gives its id.
+///
+/// # Errors
+/// The name differs (a path, `..`, another message's file): the reason, for the replay log.
+pub(crate) fn check_data_file(envelope: &Envelope) -> Result<(), String> {
+    match &envelope.data_file {
+        None => Ok(()),
+        Some(name) if data_file_name(&envelope.id).as_ref() == Some(name) => Ok(()),
+        Some(name) => Err(format!(
+            "data file {name:?} is not the spool's name for message {:?}",
+            envelope.id.0
+        )),
+    }
+}
+
+/// Where an envelope's data file is, if it has one the spool named.
+fn data_path(root: &std::path::Path, envelope: &Envelope) -> Option<PathBuf> {
+    check_data_file(envelope).ok()?;
+    Some(root.join("data").join(envelope.data_file.as_ref()?))
+}
+
 /// A message handed to delivery.
 #[derive(Debug, Clone)]
 pub struct QueuedMessage {
@@ -199,10 +249,20 @@ impl MessageBody {
             self.memory.extend_from_slice(chunk);
             return Ok(());
         }
-        let path = self.tmp_dir.join(format!("{}.eml", self.id));
-        let file = tokio::fs::File::create(&path)
+        let name =
+            data_file_name(&self.id).ok_or_else(|| SpoolError::InvalidId(self.id.clone()))?;
+        let path = self.tmp_dir.join(name);
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(files::FILE_MODE)
+            .open(&path)
             .await
             .map_err(SpoolError::io("create tmp"))?;
+        file.set_permissions(std::fs::Permissions::from_mode(files::FILE_MODE))
+            .await
+            .map_err(SpoolError::io("set tmp mode"))?;
         let mut file = tokio::io::BufWriter::with_capacity(256 * 1024, file);
         file.write_all(&self.memory)
             .await
@@ -317,7 +377,10 @@ impl Spool {
                     let _ = tokio::fs::remove_file(&tmp_path).await;
                     return Err(e);
                 }
-                let name = format!("{}.eml", envelope.id);
+                let Some(name) = data_file_name(&envelope.id) else {
+                    let _ = tokio::fs::remove_file(&tmp_path).await;
+                    return Err(SpoolError::InvalidId(envelope.id));
+                };
                 let final_path = self.journal.root().join("data").join(&name);
                 if let Err(e) = tokio::fs::rename(&tmp_path, &final_path).await {
                     let _ = tokio::fs::remove_file(&tmp_path).await;
@@ -353,8 +416,14 @@ impl Spool {
         envelope: &Envelope,
     ) -> Result<Box<dyn AsyncRead + Send + Unpin>, SpoolError> {
         let prefix = std::io::Cursor::new(envelope.prefix.clone().into_bytes());
-        if let Some(name) = &envelope.data_file {
-            let path = self.journal.root().join("data").join(name);
+        if envelope.data_file.is_some() {
+            let path = data_path(self.journal.root(), envelope).ok_or_else(|| SpoolError::Io {
+                op: "open data",
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "data file name not made by the spool",
+                ),
+            })?;
             let file = tokio::fs::File::open(&path)
                 .await
                 .map_err(SpoolError::io("open data"))?;

@@ -1,27 +1,74 @@
-//! The journal's record format: typed, length-prefixed, checksummed.
+//! The journal's record format: typed, length-prefixed, authenticated with the spool's key.
 //!
 //! ```text
-//! magic "PSJ1" | kind u8 | payload length u32 LE | payload | CRC-32 u32 LE (of kind, length, payload)
+//! magic "PSJ2" | kind u8 | payload length u32 LE | payload | tag (32 bytes)
+//! tag = HMAC-SHA256(key, segment u64 LE | offset u64 LE | magic | kind | length | payload)
 //! ```
 //!
-//! A record is valid only if its magic, length and checksum all agree, so a torn write at the
-//! tail of a segment (crash during append) is recognised and ignored: nothing in it was ever
-//! acknowledged, because the 250 follows the fsync. Kinds:
+//! The payload of a `Message` record holds bytes a client chose (the inline message data), so
+//! a record must be something only this spool can make: an unkeyed checksum let a client plant
+//! a valid-looking record in a message body, which a replay that scanned for the next magic
+//! then took for structure (issue 10). The tag is keyed with a secret that never leaves the
+//! spool directory (`key.rs`), so no byte sequence a client sends verifies.
+//!
+//! The tag also binds the record to the segment and offset it was written at: every position
+//! of the journal is written at most once (a failed append or a cut tail is never written
+//! over; appends go on in a new segment), so a record that verifies is exactly the record this
+//! spool wrote there. A valid record copied elsewhere (a segment restored under another
+//! number, a record's bytes inside a later payload) does not verify, and a `Done` or `Update`
+//! cannot be moved to act on another place in the history.
+//!
+//! A record is valid only if its magic, length and tag all agree, so a torn write at the tail
+//! of a segment (crash during append) is recognised: nothing in it was ever acknowledged,
+//! because the 250 follows the fsync. Kinds:
 //! - `Message`: envelope (JSON) length u32 LE, envelope, then the message data for messages
 //!   kept inline (empty for messages whose data is a file of its own).
 //! - `Update`: the state of a message after a delivery attempt (JSON).
 //! - `Done`: the message left the spool (JSON with its id).
 //!
-//! Pure encoding and decoding; the files are handled by `journal.rs`.
+//! Segments written before records were keyed hold `PSJ1` records (the same layout with a
+//! CRC-32 of kind, length and payload instead of the tag). [`decode_legacy`] reads them for the
+//! one replay after an upgrade; nothing writes them any more.
+//!
+//! Pure encoding and decoding; the files are handled by `journal.rs` and `replay.rs`.
 
 use super::{Envelope, SpoolId};
+use aws_lc_rs::{constant_time, hmac};
 use serde::{Deserialize, Serialize};
 
-const MAGIC: &[u8; 4] = b"PSJ1";
+const MAGIC: &[u8; 4] = b"PSJ2";
+const LEGACY_MAGIC: &[u8; 4] = b"PSJ1";
 const HEADER_LEN: usize = 4 + 1 + 4;
-const TRAILER_LEN: usize = 4;
+const TAG_LEN: usize = 32;
+const LEGACY_TRAILER_LEN: usize = 4;
 /// Largest payload accepted when reading; guards against a corrupt length field.
 const MAX_PAYLOAD: usize = 64 * 1024 * 1024;
+/// Bytes of a spool key.
+pub(crate) const KEY_LEN: usize = 32;
+
+/// The secret that authenticates this spool's records.
+pub(crate) struct RecordKey(hmac::Key);
+
+impl RecordKey {
+    pub(crate) fn new(secret: &[u8; KEY_LEN]) -> Self {
+        Self(hmac::Key::new(hmac::HMAC_SHA256, secret))
+    }
+
+    fn tag(&self, at: Position, record_without_tag: &[u8]) -> hmac::Tag {
+        let mut context = hmac::Context::with_key(&self.0);
+        context.update(&at.segment.to_le_bytes());
+        context.update(&at.offset.to_le_bytes());
+        context.update(record_without_tag);
+        context.sign()
+    }
+}
+
+/// Where a record starts: its segment's number and its byte offset in that segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Position {
+    pub(crate) segment: u64,
+    pub(crate) offset: u64,
+}
 
 /// Record kinds as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,103 +129,181 @@ pub(crate) enum Decoded {
     },
     /// The buffer ends inside a record (a torn tail, or simply the end).
     Incomplete,
-    /// The bytes are not a valid record.
-    Corrupt(String),
+    /// The bytes are not a valid record. `claimed_len` is the length its header claims when
+    /// the header is well-formed and the claimed record lies inside the buffer: where the next
+    /// record would start, if the damage is not in the length field itself.
+    Corrupt {
+        why: String,
+        claimed_len: Option<usize>,
+    },
+}
+
+impl Decoded {
+    fn corrupt(why: impl Into<String>) -> Self {
+        Decoded::Corrupt {
+            why: why.into(),
+            claimed_len: None,
+        }
+    }
 }
 
 /// Encodes a message record: envelope plus inline data (possibly empty). Also returns where
 /// the data starts inside the encoded record.
-pub(crate) fn encode_message(envelope: &Envelope, data: &[u8]) -> (Vec<u8>, usize) {
+pub(crate) fn encode_message(
+    key: &RecordKey,
+    at: Position,
+    envelope: &Envelope,
+    data: &[u8],
+) -> (Vec<u8>, usize) {
     let json = serde_json::to_vec(envelope).expect("envelope serialises");
     let mut payload = Vec::with_capacity(4 + json.len() + data.len());
     payload.extend_from_slice(&(json.len() as u32).to_le_bytes());
     payload.extend_from_slice(&json);
     payload.extend_from_slice(data);
-    (frame(Kind::Message, &payload), HEADER_LEN + 4 + json.len())
+    (
+        frame(key, at, Kind::Message, &payload),
+        HEADER_LEN + 4 + json.len(),
+    )
 }
 
 /// Encodes an update record.
-pub(crate) fn encode_update(update: &UpdateRecord) -> Vec<u8> {
-    frame(
-        Kind::Update,
-        &serde_json::to_vec(update).expect("update serialises"),
-    )
+pub(crate) fn encode_update(key: &RecordKey, at: Position, update: &UpdateRecord) -> Vec<u8> {
+    let payload = serde_json::to_vec(update).expect("update serialises");
+    frame(key, at, Kind::Update, &payload)
 }
 
 /// Encodes a done record.
-pub(crate) fn encode_done(done: &DoneRecord) -> Vec<u8> {
-    frame(
-        Kind::Done,
-        &serde_json::to_vec(done).expect("done serialises"),
-    )
+pub(crate) fn encode_done(key: &RecordKey, at: Position, done: &DoneRecord) -> Vec<u8> {
+    let payload = serde_json::to_vec(done).expect("done serialises");
+    frame(key, at, Kind::Done, &payload)
 }
 
-fn frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + payload.len() + TRAILER_LEN);
+fn frame(key: &RecordKey, at: Position, kind: Kind, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len() + TAG_LEN);
     out.extend_from_slice(MAGIC);
     out.push(kind as u8);
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(payload);
-    let crc = crc32fast::hash(&out[4..]);
-    out.extend_from_slice(&crc.to_le_bytes());
+    let tag = key.tag(at, &out);
+    out.extend_from_slice(tag.as_ref());
     out
 }
 
-/// Decodes the record at the start of `buf`.
-pub(crate) fn decode(buf: &[u8]) -> Decoded {
-    if buf.len() < HEADER_LEN {
-        return Decoded::Incomplete;
+/// Whether `segment_start` (the first bytes of a segment) is a segment of `PSJ1` records.
+pub(crate) fn is_legacy(segment_start: &[u8]) -> bool {
+    segment_start.starts_with(LEGACY_MAGIC)
+}
+
+/// The total length the record header at the start of `buf` claims, if the header is
+/// well-formed and the claimed record fits in `buf`; nothing is verified.
+pub(crate) fn claimed_len(buf: &[u8]) -> Option<usize> {
+    match header(buf, MAGIC, TAG_LEN) {
+        Ok((_, total)) if total <= buf.len() => Some(total),
+        _ => None,
     }
-    if &buf[..4] != MAGIC {
-        return Decoded::Corrupt("bad magic".into());
+}
+
+/// Reads a record header: its kind and the record's total length (header, payload, trailer).
+fn header(buf: &[u8], magic: &[u8; 4], trailer_len: usize) -> Result<(Kind, usize), Decoded> {
+    if buf.len() < HEADER_LEN {
+        return Err(Decoded::Incomplete);
+    }
+    if &buf[..4] != magic {
+        return Err(Decoded::corrupt("bad magic"));
     }
     let Some(kind) = Kind::from_byte(buf[4]) else {
-        return Decoded::Corrupt(format!("unknown record kind {}", buf[4]));
+        return Err(Decoded::corrupt(format!("unknown record kind {}", buf[4])));
     };
     let len = u32::from_le_bytes([buf[5], buf[6], buf[7], buf[8]]) as usize;
     if len > MAX_PAYLOAD {
-        return Decoded::Corrupt(format!("payload length {len} is implausible"));
+        return Err(Decoded::corrupt(format!(
+            "payload length {len} is implausible"
+        )));
     }
-    let total = HEADER_LEN + len + TRAILER_LEN;
+    Ok((kind, HEADER_LEN + len + trailer_len))
+}
+
+/// Decodes the record at the start of `buf`, which the journal read at `at`.
+pub(crate) fn decode(buf: &[u8], key: &RecordKey, at: Position) -> Decoded {
+    let (kind, total) = match header(buf, MAGIC, TAG_LEN) {
+        Ok(header) => header,
+        Err(decoded) => return decoded,
+    };
     if buf.len() < total {
         return Decoded::Incomplete;
     }
-    let payload = &buf[HEADER_LEN..HEADER_LEN + len];
-    let stored = u32::from_le_bytes(buf[HEADER_LEN + len..total].try_into().expect("4 bytes"));
-    if crc32fast::hash(&buf[4..HEADER_LEN + len]) != stored {
-        return Decoded::Corrupt("checksum mismatch".into());
+    let body_end = total - TAG_LEN;
+    let expected = key.tag(at, &buf[..body_end]);
+    if constant_time::verify_slices_are_equal(expected.as_ref(), &buf[body_end..total]).is_err() {
+        return Decoded::Corrupt {
+            why: "authentication tag mismatch".into(),
+            claimed_len: Some(total),
+        };
     }
-    let record = match kind {
+    finish(kind, &buf[HEADER_LEN..body_end], total)
+}
+
+/// Decodes the `PSJ1` record (CRC-32, no key) at the start of `buf`.
+pub(crate) fn decode_legacy(buf: &[u8]) -> Decoded {
+    let (kind, total) = match header(buf, LEGACY_MAGIC, LEGACY_TRAILER_LEN) {
+        Ok(header) => header,
+        Err(decoded) => return decoded,
+    };
+    if buf.len() < total {
+        return Decoded::Incomplete;
+    }
+    let body_end = total - LEGACY_TRAILER_LEN;
+    let stored = u32::from_le_bytes(buf[body_end..total].try_into().expect("4 bytes"));
+    if crc32fast::hash(&buf[4..body_end]) != stored {
+        return Decoded::Corrupt {
+            why: "checksum mismatch".into(),
+            claimed_len: Some(total),
+        };
+    }
+    finish(kind, &buf[HEADER_LEN..body_end], total)
+}
+
+/// Parses an authenticated payload. A payload that does not parse is still corrupt, but its
+/// length can be trusted: the tag covered it.
+fn finish(kind: Kind, payload: &[u8], total: usize) -> Decoded {
+    match parse_payload(kind, payload) {
+        Ok(record) => Decoded::Record {
+            record,
+            len: total,
+            payload_start: HEADER_LEN,
+        },
+        Err(why) => Decoded::Corrupt {
+            why,
+            claimed_len: Some(total),
+        },
+    }
+}
+
+fn parse_payload(kind: Kind, payload: &[u8]) -> Result<Record, String> {
+    match kind {
         Kind::Message => {
             if payload.len() < 4 {
-                return Decoded::Corrupt("message record too short".into());
+                return Err("message record too short".into());
             }
             let json_len = u32::from_le_bytes(payload[..4].try_into().expect("4 bytes")) as usize;
             if 4 + json_len > payload.len() {
-                return Decoded::Corrupt("envelope length past the record".into());
+                return Err("envelope length past the record".into());
             }
-            match serde_json::from_slice::<Envelope>(&payload[4..4 + json_len]) {
-                Ok(envelope) => Record::Message {
-                    envelope: Box::new(envelope),
-                    data_offset: 4 + json_len,
-                    data_len: payload.len() - 4 - json_len,
-                },
-                Err(e) => return Decoded::Corrupt(format!("envelope: {e}")),
-            }
+            let envelope = serde_json::from_slice::<Envelope>(&payload[4..4 + json_len])
+                .map_err(|e| format!("envelope: {e}"))?;
+            super::check_data_file(&envelope)?;
+            Ok(Record::Message {
+                envelope: Box::new(envelope),
+                data_offset: 4 + json_len,
+                data_len: payload.len() - 4 - json_len,
+            })
         }
-        Kind::Update => match serde_json::from_slice(payload) {
-            Ok(u) => Record::Update(u),
-            Err(e) => return Decoded::Corrupt(format!("update: {e}")),
-        },
-        Kind::Done => match serde_json::from_slice(payload) {
-            Ok(d) => Record::Done(d),
-            Err(e) => return Decoded::Corrupt(format!("done: {e}")),
-        },
-    };
-    Decoded::Record {
-        record,
-        len: total,
-        payload_start: HEADER_LEN,
+        Kind::Update => serde_json::from_slice(payload)
+            .map(Record::Update)
+            .map_err(|e| format!("update: {e}")),
+        Kind::Done => serde_json::from_slice(payload)
+            .map(Record::Done)
+            .map_err(|e| format!("done: {e}")),
     }
 }
 
@@ -186,6 +311,15 @@ pub(crate) fn decode(buf: &[u8]) -> Decoded {
 mod tests {
     use super::*;
     use crate::spool::{Recipient, RecipientStatus};
+
+    const AT: Position = Position {
+        segment: 7,
+        offset: 4096,
+    };
+
+    fn key() -> RecordKey {
+        RecordKey::new(&[7; KEY_LEN])
+    }
 
     fn envelope() -> Envelope {
         Envelope {
@@ -196,10 +330,22 @@ mod tests {
         }
     }
 
+    /// A record as the format before keyed records wrote it.
+    fn legacy_frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
+        let mut out = LEGACY_MAGIC.to_vec();
+        out.push(kind as u8);
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(payload);
+        let crc = crc32fast::hash(&out[4..]);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
     #[test]
     fn message_round_trip() {
-        let (bytes, data_start) = encode_message(&envelope(), b"Subject: x\r\n\r\nhi\r\n");
-        match decode(&bytes) {
+        let (bytes, data_start) =
+            encode_message(&key(), AT, &envelope(), b"Subject: x\r\n\r\nhi\r\n");
+        match decode(&bytes, &key(), AT) {
             Decoded::Record {
                 record:
                     Record::Message {
@@ -222,15 +368,116 @@ mod tests {
 
     #[test]
     fn torn_tail_is_incomplete_and_flipped_bit_is_corrupt() {
-        let bytes = encode_done(&DoneRecord {
-            id: SpoolId("x".into()),
-        });
+        let bytes = encode_done(
+            &key(),
+            AT,
+            &DoneRecord {
+                id: SpoolId("x".into()),
+            },
+        );
         assert!(matches!(
-            decode(&bytes[..bytes.len() - 1]),
+            decode(&bytes[..bytes.len() - 1], &key(), AT),
             Decoded::Incomplete
         ));
         let mut bad = bytes.clone();
         bad[10] ^= 1;
-        assert!(matches!(decode(&bad), Decoded::Corrupt(_)));
+        assert!(matches!(
+            decode(&bad, &key(), AT),
+            Decoded::Corrupt { claimed_len: Some(n), .. } if n == bytes.len()
+        ));
+    }
+
+    #[test]
+    fn a_record_verifies_only_under_its_key_and_at_its_position() {
+        let done = DoneRecord {
+            id: SpoolId("x".into()),
+        };
+        let bytes = encode_done(&key(), AT, &done);
+        assert!(matches!(decode(&bytes, &key(), AT), Decoded::Record { .. }));
+        let other_key = RecordKey::new(&[8; KEY_LEN]);
+        let moved = [
+            Position {
+                segment: AT.segment + 1,
+                ..AT
+            },
+            Position {
+                offset: AT.offset + 1,
+                ..AT
+            },
+        ];
+        assert!(matches!(
+            decode(&bytes, &other_key, AT),
+            Decoded::Corrupt { .. }
+        ));
+        for at in moved {
+            assert!(
+                matches!(decode(&bytes, &key(), at), Decoded::Corrupt { .. }),
+                "{at:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn legacy_records_are_read_by_checksum_and_never_as_keyed_ones() {
+        let payload = serde_json::to_vec(&DoneRecord {
+            id: SpoolId("x".into()),
+        })
+        .unwrap();
+        let legacy = legacy_frame(Kind::Done, &payload);
+        assert!(is_legacy(&legacy));
+        assert!(matches!(
+            decode_legacy(&legacy),
+            Decoded::Record { record: Record::Done(d), len, .. } if d.id.0 == "x" && len == legacy.len()
+        ));
+        assert!(matches!(
+            decode(&legacy, &key(), AT),
+            Decoded::Corrupt {
+                claimed_len: None,
+                ..
+            }
+        ));
+        let mut bad = legacy.clone();
+        bad[10] ^= 1;
+        assert!(matches!(decode_legacy(&bad), Decoded::Corrupt { .. }));
+    }
+
+    #[test]
+    fn a_data_file_the_spool_did_not_name_makes_the_record_corrupt() {
+        let id = "0190A1B2C3D000001ABCD";
+        for forged in [
+            "/etc/passwd",
+            "../../etc/passwd",
+            "sub/0190A1B2C3D000001ABCD.eml",
+            "0190A1B2C3D000001ABCE.eml",
+            "0190A1B2C3D000001ABCD.eml/..",
+            "0190a1b2c3d000001abcd.eml",
+            "",
+        ] {
+            let mut envelope = envelope();
+            envelope.id = SpoolId(id.into());
+            envelope.data_file = Some(forged.into());
+            let (bytes, _) = encode_message(&key(), AT, &envelope, b"");
+            assert!(
+                matches!(
+                    decode(&bytes, &key(), AT),
+                    Decoded::Corrupt { claimed_len: Some(n), .. } if n == bytes.len()
+                ),
+                "{forged:?}"
+            );
+            // The same forgery in an old-format record, as a client could have planted it.
+            let payload = &bytes[HEADER_LEN..bytes.len() - TAG_LEN];
+            assert!(
+                matches!(
+                    decode_legacy(&legacy_frame(Kind::Message, payload)),
+                    Decoded::Corrupt { .. }
+                ),
+                "{forged:?}"
+            );
+        }
+        let mut envelope = envelope();
+        envelope.id = SpoolId(id.into());
+        envelope.data_file = Some(format!("{id}.eml"));
+        let (bytes, _) = encode_message(&key(), AT, &envelope, b"");
+        assert!(matches!(decode(&bytes, &key(), AT), Decoded::Record { .. }));
     }
 }

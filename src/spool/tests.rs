@@ -283,12 +283,14 @@ async fn rolling_compacts_old_segments() {
     let dir = TempDir::new();
     let spool = Spool::open(&config(&dir.0, 1024, 4096), Metrics::new()).unwrap();
     let keep = put(&spool, &["keep@example.net"], b"keep me\r\n").await;
-    // Deliver everything else so the old segments become empty.
-    for i in 0..40 {
+    // Deliver everything else so the old segments become empty. Enough messages that the
+    // `Done` records alone roll a segment after the oldest ones have emptied (keyed records
+    // are 28 bytes longer than the CRC ones this count was first chosen for).
+    for i in 0..80 {
         put(&spool, &[&format!("r{i}@example.net")], &vec![b'y'; 300]).await;
     }
     let mut finished = 0;
-    while finished < 40 {
+    while finished < 80 {
         let m = next(&spool).await;
         if m.envelope.id == keep {
             let r = vec![RecipientResult {
@@ -338,7 +340,10 @@ async fn second_process_cannot_share_the_spool() {
 }
 
 #[tokio::test]
-async fn damaged_length_field_does_not_drop_later_records() {
+async fn damaged_length_field_sets_the_segment_aside_without_resync() {
+    // Before issue 10 replay scanned for the next magic here and recovered the second
+    // record; a scan inside a record's claimed length is what let planted records in, so the
+    // segment is set aside whole for an operator (corrupt/) instead of cut as a torn tail.
     let dir = TempDir::new();
     let spool = open(&dir);
     put(&spool, &["x@example.net"], b"first\r\n").await;
@@ -349,12 +354,315 @@ async fn damaged_length_field_does_not_drop_later_records() {
     // The first record's length now claims to run past the end of the segment.
     let past_the_end = (bytes.len() as u32).to_le_bytes();
     bytes[5..9].copy_from_slice(&past_the_end);
-    std::fs::write(&segment, bytes).unwrap();
+    std::fs::write(&segment, &bytes).unwrap();
     let spool = open(&dir);
     assert_eq!(
         spool.len(),
-        1,
-        "the record after the damaged one is recovered"
+        0,
+        "no record is looked for inside the damaged one"
     );
     assert_eq!(files_in(&dir, "corrupt"), 1);
+    assert_eq!(
+        std::fs::read(dir.0.join("corrupt").join(segment.file_name().unwrap())).unwrap(),
+        bytes,
+        "the copy holds the acknowledged records for an operator"
+    );
+}
+
+// ---- issue 10: message content never becomes spool structure --------------------------------
+
+/// A record as the format before keyed records (`PSJ1`, CRC-32) wrote it.
+fn legacy_record(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = b"PSJ1".to_vec();
+    out.push(kind);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(payload);
+    let crc = crc32fast::hash(&out[4..]);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+fn message_payload(envelope: &Envelope, data: &[u8]) -> Vec<u8> {
+    let json = serde_json::to_vec(envelope).unwrap();
+    let mut payload = (json.len() as u32).to_le_bytes().to_vec();
+    payload.extend_from_slice(&json);
+    payload.extend_from_slice(data);
+    payload
+}
+
+/// A record of the keyed format made with a key that is not the spool's: what a client can
+/// compute at best.
+fn keyed_record_under(secret: &[u8], segment: u64, offset: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = b"PSJ2".to_vec();
+    out.push(1);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(payload);
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
+    let mut context = aws_lc_rs::hmac::Context::with_key(&key);
+    context.update(&segment.to_le_bytes());
+    context.update(&offset.to_le_bytes());
+    context.update(&out);
+    out.extend_from_slice(context.sign().as_ref());
+    out
+}
+
+/// The envelope an attacker would plant: another sender, another recipient, no AUTH, and a
+/// data file outside the spool.
+fn forged_envelope(id: &str, data_file: &Path) -> Envelope {
+    Envelope {
+        id: SpoolId(id.into()),
+        sender: "ceo@example.org".into(),
+        recipients: vec![Recipient::new("attacker@evil.example".into())],
+        received_at_ms: 1,
+        data_file: Some(data_file.to_str().unwrap().into()),
+        ..Envelope::default()
+    }
+}
+
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+fn legacy_segment_path(dir: &TempDir, seq: u64) -> PathBuf {
+    dir.0.join("journal").join(format!("{seq:016}.log"))
+}
+
+/// Lays out an empty spool of the previous version: directories and no key.
+fn legacy_spool(dir: &TempDir) {
+    for sub in ["journal", "data", "tmp", "corrupt"] {
+        std::fs::create_dir_all(dir.0.join(sub)).unwrap();
+    }
+}
+
+fn legacy_segments_left(dir: &TempDir) -> usize {
+    std::fs::read_dir(dir.0.join("journal"))
+        .unwrap()
+        .filter(|e| {
+            std::fs::read(e.as_ref().unwrap().path())
+                .unwrap()
+                .starts_with(b"PSJ1")
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn planted_records_in_a_body_never_replay_after_a_torn_append() {
+    let dir = TempDir::new();
+    let outside = TempDir::new();
+    std::fs::create_dir_all(&outside.0).unwrap();
+    let secret = outside.0.join("secret.txt");
+    std::fs::write(&secret, b"not for mailing\n").unwrap();
+    let forged = forged_envelope("0190A1B2C3D0000010001", &secret);
+    let mut body = b"Subject: harmless\r\n\r\n".to_vec();
+    body.extend_from_slice(&legacy_record(1, &message_payload(&forged, b"")));
+    body.extend_from_slice(&keyed_record_under(
+        &[0x55; 32],
+        1,
+        0,
+        &message_payload(&forged, b""),
+    ));
+    body.extend_from_slice(b"TORN-HERE and the rest of the message\r\n");
+    let spool = open(&dir);
+    put(&spool, &["friend@example.net"], &body).await;
+    drop(spool);
+
+    // A crash mid-append: the message's record ends inside its data, after the planted ones.
+    let segment = only_segment(&dir);
+    let bytes = std::fs::read(&segment).unwrap();
+    let cut = bytes.windows(9).position(|w| w == b"TORN-HERE").unwrap();
+    std::fs::write(&segment, &bytes[..cut]).unwrap();
+
+    let spool = open(&dir);
+    assert_eq!(spool.len(), 0, "nothing planted became a message");
+    assert_eq!(files_in(&dir, "corrupt"), 0, "a torn append, not damage");
+    assert_eq!(std::fs::read(&secret).unwrap(), b"not for mailing\n");
+    drop(spool);
+    assert_eq!(open(&dir).len(), 0);
+}
+
+#[tokio::test]
+async fn a_forged_data_file_outside_the_spool_is_never_read_or_deleted() {
+    let dir = TempDir::new();
+    let outside = TempDir::new();
+    std::fs::create_dir_all(&outside.0).unwrap();
+    let secret = outside.0.join("secret.txt");
+    std::fs::write(&secret, b"not for mailing\n").unwrap();
+    legacy_spool(&dir);
+    let good = Envelope {
+        id: SpoolId("0190A1B2C3D0000020001".into()),
+        sender: "a@example.org".into(),
+        recipients: vec![Recipient::new("x@example.net".into())],
+        received_at_ms: 1,
+        ..Envelope::default()
+    };
+    let forged = forged_envelope("0190A1B2C3D0000020002", &secret);
+    let done = serde_json::to_vec(&serde_json::json!({ "id": forged.id })).unwrap();
+    let mut segment = legacy_record(1, &message_payload(&good, b"hello\r\n"));
+    segment.extend_from_slice(&legacy_record(1, &message_payload(&forged, b"")));
+    // Had the forgery been taken, this would delete the file it names.
+    segment.extend_from_slice(&legacy_record(3, &done));
+    std::fs::write(legacy_segment_path(&dir, 1), segment).unwrap();
+
+    let spool = open(&dir);
+    assert_eq!(spool.len(), 1, "only the message before the forgery");
+    let m = next(&spool).await;
+    assert_eq!(m.envelope.id, good.id);
+    assert_eq!(read_all(&spool, &m.envelope).await, b"hello\r\n");
+    assert_eq!(std::fs::read(&secret).unwrap(), b"not for mailing\n");
+    assert_eq!(files_in(&dir, "corrupt"), 1, "set aside for an operator");
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_settled_once() {
+    let dir = TempDir::new();
+    let spool = open(&dir);
+    let first = put(&spool, &["x@example.net"], b"first\r\n").await;
+    drop(spool);
+    let segment = only_segment(&dir);
+    let good = std::fs::read(&segment).unwrap();
+    let mut torn = good.clone();
+    torn.extend_from_slice(&good[..good.len() / 2]);
+    std::fs::write(&segment, torn).unwrap();
+
+    let spool = open(&dir);
+    assert_eq!(files_in(&dir, "corrupt"), 0);
+    assert_eq!(
+        std::fs::read(&segment).unwrap(),
+        good,
+        "cut back to the last good record"
+    );
+    let second = put(&spool, &["y@example.net"], b"second\r\n").await;
+    drop(spool);
+
+    // The torn segment is no longer the newest: it must read as clean, not as damage.
+    let spool = open(&dir);
+    assert_eq!(files_in(&dir, "corrupt"), 0);
+    let index = spool.journal.index.lock().unwrap();
+    assert!(index.messages.contains_key(&first) && index.messages.contains_key(&second));
+    assert_eq!(index.messages.len(), 2);
+}
+
+#[tokio::test]
+async fn a_spool_of_the_previous_format_replays_once_then_is_keyed() {
+    let dir = TempDir::new();
+    legacy_spool(&dir);
+    let envelope = |id: &str, rcpts: &[&str]| Envelope {
+        id: SpoolId(id.into()),
+        sender: "a@example.org".into(),
+        recipients: rcpts
+            .iter()
+            .map(|r| Recipient::new(r.to_string()))
+            .collect(),
+        received_at_ms: 1,
+        prefix: "X-Prefix: 1\r\n".into(),
+        ..Envelope::default()
+    };
+    let a = envelope("0190A1B2C3D0000030001", &["x@example.net", "y@example.net"]);
+    let b = envelope("0190A1B2C3D0000030002", &["z@example.net"]);
+    let c = envelope("0190A1B2C3D0000030003", &["w@example.net"]);
+    let mut update = a.recipients.clone();
+    update[0].status = RecipientStatus::Delivered;
+    let update = serde_json::json!({
+        "id": a.id, "recipients": update, "attempts": 1, "next_attempt_ms": 2,
+    });
+    let mut first = legacy_record(1, &message_payload(&a, b"data of a\r\n"));
+    first.extend_from_slice(&legacy_record(2, &serde_json::to_vec(&update).unwrap()));
+    std::fs::write(legacy_segment_path(&dir, 1), first).unwrap();
+    // The old binary died mid-append in its newest segment: read strictly (set aside).
+    let mut second = legacy_record(1, &message_payload(&b, b"data of b\r\n"));
+    let torn = legacy_record(1, &message_payload(&c, b"data of c\r\n"));
+    second.extend_from_slice(&torn[..torn.len() / 2]);
+    std::fs::write(legacy_segment_path(&dir, 2), second).unwrap();
+
+    for round in 0..2 {
+        let spool = open(&dir);
+        assert_eq!(spool.len(), 2, "round {round}");
+        assert_eq!(
+            legacy_segments_left(&dir),
+            0,
+            "round {round}: rewritten keyed"
+        );
+        assert_eq!(
+            files_in(&dir, "corrupt"),
+            1,
+            "round {round}: the torn legacy segment"
+        );
+        let envelope_of = |id: &SpoolId| {
+            let index = spool.journal.index.lock().unwrap();
+            index.messages.get(id).map(|e| e.envelope.clone())
+        };
+        let kept_a = envelope_of(&a.id).expect("a kept");
+        assert_eq!(kept_a.recipients[0].status, RecipientStatus::Delivered);
+        assert_eq!(kept_a.recipients[1].status, RecipientStatus::Pending);
+        let kept_b = envelope_of(&b.id).expect("b kept");
+        assert_eq!(
+            read_all(&spool, &kept_a).await,
+            b"X-Prefix: 1\r\ndata of a\r\n",
+            "round {round}"
+        );
+        assert_eq!(
+            read_all(&spool, &kept_b).await,
+            b"X-Prefix: 1\r\ndata of b\r\n",
+            "round {round}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_keyed_journal_without_its_key_is_not_opened() {
+    let dir = TempDir::new();
+    let spool = open(&dir);
+    put(&spool, &["x@example.net"], b"x\r\n").await;
+    drop(spool);
+    let key = dir.0.join("journal.key");
+    assert_eq!(std::fs::read(&key).unwrap().len(), 32);
+    std::fs::write(&key, b"short").unwrap();
+    let reopened = Spool::open(&config(&dir.0, 1024, 1 << 20), Metrics::new());
+    assert!(matches!(reopened, Err(SpoolError::Key { .. })));
+    std::fs::remove_file(&key).unwrap();
+    let reopened = Spool::open(&config(&dir.0, 1024, 1 << 20), Metrics::new());
+    assert!(matches!(reopened, Err(SpoolError::Key { .. })));
+}
+
+#[tokio::test]
+async fn spool_directories_and_files_are_private_whatever_the_umask() {
+    // SAFETY: umask only changes the mode mask of files created later; the old mask is put
+    // back below. Other tests running meanwhile create files in their own temp dirs.
+    let old = unsafe { libc::umask(0) };
+    let dir = TempDir::new();
+    let spool = open(&dir);
+    put(&spool, &["x@example.net"], b"x\r\n").await;
+    put(&spool, &["y@example.net"], &vec![b'y'; 5000]).await;
+    let id = spool.new_id();
+    let mut receiving = spool.new_body(&id);
+    receiving.write(&vec![b'z'; 5000]).await.unwrap();
+    let tmp_file = dir.0.join("tmp").join(format!("{id}.eml"));
+    let tmp_mode = mode_of(&tmp_file);
+    drop(receiving);
+    drop(spool);
+    let segment = only_segment(&dir);
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let pos = bytes.windows(3).position(|w| w == b"x\r\n").unwrap();
+    bytes[pos] ^= 0x20;
+    std::fs::write(&segment, bytes).unwrap();
+    let spool = open(&dir);
+    unsafe { libc::umask(old) };
+    assert_eq!(files_in(&dir, "corrupt"), 1);
+
+    for sub in ["", "journal", "data", "tmp", "corrupt"] {
+        assert_eq!(mode_of(&dir.0.join(sub)), 0o700, "{sub:?}");
+    }
+    assert_eq!(tmp_mode, 0o600, "tmp/");
+    let mut files = vec![dir.0.join("lock"), dir.0.join("journal.key")];
+    for sub in ["journal", "data", "corrupt"] {
+        for entry in std::fs::read_dir(dir.0.join(sub)).unwrap() {
+            files.push(entry.unwrap().path());
+        }
+    }
+    assert!(files.len() >= 6, "{files:?}");
+    for file in files {
+        assert_eq!(mode_of(&file), 0o600, "{}", file.display());
+    }
+    drop(spool);
 }

@@ -1,6 +1,13 @@
 """Durability of the spool: what got `250 ... queued as` survives `kill -9`; what did not, never
 goes out."""
 
+import hashlib
+import hmac
+import json
+import os
+import stat
+import struct
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 from support import (DATA_GO, MAIL_OK, RCPT_OK, SmtpReceiver, free_port_on, make_message,
@@ -97,3 +104,153 @@ def test_concurrent_messages_survive_kill9(make_server, mx):
     def all_there():
         return {r for m in mx.plain.received() for r in m.rcpt_tos} >= expected
     wait_until(all_there, 30, "the 30 messages after restart")
+
+
+# ---- issue 10: message content never becomes spool structure ---------------------------------
+
+def _legacy_record(kind: int, payload: bytes) -> bytes:
+    """A record of the format before keyed records: ``PSJ1``, kind, length, payload, CRC-32."""
+    head = b"PSJ1" + bytes([kind]) + struct.pack("<I", len(payload))
+    return head + payload + struct.pack("<I", zlib.crc32(head[4:] + payload))
+
+
+def _keyed_record_without_the_key(payload: bytes) -> bytes:
+    """A record of the current format, its tag made with a key of the attacker's choosing."""
+    head = b"PSJ2" + bytes([1]) + struct.pack("<I", len(payload))
+    tag = hmac.new(os.urandom(32), struct.pack("<QQ", 1, 0) + head + payload,
+                   hashlib.sha256).digest()
+    return head + payload + tag
+
+
+def _message_payload(envelope: dict, data: bytes = b"") -> bytes:
+    js = json.dumps(envelope, separators=(",", ":")).encode()
+    return struct.pack("<I", len(js)) + js + data
+
+
+def _forged_envelope(qid: str, rcpt: str, data_file: str | None, pad: int = 0) -> dict:
+    """What an attacker plants: another sender, a recipient of their choice, no AUTH (``pad``
+    varies the record's length and checksum)."""
+    return {"id": qid, "sender": "ceo" + "o" * pad + "@example.org",
+            "recipients": [{"address": rcpt, "status": "Pending", "attempts": 0,
+                            "last_reply": None}],
+            "received_at_ms": 1, "size": 16, "body_8bit": False, "smtputf8": False,
+            "submitter": {"address": None, "device": None, "client_ip": "127.0.0.1",
+                          "listener": "relay"},
+            "prefix": "", "data_file": data_file}
+
+
+def _plantable(make) -> bytes:
+    """``make(nonce)`` for the first nonce whose bytes pass as message data (no bare CR or
+    LF)."""
+    for nonce in range(200):
+        planted = make(nonce)
+        lines = planted.replace(b"\r\n", b"")
+        if b"\r" not in lines and b"\n" not in lines and not planted.startswith(b"\n"):
+            return planted
+    raise AssertionError("no plantable record found")
+
+
+def _spool_log(srv) -> list[str]:
+    return [line for line in srv.log_text().splitlines() if "spool:" in line]
+
+
+def test_planted_records_never_deliver_after_a_torn_append(make_server, mx, tmp_path):
+    """A client plants records in a BDAT body (an old-format one with a forged envelope whose
+    data file is outside the spool, and a new-format one tagged without the key); the relay
+    dies and the message's journal record is torn inside its data, after the planted bytes.
+    After the restart nothing planted is delivered, the outside file is neither mailed nor
+    deleted, the torn tail is a warning (not damage), and a later restart reports nothing."""
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"top secret\n")
+    srv = make_server(delivery_port=mx.port, delivery={"workers": 0})
+    alice = srv.alice
+    legacy = _plantable(lambda n: _legacy_record(1, _message_payload(
+        _forged_envelope("0190A1B2C3D0000000001", "forged1@plain.test", str(secret), n))))
+    keyed = _plantable(lambda n: _keyed_record_without_the_key(_message_payload(
+        _forged_envelope("0190A1B2C3D0000000002", "forged2@plain.test", None, n),
+        b"Subject: forged\r\n\r\nforged\r\n")))
+    body = b"Harmless text.\r\n" + legacy + b"\r\n" + keyed + b"\r\nTORN-HERE and more.\r\n"
+    msg = make_message(sender=alice.address, to="friend@plain.test").replace(
+        b"Hello.\r\n", body)
+    client = srv.login(alice.address, alice.password)
+    assert client.cmd(f"MAIL FROM:<{alice.address}> BODY=8BITMIME") == MAIL_OK
+    assert client.cmd("RCPT TO:<friend@plain.test>") == RCPT_OK
+    client.send(f"BDAT {len(msg)} LAST\r\n".encode() + msg)
+    queue_id(client.reply())
+    srv.kill9()
+
+    segments = sorted((srv.dir / "spool" / "journal").glob("*.log"))
+    [segment] = [s for s in segments if b"TORN-HERE" in s.read_bytes()]
+    data = segment.read_bytes()
+    assert legacy in data and keyed in data
+    segment.write_bytes(data[:data.index(b"TORN-HERE")])      # a crash mid-append
+
+    srv.restart(delivery={"workers": None})
+    sentinel = srv.login(alice.address, alice.password)
+    sentinel.transaction(alice.address, ["sentinel@plain.test"],
+                         make_message(sender=alice.address, to="sentinel@plain.test"))
+    mx.plain.wait_for("sentinel@plain.test")
+    srv.restart()                                   # the torn tail was settled the first time
+    again = srv.login(alice.address, alice.password)
+    again.transaction(alice.address, ["sentinel2@plain.test"],
+                      make_message(sender=alice.address, to="sentinel2@plain.test"))
+    mx.plain.wait_for("sentinel2@plain.test")
+
+    for rcpt in ("forged1@plain.test", "forged2@plain.test", "friend@plain.test"):
+        assert mx.plain.attempts_for(rcpt) == [], rcpt
+    assert all(b"top secret" not in m.content for m in mx.plain.received())
+    assert secret.read_bytes() == b"top secret\n"
+    log = _spool_log(srv)
+    assert sum("torn record at the end of the newest segment cut off" in line
+               for line in log) == 1, log
+    assert not [line for line in log if "ERROR" in line or "corrupt record" in line], log
+    assert list((srv.dir / "spool" / "corrupt").iterdir()) == []
+
+
+def test_forged_data_file_in_an_old_spool_is_never_read_or_deleted(make_server, mx, tmp_path):
+    """An old-format segment (as a spool from before the upgrade may hold) with a forged
+    envelope naming a file outside the spool, then a `Done` for it: the file is not mailed
+    and not deleted; the segment is set aside and reported; the spool goes on working."""
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"top secret\n")
+    srv = make_server(delivery_port=mx.port)
+    srv.stop()
+    forged = _forged_envelope("0190A1B2C3D0000020001", "forged@plain.test", str(secret))
+    segment = (_legacy_record(1, _message_payload(forged))
+               + _legacy_record(3, json.dumps({"id": forged["id"]}).encode()))
+    (srv.dir / "spool" / "journal" / "0000000000000000.log").write_bytes(segment)
+    srv.start()
+    alice = srv.alice
+    client = srv.login(alice.address, alice.password)
+    client.transaction(alice.address, ["sentinel@plain.test"],
+                       make_message(sender=alice.address, to="sentinel@plain.test"))
+    mx.plain.wait_for("sentinel@plain.test")
+    assert mx.plain.attempts_for("forged@plain.test") == []
+    assert all(b"top secret" not in m.content for m in mx.plain.received())
+    assert secret.read_bytes() == b"top secret\n"
+    assert [p.name for p in (srv.dir / "spool" / "corrupt").iterdir()] == [
+        "0000000000000000.log"]
+    assert any("corrupt record" in line and "ERROR" in line for line in _spool_log(srv))
+
+
+def test_spool_is_private_to_its_owner(make_server):
+    """Directories 0700, files 0600 (queued mail is not for other local users)."""
+    srv = make_server(delivery={"workers": 0})
+    alice = srv.alice
+    client = srv.login(alice.address, alice.password)
+    client.transaction(alice.address, ["p@plain.test"],
+                       make_message(sender=alice.address, to="p@plain.test",
+                                    body="x" * 70 + "\r\n" * 1))
+    big = make_message(sender=alice.address, to="p2@plain.test",
+                       body=("y" * 76 + "\r\n") * 20_000)     # over inline_max: a data file
+    client.transaction(alice.address, ["p2@plain.test"], big)
+    spool = srv.dir / "spool"
+    dirs = [spool] + [p for p in spool.rglob("*") if p.is_dir()]
+    files = [p for p in spool.rglob("*") if p.is_file()]
+    assert {p.name for p in dirs} >= {"spool", "journal", "data", "tmp", "corrupt"}
+    assert {"lock", "journal.key"} <= {p.name for p in files}
+    assert any(p.parent.name == "data" for p in files)
+    for p in dirs:
+        assert stat.S_IMODE(p.stat().st_mode) == 0o700, p
+    for p in files:
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600, p

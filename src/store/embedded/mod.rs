@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //! One file per subject, each with the SQL of its tables and the tests only SQLite can answer
-//! (the behaviour every backend shares is checked by [`crate::store::conformance`]):
+//! (the behaviour every backend shares is checked by the cases in `store/conformance/`):
 //! `schema.rs` (the migrations and how the file is opened), `addresses.rs`, `aliases.rs`,
 //! `devices.rs` (passwords, AUTH, live credentials), `hosting.rs` (accounts, networks,
 //! the port-25 lookup), `limits.rs` (daily limit overrides) and `dkim_keys.rs`. This file
