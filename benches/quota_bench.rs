@@ -22,10 +22,11 @@ use anyhow::{Context, bail};
 use postern::policy::quota::QuotaWindow;
 use postern::store::quota::builder::{QuotaBackend, QuotaStoreConfig, open_quota_store};
 use postern::store::quota::{QuotaHold, QuotaKey, QuotaSettings, QuotaStore};
+use postern::unix_time::now_ms;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 struct Args {
     duration: Duration,
@@ -121,13 +122,6 @@ fn process_cpu_seconds(pid: u32) -> f64 {
         + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
     // SAFETY: sysconf has no memory-safety preconditions.
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 struct Row {

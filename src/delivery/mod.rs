@@ -696,7 +696,7 @@ impl Worker {
     }
 
     /// The addresses of a host (a definitive "none" is an empty list) and, for a DANE route,
-    /// how TLS must go (`dane.rs`).
+    /// how TLS must go (`dane/`).
     async fn host_of(
         &self,
         route: &Route,

@@ -41,9 +41,9 @@ use hickory_resolver::proto::rr::{LowerName, Name, RData, RecordType};
 use rand::seq::SliceRandom;
 
 use crate::config::DnsConfig;
+use crate::dnssec::{TrustAnchorFile, ds_anchor_keys};
 use crate::smtp::EnhancedCode;
 use crate::smtp::response::clean_text;
-use crate::dnssec::{TrustAnchorFile, ds_anchor_keys};
 
 /// One mail exchanger of a domain.
 #[derive(Debug, Clone, PartialEq, Eq)]

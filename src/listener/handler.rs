@@ -20,8 +20,9 @@ use crate::session::{
     AuthOutcome, Authenticated, CommitOutcome, CompletedMessage, Event, HoldOutcome, Mechanism,
     MessageRefusal, Reply, Role, Session,
 };
-use crate::spool::{Envelope, MessageBody, Recipient, SpoolId, Submitter, unix_ms};
+use crate::spool::{Envelope, MessageBody, Recipient, SpoolId, Submitter};
 use crate::store::QuotaIdentity;
+use crate::unix_time::unix_ms;
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 use tokio_util::sync::CancellationToken;

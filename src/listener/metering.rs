@@ -20,9 +20,10 @@
 use super::Shared;
 use crate::policy::quota::retry_after_text;
 use crate::session::{HoldOutcome, HostingClient};
-use crate::spool::{SpoolId, unix_ms};
+use crate::spool::SpoolId;
 use crate::store::quota::{self, QuotaError, QuotaKey};
 use crate::store::{QuotaIdentity, StoreError};
+use crate::unix_time::unix_ms;
 use std::net::SocketAddr;
 use std::time::SystemTime;
 

@@ -18,8 +18,9 @@
 use super::files::{self, fsync_dir, private_dir, private_options};
 use super::record::{self, DoneRecord, Position, RecordKey, UpdateRecord};
 use super::replay::{self, Replayed};
-use super::{Envelope, QueuedMessage, RecipientResult, RecipientStatus, SpoolId, key, unix_ms};
+use super::{Envelope, QueuedMessage, RecipientResult, RecipientStatus, SpoolId, key};
 use crate::metrics::Metrics;
+use crate::unix_time::unix_ms;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::io::Write;

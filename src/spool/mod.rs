@@ -46,13 +46,14 @@ pub use journal::SpoolError;
 
 use crate::config::SpoolConfig;
 use crate::metrics::Metrics;
+use crate::unix_time::unix_ms;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 use tokio::io::{AsyncRead, AsyncWriteExt};
 
 /// Queue identifier: time-ordered, unique within a spool, safe in file names and logs.
@@ -470,13 +471,6 @@ impl Spool {
     pub fn is_healthy(&self) -> bool {
         self.journal.is_healthy()
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_millis() as u64
 }
 
 /// Time-ordered ids: milliseconds, then a process-wide counter, then a per-process tag so

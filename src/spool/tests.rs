@@ -3,30 +3,10 @@
 
 use super::*;
 use crate::config::SpoolConfig;
+use crate::store::testutil::TempDir;
 use std::path::Path;
-use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
 use tokio::io::AsyncReadExt;
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "postern-spool-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn config(path: &Path, inline_max: u64, segment_max: u64) -> SpoolConfig {
     SpoolConfig {
@@ -39,7 +19,7 @@ fn config(path: &Path, inline_max: u64, segment_max: u64) -> SpoolConfig {
 
 /// The one journal segment of a spool that was opened once.
 fn only_segment(dir: &TempDir) -> PathBuf {
-    let mut segments = std::fs::read_dir(dir.0.join("journal")).unwrap();
+    let mut segments = std::fs::read_dir(dir.path().join("journal")).unwrap();
     let segment = segments.next().unwrap().unwrap().path();
     assert!(segments.next().is_none(), "one segment expected");
     segment
@@ -47,11 +27,11 @@ fn only_segment(dir: &TempDir) -> PathBuf {
 
 /// Files in a spool subdirectory.
 fn files_in(dir: &TempDir, sub: &str) -> usize {
-    std::fs::read_dir(dir.0.join(sub)).unwrap().count()
+    std::fs::read_dir(dir.path().join(sub)).unwrap().count()
 }
 
 fn open(dir: &TempDir) -> Spool {
-    Spool::open(&config(&dir.0, 1024, 64 * 1024 * 1024), Metrics::new()).unwrap()
+    Spool::open(&config(dir.path(), 1024, 64 * 1024 * 1024), Metrics::new()).unwrap()
 }
 
 async fn put(spool: &Spool, rcpts: &[&str], data: &[u8]) -> SpoolId {
@@ -88,7 +68,7 @@ async fn next(spool: &Spool) -> QueuedMessage {
 
 #[tokio::test]
 async fn committed_messages_survive_reopen() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("spool-test");
     let spool = open(&dir);
     let a = put(&spool, &["x@example.net"], b"Subject: a\r\n\r\nA\r\n").await;
     let b = put(
@@ -115,7 +95,7 @@ async fn committed_messages_survive_reopen() {
 
 #[tokio::test]
 async fn finished_messages_do_not_come_back() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("spool-test");
     let spool = open(&dir);
     put(&spool, &["x@example.net", "y@example.net"], b"x\r\n").await;
     let m = next(&spool).await;
@@ -169,7 +149,7 @@ async fn finished_messages_do_not_come_back() {
 
 #[tokio::test]
 async fn pending_state_survives_reopen() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("spool-test");
     let spool = open(&dir);
     put(&spool, &["x@example.net", "y@example.net"], b"x\r\n").await;
     let m = next(&spool).await;
@@ -205,7 +185,7 @@ async fn pending_state_survives_reopen() {
 
 #[tokio::test]
 async fn large_messages_stream_to_their_own_file() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("spool-test");
     let spool = open(&dir);
     let data = vec![b'x'; 10_000];
     put(&spool, &["x@example.net"], &data).await;
@@ -230,7 +210,7 @@ async fn large_messages_stream_to_their_own_file() {
 
 #[tokio::test]
 async fn abandoned_large_body_leaves_no_file() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("spool-test");
     let spool = open(&dir);
     let id = spool.new_id();
     let mut body = spool.new_body(&id);
@@ -242,7 +222,7 @@ async fn abandoned_large_body_leaves_no_file() {
 
 #[tokio::test]
 async fn torn_tail_is_ignored_and_earlier_records_kept() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("spool-test");
     let spool = open(&dir);
     put(&spool, &["x@example.net"], b"x\r\n").await;
     drop(spool);
@@ -259,7 +239,7 @@ async fn torn_tail_is_ignored_and_earlier_records_kept() {
 
 #[tokio::test]
 async fn corrupt_record_is_set_aside_and_later_records_recovered() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("spool-test");
     let spool = open(&dir);
     put(&spool, &["x@example.net"], b"first\r\n").await;
     put(&spool, &["y@example.net"], b"second\r\n").await;
@@ -280,8 +260,8 @@ async fn corrupt_record_is_set_aside_and_later_records_recovered() {
 
 #[tokio::test]
 async fn rolling_compacts_old_segments() {
-    let dir = TempDir::new();
-    let spool = Spool::open(&config(&dir.0, 1024, 4096), Metrics::new()).unwrap();
+    let dir = TempDir::new("spool-test");
+    let spool = Spool::open(&config(dir.path(), 1024, 4096), Metrics::new()).unwrap();
     let keep = put(&spool, &["keep@example.net"], b"keep me\r\n").await;
     // Deliver everything else so the old segments become empty. Enough messages that the
     // `Done` records alone roll a segment after the oldest ones have emptied (keyed records
@@ -321,7 +301,7 @@ async fn rolling_compacts_old_segments() {
     let segments = files_in(&dir, "journal");
     assert!(segments <= 2, "old segments deleted, {segments} left");
     drop(spool);
-    let spool = Spool::open(&config(&dir.0, 1024, 4096), Metrics::new()).unwrap();
+    let spool = Spool::open(&config(dir.path(), 1024, 4096), Metrics::new()).unwrap();
     assert_eq!(spool.len(), 1);
     let index = spool.journal.index.lock().unwrap();
     let entry = index.messages.get(&keep).unwrap();
@@ -333,9 +313,9 @@ async fn rolling_compacts_old_segments() {
 
 #[tokio::test]
 async fn second_process_cannot_share_the_spool() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("spool-test");
     let _spool = open(&dir);
-    let second = Spool::open(&config(&dir.0, 1024, 1 << 20), Metrics::new());
+    let second = Spool::open(&config(dir.path(), 1024, 1 << 20), Metrics::new());
     assert!(matches!(second, Err(SpoolError::Locked(_))));
 }
 
@@ -344,7 +324,7 @@ async fn damaged_length_field_sets_the_segment_aside_without_resync() {
     // Before issue 10 replay scanned for the next magic here and recovered the second
     // record; a scan inside a record's claimed length is what let planted records in, so the
     // segment is set aside whole for an operator (corrupt/) instead of cut as a torn tail.
-    let dir = TempDir::new();
+    let dir = TempDir::new("spool-test");
     let spool = open(&dir);
     put(&spool, &["x@example.net"], b"first\r\n").await;
     put(&spool, &["y@example.net"], b"second\r\n").await;
@@ -363,7 +343,12 @@ async fn damaged_length_field_sets_the_segment_aside_without_resync() {
     );
     assert_eq!(files_in(&dir, "corrupt"), 1);
     assert_eq!(
-        std::fs::read(dir.0.join("corrupt").join(segment.file_name().unwrap())).unwrap(),
+        std::fs::read(
+            dir.path()
+                .join("corrupt")
+                .join(segment.file_name().unwrap())
+        )
+        .unwrap(),
         bytes,
         "the copy holds the acknowledged records for an operator"
     );
@@ -425,18 +410,18 @@ fn mode_of(path: &Path) -> u32 {
 }
 
 fn legacy_segment_path(dir: &TempDir, seq: u64) -> PathBuf {
-    dir.0.join("journal").join(format!("{seq:016}.log"))
+    dir.path().join("journal").join(format!("{seq:016}.log"))
 }
 
 /// Lays out an empty spool of the previous version: directories and no key.
 fn legacy_spool(dir: &TempDir) {
     for sub in ["journal", "data", "tmp", "corrupt"] {
-        std::fs::create_dir_all(dir.0.join(sub)).unwrap();
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
     }
 }
 
 fn legacy_segments_left(dir: &TempDir) -> usize {
-    std::fs::read_dir(dir.0.join("journal"))
+    std::fs::read_dir(dir.path().join("journal"))
         .unwrap()
         .filter(|e| {
             std::fs::read(e.as_ref().unwrap().path())
@@ -448,10 +433,10 @@ fn legacy_segments_left(dir: &TempDir) -> usize {
 
 #[tokio::test]
 async fn planted_records_in_a_body_never_replay_after_a_torn_append() {
-    let dir = TempDir::new();
-    let outside = TempDir::new();
-    std::fs::create_dir_all(&outside.0).unwrap();
-    let secret = outside.0.join("secret.txt");
+    let dir = TempDir::new("spool-test");
+    let outside = TempDir::new("spool-test");
+    std::fs::create_dir_all(outside.path()).unwrap();
+    let secret = outside.path().join("secret.txt");
     std::fs::write(&secret, b"not for mailing\n").unwrap();
     let forged = forged_envelope("0190A1B2C3D0000010001", &secret);
     let mut body = b"Subject: harmless\r\n\r\n".to_vec();
@@ -483,10 +468,10 @@ async fn planted_records_in_a_body_never_replay_after_a_torn_append() {
 
 #[tokio::test]
 async fn a_forged_data_file_outside_the_spool_is_never_read_or_deleted() {
-    let dir = TempDir::new();
-    let outside = TempDir::new();
-    std::fs::create_dir_all(&outside.0).unwrap();
-    let secret = outside.0.join("secret.txt");
+    let dir = TempDir::new("spool-test");
+    let outside = TempDir::new("spool-test");
+    std::fs::create_dir_all(outside.path()).unwrap();
+    let secret = outside.path().join("secret.txt");
     std::fs::write(&secret, b"not for mailing\n").unwrap();
     legacy_spool(&dir);
     let good = Envelope {
@@ -515,7 +500,7 @@ async fn a_forged_data_file_outside_the_spool_is_never_read_or_deleted() {
 
 #[tokio::test]
 async fn a_torn_tail_is_settled_once() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("spool-test");
     let spool = open(&dir);
     let first = put(&spool, &["x@example.net"], b"first\r\n").await;
     drop(spool);
@@ -545,7 +530,7 @@ async fn a_torn_tail_is_settled_once() {
 
 #[tokio::test]
 async fn a_spool_of_the_previous_format_replays_once_then_is_keyed() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("spool-test");
     legacy_spool(&dir);
     let envelope = |id: &str, rcpts: &[&str]| Envelope {
         id: SpoolId(id.into()),
@@ -611,17 +596,17 @@ async fn a_spool_of_the_previous_format_replays_once_then_is_keyed() {
 
 #[tokio::test]
 async fn a_keyed_journal_without_its_key_is_not_opened() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("spool-test");
     let spool = open(&dir);
     put(&spool, &["x@example.net"], b"x\r\n").await;
     drop(spool);
-    let key = dir.0.join("journal.key");
+    let key = dir.path().join("journal.key");
     assert_eq!(std::fs::read(&key).unwrap().len(), 32);
     std::fs::write(&key, b"short").unwrap();
-    let reopened = Spool::open(&config(&dir.0, 1024, 1 << 20), Metrics::new());
+    let reopened = Spool::open(&config(dir.path(), 1024, 1 << 20), Metrics::new());
     assert!(matches!(reopened, Err(SpoolError::Key { .. })));
     std::fs::remove_file(&key).unwrap();
-    let reopened = Spool::open(&config(&dir.0, 1024, 1 << 20), Metrics::new());
+    let reopened = Spool::open(&config(dir.path(), 1024, 1 << 20), Metrics::new());
     assert!(matches!(reopened, Err(SpoolError::Key { .. })));
 }
 
@@ -630,14 +615,14 @@ async fn spool_directories_and_files_are_private_whatever_the_umask() {
     // SAFETY: umask only changes the mode mask of files created later; the old mask is put
     // back below. Other tests running meanwhile create files in their own temp dirs.
     let old = unsafe { libc::umask(0) };
-    let dir = TempDir::new();
+    let dir = TempDir::new("spool-test");
     let spool = open(&dir);
     put(&spool, &["x@example.net"], b"x\r\n").await;
     put(&spool, &["y@example.net"], &vec![b'y'; 5000]).await;
     let id = spool.new_id();
     let mut receiving = spool.new_body(&id);
     receiving.write(&vec![b'z'; 5000]).await.unwrap();
-    let tmp_file = dir.0.join("tmp").join(format!("{id}.eml"));
+    let tmp_file = dir.path().join("tmp").join(format!("{id}.eml"));
     let tmp_mode = mode_of(&tmp_file);
     drop(receiving);
     drop(spool);
@@ -651,12 +636,12 @@ async fn spool_directories_and_files_are_private_whatever_the_umask() {
     assert_eq!(files_in(&dir, "corrupt"), 1);
 
     for sub in ["", "journal", "data", "tmp", "corrupt"] {
-        assert_eq!(mode_of(&dir.0.join(sub)), 0o700, "{sub:?}");
+        assert_eq!(mode_of(&dir.path().join(sub)), 0o700, "{sub:?}");
     }
     assert_eq!(tmp_mode, 0o600, "tmp/");
-    let mut files = vec![dir.0.join("lock"), dir.0.join("journal.key")];
+    let mut files = vec![dir.path().join("lock"), dir.path().join("journal.key")];
     for sub in ["journal", "data", "corrupt"] {
-        for entry in std::fs::read_dir(dir.0.join(sub)).unwrap() {
+        for entry in std::fs::read_dir(dir.path().join(sub)).unwrap() {
             files.push(entry.unwrap().path());
         }
     }

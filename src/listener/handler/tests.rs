@@ -13,6 +13,7 @@ use crate::policy::{EmailAddress, Plan};
 use crate::spool::Spool;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::quota::QuotaKey;
+use crate::store::quota::builder::{QuotaBackend, QuotaStoreConfig, open_quota_store};
 use crate::store::testutil::TempDir;
 use crate::store::{DirectoryAdmin, QuotaIdentity};
 use std::sync::Arc;
@@ -57,7 +58,12 @@ impl Fixture {
                 Arc::new(store.clone()),
                 metrics.clone(),
             )),
-            quota: crate::server::open_quota(&config).await.unwrap(),
+            // The embedded quota store as `serve` opens it for this config (default window).
+            quota: open_quota_store(&QuotaStoreConfig::new(QuotaBackend::Embedded {
+                path: config.quota_path(),
+            }))
+            .await
+            .unwrap(),
             brakes: Brakes::new(&config.brakes),
             spool,
             metrics,
