@@ -61,19 +61,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         config: config.clone(),
         directory: Arc::new(store.clone()),
-        accounts: Arc::new(store.clone()),
         signer: Arc::new(crate::dkim::Signer::new(Arc::new(store), metrics.clone())),
         quota: quota.clone(),
         brakes: crate::listener::brakes::Brakes::new(&config.brakes),
         spool: spool.clone(),
         metrics: metrics.clone(),
         tls,
-        admission: Admission::new(
-            config.limits.max_sessions,
-            config.limits.max_sessions_per_ip,
-            config.limits.max_auth_failures_per_ip,
-            config.limits.auth_failure_window,
-        ),
+        admission: Admission::from_limits(&config.limits),
         registry: Arc::new(SessionRegistry::default()),
         shutdown: shutdown.clone(),
     });

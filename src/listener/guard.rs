@@ -57,7 +57,18 @@ impl Drop for Admitted {
 }
 
 impl Admission {
-    /// Admission with the configured caps.
+    /// Admission with the caps of `[limits]`: sessions in all, per client, failed logins per
+    /// client.
+    pub fn from_limits(limits: &crate::config::LimitsConfig) -> Arc<Self> {
+        Self::new(
+            limits.max_sessions,
+            limits.max_sessions_per_ip,
+            limits.max_auth_failures_per_ip,
+            limits.auth_failure_window,
+        )
+    }
+
+    /// Admission with these caps.
     pub fn new(
         max_sessions: usize,
         max_per_ip: usize,

@@ -60,7 +60,7 @@ impl RelayClient {
             .iter()
             .any(|net| net.contains(&peer.ip()));
         let (relay_allowed, hosting, metering) = match shared
-            .accounts
+            .directory
             .hosting_account_for(peer.ip())
             .await
         {
@@ -325,7 +325,7 @@ impl Meter {
 /// The limit in force for `identity`: its override, else its plan's, else the hosting default.
 async fn current_limit(shared: &Shared, identity: &QuotaIdentity) -> Result<u32, MeterError> {
     let limits = shared
-        .accounts
+        .directory
         .limits_of(identity)
         .await?
         .ok_or_else(|| MeterError::NoLimit(identity.to_string()))?;

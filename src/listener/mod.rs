@@ -45,10 +45,8 @@ const REVOCATION_CHECK: Duration = Duration::from_millis(500);
 pub struct Shared {
     /// The configuration.
     pub config: Arc<Config>,
-    /// Credential checks.
+    /// Credential checks, hosting accounts and daily limits.
     pub directory: Arc<dyn Directory>,
-    /// Hosting accounts and daily limits.
-    pub accounts: Arc<dyn Directory>,
     /// Where accepted mail goes.
     pub spool: Spool,
     /// Counters.

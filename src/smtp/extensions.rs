@@ -56,13 +56,7 @@ impl Extensions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::smtp::parse_response;
-
-    fn one(bytes: &[u8]) -> Response {
-        let (reply, used) = parse_response(bytes).unwrap().unwrap();
-        assert_eq!(used, bytes.len());
-        reply
-    }
+    use crate::smtp::response::parse_one as one;
 
     #[test]
     fn multi_line_ehlo_reply() {

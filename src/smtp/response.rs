@@ -230,15 +230,18 @@ fn split_line(line: &[u8]) -> Result<(u16, bool, &[u8]), ResponseError> {
     }
 }
 
+/// For tests: `bytes` parsed as exactly one complete reply.
+#[cfg(test)]
+pub(crate) fn parse_one(bytes: &[u8]) -> Response {
+    let (reply, used) = parse_response(bytes).unwrap().unwrap();
+    assert_eq!(used, bytes.len());
+    reply
+}
+
 #[cfg(test)]
 mod tests {
+    use super::parse_one as one;
     use super::*;
-
-    fn one(bytes: &[u8]) -> Response {
-        let (reply, used) = parse_response(bytes).unwrap().unwrap();
-        assert_eq!(used, bytes.len());
-        reply
-    }
 
     #[test]
     fn single_line_with_enhanced_code() {

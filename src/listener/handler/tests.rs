@@ -53,7 +53,6 @@ impl Fixture {
         let spool = Spool::open(&config.spool, metrics.clone()).unwrap();
         let shared = Shared {
             directory: Arc::new(store.clone()),
-            accounts: Arc::new(store.clone()),
             signer: Arc::new(crate::dkim::Signer::new(
                 Arc::new(store.clone()),
                 metrics.clone(),
@@ -68,12 +67,7 @@ impl Fixture {
             spool,
             metrics,
             tls: crate::listener::tls::acceptor(&config).unwrap(),
-            admission: Admission::new(
-                config.limits.max_sessions,
-                config.limits.max_sessions_per_ip,
-                config.limits.max_auth_failures_per_ip,
-                config.limits.auth_failure_window,
-            ),
+            admission: Admission::from_limits(&config.limits),
             registry: Arc::new(SessionRegistry::default()),
             shutdown: CancellationToken::new(),
             config,
