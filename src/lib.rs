@@ -22,6 +22,7 @@
 //! - [`config`]: the TOML configuration, strictly checked.
 //! - [`server`]: wires the pieces together for `postern serve`.
 //! - [`unix_time`]: Unix milliseconds, the crate's one stored time format.
+//! - `testutil`: the temporary directory of the tests (test and `conformance` builds only).
 //! - [`dnssec`], [`keys`]: leaves that hold what two layers share (the trust anchor file,
 //!   the DKIM key algorithm), so that neither has to import the other.
 //!
@@ -42,7 +43,7 @@
 //! | 3 | `session`, `store`, `spool` | the protocol state machine, the directory and quota stores, the queue on disk |
 //! | 2 | `smtp`, `metrics` | wire pieces both SMTP clients share; counters every layer above may bump |
 //! | 1 | `config` | typed, checked configuration: every layer above reads it, it reads none of them |
-//! | 0 | `policy`, `dnssec`, `keys`, `unix_time` | pure rules and shared values: import nothing from the crate |
+//! | 0 | `policy`, `dnssec`, `keys`, `unix_time`, `testutil` | pure rules and shared values: import nothing from the crate |
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod cli;
@@ -60,3 +61,5 @@ pub mod smtp;
 pub mod spool;
 pub mod store;
 pub mod unix_time;
+#[cfg(any(test, feature = "conformance"))]
+pub mod testutil;

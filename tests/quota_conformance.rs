@@ -10,7 +10,7 @@
 use postern::store::quota::builder::{QuotaBackend, QuotaStoreConfig, open_quota_store};
 use postern::store::quota::embedded::EmbeddedQuota;
 use postern::store::quota::{QuotaError, QuotaHold, QuotaKey, QuotaStore, conformance};
-use postern::store::testutil::TempDir;
+use postern::testutil::TempDir;
 use std::collections::HashSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

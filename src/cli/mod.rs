@@ -261,7 +261,7 @@ fn one_line(text: &str) -> String {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::store::testutil::TempDir;
+    use crate::testutil::TempDir;
 
     /// A temp directory with a config whose store lives inside it; removed on drop.
     /// Shared with the tests of each command family.

@@ -495,7 +495,7 @@ fn writer_loop(mut log: DeliveryLog, rx: &mpsc::Receiver<Message>, retention: Du
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::testutil::TempDir;
+    use crate::testutil::TempDir;
 
     fn record(time_ms: u64, sender: &str, recipient: &str, state: LogState) -> LogRecord {
         LogRecord {

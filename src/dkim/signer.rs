@@ -236,7 +236,7 @@ fn single_domain(from: &[String]) -> Option<String> {
 mod tests {
     use super::*;
     use crate::dkim::{Algorithm, KeyMaterial, MessageHasher};
-    use crate::store::testutil::TempDir;
+    use crate::testutil::TempDir;
     use crate::store::{DkimAdmin, EmbeddedStore, NewDkimKey};
 
     fn hashed(message: &[u8]) -> Option<HashedMessage> {

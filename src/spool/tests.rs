@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::config::SpoolConfig;
-use crate::store::testutil::TempDir;
+use crate::testutil::TempDir;
 use std::path::Path;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;

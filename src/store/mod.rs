@@ -53,8 +53,6 @@ mod dkim_keys;
 pub mod embedded;
 pub mod quota;
 pub(crate) mod sqlite;
-#[cfg(any(test, feature = "conformance"))]
-pub mod testutil;
 
 pub use accounts::{
     HostingAccount, HostingAccountInfo, IdentityLimits, LimitOverride, LimitSource, QuotaIdentity,

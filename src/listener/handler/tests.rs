@@ -14,7 +14,7 @@ use crate::spool::Spool;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::quota::QuotaKey;
 use crate::store::quota::builder::{QuotaBackend, QuotaStoreConfig, open_quota_store};
-use crate::store::testutil::TempDir;
+use crate::testutil::TempDir;
 use crate::store::{DirectoryAdmin, QuotaIdentity};
 use std::sync::Arc;
 use std::time::Duration;

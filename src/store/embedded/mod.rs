@@ -333,7 +333,7 @@ impl DkimAdmin for EmbeddedStore {
 mod tests {
     use super::*;
     use crate::store::conformance;
-    use crate::store::testutil::TempDir;
+    use crate::testutil::TempDir;
 
     /// The store file of a test: in a subdirectory that `open` has to create.
     pub(super) fn db(dir: &TempDir) -> PathBuf {

@@ -120,7 +120,7 @@ mod tests {
     use super::super::tests::{db, open};
     use super::*;
     use crate::policy::{Plan, parse_address};
-    use crate::store::testutil::TempDir;
+    use crate::testutil::TempDir;
     use crate::store::{DirectoryAdmin, EmbeddedStore, IdentityLimits, QuotaIdentity};
     use rusqlite::Connection;
     use std::os::unix::fs::PermissionsExt;

@@ -502,7 +502,7 @@ impl QuotaStore for EmbeddedQuota {
 mod tests {
     use super::*;
     use crate::store::quota::conformance;
-    use crate::store::testutil::TempDir;
+    use crate::testutil::TempDir;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn conformance_on_one_file_two_connections() {

@@ -1,5 +1,5 @@
 //! Helpers shared by the tests: the one temporary-directory type of the crate's unit tests
-//! (store, CLI, DKIM signer, delivery log) and of the integration tests that turn on the
+//! (store, spool, listener, CLI, DKIM signer, delivery log) and of the integration tests that turn on the
 //! `conformance` feature. Not part of a release build.
 
 use std::path::{Path, PathBuf};
