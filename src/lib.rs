@@ -60,6 +60,6 @@ pub mod session;
 pub mod smtp;
 pub mod spool;
 pub mod store;
-pub mod unix_time;
 #[cfg(any(test, feature = "conformance"))]
 pub mod testutil;
+pub mod unix_time;

@@ -236,8 +236,8 @@ fn single_domain(from: &[String]) -> Option<String> {
 mod tests {
     use super::*;
     use crate::dkim::{Algorithm, KeyMaterial, MessageHasher};
-    use crate::testutil::TempDir;
     use crate::store::{DkimAdmin, EmbeddedStore, NewDkimKey};
+    use crate::testutil::TempDir;
 
     fn hashed(message: &[u8]) -> Option<HashedMessage> {
         let mut h = MessageHasher::new();

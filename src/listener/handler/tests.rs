@@ -14,8 +14,8 @@ use crate::spool::Spool;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::quota::QuotaKey;
 use crate::store::quota::builder::{QuotaBackend, QuotaStoreConfig, open_quota_store};
-use crate::testutil::TempDir;
 use crate::store::{DirectoryAdmin, QuotaIdentity};
+use crate::testutil::TempDir;
 use std::sync::Arc;
 use std::time::Duration;
 

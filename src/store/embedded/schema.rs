@@ -120,8 +120,8 @@ mod tests {
     use super::super::tests::{db, open};
     use super::*;
     use crate::policy::{Plan, parse_address};
-    use crate::testutil::TempDir;
     use crate::store::{DirectoryAdmin, EmbeddedStore, IdentityLimits, QuotaIdentity};
+    use crate::testutil::TempDir;
     use rusqlite::Connection;
     use std::os::unix::fs::PermissionsExt;
 
