@@ -368,10 +368,9 @@ fn delay_retry_moves_to_the_warning_instant() {
 async fn enqueue_streams_what_build_makes() {
     use crate::config::SpoolConfig;
     use tokio::io::AsyncReadExt;
-    let dir = std::env::temp_dir().join(format!("postern-dsn-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = crate::testutil::TempDir::new("dsn-test");
     let config = SpoolConfig {
-        path: dir.clone(),
+        path: dir.path().to_path_buf(),
         inline_max_bytes: 1024,
         commit_batch: 64,
         segment_max_bytes: 64 * 1024 * 1024,
@@ -409,6 +408,7 @@ async fn enqueue_streams_what_build_makes() {
             .unwrap();
         assert_eq!(got, build(&r, &whole), "{returned:?}");
     }
+    // The spool's files go before the directory that holds them.
     drop(spool);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
 }
