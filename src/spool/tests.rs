@@ -375,18 +375,22 @@ fn message_payload(envelope: &Envelope, data: &[u8]) -> Vec<u8> {
     payload
 }
 
-/// A record of the keyed format made with a key that is not the spool's: what a client can
-/// compute at best.
+/// A message record of the keyed format (`PSJ3`) made with a key that is not the spool's: what
+/// a client can compute at best.
 fn keyed_record_under(secret: &[u8], segment: u64, offset: u64, payload: &[u8]) -> Vec<u8> {
-    let mut out = b"PSJ2".to_vec();
+    let mut out = b"PSJ3".to_vec();
     out.push(1);
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(payload);
+    let json_len = u32::from_le_bytes(payload[..4].try_into().unwrap()) as usize;
+    let (structure, data) = payload.split_at(payload.len().min(4 + json_len));
+    out.extend_from_slice(structure);
     let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
     let mut context = aws_lc_rs::hmac::Context::with_key(&key);
     context.update(&segment.to_le_bytes());
     context.update(&offset.to_le_bytes());
     context.update(&out);
+    context.update(&crc32fast::hash(data).to_le_bytes());
+    out.extend_from_slice(data);
     out.extend_from_slice(context.sign().as_ref());
     out
 }

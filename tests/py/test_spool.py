@@ -115,10 +115,14 @@ def _legacy_record(kind: int, payload: bytes) -> bytes:
 
 
 def _keyed_record_without_the_key(payload: bytes) -> bytes:
-    """A record of the current format, its tag made with a key of the attacker's choosing."""
-    head = b"PSJ2" + bytes([1]) + struct.pack("<I", len(payload))
-    tag = hmac.new(os.urandom(32), struct.pack("<QQ", 1, 0) + head + payload,
-                   hashlib.sha256).digest()
+    """A message record of the current format (``PSJ3``: the tag over position, header,
+    envelope and the CRC-32 of the inline data), its tag made with a key of the attacker's
+    choosing."""
+    head = b"PSJ3" + bytes([1]) + struct.pack("<I", len(payload))
+    structure_len = min(len(payload), 4 + struct.unpack("<I", payload[:4])[0])
+    mac_input = (struct.pack("<QQ", 1, 0) + head + payload[:structure_len]
+                 + struct.pack("<I", zlib.crc32(payload[structure_len:])))
+    tag = hmac.new(os.urandom(32), mac_input, hashlib.sha256).digest()
     return head + payload + tag
 
 
