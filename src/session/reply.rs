@@ -385,6 +385,12 @@ impl Reply {
         Self::one(421, "4.3.2 Service shutting down, try again later")
     }
 
+    /// `452 4.3.1 Insufficient system storage` (the spool's file system is full: RFC 3463
+    /// 4.3.1, Mail system full; the client retries later, the session goes on)
+    pub fn insufficient_storage() -> Self {
+        Self::one(452, "4.3.1 Insufficient system storage")
+    }
+
     /// `451 4.3.0 ...` (the spool could not keep the message)
     pub fn spool_failed() -> Self {
         Self::one(451, "4.3.0 Error: queue file write error, try again later")
