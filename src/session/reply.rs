@@ -367,6 +367,23 @@ impl Reply {
         )
     }
 
+    /// `421 4.7.0 Too many connections from your network, try again later` (the IPv6 /48 cap)
+    pub fn too_many_connections_from_network() -> Self {
+        Self::one(
+            421,
+            "4.7.0 Too many connections from your network, try again later",
+        )
+    }
+
+    /// `421 4.7.0 Too many failed logins from your network, try again later` (the failed-login
+    /// brake of an IPv4 /24 or IPv6 /48)
+    pub fn too_many_failed_logins_from_network() -> Self {
+        Self::one(
+            421,
+            "4.7.0 Too many failed logins from your network, try again later",
+        )
+    }
+
     /// `421 4.7.0 Too many failed logins from your address, try again later`
     pub fn too_many_failed_logins_from_ip() -> Self {
         Self::one(

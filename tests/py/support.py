@@ -337,8 +337,12 @@ class SmtpClient:
     """A line-exact SMTP client. Each reply line must end in CRLF."""
 
     def __init__(self, host: str, port: int, *, implicit_tls: bool = False,
-                 timeout: float = 15.0, tls_context: ssl.SSLContext | None = None):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+                 timeout: float = 15.0, tls_context: ssl.SSLContext | None = None,
+                 source: str | None = None):
+        """``source``: the local address to connect from (e.g. ``127.0.0.9``: any of
+        127.0.0.0/8 reaches a listener on 127.0.0.1 on Linux)."""
+        self.sock = socket.create_connection(
+            (host, port), timeout=timeout, source_address=(source, 0) if source else None)
         self.timeout = timeout
         self.buf = b""
         self.tls = False
