@@ -113,7 +113,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if quota_ok {
         tracing::info!(spooled = spool.len(), "postern ready");
     } else {
-        tracing::warn!(spooled = spool.len(), "postern started, not ready: quota backend unavailable");
+        tracing::warn!(
+            spooled = spool.len(),
+            "postern started, not ready: quota backend unavailable"
+        );
     }
 
     wait_for_signal().await;

@@ -419,7 +419,10 @@ mod tests {
             Some(Refusal::FailedLoginsFromSubnet)
         );
         assert!(a.admit(ip("192.0.3.4"), now).is_ok(), "another /24");
-        assert!(a.admit(ip("192.0.2.4"), now + Duration::from_secs(61)).is_ok());
+        assert!(
+            a.admit(ip("192.0.2.4"), now + Duration::from_secs(61))
+                .is_ok()
+        );
         // IPv6: per /48, across /64s.
         for n in 1..=3 {
             assert!(a.admit(ip(&format!("2001:db8:1:{n}::1")), now).is_ok());

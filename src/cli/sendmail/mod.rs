@@ -92,7 +92,8 @@ const EX_PROTOCOL: u8 = 76;
 const EX_CONFIG: u8 = 78;
 
 /// The usage line printed with usage errors.
-const USAGE: &str = "usage: postern sendmail [-t] [-i] [-oi] [-f SENDER] [-F NAME] [--config PATH] [RECIPIENT...]";
+const USAGE: &str =
+    "usage: postern sendmail [-t] [-i] [-oi] [-f SENDER] [-F NAME] [--config PATH] [RECIPIENT...]";
 
 /// `postern sendmail ...`: everything after `sendmail` is parsed here, sendmail-style (bundled
 /// flags, `-fSENDER` and `-f SENDER`, `-oi`), not by clap.

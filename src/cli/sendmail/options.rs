@@ -54,7 +54,10 @@ pub(super) fn parse_options(args: &[String]) -> Result<Options, Failure> {
             options.config = Some(PathBuf::from(path));
             continue;
         }
-        if let Some(path) = arg.strip_prefix(CONFIG_OPTION).and_then(|r| r.strip_prefix('=')) {
+        if let Some(path) = arg
+            .strip_prefix(CONFIG_OPTION)
+            .and_then(|r| r.strip_prefix('='))
+        {
             if path.is_empty() {
                 return Err(usage(format!("option {CONFIG_OPTION} needs a value")));
             }
@@ -218,9 +221,15 @@ mod tests {
             usage_error(&["--", "--config"]),
             "invalid recipient \"--config\""
         );
-        assert_eq!(usage_error(&["-t", "--config"]), "option --config needs a value");
+        assert_eq!(
+            usage_error(&["-t", "--config"]),
+            "option --config needs a value"
+        );
         assert_eq!(usage_error(&["--config="]), "option --config needs a value");
-        assert_eq!(usage_error(&["--configx=/a"]), "unknown option --configx=/a");
+        assert_eq!(
+            usage_error(&["--configx=/a"]),
+            "unknown option --configx=/a"
+        );
     }
 
     #[test]

@@ -142,7 +142,9 @@ impl ConnectingQuota {
                         tracing::info!("quota backend connected");
                         return;
                     }
-                    Err(e) => *store.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e.to_string(),
+                    Err(e) => {
+                        *store.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e.to_string()
+                    }
                 }
             }
         });
@@ -218,10 +220,15 @@ mod tests {
         let store = open_quota_store_or_connect_later(&config).await.unwrap();
         let key: QuotaKey = "addr:a@example.org".parse().unwrap();
         match store.hold(&key, "t1", 10, 1).await {
-            Err(QuotaError::Unavailable(why)) => assert!(why.starts_with("not connected yet: "), "{why}"),
+            Err(QuotaError::Unavailable(why)) => {
+                assert!(why.starts_with("not connected yet: "), "{why}")
+            }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(store.ping().await, Err(QuotaError::Unavailable(_))));
+        assert!(matches!(
+            store.ping().await,
+            Err(QuotaError::Unavailable(_))
+        ));
         assert_eq!(store.settings(), QuotaSettings::default());
         let bad = QuotaStoreConfig::new(QuotaBackend::Redis {
             url: "not a url".into(),
