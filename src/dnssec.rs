@@ -8,6 +8,14 @@
 //! 3.3 advises) match one of that owner's DS lines is an anchor ([`ds_anchor_keys`]); hickory
 //! then verifies the DNSKEY RRset's signatures with it as with a configured key.
 //!
+//! A zone below the root may split its keys: a KSK that signs only the DNSKEY RRset and a
+//! ZSK that signs the rest (knot's default). An anchor that names only the KSK (its DS, or
+//! its DNSKEY line alone) would make hickory look for the zone's DS in a parent that a
+//! private or lab zone does not have, and every answer would be bogus. So when the resolver
+//! is built, the anchored owner's DNSKEY RRset and its RRSIGs are fetched, and once an RRSIG
+//! made by an anchored key verifies over the RRset ([`self_signed_keys`], RFC 4035 section
+//! 5.3), every zone key of the RRset is anchored.
+//!
 //! This module is a leaf below `config` and `delivery`: `config` parses the file once at load
 //! (an unparsable file is a configuration error, exit 2, `dns.trust_anchor`), `delivery`
 //! takes the parsed value. The DNS lookups a DS line needs are not here; nor is anything
@@ -16,9 +24,9 @@
 use std::path::Path;
 use std::str::FromStr;
 
-use hickory_resolver::proto::dnssec::rdata::{DNSKEY, DNSSECRData, DS};
-use hickory_resolver::proto::dnssec::{DigestType, PublicKey, TrustAnchors};
-use hickory_resolver::proto::rr::{Name, RData, RecordType};
+use hickory_resolver::proto::dnssec::rdata::{DNSKEY, DNSSECRData, DS, RRSIG};
+use hickory_resolver::proto::dnssec::{DigestType, PublicKey, TrustAnchors, Verifier};
+use hickory_resolver::proto::rr::{DNSClass, Name, RData, Record, RecordType, SerialNumber};
 
 /// `[dns] trust_anchor` as read: the keys of its DNSKEY lines, and its DS lines, whose keys are
 /// only known once the owner's DNSKEY RRset has been fetched (`delivery::mx::build_resolver`,
@@ -27,6 +35,8 @@ use hickory_resolver::proto::rr::{Name, RData, RecordType};
 pub struct TrustAnchorFile {
     /// The DNSKEY lines' keys (empty when the file has none).
     pub keys: TrustAnchors,
+    /// The same DNSKEY lines, each with its owner name (hickory's anchors cannot be listed).
+    pub dnskeys: Vec<(Name, DNSKEY)>,
     /// The DS lines, each with its owner name.
     pub ds: Vec<(Name, DS)>,
 }
@@ -36,6 +46,7 @@ pub struct TrustAnchorFile {
 impl std::fmt::Debug for TrustAnchorFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TrustAnchorFile")
+            .field("dnskeys", &self.dnskeys)
             .field("ds", &self.ds)
             .finish_non_exhaustive()
     }
@@ -65,6 +76,7 @@ pub fn parse_trust_anchors(text: &str) -> Result<TrustAnchorFile, String> {
     // keymgr may leave them out).
     let mut canonical = String::new();
     let mut ds = Vec::new();
+    let mut dnskeys = Vec::new();
     for line in records {
         let words: Vec<&str> = line.split_whitespace().collect();
         let Some(at) = words
@@ -85,10 +97,14 @@ pub fn parse_trust_anchors(text: &str) -> Result<TrustAnchorFile, String> {
             ds.push((name, parse_ds(&words[at + 1..].join(" "), line)?));
             continue;
         }
-        canonical.push_str(&format!(
-            "{owner}{dot} 3600 IN DNSKEY {}\n",
-            words[at + 1..].join(" ")
-        ));
+        let rdata = words[at + 1..].join(" ");
+        if let (Ok(name), Ok(RData::DNSSEC(DNSSECRData::DNSKEY(key)))) = (
+            Name::from_ascii(format!("{owner}{dot}")),
+            RData::try_from_str(RecordType::DNSKEY, &rdata),
+        ) {
+            dnskeys.push((name, key));
+        }
+        canonical.push_str(&format!("{owner}{dot} 3600 IN DNSKEY {rdata}\n"));
     }
     if canonical.is_empty() && ds.is_empty() {
         return Err("no DNSKEY or DS record found".into());
@@ -98,7 +114,7 @@ pub fn parse_trust_anchors(text: &str) -> Result<TrustAnchorFile, String> {
     } else {
         TrustAnchors::from_str(&canonical).map_err(|e| format!("invalid DNSKEY records: {e}"))?
     };
-    Ok(TrustAnchorFile { keys, ds })
+    Ok(TrustAnchorFile { keys, dnskeys, ds })
 }
 
 /// The RDATA of a DS line (`TAG ALGORITHM DIGEST-TYPE HEX`).
@@ -151,6 +167,65 @@ pub fn ds_anchor_keys<'k>(owner: &Name, ds: &[&DS], dnskeys: &'k [DNSKEY]) -> Ve
         .iter()
         .filter(|key| ds.iter().any(|d| ds_matches(owner, d, key)))
         .collect()
+}
+
+/// The zone keys (not revoked) of `owner`'s DNSKEY RRset `records`, once one of `rrsigs`
+/// verifies over that RRset at `now` (Unix seconds): an RRSIG covering DNSKEY, by signer
+/// `owner`, within its validity period, made by one of `trusted` (a zone key with the RRSIG's
+/// algorithm and key tag) (RFC 4035 section 5.3). The RRset is then the zone's own, as signed
+/// by the anchored key, and all its keys can be anchored.
+///
+/// # Errors
+/// Why no RRSIG verified, in one line.
+pub fn self_signed_keys(
+    owner: &Name,
+    records: &[Record],
+    rrsigs: &[RRSIG],
+    trusted: &[&DNSKEY],
+    now: u32,
+) -> Result<Vec<DNSKEY>, String> {
+    let now = SerialNumber::new(now);
+    let mut tried = 0;
+    for rrsig in rrsigs {
+        let input = rrsig.input();
+        if input.type_covered != RecordType::DNSKEY || input.signer_name != *owner {
+            continue;
+        }
+        let Some(key) = trusted.iter().find(|k| {
+            k.zone_key()
+                && !k.revoke()
+                && k.public_key().algorithm() == input.algorithm
+                && k.calculate_key_tag().is_ok_and(|t| t == input.key_tag)
+        }) else {
+            continue;
+        };
+        tried += 1;
+        if !(input.sig_inception <= now && now <= input.sig_expiration) {
+            continue;
+        }
+        if key
+            .verify_rrsig(owner, DNSClass::IN, rrsig, records.iter())
+            .is_ok()
+        {
+            return Ok(records
+                .iter()
+                .filter(|r| r.name == *owner && r.dns_class == DNSClass::IN)
+                .filter_map(|r| match &r.data {
+                    RData::DNSSEC(DNSSECRData::DNSKEY(k)) if k.zone_key() && !k.revoke() => {
+                        Some(k.clone())
+                    }
+                    _ => None,
+                })
+                .collect());
+        }
+    }
+    Err(if tried == 0 {
+        format!("no RRSIG over the DNSKEY RRset of {owner} by an anchored key")
+    } else {
+        format!(
+            "no valid RRSIG over the DNSKEY RRset of {owner} by an anchored key ({tried} tried: expired or not verifying)"
+        )
+    })
 }
 
 #[cfg(test)]

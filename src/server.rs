@@ -16,7 +16,9 @@ use crate::policy::quota::QuotaWindow;
 use crate::session::Role;
 use crate::spool::Spool;
 use crate::store::embedded::EmbeddedStore;
-use crate::store::quota::builder::{QuotaBackend, QuotaStoreConfig, open_quota_store};
+use crate::store::quota::builder::{
+    QuotaBackend, QuotaStoreConfig, open_quota_store, open_quota_store_or_connect_later,
+};
 use crate::store::quota::{QuotaSettings, QuotaStore};
 use anyhow::Context;
 use std::sync::Arc;
@@ -39,7 +41,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let spool = Spool::open(&config.spool, metrics.clone())
         .with_context(|| format!("spool.path {}", config.spool.path.display()))?;
     let tls = listener::tls::acceptor(&config).context("tls")?;
-    let quota = open_quota(&config).await?;
+    // Redis down at start is an outage like one later: start unready, answer 451, connect
+    // when it answers.
+    let quota = open_quota_store_or_connect_later(&quota_store_config(&config)?)
+        .await
+        .context("quota")?;
 
     let mut smtp = Vec::new();
     for (role, addr) in [
@@ -101,8 +107,17 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         metrics.clone(),
         shutdown.clone(),
     ));
-    readiness.set(true);
-    tracing::info!(spooled = spool.len(), "postern ready");
+    let quota_ok = shared.quota.ping().await.is_ok();
+    metrics.set_quota_available(quota_ok);
+    readiness.set(spool.is_healthy() && quota_ok);
+    if quota_ok {
+        tracing::info!(spooled = spool.len(), "postern ready");
+    } else {
+        tracing::warn!(
+            spooled = spool.len(),
+            "postern started, not ready: quota backend unavailable"
+        );
+    }
 
     wait_for_signal().await;
     tracing::info!("shutting down: no new connections, idle sessions get 421");
@@ -129,11 +144,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens the quota backend named by `[quota]` (also used by `postern quota show`).
+/// Opens the quota backend named by `[quota]` for `postern quota show`: a backend that cannot
+/// be reached is an error at once (`serve` waits for it instead).
 ///
 /// # Errors
 /// The backend cannot be opened or reached.
 pub async fn open_quota(config: &Config) -> anyhow::Result<Arc<dyn QuotaStore>> {
+    open_quota_store(&quota_store_config(config)?)
+        .await
+        .context("quota")
+}
+
+/// The backend and settings named by `[quota]`.
+fn quota_store_config(config: &Config) -> anyhow::Result<QuotaStoreConfig> {
     let q = &config.quota;
     let backend = match q.backend {
         QuotaBackendName::Embedded => QuotaBackend::Embedded {
@@ -153,7 +176,7 @@ pub async fn open_quota(config: &Config) -> anyhow::Result<Arc<dyn QuotaStore>> 
         window,
         hold_ttl_ms: q.hold_ttl.as_millis() as u64,
     };
-    open_quota_store(&settings).await.context("quota")
+    Ok(settings)
 }
 
 /// `/readyz` follows the spool and the quota backend: a replica that cannot keep or count

@@ -90,7 +90,7 @@ enum Command {
     /// Show the delivery log: one line per recipient per delivery attempt.
     Log(log::LogArgs),
     /// Submit a message from standard input to the relay listener, like sendmail(8):
-    /// [-t] [-i] [-oi] [-f SENDER] [-F NAME] [RECIPIENT...]. Exits with sysexits codes.
+    /// [-t] [-i] [-oi] [-f SENDER] [-F NAME] [--config PATH] [RECIPIENT...]. Exits with sysexits codes.
     #[command(disable_help_flag = true, disable_version_flag = true)]
     Sendmail(sendmail::SendmailArgs),
 }

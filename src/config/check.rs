@@ -85,6 +85,12 @@ impl LimitsConfig {
         if self.max_sessions_per_ip == 0 {
             return invalid("limits.max_sessions_per_ip", "must be at least 1");
         }
+        if self.max_sessions_per_subnet == 0 {
+            return invalid("limits.max_sessions_per_subnet", "must be at least 1");
+        }
+        if self.max_auth_failures_per_subnet == 0 {
+            return invalid("limits.max_auth_failures_per_subnet", "must be at least 1");
+        }
         if self.max_auth_failures == 0 {
             return invalid("limits.max_auth_failures", "must be at least 1");
         }

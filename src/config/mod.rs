@@ -492,9 +492,13 @@ pub struct LimitsConfig {
     /// Concurrent sessions on all listeners together.
     #[serde(default = "default_max_sessions")]
     pub max_sessions: usize,
-    /// Concurrent sessions from one client IP.
+    /// Concurrent sessions from one client IP (an IPv6 client: its /64).
     #[serde(default = "default_max_sessions_per_ip")]
     pub max_sessions_per_ip: usize,
+    /// Concurrent sessions from one IPv6 /48, whichever of its /64s they come from (IPv4
+    /// clients are capped per address only).
+    #[serde(default = "default_max_sessions_per_subnet")]
+    pub max_sessions_per_subnet: usize,
     /// Bad commands tolerated in one session before `421` and close.
     #[serde(default = "default_max_bad_commands")]
     pub max_bad_commands: u32,
@@ -508,7 +512,11 @@ pub struct LimitsConfig {
     /// after which new connections from it get `421` until the window passes.
     #[serde(default = "default_max_auth_failures_per_ip")]
     pub max_auth_failures_per_ip: u32,
-    /// Window of `max_auth_failures_per_ip`.
+    /// Failed AUTHs from one IPv4 /24 or IPv6 /48, across its addresses and sessions, within
+    /// `auth_failure_window`, after which its new connections get `421`.
+    #[serde(default = "default_max_auth_failures_per_subnet")]
+    pub max_auth_failures_per_subnet: u32,
+    /// Window of `max_auth_failures_per_ip` and `max_auth_failures_per_subnet`.
     #[serde(default = "default_auth_failure_window", with = "duration::serde_text")]
     pub auth_failure_window: Duration,
 }
@@ -520,10 +528,12 @@ impl Default for LimitsConfig {
             max_message_size: default_max_message_size(),
             max_sessions: default_max_sessions(),
             max_sessions_per_ip: default_max_sessions_per_ip(),
+            max_sessions_per_subnet: default_max_sessions_per_subnet(),
             max_bad_commands: default_max_bad_commands(),
             max_auth_failures: default_max_auth_failures(),
             auth_failure_delay: default_auth_failure_delay(),
             max_auth_failures_per_ip: default_max_auth_failures_per_ip(),
+            max_auth_failures_per_subnet: default_max_auth_failures_per_subnet(),
             auth_failure_window: default_auth_failure_window(),
         }
     }
@@ -541,6 +551,9 @@ fn default_max_sessions() -> usize {
 fn default_max_sessions_per_ip() -> usize {
     200
 }
+fn default_max_sessions_per_subnet() -> usize {
+    800
+}
 fn default_max_bad_commands() -> u32 {
     10
 }
@@ -552,6 +565,9 @@ fn default_auth_failure_delay() -> Duration {
 }
 fn default_max_auth_failures_per_ip() -> u32 {
     20
+}
+fn default_max_auth_failures_per_subnet() -> u32 {
+    100
 }
 fn default_auth_failure_window() -> Duration {
     Duration::from_secs(600)

@@ -21,131 +21,197 @@ pub enum Refusal {
     TooManySessions,
     /// `limits.max_sessions_per_ip` reached for this IP.
     TooManyFromIp,
+    /// `limits.max_sessions_per_subnet` reached for this IPv6 /48.
+    TooManyFromSubnet,
     /// Too many failed logins from this IP recently.
     FailedLogins,
+    /// Too many failed logins from this IPv4 /24 or IPv6 /48 recently.
+    FailedLoginsFromSubnet,
     /// The per-minute connection brake for this IP is engaged.
     ConnectionRate,
+}
+
+/// The caps [`Admission`] enforces (from `[limits]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmissionCaps {
+    /// Sessions in all.
+    pub max_sessions: usize,
+    /// Sessions per client ([`client_key`]).
+    pub max_per_ip: usize,
+    /// Sessions per IPv6 /48 ([`subnet_key`]); IPv4 clients are not capped per subnet.
+    pub max_per_subnet: usize,
+    /// Failed logins per client within `failure_window`.
+    pub max_failures: u32,
+    /// Failed logins per IPv4 /24 or IPv6 /48 within `failure_window`.
+    pub max_subnet_failures: u32,
+    /// The window of both failed-login brakes.
+    pub failure_window: Duration,
 }
 
 /// Admission state shared by all listeners.
 pub struct Admission {
     sessions: Arc<Semaphore>,
+    caps: AdmissionCaps,
+    /// Live sessions per client key, and per subnet key (IPv6 only).
     per_ip: Mutex<HashMap<IpAddr, usize>>,
-    max_per_ip: usize,
-    failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
-    max_failures: u32,
-    failure_window: Duration,
+    per_subnet: Mutex<HashMap<IpAddr, usize>>,
+    /// Recent failed logins per client key, and per subnet key.
+    failures: Mutex<FailureLog>,
+    subnet_failures: Mutex<FailureLog>,
 }
+
+/// When the recent failed logins of each key happened.
+type FailureLog = HashMap<IpAddr, VecDeque<Instant>>;
 
 /// Held for the life of a session; releases its places on drop.
 pub struct Admitted {
     _permit: OwnedSemaphorePermit,
     ip: IpAddr,
+    subnet: Option<IpAddr>,
     admission: Arc<Admission>,
+}
+
+/// Takes one session of `key` off `counts`.
+fn release(counts: &Mutex<HashMap<IpAddr, usize>>, key: IpAddr) {
+    let mut counts = counts.lock().expect("admission lock");
+    if let Some(n) = counts.get_mut(&key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(&key);
+        }
+    }
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let mut per_ip = self.admission.per_ip.lock().expect("admission lock");
-        if let Some(n) = per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&self.ip);
-            }
+        release(&self.admission.per_ip, self.ip);
+        if let Some(subnet) = self.subnet {
+            release(&self.admission.per_subnet, subnet);
         }
     }
 }
 
 impl Admission {
-    /// Admission with the caps of `[limits]`: sessions in all, per client, failed logins per
-    /// client.
+    /// Admission with the caps of `[limits]`: sessions in all, per client and per IPv6 /48,
+    /// failed logins per client and per subnet.
     pub fn from_limits(limits: &crate::config::LimitsConfig) -> Arc<Self> {
-        Self::new(
-            limits.max_sessions,
-            limits.max_sessions_per_ip,
-            limits.max_auth_failures_per_ip,
-            limits.auth_failure_window,
-        )
+        Self::new(AdmissionCaps {
+            max_sessions: limits.max_sessions,
+            max_per_ip: limits.max_sessions_per_ip,
+            max_per_subnet: limits.max_sessions_per_subnet,
+            max_failures: limits.max_auth_failures_per_ip,
+            max_subnet_failures: limits.max_auth_failures_per_subnet,
+            failure_window: limits.auth_failure_window,
+        })
     }
 
     /// Admission with these caps.
-    pub fn new(
-        max_sessions: usize,
-        max_per_ip: usize,
-        max_failures: u32,
-        failure_window: Duration,
-    ) -> Arc<Self> {
+    pub fn new(caps: AdmissionCaps) -> Arc<Self> {
         Arc::new(Self {
-            sessions: Arc::new(Semaphore::new(max_sessions)),
+            sessions: Arc::new(Semaphore::new(caps.max_sessions)),
+            caps,
             per_ip: Mutex::new(HashMap::new()),
-            max_per_ip,
+            per_subnet: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
-            max_failures,
-            failure_window,
+            subnet_failures: Mutex::new(HashMap::new()),
         })
     }
 
     /// Admits a connection from `ip` or says why not.
     pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Admitted, Refusal> {
-        let ip = client_key(ip);
-        if self.recent_failures(ip, now) >= self.max_failures as usize {
+        let caps = &self.caps;
+        let subnet = subnet_key(ip);
+        let key = client_key(ip);
+        if recent_failures(&self.failures, key, now, caps.failure_window)
+            >= caps.max_failures as usize
+        {
             return Err(Refusal::FailedLogins);
+        }
+        if recent_failures(&self.subnet_failures, subnet, now, caps.failure_window)
+            >= caps.max_subnet_failures as usize
+        {
+            return Err(Refusal::FailedLoginsFromSubnet);
         }
         let permit = self
             .sessions
             .clone()
             .try_acquire_owned()
             .map_err(|_| Refusal::TooManySessions)?;
+        // Lock order: per IP, then per subnet.
         let mut per_ip = self.per_ip.lock().expect("admission lock");
-        let n = per_ip.entry(ip).or_default();
-        if *n >= self.max_per_ip {
+        if per_ip.get(&key).copied().unwrap_or(0) >= caps.max_per_ip {
             return Err(Refusal::TooManyFromIp);
         }
-        *n += 1;
+        // A /48 is one site's allocation: a client rotating through its 65,536 /64s must not
+        // get 65,536 times the per-client cap. IPv4 clients share NATs and hosting networks,
+        // so their sessions are capped per address only.
+        let subnet = match subnet {
+            IpAddr::V6(_) => {
+                let mut per_subnet = self.per_subnet.lock().expect("admission lock");
+                if per_subnet.get(&subnet).copied().unwrap_or(0) >= caps.max_per_subnet {
+                    return Err(Refusal::TooManyFromSubnet);
+                }
+                *per_subnet.entry(subnet).or_default() += 1;
+                Some(subnet)
+            }
+            IpAddr::V4(_) => None,
+        };
+        *per_ip.entry(key).or_default() += 1;
         Ok(Admitted {
             _permit: permit,
-            ip,
+            ip: key,
+            subnet,
             admission: self.clone(),
         })
     }
 
-    /// Records a failed login from `ip`.
+    /// Records a failed login from `ip`, for its client key and its subnet.
     pub fn record_failure(&self, ip: IpAddr, now: Instant) {
-        let ip = client_key(ip);
-        let mut failures = self.failures.lock().expect("admission lock");
-        let list = failures.entry(ip).or_default();
-        list.push_back(now);
-        while list.len() > self.max_failures as usize + 1 {
-            list.pop_front();
-        }
+        let keep = self.caps.max_failures as usize + 1;
+        push_failure(&self.failures, client_key(ip), now, keep);
+        let keep = self.caps.max_subnet_failures as usize + 1;
+        push_failure(&self.subnet_failures, subnet_key(ip), now, keep);
     }
 
-    fn recent_failures(&self, ip: IpAddr, now: Instant) -> usize {
-        let mut failures = self.failures.lock().expect("admission lock");
-        let Some(list) = failures.get_mut(&ip) else {
-            return 0;
-        };
-        while list
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > self.failure_window)
-        {
-            list.pop_front();
-        }
-        if list.is_empty() {
-            failures.remove(&ip);
-            return 0;
-        }
-        list.len()
-    }
-
-    /// Forgets old failure records (called periodically so the map cannot grow unbounded).
+    /// Forgets old failure records (called periodically so the maps cannot grow unbounded).
     pub fn prune(&self, now: Instant) {
-        let mut failures = self.failures.lock().expect("admission lock");
-        failures.retain(|_, list| {
-            list.back()
-                .is_some_and(|t| now.duration_since(*t) <= self.failure_window)
-        });
+        for log in [&self.failures, &self.subnet_failures] {
+            log.lock().expect("admission lock").retain(|_, list| {
+                list.back()
+                    .is_some_and(|t| now.duration_since(*t) <= self.caps.failure_window)
+            });
+        }
     }
+}
+
+/// Adds a failure at `now` to `key`'s list, which keeps its newest `keep` entries (one more
+/// than the cap is all the check needs).
+fn push_failure(log: &Mutex<FailureLog>, key: IpAddr, now: Instant, keep: usize) {
+    let mut log = log.lock().expect("admission lock");
+    let list = log.entry(key).or_default();
+    list.push_back(now);
+    while list.len() > keep {
+        list.pop_front();
+    }
+}
+
+/// `key`'s failures within `window` before `now` (older ones are forgotten on the way).
+fn recent_failures(log: &Mutex<FailureLog>, key: IpAddr, now: Instant, window: Duration) -> usize {
+    let mut log = log.lock().expect("admission lock");
+    let Some(list) = log.get_mut(&key) else {
+        return 0;
+    };
+    while list
+        .front()
+        .is_some_and(|t| now.duration_since(*t) > window)
+    {
+        list.pop_front();
+    }
+    if list.is_empty() {
+        log.remove(&key);
+        return 0;
+    }
+    list.len()
 }
 
 /// The key per-client limits count under: an IPv4 address, or the /64 of an IPv6 address
@@ -162,6 +228,23 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
                 IpAddr::V6(segments.into())
             }
         },
+    }
+}
+
+/// The wider key of the per-subnet caps: the /48 of an IPv6 address (a site's allocation,
+/// RFC 6177's customary size, of 65,536 /64s), the /24 of an IPv4 address (IPv4-mapped IPv6
+/// addresses count as IPv4).
+pub fn subnet_key(ip: IpAddr) -> IpAddr {
+    match client_key(ip) {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            IpAddr::V4([a, b, c, 0].into())
+        }
+        IpAddr::V6(v6) => {
+            let mut segments = v6.segments();
+            segments[3..].fill(0);
+            IpAddr::V6(segments.into())
+        }
     }
 }
 
@@ -251,9 +334,110 @@ impl SessionRegistry {
 mod tests {
     use super::*;
 
+    /// Caps with the per-subnet ones out of the way.
+    fn caps(max_sessions: usize, max_per_ip: usize, max_failures: u32) -> AdmissionCaps {
+        AdmissionCaps {
+            max_sessions,
+            max_per_ip,
+            max_per_subnet: 1_000,
+            max_failures,
+            max_subnet_failures: 1_000,
+            failure_window: Duration::from_secs(60),
+        }
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn subnet_keys() {
+        assert_eq!(subnet_key(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1::"));
+        assert_eq!(subnet_key(ip("2001:db8:1:ffff::1")), ip("2001:db8:1::"));
+        assert_ne!(subnet_key(ip("2001:db8:2::1")), ip("2001:db8:1::"));
+        assert_eq!(subnet_key(ip("192.0.2.77")), ip("192.0.2.0"));
+        assert_eq!(subnet_key(ip("::ffff:192.0.2.77")), ip("192.0.2.0"));
+        assert_eq!(client_key(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1:2::"));
+    }
+
+    #[test]
+    fn ipv6_sessions_per_48_at_n_and_n_plus_one() {
+        let a = Admission::new(AdmissionCaps {
+            max_per_subnet: 3,
+            ..caps(100, 2, 5)
+        });
+        let now = Instant::now();
+        // Three /64s of one /48: one session each is fine up to the /48's cap of 3.
+        let first = a.admit(ip("2001:db8:1:1::1"), now).unwrap();
+        let _second = a.admit(ip("2001:db8:1:2::1"), now).unwrap();
+        let _third = a.admit(ip("2001:db8:1:3::1"), now).unwrap();
+        assert_eq!(
+            a.admit(ip("2001:db8:1:4::1"), now).err(),
+            Some(Refusal::TooManyFromSubnet)
+        );
+        assert!(a.admit(ip("2001:db8:2:4::1"), now).is_ok(), "another /48");
+        drop(first);
+        let _fourth = a.admit(ip("2001:db8:1:4::1"), now).unwrap();
+        // A refusal by the per-IP cap takes no place of the /48.
+        let b = Admission::new(AdmissionCaps {
+            max_per_subnet: 2,
+            ..caps(100, 1, 5)
+        });
+        let _one = b.admit(ip("2001:db8:1:1::1"), now).unwrap();
+        assert_eq!(
+            b.admit(ip("2001:db8:1:1::2"), now).err(),
+            Some(Refusal::TooManyFromIp)
+        );
+        let _two = b.admit(ip("2001:db8:1:2::1"), now).unwrap();
+        assert_eq!(
+            b.admit(ip("2001:db8:1:3::1"), now).err(),
+            Some(Refusal::TooManyFromSubnet)
+        );
+        // IPv4 clients are not capped per /24.
+        let c = Admission::new(AdmissionCaps {
+            max_per_subnet: 1,
+            ..caps(100, 1, 5)
+        });
+        let _v4 = [c.admit(ip("192.0.2.1"), now), c.admit(ip("192.0.2.2"), now)];
+        assert!(_v4.iter().all(Result::is_ok));
+    }
+
+    #[test]
+    fn failed_logins_per_subnet_at_n_and_n_plus_one() {
+        let a = Admission::new(AdmissionCaps {
+            max_subnet_failures: 3,
+            ..caps(100, 100, 2)
+        });
+        let now = Instant::now();
+        // One failure each from three IPv4 addresses of one /24: under the per-IP brake (2).
+        a.record_failure(ip("192.0.2.1"), now);
+        a.record_failure(ip("192.0.2.2"), now);
+        assert!(a.admit(ip("192.0.2.3"), now).is_ok(), "2 of 3");
+        a.record_failure(ip("192.0.2.3"), now);
+        assert_eq!(
+            a.admit(ip("192.0.2.4"), now).err(),
+            Some(Refusal::FailedLoginsFromSubnet)
+        );
+        assert!(a.admit(ip("192.0.3.4"), now).is_ok(), "another /24");
+        assert!(
+            a.admit(ip("192.0.2.4"), now + Duration::from_secs(61))
+                .is_ok()
+        );
+        // IPv6: per /48, across /64s.
+        for n in 1..=3 {
+            assert!(a.admit(ip(&format!("2001:db8:1:{n}::1")), now).is_ok());
+            a.record_failure(ip(&format!("2001:db8:1:{n}::1")), now);
+        }
+        assert_eq!(
+            a.admit(ip("2001:db8:1:9::1"), now).err(),
+            Some(Refusal::FailedLoginsFromSubnet)
+        );
+        assert!(a.admit(ip("2001:db8:2::1"), now).is_ok());
+    }
+
     #[test]
     fn per_ip_cap_at_n_and_n_plus_one() {
-        let a = Admission::new(10, 2, 5, Duration::from_secs(60));
+        let a = Admission::new(caps(10, 2, 5));
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let now = Instant::now();
         let first = a.admit(ip, now).unwrap();
@@ -265,7 +449,7 @@ mod tests {
 
     #[test]
     fn ipv6_clients_count_per_64() {
-        let a = Admission::new(10, 1, 5, Duration::from_secs(60));
+        let a = Admission::new(caps(10, 1, 5));
         let now = Instant::now();
         let _first = a.admit("2001:db8:1:2::1".parse().unwrap(), now).unwrap();
         assert_eq!(
@@ -281,7 +465,7 @@ mod tests {
 
     #[test]
     fn total_cap() {
-        let a = Admission::new(1, 5, 5, Duration::from_secs(60));
+        let a = Admission::new(caps(1, 5, 5));
         let now = Instant::now();
         let _one = a.admit("192.0.2.1".parse().unwrap(), now).unwrap();
         assert_eq!(
@@ -292,7 +476,7 @@ mod tests {
 
     #[test]
     fn failed_logins_brake_then_expire() {
-        let a = Admission::new(10, 10, 2, Duration::from_secs(60));
+        let a = Admission::new(caps(10, 10, 2));
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let now = Instant::now();
         a.record_failure(ip, now);

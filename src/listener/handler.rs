@@ -56,10 +56,20 @@ impl Client {
 struct Transfer {
     id: SpoolId,
     body: MessageBody,
-    /// A body write failed: the message will be refused with 451 at its end.
-    failed: bool,
+    /// A body write failed: the message will be refused at its end, with 452 if the spool's
+    /// file system was full, else 451.
+    failed: Option<BodyWriteFailure>,
     /// Header section and DKIM body hash, computed as the data streams past.
     hasher: MessageHasher,
+}
+
+/// Why a message's data could not be stored while it streamed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyWriteFailure {
+    /// The spool's file system is full (452 at the end of data).
+    StorageFull,
+    /// Any other write error (451).
+    Other,
 }
 
 /// One line of the transaction log (`postern::transaction`), the line operators grep for.
@@ -257,7 +267,7 @@ impl<'a> EventHandler<'a> {
         self.transfer = Some(Transfer {
             id,
             body,
-            failed: false,
+            failed: None,
             hasher: MessageHasher::new(),
         });
     }
@@ -268,13 +278,17 @@ impl<'a> EventHandler<'a> {
         let Some(t) = self.transfer.as_mut() else {
             return;
         };
-        if t.failed {
+        if t.failed.is_some() {
             return;
         }
         t.hasher.write(bytes);
         if let Err(e) = t.body.write(bytes).await {
             tracing::error!(queue_id = %t.id, error = %e, "spool: cannot store message data");
-            t.failed = true;
+            t.failed = Some(if e.is_storage_full() {
+                BodyWriteFailure::StorageFull
+            } else {
+                BodyWriteFailure::Other
+            });
         }
     }
 
@@ -316,10 +330,16 @@ impl<'a> EventHandler<'a> {
         let shared = self.shared;
         self.tx_id = None;
         let transfer = match self.transfer.take() {
-            Some(t) if !t.failed => t,
-            _ => {
+            Some(t) if t.failed.is_none() => t,
+            failed => {
                 self.metering.release(shared).await;
-                return CommitOutcome::Failed;
+                return match failed.and_then(|t| t.failed) {
+                    Some(BodyWriteFailure::StorageFull) => {
+                        shared.metrics.message_rejected("spool_full");
+                        CommitOutcome::StorageFull
+                    }
+                    _ => CommitOutcome::Failed,
+                };
             }
         };
         let counted = match self.metering.commit(shared).await {
@@ -335,7 +355,7 @@ impl<'a> EventHandler<'a> {
             }
         };
         let outcome = self.sign_and_spool(session, transfer, message).await;
-        if let CommitOutcome::Failed = outcome {
+        if let CommitOutcome::Failed | CommitOutcome::StorageFull = outcome {
             self.metering.refund(shared, counted).await;
         }
         outcome
@@ -418,6 +438,11 @@ impl<'a> EventHandler<'a> {
             Ok(()) => {
                 shared.metrics.message_accepted(size);
                 (CommitOutcome::Queued(transfer.id.0.clone()), "queued")
+            }
+            Err(e) if e.is_storage_full() => {
+                shared.metrics.message_rejected("spool_full");
+                tracing::error!(queue_id = %transfer.id, error = %e, "spool file system full; client told to retry later");
+                (CommitOutcome::StorageFull, "452 spool full")
             }
             Err(e) => {
                 shared.metrics.message_rejected("spool_error");

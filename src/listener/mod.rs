@@ -129,7 +129,14 @@ async fn admit_and_drive(shared: Arc<Shared>, mut stream: TcpStream, peer: Socke
             let (reply, label) = match refusal {
                 Refusal::TooManySessions => (Reply::too_many_connections(), "sessions"),
                 Refusal::TooManyFromIp => (Reply::too_many_connections_from_ip(), "per_ip"),
+                Refusal::TooManyFromSubnet => {
+                    (Reply::too_many_connections_from_network(), "per_subnet")
+                }
                 Refusal::FailedLogins => (Reply::too_many_failed_logins_from_ip(), "failed_logins"),
+                Refusal::FailedLoginsFromSubnet => (
+                    Reply::too_many_failed_logins_from_network(),
+                    "failed_logins_subnet",
+                ),
                 Refusal::ConnectionRate => (Reply::connection_rate_exceeded(), "connection_rate"),
             };
             shared.metrics.connection_rejected(label);

@@ -189,6 +189,8 @@ pub enum CommitOutcome {
     Queued(String),
     /// Not stored; the client should retry.
     Failed,
+    /// Not stored: the spool's file system is full (452); the client should retry later.
+    StorageFull,
     /// Not counted against the quota (the quota service did not answer): not accepted.
     QuotaUnavailable,
     /// The daily quota was used up before the message could be counted.
@@ -436,6 +438,7 @@ impl Session {
         match outcome {
             CommitOutcome::Queued(id) => self.reply(Reply::queued(&id)),
             CommitOutcome::Failed => self.reply(Reply::spool_failed()),
+            CommitOutcome::StorageFull => self.reply(Reply::insufficient_storage()),
             CommitOutcome::QuotaUnavailable => self.reply(Reply::quota_unavailable()),
             CommitOutcome::QuotaFull { limit, retry_after } => {
                 self.reply(Reply::daily_limit_reached(limit, &retry_after))

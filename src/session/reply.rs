@@ -367,6 +367,23 @@ impl Reply {
         )
     }
 
+    /// `421 4.7.0 Too many connections from your network, try again later` (the IPv6 /48 cap)
+    pub fn too_many_connections_from_network() -> Self {
+        Self::one(
+            421,
+            "4.7.0 Too many connections from your network, try again later",
+        )
+    }
+
+    /// `421 4.7.0 Too many failed logins from your network, try again later` (the failed-login
+    /// brake of an IPv4 /24 or IPv6 /48)
+    pub fn too_many_failed_logins_from_network() -> Self {
+        Self::one(
+            421,
+            "4.7.0 Too many failed logins from your network, try again later",
+        )
+    }
+
     /// `421 4.7.0 Too many failed logins from your address, try again later`
     pub fn too_many_failed_logins_from_ip() -> Self {
         Self::one(
@@ -383,6 +400,12 @@ impl Reply {
     /// `421 4.3.2 Service shutting down`
     pub fn shutting_down() -> Self {
         Self::one(421, "4.3.2 Service shutting down, try again later")
+    }
+
+    /// `452 4.3.1 Insufficient system storage` (the spool's file system is full: RFC 3463
+    /// 4.3.1, Mail system full; the client retries later, the session goes on)
+    pub fn insufficient_storage() -> Self {
+        Self::one(452, "4.3.1 Insufficient system storage")
     }
 
     /// `451 4.3.0 ...` (the spool could not keep the message)

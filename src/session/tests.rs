@@ -13,6 +13,8 @@ struct Harness {
     committed: Vec<CompletedMessage>,
     closed: bool,
     commits_fail: bool,
+    /// Commits fail as on a full spool file system (452).
+    commits_full: bool,
     holds: Vec<String>,
     hold_answer: Option<HoldOutcome>,
     resets: usize,
@@ -46,6 +48,7 @@ impl Harness {
             committed: Vec::new(),
             closed: false,
             commits_fail: false,
+            commits_full: false,
             holds: Vec::new(),
             hold_answer: None,
             resets: 0,
@@ -113,6 +116,8 @@ impl Harness {
                     self.committed.push(message);
                     let outcome = if self.commits_fail {
                         CommitOutcome::Failed
+                    } else if self.commits_full {
+                        CommitOutcome::StorageFull
                     } else {
                         CommitOutcome::Queued("QID".into())
                     };
@@ -500,6 +505,27 @@ fn failed_commit_answers_451() {
     assert_eq!(
         h.send(b"From: alice@example.org\r\n\r\nx\r\n.\r\n"),
         vec!["451 4.3.0 Error: queue file write error, try again later"]
+    );
+}
+
+#[test]
+fn full_spool_answers_452_and_the_session_goes_on() {
+    let mut h = Harness::login(Role::Submissions);
+    h.commits_full = true;
+    h.line("MAIL FROM:<alice@example.org>");
+    h.line("RCPT TO:<b@example.net>");
+    h.line("DATA");
+    assert_eq!(
+        h.send(b"From: alice@example.org\r\n\r\nx\r\n.\r\n"),
+        vec!["452 4.3.1 Insufficient system storage"]
+    );
+    h.commits_full = false;
+    assert_eq!(h.line("MAIL FROM:<alice@example.org>"), "250 2.1.0 Ok");
+    h.line("RCPT TO:<b@example.net>");
+    h.line("DATA");
+    assert_eq!(
+        h.send(b"From: alice@example.org\r\n\r\ny\r\n.\r\n"),
+        vec!["250 2.0.0 Ok: queued as QID"]
     );
 }
 

@@ -75,6 +75,30 @@ impl SpoolError {
     pub(super) fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> SpoolError {
         move |source| SpoolError::Io { op, source }
     }
+
+    /// Whether the file system holding the spool is full (`ENOSPC`) or its owner's disk quota
+    /// is used up (`EDQUOT`), whichever write found it (a data file, the journal append, an
+    /// fsync, a rename): the client hears `452 4.3.1 Insufficient system storage`, a
+    /// condition that passes once space is freed, rather than a generic write error.
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, SpoolError::Io { source, .. } if is_storage_full(source.kind()))
+    }
+
+    /// The OS error's kind, for errors passed on to other jobs' waiters.
+    fn kind(&self) -> std::io::ErrorKind {
+        match self {
+            SpoolError::Io { source, .. } => source.kind(),
+            _ => std::io::ErrorKind::Other,
+        }
+    }
+}
+
+/// `ENOSPC` and `EDQUOT`.
+fn is_storage_full(kind: std::io::ErrorKind) -> bool {
+    matches!(
+        kind,
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 enum Job {
@@ -293,7 +317,30 @@ impl Journal {
             done,
         })
         .await?;
-        wait.await.map_err(|_| SpoolError::Stopped)?
+        let recorded = wait.await.map_err(|_| SpoolError::Stopped)?;
+        if let Err(e) = &recorded
+            && !matches!(e, SpoolError::NotFound(_))
+        {
+            self.requeue(id, retry_ms);
+        }
+        recorded
+    }
+
+    /// Puts a message whose attempt could not be recorded (a full disk) back on the schedule
+    /// at `retry_ms` with its last recorded state, instead of leaving it in flight until the
+    /// next start: it is tried again, so recipients delivered in the unrecorded attempt may
+    /// get it twice (at least once, never lost).
+    fn requeue(&self, id: &SpoolId, retry_ms: u64) {
+        let mut index = self.index.lock().expect("spool index lock");
+        if let Some(mut entry) = index.remove(id) {
+            if entry.in_flight {
+                entry.in_flight = false;
+                entry.next_attempt_ms = retry_ms;
+            }
+            index.insert(entry);
+        }
+        drop(index);
+        self.due_changed.notify_one();
     }
 
     async fn send(&self, job: Job) -> Result<(), SpoolError> {
@@ -658,9 +705,10 @@ impl Committer {
         // no later offset may be computed from a length the file no longer has.
         self.discard_tail();
         for reply in replies {
+            // The kind goes along: a full disk is answered differently from other failures.
             let _ = reply.send(Err(SpoolError::Io {
                 op: "group commit",
-                source: std::io::Error::other(e.to_string()),
+                source: std::io::Error::new(e.kind(), e.to_string()),
             }));
         }
     }

@@ -29,7 +29,8 @@
 //! Failures are an [`Error`]; each store maps them to its own error type and adds the path.
 
 use rusqlite::{Connection, TransactionBehavior};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::Permissions;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -116,28 +117,63 @@ pub(crate) fn open(path: &Path, settings: &Settings) -> Result<Connection, Error
     {
         std::fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(PRIVATE_DIR_MODE)
             .create(parent)
+            .and_then(|()| {
+                std::fs::set_permissions(parent, Permissions::from_mode(PRIVATE_DIR_MODE))
+            })
             .map_err(|e| Error::Refused(format!("cannot create directory: {e}")))?;
     }
     if let Some(mode) = settings.file_mode {
-        // An empty file is a valid empty database to SQLite.
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(path)
-        {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(Error::Refused(format!("cannot create: {e}"))),
-        }
+        make_private_file(path, mode)?;
     }
     let mut conn =
         Connection::open(path).map_err(|e| Error::Refused(format!("cannot open: {e}")))?;
     configure(&conn, settings)?;
     migrate(&mut conn, &settings.schema)?;
     Ok(conn)
+}
+
+/// The mode of a directory [`open`] creates for a database file.
+const PRIVATE_DIR_MODE: u32 = 0o700;
+
+/// Creates the database file with `mode` before SQLite does, so that it never exists with a
+/// wider one, and gives an existing file (made by an older version, 0644) that mode too, as
+/// well as its `-wal` and `-shm` files (SQLite gives new ones the database file's mode). The
+/// mode is set explicitly as well as asked for at creation: a umask only takes bits away, and
+/// an unusual one (0277) must not leave the owner unable to write.
+fn make_private_file(path: &Path, mode: u32) -> Result<(), Error> {
+    // An empty file is a valid empty database to SQLite.
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(Error::Refused(format!("cannot create: {e}"))),
+    }
+    let mut companions = [path.as_os_str().to_owned(), path.as_os_str().to_owned()];
+    companions[0].push("-wal");
+    companions[1].push("-shm");
+    let files = std::iter::once(path.to_path_buf()).chain(companions.map(Into::into));
+    for file in files {
+        let current = match std::fs::metadata(&file) {
+            Ok(meta) => meta.permissions().mode() & 0o7777,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::Refused(format!("cannot read the mode: {e}"))),
+        };
+        if current != mode {
+            std::fs::set_permissions(&file, Permissions::from_mode(mode)).map_err(|e| {
+                Error::Refused(format!(
+                    "cannot set mode {mode:o} on {}: {e}",
+                    file.display()
+                ))
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Per-connection settings. `busy_timeout` comes first: switching to WAL may need a lock.
@@ -216,4 +252,62 @@ fn migrate(conn: &mut Connection, schema: &Schema) -> Result<(), Error> {
     tx.pragma_update(None, "user_version", latest)?;
     tx.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TempDir;
+
+    const PRIVATE: Settings = Settings {
+        busy_timeout: Duration::from_millis(100),
+        synchronous: Synchronous::Normal,
+        foreign_keys: false,
+        file_mode: Some(0o600),
+        schema: Schema {
+            name: "test schema",
+            migrations: &["CREATE TABLE t (x INTEGER) STRICT;"],
+            kind: None,
+        },
+    };
+
+    fn mode_of(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn new_file_and_directory_are_private() {
+        let dir = TempDir::new("sqlite-private");
+        let path = dir.path().join("made/here/x.db");
+        let conn = open(&path, &PRIVATE).unwrap();
+        conn.execute("INSERT INTO t VALUES (1)", []).unwrap();
+        assert_eq!(mode_of(&path), 0o600);
+        assert_eq!(mode_of(path.parent().unwrap()), 0o700);
+        // SQLite gives the WAL the database file's mode.
+        assert_eq!(mode_of(&dir.path().join("made/here/x.db-wal")), 0o600);
+    }
+
+    #[test]
+    fn existing_wide_files_are_narrowed() {
+        let dir = TempDir::new("sqlite-narrow");
+        let path = dir.path().join("old.db");
+        let wide = Settings {
+            file_mode: None,
+            ..PRIVATE
+        };
+        let conn = open(&path, &wide).unwrap();
+        conn.execute("INSERT INTO t VALUES (1)", []).unwrap();
+        let wal = dir.path().join("old.db-wal");
+        for file in [&path, &wal] {
+            std::fs::set_permissions(file, Permissions::from_mode(0o644)).unwrap();
+        }
+        let again = open(&path, &PRIVATE).unwrap();
+        assert_eq!(mode_of(&path), 0o600);
+        assert_eq!(mode_of(&wal), 0o600);
+        let rows: i64 = again
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 1);
+        drop((conn, again));
+    }
 }

@@ -7,7 +7,9 @@
   that matches none of its keys: all its answers are bogus. A child in ``unsigned`` is
   delegated without DS: insecure. ``anchor_file`` holds the DNSKEY records of ``lab.``, the
   trust anchor Postern validates from (``[dns] trust_anchor``); ``ds_file`` the same anchor
-  as the DS records of ``lab.``'s KSK (``keymgr ds``: SHA-256 and SHA-384).
+  as the DS records of ``lab.``'s KSK (``keymgr ds``: SHA-256 and SHA-384). With
+  ``split_keys``, ``lab.`` gets a KSK and a ZSK instead of one CSK (knot's default
+  policy): the KSK signs only the DNSKEY RRset; ``ksk_file`` holds the KSK's DNSKEY alone.
 * ``LabCa`` / ``self_signed``: certificates made with ``openssl`` for the receivers: a lab CA
   (for DANE-TA) issuing leaf certificates, and self-signed ones (for DANE-EE).
 * ``tlsa_digest``: the association data of a TLSA ``U 1 1`` record (SHA2-256 of the SPKI) or
@@ -103,6 +105,7 @@ class SignedKnot:
     children: dict[str, list[str]]
     unsigned: set[str] = dataclasses.field(default_factory=set)
     bogus_ds: set[str] = dataclasses.field(default_factory=set)
+    split_keys: bool = False
 
     def __post_init__(self):
         self.port = free_port()
@@ -110,6 +113,7 @@ class SignedKnot:
         self.conf = self.workdir / "knot.conf"
         self.anchor_file = self.workdir / "trust-anchor.keys"
         self.ds_file = self.workdir / "trust-anchor.ds"
+        self.ksk_file = self.workdir / "trust-anchor.ksk"
         self.log = self.workdir / "knotd.log"
 
     @property
@@ -154,12 +158,19 @@ class SignedKnot:
 
         ds: dict[str, list[str]] = {}
         for zone in self.zones:
-            if self.signed(zone):
+            if self.signed(zone) and zone == "lab." and self.split_keys:
+                self._keymgr(zone, "generate", "algorithm=ed25519", "ksk=yes", "zsk=no")
+                self._keymgr(zone, "generate", "algorithm=ed25519", "ksk=no", "zsk=yes")
+            elif self.signed(zone):
                 self._keymgr(zone, "generate", "algorithm=ed25519", "ksk=yes", "zsk=yes")
+            if self.signed(zone):
                 ds[zone] = [line for line in self._keymgr(zone, "ds").splitlines()
                             if " DS " in line and " 15 2 " in line]
         self.anchor_file.write_text(self._keymgr("lab.", "dnskey"))
         self.ds_file.write_text(self._keymgr("lab.", "ds"))
+        self.ksk_file.write_text("".join(
+            line + "\n" for line in self.anchor_file.read_text().splitlines()
+            if " DNSKEY 257 " in line))
 
         records: dict[str, list[str]] = {"lab.": []}
         for child, recs in self.children.items():

@@ -337,8 +337,12 @@ class SmtpClient:
     """A line-exact SMTP client. Each reply line must end in CRLF."""
 
     def __init__(self, host: str, port: int, *, implicit_tls: bool = False,
-                 timeout: float = 15.0, tls_context: ssl.SSLContext | None = None):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+                 timeout: float = 15.0, tls_context: ssl.SSLContext | None = None,
+                 source: str | None = None):
+        """``source``: the local address to connect from (e.g. ``127.0.0.9``: any of
+        127.0.0.0/8 reaches a listener on 127.0.0.1 on Linux)."""
+        self.sock = socket.create_connection(
+            (host, port), timeout=timeout, source_address=(source, 0) if source else None)
         self.timeout = timeout
         self.buf = b""
         self.tls = False
@@ -815,28 +819,30 @@ class Postern:
         return None
 
     # -- process ------------------------------------------------------------------------------
-    def start(self, timeout: float = 30.0):
+    def start(self, timeout: float = 30.0, *, ready: bool = True):
+        """Starts ``postern serve`` and waits for `/readyz` 200 (with ``ready=False`` only for
+        every listener to accept connections: a server that starts unready)."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.proc = subprocess.Popen(
             [str(self.binary), "--config", str(self.config_path), "serve"],
             stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True)
-        self.wait_ready(timeout)
+        self.wait_ready(timeout, ready=ready)
         return self
 
-    def wait_ready(self, timeout: float):
-        def ready():
+    def wait_ready(self, timeout: float, *, ready: bool = True):
+        def up():
             if self.proc.poll() is not None:
                 raise AssertionError(f"postern serve exited with {self.proc.returncode}:\n"
                                      f"{self.log_tail()}")
-            if "http" in self.config["listen"]:
+            if "http" in self.config["listen"] and ready:
                 try:
                     return self.http_get("/readyz", timeout=0.5)[0] == 200
                 except OSError:
                     return False
-            return all(port_open(self.port(r)) for r in ("submission", "submissions", "relay")
-                       if r in self.config["listen"])
-        wait_until(ready, timeout, "postern to be ready", interval=0.05)
+            return all(port_open(self.port(r)) for r in self.ROLES if r in self.config["listen"])
+        wait_until(up, timeout, "postern to be ready" if ready else "postern to listen",
+                   interval=0.05)
 
     def kill9(self):
         """``kill -9`` of the server (no chance to flush or clean up)."""

@@ -6,6 +6,7 @@ hosting account's server or nobody, never an unmetered trusted network."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -104,11 +105,15 @@ def test_hosting_50_recipients_a_day(hosting):
 PHP_MAIL = 'echo mail($argv[1], $argv[2], $argv[3], $argv[4]) ? "true" : "false";'
 
 
-def php_mail(srv, to: str, subject: str, body: str, headers: str) -> bool:
-    """Real PHP's mail() with `sendmail_path = "postern --config CFG sendmail -t -i"`."""
-    sendmail_path = f"{srv.binary} --config {srv.config_path} sendmail -t -i"
+def php_mail(srv, to: str, subject: str, body: str, headers: str,
+             sendmail_path: str | None = None) -> bool:
+    """Real PHP's mail() with `sendmail_path = "postern --config CFG sendmail -t -i"` (or the
+    given ``sendmail_path``), without POSTERN_CONFIG in its environment."""
+    if sendmail_path is None:
+        sendmail_path = f"{srv.binary} --config {srv.config_path} sendmail -t -i"
+    env = {k: v for k, v in os.environ.items() if k != "POSTERN_CONFIG"}
     result = run(["php", "-n", "-d", f"sendmail_path={sendmail_path}", "-r", PHP_MAIL,
-                  "--", to, subject, body, headers])
+                  "--", to, subject, body, headers], env=env, cwd=srv.dir)
     assert result.returncode == 0 and result.stdout in ("true", "false"), result
     return result.stdout == "true"
 
@@ -190,3 +195,27 @@ def test_php_mail_50_recipients_then_tempfail(make_server, mx, quota_backend):
     for address in ["late@plain.test", *sum(crossing, [])]:
         assert not mx.plain.attempts_for(address), address
     assert srv.quota("--hosting", ACCOUNT)["used"] == HOSTING
+
+
+@pytest.mark.parametrize("quota_backend", ["embedded"], indirect=True)
+def test_php_sendmail_path_with_config_after_options(make_server, mx, quota_backend):
+    """PHP's `sendmail_path` as hosting panels write it, `postern sendmail -t -i --config CFG`
+    (and `--config=CFG`), with no POSTERN_CONFIG and no config/postern.toml where PHP runs:
+    mail() returns true and the message is delivered. `postern sendmail -t --config` (no
+    value) exits 64 with `option --config needs a value`."""
+    srv = make_server(delivery_port=mx.port, relay=NO_TRUSTED_NETWORKS,
+                      quota=quota_backend.quota())
+    srv.add_hosting(ACCOUNT, ["127.0.0.0/8"], [DOMAIN])
+    assert not (srv.dir / "config" / "postern.toml").exists()
+    forms = {"spaced": f"{srv.binary} sendmail -t -i --config {srv.config_path}",
+             "equals": f"{srv.binary} sendmail -t -i --config={srv.config_path}"}
+    for name, sendmail_path in forms.items():
+        assert php_mail(srv, f"{name}@plain.test", f"Form {name}", "Sent.\n",
+                        f"From: shop@{DOMAIN}", sendmail_path=sendmail_path) is True, name
+    for name in forms:
+        got = mx.plain.wait_for(f"{name}@plain.test")
+        assert header_values(got.content, "Subject") == [f"Form {name}"]
+    result = srv.cli("sendmail", "-t", "--config", input="x\n", check=False,
+                     with_config=False)
+    assert result.returncode == 64, result
+    assert result.stderr.splitlines()[0] == "postern sendmail: option --config needs a value"

@@ -192,6 +192,30 @@ def test_auth_failures_per_ip_across_sessions(make_server, role):
     assert_refused_on_connect(srv, role)
 
 
+FAILED_LOGINS_FROM_NETWORK = "421 4.7.0 Too many failed logins from your network, try again later"
+
+
+def test_auth_failures_per_subnet_across_addresses(make_server):
+    """max_auth_failures_per_ip = 3, max_auth_failures_per_subnet = 4: one failed AUTH each
+    from 127.0.0.10 to .13, none of them near its own brake. After three, a connection from
+    127.0.0.14 is still greeted; after the fourth, a connection from 127.0.0.14 (no failure of
+    its own) gets `421 4.7.0 Too many failed logins from your network, try again later` and is
+    closed, while 127.0.1.1 (another /24) is greeted."""
+    srv = make_server(limits={"max_auth_failures_per_ip": 3, "max_auth_failures_per_subnet": 4})
+    alice = srv.alice
+    for n in range(10, 14):
+        if n == 13:
+            srv.connect("submission", source="127.0.0.14").close()     # 3 of 4: greeted
+        client = srv.connect("submissions", source=f"127.0.0.{n}")
+        client.ehlo()
+        assert client.auth_plain(alice.address, "wrong") == AUTH_FAILED
+        client.close()
+    refused = SmtpClient("127.0.0.1", srv.port("submission"), source="127.0.0.14")
+    assert refused.reply() == FAILED_LOGINS_FROM_NETWORK
+    refused.expect_closed()
+    srv.connect("submission", source="127.0.1.1").quit()
+
+
 # --- sessions and timeouts --------------------------------------------------------------------
 
 @pytest.mark.parametrize("role", ["submission", "submissions"])

@@ -1,17 +1,23 @@
 """Durability of the spool: what got `250 ... queued as` survives `kill -9`; what did not, never
 goes out."""
 
+import errno
 import hashlib
 import hmac
 import json
 import os
 import stat
 import struct
+import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
-from support import (DATA_GO, MAIL_OK, RCPT_OK, SmtpReceiver, free_port_on, make_message,
-                     queue_id, wait_until)
+import pytest
+
+from support import (DATA_GO, MAIL_OK, OK, RCPT_OK, SmtpReceiver, free_port_on, make_message,
+                     queue_id, run, wait_until)
+
+SPOOL_FULL = "452 4.3.1 Insufficient system storage"
 
 
 def test_kill9_right_after_250_then_delivered_after_restart(make_server, mx):
@@ -258,3 +264,112 @@ def test_spool_is_private_to_its_owner(make_server):
         assert stat.S_IMODE(p.stat().st_mode) == 0o700, p
     for p in files:
         assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+
+
+def test_databases_are_private_to_their_owner(make_server, mx, tmp_path):
+    """The quota database and the delivery log database (and their WAL files) are 0600, like
+    the store and the spool; directories Postern creates for them are 0700."""
+    quota_db = tmp_path / "made" / "quota" / "quota.db"
+    log_db = tmp_path / "made" / "log" / "delivery-log.db"
+    srv = make_server(delivery_port=mx.port, quota={"backend": "embedded", "path": quota_db},
+                      delivery_log={"path": log_db})
+    alice = srv.alice
+    client = srv.login(alice.address, alice.password)
+    client.transaction(alice.address, ["p@plain.test"],
+                       make_message(sender=alice.address, to="p@plain.test"))
+    mx.plain.wait_for("p@plain.test")
+    assert srv.quota(alice.address)["used"] == 1         # the quota file was written
+    wait_until(lambda: "p@plain.test" in srv.cli("log").stdout, 10, "the delivery logged")
+    for db in (quota_db, log_db, srv.dir / "store.db"):
+        files = [db] + [db.with_name(db.name + s) for s in ("-wal", "-shm")
+                        if db.with_name(db.name + s).exists()]
+        for f in files:
+            assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    assert quota_db.with_name("quota.db-wal").exists()
+    for d in (quota_db.parent, log_db.parent):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 4 MiB tmpfs mounted on a fresh directory (needs root); unmounted at teardown."""
+    mount = tmp_path / "small-fs"
+    mount.mkdir()
+    mounted = run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", mount])
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (root needed): {mounted.stderr.strip()}")
+    yield mount
+    run(["umount", "-l", mount])
+
+
+def fill_up(path):
+    """Writes ``path`` until the file system is full; returns the bytes written."""
+    written = 0
+    with open(path, "wb") as f:
+        try:
+            while True:
+                written += f.write(b"\0" * 65536)
+                f.flush()
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+    return written
+
+
+def test_full_spool_file_system_answers_452_and_loses_nothing(make_postern, small_tmpfs):
+    """The spool on a 4 MiB tmpfs that the test fills up with a file:
+    - a small message (journal append) and a large one (over `spool.inline_max_bytes`: its data
+      file) get `452 4.3.1 Insufficient system storage` at end of data, and the session goes on
+      (NOOP, MAIL, RCPT answered as usual);
+    - a message accepted before, whose delivery attempts keep failing temporarily while the
+      disk is full, keeps being tried (an attempt that cannot be recorded is not lost in
+      flight) and is delivered once the MX accepts it;
+    - after the filler is removed the same session's next message gets 250 and is delivered,
+      as is the one delivered before the disk filled."""
+    port = free_port_on("127.0.0.3")
+    hold = threading.Event()
+    hold.set()
+
+    def policy(address: str, attempt: int):
+        return "451 4.3.0 Try again later" if address.startswith("held") and hold.is_set() else None
+    receiver = SmtpReceiver("127.0.0.3", port, policy=policy).start()
+    try:
+        pt = make_postern(delivery_port=port,
+                          spool={"path": small_tmpfs / "spool", "inline_max_bytes": 65536})
+        alice = pt.add_account("alice@example.org", "laptop")
+        pt.start()
+        client = pt.login(alice.address, alice.password)
+        client.transaction(alice.address, ["early@plain.test"],
+                           make_message(sender=alice.address, to="early@plain.test"))
+        client.transaction(alice.address, ["held@plain.test"],
+                           make_message(sender=alice.address, to="held@plain.test"))
+        receiver.wait_for("early@plain.test")
+        wait_until(lambda: receiver.attempts_for("held@plain.test"), 10, "first attempt")
+
+        fill_up(small_tmpfs / "filler")
+        tried_before = len(receiver.attempts_for("held@plain.test"))
+        # Inline, but more than a page: tmpfs fills the last page of a file without new space.
+        small = make_message(sender=alice.address, to="full@plain.test",
+                             body=("s" * 76 + "\r\n") * 100)
+        large = make_message(sender=alice.address, to="full@plain.test",
+                             body=("z" * 76 + "\r\n") * 2_000)        # 156 kB > 64 KiB inline
+        for message in (small, large):
+            assert client.cmd(f"MAIL FROM:<{alice.address}>") == MAIL_OK
+            assert client.cmd("RCPT TO:<full@plain.test>") == RCPT_OK
+            assert client.cmd("DATA") == DATA_GO
+            assert client.send_data(message) == SPOOL_FULL
+            assert client.cmd("NOOP") == OK
+        # Attempts go on while the disk is full (each fails to be recorded).
+        wait_until(lambda: len(receiver.attempts_for("held@plain.test")) >= tried_before + 2,
+                   15, "attempts for held@ while the disk is full")
+
+        (small_tmpfs / "filler").unlink()
+        client.transaction(alice.address, ["after@plain.test"],
+                           make_message(sender=alice.address, to="after@plain.test"))
+        hold.clear()
+        receiver.wait_for("after@plain.test")
+        receiver.wait_for("held@plain.test", timeout=20)
+        assert not receiver.attempts_for("full@plain.test"), "a refused message was delivered"
+        assert [m.rcpt_tos for m in receiver.received()].count(["early@plain.test"]) == 1
+        client.quit()
+    finally:
+        receiver.stop()

@@ -2,8 +2,12 @@
 //! tools that call `/usr/sbin/sendmail`.
 //!
 //! ```text
-//! postern [--config PATH] sendmail [-t] [-i] [-oi] [-f SENDER] [-F NAME] [RECIPIENT...]
+//! postern [--config PATH] sendmail [-t] [-i] [-oi] [-f SENDER] [-F NAME] [--config PATH] [RECIPIENT...]
 //! ```
+//!
+//! `--config PATH` (or `--config=PATH`) may also come after `sendmail`, among its options
+//! (`sendmail_path = "postern sendmail -t -i --config /etc/postern/postern.toml"`); there it
+//! wins over the one before `sendmail` and over `POSTERN_CONFIG`.
 //!
 //! It reads one message on standard input and submits it over plain SMTP (EHLO, MAIL, RCPT...,
 //! DATA) to the relay listener of the config (`listen.relay`; an unspecified address such as
@@ -88,7 +92,8 @@ const EX_PROTOCOL: u8 = 76;
 const EX_CONFIG: u8 = 78;
 
 /// The usage line printed with usage errors.
-const USAGE: &str = "usage: postern sendmail [-t] [-i] [-oi] [-f SENDER] [-F NAME] [RECIPIENT...]";
+const USAGE: &str =
+    "usage: postern sendmail [-t] [-i] [-oi] [-f SENDER] [-F NAME] [--config PATH] [RECIPIENT...]";
 
 /// `postern sendmail ...`: everything after `sendmail` is parsed here, sendmail-style (bundled
 /// flags, `-fSENDER` and `-f SENDER`, `-oi`), not by clap.
@@ -173,6 +178,7 @@ pub(super) fn main(
     err: &mut dyn Write,
 ) -> u8 {
     let result = parse_options(&args.args).and_then(|options| {
+        let config_path = options.config.as_deref().unwrap_or(config_path);
         let config = Config::load(config_path).map_err(|e| Failure::Config(e.to_string()))?;
         run(&options, &config, input, &default_sender(&config))
     });

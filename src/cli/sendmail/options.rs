@@ -1,10 +1,13 @@
 //! The `postern sendmail` command line, read sendmail-style (bundled flags, `-fSENDER` and
 //! `-f SENDER`, `-oi`): which options exist and what each means is in the parent module's
-//! documentation. Every problem is a [`Failure::Usage`] (exit 64).
+//! documentation. Every problem is a [`Failure::Usage`] (exit 64). The one long option,
+//! `--config PATH` (or `--config=PATH`), may stand anywhere before `--`: PHP's
+//! `sendmail_path` is written `postern sendmail -t -i --config /etc/postern/postern.toml`.
 
 use super::Failure;
 use super::address::{address_list, plausible_address};
 use crate::session::headers::mailbox_addresses;
+use std::path::PathBuf;
 
 /// The parsed command line.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -19,7 +22,12 @@ pub(super) struct Options {
     pub(super) full_name: Option<String>,
     /// Recipient arguments, split into addresses.
     pub(super) recipients: Vec<String>,
+    /// `--config PATH`: overrides the `postern --config` given before `sendmail`.
+    pub(super) config: Option<PathBuf>,
 }
+
+/// The long option that names the config file.
+const CONFIG_OPTION: &str = "--config";
 
 /// Parses sendmail options (see the module documentation).
 pub(super) fn parse_options(args: &[String]) -> Result<Options, Failure> {
@@ -36,6 +44,24 @@ pub(super) fn parse_options(args: &[String]) -> Result<Options, Failure> {
         }
         if arg == "--" {
             only_recipients = true;
+            continue;
+        }
+        if arg == CONFIG_OPTION {
+            let path = args
+                .next()
+                .filter(|path| !path.is_empty())
+                .ok_or_else(|| usage(format!("option {CONFIG_OPTION} needs a value")))?;
+            options.config = Some(PathBuf::from(path));
+            continue;
+        }
+        if let Some(path) = arg
+            .strip_prefix(CONFIG_OPTION)
+            .and_then(|r| r.strip_prefix('='))
+        {
+            if path.is_empty() {
+                return Err(usage(format!("option {CONFIG_OPTION} needs a value")));
+            }
+            options.config = Some(PathBuf::from(path));
             continue;
         }
         if arg == "-" || arg.starts_with("--") {
@@ -173,6 +199,37 @@ mod tests {
         assert!(!o.ignore_dots);
         assert_eq!(o.recipients, ["a@x.org"]);
         assert!(options(&["-Fname", "a@x.org"]).full_name.as_deref() == Some("name"));
+    }
+
+    #[test]
+    fn config_option_anywhere() {
+        let o = options(&["-t", "-i", "--config", "/etc/postern/postern.toml"]);
+        assert!(o.extract && o.ignore_dots && o.recipients.is_empty());
+        assert_eq!(
+            o.config.as_deref(),
+            Some(std::path::Path::new("/etc/postern/postern.toml"))
+        );
+        let o = options(&["--config=/a.toml", "-f", "s@x.org", "a@x.org"]);
+        assert_eq!(o.config.as_deref(), Some(std::path::Path::new("/a.toml")));
+        assert_eq!(o.recipients, ["a@x.org"]);
+        assert_eq!(o.sender.as_deref(), Some("s@x.org"));
+        let o = options(&["a@x.org", "--config", "/b.toml", "--config=/c.toml"]);
+        assert_eq!(o.config.as_deref(), Some(std::path::Path::new("/c.toml")));
+        assert_eq!(options(&["-t"]).config, None);
+        // After `--` it is a recipient argument like any other word.
+        assert_eq!(
+            usage_error(&["--", "--config"]),
+            "invalid recipient \"--config\""
+        );
+        assert_eq!(
+            usage_error(&["-t", "--config"]),
+            "option --config needs a value"
+        );
+        assert_eq!(usage_error(&["--config="]), "option --config needs a value");
+        assert_eq!(
+            usage_error(&["--configx=/a"]),
+            "unknown option --configx=/a"
+        );
     }
 
     #[test]

@@ -79,7 +79,8 @@ const SQLITE: sqlite::Settings = sqlite::Settings {
     busy_timeout: BUSY_TIMEOUT,
     synchronous: sqlite::Synchronous::Normal,
     foreign_keys: false,
-    file_mode: None,
+    // Who sent how much is private too, like the directory beside it.
+    file_mode: Some(0o600),
     schema: sqlite::Schema {
         name: "quota schema",
         migrations: MIGRATIONS,
