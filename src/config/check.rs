@@ -94,6 +94,9 @@ impl LimitsConfig {
         if self.max_auth_failures == 0 {
             return invalid("limits.max_auth_failures", "must be at least 1");
         }
+        if self.max_received_headers == 0 {
+            return invalid("limits.max_received_headers", "must be at least 1");
+        }
         Ok(())
     }
 }

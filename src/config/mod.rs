@@ -519,6 +519,10 @@ pub struct LimitsConfig {
     /// Window of `max_auth_failures_per_ip` and `max_auth_failures_per_subnet`.
     #[serde(default = "default_auth_failure_window", with = "duration::serde_text")]
     pub auth_failure_window: Duration,
+    /// `Received:` fields a message may carry; a message with more is a loop and gets
+    /// `554 5.4.6 Too many hops` (Postfix's `hopcount_limit`, 50).
+    #[serde(default = "default_max_received_headers")]
+    pub max_received_headers: usize,
 }
 
 impl Default for LimitsConfig {
@@ -535,6 +539,7 @@ impl Default for LimitsConfig {
             max_auth_failures_per_ip: default_max_auth_failures_per_ip(),
             max_auth_failures_per_subnet: default_max_auth_failures_per_subnet(),
             auth_failure_window: default_auth_failure_window(),
+            max_received_headers: default_max_received_headers(),
         }
     }
 }
@@ -571,6 +576,9 @@ fn default_max_auth_failures_per_subnet() -> u32 {
 }
 fn default_auth_failure_window() -> Duration {
     Duration::from_secs(600)
+}
+fn default_max_received_headers() -> usize {
+    50
 }
 
 /// `[timeouts]`
@@ -734,6 +742,7 @@ mod tests {
     fn minimal_config_takes_defaults() {
         let c = Config::parse(MINIMAL).unwrap();
         assert_eq!(c.limits.max_recipients, 100);
+        assert_eq!(c.limits.max_received_headers, 50);
         assert_eq!(c.limits.max_message_size, 210_763_776);
         assert_eq!(c.delivery.port, 25);
         assert!(c.dns.servers.is_empty());

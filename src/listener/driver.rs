@@ -66,6 +66,7 @@ pub(super) fn new_session(
         max_message_size: config.limits.max_message_size,
         max_bad_commands: config.limits.max_bad_commands,
         max_auth_failures: config.limits.max_auth_failures,
+        max_received_headers: config.limits.max_received_headers,
         relay_allowed,
         hosting,
         implicit_tls: role == Role::Submissions,

@@ -1,6 +1,7 @@
 //! Decisions about who may send what, as pure functions and types: no I/O, no clock.
 //!
 //! - [`address`]: the syntax of addresses the provider hosts (logins, senders, aliases).
+//! - [`mailbox`]: the one mailbox of a `From:`-like header field, read strictly (RFC 5322).
 //! - [`password`]: device passwords: generation, hashing, constant-time checks.
 //! - [`sender`]: which envelope and header senders an authenticated user owns.
 //! - [`Plan`]: the offer an address belongs to; quotas per plan build on it.
@@ -9,6 +10,7 @@
 //! store's job ([`crate::store`]); enforcing the answers is the session's and listener's.
 
 pub mod address;
+pub mod mailbox;
 pub mod password;
 pub mod quota;
 pub mod sender;

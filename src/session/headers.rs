@@ -2,12 +2,14 @@
 //! Postern adds in front of it.
 //!
 //! Deliberately small: this is not a MIME parser. It finds the header section (up to the
-//! first empty line), unfolds fields (RFC 5322 section 2.2.3) and reads the addresses of
-//! `From:` well enough to decide ownership: angle addresses, bare addresses, quoted display
-//! names and comments. RFC 6409 section 8 lets a submission server add `Message-ID:` and
+//! first empty line), unfolds fields (RFC 5322 section 2.2.3), reads the one mailbox of each
+//! identity field (`From:`, `Sender:`, `Resent-From:`, `Resent-Sender:`) strictly with
+//! [`single_mailbox`] to decide ownership, and counts `Received:` fields (the hop count). RFC 6409 section 8 lets a submission server add `Message-ID:` and
 //! `Date:` when they are missing; the `Received:` trace field is RFC 5321 section 4.4.
 
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::policy::mailbox::single_mailbox;
 
 /// Largest header section examined; a message whose header section is longer is refused.
 pub const MAX_HEADER_SECTION: usize = 1024 * 1024;
@@ -23,9 +25,44 @@ pub struct HeaderFacts {
     pub has_message_id: bool,
     /// A `Date:` field exists.
     pub has_date: bool,
-    /// A `From:` field could not be read unambiguously (an empty or unclosed mailbox, two
-    /// angle addresses in one mailbox, text after `>`): ownership cannot be decided.
+    /// A `From:` field is not exactly one unambiguous mailbox (see
+    /// [`crate::policy::mailbox`]): ownership cannot be decided.
     pub from_malformed: bool,
+    /// The `Sender:`, `Resent-From:` and `Resent-Sender:` fields, in order.
+    pub identities: Vec<IdentityField>,
+    /// Number of `Received:` fields: the hops the message has made.
+    pub received_fields: usize,
+}
+
+/// A header field other than `From:` that names who sent the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityHeader {
+    /// `Sender:` (RFC 5322 section 3.6.2; at most one).
+    Sender,
+    /// `Resent-From:` (section 3.6.6; one per resent block).
+    ResentFrom,
+    /// `Resent-Sender:` (section 3.6.6).
+    ResentSender,
+}
+
+impl IdentityHeader {
+    /// The field name as RFC 5322 spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            IdentityHeader::Sender => "Sender",
+            IdentityHeader::ResentFrom => "Resent-From",
+            IdentityHeader::ResentSender => "Resent-Sender",
+        }
+    }
+}
+
+/// One identity field and its mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityField {
+    /// Which field.
+    pub header: IdentityHeader,
+    /// Its one mailbox, lower-cased; `None` when it is not exactly one unambiguous mailbox.
+    pub address: Option<String>,
 }
 
 /// Where a CRLF CRLF ends in `data` (offset just past it), if anywhere.
@@ -64,14 +101,24 @@ pub fn scan_headers(section: &[u8]) -> HeaderFacts {
         let Some((name, value)) = field.split_once(':') else {
             continue;
         };
+        let identity = |header| IdentityField {
+            header,
+            address: single_mailbox(value).ok(),
+        };
         match name.trim().to_ascii_lowercase().as_str() {
             "from" => {
                 facts.from_fields += 1;
-                match strict_mailbox_addresses(value) {
-                    Some(addresses) => facts.from.extend(addresses),
-                    None => facts.from_malformed = true,
+                match single_mailbox(value) {
+                    Ok(address) => facts.from.push(address),
+                    Err(_) => facts.from_malformed = true,
                 }
             }
+            "sender" => facts.identities.push(identity(IdentityHeader::Sender)),
+            "resent-from" => facts.identities.push(identity(IdentityHeader::ResentFrom)),
+            "resent-sender" => facts
+                .identities
+                .push(identity(IdentityHeader::ResentSender)),
+            "received" => facts.received_fields += 1,
             "message-id" => facts.has_message_id = true,
             "date" => facts.has_date = true,
             _ => {}
@@ -162,46 +209,6 @@ pub fn mailbox_addresses(value: &str) -> Vec<String> {
     }
     finish(&mut current, &mut angle);
     out
-}
-
-/// The addresses of a mailbox list read strictly, for deciding ownership: `None` if any
-/// mailbox is empty, holds two angle addresses, has text after its `>`, leaves a `<` open or
-/// lacks an `@`. What a mail client displays must be what was checked, so anything a client
-/// might read differently is refused rather than guessed.
-pub fn strict_mailbox_addresses(value: &str) -> Option<Vec<String>> {
-    let mut out = Vec::new();
-    let mut plain = String::new();
-    let mut angle: Option<String> = None;
-    let mut closed = false;
-    let finish = |plain: &mut String, angle: &mut Option<String>, closed: &mut bool| {
-        let address = match angle.take() {
-            Some(a) if *closed => a,
-            Some(_) => return None,
-            None => std::mem::take(plain),
-        };
-        plain.clear();
-        *closed = false;
-        let address = address.trim().to_ascii_lowercase();
-        (address.contains('@') && !address.contains(char::is_whitespace)).then_some(address)
-    };
-    for (c, place) in structured_chars(value) {
-        match (place, c) {
-            (Where::Hidden, _) => {}
-            (Where::Angle, '>') => closed = true,
-            (Where::Plain, '<') if angle.is_some() => return None,
-            (Where::Plain, '<') => angle = Some(String::new()),
-            (Where::Angle, c) => angle.as_mut()?.push(c),
-            (Where::Plain, ',') => out.push(finish(&mut plain, &mut angle, &mut closed)?),
-            (Where::Plain, c) if closed && !c.is_whitespace() => return None,
-            (Where::Plain, c) => {
-                if angle.is_none() {
-                    plain.push(c);
-                }
-            }
-        }
-    }
-    out.push(finish(&mut plain, &mut angle, &mut closed)?);
-    Some(out)
 }
 
 /// A `Date:` value (RFC 5322 section 3.3) in UTC.
@@ -337,30 +344,39 @@ mod tests {
     }
 
     #[test]
-    fn strict_from_refuses_what_clients_could_read_differently() {
-        assert_eq!(
-            strict_mailbox_addresses(" \"Doe, <John>\" <J@x.org>, k@y.org (K)"),
-            Some(vec!["j@x.org".to_string(), "k@y.org".to_string()])
-        );
-        for bad in [
-            " <ceo@bank.example><alice@example.org>",
-            " <alice@example.org> ceo@bank.example",
-            " \"CEO\" <>",
-            " alice@example.org,",
-            " <alice@example.org",
-            " Alice",
-        ] {
-            assert_eq!(strict_mailbox_addresses(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
     fn facts_unfold_and_count() {
         let facts = scan_headers(b"From: a@x.org\r\nSubject: s\r\n\tmore\r\nMessage-Id: <1@x>\r\n");
         assert_eq!(facts.from, vec!["a@x.org"]);
         assert_eq!(facts.from_fields, 1);
         assert!(facts.has_message_id);
         assert!(!facts.has_date);
+    }
+
+    #[test]
+    fn facts_read_identity_fields_and_count_hops() {
+        let facts = scan_headers(
+            b"Received: from a\r\n\tby b; x\r\nreceived: c\r\nFrom: Alice <Alice@x.org>\r\n\
+              Sender: s@x.org\r\nResent-From: bob@y <a@x.org>\r\nRESENT-SENDER: r@x.org\r\n",
+        );
+        assert_eq!(facts.received_fields, 2);
+        assert_eq!(facts.from, vec!["alice@x.org"]);
+        assert!(!facts.from_malformed);
+        let identities: Vec<_> = facts
+            .identities
+            .iter()
+            .map(|f| (f.header.name(), f.address.as_deref()))
+            .collect();
+        assert_eq!(
+            identities,
+            vec![
+                ("Sender", Some("s@x.org")),
+                ("Resent-From", None),
+                ("Resent-Sender", Some("r@x.org")),
+            ]
+        );
+        let spoof = scan_headers(b"From: bob@example.org <alice@example.org>\r\n");
+        assert!(spoof.from_malformed);
+        assert!(spoof.from.is_empty());
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub mod reply;
 use crate::policy::sender;
 use base64::Engine;
 use data::{DataError, DataScanner, Framing};
-use headers::HeaderFacts;
+use headers::{HeaderFacts, IdentityField, IdentityHeader};
 pub use reply::Reply;
 use smtp_proto::{Error as ProtoError, Request};
 use std::collections::VecDeque;
@@ -71,6 +71,8 @@ pub struct SessionConfig {
     pub max_bad_commands: u32,
     /// Failed AUTHs before 421.
     pub max_auth_failures: u32,
+    /// `Received:` fields a message may carry; one more is a loop (`554 5.4.6`).
+    pub max_received_headers: usize,
     /// The relay role: whether this client's network may relay.
     pub relay_allowed: bool,
     /// The relay role: the hosting account this client's network belongs to, whose domains
@@ -210,10 +212,14 @@ pub enum MessageRefusal {
     /// Broken data or header section: bare CR or LF, a line over 998 octets, a header
     /// section over its cap or starting with a continuation line (554).
     Malformed,
-    /// No single well-formed `From:` field, so the message cannot show whose it is (550).
+    /// No single well-formed `From:` field, so the message cannot show whose it is, or a
+    /// malformed or repeated `Sender:`, `Resent-From:`, `Resent-Sender:` (550).
     FromHeader,
-    /// `From:` names an address the authenticated user may not send as (550).
+    /// `From:`, `Sender:`, `Resent-From:` or `Resent-Sender:` names an address the
+    /// authenticated user may not send as (550).
     SenderNotOwned,
+    /// More `Received:` fields than `max_received_headers`: a mail loop (554).
+    TooManyHops,
 }
 
 impl MessageRefusal {
@@ -225,6 +231,7 @@ impl MessageRefusal {
             // The From rules are the first step of the ownership check: dashboards have
             // always counted both under one label.
             MessageRefusal::FromHeader | MessageRefusal::SenderNotOwned => "sender_not_owned",
+            MessageRefusal::TooManyHops => "too_many_hops",
         }
     }
 }
@@ -1049,6 +1056,11 @@ impl Session {
             return;
         }
         let facts = headers::scan_headers(&tx.header_buf);
+        if facts.received_fields > self.config.max_received_headers {
+            let reply = Reply::too_many_hops();
+            self.refuse_message(reply, MessageRefusal::TooManyHops, recipients);
+            return;
+        }
         if let Some(user) = &self.auth {
             if facts.from_fields == 0 {
                 let reply = Reply::missing_from_header();
@@ -1067,6 +1079,10 @@ impl Session {
             {
                 let reply = Reply::sender_not_owned(&user.address);
                 self.refuse_message(reply, MessageRefusal::SenderNotOwned, recipients);
+                return;
+            }
+            if let Some((reply, reason)) = identity_refusal(&facts.identities, user) {
+                self.refuse_message(reply, reason, recipients);
                 return;
             }
         }
@@ -1094,6 +1110,38 @@ impl Session {
         });
         self.reply(reply);
     }
+}
+
+/// The refusal a message's `Sender:`, `Resent-From:` and `Resent-Sender:` fields earn, if
+/// any: each must be one unambiguous mailbox (and `Sender:` appear once at most, RFC 5322
+/// section 3.6) that `user` may send as, like `From:`. Every resent block is checked, not only
+/// the newest: a field the user cannot vouch for is not signed for the user's domain.
+fn identity_refusal(
+    identities: &[IdentityField],
+    user: &Authenticated,
+) -> Option<(Reply, MessageRefusal)> {
+    let senders = identities
+        .iter()
+        .filter(|f| f.header == IdentityHeader::Sender)
+        .count();
+    if senders > 1 {
+        let reply = Reply::malformed_identity_header(IdentityHeader::Sender.name());
+        return Some((reply, MessageRefusal::FromHeader));
+    }
+    if let Some(field) = identities.iter().find(|f| f.address.is_none()) {
+        let reply = Reply::malformed_identity_header(field.header.name());
+        return Some((reply, MessageRefusal::FromHeader));
+    }
+    let not_owned = identities
+        .iter()
+        .filter_map(|f| f.address.as_deref())
+        .any(|a| !sender::may_send_as(&user.senders, a));
+    not_owned.then(|| {
+        (
+            Reply::sender_not_owned(&user.address),
+            MessageRefusal::SenderNotOwned,
+        )
+    })
 }
 
 fn notify_keywords(flags: u64) -> Option<String> {

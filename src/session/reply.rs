@@ -260,12 +260,25 @@ impl Reply {
         )
     }
 
-    /// `550 5.6.0 ...` (a From: field whose addresses cannot be read unambiguously, or two)
+    /// `550 5.6.0 ...` (a From: field that is not one unambiguous mailbox, or two)
     pub fn malformed_from_header() -> Self {
+        Self::malformed_identity_header("From")
+    }
+
+    /// `550 5.6.0 Malformed or repeated FIELD header field (RFC 5322 section 3.6)`: a `From:`,
+    /// `Sender:`, `Resent-From:` or `Resent-Sender:` field that is not one unambiguous
+    /// mailbox, or a second `From:` or `Sender:`.
+    pub fn malformed_identity_header(field: &str) -> Self {
         Self::one(
             550,
-            "5.6.0 Malformed or repeated From header field (RFC 5322 section 3.6)",
+            format!("5.6.0 Malformed or repeated {field} header field (RFC 5322 section 3.6)"),
         )
+    }
+
+    /// `554 5.4.6 Too many hops` (more `Received:` fields than `[limits] max_received_headers`:
+    /// a mail loop, RFC 5321 section 6.3)
+    pub fn too_many_hops() -> Self {
+        Self::one(554, "5.4.6 Too many hops")
     }
 
     /// `554 5.6.0 Header section starts with a continuation line (RFC 5322 section 2.2.3)`

@@ -35,6 +35,7 @@ impl Harness {
             max_message_size: 1000,
             max_bad_commands: 5,
             max_auth_failures: 3,
+            max_received_headers: 50,
             relay_allowed: true,
             hosting: None,
             implicit_tls: role == Role::Submissions,
@@ -763,5 +764,124 @@ fn each_refusal_at_end_of_data_carries_its_reason() {
         assert_eq!(h.refusals, vec![(reply.to_string(), reason, 2)]);
         assert_eq!(reason.label(), label);
         assert!(h.committed.is_empty(), "{reply}");
+    }
+}
+
+/// Submits `message` (ending in CRLF.CRLF) in a fresh transaction and returns the reply.
+fn submit(h: &mut Harness, message: &str) -> String {
+    h.line("MAIL FROM:<alice@example.org>");
+    h.line("RCPT TO:<a@example.net>");
+    h.line("DATA");
+    h.send(message.as_bytes()).join("\n")
+}
+
+#[test]
+fn sender_and_resent_fields_must_be_owned_like_from() {
+    let not_owned = "550 5.7.1 Sender address rejected: not owned by user alice@example.org";
+    let malformed = |f: &str| {
+        format!("550 5.6.0 Malformed or repeated {f} header field (RFC 5322 section 3.6)")
+    };
+    let cases: Vec<(&str, String)> = vec![
+        ("Sender: sales@example.org", "250".into()),
+        ("Resent-From: Sales <sales@example.org>", "250".into()),
+        ("Resent-Sender: alice@example.org", "250".into()),
+        (
+            "Resent-From: alice@example.org\r\nResent-Sender: sales@example.org\r\nResent-From: sales@example.org",
+            "250".into(),
+        ),
+        ("Sender: boss@example.org", not_owned.into()),
+        ("Resent-From: boss@example.org", not_owned.into()),
+        ("resent-sender: Boss <boss@example.org>", not_owned.into()),
+        (
+            "Resent-From: alice@example.org\r\nResent-From: boss@example.org",
+            not_owned.into(),
+        ),
+        (
+            "Sender: boss@example.org <alice@example.org>",
+            malformed("Sender"),
+        ),
+        (
+            "Resent-From: x:boss@example.org;<alice@example.org>",
+            malformed("Resent-From"),
+        ),
+        (
+            "Resent-Sender: alice@example.org, sales@example.org",
+            malformed("Resent-Sender"),
+        ),
+        (
+            "Sender: alice@example.org\r\nSender: sales@example.org",
+            malformed("Sender"),
+        ),
+    ];
+    for (fields, reply) in cases {
+        let mut h = Harness::login(Role::Submissions);
+        let message = format!("From: alice@example.org\r\n{fields}\r\n\r\nhi\r\n.\r\n");
+        let got = submit(&mut h, &message);
+        if reply == "250" {
+            assert!(got.starts_with("250 2.0.0 Ok"), "{fields}: {got}");
+            assert_eq!(h.committed.len(), 1);
+        } else {
+            assert_eq!(got, reply, "{fields}");
+            assert!(h.committed.is_empty(), "{fields}");
+        }
+    }
+}
+
+#[test]
+fn from_must_be_exactly_one_unambiguous_owned_mailbox() {
+    let malformed = "550 5.6.0 Malformed or repeated From header field (RFC 5322 section 3.6)";
+    let not_owned = "550 5.7.1 Sender address rejected: not owned by user alice@example.org";
+    for (from, reply) in [
+        ("bob@example.org <alice@example.org>", malformed),
+        ("x:bob@example.org;<alice@example.org>", malformed),
+        ("alice@example.org, sales@example.org", malformed),
+        ("alice@example.org (bob@example.org)", malformed),
+        (
+            "=?utf-8?q?bob=40example.org?= <alice@example.org>",
+            malformed,
+        ),
+        ("\"alice\"@example.org", not_owned),
+        ("Bob <bob@example.org>", not_owned),
+        ("\"Example, Alice\" <alice@example.org>", "250"),
+        ("=?utf-8?q?Al=C3=AFce?= <Sales@Example.org>", "250"),
+    ] {
+        let mut h = Harness::login(Role::Submissions);
+        let got = submit(&mut h, &format!("From: {from}\r\n\r\nhi\r\n.\r\n"));
+        if reply == "250" {
+            assert!(got.starts_with("250 2.0.0 Ok"), "{from}: {got}");
+        } else {
+            assert_eq!(got, reply, "{from}");
+        }
+    }
+}
+
+#[test]
+fn more_received_fields_than_the_limit_are_a_loop() {
+    let message = |hops: usize| {
+        let trace = "Received: from a.example by b.example; Wed, 2 Dec 2026 07:00:00 +0000\r\n";
+        format!(
+            "{}From: alice@example.org\r\n\r\nhi\r\n.\r\n",
+            trace.repeat(hops)
+        )
+    };
+    for role in [Role::Submissions, Role::Relay] {
+        let mut h = if role == Role::Relay {
+            let mut h = Harness::with(role, |c| c.max_received_headers = 3);
+            h.line("EHLO web1.hosting.test");
+            h
+        } else {
+            let mut h = Harness::with(role, |c| c.max_received_headers = 3);
+            h.line("EHLO client.test");
+            h.line(&format!("AUTH PLAIN {}", plain(USER, PASSWORD)));
+            h
+        };
+        assert!(submit(&mut h, &message(3)).starts_with("250 2.0.0 Ok"));
+        assert_eq!(submit(&mut h, &message(4)), "554 5.4.6 Too many hops");
+        assert_eq!(
+            h.refusals.last().map(|r| r.1),
+            Some(MessageRefusal::TooManyHops)
+        );
+        assert_eq!(MessageRefusal::TooManyHops.label(), "too_many_hops");
+        assert_eq!(h.committed.len(), 1);
     }
 }

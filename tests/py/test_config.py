@@ -18,6 +18,8 @@ BAD_CONFIGS = [
     ({"relay": {"networks": ["10.0.0.0/33"]}}, "relay.networks", None),
     ({"limits": {"max_recipients": 0}}, "limits.max_recipients", None),
     ({"limits": {"max_message_size": "big"}}, "limits.max_message_size", None),
+    ({"limits": {"max_received_headers": 0}}, "limits.max_received_headers", None),
+    ({"limits": {"max_received_headers": -1}}, "limits.max_received_headers", None),
     ({"delivery": {"port": 0}}, "delivery.port", None),
     ({"delivery": {"retry_initial": "10s", "retry_max": "1s"}}, "delivery.retry_max", None),
     ({"tls": {"key": None}}, "tls.key", None),
