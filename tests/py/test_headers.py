@@ -102,9 +102,9 @@ def test_ambiguous_or_foreign_from_is_refused(server, value, reply):
 def test_the_issue_forms_are_read_as_bob_by_python(value):
     """Why they are refused: Python's `email` package reads bob, not alice (today's main
     accepted both as alice)."""
-    message = with_header("From", value)
-    parsed = email.message_from_bytes(message, policy=email.policy.default)
-    assert "bob@example.org" in [a.addr_spec for a in parsed["From"].addresses]
+    # getaddresses reads both forms; the header registry reads the first and crashes on the
+    # group form (a Group has no local part), which is no better for a checker.
+    assert "bob@example.org" in [addr for _, addr in email.utils.getaddresses([value])]
 
 
 def test_two_from_fields_are_refused(server):
