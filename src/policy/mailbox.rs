@@ -244,7 +244,7 @@ fn addr_spec(tokens: &[Lexeme<'_>]) -> Result<String, Ambiguity> {
 
 /// The text of `atom *("." atom)`.
 fn dot_atom_text(tokens: &[Lexeme<'_>]) -> Result<String, Ambiguity> {
-    if tokens.len() % 2 == 0 {
+    if tokens.len().is_multiple_of(2) {
         return Err(Ambiguity::BadAddress);
     }
     let mut text = String::new();
