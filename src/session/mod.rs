@@ -12,8 +12,8 @@
 //! - after `STARTTLS` every byte already received in plaintext is discarded, so nothing a
 //!   client pipelined before the handshake is ever executed (CVE-2011-0411 class), and the
 //!   session forgets EHLO and any state (RFC 3207 section 4.2);
-//! - message data goes through [`data::DataScanner`] (CRLF.CRLF only, no bare CR/LF, 998-octet
-//!   lines, size limit) and the rest of a refused message is read and discarded;
+//! - message data goes through [`data::DataScanner`] (CRLF.CRLF only, no bare CR/LF, no NUL,
+//!   998-octet lines, size limit) and the rest of a refused message is read and discarded;
 //! - AUTH only on the submission roles, and on 587 only after TLS (RFC 4954 section 4);
 //! - too many bad commands or failed AUTHs end the session with 421.
 //!
@@ -1036,6 +1036,7 @@ impl Session {
             Some(DataError::BareNewline) => {
                 Some((Reply::bare_newline_in_data(), MessageRefusal::Malformed))
             }
+            Some(DataError::NulByte) => Some((Reply::nul_in_data(), MessageRefusal::Malformed)),
             Some(DataError::LineTooLong) => {
                 Some((Reply::data_line_too_long(), MessageRefusal::Malformed))
             }

@@ -309,6 +309,11 @@ impl Reply {
         Self::one(554, "5.6.0 Bare LF or CR in message data")
     }
 
+    /// `554 5.6.0 NUL byte in message data` (RFC 5321 sections 2.3.8 and 4.5.2)
+    pub fn nul_in_data() -> Self {
+        Self::one(554, "5.6.0 NUL byte in message data")
+    }
+
     /// `554 5.6.0 Line longer than 998 octets`
     pub fn data_line_too_long() -> Self {
         Self::one(554, "5.6.0 Line longer than 998 octets")

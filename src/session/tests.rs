@@ -426,6 +426,30 @@ fn bare_lf_in_data_is_refused_and_session_goes_on() {
 }
 
 #[test]
+fn nul_in_data_and_bdat_is_refused_and_session_goes_on() {
+    let mut h = Harness::login(Role::Submissions);
+    h.line("MAIL FROM:<alice@example.org>");
+    h.line("RCPT TO:<b@example.net>");
+    h.line("DATA");
+    // `CRLF NUL . CRLF` is no end of data; the pipelined MAIL after it is message text.
+    let replies =
+        h.send(b"From: alice@example.org\r\n\r\nhi\r\n\0.\r\nMAIL FROM:<x@y.z>\r\n.\r\nNOOP\r\n");
+    assert_eq!(
+        replies,
+        vec!["554 5.6.0 NUL byte in message data", "250 2.0.0 Ok"]
+    );
+    assert!(h.committed.is_empty());
+    h.line("MAIL FROM:<alice@example.org>");
+    h.line("RCPT TO:<b@example.net>");
+    let message = b"From: alice@example.org\r\n\r\nmid\0line\r\n";
+    let mut bdat = format!("BDAT {} LAST\r\n", message.len()).into_bytes();
+    bdat.extend_from_slice(message);
+    assert_eq!(h.send(&bdat), vec!["554 5.6.0 NUL byte in message data"]);
+    assert!(h.committed.is_empty());
+    assert_eq!(h.line("MAIL FROM:<alice@example.org>"), "250 2.1.0 Ok");
+}
+
+#[test]
 fn bare_lf_in_command_and_long_lines() {
     let mut h = Harness::new(Role::Submissions);
     assert_eq!(
