@@ -419,6 +419,10 @@ pub struct DeliveryConfig {
     /// MX host; zero closes every session after its transaction.
     #[serde(default = "default_connection_idle", with = "duration::serde_text")]
     pub connection_idle: Duration,
+    /// Accept recipients at address literals (`x@[192.0.2.1]`), which make the relay connect to
+    /// whatever IP the client names, internal ones included; off: `550 5.1.2` at RCPT.
+    #[serde(default)]
+    pub allow_address_literals: bool,
 }
 
 impl Default for DeliveryConfig {
@@ -435,6 +439,7 @@ impl Default for DeliveryConfig {
             command_timeout: default_command_timeout(),
             max_per_destination: default_max_per_destination(),
             connection_idle: default_connection_idle(),
+            allow_address_literals: false,
         }
     }
 }

@@ -98,6 +98,7 @@ impl<'a> SessionDriver<'a> {
         };
         let session = new_session(shared, role, relay.relay_allowed, relay.hosting);
         let mut handler = EventHandler::new(shared, Client::new(peer, role), relay.metering);
+        allow_address_literals: config.delivery.allow_address_literals,
         handler.tls_started(connection.tls_description());
         Some(Self {
             connection,

@@ -20,6 +20,7 @@
 //! What it does not do: look up passwords, write the spool, count quotas. It asks.
 
 pub mod data;
+pub mod envelope;
 pub mod headers;
 pub mod reply;
 
@@ -76,6 +77,9 @@ pub struct SessionConfig {
     /// The relay role: whether this client's network may relay.
     pub relay_allowed: bool,
     /// The relay role: the hosting account this client's network belongs to, whose domains
+    /// Recipients at an address literal (`x@[192.0.2.1]`) are accepted (`[delivery]
+    /// allow_address_literals`); otherwise refused with `550 5.1.2`.
+    pub allow_address_literals: bool,
     /// bound `MAIL FROM`. `None` for trusted networks (no domain rule) and other roles.
     pub hosting: Option<HostingClient>,
     /// The session starts inside TLS (port 465).
@@ -649,6 +653,14 @@ impl Session {
             format!("SIZE {}", self.config.max_message_size),
         ];
         if !self.tls && self.config.starttls_available && self.config.role != Role::Submissions {
+            Ok(Request::Mail { .. })
+            | Ok(Request::Rcpt { .. })
+            | Err(ProtoError::UnsupportedParameter { .. })
+                if self.unadvertised_parameter(line).is_some() =>
+            {
+                let (verb, name) = self.unadvertised_parameter(line).expect("checked");
+                self.bad_command(Reply::parameter_not_supported(verb, &name));
+            }
             ext.push("STARTTLS".into());
         }
         if self.config.role != Role::Relay && self.tls && self.auth.is_none() {
@@ -700,6 +712,30 @@ impl Session {
             self.bad_command(Reply::bad_sequence());
             return;
         }
+    /// The first ESMTP parameter of a MAIL or RCPT line that EHLO did not advertise, with the
+    /// command's name for the reply (RFC 5321 section 4.1.1.11: a server refuses those,
+    /// rather than accept and ignore `REQUIRETLS` and its kin).
+    fn unadvertised_parameter(&self, line: &[u8]) -> Option<(&'static str, String)> {
+        let verb = line.get(..4)?;
+        let (verb, allowed): (&'static str, &[&str]) = if verb.eq_ignore_ascii_case(b"MAIL") {
+            // AUTH= (RFC 4954 section 5) only where AUTH is offered.
+            let allowed: &[&str] = if self.config.role == Role::Relay {
+                &["SIZE", "BODY", "SMTPUTF8", "RET", "ENVID"]
+            } else {
+                &["SIZE", "BODY", "SMTPUTF8", "RET", "ENVID", "AUTH"]
+            };
+            ("MAIL FROM", allowed)
+        } else if verb.eq_ignore_ascii_case(b"RCPT") {
+            ("RCPT TO", &["NOTIFY", "ORCPT"])
+        } else {
+            return None;
+        };
+        envelope::parameter_names(line)
+            .into_iter()
+            .find(|name| !allowed.contains(&name.as_str()))
+            .map(|name| (verb, name))
+    }
+
         match mechanism {
             smtp_proto::AUTH_PLAIN if initial.is_empty() => {
                 self.reply(Reply::auth_challenge(""));
@@ -808,7 +844,11 @@ impl Session {
             self.reply(Reply::message_too_big());
             return;
         }
-        let sender = from.address.to_ascii_lowercase();
+        if !from.address.is_ascii() && from.flags & smtp_proto::MAIL_SMTPUTF8 == 0 {
+            self.reply(Reply::smtputf8_required());
+            return;
+        }
+        let sender = envelope::quote_local_part(&from.address.to_ascii_lowercase());
         if let Some(hosting) = &self.config.hosting {
             let domain = sender.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
             if !hosting.domains.iter().any(|d| d == domain) {
@@ -854,7 +894,7 @@ impl Session {
             self.bad_command(Reply::bad_sequence());
             return;
         }
-        let address = to.address.to_string();
+        let address = envelope::quote_local_part(&to.address);
         let (reply, outcome) = if relay_denied {
             (Reply::relaying_denied(), "relay_denied")
         } else if !sender::is_routable_recipient(&address) {
@@ -903,6 +943,7 @@ impl Session {
 
     fn bdat(&mut self, size: u64, last: bool) {
         // The chunk is read whatever happens, so the client and we stay in step (RFC 3030).
+        let allow_literals = self.config.allow_address_literals;
         let ok = self.tx.as_ref().is_some_and(|tx| !tx.recipients.is_empty());
         if ok {
             let tx = self.tx.as_mut().expect("checked");
@@ -916,8 +957,13 @@ impl Session {
         }
         self.state = State::Bdat {
             remaining: size,
+        } else if !address.is_ascii() && !tx.smtputf8 {
+            (Reply::smtputf8_required(), "needs_smtputf8")
             last,
         };
+        } else if !allow_literals && envelope::has_address_literal(&address) {
+            // An address literal makes the relay connect to any IP it names, internal ones too.
+            (Reply::address_literal_refused(), "address_literal")
         if !ok {
             // Mark the chunk as one to discard by dropping any transaction.
             self.tx = None;

@@ -294,6 +294,26 @@ impl Reply {
         Self::one(554, "5.6.0 Header section too large")
     }
 
+    /// `555 5.5.4 MAIL FROM parameter NAME not supported` (or `RCPT TO`): a parameter EHLO
+    /// did not advertise (RFC 5321 section 4.1.1.11).
+    pub fn parameter_not_supported(command: &str, name: &str) -> Self {
+        Self::one(
+            555,
+            format!("5.5.4 {command} parameter {name} not supported"),
+        )
+    }
+
+    /// `553 5.6.7 SMTPUTF8 required for a non-ASCII address` (RFC 6531 section 3.4)
+    pub fn smtputf8_required() -> Self {
+        Self::one(553, "5.6.7 SMTPUTF8 required for a non-ASCII address")
+    }
+
+    /// `550 5.1.2 Address literal recipients are not accepted` (unless `[delivery]
+    /// allow_address_literals`)
+    pub fn address_literal_refused() -> Self {
+        Self::one(550, "5.1.2 Address literal recipients are not accepted")
+    }
+
     /// `501 5.1.3 Bad recipient address syntax`
     pub fn bad_recipient_syntax() -> Self {
         Self::one(501, "5.1.3 Bad recipient address syntax")

@@ -40,6 +40,7 @@ impl Harness {
             hosting: None,
             implicit_tls: role == Role::Submissions,
             starttls_available: true,
+            allow_address_literals: false,
         };
         tweak(&mut config);
         let mut h = Self {
@@ -908,4 +909,97 @@ fn more_received_fields_than_the_limit_are_a_loop() {
         assert_eq!(MessageRefusal::TooManyHops.label(), "too_many_hops");
         assert_eq!(h.committed.len(), 1);
     }
+
+#[test]
+fn unadvertised_parameters_are_refused_and_the_session_goes_on() {
+    let mut h = Harness::login(Role::Submission);
+    for (line, reply) in [
+        (
+            "MAIL FROM:<alice@example.org> REQUIRETLS",
+            "555 5.5.4 MAIL FROM parameter REQUIRETLS not supported",
+        ),
+        (
+            "MAIL FROM:<alice@example.org> foo=bar",
+            "555 5.5.4 MAIL FROM parameter FOO not supported",
+        ),
+        (
+            "MAIL FROM:<alice@example.org> SIZE=10 MT-PRIORITY=3",
+            "555 5.5.4 MAIL FROM parameter MT-PRIORITY not supported",
+        ),
+    ] {
+        assert_eq!(h.line(line), reply, "{line}");
+    }
+    assert_eq!(
+        h.line(
+            "MAIL FROM:<alice@example.org> SIZE=10 BODY=8BITMIME SMTPUTF8 RET=FULL ENVID=x AUTH=<>"
+        ),
+        "250 2.1.0 Ok"
+    );
+    assert_eq!(
+        h.line("RCPT TO:<b@example.net> CONNEG"),
+        "555 5.5.4 RCPT TO parameter CONNEG not supported"
+    );
+    assert_eq!(
+        h.line("RCPT TO:<b@example.net> Foo=bar"),
+        "555 5.5.4 RCPT TO parameter FOO not supported"
+    );
+    assert_eq!(
+        h.line("RCPT TO:<b@example.net> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b@example.net"),
+        "250 2.1.5 Ok"
+    );
+    // AUTH= is advertised only where AUTH is: not on the relay port.
+    let mut relay = Harness::new(Role::Relay);
+    relay.line("EHLO client.test");
+    assert_eq!(
+        relay.line("MAIL FROM:<www@example.org> AUTH=<>"),
+        "555 5.5.4 MAIL FROM parameter AUTH not supported"
+    );
+    assert_eq!(relay.line("MAIL FROM:<www@example.org>"), "250 2.1.0 Ok");
+}
+
+#[test]
+fn non_ascii_addresses_need_smtputf8() {
+    let mut h = Harness::new(Role::Relay);
+    h.line("EHLO client.test");
+    assert_eq!(
+        h.line("MAIL FROM:<pelé@example.org>"),
+        "553 5.6.7 SMTPUTF8 required for a non-ASCII address"
+    );
+    assert_eq!(h.line("MAIL FROM:<www@example.org>"), "250 2.1.0 Ok");
+    assert_eq!(
+        h.line("RCPT TO:<pelé@example.net>"),
+        "553 5.6.7 SMTPUTF8 required for a non-ASCII address"
+    );
+    assert_eq!(h.line("RCPT TO:<b@example.net>"), "250 2.1.5 Ok");
+    assert_eq!(h.line("RSET"), "250 2.0.0 Ok");
+    assert_eq!(
+        h.line("MAIL FROM:<pelé@example.org> SMTPUTF8"),
+        "250 2.1.0 Ok"
+    );
+    assert_eq!(h.line("RCPT TO:<josé@example.net>"), "250 2.1.5 Ok");
+    assert_eq!(h.holds, ["b@example.net", "josé@example.net"]);
+}
+
+#[test]
+fn address_literal_recipients_are_refused_unless_allowed() {
+    let mut h = Harness::new(Role::Relay);
+    h.line("EHLO client.test");
+    h.line("MAIL FROM:<www@example.org>");
+    assert_eq!(
+        h.line("RCPT TO:<x@\"[10.0.0.5]\">"),
+        "550 5.1.2 Address literal recipients are not accepted"
+    );
+    assert_eq!(
+        h.line("RCPT TO:<x@[10.0.0.5]>"),
+        "501 5.1.3 Bad recipient address syntax"
+    );
+    assert!(h.holds.is_empty());
+    assert_eq!(h.line("RCPT TO:<b@example.net>"), "250 2.1.5 Ok");
+    let mut allowed = Harness::with(Role::Relay, |c| c.allow_address_literals = true);
+    allowed.line("EHLO client.test");
+    allowed.line("MAIL FROM:<www@example.org>");
+    assert_eq!(allowed.line("RCPT TO:<x@\"[10.0.0.5]\">"), "250 2.1.5 Ok");
+    assert_eq!(allowed.holds, ["x@[10.0.0.5]"]);
+}
+
 }

@@ -20,6 +20,7 @@ BAD_CONFIGS = [
     ({"limits": {"max_message_size": "big"}}, "limits.max_message_size", None),
     ({"limits": {"max_received_headers": 0}}, "limits.max_received_headers", None),
     ({"limits": {"max_received_headers": -1}}, "limits.max_received_headers", None),
+    ({"delivery": {"allow_address_literals": "yes"}}, "delivery.allow_address_literals", None),
     ({"delivery": {"port": 0}}, "delivery.port", None),
     ({"delivery": {"retry_initial": "10s", "retry_max": "1s"}}, "delivery.retry_max", None),
     ({"tls": {"key": None}}, "tls.key", None),
