@@ -435,6 +435,20 @@ impl Reply {
         Self::one(421, "4.4.2 Timeout, closing connection")
     }
 
+    /// `421 4.4.2 Session time limit exceeded, closing connection` (`[timeouts] session`)
+    pub fn session_time_exceeded() -> Self {
+        Self::one(421, "4.4.2 Session time limit exceeded, closing connection")
+    }
+
+    /// `421 4.4.2 Message transfer time limit exceeded, closing connection` (`[timeouts]
+    /// data_total`: the whole DATA or BDAT transfer)
+    pub fn data_time_exceeded() -> Self {
+        Self::one(
+            421,
+            "4.4.2 Message transfer time limit exceeded, closing connection",
+        )
+    }
+
     /// `421 4.3.2 Service shutting down`
     pub fn shutting_down() -> Self {
         Self::one(421, "4.3.2 Service shutting down, try again later")
