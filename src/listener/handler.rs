@@ -236,7 +236,7 @@ impl<'a> EventHandler<'a> {
                     .record_failure(self.client.peer.ip(), Instant::now());
                 // The login is logged (operators need it to spot attacks); the password
                 // never is.
-                tracing::info!(client_ip, login = %printable(login), mechanism = mechanism.name(), "auth failed");
+                tracing::info!(client_ip, login = %login_for_log(login), mechanism = mechanism.name(), "auth failed");
                 tokio::time::sleep(shared.config.limits.auth_failure_delay).await;
                 AuthOutcome::Rejected
             }
@@ -566,8 +566,11 @@ fn envelope(
 }
 
 /// Client-supplied text made safe for a log line.
-fn printable(text: &str) -> String {
-    let text: String = text.chars().filter(|c| !c.is_control()).take(128).collect();
+fn login_for_log(text: &str) -> String {
+    let text: String = crate::printable::escape_controls(text)
+        .chars()
+        .take(128)
+        .collect();
     if text.is_empty() { "-".into() } else { text }
 }
 
