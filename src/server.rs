@@ -76,6 +76,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         admission: Admission::from_limits(&config.limits),
         registry: Arc::new(SessionRegistry::default()),
         shutdown: shutdown.clone(),
+        directory_generation: Default::default(),
     });
 
     let sessions = TaskTracker::new();
