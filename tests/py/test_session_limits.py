@@ -110,6 +110,34 @@ def test_message_transfer_time_limit_ends_a_drip(make_server, verb):
     client.expect_closed()
 
 
+def test_message_transfer_time_limit_spans_bdat_chunks(make_server):
+    """timeouts.data_total = 2s covers a BDAT message from its first chunk to its last: one-byte
+    chunks every 0.3 s, each answered at once, still end at about 2 s with the transfer's 421."""
+    srv = make_server(timeouts={"data_total": "2s", "command": "1s"})
+    client = srv.connect("relay")
+    client.ehlo()
+    assert client.cmd("MAIL FROM:<www@hosting.example>") == MAIL_OK
+    assert client.cmd(f"RCPT TO:<r@{SINK}>").code == 250
+    start = time.monotonic()
+    chunks = 0
+    while time.monotonic() - start < 10:
+        client.send(b"BDAT 1\r\nx")
+        reply = client.reply()
+        if reply.code == 421:
+            break
+        assert reply == f"250 2.0.0 Ok: {chunks + 1} octets received"
+        chunks += 1
+        try:
+            reply = client.reply(timeout=0.3)      # the 421 may come between two chunks
+            break
+        except TimeoutError:
+            pass
+    assert reply == TRANSFER_TIME_EXCEEDED
+    assert chunks >= 3
+    assert 1.5 <= time.monotonic() - start < 4
+    client.expect_closed()
+
+
 # --- senders re-read per transaction ----------------------------------------------------------
 
 def test_alias_removed_during_the_session_is_refused_at_next_mail(server):
