@@ -824,12 +824,35 @@ class Postern:
         """Starts ``postern serve`` and waits for `/readyz` 200 (with ``ready=False`` only for
         every listener to accept connections: a server that starts unready)."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
-        self.proc = subprocess.Popen(
-            [str(self.binary), "--config", str(self.config_path), "serve"],
-            stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True)
-        self.wait_ready(timeout, ready=ready)
+        for attempt in range(3):
+            logged = self.log_path.stat().st_size if self.log_path.exists() else 0
+            self.proc = subprocess.Popen(
+                [str(self.binary), "--config", str(self.config_path), "serve"],
+                stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True)
+            try:
+                self.wait_ready(timeout, ready=ready)
+                break
+            except AssertionError:
+                # free_port() only found the port free a moment ago: another process on the
+                # machine may have bound it since. Only before the first successful start may
+                # the harness pick new ports (a restart keeps the ones the test knows).
+                fresh = self.log_path.read_bytes()[logged:]
+                if (self.started or attempt == 2 or self.proc.poll() is None
+                        or b"Address already in use" not in fresh):
+                    raise
+                self._pick_new_ports()
+        self.started = True
         return self
+
+    started = False
+
+    def _pick_new_ports(self):
+        for role, port in list(self.ports.items()):
+            if self.config["listen"].get(role) == f"127.0.0.1:{port}":
+                self.ports[role] = free_port()
+                self.config["listen"][role] = f"127.0.0.1:{self.ports[role]}"
+        self.write_config()
 
     def wait_ready(self, timeout: float, *, ready: bool = True):
         def up():

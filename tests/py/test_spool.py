@@ -169,7 +169,12 @@ def test_planted_records_never_deliver_after_a_torn_append(make_server, mx, tmp_
     data file is outside the spool, and a new-format one tagged without the key); the relay
     dies and the message's journal record is torn inside its data, after the planted bytes.
     After the restart nothing planted is delivered, the outside file is neither mailed nor
-    deleted, the torn tail is a warning (not damage), and a later restart reports nothing."""
+    deleted, the torn tail is a warning (not damage), and a later restart reports nothing.
+
+    Records hold NUL bytes (their length fields), which the session now refuses in message
+    data (554 5.6.0), so the client's bytes are put in place in the segment after the kill,
+    where the same message's data held placeholders of the same length: the journal then
+    holds exactly what it would have held had the client been able to send them."""
     secret = tmp_path / "secret.txt"
     secret.write_bytes(b"top secret\n")
     srv = make_server(delivery_port=mx.port, delivery={"workers": 0})
@@ -179,12 +184,21 @@ def test_planted_records_never_deliver_after_a_torn_append(make_server, mx, tmp_
     keyed = _plantable(lambda n: _keyed_record_without_the_key(_message_payload(
         _forged_envelope("0190A1B2C3D0000000002", "forged2@plain.test", None, n),
         b"Subject: forged\r\n\r\nforged\r\n")))
-    body = b"Harmless text.\r\n" + legacy + b"\r\n" + keyed + b"\r\nTORN-HERE and more.\r\n"
-    msg = make_message(sender=alice.address, to="friend@plain.test").replace(
-        b"Hello.\r\n", body)
+    def message(first: bytes, second: bytes) -> bytes:
+        body = b"Harmless text.\r\n" + first + b"\r\n" + second + b"\r\nTORN-HERE and more.\r\n"
+        return make_message(sender=alice.address, to="friend@plain.test").replace(
+            b"Hello.\r\n", body)
+
     client = srv.login(alice.address, alice.password)
     assert client.cmd(f"MAIL FROM:<{alice.address}> BODY=8BITMIME") == MAIL_OK
     assert client.cmd("RCPT TO:<friend@plain.test>") == RCPT_OK
+    msg = message(legacy, keyed)
+    client.send(f"BDAT {len(msg)} LAST\r\n".encode() + msg)
+    assert client.reply() == "554 5.6.0 NUL byte in message data"
+    holders = (b"P" * len(legacy), b"Q" * len(keyed))
+    assert client.cmd(f"MAIL FROM:<{alice.address}> BODY=8BITMIME") == MAIL_OK
+    assert client.cmd("RCPT TO:<friend@plain.test>") == RCPT_OK
+    msg = message(*holders)
     client.send(f"BDAT {len(msg)} LAST\r\n".encode() + msg)
     queue_id(client.reply())
     srv.kill9()
@@ -192,6 +206,7 @@ def test_planted_records_never_deliver_after_a_torn_append(make_server, mx, tmp_
     segments = sorted((srv.dir / "spool" / "journal").glob("*.log"))
     [segment] = [s for s in segments if b"TORN-HERE" in s.read_bytes()]
     data = segment.read_bytes()
+    data = data.replace(holders[0], legacy, 1).replace(holders[1], keyed, 1)
     assert legacy in data and keyed in data
     segment.write_bytes(data[:data.index(b"TORN-HERE")])      # a crash mid-append
 
