@@ -901,6 +901,10 @@ impl Session {
             self.reply(Reply::message_too_big());
             return;
         }
+        if sender::has_control_characters(&from.address) {
+            self.bad_command(Reply::bad_sender_syntax());
+            return;
+        }
         if !from.address.is_ascii() && from.flags & smtp_proto::MAIL_SMTPUTF8 == 0 {
             self.reply(Reply::smtputf8_required());
             return;

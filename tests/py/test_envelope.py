@@ -147,3 +147,20 @@ def test_quoted_local_part_is_relayed_quoted(make_server, mx):
     status = bounce.get_payload()[1].get_payload()
     finals = [g["Final-Recipient"] for g in status if g["Final-Recipient"]]
     assert finals == ['rfc822; "bounce me"@plain.test'], finals
+
+
+# --- control characters -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("local", ['"a\x1b]0;owned\x07b"', '"tab\there"', "del\x7fete", '"c1\u0085"'])
+def test_control_characters_in_addresses_are_refused(server, local):
+    """RFC 5321's path grammar has no control character anywhere, quoted local parts included:
+    one in RCPT gets `501 5.1.3`, in MAIL `501 5.1.7`, and the session goes on (a control
+    character that got through would reach DSNs, the next hop and the operators' terminals)."""
+    alice = server.alice
+    client = server.login(alice.address, alice.password)
+    utf8 = " SMTPUTF8" if not local.isascii() else ""
+    assert client.cmd(f"MAIL FROM:<{local}@example.org>{utf8}") == "501 5.1.7 Bad sender address syntax"
+    assert client.cmd(f"MAIL FROM:<{alice.address}>{utf8}") == MAIL_OK
+    assert client.cmd(f"RCPT TO:<{local}@plain.test>") == BAD_RCPT_SYNTAX
+    assert client.cmd("RCPT TO:<fine@plain.test>") == RCPT_OK
+    client.quit()
