@@ -901,6 +901,11 @@ impl Session {
             self.reply(Reply::message_too_big());
             return;
         }
+        if from.flags & smtp_proto::MAIL_BODY_BINARYMIME != 0 {
+            // RFC 3030: BINARYMIME is an extension of its own, and it is not advertised.
+            self.bad_command(Reply::parameter_not_supported("MAIL FROM", "BODY=BINARYMIME"));
+            return;
+        }
         if sender::has_control_characters(&from.address) {
             self.bad_command(Reply::bad_sender_syntax());
             return;

@@ -55,6 +55,18 @@ def test_unadvertised_mail_parameter_is_refused(server, param, name):
         assert code == 250
 
 
+def test_binarymime_body_is_refused_as_unadvertised(server):
+    """BODY=BINARYMIME belongs to RFC 3030's BINARYMIME extension, which is not advertised
+    (CHUNKING and 8BITMIME are): `555 5.5.4`, and BODY=8BITMIME still works."""
+    alice = server.alice
+    with smtplib.SMTP("127.0.0.1", server.port("submission"), timeout=10) as s:
+        s.starttls()
+        s.login(alice.address, alice.password)
+        assert "binarymime" not in s.esmtp_features
+        assert reply_line(s.mail(alice.address, ["BODY=BINARYMIME"])) == \
+            mail_param_refused("BODY=BINARYMIME")
+        assert reply_line(s.mail(alice.address, ["BODY=8BITMIME"])) == MAIL_OK
+
 @pytest.mark.parametrize("param,name", [("FOO=bar", "FOO"), ("CONNEG", "CONNEG"),
                                         ("RRVS=2030-01-01T00:00:00Z", "RRVS")])
 def test_unadvertised_rcpt_parameter_is_refused(server, param, name):
