@@ -1,11 +1,14 @@
 //! Delivery: empties the spool by sending each message to its recipients' mail exchangers.
 //!
-//! The worker ([`run`]) takes due messages from the spool, at most `[delivery] workers` at a
-//! time, and delivers each in a task of its own:
+//! The worker ([`run`]) takes due messages from the spool, at most `[delivery]
+//! max_active_messages` in memory at a time (the rest wait in the spool), and delivers each
+//! in a task of its own:
 //! 1. the pending recipients are grouped by destination: their domain (lower case), or one
 //!    group for everything when `[delivery] relayhost` is set (all mail goes to the same host,
-//!    so one transaction carries all recipients, as Postfix groups by next hop);
-//! 2. per group, one SMTP transaction: the route (relay host, address literal, or MX hosts in
+//!    so one transaction carries all recipients, as Postfix groups by next hop); the groups of
+//!    one message run side by side, each queued for its own destination;
+//! 2. per group, once it has its destination's slot and then one of the `[delivery] workers`
+//!    (see "Concurrency" below), one SMTP transaction: the route (relay host, address literal, or MX hosts in
 //!    `mx.rs` order), then each address of each host in turn (`client.rs`) until one gives a
 //!    transaction answer (RFC 5321 section 5.1), at most [`MAX_ADDRESSES`] addresses;
 //! 3. every recipient's outcome goes to the spool in one `record_attempt`, with the retry time
@@ -46,10 +49,14 @@
 //! with TLS mode `mta-sts`; `postern_delivery_mta_sts_failures_total{reason}` counts failures.
 //! `testing` and `none` policies change nothing.
 //!
-//! Concurrency and reuse (`pool.rs`): a group waits for one of its destination's
+//! Concurrency and reuse (`pool.rs`): a group first waits for one of its destination's
 //! `[delivery] max_per_destination` slots (the destination is the recipients' domain, or the
-//! relay host) right before its host loop and holds it until its transaction is over; a
-//! waiting group is delayed, never failed (a shutdown meanwhile defers it, 4.3.2). After a
+//! relay host), in that destination's own first-come queue, and only then for one of the
+//! `[delivery] workers`; it holds both until its transaction is over. So a destination whose
+//! slots are all taken by slow transactions (a tarpit that accepts TCP and never greets)
+//! queues its own groups without holding a worker, and the other destinations go on, as
+//! Postfix's qmgr keeps per-destination queues and concurrency windows. A waiting group is
+//! delayed, never failed (a shutdown meanwhile defers it, 4.3.2). After a
 //! transaction answer the session is kept idle for `[delivery] connection_idle` under its MX
 //! host, address and TLS policy; the next group for that host, address and policy sends RSET
 //! on it and its transaction follows. A reused session that is dead or refuses RSET is closed
@@ -79,6 +86,7 @@ use std::time::{Duration, SystemTime};
 use hickory_resolver::TokioResolver;
 use tokio::io::AsyncRead;
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -177,6 +185,7 @@ pub async fn run(
         }
     };
     let limiter = pool::Limiter::new(config.delivery.max_per_destination);
+    let max_active = config.delivery.max_active_messages.max(1);
     let sessions = pool::SessionCache::new(
         config.delivery.connection_idle,
         config.delivery.max_per_destination,
@@ -185,6 +194,7 @@ pub async fn run(
         tokio::spawn(cache.clone().reap(shutdown.clone()));
     }
     let worker = Arc::new(Worker {
+        workers: Semaphore::new(workers),
         limiter,
         sessions,
         mta_sts,
@@ -202,16 +212,18 @@ pub async fn run(
         relay,
         shutdown: shutdown.clone(),
     });
-    tracing::info!(workers, relayhost = ?worker.relay, "delivery started");
+    tracing::info!(workers, max_active, relayhost = ?worker.relay, "delivery started");
 
-    let permits = Arc::new(Semaphore::new(workers));
+    // Messages in memory, not workers: a message waiting for its destinations' slots holds
+    // no worker (`deliver_group` takes one only after the slot).
+    let active = Arc::new(Semaphore::new(max_active));
     let tasks = TaskTracker::new();
     loop {
         // The permit comes first: a message taken from the spool is marked in flight and must
-        // always be recorded, so it is only taken once a worker slot is free.
+        // always be recorded, so it is only taken once there is room for it.
         let permit = tokio::select! {
             _ = shutdown.cancelled() => break,
-            permit = permits.clone().acquire_owned() => match permit {
+            permit = active.clone().acquire_owned() => match permit {
                 Ok(p) => p,
                 Err(_) => break,
             },
@@ -266,6 +278,9 @@ async fn start_delivery_log(config: &Config) -> Option<Arc<log::LogWriter>> {
 
 /// Everything a delivery task needs.
 struct Worker {
+    /// `[delivery] workers`: transactions in progress, all destinations together; taken after
+    /// the destination's slot.
+    workers: Semaphore,
     spool: Arc<Spool>,
     config: Arc<Config>,
     metrics: Metrics,
@@ -398,32 +413,54 @@ impl Worker {
         Ok(slot().get_or_insert(resolver).clone())
     }
 
-    async fn deliver_message(&self, queued: QueuedMessage) {
-        let envelope = &queued.envelope;
-        let mut groups = Vec::new();
+    /// One attempt of a message: its groups side by side (each queued for its own
+    /// destination), then one record of all their outcomes.
+    async fn deliver_message(self: &Arc<Self>, queued: QueuedMessage) {
+        let envelope = Arc::new(queued.envelope);
         let pending = envelope
             .recipients
             .iter()
             .enumerate()
             .filter(|(_, r)| matches!(r.status, RecipientStatus::Pending))
             .map(|(i, r)| (i, r.address.as_str()));
-        for (destination, indices) in group_recipients(pending, self.relay.as_ref()) {
+        let mut running = JoinSet::new();
+        for (n, (destination, indices)) in group_recipients(pending, self.relay.as_ref())
+            .into_iter()
+            .enumerate()
+        {
             let recipients: Vec<String> = indices
                 .iter()
                 .map(|&i| envelope.recipients[i].address.clone())
                 .collect();
-            let outcome = if self.shutdown.is_cancelled() {
-                self.failed_group(&indices, None, &DeliveryError::Shutdown)
-            } else {
-                self.deliver_group(envelope, &destination, &indices, &recipients)
-                    .await
-            };
-            groups.push((recipients, outcome));
+            let worker = self.clone();
+            let envelope = envelope.clone();
+            running.spawn(async move {
+                let outcome = if worker.shutdown.is_cancelled() {
+                    worker.failed_group(&indices, None, &DeliveryError::Shutdown)
+                } else {
+                    worker
+                        .deliver_group(&envelope, &destination, &indices, &recipients)
+                        .await
+                };
+                (n, recipients, outcome)
+            });
         }
+        let mut groups = Vec::new();
+        while let Some(joined) = running.join_next().await {
+            match joined {
+                Ok(group) => groups.push(group),
+                // A bug, not a delivery problem: its recipients stay pending (not recorded).
+                Err(e) => {
+                    tracing::error!(queue_id = %envelope.id, error = %e, "delivery task failed")
+                }
+            }
+        }
+        groups.sort_by_key(|(n, _, _)| *n);
+        let groups = groups.into_iter().map(|(_, r, o)| (r, o)).collect();
         if queued.attempts > 0 {
             self.metrics.delivery_retry();
         }
-        self.record(queued.attempts, envelope, groups).await;
+        self.record(queued.attempts, &envelope, groups).await;
     }
 
     /// One transaction for one destination: its route, its TLS policy host by host, and each
@@ -435,6 +472,25 @@ impl Worker {
         indices: &[usize],
         recipients: &[String],
     ) -> GroupOutcome {
+        // `[delivery] max_per_destination`: wait in the destination's queue for a slot, then
+        // for a worker; both are held until the group is done. Never the other way round: a
+        // worker waiting for a busy destination would be lost to every other destination.
+        let _slot = tokio::select! {
+            biased;
+            slot = self.limiter.acquire(destination) => slot,
+            _ = self.shutdown.cancelled() => {
+                return self.failed_group(indices, None, &DeliveryError::Shutdown);
+            }
+        };
+        let _worker = tokio::select! {
+            biased;
+            // The semaphore is never closed.
+            permit = self.workers.acquire() => permit.ok(),
+            _ = self.shutdown.cancelled() => {
+                return self.failed_group(indices, None, &DeliveryError::Shutdown);
+            }
+        };
+
         let route = match self.route(destination).await {
             Ok(route) => route,
             Err(e) => return self.failed_group(indices, None, &e),
@@ -451,15 +507,6 @@ impl Worker {
             envelope,
         };
         let sts = self.enforced_sts_policy(&route).await;
-
-        // `[delivery] max_per_destination`: wait for a slot, held until the group is done.
-        let _slot = tokio::select! {
-            biased;
-            slot = self.limiter.acquire(destination) => slot,
-            _ = self.shutdown.cancelled() => {
-                return self.failed_group(indices, None, &DeliveryError::Shutdown);
-            }
-        };
 
         let mut trail = HostTrail::default();
         'hosts: for host in &route.hosts {

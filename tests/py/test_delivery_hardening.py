@@ -1,0 +1,298 @@
+"""Delivery hardening (issue 10): a slow destination does not stall the others, dead
+destinations, MX loops back to the relay itself, DSN parameters relayed to DSN-capable hops,
+and UTF-8 addresses never passed to a hop without SMTPUTF8.
+
+This file runs its own knotd (the zones below, over the wire on loopback) and its own
+receivers, all on one port P that is Postern's ``[delivery] port``:
+
+* a *tarpit* on 127.0.0.5: accepts TCP and never says a word (this file's own socket server);
+* aiosmtpd receivers: healthy.test (127.0.0.6), a DSN-advertising one recording the raw MAIL
+  and RCPT lines (127.0.0.9), plain ones with and without SMTPUTF8.
+
+Messages are submitted with smtplib on the relay port (25) from 127.0.0.1, a trusted network
+in the test config, so any sender is allowed; senders are at senders.test, whose MX gets the
+DSNs."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import smtplib
+import socket
+import threading
+import time
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
+
+from support import (Knot, Postern, SmtpReceiver, delivery_log, free_port_on, make_message,
+                     wait_until)
+
+TARPIT = "127.0.0.5"
+HEALTHY = "127.0.0.6"
+LOOP_WILDCARD = "127.0.0.8"
+DSN_MX = "127.0.0.9"
+NODSN_MX = "127.0.0.10"
+UTF8_MX = "127.0.0.11"
+NOUTF8_MX = "127.0.0.12"
+SENDERS_MX = "127.0.0.13"
+
+ZONES = {
+    "tarpit.test.": ["@ IN MX 10 mx.tarpit.test.", f"mx IN A {TARPIT}"],
+    "healthy.test.": ["@ IN MX 10 mx.healthy.test.", f"mx IN A {HEALTHY}"],
+    # MX hosts that are the relay itself: its own listener address, and any local address
+    # when it listens on 0.0.0.0.
+    "loop.test.": ["@ IN MX 10 mx.loop.test.", "mx IN A 127.0.0.1"],
+    "loopwild.test.": ["@ IN MX 10 mx.loopwild.test.", f"mx IN A {LOOP_WILDCARD}"],
+    "dsn.test.": ["@ IN MX 10 mx.dsn.test.", f"mx IN A {DSN_MX}"],
+    "nodsn.test.": ["@ IN MX 10 mx.nodsn.test.", f"mx IN A {NODSN_MX}"],
+    "utf8.test.": ["@ IN MX 10 mx.utf8.test.", f"mx IN A {UTF8_MX}"],
+    "noutf8.test.": ["@ IN MX 10 mx.noutf8.test.", f"mx IN A {NOUTF8_MX}"],
+    "senders.test.": ["@ IN MX 10 mx.senders.test.", f"mx IN A {SENDERS_MX}"],
+}
+
+DEAD = "postern_delivery_dead_destinations"
+
+
+class Tarpit:
+    """Accepts TCP connections on ``host:port`` and never sends a byte: a greeting that never
+    comes. Counts connections, and the most open at once since :meth:`reset_peak`."""
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.lock = threading.Lock()
+        self.open: list[socket.socket] = []
+        self.total = 0
+        self.peak = 0
+        self.listener: socket.socket | None = None
+
+    def start(self) -> Tarpit:
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((self.host, self.port))
+        self.listener.listen(64)
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+        threading.Thread(target=self._watch, daemon=True).start()
+        return self
+
+    def _accept(self, listener: socket.socket):
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.open.append(conn)
+                self.total += 1
+                self.peak = max(self.peak, len(self.open))
+
+    def _watch(self):
+        """Notices connections the client closed (it gave up waiting for the greeting)."""
+        while self.listener is not None:
+            with self.lock:
+                conns = list(self.open)
+            for conn in conns:
+                try:
+                    conn.setblocking(False)
+                    closed = conn.recv(1, socket.MSG_PEEK) == b""
+                except BlockingIOError:
+                    closed = False
+                except OSError:
+                    closed = True
+                if closed:
+                    with self.lock:
+                        if conn in self.open:
+                            self.open.remove(conn)
+                    conn.close()
+            time.sleep(0.02)
+
+    def still_open(self) -> int:
+        with self.lock:
+            return len(self.open)
+
+    def reset_peak(self):
+        with self.lock:
+            self.peak = len(self.open)
+
+    def stop(self):
+        """Stops listening (new connections are refused) and closes every connection."""
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            listener.close()
+        with self.lock:
+            conns, self.open = self.open, []
+        for conn in conns:
+            conn.close()
+
+
+class RawLineSMTP(SMTP):
+    """aiosmtpd's session that records the raw MAIL and RCPT argument text and, for a
+    DSN-capable receiver, takes the RFC 3461 parameters off before aiosmtpd (which knows none
+    of them) sees the command."""
+
+    def __init__(self, receiver: DsnReceiver, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.receiver = receiver
+
+    def _strip(self, arg: str) -> str:
+        words = arg.split(" ")
+        if self.receiver.dsn:
+            words = [w for w in words
+                     if w.split("=", 1)[0].upper() not in ("RET", "ENVID", "NOTIFY", "ORCPT")]
+        return " ".join(words)
+
+    async def smtp_MAIL(self, arg):
+        self.receiver.record("MAIL " + (arg or ""))
+        await super().smtp_MAIL(self._strip(arg) if arg else arg)
+
+    async def smtp_RCPT(self, arg):
+        self.receiver.record("RCPT " + (arg or ""))
+        await super().smtp_RCPT(self._strip(arg) if arg else arg)
+
+
+class DsnReceiver:
+    """An aiosmtpd receiver that advertises DSN (RFC 3461) when ``dsn`` and records the raw
+    MAIL/RCPT lines and the messages."""
+
+    def __init__(self, host: str, port: int, *, dsn: bool):
+        self.host, self.port, self.dsn = host, port, dsn
+        self.lock = threading.Lock()
+        self.lines: list[str] = []
+        self.messages: list[tuple[str, list[str], bytes]] = []
+        receiver = self
+
+        class Ctl(Controller):
+            def factory(self):
+                return RawLineSMTP(receiver, self.handler, **self.SMTP_kwargs)
+
+        self.controller = Ctl(self, hostname=host, port=port, ident="dsn-mx",
+                              decode_data=False, data_size_limit=None)
+
+    def record(self, line: str):
+        with self.lock:
+            self.lines.append(line)
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if self.dsn:
+            responses.insert(len(responses) - 1, "250-DSN")
+        return responses
+
+    async def handle_DATA(self, server, session, envelope):
+        with self.lock:
+            self.messages.append((envelope.mail_from, list(envelope.rcpt_tos),
+                                  bytes(envelope.original_content)))
+        return "250 2.0.0 Message accepted"
+
+    def start(self) -> DsnReceiver:
+        self.controller.start()
+        return self
+
+    def stop(self):
+        self.controller.stop()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hardening")
+    knot = Knot(d / "knot", ZONES)
+    knot.start()
+    port = free_port_on(TARPIT, HEALTHY, LOOP_WILDCARD, DSN_MX, NODSN_MX, UTF8_MX, NOUTF8_MX,
+                        SENDERS_MX)
+    receivers = {
+        "healthy": SmtpReceiver(HEALTHY, port).start(),
+        "senders": SmtpReceiver(SENDERS_MX, port).start(),
+        "dsn": DsnReceiver(DSN_MX, port, dsn=True).start(),
+        "nodsn": DsnReceiver(NODSN_MX, port, dsn=False).start(),
+        "utf8": SmtpReceiver(UTF8_MX, port).start(),
+    }
+    # aiosmtpd without SMTPUTF8 in its EHLO.
+    noutf8 = SmtpReceiver(NOUTF8_MX, port)
+    noutf8.controller.SMTP_kwargs["enable_SMTPUTF8"] = False
+    receivers["noutf8"] = noutf8.start()
+    yield {"knot": knot, "port": port, "rx": receivers}
+    for r in receivers.values():
+        r.stop()
+    knot.stop()
+
+
+@pytest.fixture
+def tarpit(lab):
+    pit = Tarpit(TARPIT, lab["port"]).start()
+    yield pit
+    pit.stop()
+
+
+@pytest.fixture
+def make_relay(postern_bin, tmp_path, certs, lab, request):
+    """Factory: a started Postern resolving through this file's knotd and delivering to port
+    P; ``delivery`` and other sections are overrides."""
+    made: list[Postern] = []
+
+    def factory(**overrides) -> Postern:
+        dns = {"servers": [f"127.0.0.1:{lab['knot'].port}"], "dnssec": False}
+        pt = Postern(postern_bin, tmp_path / f"postern{len(made)}", cert=certs.server,
+                     dns_port=None, delivery_port=lab["port"],
+                     overrides={"dns": dns, "mta_sts": {"enabled": False}, **overrides})
+        made.append(pt)
+        return pt.start()
+
+    request.node.posterns = made
+    yield factory
+    for pt in made:
+        pt.stop()
+
+
+def send(srv, sender: str, rcpts: list[str], *, mail_options=(), rcpt_options=None,
+         msg: bytes | None = None) -> str:
+    """One transaction on the relay port with smtplib, every reply code asserted; returns
+    the queue id."""
+    msg = msg or make_message(sender=sender, to=rcpts[0], subject="hardening",
+                              body="Body line.\r\n")
+    with smtplib.SMTP("127.0.0.1", srv.port("relay"), timeout=10) as s:
+        assert s.ehlo("client.test")[0] == 250
+        assert s.mail(sender, list(mail_options))[0] == 250
+        for r in rcpts:
+            assert s.rcpt(r, list((rcpt_options or {}).get(r, ())))[0] == 250
+        code, text = s.data(msg)
+        assert code == 250, text
+        return text.decode().rsplit(" ", 1)[-1]
+
+
+def dsns_to(receiver, sender: str) -> list:
+    """Messages from <> to ``sender`` that ``receiver`` got, parsed."""
+    return [email.message_from_bytes(m.content, policy=email.policy.default)
+            for m in receiver.received() if m.mail_from == "<>" and sender in m.rcpt_tos]
+
+
+def status_groups(dsn) -> list:
+    """The per-recipient field groups of a DSN's message/delivery-status part."""
+    assert dsn.get_content_type() == "multipart/report"
+    return dsn.get_payload()[1].get_payload()[1:]
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. One slow destination must not stall the others
+# ---------------------------------------------------------------------------------------------
+def test_tarpit_destination_does_not_hold_the_workers(make_relay, lab, tarpit):
+    """workers = 3, max_per_destination = 1: three messages for a tarpit (accepts TCP, never
+    greets) and then one for a healthy domain. The tarpit holds its one slot; the two other
+    tarpit messages wait in its queue without a worker; the healthy message is delivered
+    while the tarpit's only connection is still waiting for its greeting (no timeout has
+    fired: the command timeout is 10 minutes, and no second tarpit connection was made)."""
+    srv = make_relay(delivery={"workers": 3, "max_per_destination": 1,
+                               "command_timeout": "10m", "connection_idle": "0s"})
+    for i in range(3):
+        send(srv, "s1@senders.test", [f"slow{i}@tarpit.test"])
+    wait_until(lambda: tarpit.total == 1, 10, "the tarpit's first connection")
+    send(srv, "s1@senders.test", ["fast@healthy.test"])
+    got = lab["rx"]["healthy"].wait_for("fast@healthy.test", timeout=30)
+    assert got.rcpt_tos == ["fast@healthy.test"]
+    # Still stuck: the one tarpit connection is open, nothing timed out or was retried.
+    assert tarpit.total == 1 and tarpit.still_open() == 1, (tarpit.total, tarpit.still_open())
+    assert "timeout" not in srv.log_text()
+    for i in range(3):
+        assert delivery_log(srv, f"slow{i}@tarpit.test") == []
+    # Let the tarpit go: connections end, new ones are refused; shutdown is quick.
+    tarpit.stop()
