@@ -73,6 +73,7 @@ pub mod log;
 pub mod mta_sts;
 pub mod mx;
 pub mod outcome;
+pub mod own;
 pub mod pool;
 pub mod retry;
 pub mod tls;
@@ -196,6 +197,7 @@ pub async fn run(
     let worker = Arc::new(Worker {
         workers: Semaphore::new(workers),
         limiter,
+        own: own::OwnListeners::from_config(&config.listen),
         sessions,
         mta_sts,
         log: delivery_log.clone(),
@@ -296,6 +298,8 @@ struct Worker {
     shutdown: CancellationToken,
     /// `[delivery] max_per_destination`: transactions in flight per destination.
     limiter: pool::Limiter<Destination>,
+    /// Our own SMTP listeners: never a destination (`own.rs`).
+    own: own::OwnListeners,
     /// Idle sessions for reuse; `None` when `[delivery] connection_idle` is zero.
     sessions: Option<Arc<pool::SessionCache>>,
 }
@@ -509,6 +513,7 @@ impl Worker {
         let sts = self.enforced_sts_policy(&route).await;
 
         let mut trail = HostTrail::default();
+        let mut looped = false;
         'hosts: for host in &route.hosts {
             let Some((addresses, policy, settings)) = self
                 .host_policy(envelope, &route, host, sts.as_ref(), &mut trail)
@@ -521,11 +526,18 @@ impl Worker {
                 if trail.tried == MAX_ADDRESSES || self.shutdown.is_cancelled() {
                     break 'hosts;
                 }
-                trail.tried += 1;
                 let peer = Peer {
                     host: host.name.clone(),
                     addr: SocketAddr::new(ip, route.port),
                 };
+                // Ourselves: this host and every one after it are out (`own.rs`).
+                if self.own.is_own(peer.addr) {
+                    tracing::warn!(queue_id = %envelope.id, mx = %peer.host, ip = %ip,
+                        "MX host is this relay itself");
+                    looped = true;
+                    break 'hosts;
+                }
+                trail.tried += 1;
                 match self.attempt(settings, &peer, policy, &txn, &source).await {
                     Ok(report) => {
                         return GroupOutcome {
@@ -546,6 +558,14 @@ impl Worker {
                     }
                 }
             }
+        }
+        if looped && trail.last.is_none() {
+            let domain = match destination {
+                Destination::Domain(d) => d.clone(),
+                Destination::Relay(host, _) => host.clone(),
+                Destination::NoDomain => String::new(),
+            };
+            return self.failed_group(indices, None, &DeliveryError::Loop { domain });
         }
         self.group_failure(indices, &route, trail)
     }

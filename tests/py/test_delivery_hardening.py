@@ -296,3 +296,48 @@ def test_tarpit_destination_does_not_hold_the_workers(make_relay, lab, tarpit):
         assert delivery_log(srv, f"slow{i}@tarpit.test") == []
     # Let the tarpit go: connections end, new ones are refused; shutdown is quick.
     tarpit.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. MX loops: an MX host that is the relay itself
+# ---------------------------------------------------------------------------------------------
+LOOP_TEXT = "mail for {} loops back to myself"
+
+
+def test_mx_pointing_back_to_own_listener_bounces_5_4_6(make_relay, lab):
+    """loop.test's MX is 127.0.0.1 and Postern's relay listener is 127.0.0.1:P, P being the
+    delivery port: the recipient fails for good with 5.4.6 and Postfix's text, the sender
+    gets a DSN saying so, and Postern never connected to itself (one session on its relay
+    port: the submission). A receiver at 127.0.0.1 on another port is not a loop (the rest of
+    the suite delivers to such receivers as relay hosts)."""
+    port = lab["port"]
+    srv = make_relay(listen={"relay": f"127.0.0.1:{port}"})
+    sender = "s3@senders.test"
+    send(srv, sender, ["someone@loop.test", "ok3@healthy.test"])
+    lab["rx"]["healthy"].wait_for("ok3@healthy.test")
+    dsn = wait_until(lambda: dsns_to(lab["rx"]["senders"], sender), 20, "the loop DSN")[0]
+    [group] = status_groups(dsn)
+    assert group["Final-Recipient"] == "rfc822; someone@loop.test"
+    assert group["Action"] == "failed" and group["Status"] == "5.4.6"
+    assert group["Remote-MTA"] is None and group["Diagnostic-Code"] is None
+    text = dsn.get_payload()[0].get_content()
+    assert f"<someone@loop.test>: {LOOP_TEXT.format('loop.test')}" in text, text
+    [record] = delivery_log(srv, "someone@loop.test")
+    assert record["state"] == "bounced" and record["dsn"] == "5.4.6", record
+    assert record["reply"] == LOOP_TEXT.format("loop.test"), record
+    assert record["ip"] is None, record
+    # The only SMTP session on the relay port was the submission above.
+    assert srv.log_text().count("MX host is this relay itself") == 1
+
+
+def test_mx_on_a_wildcard_listener_is_a_loop_for_any_local_address(make_relay, lab):
+    """Relay listener on 0.0.0.0:Q with Q the delivery port: loopwild.test's MX 127.0.0.8 is
+    a local address, so it is this relay too (5.4.6)."""
+    port = free_port_on("0.0.0.0")
+    srv = make_relay(listen={"relay": f"0.0.0.0:{port}"}, delivery={"port": port})
+    send(srv, "s3w@senders.test", ["someone@loopwild.test"])
+
+    def bounced():
+        return [r for r in delivery_log(srv, "someone@loopwild.test") if r["state"] == "bounced"]
+    [record] = wait_until(bounced, 20, "the loop bounce")
+    assert record["dsn"] == "5.4.6" and record["reply"] == LOOP_TEXT.format("loopwild.test")
