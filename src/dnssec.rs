@@ -25,7 +25,9 @@ use std::path::Path;
 use std::str::FromStr;
 
 use hickory_resolver::proto::dnssec::rdata::{DNSKEY, DNSSECRData, DS, RRSIG};
-use hickory_resolver::proto::dnssec::{DigestType, PublicKey, TrustAnchors, Verifier};
+use hickory_resolver::proto::dnssec::{
+    Algorithm, DigestType, PublicKey, PublicKeyBuf, TrustAnchors, Verifier,
+};
 use hickory_resolver::proto::rr::{DNSClass, Name, RData, Record, RecordType, SerialNumber};
 
 /// `[dns] trust_anchor` as read: the keys of its DNSKEY lines, and its DS lines, whose keys are
@@ -98,12 +100,9 @@ pub fn parse_trust_anchors(text: &str) -> Result<TrustAnchorFile, String> {
             continue;
         }
         let rdata = words[at + 1..].join(" ");
-        if let (Ok(name), Ok(RData::DNSSEC(DNSSECRData::DNSKEY(key)))) = (
-            Name::from_ascii(format!("{owner}{dot}")),
-            RData::try_from_str(RecordType::DNSKEY, &rdata),
-        ) {
-            dnskeys.push((name, key));
-        }
+        let name = Name::from_ascii(format!("{owner}{dot}"))
+            .map_err(|e| format!("invalid owner name in DNSKEY record: {line}: {e}"))?;
+        dnskeys.push((name, parse_dnskey(&words[at + 1..], line)?));
         canonical.push_str(&format!("{owner}{dot} 3600 IN DNSKEY {rdata}\n"));
     }
     if canonical.is_empty() && ds.is_empty() {
@@ -115,6 +114,33 @@ pub fn parse_trust_anchors(text: &str) -> Result<TrustAnchorFile, String> {
         TrustAnchors::from_str(&canonical).map_err(|e| format!("invalid DNSKEY records: {e}"))?
     };
     Ok(TrustAnchorFile { keys, dnskeys, ds })
+}
+
+/// The RDATA of a DNSKEY line (`FLAGS 3 ALGORITHM BASE64...`, the key possibly split over
+/// several words as zone files wrap it). hickory's text parser for a lone RDATA does not take
+/// DNSKEY, so it is read here: an anchor the widening step cannot see would leave a split-key
+/// zone anchored by its KSK alone, and every answer under it bogus.
+fn parse_dnskey(words: &[&str], line: &str) -> Result<DNSKEY, String> {
+    use base64::Engine;
+    let bad = |why: &str| format!("invalid DNSKEY record ({why}): {line}");
+    let [flags, protocol, algorithm, key @ ..] = words else {
+        return Err(bad("want FLAGS PROTOCOL ALGORITHM KEY"));
+    };
+    let flags: u16 = flags.parse().map_err(|_| bad("flags"))?;
+    if *protocol != "3" {
+        return Err(bad("protocol must be 3"));
+    }
+    let algorithm: u8 = algorithm.parse().map_err(|_| bad("algorithm"))?;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(key.concat())
+        .map_err(|_| bad("key is not base64"))?;
+    if key.is_empty() {
+        return Err(bad("no key"));
+    }
+    Ok(DNSKEY::with_flags(
+        flags,
+        PublicKeyBuf::new(key, Algorithm::from_u8(algorithm)),
+    ))
 }
 
 /// The RDATA of a DS line (`TAG ALGORITHM DIGEST-TYPE HEX`).
@@ -239,9 +265,18 @@ mod tests {
         let key = "lab. 3600 IN DNSKEY 257 3 15 BL4vzcaEuW7hnGlz6YsU0YiRqNRFvOMMxzxkZYwlaUc=\n";
         let file = parse_trust_anchors(key).unwrap();
         assert!(file.ds.is_empty());
+        assert_eq!(
+            file.dnskeys.len(),
+            1,
+            "the DNSKEY line is listed with its owner"
+        );
         // keymgr's form: no TTL, no class.
         let key = "lab. DNSKEY 257 3 15 BL4vzcaEuW7hnGlz6YsU0YiRqNRFvOMMxzxkZYwlaUc= ; KSK\n";
-        parse_trust_anchors(key).unwrap();
+        let file = parse_trust_anchors(key).unwrap();
+        let lab = Name::from_ascii("lab.").unwrap();
+        assert_eq!(file.dnskeys.len(), 1);
+        assert_eq!(file.dnskeys[0].0, lab);
+        assert!(file.dnskeys[0].1.secure_entry_point(), "flags 257: a KSK");
     }
 
     /// keymgr's output for one ed25519 KSK of `lab.` (knot 3): its DNSKEY and both DS lines.

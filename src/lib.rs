@@ -21,6 +21,8 @@
 //! - [`metrics`]: Prometheus metrics and the health endpoints.
 //! - [`config`]: the TOML configuration, strictly checked.
 //! - [`server`]: wires the pieces together for `postern serve`.
+//! - [`printable`]: client text made safe for terminals (control characters escaped) in the
+//!   text log and the admin tables.
 //! - [`unix_time`]: Unix milliseconds, the crate's one stored time format.
 //! - `testutil`: the temporary directory of the tests (test and `conformance` builds only).
 //! - [`dnssec`], [`keys`]: leaves that hold what two layers share (the trust anchor file,
@@ -43,7 +45,7 @@
 //! | 3 | `session`, `store`, `spool` | the protocol state machine, the directory and quota stores, the queue on disk |
 //! | 2 | `smtp`, `metrics` | wire pieces both SMTP clients share; counters every layer above may bump |
 //! | 1 | `config` | typed, checked configuration: every layer above reads it, it reads none of them |
-//! | 0 | `policy`, `dnssec`, `keys`, `unix_time`, `testutil` | pure rules and shared values: import nothing from the crate |
+//! | 0 | `policy`, `dnssec`, `keys`, `printable`, `unix_time`, `testutil` | pure rules and shared values: import nothing from the crate |
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod cli;
@@ -55,6 +57,7 @@ pub mod keys;
 pub mod listener;
 pub mod metrics;
 pub mod policy;
+pub mod printable;
 pub mod server;
 pub mod session;
 pub mod smtp;

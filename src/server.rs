@@ -76,6 +76,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         admission: Admission::from_limits(&config.limits),
         registry: Arc::new(SessionRegistry::default()),
         shutdown: shutdown.clone(),
+        directory_generation: Default::default(),
     });
 
     let sessions = TaskTracker::new();
@@ -224,11 +225,78 @@ fn init_logging(config: &Config) {
         config.log.level
     );
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let _ = match config.log.format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.with_ansi(false).try_init(),
+        LogFormat::Json => builder.with_writer(std::io::stderr).json().try_init(),
+        LogFormat::Text => builder
+            .with_writer(|| EscapingWriter(std::io::stderr()))
+            .with_ansi(false)
+            .try_init(),
     };
+}
+
+/// The text log's writer: control characters escaped on their way to `W` (standard error).
+///
+/// Field values carry client text (addresses, AUTH logins, EHLO names), and the text format
+/// writes them as they are: an ESC sequence would act on the terminal of the operator reading
+/// the log, a CR or LF would forge a line. The formatter hands over one whole event per
+/// `write` (it formats into a buffer first), so escaping everything but the final newline of
+/// each write escapes exactly the client's characters. JSON lines need no such writer: serde
+/// escapes control characters.
+struct EscapingWriter<W>(W);
+
+impl<W: std::io::Write> std::io::Write for EscapingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        self.0
+            .write_all(crate::printable::escape_log_line(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EscapingWriter;
+    use std::sync::{Arc, Mutex};
+
+    /// A buffer the test reads back after the subscriber wrote to it.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn text_log_lines_carry_client_control_characters_as_escapes() {
+        let out = Shared::default();
+        let sink = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || EscapingWriter(sink.clone()))
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let rcpt = "a\u{1b}]0;owned\u{7}b@x\r\nforged line";
+            tracing::info!(rcpt = %rcpt, "one event");
+            tracing::info!("another");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text:?}");
+        assert!(
+            lines[0].ends_with("one event rcpt=a\\x1b]0;owned\\x07b@x\\x0d\\x0aforged line"),
+            "{text:?}"
+        );
+        assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text:?}");
+    }
 }

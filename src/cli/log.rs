@@ -208,4 +208,31 @@ mod tests {
         assert_eq!(json[0]["state"], "bounced");
         assert_eq!(json[0]["tls_mode"], "opportunistic");
     }
+
+    #[test]
+    fn table_escapes_control_characters_json_keeps_them() {
+        let f = Fixture::new("log-controls");
+        let mut log = DeliveryLog::open(&f.dir.join("var/delivery-log.db")).unwrap();
+        let mut hostile = record(
+            "\"a\u{1b}]0;owned\u{7}\"@example.net",
+            LogState::Bounced,
+            10,
+        );
+        hostile.reply = "said: 550 \u{1b}[2J gone\r\nforged".into();
+        log.insert(&[hostile]).unwrap();
+        drop(log);
+        let table = f.ok(&["log"]);
+        assert_eq!(table.lines().count(), 1, "{table:?}");
+        assert!(
+            table.contains("\"a\\x1b]0;owned\\x07\"@example.net"),
+            "{table:?}"
+        );
+        assert!(
+            table.contains("said: 550 \\x1b[2J gone\\x0d\\x0aforged"),
+            "{table:?}"
+        );
+        assert!(!table.contains('\u{1b}'), "{table:?}");
+        let json: serde_json::Value = serde_json::from_str(&f.ok(&["log", "--json"])).unwrap();
+        assert_eq!(json[0]["recipient"], "\"a\u{1b}]0;owned\u{7}\"@example.net");
+    }
 }

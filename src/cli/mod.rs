@@ -35,7 +35,9 @@ mod quota;
 mod sendmail;
 
 use crate::config::{CONFIG_ENV, Config};
+use crate::printable::escape_controls;
 use clap::Parser;
+use std::borrow::Cow;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -200,8 +202,13 @@ fn write_json<T: serde::Serialize + ?Sized>(out: &mut dyn Write, value: &T) -> a
     Ok(())
 }
 
-/// Writes rows as left-aligned columns separated by two spaces.
+/// Writes rows as left-aligned columns separated by two spaces. Cells are shown with their control characters escaped: they hold client-chosen text
+/// (addresses, replies) and an operator's terminal must not act on it.
 fn write_table(out: &mut dyn Write, rows: &[Vec<String>]) -> anyhow::Result<()> {
+    let rows: Vec<Vec<Cow<'_, str>>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| escape_controls(cell)).collect())
+        .collect();
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {
@@ -212,7 +219,7 @@ fn write_table(out: &mut dyn Write, rows: &[Vec<String>]) -> anyhow::Result<()> 
                 .unwrap_or(0)
         })
         .collect();
-    for row in rows {
+    for row in &rows {
         let mut line = String::new();
         for (c, cell) in row.iter().enumerate() {
             if c + 1 == row.len() {

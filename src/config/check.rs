@@ -143,6 +143,8 @@ impl TimeoutsConfig {
             ("timeouts.command", self.command),
             ("timeouts.data", self.data),
             ("timeouts.tls_handshake", self.tls_handshake),
+            ("timeouts.session", self.session),
+            ("timeouts.data_total", self.data_total),
         ] {
             if timeout.is_zero() {
                 return invalid(key, "must be longer than zero");

@@ -423,6 +423,10 @@ pub struct DeliveryConfig {
     /// for a worker or a destination slot); the rest stay in the spool until there is room.
     #[serde(default = "default_max_active_messages")]
     pub max_active_messages: usize,
+    /// Accept recipients at address literals (`x@[192.0.2.1]`), which make the relay connect to
+    /// whatever IP the client names, internal ones included; off: `550 5.1.2` at RCPT.
+    #[serde(default)]
+    pub allow_address_literals: bool,
 }
 
 impl Default for DeliveryConfig {
@@ -440,6 +444,7 @@ impl Default for DeliveryConfig {
             max_per_destination: default_max_per_destination(),
             connection_idle: default_connection_idle(),
             max_active_messages: default_max_active_messages(),
+            allow_address_literals: false,
         }
     }
 }
@@ -510,6 +515,10 @@ pub struct LimitsConfig {
     /// Bad commands tolerated in one session before `421` and close.
     #[serde(default = "default_max_bad_commands")]
     pub max_bad_commands: u32,
+    /// NOOP, RSET, VRFY and HELP tolerated in one session; each one beyond counts as a bad
+    /// command (Postfix's `smtpd_junk_command_limit`, 100).
+    #[serde(default = "default_max_junk_commands")]
+    pub max_junk_commands: u32,
     /// Failed AUTH attempts tolerated in one session before `421` and close.
     #[serde(default = "default_max_auth_failures")]
     pub max_auth_failures: u32,
@@ -542,6 +551,7 @@ impl Default for LimitsConfig {
             max_sessions_per_ip: default_max_sessions_per_ip(),
             max_sessions_per_subnet: default_max_sessions_per_subnet(),
             max_bad_commands: default_max_bad_commands(),
+            max_junk_commands: default_max_junk_commands(),
             max_auth_failures: default_max_auth_failures(),
             auth_failure_delay: default_auth_failure_delay(),
             max_auth_failures_per_ip: default_max_auth_failures_per_ip(),
@@ -569,6 +579,9 @@ fn default_max_sessions_per_subnet() -> usize {
 }
 fn default_max_bad_commands() -> u32 {
     10
+}
+fn default_max_junk_commands() -> u32 {
+    100
 }
 fn default_max_auth_failures() -> u32 {
     3
@@ -602,6 +615,13 @@ pub struct TimeoutsConfig {
     /// Longest TLS handshake.
     #[serde(default = "default_tls_timeout", with = "duration::serde_text")]
     pub tls_handshake: Duration,
+    /// Longest session, whatever it does; then `421 4.4.2`.
+    #[serde(default = "default_session_timeout", with = "duration::serde_text")]
+    pub session: Duration,
+    /// Longest transfer of one message's data (DATA, or BDAT from the first chunk to the
+    /// last), however steadily it drips; then `421 4.4.2`.
+    #[serde(default = "default_data_total_timeout", with = "duration::serde_text")]
+    pub data_total: Duration,
 }
 
 impl Default for TimeoutsConfig {
@@ -610,6 +630,8 @@ impl Default for TimeoutsConfig {
             command: default_command_timeout(),
             data: default_data_timeout(),
             tls_handshake: default_tls_timeout(),
+            session: default_session_timeout(),
+            data_total: default_data_total_timeout(),
         }
     }
 }
@@ -619,6 +641,12 @@ fn default_data_timeout() -> Duration {
 }
 fn default_tls_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_session_timeout() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+fn default_data_total_timeout() -> Duration {
+    Duration::from_secs(10 * 60)
 }
 
 /// `[log]`

@@ -5,7 +5,9 @@
 //! Replies are buffered and flushed when the session needs more input or before a TLS
 //! handshake, so a pipelined batch of commands gets its replies in one write (RFC 2920).
 //! Timeouts: `timeouts.command` between commands, `timeouts.data` between reads while message
-//! data flows, `timeouts.tls_handshake` for each handshake. An idle session ends with 421 at
+//! data flows, `timeouts.tls_handshake` for each handshake; and two that no steady drip of
+//! bytes can stretch: `timeouts.data_total` for one message's whole transfer and
+//! `timeouts.session` for the whole session. An idle session ends with 421 at
 //! shutdown, and at once when its credentials are revoked.
 
 use super::Shared;
@@ -15,12 +17,34 @@ use super::metering::{Metering, RelayClient};
 use crate::session::{HostingClient, Reply, Role, Session, SessionConfig};
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 /// Read buffer between commands.
 const COMMAND_READ_BUFFER: usize = 4 * 1024;
 /// Read buffer while message data flows.
 const DATA_READ_BUFFER: usize = 64 * 1024;
+
+/// Which time limit bounds a read.
+#[derive(Clone, Copy)]
+enum Limit {
+    /// `timeouts.command` or `timeouts.data`: the wait for the next bytes.
+    Idle,
+    /// `timeouts.data_total`: the message's transfer.
+    Transfer,
+    /// `timeouts.session`: the session's lifetime.
+    Session,
+}
+
+impl Limit {
+    fn reply(self) -> Reply {
+        match self {
+            Limit::Idle => Reply::timeout(),
+            Limit::Transfer => Reply::data_time_exceeded(),
+            Limit::Session => Reply::session_time_exceeded(),
+        }
+    }
+}
 
 /// What ended a wait for input.
 enum Wake {
@@ -30,6 +54,8 @@ enum Wake {
     Revoked,
     /// The server is stopping and the session is idle.
     Shutdown,
+    /// A time limit had already run out: no more reading.
+    Elapsed,
 }
 
 /// One connection's session and what it needs from the outside world.
@@ -42,6 +68,10 @@ pub(super) struct SessionDriver<'a> {
     /// Small while commands flow, large while message data does: ten thousand idle sessions
     /// must not each hold a data-sized buffer.
     buf: Vec<u8>,
+    /// When the session must end (`timeouts.session`).
+    session_deadline: Instant,
+    /// When the message being transferred must be complete (`timeouts.data_total`).
+    transfer_deadline: Option<Instant>,
 }
 
 /// Runs a session on an admitted connection until it ends.
@@ -65,8 +95,10 @@ pub(super) fn new_session(
         max_recipients: config.limits.max_recipients,
         max_message_size: config.limits.max_message_size,
         max_bad_commands: config.limits.max_bad_commands,
+        max_junk_commands: config.limits.max_junk_commands,
         max_auth_failures: config.limits.max_auth_failures,
         max_received_headers: config.limits.max_received_headers,
+        allow_address_literals: config.delivery.allow_address_literals,
         relay_allowed,
         hosting,
         implicit_tls: role == Role::Submissions,
@@ -105,6 +137,8 @@ impl<'a> SessionDriver<'a> {
             handler,
             out: Vec::with_capacity(1024),
             buf: vec![0u8; COMMAND_READ_BUFFER],
+            session_deadline: Instant::now() + shared.config.timeouts.session,
+            transfer_deadline: None,
         })
     }
 
@@ -153,6 +187,31 @@ impl<'a> SessionDriver<'a> {
         ControlFlow::Continue(())
     }
 
+    /// The read's timeout `idle` cut to what the message transfer and the session have left,
+    /// and which limit that is. The transfer's clock starts at its first read.
+    fn bounded(&mut self, idle: Duration) -> (Duration, Limit) {
+        let now = Instant::now();
+        let config = &self.handler.shared().config.timeouts;
+        if self.session.in_message() {
+            self.transfer_deadline
+                .get_or_insert(now + config.data_total);
+        } else {
+            self.transfer_deadline = None;
+        }
+        let mut bound = (idle, Limit::Idle);
+        let session_left = self.session_deadline.saturating_duration_since(now);
+        if session_left <= bound.0 {
+            bound = (session_left, Limit::Session);
+        }
+        if let Some(deadline) = self.transfer_deadline {
+            let transfer_left = deadline.saturating_duration_since(now);
+            if transfer_left <= bound.0 {
+                bound = (transfer_left, Limit::Transfer);
+            }
+        }
+        bound
+    }
+
     async fn read(&mut self) -> ControlFlow<()> {
         let shared = self.handler.shared();
         let (timeout, wanted) = if self.session.in_data() {
@@ -163,9 +222,11 @@ impl<'a> SessionDriver<'a> {
         if self.buf.len() != wanted {
             self.buf = vec![0u8; wanted];
         }
+        let (timeout, limit) = self.bounded(timeout);
         let idle = self.session.is_idle();
         let wake = tokio::select! {
-            read = tokio::time::timeout(timeout, self.connection.read(&mut self.buf)) => Wake::Read(read),
+            read = tokio::time::timeout(timeout, self.connection.read(&mut self.buf)), if !timeout.is_zero() => Wake::Read(read),
+            _ = std::future::ready(()), if timeout.is_zero() => Wake::Elapsed,
             _ = self.handler.revoked().cancelled() => Wake::Revoked,
             _ = shared.shutdown.cancelled(), if idle => Wake::Shutdown,
         };
@@ -176,13 +237,15 @@ impl<'a> SessionDriver<'a> {
                 self.session.handle_input(&self.buf[..n]);
                 return ControlFlow::Continue(());
             }
-            Wake::Read(Err(_)) => {
+            Wake::Read(Err(_)) | Wake::Elapsed => {
+                let reply = limit.reply();
                 tracing::info!(
                     client_ip = client.ip(),
                     listener = client.role.name(),
+                    reply = %reply.summary(),
                     "session timed out"
                 );
-                let _ = self.connection.send(Reply::timeout()).await;
+                let _ = self.connection.send(reply).await;
             }
             Wake::Revoked => {
                 let who = self.session.authenticated();

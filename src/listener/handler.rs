@@ -24,6 +24,7 @@ use crate::spool::{Envelope, MessageBody, Recipient, SpoolId, Submitter};
 use crate::store::QuotaIdentity;
 use crate::unix_time::unix_ms;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 
@@ -109,6 +110,8 @@ pub(super) struct EventHandler<'a> {
     registration: Option<Registration>,
     /// Fires when the credentials this session authenticated with are revoked.
     revoked: CancellationToken,
+    /// The directory generation published before the session's senders were last read.
+    senders_generation: u64,
 }
 
 impl<'a> EventHandler<'a> {
@@ -122,6 +125,7 @@ impl<'a> EventHandler<'a> {
             transfer: None,
             registration: None,
             revoked: CancellationToken::new(),
+            senders_generation: 0,
         }
     }
 
@@ -166,6 +170,10 @@ impl<'a> EventHandler<'a> {
                 let outcome = self.hold_recipient().await;
                 session.handle_hold_outcome(outcome);
             }
+            Event::CheckSenders => {
+                let fresh = self.fresh_senders(session).await;
+                session.handle_senders(fresh);
+            }
             Event::RecipientOutcome(label) => self.recipient_answered(label),
             Event::TransactionReset => self.reset_transaction().await,
             Event::MessageStart => self.start_message(),
@@ -194,6 +202,8 @@ impl<'a> EventHandler<'a> {
     ) -> AuthOutcome {
         let shared = self.shared;
         let client_ip = self.client.ip();
+        // Read before the store: a change committed after this value was published moves it.
+        self.senders_generation = shared.directory_generation.load(Ordering::Acquire);
         let checked = shared.directory.authenticate(login, &password).await;
         drop(password);
         match checked {
@@ -226,7 +236,7 @@ impl<'a> EventHandler<'a> {
                     .record_failure(self.client.peer.ip(), Instant::now());
                 // The login is logged (operators need it to spot attacks); the password
                 // never is.
-                tracing::info!(client_ip, login = %printable(login), mechanism = mechanism.name(), "auth failed");
+                tracing::info!(client_ip, login = %login_for_log(login), mechanism = mechanism.name(), "auth failed");
                 tokio::time::sleep(shared.config.limits.auth_failure_delay).await;
                 AuthOutcome::Rejected
             }
@@ -234,6 +244,30 @@ impl<'a> EventHandler<'a> {
                 shared.metrics.auth_attempt(mechanism.name(), "error");
                 tracing::warn!(client_ip, error = %e, "auth: store unavailable");
                 AuthOutcome::Unavailable
+            }
+        }
+    }
+
+    /// [`crate::session::Event::CheckSenders`]: the authenticated user's senders read again
+    /// when the directory changed since they were last read (`None`: unchanged, or the store
+    /// did not answer, in which case the session keeps what it has, as the revocation watcher
+    /// does, and the next MAIL FROM asks again).
+    async fn fresh_senders(&mut self, session: &Session) -> Option<Vec<String>> {
+        let shared = self.shared;
+        let generation = shared.directory_generation.load(Ordering::Acquire);
+        if generation == self.senders_generation {
+            return None;
+        }
+        let address = session.authenticated()?.address.clone();
+        match shared.directory.senders_of(&address).await {
+            Ok(senders) => {
+                self.senders_generation = generation;
+                // An address removed meanwhile owns nothing (its session is cut anyway).
+                Some(senders.unwrap_or_default())
+            }
+            Err(e) => {
+                tracing::warn!(address = %address, error = %e, "senders re-check: store unavailable");
+                None
             }
         }
     }
@@ -532,8 +566,11 @@ fn envelope(
 }
 
 /// Client-supplied text made safe for a log line.
-fn printable(text: &str) -> String {
-    let text: String = text.chars().filter(|c| !c.is_control()).take(128).collect();
+fn login_for_log(text: &str) -> String {
+    let text: String = crate::printable::escape_controls(text)
+        .chars()
+        .take(128)
+        .collect();
     if text.is_empty() { "-".into() } else { text }
 }
 

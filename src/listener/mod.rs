@@ -10,7 +10,9 @@
 //! (`metering.rs`) and the spool.
 //! Revocations reach live sessions through the watcher in this file: every 500 ms it asks the
 //! store which credentials of live sessions are still valid and cuts the others, so a revoked or
-//! rotated device password loses its sessions within a second.
+//! rotated device password loses its sessions within a second. The same tick publishes the
+//! directory's generation: an alias removed meanwhile is refused at the session's next MAIL
+//! FROM.
 
 pub mod brakes;
 mod connection;
@@ -28,6 +30,7 @@ use crate::store::Directory;
 use guard::{Admission, Refusal, SessionRegistry};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -65,6 +68,9 @@ pub struct Shared {
     pub signer: Arc<crate::dkim::Signer>,
     /// Fires when the server stops.
     pub shutdown: CancellationToken,
+    /// The directory's [`Directory::generation`] as the revocation watcher last read it: a
+    /// session re-reads its senders at MAIL FROM only when this moved since its last read.
+    pub directory_generation: AtomicU64,
 }
 
 /// Binds a listener, with a message naming the role on failure.
@@ -159,7 +165,8 @@ async fn admit_and_drive(shared: Arc<Shared>, mut stream: TcpStream, peer: Socke
     drop(admitted);
 }
 
-/// Cuts live sessions whose credentials were revoked or rotated, until shutdown.
+/// Cuts live sessions whose credentials were revoked or rotated, and publishes the directory's
+/// generation for the senders re-check at MAIL FROM, until shutdown.
 pub async fn watch_revocations(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(REVOCATION_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -170,6 +177,12 @@ pub async fn watch_revocations(shared: Arc<Shared>) {
         }
         shared.admission.prune(Instant::now());
         shared.brakes.prune();
+        match shared.directory.generation().await {
+            Ok(generation) => shared
+                .directory_generation
+                .store(generation, Ordering::Release),
+            Err(e) => tracing::warn!(error = %e, "directory generation unavailable; will retry"),
+        }
         let credentials = shared.registry.credentials();
         if credentials.is_empty() {
             continue;

@@ -5,6 +5,9 @@
 //!   `CR . CR` and mixtures are data, never an end;
 //! - a bare LF or a bare CR anywhere in the data refuses the whole message (RFC 5321
 //!   section 2.3.8: lines end with CRLF only);
+//! - a NUL byte anywhere refuses it (RFC 5321 sections 2.3.8 and 4.5.2 give NUL no place in
+//!   mail text): a receiver that drops NULs before looking for the end of data would read
+//!   `CRLF NUL . CRLF` as `CRLF . CRLF` and split the message there;
 //! - a line longer than 998 octets refuses it (RFC 5321 section 4.5.3.1.6);
 //! - more bytes than the size limit refuse it.
 //!
@@ -26,6 +29,8 @@ pub enum Framing {
 pub enum DataError {
     /// A bare LF or bare CR.
     BareNewline,
+    /// A NUL byte.
+    NulByte,
     /// A line over 998 octets.
     LineTooLong,
     /// More bytes than the limit.
@@ -127,6 +132,9 @@ impl DataScanner {
                     i = end;
                     self.at_line_start = false;
                     self.line_len += end - start;
+                    if input[start..end].contains(&0) {
+                        self.fail(DataError::NulByte);
+                    }
                     if self.line_len > MAX_LINE {
                         self.fail(DataError::LineTooLong);
                     }
@@ -240,6 +248,27 @@ mod tests {
             assert!(ended, "{attack:?}");
             assert_eq!(rest, 0, "only the real CRLF.CRLF ends it: {attack:?}");
         }
+    }
+
+    #[test]
+    fn nul_bytes_refuse_the_message_and_are_no_end() {
+        for (attack, rest) in [
+            // A receiver that drops NULs would see CRLF . CRLF here and split the message.
+            (&b"a\r\n\0.\r\nMAIL FROM:<x@y>\r\n.\r\nNOOP\r\n"[..], 6),
+            (b"mid\0line\r\n.\r\n", 0),
+            (b"\0\r\n.\r\n", 0),
+            (b"a\r\n.\0\r\n.\r\n", 0),
+        ] {
+            let (_, err, ended, left) = scan(Framing::Dot, 1000, &[attack]);
+            assert_eq!(err, Some(DataError::NulByte), "{attack:?}");
+            assert!(ended, "{attack:?}");
+            assert_eq!(left, rest, "only the real CRLF.CRLF ends it: {attack:?}");
+        }
+        let mut s = DataScanner::new(Framing::Chunked, 1000);
+        let mut out = Vec::new();
+        s.feed(b"x\r\n\0.\r\n", &mut out);
+        s.finish_chunked(&mut out);
+        assert_eq!(s.error(), Some(DataError::NulByte));
     }
 
     #[test]

@@ -12,14 +12,15 @@
 //! - after `STARTTLS` every byte already received in plaintext is discarded, so nothing a
 //!   client pipelined before the handshake is ever executed (CVE-2011-0411 class), and the
 //!   session forgets EHLO and any state (RFC 3207 section 4.2);
-//! - message data goes through [`data::DataScanner`] (CRLF.CRLF only, no bare CR/LF, 998-octet
-//!   lines, size limit) and the rest of a refused message is read and discarded;
+//! - message data goes through [`data::DataScanner`] (CRLF.CRLF only, no bare CR/LF, no NUL,
+//!   998-octet lines, size limit) and the rest of a refused message is read and discarded;
 //! - AUTH only on the submission roles, and on 587 only after TLS (RFC 4954 section 4);
 //! - too many bad commands or failed AUTHs end the session with 421.
 //!
 //! What it does not do: look up passwords, write the spool, count quotas. It asks.
 
 pub mod data;
+pub mod envelope;
 pub mod headers;
 pub mod reply;
 
@@ -69,10 +70,16 @@ pub struct SessionConfig {
     pub max_message_size: u64,
     /// Bad commands before 421.
     pub max_bad_commands: u32,
+    /// NOOP, RSET, VRFY and HELP tolerated before each further one also counts as a bad
+    /// command (Postfix's `smtpd_junk_command_limit`).
+    pub max_junk_commands: u32,
     /// Failed AUTHs before 421.
     pub max_auth_failures: u32,
     /// `Received:` fields a message may carry; one more is a loop (`554 5.4.6`).
     pub max_received_headers: usize,
+    /// Recipients at an address literal (`x@[192.0.2.1]`) are accepted (`[delivery]
+    /// allow_address_literals`); otherwise refused with `550 5.1.2`.
+    pub allow_address_literals: bool,
     /// The relay role: whether this client's network may relay.
     pub relay_allowed: bool,
     /// The relay role: the hosting account this client's network belongs to, whose domains
@@ -270,6 +277,9 @@ pub enum Event {
         /// Recipients the refused message had.
         recipients: usize,
     },
+    /// An authenticated MAIL FROM waits for the ownership check: re-read the user's senders if
+    /// the directory changed since they were read, then call [`Session::handle_senders`].
+    CheckSenders,
     /// A recipient passed every local check: hold it against the quota, then call
     /// [`Session::handle_hold_outcome`].
     HoldRecipient(RcptParams),
@@ -307,6 +317,7 @@ enum State {
 enum Waiting {
     Tls,
     Auth,
+    Senders,
     Hold,
     Commit,
 }
@@ -339,11 +350,15 @@ pub struct Session {
     auth: Option<Authenticated>,
     tx: Option<Transaction>,
     bad_commands: u32,
+    /// NOOP, RSET, VRFY and HELP so far.
+    junk_commands: u32,
     auth_failures: u32,
     /// Discarding the rest of an over-long command line.
     skipping_long_line: bool,
     /// The recipient waiting for its quota hold.
     pending_rcpt: Option<RcptParams>,
+    /// The transaction a MAIL FROM opens once its sender's ownership is checked.
+    pending_mail: Option<Transaction>,
 }
 
 impl Session {
@@ -361,9 +376,11 @@ impl Session {
             auth: None,
             tx: None,
             bad_commands: 0,
+            junk_commands: 0,
             auth_failures: 0,
             skipping_long_line: false,
             pending_rcpt: None,
+            pending_mail: None,
         }
     }
 
@@ -407,6 +424,31 @@ impl Session {
             }
             AuthOutcome::Unavailable => self.reply(Reply::auth_unavailable()),
         }
+    }
+
+    /// The driver's answer to [`Event::CheckSenders`]: the user's senders as the directory
+    /// has them now, or `None` if they did not change.
+    pub fn handle_senders(&mut self, senders: Option<Vec<String>>) {
+        if !matches!(self.state, State::Waiting(Waiting::Senders)) {
+            return;
+        }
+        self.state = State::Command;
+        let Some(tx) = self.pending_mail.take() else {
+            return;
+        };
+        let Some(user) = self.auth.as_mut() else {
+            return;
+        };
+        if let Some(senders) = senders {
+            user.senders = senders;
+        }
+        if !sender::may_send_as(&user.senders, &tx.sender) {
+            let reply = Reply::sender_not_owned(&user.address);
+            self.reply(reply);
+            return;
+        }
+        self.tx = Some(tx);
+        self.reply(Reply::mail_ok());
     }
 
     /// The driver's answer to [`Event::HoldRecipient`].
@@ -484,6 +526,12 @@ impl Session {
         matches!(self.state, State::Data(_) | State::Bdat { .. })
     }
 
+    /// Whether a message is being transferred: DATA, or a BDAT message between its first and
+    /// last chunk (the driver bounds the whole transfer with `timeouts.data_total`).
+    pub fn in_message(&self) -> bool {
+        self.in_data() || self.tx.as_ref().is_some_and(|tx| tx.bdat.is_some())
+    }
+
     /// The next thing the driver must do, or `None` when more input is needed.
     pub fn poll_event(&mut self) -> Option<Event> {
         loop {
@@ -545,6 +593,19 @@ impl Session {
         }
     }
 
+    /// Answers a command that moves no mail (NOOP, RSET, VRFY, HELP): past
+    /// `max_junk_commands` each one also counts as a bad command, so a client that only keeps
+    /// the session busy meets the bad-command limit (it still gets the command's own reply
+    /// until then).
+    fn junk_command(&mut self, reply: Reply) {
+        self.junk_commands = self.junk_commands.saturating_add(1);
+        if self.junk_commands > self.config.max_junk_commands {
+            self.bad_command(reply);
+        } else {
+            self.reply(reply);
+        }
+    }
+
     fn step_line(&mut self) -> bool {
         let Some(newline) = self.input.iter().position(|&b| b == b'\n') else {
             if self.input.len() > MAX_COMMAND_LINE {
@@ -592,6 +653,14 @@ impl Session {
 
     fn command(&mut self, line: &[u8]) {
         match Request::parse(&mut line.iter()) {
+            Ok(Request::Mail { .. })
+            | Ok(Request::Rcpt { .. })
+            | Err(ProtoError::UnsupportedParameter { .. })
+                if self.unadvertised_parameter(line).is_some() =>
+            {
+                let (verb, name) = self.unadvertised_parameter(line).expect("checked");
+                self.bad_command(Reply::parameter_not_supported(verb, &name));
+            }
             Ok(request) => self.request(request),
             Err(ProtoError::UnknownCommand) => self.bad_command(Reply::unrecognized()),
             Err(ProtoError::InvalidSenderAddress) => self.bad_command(Reply::bad_sender_syntax()),
@@ -630,17 +699,41 @@ impl Session {
             } => self.bdat(chunk_size as u64, is_last),
             Request::Rset => {
                 self.drop_transaction();
-                self.reply(Reply::ok());
+                self.junk_command(Reply::ok());
             }
-            Request::Noop { .. } => self.reply(Reply::ok()),
-            Request::Help { .. } => self.reply(Reply::help()),
-            Request::Vrfy { .. } => self.reply(Reply::cannot_vrfy()),
+            Request::Noop { .. } => self.junk_command(Reply::ok()),
+            Request::Help { .. } => self.junk_command(Reply::help()),
+            Request::Vrfy { .. } => self.junk_command(Reply::cannot_vrfy()),
             Request::Quit => self.close_with(Reply::bye()),
             Request::Expn { .. }
             | Request::Etrn { .. }
             | Request::Atrn { .. }
             | Request::Burl { .. } => self.reply(Reply::not_implemented()),
         }
+    }
+
+    /// The first ESMTP parameter of a MAIL or RCPT line that EHLO did not advertise, with the
+    /// command's name for the reply (RFC 5321 section 4.1.1.11: a server refuses those,
+    /// rather than accept and ignore `REQUIRETLS` and its kin).
+    fn unadvertised_parameter(&self, line: &[u8]) -> Option<(&'static str, String)> {
+        let verb = line.get(..4)?;
+        let (verb, allowed): (&'static str, &[&str]) = if verb.eq_ignore_ascii_case(b"MAIL") {
+            // AUTH= (RFC 4954 section 5) only where AUTH is offered.
+            let allowed: &[&str] = if self.config.role == Role::Relay {
+                &["SIZE", "BODY", "SMTPUTF8", "RET", "ENVID"]
+            } else {
+                &["SIZE", "BODY", "SMTPUTF8", "RET", "ENVID", "AUTH"]
+            };
+            ("MAIL FROM", allowed)
+        } else if verb.eq_ignore_ascii_case(b"RCPT") {
+            ("RCPT TO", &["NOTIFY", "ORCPT"])
+        } else {
+            return None;
+        };
+        envelope::parameter_names(line)
+            .into_iter()
+            .find(|name| !allowed.contains(&name.as_str()))
+            .map(|name| (verb, name))
     }
 
     fn extensions(&self) -> Vec<String> {
@@ -808,7 +901,11 @@ impl Session {
             self.reply(Reply::message_too_big());
             return;
         }
-        let sender = from.address.to_ascii_lowercase();
+        if !from.address.is_ascii() && from.flags & smtp_proto::MAIL_SMTPUTF8 == 0 {
+            self.reply(Reply::smtputf8_required());
+            return;
+        }
+        let sender = envelope::quote_local_part(&from.address.to_ascii_lowercase());
         if let Some(hosting) = &self.config.hosting {
             let domain = sender.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
             if !hosting.domains.iter().any(|d| d == domain) {
@@ -817,13 +914,6 @@ impl Session {
                 return;
             }
         }
-        if let Some(user) = &self.auth
-            && !sender::may_send_as(&user.senders, &sender)
-        {
-            let reply = Reply::sender_not_owned(&user.address);
-            self.reply(reply);
-            return;
-        }
         let dsn_ret = if from.flags & smtp_proto::MAIL_RET_FULL != 0 {
             Some("FULL".to_string())
         } else if from.flags & smtp_proto::MAIL_RET_HDRS != 0 {
@@ -831,19 +921,29 @@ impl Session {
         } else {
             None
         };
-        self.tx = Some(Transaction {
+        let tx = Transaction {
             sender,
             body_8bit: from.flags & smtp_proto::MAIL_BODY_8BITMIME != 0,
             smtputf8: from.flags & smtp_proto::MAIL_SMTPUTF8 != 0,
             dsn_ret,
             dsn_envid: from.env_id.map(|e| e.to_string()),
             ..Transaction::default()
-        });
+        };
+        if self.auth.is_some() {
+            // The senders were read at AUTH; an alias removed since must not work here, so
+            // the driver re-reads them first if the directory changed (cheap when it did not).
+            self.pending_mail = Some(tx);
+            self.events.push_back(Event::CheckSenders);
+            self.state = State::Waiting(Waiting::Senders);
+            return;
+        }
+        self.tx = Some(tx);
         self.reply(Reply::mail_ok());
     }
 
     fn rcpt(&mut self, to: smtp_proto::RcptTo<std::borrow::Cow<'_, str>>) {
         let max = self.config.max_recipients;
+        let allow_literals = self.config.allow_address_literals;
         let relay_denied = self.config.role == Role::Relay && !self.config.relay_allowed;
         let Some(tx) = self.tx.as_mut() else {
             self.bad_command(Reply::bad_sequence());
@@ -854,11 +954,16 @@ impl Session {
             self.bad_command(Reply::bad_sequence());
             return;
         }
-        let address = to.address.to_string();
+        let address = envelope::quote_local_part(&to.address);
         let (reply, outcome) = if relay_denied {
             (Reply::relaying_denied(), "relay_denied")
+        } else if !address.is_ascii() && !tx.smtputf8 {
+            (Reply::smtputf8_required(), "needs_smtputf8")
         } else if !sender::is_routable_recipient(&address) {
             (Reply::bad_recipient_syntax(), "bad_syntax")
+        } else if !allow_literals && envelope::has_address_literal(&address) {
+            // An address literal makes the relay connect to any IP it names, internal ones too.
+            (Reply::address_literal_refused(), "address_literal")
         } else if tx
             .recipients
             .iter()
@@ -1036,6 +1141,7 @@ impl Session {
             Some(DataError::BareNewline) => {
                 Some((Reply::bare_newline_in_data(), MessageRefusal::Malformed))
             }
+            Some(DataError::NulByte) => Some((Reply::nul_in_data(), MessageRefusal::Malformed)),
             Some(DataError::LineTooLong) => {
                 Some((Reply::data_line_too_long(), MessageRefusal::Malformed))
             }

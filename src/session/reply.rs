@@ -294,6 +294,26 @@ impl Reply {
         Self::one(554, "5.6.0 Header section too large")
     }
 
+    /// `555 5.5.4 MAIL FROM parameter NAME not supported` (or `RCPT TO`): a parameter EHLO
+    /// did not advertise (RFC 5321 section 4.1.1.11).
+    pub fn parameter_not_supported(command: &str, name: &str) -> Self {
+        Self::one(
+            555,
+            format!("5.5.4 {command} parameter {name} not supported"),
+        )
+    }
+
+    /// `553 5.6.7 SMTPUTF8 required for a non-ASCII address` (RFC 6531 section 3.4)
+    pub fn smtputf8_required() -> Self {
+        Self::one(553, "5.6.7 SMTPUTF8 required for a non-ASCII address")
+    }
+
+    /// `550 5.1.2 Address literal recipients are not accepted` (unless `[delivery]
+    /// allow_address_literals`)
+    pub fn address_literal_refused() -> Self {
+        Self::one(550, "5.1.2 Address literal recipients are not accepted")
+    }
+
     /// `501 5.1.3 Bad recipient address syntax`
     pub fn bad_recipient_syntax() -> Self {
         Self::one(501, "5.1.3 Bad recipient address syntax")
@@ -307,6 +327,11 @@ impl Reply {
     /// `554 5.6.0 Bare LF or CR in message data`
     pub fn bare_newline_in_data() -> Self {
         Self::one(554, "5.6.0 Bare LF or CR in message data")
+    }
+
+    /// `554 5.6.0 NUL byte in message data` (RFC 5321 sections 2.3.8 and 4.5.2)
+    pub fn nul_in_data() -> Self {
+        Self::one(554, "5.6.0 NUL byte in message data")
     }
 
     /// `554 5.6.0 Line longer than 998 octets`
@@ -408,6 +433,20 @@ impl Reply {
     /// `421 4.4.2 Timeout, closing connection`
     pub fn timeout() -> Self {
         Self::one(421, "4.4.2 Timeout, closing connection")
+    }
+
+    /// `421 4.4.2 Session time limit exceeded, closing connection` (`[timeouts] session`)
+    pub fn session_time_exceeded() -> Self {
+        Self::one(421, "4.4.2 Session time limit exceeded, closing connection")
+    }
+
+    /// `421 4.4.2 Message transfer time limit exceeded, closing connection` (`[timeouts]
+    /// data_total`: the whole DATA or BDAT transfer)
+    pub fn data_time_exceeded() -> Self {
+        Self::one(
+            421,
+            "4.4.2 Message transfer time limit exceeded, closing connection",
+        )
     }
 
     /// `421 4.3.2 Service shutting down`

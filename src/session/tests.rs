@@ -20,6 +20,9 @@ struct Harness {
     resets: usize,
     /// End-of-data refusals: the reply's first line and the reason the session gave.
     refusals: Vec<(String, MessageRefusal, usize)>,
+    /// The answer to the next sender re-checks (`None`: unchanged).
+    fresh_senders: Option<Vec<String>>,
+    sender_checks: usize,
 }
 
 impl Harness {
@@ -34,8 +37,10 @@ impl Harness {
             max_recipients: 100,
             max_message_size: 1000,
             max_bad_commands: 5,
+            max_junk_commands: 100,
             max_auth_failures: 3,
             max_received_headers: 50,
+            allow_address_literals: false,
             relay_allowed: true,
             hosting: None,
             implicit_tls: role == Role::Submissions,
@@ -54,6 +59,8 @@ impl Harness {
             hold_answer: None,
             resets: 0,
             refusals: Vec::new(),
+            fresh_senders: None,
+            sender_checks: 0,
         };
         h.pump();
         h
@@ -107,6 +114,10 @@ impl Harness {
                     recipients,
                 } => self.refusals.push((reply.summary(), reason, recipients)),
                 Event::RecipientOutcome(_) => {}
+                Event::CheckSenders => {
+                    self.sender_checks += 1;
+                    self.session.handle_senders(self.fresh_senders.clone());
+                }
                 Event::HoldRecipient(rcpt) => {
                     self.holds.push(rcpt.address.clone());
                     let outcome = self.hold_answer.clone().unwrap_or(HoldOutcome::Held);
@@ -421,6 +432,30 @@ fn bare_lf_in_data_is_refused_and_session_goes_on() {
     h.line("DATA");
     let replies = h.send(b"From: alice@example.org\r\n\r\nsmuggled\n.\nMAIL FROM:<x@y.z>\r\n.\r\n");
     assert_eq!(replies, vec!["554 5.6.0 Bare LF or CR in message data"]);
+    assert!(h.committed.is_empty());
+    assert_eq!(h.line("MAIL FROM:<alice@example.org>"), "250 2.1.0 Ok");
+}
+
+#[test]
+fn nul_in_data_and_bdat_is_refused_and_session_goes_on() {
+    let mut h = Harness::login(Role::Submissions);
+    h.line("MAIL FROM:<alice@example.org>");
+    h.line("RCPT TO:<b@example.net>");
+    h.line("DATA");
+    // `CRLF NUL . CRLF` is no end of data; the pipelined MAIL after it is message text.
+    let replies =
+        h.send(b"From: alice@example.org\r\n\r\nhi\r\n\0.\r\nMAIL FROM:<x@y.z>\r\n.\r\nNOOP\r\n");
+    assert_eq!(
+        replies,
+        vec!["554 5.6.0 NUL byte in message data", "250 2.0.0 Ok"]
+    );
+    assert!(h.committed.is_empty());
+    h.line("MAIL FROM:<alice@example.org>");
+    h.line("RCPT TO:<b@example.net>");
+    let message = b"From: alice@example.org\r\n\r\nmid\0line\r\n";
+    let mut bdat = format!("BDAT {} LAST\r\n", message.len()).into_bytes();
+    bdat.extend_from_slice(message);
+    assert_eq!(h.send(&bdat), vec!["554 5.6.0 NUL byte in message data"]);
     assert!(h.committed.is_empty());
     assert_eq!(h.line("MAIL FROM:<alice@example.org>"), "250 2.1.0 Ok");
 }
@@ -884,4 +919,194 @@ fn more_received_fields_than_the_limit_are_a_loop() {
         assert_eq!(MessageRefusal::TooManyHops.label(), "too_many_hops");
         assert_eq!(h.committed.len(), 1);
     }
+}
+
+#[test]
+fn unadvertised_parameters_are_refused_and_the_session_goes_on() {
+    let mut h = Harness::login(Role::Submission);
+    for (line, reply) in [
+        (
+            "MAIL FROM:<alice@example.org> REQUIRETLS",
+            "555 5.5.4 MAIL FROM parameter REQUIRETLS not supported",
+        ),
+        (
+            "MAIL FROM:<alice@example.org> foo=bar",
+            "555 5.5.4 MAIL FROM parameter FOO not supported",
+        ),
+        (
+            "MAIL FROM:<alice@example.org> SIZE=10 MT-PRIORITY=3",
+            "555 5.5.4 MAIL FROM parameter MT-PRIORITY not supported",
+        ),
+    ] {
+        assert_eq!(h.line(line), reply, "{line}");
+    }
+    assert_eq!(
+        h.line(
+            "MAIL FROM:<alice@example.org> SIZE=10 BODY=8BITMIME SMTPUTF8 RET=FULL ENVID=x AUTH=<>"
+        ),
+        "250 2.1.0 Ok"
+    );
+    assert_eq!(
+        h.line("RCPT TO:<b@example.net> CONNEG"),
+        "555 5.5.4 RCPT TO parameter CONNEG not supported"
+    );
+    assert_eq!(
+        h.line("RCPT TO:<b@example.net> Foo=bar"),
+        "555 5.5.4 RCPT TO parameter FOO not supported"
+    );
+    assert_eq!(
+        h.line("RCPT TO:<b@example.net> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b@example.net"),
+        "250 2.1.5 Ok"
+    );
+    // AUTH= is advertised only where AUTH is: not on the relay port.
+    let mut relay = Harness::new(Role::Relay);
+    relay.line("EHLO client.test");
+    assert_eq!(
+        relay.line("MAIL FROM:<www@example.org> AUTH=<>"),
+        "555 5.5.4 MAIL FROM parameter AUTH not supported"
+    );
+    assert_eq!(relay.line("MAIL FROM:<www@example.org>"), "250 2.1.0 Ok");
+}
+
+#[test]
+fn non_ascii_addresses_need_smtputf8() {
+    let mut h = Harness::new(Role::Relay);
+    h.line("EHLO client.test");
+    assert_eq!(
+        h.line("MAIL FROM:<pelé@example.org>"),
+        "553 5.6.7 SMTPUTF8 required for a non-ASCII address"
+    );
+    assert_eq!(h.line("MAIL FROM:<www@example.org>"), "250 2.1.0 Ok");
+    assert_eq!(
+        h.line("RCPT TO:<pelé@example.net>"),
+        "553 5.6.7 SMTPUTF8 required for a non-ASCII address"
+    );
+    assert_eq!(h.line("RCPT TO:<b@example.net>"), "250 2.1.5 Ok");
+    assert_eq!(h.line("RSET"), "250 2.0.0 Ok");
+    assert_eq!(
+        h.line("MAIL FROM:<pelé@example.org> SMTPUTF8"),
+        "250 2.1.0 Ok"
+    );
+    assert_eq!(h.line("RCPT TO:<josé@example.net>"), "250 2.1.5 Ok");
+    assert_eq!(h.holds, ["b@example.net", "josé@example.net"]);
+}
+
+#[test]
+fn address_literal_recipients_are_refused_unless_allowed() {
+    let mut h = Harness::new(Role::Relay);
+    h.line("EHLO client.test");
+    h.line("MAIL FROM:<www@example.org>");
+    assert_eq!(
+        h.line("RCPT TO:<x@\"[10.0.0.5]\">"),
+        "550 5.1.2 Address literal recipients are not accepted"
+    );
+    assert_eq!(
+        h.line("RCPT TO:<x@[10.0.0.5]>"),
+        "501 5.1.3 Bad recipient address syntax"
+    );
+    assert!(h.holds.is_empty());
+    assert_eq!(h.line("RCPT TO:<b@example.net>"), "250 2.1.5 Ok");
+    let mut allowed = Harness::with(Role::Relay, |c| c.allow_address_literals = true);
+    allowed.line("EHLO client.test");
+    allowed.line("MAIL FROM:<www@example.org>");
+    assert_eq!(allowed.line("RCPT TO:<x@\"[10.0.0.5]\">"), "250 2.1.5 Ok");
+    assert_eq!(allowed.holds, ["x@[10.0.0.5]"]);
+}
+
+#[test]
+fn quoted_local_parts_keep_their_quotes() {
+    let mut h = Harness::new(Role::Relay);
+    h.line("EHLO client.test");
+    assert_eq!(
+        h.line("MAIL FROM:<\"www data\"@example.org>"),
+        "250 2.1.0 Ok"
+    );
+    assert_eq!(h.line("RCPT TO:<\"john doe\"@example.net>"), "250 2.1.5 Ok");
+    assert_eq!(h.line("RCPT TO:<\"plain\"@example.net>"), "250 2.1.5 Ok");
+    assert_eq!(h.line("RCPT TO:<\"a\\\"b\"@example.net>"), "250 2.1.5 Ok");
+    assert_eq!(
+        h.holds,
+        [
+            "\"john doe\"@example.net",
+            "plain@example.net",
+            "\"a\\\"b\"@example.net"
+        ]
+    );
+    h.line("DATA");
+    h.send(b"From: x@example.org\r\n\r\nhi\r\n.\r\n");
+    assert_eq!(h.committed[0].sender, "\"www data\"@example.org");
+    assert_eq!(
+        h.committed[0].recipients[0].address,
+        "\"john doe\"@example.net"
+    );
+}
+
+#[test]
+fn junk_commands_beyond_the_limit_count_as_bad_at_n_and_n_plus_one() {
+    let config = |c: &mut SessionConfig| {
+        c.max_junk_commands = 4;
+        c.max_bad_commands = 2;
+    };
+    // N junk commands, then the bad-command allowance: all answered, the session goes on.
+    let mut h = Harness::with(Role::Relay, config);
+    h.line("EHLO client.test");
+    let replies = h.send(b"NOOP\r\nRSET\r\nVRFY x\r\nHELP\r\nBOGUS\r\nBOGUS\r\n");
+    assert_eq!(
+        replies,
+        [
+            "250 2.0.0 Ok",
+            "250 2.0.0 Ok",
+            "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery",
+            "214 2.0.0 See RFC 5321 and RFC 6409; submission needs AUTH after STARTTLS",
+            "500 5.5.1 Command unrecognized",
+            "500 5.5.1 Command unrecognized",
+        ]
+    );
+    assert!(!h.closed);
+    // N + 1 junk commands: the extra one is a bad command and the last BOGUS is one too many.
+    let mut h = Harness::with(Role::Relay, config);
+    h.line("EHLO client.test");
+    let replies = h.send(b"NOOP\r\nNOOP\r\nNOOP\r\nNOOP\r\nNOOP\r\nBOGUS\r\nBOGUS\r\n");
+    assert_eq!(
+        replies[..6],
+        ["250 2.0.0 Ok"; 5]
+            .iter()
+            .copied()
+            .chain(["500 5.5.1 Command unrecognized"])
+            .collect::<Vec<_>>()[..]
+    );
+    assert_eq!(replies[6], "421 4.7.0 Too many errors, closing connection");
+    assert!(h.closed);
+}
+
+#[test]
+fn senders_are_checked_again_at_each_mail_from() {
+    let mut h = Harness::login(Role::Submission);
+    assert_eq!(h.line("MAIL FROM:<sales@example.org>"), "250 2.1.0 Ok");
+    assert_eq!(h.line("RSET"), "250 2.0.0 Ok");
+    // The alias is removed from the directory: the next MAIL FROM sees it.
+    h.fresh_senders = Some(vec![USER.into()]);
+    assert_eq!(
+        h.line("MAIL FROM:<sales@example.org>"),
+        "550 5.7.1 Sender address rejected: not owned by user alice@example.org"
+    );
+    h.fresh_senders = None;
+    // Pipelined: each MAIL waits for its check, replies stay in order.
+    let replies = h.send(b"MAIL FROM:<sales@example.org>\r\nMAIL FROM:<alice@example.org>\r\nRCPT TO:<b@example.net>\r\n");
+    assert_eq!(
+        replies,
+        [
+            "550 5.7.1 Sender address rejected: not owned by user alice@example.org",
+            "250 2.1.0 Ok",
+            "250 2.1.5 Ok"
+        ]
+    );
+    assert_eq!(h.sender_checks, 4);
+    // The header From: uses the fresh list too.
+    h.line("DATA");
+    let replies = h.send(b"From: sales@example.org\r\n\r\nhi\r\n.\r\n");
+    assert_eq!(
+        replies,
+        ["550 5.7.1 Sender address rejected: not owned by user alice@example.org"]
+    );
 }

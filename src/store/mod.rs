@@ -179,6 +179,22 @@ pub trait Directory: Send + Sync {
         ids: &[CredentialId],
     ) -> Result<HashSet<CredentialId>, StoreError>;
 
+    /// A number that changes whenever a change to the directory is committed through another
+    /// handle (the CLI beside `postern serve`): sessions compare it with the one they saw when
+    /// they last read their senders, and re-read them only when it moved. Cheap: asked by the
+    /// revocation watcher twice a second, never per command.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] only.
+    async fn generation(&self) -> Result<u64, StoreError>;
+
+    /// The senders the login `address` owns (itself and its aliases, lower case), as
+    /// [`Directory::authenticate`] gives them; `None` if there is no such address.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] only.
+    async fn senders_of(&self, address: &str) -> Result<Option<Vec<String>>, StoreError>;
+
     /// The hosting account whose networks contain `client` most specifically (longest
     /// prefix), with its sender domains; `None` if no account's network contains it.
     /// IPv4-mapped IPv6 clients (`::ffff:192.0.2.7`) are matched as IPv4.

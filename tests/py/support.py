@@ -70,6 +70,7 @@ LINE_TOO_LONG = "500 5.5.2 Line too long"
 BARE_LF_COMMAND = "500 5.5.2 Bare LF not allowed, use CRLF"
 BARE_LF_DATA = "554 5.6.0 Bare LF or CR in message data"
 LONG_LINE_DATA = "554 5.6.0 Line longer than 998 octets"
+NUL_DATA = "554 5.6.0 NUL byte in message data"
 QUEUED_RE = re.compile(r"^250 2\.0\.0 Ok: queued as (\S+)$")
 
 # Quotas, hosting accounts and brakes (issue 3).

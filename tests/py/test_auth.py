@@ -55,6 +55,19 @@ def test_wrong_credentials_get_535(server, mechanism, case):
     client.quit()
 
 
+
+def test_hostile_login_is_logged_escaped(server):
+    """A failed login is logged with the name the client gave, which is the client's text: an
+    ESC sequence (one that would set the operator's terminal title) and a line break in it are
+    written as escapes, so the log line is neither acted on by a terminal nor split in two."""
+    client = server.connect("submissions")
+    client.ehlo()
+    assert client.auth_plain("a\x1b]0;owned\x07b\nforged=1", "x") == AUTH_FAILED
+    client.quit()
+    line = next(line for line in server.log_text().splitlines() if "auth failed" in line)
+    assert "login=a\\x1b]0;owned\\x07b\\x0aforged=1 " in line, line
+    assert "\x1b" not in server.log_text() and "\x07" not in server.log_text()
+
 def test_device_passwords_are_strong_and_distinct(server):
     """Generated passwords: at least 128 bits (>= 22 characters of base64 or longer encodings),
     a different one for every device."""

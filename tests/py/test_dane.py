@@ -262,11 +262,7 @@ def test_ds_trust_anchor_delivers_with_mode_dane(make_server, lab):
     assert not lab.saw("ds2@bogus.lab")
 
 
-@pytest.mark.parametrize("anchor", [
-    "ds",
-    pytest.param("ksk", marks=pytest.mark.xfail(
-        strict=True, reason="the KSK's DNSKEY line alone is not yet widened to the RRset")),
-])
+@pytest.mark.parametrize("anchor", ["ds", "ksk"])
 def test_split_key_zone_anchored_by_its_ksk_only(make_server, lab, tmp_path, anchor):
     """lab. signed with a KSK (signing only the DNSKEY RRset) and a ZSK (the rest), knot's
     default, and a trust anchor naming only the KSK: its DS lines, or its DNSKEY line alone.

@@ -4,7 +4,7 @@ commands and in DATA/BDAT (SMTP smuggling class)."""
 import pytest
 
 from support import (BAD_SEQUENCE, BARE_LF_COMMAND, BARE_LF_DATA, DATA_GO, LINE_TOO_LONG,
-                     LONG_LINE_DATA, MAIL_OK, NO_RCPTS, OK, RCPT_OK, SINK, SYNTAX_ERROR,
+                     LONG_LINE_DATA, MAIL_OK, NUL_DATA, NO_RCPTS, OK, RCPT_OK, SINK, SYNTAX_ERROR,
                      UNRECOGNIZED, make_message, queue_id)
 
 
@@ -100,6 +100,29 @@ def test_smuggled_end_of_data_is_not_an_end(server, alice_session, fake_end):
                 + b"Subject: smuggled\r\n\r\nevil\r\n")
     alice_session.send(smuggled + b".\r\n")
     assert alice_session.reply() == BARE_LF_DATA
+    assert alice_session.cmd("NOOP") == OK            # no reply of a smuggled command pending
+    assert_session_goes_on(alice_session, sender)
+
+
+@pytest.mark.parametrize("verb", ["DATA", "BDAT"])
+@pytest.mark.parametrize("body", [b"innocent\r\n\0.\r\n", b"mid\0line\r\n"],
+                         ids=["CRLF-NUL-dot-CRLF", "NUL-mid-line"])
+def test_nul_in_data_is_refused(server, alice_session, verb, body):
+    """A NUL byte in DATA or BDAT gets `554 5.6.0 NUL byte in message data`; `CRLF NUL . CRLF`
+    is no end of data (a receiver dropping NULs would read it as one): the pipelined commands
+    after it are message text, the session reads on to the real end and goes on."""
+    sender = server.alice.address
+    assert alice_session.cmd(f"MAIL FROM:<{sender}>") == MAIL_OK
+    assert alice_session.cmd(f"RCPT TO:<r@{SINK}>") == RCPT_OK
+    smuggled = (make_message(sender=sender, to=f"r@{SINK}", body="") + body
+                + f"MAIL FROM:<{sender}>\r\nRCPT TO:<victim@{SINK}>\r\nDATA\r\n".encode()
+                + b"Subject: smuggled\r\n\r\nevil\r\n")
+    if verb == "DATA":
+        assert alice_session.cmd("DATA") == DATA_GO
+        alice_session.send(smuggled + b".\r\n")
+    else:
+        alice_session.send(f"BDAT {len(smuggled)} LAST\r\n".encode() + smuggled)
+    assert alice_session.reply() == NUL_DATA
     assert alice_session.cmd("NOOP") == OK            # no reply of a smuggled command pending
     assert_session_goes_on(alice_session, sender)
 

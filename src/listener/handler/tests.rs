@@ -70,6 +70,7 @@ impl Fixture {
             admission: Admission::from_limits(&config.limits),
             registry: Arc::new(SessionRegistry::default()),
             shutdown: CancellationToken::new(),
+            directory_generation: Default::default(),
             config,
         };
         Self {

@@ -2,7 +2,7 @@
 
 use super::{Backend, addr};
 use crate::policy::Plan;
-use crate::store::{AliasInfo, DirectoryAdmin, StoreError};
+use crate::store::{AliasInfo, Directory, DirectoryAdmin, StoreError};
 
 /// Aliases and addresses share one namespace; removing an address removes its aliases and
 /// devices and frees the names.
@@ -81,4 +81,28 @@ pub async fn aliases_and_collisions<B: Backend>(backend: &B) {
         .unwrap();
     store.add_address(&a, Plan::Free).unwrap();
     assert!(store.list_devices(&a).unwrap().is_empty());
+}
+
+/// An alias removed by another handle (the CLI) moves the generation and is gone from
+/// `senders_of` at once; without a change the generation stays.
+pub async fn senders_follow_alias_changes<B: Backend>(backend: &B) {
+    let f = backend.open("senders");
+    let (server, cli) = (&f.store, &f.other);
+    let a = addr("a@example.org");
+    cli.add_address(&a, Plan::Starter).unwrap();
+    cli.add_alias(&addr("sales@example.org"), &a).unwrap();
+    let before = server.generation().await.unwrap();
+    assert_eq!(server.generation().await.unwrap(), before);
+    assert_eq!(
+        server.senders_of("A@example.org").await.unwrap().unwrap(),
+        ["a@example.org", "sales@example.org"]
+    );
+    cli.remove_alias(&addr("sales@example.org")).unwrap();
+    assert_ne!(server.generation().await.unwrap(), before);
+    assert_eq!(
+        server.senders_of("a@example.org").await.unwrap().unwrap(),
+        ["a@example.org"]
+    );
+    assert_eq!(server.senders_of("nobody@example.org").await.unwrap(), None);
+    assert_eq!(server.senders_of("not an address").await.unwrap(), None);
 }

@@ -25,7 +25,7 @@ use crate::policy::{EmailAddress, parse_address};
 use ipnet::IpNet;
 
 pub use addresses::addresses_add_list_remove;
-pub use aliases::aliases_and_collisions;
+pub use aliases::{aliases_and_collisions, senders_follow_alias_changes};
 pub use devices::{
     a_second_process_sees_changes_at_once, devices_add_list_authenticate,
     live_credentials_in_batches, revoke_and_revoke_all, rotate_changes_password_and_credential,
@@ -67,6 +67,7 @@ pub struct Fixture<S, G> {
 pub async fn run_all<B: Backend>(backend: &B) {
     addresses_add_list_remove(backend).await;
     aliases_and_collisions(backend).await;
+    senders_follow_alias_changes(backend).await;
     devices_add_list_authenticate(backend).await;
     rotate_changes_password_and_credential(backend).await;
     revoke_and_revoke_all(backend).await;

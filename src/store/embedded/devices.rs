@@ -5,7 +5,7 @@
 //! Only the SHA-256 of a password is stored ([`crate::policy::password`]); a new password is
 //! returned once, by the call that made it.
 
-use super::addresses::ensure_address;
+use super::addresses::{ensure_address, is_address};
 use super::aliases::aliases_of;
 use super::{EmbeddedStore, backend, exists, now_secs, to_time};
 use crate::policy::password;
@@ -76,14 +76,34 @@ pub(super) fn authenticate(
         return Ok(None);
     };
     let (device, credential, _) = devices.into_iter().nth(i).expect("index from enumerate");
-    let mut senders = vec![address.as_str().to_string()];
-    senders.extend(aliases_of(&conn, address.as_str())?);
+    let senders = senders_with(&conn, address.as_str())?;
     Ok(Some(AuthIdentity {
         address: address.into_string(),
         device,
         credential: CredentialId(credential),
         senders,
     }))
+}
+
+/// The address itself and its aliases: the senders its login owns.
+fn senders_with(conn: &rusqlite::Connection, address: &str) -> Result<Vec<String>, StoreError> {
+    let mut senders = vec![address.to_string()];
+    senders.extend(aliases_of(conn, address)?);
+    Ok(senders)
+}
+
+/// [`crate::store::Directory::senders_of`]: `None` if `address` is not an address.
+pub(super) fn senders_of(
+    conn: &rusqlite::Connection,
+    address: &str,
+) -> Result<Option<Vec<String>>, StoreError> {
+    let Ok(address) = parse_address(address) else {
+        return Ok(None);
+    };
+    if !is_address(conn, address.as_str())? {
+        return Ok(None);
+    }
+    senders_with(conn, address.as_str()).map(Some)
 }
 
 pub(super) fn live_credentials(

@@ -192,6 +192,24 @@ impl Directory for EmbeddedStore {
             .await
     }
 
+    async fn generation(&self) -> Result<u64, StoreError> {
+        // SQLite's data_version moves when another connection commits to the file.
+        self.blocking(|store| {
+            store
+                .lock()
+                .query_row("PRAGMA data_version", [], |row| row.get::<_, i64>(0))
+                .map(|v| v as u64)
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn senders_of(&self, address: &str) -> Result<Option<Vec<String>>, StoreError> {
+        let address = address.to_string();
+        self.blocking(move |store| devices::senders_of(&store.lock(), &address))
+            .await
+    }
+
     async fn hosting_account_for(
         &self,
         client: IpAddr,
