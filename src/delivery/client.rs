@@ -105,8 +105,15 @@ impl Transaction<'_> {
             sender: self.sender,
             size: Some(self.size),
             body_8bit: self.body_8bit,
-            smtputf8: self.smtputf8,
+            smtputf8: self.needs_smtputf8(),
         }
+    }
+
+    /// RFC 6531 section 3.4: the whole transaction needs SMTPUTF8 when the client declared it
+    /// or the reverse-path is not ASCII. (A UTF-8 forward-path needs it only for itself, see
+    /// [`Outcomes::screen`], but once sent, MAIL must declare it too: [`Self::mail_from`].)
+    fn needs_smtputf8(&self) -> bool {
+        self.smtputf8 || !self.sender.is_ascii() || self.recipients.iter().any(|r| !r.is_ascii())
     }
 }
 
@@ -498,7 +505,7 @@ fn refused_before_mail(
     txn: &Transaction<'_>,
     ext: &Extensions,
 ) -> Option<RecipientOutcome> {
-    if txn.smtputf8 && !ext.smtputf8 {
+    if (txn.smtputf8 || !txn.sender.is_ascii()) && !ext.smtputf8 {
         // RFC 6531 section 3.4: such a message must not be sent to a server without
         // SMTPUTF8; there is no downgrade (RFC 6857 is not implemented).
         return Some(RecipientOutcome::permanent(
@@ -523,9 +530,10 @@ struct Outcomes {
 }
 
 impl Outcomes {
-    /// Recipients whose address cannot go on the wire fail at once (5.1.3); the others are
-    /// returned by index, to be sent.
-    fn screen(recipients: &[String]) -> (Self, Vec<usize>) {
+    /// Recipients whose address cannot go on the wire fail at once (5.1.3), and so do UTF-8
+    /// addresses for a server without SMTPUTF8 (5.6.7, RFC 6531 section 3.4: never passed on
+    /// to it); the others are returned by index, to be sent.
+    fn screen(peer: &Peer, recipients: &[String], ext: &Extensions) -> (Self, Vec<usize>) {
         let mut known = vec![None; recipients.len()];
         let mut sendable = Vec::with_capacity(recipients.len());
         for (i, rcpt) in recipients.iter().enumerate() {
@@ -533,6 +541,13 @@ impl Outcomes {
                 known[i] = Some(RecipientOutcome::permanent(
                     EnhancedCode::new(5, 1, 3),
                     "recipient address cannot be sent in SMTP",
+                ));
+            } else if !rcpt.is_ascii() && !ext.smtputf8 {
+                known[i] = Some(RecipientOutcome::permanent(
+                    EnhancedCode::new(5, 6, 7),
+                    format!(
+                        "{peer} does not support SMTPUTF8, which the recipient address requires"
+                    ),
                 ));
             } else {
                 sendable.push(i);
@@ -872,7 +887,7 @@ impl Session {
         if let Some(refusal) = refused_before_mail(peer, txn, ext) {
             return Ok(vec![refusal; txn.recipients.len()]);
         }
-        let (mut outcomes, sendable) = Outcomes::screen(txn.recipients);
+        let (mut outcomes, sendable) = Outcomes::screen(peer, txn.recipients, ext);
         if sendable.is_empty() {
             let none = RecipientOutcome::permanent(EnhancedCode::new(5, 1, 3), "no recipient");
             return Ok(outcomes.finish(&none));
@@ -1118,12 +1133,54 @@ mod tests {
         utf8.smtputf8 = true;
         let refusal = refused_before_mail(&peer, &utf8, &ext).unwrap();
         assert_eq!(refusal.status, EnhancedCode::new(5, 6, 7));
-        let (outcomes, sendable) = Outcomes::screen(&rcpts);
+        let (outcomes, sendable) = Outcomes::screen(&peer, &rcpts, &ext);
         assert_eq!(sendable, [0]);
         let rest = RecipientOutcome::temporary(EnhancedCode::new(4, 0, 0), "rest");
         let all = outcomes.finish(&rest);
         assert_eq!(all[0].status, EnhancedCode::new(4, 0, 0));
         assert_eq!(all[1].status, EnhancedCode::new(5, 1, 3));
+    }
+
+    #[test]
+    fn utf8_addresses_never_go_to_a_server_without_smtputf8() {
+        let peer = Peer {
+            host: "mx.example.org".into(),
+            addr: "192.0.2.1:25".parse().unwrap(),
+        };
+        let rcpts = vec!["a@example.org".to_string(), "jörg@example.org".to_string()];
+        let plain = Extensions::default();
+        let utf8 = Extensions {
+            smtputf8: true,
+            ..Extensions::default()
+        };
+        // An ASCII sender, no SMTPUTF8 declared: only the UTF-8 recipient fails, 5.6.7.
+        let t = txn("s@example.com", &rcpts);
+        assert!(refused_before_mail(&peer, &t, &plain).is_none());
+        let (outcomes, sendable) = Outcomes::screen(&peer, &rcpts, &plain);
+        assert_eq!(sendable, [0]);
+        let all = outcomes.finish(&RecipientOutcome::temporary(EnhancedCode::new(4, 0, 0), ""));
+        assert_eq!(all[1].status, EnhancedCode::new(5, 6, 7));
+        assert_eq!(all[1].verdict, super::super::outcome::Verdict::Permanent);
+        assert_eq!(
+            all[1].detail,
+            "mx.example.org[192.0.2.1] does not support SMTPUTF8, which the recipient address requires"
+        );
+        // To a server with SMTPUTF8 both go, and MAIL declares SMTPUTF8 although the client
+        // did not.
+        let (_, sendable) = Outcomes::screen(&peer, &rcpts, &utf8);
+        assert_eq!(sendable, [0, 1]);
+        assert_eq!(
+            t.mail_from().command(&utf8),
+            "MAIL FROM:<s@example.com> SMTPUTF8\r\n"
+        );
+        let ascii = vec!["a@example.org".to_string()];
+        assert_eq!(
+            txn("s@example.com", &ascii).mail_from().command(&utf8),
+            "MAIL FROM:<s@example.com>\r\n"
+        );
+        // A UTF-8 reverse-path: nothing goes to a server without SMTPUTF8.
+        let refusal = refused_before_mail(&peer, &txn("jörg@example.com", &ascii), &plain);
+        assert_eq!(refusal.unwrap().status, EnhancedCode::new(5, 6, 7));
     }
 
     #[test]

@@ -152,10 +152,10 @@ class RawLineSMTP(SMTP):
 
 
 class DsnReceiver:
-    """An aiosmtpd receiver that advertises DSN (RFC 3461) when ``dsn`` and records the raw
-    MAIL/RCPT lines and the messages."""
+    """An aiosmtpd receiver that advertises DSN (RFC 3461) when ``dsn``, SMTPUTF8 when
+    ``smtputf8``, and records the raw MAIL/RCPT lines and the messages."""
 
-    def __init__(self, host: str, port: int, *, dsn: bool):
+    def __init__(self, host: str, port: int, *, dsn: bool, smtputf8: bool = False):
         self.host, self.port, self.dsn = host, port, dsn
         self.lock = threading.Lock()
         self.lines: list[str] = []
@@ -167,11 +167,20 @@ class DsnReceiver:
                 return RawLineSMTP(receiver, self.handler, **self.SMTP_kwargs)
 
         self.controller = Ctl(self, hostname=host, port=port, ident="dsn-mx",
-                              decode_data=False, data_size_limit=None)
+                              decode_data=False, data_size_limit=None,
+                              enable_SMTPUTF8=smtputf8)
 
     def record(self, line: str):
         with self.lock:
             self.lines.append(line)
+
+    def raw(self) -> list[str]:
+        with self.lock:
+            return list(self.lines)
+
+    def received(self) -> list[tuple[str, list[str], bytes]]:
+        with self.lock:
+            return list(self.messages)
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
@@ -205,12 +214,10 @@ def lab(tmp_path_factory):
         "senders": SmtpReceiver(SENDERS_MX, port).start(),
         "dsn": DsnReceiver(DSN_MX, port, dsn=True).start(),
         "nodsn": DsnReceiver(NODSN_MX, port, dsn=False).start(),
-        "utf8": SmtpReceiver(UTF8_MX, port).start(),
+        "utf8": DsnReceiver(UTF8_MX, port, dsn=False, smtputf8=True).start(),
+        # aiosmtpd without SMTPUTF8 in its EHLO.
+        "noutf8": DsnReceiver(NOUTF8_MX, port, dsn=False, smtputf8=False).start(),
     }
-    # aiosmtpd without SMTPUTF8 in its EHLO.
-    noutf8 = SmtpReceiver(NOUTF8_MX, port)
-    noutf8.controller.SMTP_kwargs["enable_SMTPUTF8"] = False
-    receivers["noutf8"] = noutf8.start()
     yield {"knot": knot, "port": port, "rx": receivers}
     for r in receivers.values():
         r.stop()
@@ -341,3 +348,37 @@ def test_mx_on_a_wildcard_listener_is_a_loop_for_any_local_address(make_relay, l
         return [r for r in delivery_log(srv, "someone@loopwild.test") if r["state"] == "bounced"]
     [record] = wait_until(bounced, 20, "the loop bounce")
     assert record["dsn"] == "5.4.6" and record["reply"] == LOOP_TEXT.format("loopwild.test")
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. SMTPUTF8: UTF-8 addresses never go to a hop that did not advertise it
+# ---------------------------------------------------------------------------------------------
+def test_utf8_addresses_bounce_5_6_7_at_a_hop_without_smtputf8(make_relay, lab):
+    """A message submitted with SMTPUTF8 to a UTF-8 recipient at an SMTPUTF8 hop, and to a
+    UTF-8 and an ASCII recipient at a hop without SMTPUTF8 (aiosmtpd, enable_SMTPUTF8 off):
+    the first hop gets MAIL with SMTPUTF8 and the UTF-8 RCPT; the second hop gets no command
+    at all, and the sender one DSN listing both its recipients with 5.6.7. (A UTF-8 address
+    without SMTPUTF8 on MAIL is refused at submission, 553 5.6.7; the client's own screening of
+    such an address per recipient, for mail spooled before that, is unit-tested in
+    `src/delivery/client.rs`.)"""
+    srv = make_relay()
+    sender = "s5@senders.test"
+    rcpts = ["jörg@utf8.test", "jörg@noutf8.test", "ascii5@noutf8.test"]
+    msg = make_message(sender=sender, to="jörg@utf8.test", subject="utf8", body="Body.\r\n")
+    send(srv, sender, rcpts, mail_options=["SMTPUTF8"], msg=msg)
+    utf8, noutf8 = lab["rx"]["utf8"], lab["rx"]["noutf8"]
+    wait_until(lambda: utf8.received(), 20, "the SMTPUTF8 hop's delivery")
+    mail = [line for line in utf8.raw() if line.startswith("MAIL ")]
+    assert mail and mail[-1].startswith(f"MAIL FROM:<{sender}>"), mail
+    assert "SMTPUTF8" in mail[-1].split(), mail
+    assert "RCPT TO:<jörg@utf8.test>" in utf8.raw()
+    dsn = wait_until(lambda: dsns_to(lab["rx"]["senders"], sender), 20, "the 5.6.7 DSN")[0]
+    groups = status_groups(dsn)
+    assert [g["Final-Recipient"] for g in groups] == ["rfc822; jörg@noutf8.test",
+                                                      "rfc822; ascii5@noutf8.test"]
+    assert {g["Status"] for g in groups} == {"5.6.7"}
+    assert {g["Action"] for g in groups} == {"failed"}
+    text = dsn.get_payload()[0].get_content()
+    assert ("mx.noutf8.test[127.0.0.12] does not support SMTPUTF8, which the message "
+            "requires") in text, text
+    assert noutf8.raw() == [], noutf8.raw()
