@@ -96,6 +96,47 @@ pub struct Transaction<'a> {
     pub body_8bit: bool,
     /// The envelope or headers need SMTPUTF8.
     pub smtputf8: bool,
+    /// RFC 3461 `RET=` as given at submission (`FULL` or `HDRS`).
+    pub ret: Option<&'a str>,
+    /// RFC 3461 `ENVID=` as given at submission, decoded.
+    pub envid: Option<&'a str>,
+    /// RFC 3461 parameters of each recipient, in the order of `recipients` (missing
+    /// entries have none).
+    pub recipient_dsn: &'a [RecipientDsn],
+}
+
+/// The RFC 3461 parameters a recipient was submitted with, passed on to a hop that advertises
+/// DSN (section 5.2.2 and 6.2.1): then that hop, not Postern, reports on the recipient.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecipientDsn {
+    /// `NOTIFY=` keywords joined by commas (`NEVER`, or of `SUCCESS,FAILURE,DELAY`).
+    pub notify: Option<String>,
+    /// `ORCPT=rfc822;` address, decoded.
+    pub orcpt: Option<String>,
+}
+
+/// RFC 3461 section 4: xtext, printable ASCII but `+` and `=` as they are, everything else as
+/// `+HH` (a UTF-8 character byte by byte).
+fn xtext(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `line` (a command with its CRLF) with ` params` before the CRLF.
+fn with_params(mut line: String, params: &str) -> String {
+    if params.is_empty() {
+        return line;
+    }
+    let end = line.len() - line.ends_with("\r\n").then_some(2).unwrap_or(0);
+    line.insert_str(end, params);
+    line
 }
 
 impl Transaction<'_> {
@@ -115,6 +156,39 @@ impl Transaction<'_> {
     fn needs_smtputf8(&self) -> bool {
         self.smtputf8 || !self.sender.is_ascii() || self.recipients.iter().any(|r| !r.is_ascii())
     }
+
+    /// The MAIL FROM line, with RET and ENVID for a server that advertises DSN.
+    fn mail_line(&self, ext: &Extensions) -> String {
+        let line = self.mail_from().command(ext);
+        if !ext.dsn {
+            return line;
+        }
+        let mut params = String::new();
+        if let Some(ret) = self.ret {
+            params.push_str(&format!(" RET={}", ret.to_ascii_uppercase()));
+        }
+        if let Some(envid) = self.envid {
+            params.push_str(&format!(" ENVID={}", xtext(envid)));
+        }
+        with_params(line, &params)
+    }
+
+    /// The RCPT TO line of recipient `i`, with NOTIFY and ORCPT for a server that advertises
+    /// DSN.
+    fn rcpt_line(&self, i: usize, ext: &Extensions) -> String {
+        let line = command::rcpt_to(&self.recipients[i]);
+        let Some(dsn) = self.recipient_dsn.get(i).filter(|_| ext.dsn) else {
+            return line;
+        };
+        let mut params = String::new();
+        if let Some(notify) = &dsn.notify {
+            params.push_str(&format!(" NOTIFY={}", notify.to_ascii_uppercase()));
+        }
+        if let Some(orcpt) = &dsn.orcpt {
+            params.push_str(&format!(" ORCPT=rfc822;{}", xtext(orcpt)));
+        }
+        with_params(line, &params)
+    }
 }
 
 /// Opens the message to send, from its first byte, each time a DATA is about to start.
@@ -132,6 +206,9 @@ pub struct TransactionReport {
     pub tls: TlsMode,
     /// One outcome per recipient, in the order of [`Transaction::recipients`].
     pub recipients: Vec<RecipientOutcome>,
+    /// The server advertised DSN, so the recipients' RFC 3461 parameters went to it and the
+    /// reporting on them is its job from here (no `relayed` DSN from Postern).
+    pub dsn_relayed: bool,
 }
 
 /// A conversation that ended without a transaction answer. Always temporary for the
@@ -425,6 +502,7 @@ impl IdleSession {
                     peer: peer.clone(),
                     tls: self.tls.clone(),
                     recipients,
+                    dsn_relayed: self.ext.dsn,
                 };
                 let idle = if self.session.usable {
                     Some(self)
@@ -477,6 +555,7 @@ async fn converse<S: MessageSource>(
         peer: peer.clone(),
         tls,
         recipients,
+        dsn_relayed: ext.dsn,
     };
     Ok((report, ext))
 }
@@ -919,10 +998,10 @@ impl Session {
         sendable: &[usize],
         outcomes: &mut Outcomes,
     ) -> Result<EnvelopeAnswer, ClientError> {
-        let mut batch = txn.mail_from().command(ext);
+        let mut batch = txn.mail_line(ext);
         if ext.pipelining {
             for &i in sendable {
-                batch.push_str(&command::rcpt_to(&txn.recipients[i]));
+                batch.push_str(&txn.rcpt_line(i, ext));
             }
         }
         self.write(batch.as_bytes(), Command::Mail).await?;
@@ -951,7 +1030,7 @@ impl Session {
             let reply = if ext.pipelining {
                 self.read_reply(Command::Rcpt).await?
             } else {
-                let rcpt = command::rcpt_to(&txn.recipients[i]);
+                let rcpt = txn.rcpt_line(i, ext);
                 self.command(&rcpt, Command::Rcpt).await?
             };
             if reply.code == 421 {
@@ -1072,6 +1151,9 @@ mod tests {
             size: 1234,
             body_8bit: false,
             smtputf8: false,
+            ret: None,
+            envid: None,
+            recipient_dsn: &[],
         }
     }
 
@@ -1181,6 +1263,40 @@ mod tests {
         // A UTF-8 reverse-path: nothing goes to a server without SMTPUTF8.
         let refusal = refused_before_mail(&peer, &txn("jörg@example.com", &ascii), &plain);
         assert_eq!(refusal.unwrap().status, EnhancedCode::new(5, 6, 7));
+    }
+
+    #[test]
+    fn dsn_parameters_go_only_to_a_dsn_server() {
+        let rcpts = vec!["b@example.org".to_string(), "c@example.org".to_string()];
+        let dsn = [
+            RecipientDsn {
+                notify: Some("SUCCESS,FAILURE".into()),
+                orcpt: Some("Bob Smith+x=y@example.org".into()),
+            },
+            RecipientDsn::default(),
+        ];
+        let mut t = txn("a@example.com", &rcpts);
+        t.ret = Some("FULL");
+        t.envid = Some("QQ 314159");
+        t.recipient_dsn = &dsn;
+        let plain = Extensions::default();
+        assert_eq!(t.mail_line(&plain), "MAIL FROM:<a@example.com>\r\n");
+        assert_eq!(t.rcpt_line(0, &plain), "RCPT TO:<b@example.org>\r\n");
+        let with_dsn = Extensions {
+            dsn: true,
+            size: Some(0),
+            ..Extensions::default()
+        };
+        assert_eq!(
+            t.mail_line(&with_dsn),
+            "MAIL FROM:<a@example.com> SIZE=1234 RET=FULL ENVID=QQ+20314159\r\n"
+        );
+        assert_eq!(
+            t.rcpt_line(0, &with_dsn),
+            "RCPT TO:<b@example.org> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Bob+20Smith+2Bx+3Dy@example.org\r\n"
+        );
+        assert_eq!(t.rcpt_line(1, &with_dsn), "RCPT TO:<c@example.org>\r\n");
+        assert_eq!(xtext("jörg"), "j+C3+B6rg");
     }
 
     #[test]

@@ -312,6 +312,9 @@ struct GroupOutcome {
     tls: Option<TlsMode>,
     /// (envelope index, outcome).
     recipients: Vec<(usize, RecipientOutcome)>,
+    /// The answering server advertised DSN and got the RFC 3461 parameters: it reports on
+    /// the delivered recipients from here, so no `relayed` DSN (RFC 3461 section 6.2.1).
+    dsn_relayed: bool,
 }
 
 /// What trying a group's hosts found, for the failure when none answered.
@@ -499,12 +502,22 @@ impl Worker {
             Ok(route) => route,
             Err(e) => return self.failed_group(indices, None, &e),
         };
+        let recipient_dsn: Vec<client::RecipientDsn> = indices
+            .iter()
+            .map(|&i| client::RecipientDsn {
+                notify: envelope.recipients[i].notify.clone(),
+                orcpt: envelope.recipients[i].orcpt.clone(),
+            })
+            .collect();
         let txn = Transaction {
             sender: &envelope.sender,
             recipients,
             size: envelope.size,
             body_8bit: envelope.body_8bit,
             smtputf8: envelope.smtputf8,
+            ret: envelope.dsn_ret.as_deref(),
+            envid: envelope.dsn_envid.as_deref(),
+            recipient_dsn: &recipient_dsn,
         };
         let source = SpoolMessage {
             spool: &self.spool,
@@ -544,6 +557,7 @@ impl Worker {
                             peer: Some(report.peer),
                             tls: Some(report.tls),
                             recipients: indices.iter().copied().zip(report.recipients).collect(),
+                            dsn_relayed: report.dsn_relayed,
                         };
                     }
                     Err(error) => {
@@ -815,6 +829,7 @@ impl Worker {
             peer,
             tls: None,
             recipients: indices.iter().map(|&i| (i, outcome.clone())).collect(),
+            dsn_relayed: false,
         }
     }
 
@@ -1162,6 +1177,7 @@ mod tests {
             },
             tls: TlsMode::Plaintext,
             recipients: Vec::new(),
+            dsn_relayed: false,
         });
         assert!(opened_connection(&answered));
     }

@@ -382,3 +382,41 @@ def test_utf8_addresses_bounce_5_6_7_at_a_hop_without_smtputf8(make_relay, lab):
     assert ("mx.noutf8.test[127.0.0.12] does not support SMTPUTF8, which the message "
             "requires") in text, text
     assert noutf8.raw() == [], noutf8.raw()
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. DSN parameters relayed to a hop that advertises DSN (RFC 3461 5.2.2, 6.2.1)
+# ---------------------------------------------------------------------------------------------
+def test_dsn_parameters_relayed_and_relayed_notice_only_for_a_non_dsn_hop(make_relay, lab):
+    """One message with RET=FULL and ENVID, two recipients with NOTIFY=SUCCESS,FAILURE and
+    ORCPT: one at a hop advertising DSN, one at a hop without. The DSN hop gets RET and ENVID
+    on MAIL and NOTIFY and ORCPT (xtext) on RCPT; the other hop gets none of them; the sender
+    gets one `Action: relayed` DSN, for the non-DSN hop's recipient only."""
+    srv = make_relay()
+    sender = "s4@senders.test"
+    rcpts = ["r4@dsn.test", "r4@nodsn.test"]
+    send(srv, sender, rcpts, mail_options=["RET=FULL", "ENVID=QQ314159"],
+         rcpt_options={"r4@dsn.test": ["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;Orig+2B4@dsn.test"],
+                       "r4@nodsn.test": ["NOTIFY=SUCCESS,FAILURE",
+                                         "ORCPT=rfc822;orig4@nodsn.test"]})
+    dsn_rx, nodsn_rx = lab["rx"]["dsn"], lab["rx"]["nodsn"]
+    wait_until(lambda: dsn_rx.received() and nodsn_rx.received(), 20, "both deliveries")
+    assert [line for line in dsn_rx.raw() if "s4@" in line or "r4@" in line] == [
+        f"MAIL FROM:<{sender}> RET=FULL ENVID=QQ314159",
+        "RCPT TO:<r4@dsn.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Orig+2B4@dsn.test",
+    ]
+    assert [line for line in nodsn_rx.raw() if "s4@" in line or "r4@" in line] == [
+        f"MAIL FROM:<{sender}>", "RCPT TO:<r4@nodsn.test>"]
+    senders = lab["rx"]["senders"]
+    [relayed] = wait_until(lambda: dsns_to(senders, sender), 20, "the relayed DSN")
+    assert relayed["Subject"] == "Delivery Status Notification (Relayed)"
+    head = relayed.get_payload()[1].get_payload()[0]
+    assert head["Original-Envelope-Id"] == "QQ314159"
+    [group] = status_groups(relayed)
+    assert group["Final-Recipient"] == "rfc822; r4@nodsn.test"
+    assert group["Original-Recipient"] == "rfc822; orig4@nodsn.test"
+    assert group["Action"] == "relayed"
+    # Everything delivered (the relayed DSN too): no further notice is coming.
+    wait_until(lambda: srv.metric("postern_spool_messages") == 0, 20, "an empty spool")
+    assert len(dsns_to(senders, sender)) == 1
+    assert srv.metric('postern_delivery_bounces_total{kind="success"}') == 1
