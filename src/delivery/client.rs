@@ -289,6 +289,18 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// The server did not answer in time before any transaction: the connect, or the
+    /// greeting or EHLO/HELO reply, timed out (what makes a destination dead, `dead.rs`).
+    pub fn is_unresponsive(&self) -> bool {
+        match self {
+            ClientError::ConnectTimeout { .. } => true,
+            ClientError::Timeout { phase, .. } => {
+                matches!(phase, Command::Greeting | Command::Ehlo | Command::Helo)
+            }
+            _ => false,
+        }
+    }
+
     /// The RFC 3463 status a DSN would give (always class 4).
     pub fn status(&self) -> EnhancedCode {
         match self {

@@ -29,6 +29,11 @@
 //! session that carried the transaction); the spool publishes the queue depth
 //! and the oldest message's age.
 //!
+//! Dead destinations (`dead.rs`): after two transactions in a row to a destination end in a
+//! connect or greeting timeout, it is dead: its groups also take its one dead-destination
+//! place (concurrency 1) and its messages' retries are spread out (`retry.rs`); any
+//! transaction answer revives it. `postern_delivery_dead_destinations` counts them.
+//!
 //! Shutdown: no new message is taken; a message in progress finishes its current transaction,
 //! groups not started yet are deferred (4.3.2) and recorded, so nothing is lost. With
 //! `workers = 0` nothing is delivered at all (maintenance).
@@ -68,6 +73,7 @@
 
 pub mod client;
 pub mod dane;
+pub mod dead;
 pub mod dsn;
 pub mod log;
 pub mod mta_sts;
@@ -115,7 +121,7 @@ fn destination_domain(address: &str) -> Option<String> {
 }
 
 /// Where one group of recipients goes.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Destination {
     /// `[delivery] relayhost`: host and port.
     Relay(String, u16),
@@ -197,6 +203,8 @@ pub async fn run(
     let worker = Arc::new(Worker {
         workers: Semaphore::new(workers),
         limiter,
+        dead: dead::DeadDestinations::default(),
+        dead_limiter: pool::Limiter::new(1),
         own: own::OwnListeners::from_config(&config.listen),
         sessions,
         mta_sts,
@@ -298,6 +306,10 @@ struct Worker {
     shutdown: CancellationToken,
     /// `[delivery] max_per_destination`: transactions in flight per destination.
     limiter: pool::Limiter<Destination>,
+    /// Destinations that keep timing out (`dead.rs`).
+    dead: dead::DeadDestinations<Destination>,
+    /// The one place of a dead destination.
+    dead_limiter: pool::Limiter<Destination>,
     /// Our own SMTP listeners: never a destination (`own.rs`).
     own: own::OwnListeners,
     /// Idle sessions for reuse; `None` when `[delivery] connection_idle` is zero.
@@ -315,6 +327,8 @@ struct GroupOutcome {
     /// The answering server advertised DSN and got the RFC 3461 parameters: it reports on
     /// the delivered recipients from here, so no `relayed` DSN (RFC 3461 section 6.2.1).
     dsn_relayed: bool,
+    /// The destination was dead at the end of the attempt (`dead.rs`): spread its retries.
+    dead: bool,
 }
 
 /// What trying a group's hosts found, for the failure when none answered.
@@ -442,13 +456,14 @@ impl Worker {
             let worker = self.clone();
             let envelope = envelope.clone();
             running.spawn(async move {
-                let outcome = if worker.shutdown.is_cancelled() {
+                let mut outcome = if worker.shutdown.is_cancelled() {
                     worker.failed_group(&indices, None, &DeliveryError::Shutdown)
                 } else {
                     worker
                         .deliver_group(&envelope, &destination, &indices, &recipients)
                         .await
                 };
+                outcome.dead = worker.dead.is_dead(&destination);
                 (n, recipients, outcome)
             });
         }
@@ -488,6 +503,18 @@ impl Worker {
             _ = self.shutdown.cancelled() => {
                 return self.failed_group(indices, None, &DeliveryError::Shutdown);
             }
+        };
+        // A dead destination gets one transaction at a time (`dead.rs`).
+        let _dead_slot = if self.dead.is_dead(destination) {
+            tokio::select! {
+                biased;
+                slot = self.dead_limiter.acquire(destination) => Some(slot),
+                _ = self.shutdown.cancelled() => {
+                    return self.failed_group(indices, None, &DeliveryError::Shutdown);
+                }
+            }
+        } else {
+            None
         };
         let _worker = tokio::select! {
             biased;
@@ -553,11 +580,13 @@ impl Worker {
                 trail.tried += 1;
                 match self.attempt(settings, &peer, policy, &txn, &source).await {
                     Ok(report) => {
+                        self.note_health(destination, dead::Health::Answered);
                         return GroupOutcome {
                             peer: Some(report.peer),
                             tls: Some(report.tls),
                             recipients: indices.iter().copied().zip(report.recipients).collect(),
                             dsn_relayed: report.dsn_relayed,
+                            dead: false,
                         };
                     }
                     Err(error) => {
@@ -581,7 +610,24 @@ impl Worker {
             };
             return self.failed_group(indices, None, &DeliveryError::Loop { domain });
         }
+        let health = match &trail.last {
+            Some((_, error)) if error.is_unresponsive() => dead::Health::Unresponsive,
+            _ => dead::Health::Unknown,
+        };
+        self.note_health(destination, health);
         self.group_failure(indices, &route, trail)
+    }
+
+    /// Records how a transaction to `destination` ended and publishes the dead count.
+    fn note_health(&self, destination: &Destination, health: dead::Health) {
+        if let Some(count) = self.dead.record(destination, health) {
+            if health == dead::Health::Unresponsive {
+                tracing::warn!(destination = ?destination, "destination is not answering: concurrency 1, retries spread out");
+            } else {
+                tracing::info!(destination = ?destination, "destination answers again");
+            }
+            self.metrics.set_dead_destinations(count);
+        }
     }
 
     /// RFC 8461: the destination's MTA-STS policy when it is `enforce` (the other modes change
@@ -830,6 +876,7 @@ impl Worker {
             tls: None,
             recipients: indices.iter().map(|&i| (i, outcome.clone())).collect(),
             dsn_relayed: false,
+            dead: false,
         }
     }
 
@@ -850,7 +897,19 @@ impl Worker {
             let first_queued =
                 SystemTime::UNIX_EPOCH + Duration::from_millis(envelope.received_at_ms);
             let jitter = rand::random_range(-1.0..=1.0);
-            retry_at = retry::next_retry(
+            let dead_pending = groups.iter().any(|(_, g)| {
+                g.dead
+                    && g.recipients
+                        .iter()
+                        .any(|(_, o)| o.verdict == Verdict::Temporary)
+            });
+            let backoff = if dead_pending {
+                retry::Backoff::Dead
+            } else {
+                retry::Backoff::Normal
+            };
+            retry_at = retry::next_retry_with(
+                backoff,
                 attempts_before.saturating_add(1),
                 first_queued,
                 now,

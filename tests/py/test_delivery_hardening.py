@@ -82,6 +82,9 @@ class Tarpit:
                 conn, _ = listener.accept()
             except OSError:
                 return
+            # A connection the client closed before opening this one is not counted as open
+            # at the same time (its FIN came first; the watcher may not have seen it yet).
+            self._sweep()
             with self.lock:
                 self.open.append(conn)
                 self.total += 1
@@ -90,22 +93,25 @@ class Tarpit:
     def _watch(self):
         """Notices connections the client closed (it gave up waiting for the greeting)."""
         while self.listener is not None:
-            with self.lock:
-                conns = list(self.open)
-            for conn in conns:
-                try:
-                    conn.setblocking(False)
-                    closed = conn.recv(1, socket.MSG_PEEK) == b""
-                except BlockingIOError:
-                    closed = False
-                except OSError:
-                    closed = True
-                if closed:
-                    with self.lock:
-                        if conn in self.open:
-                            self.open.remove(conn)
-                    conn.close()
+            self._sweep()
             time.sleep(0.02)
+
+    def _sweep(self):
+        with self.lock:
+            conns = list(self.open)
+        for conn in conns:
+            try:
+                conn.setblocking(False)
+                closed = conn.recv(1, socket.MSG_PEEK) == b""
+            except BlockingIOError:
+                closed = False
+            except OSError:
+                closed = True
+            if closed:
+                with self.lock:
+                    if conn in self.open:
+                        self.open.remove(conn)
+                conn.close()
 
     def still_open(self) -> int:
         with self.lock:
@@ -119,6 +125,12 @@ class Tarpit:
         """Stops listening (new connections are refused) and closes every connection."""
         listener, self.listener = self.listener, None
         if listener is not None:
+            # shutdown() wakes the thread blocked in accept(); close() alone would leave the
+            # socket listening until it returns.
+            try:
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             listener.close()
         with self.lock:
             conns, self.open = self.open, []
@@ -303,6 +315,45 @@ def test_tarpit_destination_does_not_hold_the_workers(make_relay, lab, tarpit):
         assert delivery_log(srv, f"slow{i}@tarpit.test") == []
     # Let the tarpit go: connections end, new ones are refused; shutdown is quick.
     tarpit.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Dead destinations
+# ---------------------------------------------------------------------------------------------
+def test_destination_that_keeps_timing_out_is_dead_with_concurrency_one(make_relay, lab,
+                                                                        tarpit):
+    """max_per_destination = 3, command timeout 1 s. The gauge starts at an explicit 0. One
+    message to the tarpit times out at the greeting twice (first attempt and first retry):
+    the destination is dead (gauge 1). Three more messages then reach the tarpit one
+    connection at a time, never more at once. When the host answers again (an SMTP server in
+    the tarpit's place) everything is delivered and the gauge is back to 0."""
+    srv = make_relay(delivery={"workers": 3, "max_per_destination": 3,
+                               "command_timeout": "1s", "connection_idle": "0s"})
+    assert srv.metric(DEAD) == 0
+    send(srv, "s2@senders.test", ["dead0@tarpit.test"])
+    wait_until(lambda: srv.metric(DEAD) == 1, 30, "the tarpit taken for dead")
+    assert tarpit.total == 2, tarpit.total
+    [first, second] = delivery_log(srv, "dead0@tarpit.test")
+    for record in (first, second):
+        assert record["state"] == "deferred" and record["dsn"] == "4.4.2", record
+        assert record["reply"] == "mx.tarpit.test[127.0.0.5]: timeout after 1s at greeting"
+    tarpit.reset_peak()
+    before = tarpit.total
+    for i in range(1, 4):
+        send(srv, "s2@senders.test", [f"dead{i}@tarpit.test"])
+    wait_until(lambda: tarpit.total >= before + 4, 30, "four more tarpit connections")
+    assert tarpit.peak == 1, f"{tarpit.peak} connections at once to a dead destination"
+    assert srv.metric(DEAD) == 1
+    # The host comes back: the next attempt delivers, and the destination is alive again.
+    tarpit.stop()
+    back = SmtpReceiver(TARPIT, lab["port"]).start()
+    try:
+        wait_until(lambda: len(back.received()) == 4, 30, "the four messages delivered")
+        assert sorted(r for m in back.received() for r in m.rcpt_tos) == [
+            f"dead{i}@tarpit.test" for i in range(4)]
+        wait_until(lambda: srv.metric(DEAD) == 0, 10, "the destination alive again")
+    finally:
+        back.stop()
 
 
 # ---------------------------------------------------------------------------------------------
