@@ -109,6 +109,9 @@ impl DeliveryConfig {
         if self.max_per_destination == 0 {
             return invalid("delivery.max_per_destination", "must be at least 1");
         }
+        if self.max_active_messages == 0 {
+            return invalid("delivery.max_active_messages", "must be at least 1");
+        }
         if self.retry_initial.is_zero() {
             return invalid("delivery.retry_initial", "must be longer than zero");
         }

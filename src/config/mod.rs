@@ -419,6 +419,10 @@ pub struct DeliveryConfig {
     /// MX host; zero closes every session after its transaction.
     #[serde(default = "default_connection_idle", with = "duration::serde_text")]
     pub connection_idle: Duration,
+    /// Messages taken from the spool into memory at once (queued per destination, waiting
+    /// for a worker or a destination slot); the rest stay in the spool until there is room.
+    #[serde(default = "default_max_active_messages")]
+    pub max_active_messages: usize,
     /// Accept recipients at address literals (`x@[192.0.2.1]`), which make the relay connect to
     /// whatever IP the client names, internal ones included; off: `550 5.1.2` at RCPT.
     #[serde(default)]
@@ -439,6 +443,7 @@ impl Default for DeliveryConfig {
             command_timeout: default_command_timeout(),
             max_per_destination: default_max_per_destination(),
             connection_idle: default_connection_idle(),
+            max_active_messages: default_max_active_messages(),
             allow_address_literals: false,
         }
     }
@@ -473,6 +478,9 @@ fn default_max_per_destination() -> usize {
 }
 fn default_connection_idle() -> Duration {
     Duration::from_secs(5)
+}
+fn default_max_active_messages() -> usize {
+    10_000
 }
 
 /// `[relay]`
@@ -858,6 +866,15 @@ mod tests {
         let text = format!("{MINIMAL}\n[delivery]\nmax_per_destination = 0\n");
         let e = Config::parse(&text).unwrap_err().0;
         assert!(e.starts_with("delivery.max_per_destination"), "{e}");
+        assert_eq!(c.delivery.max_active_messages, 10_000);
+        let text = format!("{MINIMAL}\n[delivery]\nmax_active_messages = 1\n");
+        assert_eq!(
+            Config::parse(&text).unwrap().delivery.max_active_messages,
+            1
+        );
+        let text = format!("{MINIMAL}\n[delivery]\nmax_active_messages = 0\n");
+        let e = Config::parse(&text).unwrap_err().0;
+        assert!(e.starts_with("delivery.max_active_messages"), "{e}");
     }
 
     #[test]

@@ -96,6 +96,47 @@ pub struct Transaction<'a> {
     pub body_8bit: bool,
     /// The envelope or headers need SMTPUTF8.
     pub smtputf8: bool,
+    /// RFC 3461 `RET=` as given at submission (`FULL` or `HDRS`).
+    pub ret: Option<&'a str>,
+    /// RFC 3461 `ENVID=` as given at submission, decoded.
+    pub envid: Option<&'a str>,
+    /// RFC 3461 parameters of each recipient, in the order of `recipients` (missing
+    /// entries have none).
+    pub recipient_dsn: &'a [RecipientDsn],
+}
+
+/// The RFC 3461 parameters a recipient was submitted with, passed on to a hop that advertises
+/// DSN (section 5.2.2 and 6.2.1): then that hop, not Postern, reports on the recipient.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecipientDsn {
+    /// `NOTIFY=` keywords joined by commas (`NEVER`, or of `SUCCESS,FAILURE,DELAY`).
+    pub notify: Option<String>,
+    /// `ORCPT=rfc822;` address, decoded.
+    pub orcpt: Option<String>,
+}
+
+/// RFC 3461 section 4: xtext, printable ASCII but `+` and `=` as they are, everything else as
+/// `+HH` (a UTF-8 character byte by byte).
+fn xtext(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `line` (a command with its CRLF) with ` params` before the CRLF.
+fn with_params(mut line: String, params: &str) -> String {
+    if params.is_empty() {
+        return line;
+    }
+    let end = line.len() - line.ends_with("\r\n").then_some(2).unwrap_or(0);
+    line.insert_str(end, params);
+    line
 }
 
 impl Transaction<'_> {
@@ -105,8 +146,48 @@ impl Transaction<'_> {
             sender: self.sender,
             size: Some(self.size),
             body_8bit: self.body_8bit,
-            smtputf8: self.smtputf8,
+            smtputf8: self.needs_smtputf8(),
         }
+    }
+
+    /// RFC 6531 section 3.4: the whole transaction needs SMTPUTF8 when the client declared it
+    /// or the reverse-path is not ASCII. (A UTF-8 forward-path needs it only for itself, see
+    /// [`Outcomes::screen`], but once sent, MAIL must declare it too: [`Self::mail_from`].)
+    fn needs_smtputf8(&self) -> bool {
+        self.smtputf8 || !self.sender.is_ascii() || self.recipients.iter().any(|r| !r.is_ascii())
+    }
+
+    /// The MAIL FROM line, with RET and ENVID for a server that advertises DSN.
+    fn mail_line(&self, ext: &Extensions) -> String {
+        let line = self.mail_from().command(ext);
+        if !ext.dsn {
+            return line;
+        }
+        let mut params = String::new();
+        if let Some(ret) = self.ret {
+            params.push_str(&format!(" RET={}", ret.to_ascii_uppercase()));
+        }
+        if let Some(envid) = self.envid {
+            params.push_str(&format!(" ENVID={}", xtext(envid)));
+        }
+        with_params(line, &params)
+    }
+
+    /// The RCPT TO line of recipient `i`, with NOTIFY and ORCPT for a server that advertises
+    /// DSN.
+    fn rcpt_line(&self, i: usize, ext: &Extensions) -> String {
+        let line = command::rcpt_to(&self.recipients[i]);
+        let Some(dsn) = self.recipient_dsn.get(i).filter(|_| ext.dsn) else {
+            return line;
+        };
+        let mut params = String::new();
+        if let Some(notify) = &dsn.notify {
+            params.push_str(&format!(" NOTIFY={}", notify.to_ascii_uppercase()));
+        }
+        if let Some(orcpt) = &dsn.orcpt {
+            params.push_str(&format!(" ORCPT=rfc822;{}", xtext(orcpt)));
+        }
+        with_params(line, &params)
     }
 }
 
@@ -125,6 +206,9 @@ pub struct TransactionReport {
     pub tls: TlsMode,
     /// One outcome per recipient, in the order of [`Transaction::recipients`].
     pub recipients: Vec<RecipientOutcome>,
+    /// The server advertised DSN, so the recipients' RFC 3461 parameters went to it and the
+    /// reporting on them is its job from here (no `relayed` DSN from Postern).
+    pub dsn_relayed: bool,
 }
 
 /// A conversation that ended without a transaction answer. Always temporary for the
@@ -205,6 +289,18 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// The server did not answer in time before any transaction: the connect, or the
+    /// greeting or EHLO/HELO reply, timed out (what makes a destination dead, `dead.rs`).
+    pub fn is_unresponsive(&self) -> bool {
+        match self {
+            ClientError::ConnectTimeout { .. } => true,
+            ClientError::Timeout { phase, .. } => {
+                matches!(phase, Command::Greeting | Command::Ehlo | Command::Helo)
+            }
+            _ => false,
+        }
+    }
+
     /// The RFC 3463 status a DSN would give (always class 4).
     pub fn status(&self) -> EnhancedCode {
         match self {
@@ -418,6 +514,7 @@ impl IdleSession {
                     peer: peer.clone(),
                     tls: self.tls.clone(),
                     recipients,
+                    dsn_relayed: self.ext.dsn,
                 };
                 let idle = if self.session.usable {
                     Some(self)
@@ -470,6 +567,7 @@ async fn converse<S: MessageSource>(
         peer: peer.clone(),
         tls,
         recipients,
+        dsn_relayed: ext.dsn,
     };
     Ok((report, ext))
 }
@@ -498,7 +596,7 @@ fn refused_before_mail(
     txn: &Transaction<'_>,
     ext: &Extensions,
 ) -> Option<RecipientOutcome> {
-    if txn.smtputf8 && !ext.smtputf8 {
+    if (txn.smtputf8 || !txn.sender.is_ascii()) && !ext.smtputf8 {
         // RFC 6531 section 3.4: such a message must not be sent to a server without
         // SMTPUTF8; there is no downgrade (RFC 6857 is not implemented).
         return Some(RecipientOutcome::permanent(
@@ -523,9 +621,10 @@ struct Outcomes {
 }
 
 impl Outcomes {
-    /// Recipients whose address cannot go on the wire fail at once (5.1.3); the others are
-    /// returned by index, to be sent.
-    fn screen(recipients: &[String]) -> (Self, Vec<usize>) {
+    /// Recipients whose address cannot go on the wire fail at once (5.1.3), and so do UTF-8
+    /// addresses for a server without SMTPUTF8 (5.6.7, RFC 6531 section 3.4: never passed on
+    /// to it); the others are returned by index, to be sent.
+    fn screen(peer: &Peer, recipients: &[String], ext: &Extensions) -> (Self, Vec<usize>) {
         let mut known = vec![None; recipients.len()];
         let mut sendable = Vec::with_capacity(recipients.len());
         for (i, rcpt) in recipients.iter().enumerate() {
@@ -533,6 +632,13 @@ impl Outcomes {
                 known[i] = Some(RecipientOutcome::permanent(
                     EnhancedCode::new(5, 1, 3),
                     "recipient address cannot be sent in SMTP",
+                ));
+            } else if !rcpt.is_ascii() && !ext.smtputf8 {
+                known[i] = Some(RecipientOutcome::permanent(
+                    EnhancedCode::new(5, 6, 7),
+                    format!(
+                        "{peer} does not support SMTPUTF8, which the recipient address requires"
+                    ),
                 ));
             } else {
                 sendable.push(i);
@@ -872,7 +978,7 @@ impl Session {
         if let Some(refusal) = refused_before_mail(peer, txn, ext) {
             return Ok(vec![refusal; txn.recipients.len()]);
         }
-        let (mut outcomes, sendable) = Outcomes::screen(txn.recipients);
+        let (mut outcomes, sendable) = Outcomes::screen(peer, txn.recipients, ext);
         if sendable.is_empty() {
             let none = RecipientOutcome::permanent(EnhancedCode::new(5, 1, 3), "no recipient");
             return Ok(outcomes.finish(&none));
@@ -904,10 +1010,10 @@ impl Session {
         sendable: &[usize],
         outcomes: &mut Outcomes,
     ) -> Result<EnvelopeAnswer, ClientError> {
-        let mut batch = txn.mail_from().command(ext);
+        let mut batch = txn.mail_line(ext);
         if ext.pipelining {
             for &i in sendable {
-                batch.push_str(&command::rcpt_to(&txn.recipients[i]));
+                batch.push_str(&txn.rcpt_line(i, ext));
             }
         }
         self.write(batch.as_bytes(), Command::Mail).await?;
@@ -936,7 +1042,7 @@ impl Session {
             let reply = if ext.pipelining {
                 self.read_reply(Command::Rcpt).await?
             } else {
-                let rcpt = command::rcpt_to(&txn.recipients[i]);
+                let rcpt = txn.rcpt_line(i, ext);
                 self.command(&rcpt, Command::Rcpt).await?
             };
             if reply.code == 421 {
@@ -1057,6 +1163,9 @@ mod tests {
             size: 1234,
             body_8bit: false,
             smtputf8: false,
+            ret: None,
+            envid: None,
+            recipient_dsn: &[],
         }
     }
 
@@ -1118,12 +1227,88 @@ mod tests {
         utf8.smtputf8 = true;
         let refusal = refused_before_mail(&peer, &utf8, &ext).unwrap();
         assert_eq!(refusal.status, EnhancedCode::new(5, 6, 7));
-        let (outcomes, sendable) = Outcomes::screen(&rcpts);
+        let (outcomes, sendable) = Outcomes::screen(&peer, &rcpts, &ext);
         assert_eq!(sendable, [0]);
         let rest = RecipientOutcome::temporary(EnhancedCode::new(4, 0, 0), "rest");
         let all = outcomes.finish(&rest);
         assert_eq!(all[0].status, EnhancedCode::new(4, 0, 0));
         assert_eq!(all[1].status, EnhancedCode::new(5, 1, 3));
+    }
+
+    #[test]
+    fn utf8_addresses_never_go_to_a_server_without_smtputf8() {
+        let peer = Peer {
+            host: "mx.example.org".into(),
+            addr: "192.0.2.1:25".parse().unwrap(),
+        };
+        let rcpts = vec!["a@example.org".to_string(), "jörg@example.org".to_string()];
+        let plain = Extensions::default();
+        let utf8 = Extensions {
+            smtputf8: true,
+            ..Extensions::default()
+        };
+        // An ASCII sender, no SMTPUTF8 declared: only the UTF-8 recipient fails, 5.6.7.
+        let t = txn("s@example.com", &rcpts);
+        assert!(refused_before_mail(&peer, &t, &plain).is_none());
+        let (outcomes, sendable) = Outcomes::screen(&peer, &rcpts, &plain);
+        assert_eq!(sendable, [0]);
+        let all = outcomes.finish(&RecipientOutcome::temporary(EnhancedCode::new(4, 0, 0), ""));
+        assert_eq!(all[1].status, EnhancedCode::new(5, 6, 7));
+        assert_eq!(all[1].verdict, super::super::outcome::Verdict::Permanent);
+        assert_eq!(
+            all[1].detail,
+            "mx.example.org[192.0.2.1] does not support SMTPUTF8, which the recipient address requires"
+        );
+        // To a server with SMTPUTF8 both go, and MAIL declares SMTPUTF8 although the client
+        // did not.
+        let (_, sendable) = Outcomes::screen(&peer, &rcpts, &utf8);
+        assert_eq!(sendable, [0, 1]);
+        assert_eq!(
+            t.mail_from().command(&utf8),
+            "MAIL FROM:<s@example.com> SMTPUTF8\r\n"
+        );
+        let ascii = vec!["a@example.org".to_string()];
+        assert_eq!(
+            txn("s@example.com", &ascii).mail_from().command(&utf8),
+            "MAIL FROM:<s@example.com>\r\n"
+        );
+        // A UTF-8 reverse-path: nothing goes to a server without SMTPUTF8.
+        let refusal = refused_before_mail(&peer, &txn("jörg@example.com", &ascii), &plain);
+        assert_eq!(refusal.unwrap().status, EnhancedCode::new(5, 6, 7));
+    }
+
+    #[test]
+    fn dsn_parameters_go_only_to_a_dsn_server() {
+        let rcpts = vec!["b@example.org".to_string(), "c@example.org".to_string()];
+        let dsn = [
+            RecipientDsn {
+                notify: Some("SUCCESS,FAILURE".into()),
+                orcpt: Some("Bob Smith+x=y@example.org".into()),
+            },
+            RecipientDsn::default(),
+        ];
+        let mut t = txn("a@example.com", &rcpts);
+        t.ret = Some("FULL");
+        t.envid = Some("QQ 314159");
+        t.recipient_dsn = &dsn;
+        let plain = Extensions::default();
+        assert_eq!(t.mail_line(&plain), "MAIL FROM:<a@example.com>\r\n");
+        assert_eq!(t.rcpt_line(0, &plain), "RCPT TO:<b@example.org>\r\n");
+        let with_dsn = Extensions {
+            dsn: true,
+            size: Some(0),
+            ..Extensions::default()
+        };
+        assert_eq!(
+            t.mail_line(&with_dsn),
+            "MAIL FROM:<a@example.com> SIZE=1234 RET=FULL ENVID=QQ+20314159\r\n"
+        );
+        assert_eq!(
+            t.rcpt_line(0, &with_dsn),
+            "RCPT TO:<b@example.org> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Bob+20Smith+2Bx+3Dy@example.org\r\n"
+        );
+        assert_eq!(t.rcpt_line(1, &with_dsn), "RCPT TO:<c@example.org>\r\n");
+        assert_eq!(xtext("jörg"), "j+C3+B6rg");
     }
 
     #[test]

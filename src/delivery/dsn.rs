@@ -14,9 +14,10 @@
 //!   keeps `delay_notified` with the recipient (it survives restarts and compaction). The check
 //!   runs at attempts, so `mod.rs` moves the next retry forward to the warning instant when
 //!   the backoff would pass it; the notice comes at that attempt, not hours later;
-//! - **success** (`Action: relayed`): delivered recipients that asked for `NOTIFY=SUCCESS`.
-//!   Postern's client does not pass DSN parameters on, so for the receiving side's later fate
-//!   "relayed" (RFC 3461 section 6.2.1, a non-DSN server) is the honest action.
+//! - **success** (`Action: relayed`): delivered recipients that asked for `NOTIFY=SUCCESS`,
+//!   when the server that took them did not advertise DSN (RFC 3461 section 6.2.1: "relayed"
+//!   to a non-DSN server). A server that advertises DSN got the parameters (NOTIFY, ORCPT,
+//!   RET, ENVID, `client.rs`), so it reports on them (section 5.2.2) and Postern sends none.
 //!
 //! Never for a message with the null reverse-path `<>`: a bounce is never bounced (RFC 5321
 //! section 4.5.5, RFC 3461 section 6.2). DSNs themselves are sent from `<>`.
@@ -565,12 +566,16 @@ pub(super) async fn after_attempt(
         (Kind::Delay, Vec::new()),
         (Kind::Success, Vec::new()),
     ];
-    let mut all: Vec<(usize, &RecipientOutcome, Option<&Peer>)> = groups
+    let mut all: Vec<(usize, &RecipientOutcome, Option<&Peer>, bool)> = groups
         .iter()
-        .flat_map(|(_, g)| g.recipients.iter().map(|(i, o)| (*i, o, g.peer.as_ref())))
+        .flat_map(|(_, g)| {
+            g.recipients
+                .iter()
+                .map(|(i, o)| (*i, o, g.peer.as_ref(), g.dsn_relayed))
+        })
         .collect();
-    all.sort_by_key(|(i, _, _)| *i);
-    for (index, outcome, peer) in all {
+    all.sort_by_key(|(i, _, _, _)| *i);
+    for (index, outcome, peer, dsn_relayed) in all {
         let Some(recipient) = envelope.recipients.get(index) else {
             continue;
         };
@@ -582,7 +587,7 @@ pub(super) async fn after_attempt(
             {
                 1
             }
-            Verdict::Delivered if wants(notify, Kind::Success) => 2,
+            Verdict::Delivered if !dsn_relayed && wants(notify, Kind::Success) => 2,
             _ => continue,
         };
         kinds[slot]

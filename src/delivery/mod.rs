@@ -1,11 +1,14 @@
 //! Delivery: empties the spool by sending each message to its recipients' mail exchangers.
 //!
-//! The worker ([`run`]) takes due messages from the spool, at most `[delivery] workers` at a
-//! time, and delivers each in a task of its own:
+//! The worker ([`run`]) takes due messages from the spool, at most `[delivery]
+//! max_active_messages` in memory at a time (the rest wait in the spool), and delivers each
+//! in a task of its own:
 //! 1. the pending recipients are grouped by destination: their domain (lower case), or one
 //!    group for everything when `[delivery] relayhost` is set (all mail goes to the same host,
-//!    so one transaction carries all recipients, as Postfix groups by next hop);
-//! 2. per group, one SMTP transaction: the route (relay host, address literal, or MX hosts in
+//!    so one transaction carries all recipients, as Postfix groups by next hop); the groups of
+//!    one message run side by side, each queued for its own destination;
+//! 2. per group, once it has its destination's slot and then one of the `[delivery] workers`
+//!    (see "Concurrency" below), one SMTP transaction: the route (relay host, address literal, or MX hosts in
 //!    `mx.rs` order), then each address of each host in turn (`client.rs`) until one gives a
 //!    transaction answer (RFC 5321 section 5.1), at most [`MAX_ADDRESSES`] addresses;
 //! 3. every recipient's outcome goes to the spool in one `record_attempt`, with the retry time
@@ -25,6 +28,11 @@
 //! connection a transaction used (a new one as in `opened_connection`, or a reused idle
 //! session that carried the transaction); the spool publishes the queue depth
 //! and the oldest message's age.
+//!
+//! Dead destinations (`dead.rs`): after two transactions in a row to a destination end in a
+//! connect or greeting timeout, it is dead: its groups also take its one dead-destination
+//! place (concurrency 1) and its messages' retries are spread out (`retry.rs`); any
+//! transaction answer revives it. `postern_delivery_dead_destinations` counts them.
 //!
 //! Shutdown: no new message is taken; a message in progress finishes its current transaction,
 //! groups not started yet are deferred (4.3.2) and recorded, so nothing is lost. With
@@ -46,10 +54,14 @@
 //! with TLS mode `mta-sts`; `postern_delivery_mta_sts_failures_total{reason}` counts failures.
 //! `testing` and `none` policies change nothing.
 //!
-//! Concurrency and reuse (`pool.rs`): a group waits for one of its destination's
+//! Concurrency and reuse (`pool.rs`): a group first waits for one of its destination's
 //! `[delivery] max_per_destination` slots (the destination is the recipients' domain, or the
-//! relay host) right before its host loop and holds it until its transaction is over; a
-//! waiting group is delayed, never failed (a shutdown meanwhile defers it, 4.3.2). After a
+//! relay host), in that destination's own first-come queue, and only then for one of the
+//! `[delivery] workers`; it holds both until its transaction is over. So a destination whose
+//! slots are all taken by slow transactions (a tarpit that accepts TCP and never greets)
+//! queues its own groups without holding a worker, and the other destinations go on, as
+//! Postfix's qmgr keeps per-destination queues and concurrency windows. A waiting group is
+//! delayed, never failed (a shutdown meanwhile defers it, 4.3.2). After a
 //! transaction answer the session is kept idle for `[delivery] connection_idle` under its MX
 //! host, address and TLS policy; the next group for that host, address and policy sends RSET
 //! on it and its transaction follows. A reused session that is dead or refuses RSET is closed
@@ -61,11 +73,13 @@
 
 pub mod client;
 pub mod dane;
+pub mod dead;
 pub mod dsn;
 pub mod log;
 pub mod mta_sts;
 pub mod mx;
 pub mod outcome;
+pub mod own;
 pub mod pool;
 pub mod retry;
 pub mod tls;
@@ -79,6 +93,7 @@ use std::time::{Duration, SystemTime};
 use hickory_resolver::TokioResolver;
 use tokio::io::AsyncRead;
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -106,7 +121,7 @@ fn destination_domain(address: &str) -> Option<String> {
 }
 
 /// Where one group of recipients goes.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Destination {
     /// `[delivery] relayhost`: host and port.
     Relay(String, u16),
@@ -177,6 +192,7 @@ pub async fn run(
         }
     };
     let limiter = pool::Limiter::new(config.delivery.max_per_destination);
+    let max_active = config.delivery.max_active_messages.max(1);
     let sessions = pool::SessionCache::new(
         config.delivery.connection_idle,
         config.delivery.max_per_destination,
@@ -185,7 +201,11 @@ pub async fn run(
         tokio::spawn(cache.clone().reap(shutdown.clone()));
     }
     let worker = Arc::new(Worker {
+        workers: Semaphore::new(workers),
         limiter,
+        dead: dead::DeadDestinations::default(),
+        dead_limiter: pool::Limiter::new(1),
+        own: own::OwnListeners::from_config(&config.listen),
         sessions,
         mta_sts,
         log: delivery_log.clone(),
@@ -202,16 +222,18 @@ pub async fn run(
         relay,
         shutdown: shutdown.clone(),
     });
-    tracing::info!(workers, relayhost = ?worker.relay, "delivery started");
+    tracing::info!(workers, max_active, relayhost = ?worker.relay, "delivery started");
 
-    let permits = Arc::new(Semaphore::new(workers));
+    // Messages in memory, not workers: a message waiting for its destinations' slots holds
+    // no worker (`deliver_group` takes one only after the slot).
+    let active = Arc::new(Semaphore::new(max_active));
     let tasks = TaskTracker::new();
     loop {
         // The permit comes first: a message taken from the spool is marked in flight and must
-        // always be recorded, so it is only taken once a worker slot is free.
+        // always be recorded, so it is only taken once there is room for it.
         let permit = tokio::select! {
             _ = shutdown.cancelled() => break,
-            permit = permits.clone().acquire_owned() => match permit {
+            permit = active.clone().acquire_owned() => match permit {
                 Ok(p) => p,
                 Err(_) => break,
             },
@@ -266,6 +288,9 @@ async fn start_delivery_log(config: &Config) -> Option<Arc<log::LogWriter>> {
 
 /// Everything a delivery task needs.
 struct Worker {
+    /// `[delivery] workers`: transactions in progress, all destinations together; taken after
+    /// the destination's slot.
+    workers: Semaphore,
     spool: Arc<Spool>,
     config: Arc<Config>,
     metrics: Metrics,
@@ -281,6 +306,12 @@ struct Worker {
     shutdown: CancellationToken,
     /// `[delivery] max_per_destination`: transactions in flight per destination.
     limiter: pool::Limiter<Destination>,
+    /// Destinations that keep timing out (`dead.rs`).
+    dead: dead::DeadDestinations<Destination>,
+    /// The one place of a dead destination.
+    dead_limiter: pool::Limiter<Destination>,
+    /// Our own SMTP listeners: never a destination (`own.rs`).
+    own: own::OwnListeners,
     /// Idle sessions for reuse; `None` when `[delivery] connection_idle` is zero.
     sessions: Option<Arc<pool::SessionCache>>,
 }
@@ -293,6 +324,11 @@ struct GroupOutcome {
     tls: Option<TlsMode>,
     /// (envelope index, outcome).
     recipients: Vec<(usize, RecipientOutcome)>,
+    /// The answering server advertised DSN and got the RFC 3461 parameters: it reports on
+    /// the delivered recipients from here, so no `relayed` DSN (RFC 3461 section 6.2.1).
+    dsn_relayed: bool,
+    /// The destination was dead at the end of the attempt (`dead.rs`): spread its retries.
+    dead: bool,
 }
 
 /// What trying a group's hosts found, for the failure when none answered.
@@ -398,32 +434,55 @@ impl Worker {
         Ok(slot().get_or_insert(resolver).clone())
     }
 
-    async fn deliver_message(&self, queued: QueuedMessage) {
-        let envelope = &queued.envelope;
-        let mut groups = Vec::new();
+    /// One attempt of a message: its groups side by side (each queued for its own
+    /// destination), then one record of all their outcomes.
+    async fn deliver_message(self: &Arc<Self>, queued: QueuedMessage) {
+        let envelope = Arc::new(queued.envelope);
         let pending = envelope
             .recipients
             .iter()
             .enumerate()
             .filter(|(_, r)| matches!(r.status, RecipientStatus::Pending))
             .map(|(i, r)| (i, r.address.as_str()));
-        for (destination, indices) in group_recipients(pending, self.relay.as_ref()) {
+        let mut running = JoinSet::new();
+        for (n, (destination, indices)) in group_recipients(pending, self.relay.as_ref())
+            .into_iter()
+            .enumerate()
+        {
             let recipients: Vec<String> = indices
                 .iter()
                 .map(|&i| envelope.recipients[i].address.clone())
                 .collect();
-            let outcome = if self.shutdown.is_cancelled() {
-                self.failed_group(&indices, None, &DeliveryError::Shutdown)
-            } else {
-                self.deliver_group(envelope, &destination, &indices, &recipients)
-                    .await
-            };
-            groups.push((recipients, outcome));
+            let worker = self.clone();
+            let envelope = envelope.clone();
+            running.spawn(async move {
+                let mut outcome = if worker.shutdown.is_cancelled() {
+                    worker.failed_group(&indices, None, &DeliveryError::Shutdown)
+                } else {
+                    worker
+                        .deliver_group(&envelope, &destination, &indices, &recipients)
+                        .await
+                };
+                outcome.dead = worker.dead.is_dead(&destination);
+                (n, recipients, outcome)
+            });
         }
+        let mut groups = Vec::new();
+        while let Some(joined) = running.join_next().await {
+            match joined {
+                Ok(group) => groups.push(group),
+                // A bug, not a delivery problem: its recipients stay pending (not recorded).
+                Err(e) => {
+                    tracing::error!(queue_id = %envelope.id, error = %e, "delivery task failed")
+                }
+            }
+        }
+        groups.sort_by_key(|(n, _, _)| *n);
+        let groups = groups.into_iter().map(|(_, r, o)| (r, o)).collect();
         if queued.attempts > 0 {
             self.metrics.delivery_retry();
         }
-        self.record(queued.attempts, envelope, groups).await;
+        self.record(queued.attempts, &envelope, groups).await;
     }
 
     /// One transaction for one destination: its route, its TLS policy host by host, and each
@@ -435,24 +494,9 @@ impl Worker {
         indices: &[usize],
         recipients: &[String],
     ) -> GroupOutcome {
-        let route = match self.route(destination).await {
-            Ok(route) => route,
-            Err(e) => return self.failed_group(indices, None, &e),
-        };
-        let txn = Transaction {
-            sender: &envelope.sender,
-            recipients,
-            size: envelope.size,
-            body_8bit: envelope.body_8bit,
-            smtputf8: envelope.smtputf8,
-        };
-        let source = SpoolMessage {
-            spool: &self.spool,
-            envelope,
-        };
-        let sts = self.enforced_sts_policy(&route).await;
-
-        // `[delivery] max_per_destination`: wait for a slot, held until the group is done.
+        // `[delivery] max_per_destination`: wait in the destination's queue for a slot, then
+        // for a worker; both are held until the group is done. Never the other way round: a
+        // worker waiting for a busy destination would be lost to every other destination.
         let _slot = tokio::select! {
             biased;
             slot = self.limiter.acquire(destination) => slot,
@@ -460,8 +504,56 @@ impl Worker {
                 return self.failed_group(indices, None, &DeliveryError::Shutdown);
             }
         };
+        // A dead destination gets one transaction at a time (`dead.rs`).
+        let _dead_slot = if self.dead.is_dead(destination) {
+            tokio::select! {
+                biased;
+                slot = self.dead_limiter.acquire(destination) => Some(slot),
+                _ = self.shutdown.cancelled() => {
+                    return self.failed_group(indices, None, &DeliveryError::Shutdown);
+                }
+            }
+        } else {
+            None
+        };
+        let _worker = tokio::select! {
+            biased;
+            // The semaphore is never closed.
+            permit = self.workers.acquire() => permit.ok(),
+            _ = self.shutdown.cancelled() => {
+                return self.failed_group(indices, None, &DeliveryError::Shutdown);
+            }
+        };
+
+        let route = match self.route(destination).await {
+            Ok(route) => route,
+            Err(e) => return self.failed_group(indices, None, &e),
+        };
+        let recipient_dsn: Vec<client::RecipientDsn> = indices
+            .iter()
+            .map(|&i| client::RecipientDsn {
+                notify: envelope.recipients[i].notify.clone(),
+                orcpt: envelope.recipients[i].orcpt.clone(),
+            })
+            .collect();
+        let txn = Transaction {
+            sender: &envelope.sender,
+            recipients,
+            size: envelope.size,
+            body_8bit: envelope.body_8bit,
+            smtputf8: envelope.smtputf8,
+            ret: envelope.dsn_ret.as_deref(),
+            envid: envelope.dsn_envid.as_deref(),
+            recipient_dsn: &recipient_dsn,
+        };
+        let source = SpoolMessage {
+            spool: &self.spool,
+            envelope,
+        };
+        let sts = self.enforced_sts_policy(&route).await;
 
         let mut trail = HostTrail::default();
+        let mut looped = false;
         'hosts: for host in &route.hosts {
             let Some((addresses, policy, settings)) = self
                 .host_policy(envelope, &route, host, sts.as_ref(), &mut trail)
@@ -474,17 +566,27 @@ impl Worker {
                 if trail.tried == MAX_ADDRESSES || self.shutdown.is_cancelled() {
                     break 'hosts;
                 }
-                trail.tried += 1;
                 let peer = Peer {
                     host: host.name.clone(),
                     addr: SocketAddr::new(ip, route.port),
                 };
+                // Ourselves: this host and every one after it are out (`own.rs`).
+                if self.own.is_own(peer.addr) {
+                    tracing::warn!(queue_id = %envelope.id, mx = %peer.host, ip = %ip,
+                        "MX host is this relay itself");
+                    looped = true;
+                    break 'hosts;
+                }
+                trail.tried += 1;
                 match self.attempt(settings, &peer, policy, &txn, &source).await {
                     Ok(report) => {
+                        self.note_health(destination, dead::Health::Answered);
                         return GroupOutcome {
                             peer: Some(report.peer),
                             tls: Some(report.tls),
                             recipients: indices.iter().copied().zip(report.recipients).collect(),
+                            dsn_relayed: report.dsn_relayed,
+                            dead: false,
                         };
                     }
                     Err(error) => {
@@ -500,7 +602,32 @@ impl Worker {
                 }
             }
         }
+        if looped && trail.last.is_none() {
+            let domain = match destination {
+                Destination::Domain(d) => d.clone(),
+                Destination::Relay(host, _) => host.clone(),
+                Destination::NoDomain => String::new(),
+            };
+            return self.failed_group(indices, None, &DeliveryError::Loop { domain });
+        }
+        let health = match &trail.last {
+            Some((_, error)) if error.is_unresponsive() => dead::Health::Unresponsive,
+            _ => dead::Health::Unknown,
+        };
+        self.note_health(destination, health);
         self.group_failure(indices, &route, trail)
+    }
+
+    /// Records how a transaction to `destination` ended and publishes the dead count.
+    fn note_health(&self, destination: &Destination, health: dead::Health) {
+        if let Some(count) = self.dead.record(destination, health) {
+            if health == dead::Health::Unresponsive {
+                tracing::warn!(destination = ?destination, "destination is not answering: concurrency 1, retries spread out");
+            } else {
+                tracing::info!(destination = ?destination, "destination answers again");
+            }
+            self.metrics.set_dead_destinations(count);
+        }
     }
 
     /// RFC 8461: the destination's MTA-STS policy when it is `enforce` (the other modes change
@@ -748,6 +875,8 @@ impl Worker {
             peer,
             tls: None,
             recipients: indices.iter().map(|&i| (i, outcome.clone())).collect(),
+            dsn_relayed: false,
+            dead: false,
         }
     }
 
@@ -768,7 +897,19 @@ impl Worker {
             let first_queued =
                 SystemTime::UNIX_EPOCH + Duration::from_millis(envelope.received_at_ms);
             let jitter = rand::random_range(-1.0..=1.0);
-            retry_at = retry::next_retry(
+            let dead_pending = groups.iter().any(|(_, g)| {
+                g.dead
+                    && g.recipients
+                        .iter()
+                        .any(|(_, o)| o.verdict == Verdict::Temporary)
+            });
+            let backoff = if dead_pending {
+                retry::Backoff::Dead
+            } else {
+                retry::Backoff::Normal
+            };
+            retry_at = retry::next_retry_with(
+                backoff,
                 attempts_before.saturating_add(1),
                 first_queued,
                 now,
@@ -1095,6 +1236,7 @@ mod tests {
             },
             tls: TlsMode::Plaintext,
             recipients: Vec::new(),
+            dsn_relayed: false,
         });
         assert!(opened_connection(&answered));
     }

@@ -216,6 +216,12 @@ pub enum DeliveryError {
     /// A TLS policy (MTA-STS `enforce`) leaves no host to try.
     #[error("{0}")]
     PolicyRefused(String),
+    /// The best MX host (or the relay host) is this relay itself (`own.rs`).
+    #[error("mail for {domain} loops back to myself")]
+    Loop {
+        /// The destination domain (or relay host).
+        domain: String,
+    },
 }
 
 impl DeliveryError {
@@ -223,7 +229,9 @@ impl DeliveryError {
     pub fn verdict(&self) -> Verdict {
         match self {
             DeliveryError::Route(e) if e.is_permanent() => Verdict::Permanent,
-            DeliveryError::NoAddresses { .. } | DeliveryError::NoDomain => Verdict::Permanent,
+            DeliveryError::NoAddresses { .. }
+            | DeliveryError::NoDomain
+            | DeliveryError::Loop { .. } => Verdict::Permanent,
             DeliveryError::Route(_)
             | DeliveryError::Session { .. }
             | DeliveryError::ResolverUnavailable(_)
@@ -247,6 +255,8 @@ impl DeliveryError {
             DeliveryError::Shutdown => EnhancedCode::new(4, 3, 2),
             // 4.7.5 "cryptographic failure", as for a refused certificate.
             DeliveryError::PolicyRefused(_) => EnhancedCode::new(4, 7, 5),
+            // 5.4.6 "routing loop detected".
+            DeliveryError::Loop { .. } => EnhancedCode::new(5, 4, 6),
         }
     }
 }
@@ -354,5 +364,16 @@ mod tests {
             "mx.example.org[192.0.2.1]: timeout after 5s at greeting"
         );
         assert_eq!(DeliveryError::Shutdown.verdict(), Verdict::Temporary);
+        let f = DeliveryError::Loop {
+            domain: "example.org".into(),
+        };
+        assert_eq!(
+            (f.verdict(), f.status()),
+            (Verdict::Permanent, EnhancedCode::new(5, 4, 6))
+        );
+        assert_eq!(
+            RecipientOutcome::from_failure(&f).detail,
+            "mail for example.org loops back to myself"
+        );
     }
 }

@@ -16,7 +16,12 @@
 //!   to the expiry instant, so the last attempt happens at `max_age`; an attempt that fails at
 //!   or after that instant gets `None` and the still-pending recipients fail as "expired".
 //!
-//! Not here: which recipients are pending (the spool), per-destination backoff.
+//! - a message whose attempt left recipients pending at a *dead* destination (`dead.rs`:
+//!   consecutive connect/greeting timeouts) waits twice as long, with ±50 % jitter instead of
+//!   ±10 % ([`Backoff::Dead`]): Postfix spreads out the retries of a dead destination's queue
+//!   in the same spirit, so a dead site is not hit by all its messages at once when it returns.
+//!
+//! Not here: which recipients are pending (the spool).
 
 use std::time::{Duration, SystemTime};
 
@@ -24,6 +29,18 @@ use crate::config::DeliveryConfig;
 
 /// Largest relative jitter: ±10 %.
 pub const JITTER_SPAN: f64 = 0.1;
+
+/// Largest relative jitter for a dead destination: ±50 %.
+pub const DEAD_JITTER_SPAN: f64 = 0.5;
+
+/// How the wait is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backoff {
+    /// The module's rule.
+    Normal,
+    /// A dead destination: twice the wait, ±[`DEAD_JITTER_SPAN`].
+    Dead,
+}
 
 /// When to try again after an attempt that left some recipients temporarily failed.
 ///
@@ -42,18 +59,46 @@ pub fn next_retry(
     cfg: &DeliveryConfig,
     jitter: f64,
 ) -> Option<SystemTime> {
+    next_retry_with(Backoff::Normal, attempts, first_queued, now, cfg, jitter)
+}
+
+/// [`next_retry`] under `backoff`.
+pub fn next_retry_with(
+    backoff: Backoff,
+    attempts: u32,
+    first_queued: SystemTime,
+    now: SystemTime,
+    cfg: &DeliveryConfig,
+    jitter: f64,
+) -> Option<SystemTime> {
     // A clock that went backwards past the queueing time counts as age zero.
     let age = now.duration_since(first_queued).unwrap_or(Duration::ZERO);
     if age >= cfg.max_age {
         return None;
     }
     let until_expiry = cfg.max_age - age;
-    let delay = backoff(attempts, cfg.retry_initial, cfg.retry_max, jitter);
+    let delay = match backoff {
+        Backoff::Normal => wait(
+            attempts,
+            cfg.retry_initial,
+            cfg.retry_max,
+            jitter,
+            JITTER_SPAN,
+        ),
+        // One doubling more, so a dead destination's messages come back half as often.
+        Backoff::Dead => wait(
+            attempts.saturating_add(1),
+            cfg.retry_initial,
+            cfg.retry_max,
+            jitter,
+            DEAD_JITTER_SPAN,
+        ),
+    };
     Some(now + delay.min(until_expiry))
 }
 
-/// The jittered wait after `attempts` failures.
-fn backoff(attempts: u32, initial: Duration, max: Duration, jitter: f64) -> Duration {
+/// The wait after `attempts` failures, jittered by up to ±`span`.
+fn wait(attempts: u32, initial: Duration, max: Duration, jitter: f64, span: f64) -> Duration {
     let doublings = attempts.max(1) - 1;
     let base = if doublings >= 32 {
         max
@@ -68,7 +113,7 @@ fn backoff(attempts: u32, initial: Duration, max: Duration, jitter: f64) -> Dura
     } else {
         jitter.clamp(-1.0, 1.0)
     };
-    base.mul_f64(1.0 + JITTER_SPAN * jitter).min(max)
+    base.mul_f64(1.0 + span * jitter).min(max)
 }
 
 #[cfg(test)]
@@ -149,6 +194,27 @@ mod tests {
         assert_eq!(
             wait(1, 5 * DAY - Duration::from_secs(1), 0.0),
             Some(Duration::from_secs(1))
+        );
+    }
+
+    #[test]
+    fn dead_destinations_wait_twice_as_long_spread_fifty_percent() {
+        let now = t0() + MIN;
+        let dead = |attempts, jitter| {
+            next_retry_with(Backoff::Dead, attempts, t0(), now, &cfg(), jitter)
+                .map(|at| at.duration_since(now).unwrap())
+        };
+        assert_eq!(dead(1, 0.0), Some(10 * MIN));
+        assert_eq!(dead(1, -1.0), Some(5 * MIN));
+        assert_eq!(dead(1, 1.0), Some(15 * MIN));
+        assert_eq!(dead(3, 0.0), Some(40 * MIN));
+        // Still never past retry_max, nor past the expiry.
+        assert_eq!(dead(20, 1.0), Some(4 * HOUR));
+        assert_eq!(dead(20, -1.0), Some(2 * HOUR));
+        let late = t0() + 5 * DAY - MIN;
+        assert_eq!(
+            next_retry_with(Backoff::Dead, 1, t0(), late, &cfg(), 0.0),
+            Some(late + MIN)
         );
     }
 

@@ -18,6 +18,9 @@
 //!   (`src/delivery/pool.rs`).
 //! - `postern_delivery_bounces_total{kind}`: DSNs enqueued to senders (`src/delivery/dsn.rs`),
 //!   `kind` `failure`, `delay` or `success`; one per DSN, whatever its recipient count.
+//! - `postern_delivery_dead_destinations`: destinations currently dead (consecutive connect
+//!   or greeting timeouts, `src/delivery/dead.rs`): their concurrency is 1 and their retries
+//!   are spread out; 0 from the start.
 //! - `postern_spool_messages`: messages in the spool (queued or in flight).
 //! - `postern_spool_oldest_message_age_seconds`: age of the oldest message in the spool (since
 //!   it was accepted), 0 when the spool is empty. The spool publishes the oldest acceptance
@@ -54,6 +57,7 @@ struct Inner {
     commit_batch: Histogram,
     commit_seconds: Histogram,
     spool_messages: IntGauge,
+    delivery_dead_destinations: IntGauge,
     spool_oldest_age: Gauge,
     /// Acceptance time (Unix ms) of the oldest spooled message; 0 when the spool is empty.
     spool_oldest_received_ms: AtomicU64,
@@ -150,6 +154,11 @@ impl Metrics {
                 &registry,
                 "postern_spool_messages",
                 "Messages in the spool awaiting delivery",
+            ),
+            delivery_dead_destinations: gauge(
+                &registry,
+                "postern_delivery_dead_destinations",
+                "Destinations taken for dead after consecutive connect or greeting timeouts (concurrency 1, retries spread out)",
             ),
             spool_oldest_age: float_gauge(
                 &registry,
@@ -302,6 +311,11 @@ impl Metrics {
     pub fn spool_commit(&self, messages: usize, seconds: f64) {
         self.inner.commit_batch.observe(messages as f64);
         self.inner.commit_seconds.observe(seconds);
+    }
+
+    /// Destinations currently dead (`src/delivery/dead.rs`).
+    pub fn set_dead_destinations(&self, count: usize) {
+        self.inner.delivery_dead_destinations.set(count as i64);
     }
 
     /// Messages currently in the spool.

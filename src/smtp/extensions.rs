@@ -25,6 +25,8 @@ pub struct Extensions {
     pub enhanced_status_codes: bool,
     /// RFC 3030 `CHUNKING` (recorded, BDAT not used yet).
     pub chunking: bool,
+    /// RFC 3461 `DSN`: NOTIFY/ORCPT on RCPT, RET/ENVID on MAIL.
+    pub dsn: bool,
 }
 
 impl Extensions {
@@ -46,6 +48,7 @@ impl Extensions {
                 "SMTPUTF8" => ext.smtputf8 = true,
                 "ENHANCEDSTATUSCODES" => ext.enhanced_status_codes = true,
                 "CHUNKING" => ext.chunking = true,
+                "DSN" => ext.dsn = true,
                 _ => {}
             }
         }
@@ -77,6 +80,7 @@ mod tests {
                 smtputf8: true,
                 enhanced_status_codes: true,
                 chunking: false,
+                dsn: false,
             }
         );
     }
@@ -87,5 +91,7 @@ mod tests {
         assert_eq!(Extensions::from_ehlo(&r).size, Some(0));
         let r = one(b"250 mx\r\n");
         assert_eq!(Extensions::from_ehlo(&r), Extensions::default());
+        let r = one(b"250-mx\r\n250 dsn\r\n");
+        assert!(Extensions::from_ehlo(&r).dsn);
     }
 }
