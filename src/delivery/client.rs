@@ -96,6 +96,8 @@ pub struct Transaction<'a> {
     pub body_8bit: bool,
     /// The envelope or headers need SMTPUTF8.
     pub smtputf8: bool,
+    /// RFC 8689 REQUIRETLS (`require_tls.rs`): only to a server that advertises it.
+    pub require_tls: bool,
 }
 
 impl Transaction<'_> {
@@ -106,6 +108,7 @@ impl Transaction<'_> {
             size: Some(self.size),
             body_8bit: self.body_8bit,
             smtputf8: self.smtputf8,
+            require_tls: self.require_tls,
         }
     }
 }
@@ -202,6 +205,10 @@ pub enum ClientError {
         /// What happened.
         detail: String,
     },
+    /// A REQUIRETLS message and a server that does not advertise REQUIRETLS after STARTTLS
+    /// (RFC 8689 section 4.2.2; `require_tls.rs` makes the group's failure 5.7.30).
+    #[error("REQUIRETLS not advertised")]
+    RequireTlsNotOffered,
 }
 
 impl ClientError {
@@ -229,6 +236,8 @@ impl ClientError {
             }
             // 4.7.5 "cryptographic failure".
             ClientError::TlsRequired { .. } => EnhancedCode::new(4, 7, 5),
+            // The class 4 form of RFC 8689's 5.7.30 (the group fails with 5.7.30 itself).
+            ClientError::RequireTlsNotOffered => EnhancedCode::new(4, 7, 30),
         }
     }
 }
@@ -869,6 +878,9 @@ impl Session {
         ext: &Extensions,
         source: &S,
     ) -> Result<Vec<RecipientOutcome>, ClientError> {
+        if let Some(error) = super::require_tls::next_hop_refusal(txn, ext) {
+            return Err(error);
+        }
         if let Some(refusal) = refused_before_mail(peer, txn, ext) {
             return Ok(vec![refusal; txn.recipients.len()]);
         }
@@ -1057,6 +1069,7 @@ mod tests {
             size: 1234,
             body_8bit: false,
             smtputf8: false,
+            require_tls: false,
         }
     }
 

@@ -67,6 +67,7 @@ pub mod mta_sts;
 pub mod mx;
 pub mod outcome;
 pub mod pool;
+pub mod require_tls;
 pub mod retry;
 pub mod tls;
 
@@ -310,6 +311,8 @@ struct HostTrail {
     dane_applied: bool,
     /// An enforced MTA-STS policy governed at least one host.
     sts_applied: bool,
+    /// Why a REQUIRETLS message could not use a host (`require_tls.rs`).
+    require_tls_refusal: Option<String>,
 }
 
 /// An `enforce` MTA-STS policy and the domain it belongs to.
@@ -435,22 +438,24 @@ impl Worker {
         indices: &[usize],
         recipients: &[String],
     ) -> GroupOutcome {
-        let route = match self.route(destination).await {
+        let mut route = match self.route(destination).await {
             Ok(route) => route,
             Err(e) => return self.failed_group(indices, None, &e),
         };
+        self.tls_route(envelope, &mut route);
         let txn = Transaction {
             sender: &envelope.sender,
             recipients,
             size: envelope.size,
             body_8bit: envelope.body_8bit,
             smtputf8: envelope.smtputf8,
+            require_tls: envelope.require_tls,
         };
         let source = SpoolMessage {
             spool: &self.spool,
             envelope,
         };
-        let sts = self.enforced_sts_policy(&route).await;
+        let sts = self.sts_policy(envelope, &route).await;
 
         // `[delivery] max_per_destination`: wait for a slot, held until the group is done.
         let _slot = tokio::select! {
@@ -466,6 +471,11 @@ impl Worker {
             let Some((addresses, policy, settings)) = self
                 .host_policy(envelope, &route, host, sts.as_ref(), &mut trail)
                 .await
+            else {
+                continue;
+            };
+            let Some((policy, settings)) =
+                self.require_tls_host(envelope, &route, host, policy, settings, &mut trail)
             else {
                 continue;
             };
@@ -499,6 +509,9 @@ impl Worker {
                     }
                 }
             }
+        }
+        if let Some(outcome) = self.require_tls_failure(envelope, indices, &trail) {
+            return outcome;
         }
         self.group_failure(indices, &route, trail)
     }

@@ -25,6 +25,8 @@ pub struct Extensions {
     pub enhanced_status_codes: bool,
     /// RFC 3030 `CHUNKING` (recorded, BDAT not used yet).
     pub chunking: bool,
+    /// RFC 8689 `REQUIRETLS`.
+    pub require_tls: bool,
 }
 
 impl Extensions {
@@ -46,6 +48,7 @@ impl Extensions {
                 "SMTPUTF8" => ext.smtputf8 = true,
                 "ENHANCEDSTATUSCODES" => ext.enhanced_status_codes = true,
                 "CHUNKING" => ext.chunking = true,
+                "REQUIRETLS" => ext.require_tls = true,
                 _ => {}
             }
         }
@@ -77,8 +80,16 @@ mod tests {
                 smtputf8: true,
                 enhanced_status_codes: true,
                 chunking: false,
+                require_tls: false,
             }
         );
+    }
+
+    #[test]
+    fn requiretls_keyword() {
+        let r = one(b"250-mx\r\n250-STARTTLS\r\n250 requiretls\r\n");
+        assert!(Extensions::from_ehlo(&r).require_tls);
+        assert!(!Extensions::from_ehlo(&one(b"250-mx\r\n250 STARTTLS\r\n")).require_tls);
     }
 
     #[test]
