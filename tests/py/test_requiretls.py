@@ -23,8 +23,8 @@ import smtplib
 import pytest
 
 from dnssec_lab import SignedKnot, self_signed, server_context, tlsa_digest
-from support import (HOSTNAME, MAIL_OK, TLS_GO, SmtpReceiver, free_port_on, make_message,
-                     wait_until)
+from support import (HOSTNAME, MAIL_OK, TLS_GO, Knot, SmtpReceiver, delivery_log, free_port,
+                     free_port_on, make_message, wait_until)
 
 HOSTS = ["127.0.0.21", "127.0.0.22", "127.0.0.23"]
 SENDER = "s@rt.lab"
@@ -82,9 +82,10 @@ def rsrv(make_server, lab):
     return lab_server(make_server, lab)
 
 
-def send(srv, rcpt: str, *, requiretls: bool = True, headers=(), ret: str | None = None) -> str:
+def send(srv, rcpt: str, *, requiretls: bool = True, headers=(), ret: str | None = None,
+         sender: str = SENDER) -> str:
     """One transaction on the relay port after STARTTLS (smtplib); returns the queue id."""
-    msg = make_message(sender=SENDER, to=rcpt, subject="secret plans",
+    msg = make_message(sender=sender, to=rcpt, subject="secret plans",
                        body="The body must not come back.\r\n", headers=headers)
     options = (["REQUIRETLS"] if requiretls else []) + ([f"RET={ret}"] if ret else [])
     with smtplib.SMTP("127.0.0.1", srv.port("relay"), timeout=10) as s:
@@ -92,7 +93,7 @@ def send(srv, rcpt: str, *, requiretls: bool = True, headers=(), ret: str | None
         assert s.starttls()[0] == 220
         s.ehlo("client.test")
         assert s.has_extn("requiretls")
-        code, text = s.mail(SENDER, options)
+        code, text = s.mail(sender, options)
         assert f"{code} {text.decode()}" == MAIL_OK
         assert s.rcpt(rcpt)[0] == 250
         code, text = s.data(msg)
@@ -100,22 +101,23 @@ def send(srv, rcpt: str, *, requiretls: bool = True, headers=(), ret: str | None
         return text.decode().rsplit(" ", 1)[-1]
 
 
-def dsn_for(lab, rcpt: str, timeout: float = 30):
-    """The DSN (from <>) to SENDER that reports ``rcpt``, as received at .21, and its
+def dsn_for(receiver, rcpt: str, sender: str, timeout: float = 30):
+    """The DSN (from <>) to ``sender`` that reports ``rcpt``, as ``receiver`` got it, and its
     received record."""
     def find():
-        for m in lab.rt.received():
-            if m.mail_from == "<>" and SENDER in m.rcpt_tos and rcpt.encode() in m.content:
+        for m in receiver.received():
+            if m.mail_from == "<>" and sender in m.rcpt_tos and rcpt.encode() in m.content:
                 return m
         return None
     got = wait_until(find, timeout, f"a DSN about {rcpt}")
     return got, email.message_from_bytes(got.content, policy=email.policy.default)
 
 
-def assert_bounce(lab, rcpt: str, status: str, text: str):
-    """The DSN about ``rcpt``: RFC 3464 fields exactly, only the header returned, sent with
-    REQUIRETLS under TLS."""
-    got, dsn = dsn_for(lab, rcpt)
+def assert_bounce(lab, rcpt: str, status: str, text: str, *, receiver=None,
+                  sender: str = SENDER):
+    """The DSN about ``rcpt`` (at .21 unless ``receiver``): RFC 3464 fields exactly, only the
+    header returned, sent with REQUIRETLS under TLS."""
+    got, dsn = dsn_for(receiver or lab.rt, rcpt, sender)
     assert got.tls and "REQUIRETLS" in got.mail_options, got.mail_options
     assert dsn.get_content_type() == "multipart/report"
     parts = dsn.get_payload()
@@ -246,3 +248,117 @@ def test_requiretls_survives_kill9_before_delivery(make_server, lab):
     assert "REQUIRETLS" in got.mail_options, got.mail_options
     assert_bounce(lab, "k2@nort.lab", "5.7.30", "does not support REQUIRETLS")
     assert not lab.nort.attempts_for("k2@nort.lab")
+
+
+# --- [delivery] relayhost ----------------------------------------------------------------------
+
+def test_relayhost_authenticated_by_dane_gets_requiretls(make_server, lab):
+    """The relay host's own name has DNSSEC-secure addresses and TLSA records: DANE
+    authenticates it, and the message goes there with REQUIRETLS."""
+    srv = lab_server(make_server, lab, delivery={"relayhost": "mx.rt.lab"})
+    send(srv, "r1@elsewhere.test")
+    got = lab.rt.wait_for("r1@elsewhere.test")
+    assert got.tls and "REQUIRETLS" in got.mail_options, got.mail_options
+
+
+def test_relayhost_without_authentication_bounces_5_7_10(make_server, lab):
+    """A relay host in an unsigned zone whose certificate no WebPKI root vouches for: the
+    REQUIRETLS message is bounced (5.7.10, in the delivery log: the DSN to SENDER takes the
+    same relay and fails too), never sent; a message without REQUIRETLS is delivered."""
+    srv = lab_server(make_server, lab, delivery={"relayhost": "mx.plainrt.lab"})
+    send(srv, "r2@elsewhere.test")
+    row = wait_until(lambda: next((r for r in delivery_log(srv, "r2@elsewhere.test")
+                                   if r["state"] == "bounced"), None), 30, "a bounce of r2")
+    assert row["dsn"] == "5.7.10", row
+    assert "REQUIRETLS" in row["reply"], row
+    assert not lab.rt.attempts_for("r2@elsewhere.test")
+    send(srv, "r3@elsewhere.test", requiretls=False)
+    got = lab.rt.wait_for("r3@elsewhere.test")
+    assert "REQUIRETLS" not in got.mail_options
+
+
+# --- MTA-STS ---------------------------------------------------------------------------------
+# An unsigned DNS (no DANE anywhere), policies over HTTPS, receivers with certificates from the
+# test CA on .31 (right names, REQUIRETLS) and .32 (another name, REQUIRETLS).
+STS_MX, STS_WRONG, STS_POLICY = "127.0.0.31", "127.0.0.32", "127.0.0.33"
+STS_SENDER = "s@sts.test"
+STS_POLICIES = {
+    "sts.test": "version: STSv1\nmode: enforce\nmx: mx.sts.test\nmax_age: 86400\n",
+    "ststesting.test": "version: STSv1\nmode: testing\nmx: mx.ststesting.test\nmax_age: 86400\n",
+    "stsbad.test": "version: STSv1\nmode: testing\nmx: mx.stsbad.test\nmax_age: 86400\n",
+    "stsnomx.test": "version: STSv1\nmode: enforce\nmx: mail.elsewhere.test\nmax_age: 86400\n",
+}
+STS_MX_OF = {"sts.test": STS_MX, "ststesting.test": STS_MX, "stsbad.test": STS_WRONG,
+             "stsnomx.test": STS_MX}
+
+
+@pytest.fixture(scope="module")
+def sts_lab(tmp_path_factory):
+    from test_mta_sts import LabCa, PolicyServer
+    from test_mta_sts import server_context as pem_context
+    d = tmp_path_factory.mktemp("requiretls-sts")
+    ca = LabCa(d / "ca")
+    policy_cert = ca.issue("policy", [f"mta-sts.{dom}" for dom in STS_MX_OF])
+    good = ca.issue("good", ["mx.sts.test", "mx.ststesting.test", "mx.stsnomx.test"])
+    wrong = ca.issue("wrong", ["somewhere.else.test"])
+    zones = {f"{dom}.": [f"@ IN MX 10 mx.{dom}.", f"mx IN A {ip}",
+                         '_mta-sts IN TXT "v=STSv1; id=20261203;"', f"mta-sts IN A {STS_POLICY}"]
+             for dom, ip in STS_MX_OF.items()}
+    knot = Knot(d / "knot", zones)
+    knot.start()
+    https_port = free_port(STS_POLICY)
+    policy = PolicyServer(pem_context(*policy_cert), https_port, ip=STS_POLICY,
+                          policies=STS_POLICIES).start()
+    port = free_port_on(STS_MX, STS_WRONG)
+    good_rx = SmtpReceiver(STS_MX, port, tls_context=pem_context(*good), requiretls=True).start()
+    wrong_rx = SmtpReceiver(STS_WRONG, port, tls_context=pem_context(*wrong),
+                            requiretls=True).start()
+    yield {"ca": ca, "knot": knot, "https_port": https_port, "port": port, "good": good_rx,
+           "wrong": wrong_rx}
+    good_rx.stop()
+    wrong_rx.stop()
+    policy.stop()
+    knot.stop()
+
+
+@pytest.fixture(scope="module")
+def sts_srv(sts_lab, tmp_path_factory, postern_bin):
+    from conftest import start_with_accounts
+    from support import Postern
+    pt = Postern(postern_bin, tmp_path_factory.mktemp("postern-requiretls-sts"), cert=None,
+                 dns_port=sts_lab["knot"].port, delivery_port=sts_lab["port"],
+                 overrides={"mta_sts": {"port": sts_lab["https_port"],
+                                        "roots": str(sts_lab["ca"].cert)},
+                            "delivery": {"retry_initial": "1s", "retry_max": "1s"}})
+    server = start_with_accounts(pt)
+    yield server
+    pt.stop()
+
+
+def test_mta_sts_enforce_host_with_webpki_gets_requiretls(sts_srv, sts_lab):
+    send(sts_srv, "a@sts.test", sender=STS_SENDER)
+    got = sts_lab["good"].wait_for("a@sts.test")
+    assert got.tls and "REQUIRETLS" in got.mail_options, got.mail_options
+
+
+def test_mta_sts_testing_counts_as_enforce(sts_srv, sts_lab):
+    """RFC 8689 4.2.1: a `testing` policy is applied as `enforce` to a REQUIRETLS message:
+    the valid certificate delivers; the wrong-name one bounces 5.7.10 (a message without
+    REQUIRETLS goes there opportunistically, as `testing` wants)."""
+    send(sts_srv, "b@ststesting.test", sender=STS_SENDER)
+    got = sts_lab["good"].wait_for("b@ststesting.test")
+    assert "REQUIRETLS" in got.mail_options, got.mail_options
+    send(sts_srv, "c@stsbad.test", sender=STS_SENDER)
+    assert_bounce(None, "c@stsbad.test", "5.7.10", "no authenticated TLS",
+                  receiver=sts_lab["good"], sender=STS_SENDER)
+    assert not sts_lab["wrong"].attempts_for("c@stsbad.test")
+    send(sts_srv, "d@stsbad.test", sender=STS_SENDER, requiretls=False)
+    got = sts_lab["wrong"].wait_for("d@stsbad.test")
+    assert "REQUIRETLS" not in got.mail_options
+
+
+def test_mta_sts_policy_not_listing_the_mx_bounces_5_7_10(sts_srv, sts_lab):
+    send(sts_srv, "e@stsnomx.test", sender=STS_SENDER)
+    assert_bounce(None, "e@stsnomx.test", "5.7.10", "not allowed by the MTA-STS policy",
+                  receiver=sts_lab["good"], sender=STS_SENDER)
+    assert not sts_lab["good"].attempts_for("e@stsnomx.test")
