@@ -717,7 +717,7 @@ impl Session {
 
     /// The first ESMTP parameter of a MAIL or RCPT line that EHLO did not advertise, with the
     /// command's name for the reply (RFC 5321 section 4.1.1.11: a server refuses those,
-    /// rather than accept and ignore `REQUIRETLS` and its kin).
+    /// rather than accept and ignore them; `REQUIRETLS` is advertised only under TLS).
     fn unadvertised_parameter(&self, line: &[u8]) -> Option<(&'static str, String)> {
         let verb = line.get(..4)?;
         let (verb, mut allowed): (&'static str, Vec<&str>) = if verb.eq_ignore_ascii_case(b"MAIL") {
