@@ -103,6 +103,8 @@ pub struct Transaction<'a> {
     /// RFC 3461 parameters of each recipient, in the order of `recipients` (missing
     /// entries have none).
     pub recipient_dsn: &'a [RecipientDsn],
+    /// RFC 8689 REQUIRETLS (`require_tls.rs`): only to a server that advertises it.
+    pub require_tls: bool,
 }
 
 /// The RFC 3461 parameters a recipient was submitted with, passed on to a hop that advertises
@@ -147,6 +149,7 @@ impl Transaction<'_> {
             size: Some(self.size),
             body_8bit: self.body_8bit,
             smtputf8: self.needs_smtputf8(),
+            require_tls: self.require_tls,
         }
     }
 
@@ -286,6 +289,10 @@ pub enum ClientError {
         /// What happened.
         detail: String,
     },
+    /// A REQUIRETLS message and a server that does not advertise REQUIRETLS after STARTTLS
+    /// (RFC 8689 section 4.2.2; `require_tls.rs` makes the group's failure 5.7.30).
+    #[error("REQUIRETLS not advertised")]
+    RequireTlsNotOffered,
 }
 
 impl ClientError {
@@ -325,6 +332,8 @@ impl ClientError {
             }
             // 4.7.5 "cryptographic failure".
             ClientError::TlsRequired { .. } => EnhancedCode::new(4, 7, 5),
+            // The class 4 form of RFC 8689's 5.7.30 (the group fails with 5.7.30 itself).
+            ClientError::RequireTlsNotOffered => EnhancedCode::new(4, 7, 30),
         }
     }
 }
@@ -975,6 +984,9 @@ impl Session {
         ext: &Extensions,
         source: &S,
     ) -> Result<Vec<RecipientOutcome>, ClientError> {
+        if let Some(error) = super::require_tls::next_hop_refusal(txn, ext) {
+            return Err(error);
+        }
         if let Some(refusal) = refused_before_mail(peer, txn, ext) {
             return Ok(vec![refusal; txn.recipients.len()]);
         }
@@ -1166,6 +1178,7 @@ mod tests {
             ret: None,
             envid: None,
             recipient_dsn: &[],
+            require_tls: false,
         }
     }
 

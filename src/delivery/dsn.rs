@@ -162,7 +162,10 @@ pub enum Returned {
 
 /// The module docs' RET rule.
 pub fn returned(kind: Kind, original: &Envelope, max_message_size: u64) -> Returned {
-    if kind != Kind::Failure {
+    // RFC 8689 section 5: a REQUIRETLS message's content must not leave over weaker paths
+    // than it came; its DSN returns the header section only (and goes out with REQUIRETLS
+    // itself, see `enqueue`).
+    if kind != Kind::Failure || original.require_tls {
         return Returned::Headers;
     }
     let fits = original.size.saturating_add(DSN_OVERHEAD) <= max_message_size;
@@ -406,6 +409,7 @@ fn human_text(report: &Report<'_>, host: &str, returned: Returned) -> String {
     t.push_str("\r\n");
     let size_note = report.kind == Kind::Failure
         && returned == Returned::Headers
+        && !report.original.require_tls
         && !report
             .original
             .dsn_ret
@@ -418,6 +422,9 @@ fn human_text(report: &Report<'_>, host: &str, returned: Returned) -> String {
         (Returned::Full, _) => "The message is attached.\r\n",
         (Returned::Headers, true) => {
             "The message is too large to return; its header is attached.\r\n"
+        }
+        (Returned::Headers, false) if report.original.require_tls => {
+            "The message was sent with REQUIRETLS: only its header is attached.\r\n"
         }
         (Returned::Headers, false) => "The header of the message is attached.\r\n",
     });
@@ -522,6 +529,10 @@ pub async fn enqueue(spool: &Spool, report: &Report<'_>) -> Result<(), SpoolErro
         smtputf8: original.smtputf8,
         dsn_ret: None,
         dsn_envid: None,
+        // RFC 8689 section 5: the returned header is the original's content too, so it
+        // travels under the same requirement.
+        require_tls: original.require_tls,
+        tls_required_no: false,
         submitter: Submitter {
             address: None,
             device: None,

@@ -81,6 +81,7 @@ pub mod mx;
 pub mod outcome;
 pub mod own;
 pub mod pool;
+pub mod require_tls;
 pub mod retry;
 pub mod tls;
 
@@ -346,6 +347,8 @@ struct HostTrail {
     dane_applied: bool,
     /// An enforced MTA-STS policy governed at least one host.
     sts_applied: bool,
+    /// Why a REQUIRETLS message could not use a host (`require_tls.rs`).
+    require_tls_refusal: Option<String>,
 }
 
 /// An `enforce` MTA-STS policy and the domain it belongs to.
@@ -525,10 +528,11 @@ impl Worker {
             }
         };
 
-        let route = match self.route(destination).await {
+        let mut route = match self.route(destination).await {
             Ok(route) => route,
             Err(e) => return self.failed_group(indices, None, &e),
         };
+        self.tls_route(envelope, &mut route);
         let recipient_dsn: Vec<client::RecipientDsn> = indices
             .iter()
             .map(|&i| client::RecipientDsn {
@@ -545,12 +549,13 @@ impl Worker {
             ret: envelope.dsn_ret.as_deref(),
             envid: envelope.dsn_envid.as_deref(),
             recipient_dsn: &recipient_dsn,
+            require_tls: envelope.require_tls,
         };
         let source = SpoolMessage {
             spool: &self.spool,
             envelope,
         };
-        let sts = self.enforced_sts_policy(&route).await;
+        let sts = self.sts_policy(envelope, &route).await;
 
         let mut trail = HostTrail::default();
         let mut looped = false;
@@ -558,6 +563,11 @@ impl Worker {
             let Some((addresses, policy, settings)) = self
                 .host_policy(envelope, &route, host, sts.as_ref(), &mut trail)
                 .await
+            else {
+                continue;
+            };
+            let Some((policy, settings)) =
+                self.require_tls_host(envelope, &route, host, policy, settings, &mut trail)
             else {
                 continue;
             };
@@ -609,6 +619,9 @@ impl Worker {
                 Destination::NoDomain => String::new(),
             };
             return self.failed_group(indices, None, &DeliveryError::Loop { domain });
+        }
+        if let Some(outcome) = self.require_tls_failure(envelope, indices, &trail) {
+            return outcome;
         }
         let health = match &trail.last {
             Some((_, error)) if error.is_unresponsive() => dead::Health::Unresponsive,

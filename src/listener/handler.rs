@@ -559,6 +559,9 @@ fn envelope(
         smtputf8: message.smtputf8,
         dsn_ret: message.dsn_ret,
         dsn_envid: message.dsn_envid,
+        require_tls: message.require_tls,
+        // RFC 8689 section 4.1: REQUIRETLS wins over the header field.
+        tls_required_no: message.headers.tls_required_no && !message.require_tls,
         submitter,
         prefix,
         data_file: None,

@@ -32,6 +32,9 @@ pub struct HeaderFacts {
     pub identities: Vec<IdentityField>,
     /// Number of `Received:` fields: the hops the message has made.
     pub received_fields: usize,
+    /// A `TLS-Required: No` field (RFC 8689 section 3): the sender asks that DANE and
+    /// MTA-STS failures not stop delivery.
+    pub tls_required_no: bool,
 }
 
 /// A header field other than `From:` that names who sent the message.
@@ -119,6 +122,9 @@ pub fn scan_headers(section: &[u8]) -> HeaderFacts {
                 .identities
                 .push(identity(IdentityHeader::ResentSender)),
             "received" => facts.received_fields += 1,
+            "tls-required" if value.trim().eq_ignore_ascii_case("no") => {
+                facts.tls_required_no = true
+            }
             "message-id" => facts.has_message_id = true,
             "date" => facts.has_date = true,
             _ => {}

@@ -185,6 +185,8 @@ pub struct CompletedMessage {
     pub dsn_ret: Option<String>,
     /// DSN ENVID.
     pub dsn_envid: Option<String>,
+    /// `REQUIRETLS` (RFC 8689): deliver only over authenticated TLS to hops that support it.
+    pub require_tls: bool,
     /// What the header section says.
     pub headers: HeaderFacts,
     /// Message bytes (as stored, before Postern's prefix).
@@ -330,6 +332,7 @@ struct Transaction {
     smtputf8: bool,
     dsn_ret: Option<String>,
     dsn_envid: Option<String>,
+    require_tls: bool,
     /// Header section collected while data streams (capped).
     header_buf: Vec<u8>,
     header_done: bool,
@@ -714,22 +717,25 @@ impl Session {
 
     /// The first ESMTP parameter of a MAIL or RCPT line that EHLO did not advertise, with the
     /// command's name for the reply (RFC 5321 section 4.1.1.11: a server refuses those,
-    /// rather than accept and ignore `REQUIRETLS` and its kin).
+    /// rather than accept and ignore them; `REQUIRETLS` is advertised only under TLS).
     fn unadvertised_parameter(&self, line: &[u8]) -> Option<(&'static str, String)> {
         let verb = line.get(..4)?;
-        let (verb, allowed): (&'static str, &[&str]) = if verb.eq_ignore_ascii_case(b"MAIL") {
+        let (verb, mut allowed): (&'static str, Vec<&str>) = if verb.eq_ignore_ascii_case(b"MAIL") {
+            let mut allowed = vec!["SIZE", "BODY", "SMTPUTF8", "RET", "ENVID"];
             // AUTH= (RFC 4954 section 5) only where AUTH is offered.
-            let allowed: &[&str] = if self.config.role == Role::Relay {
-                &["SIZE", "BODY", "SMTPUTF8", "RET", "ENVID"]
-            } else {
-                &["SIZE", "BODY", "SMTPUTF8", "RET", "ENVID", "AUTH"]
-            };
+            if self.config.role != Role::Relay {
+                allowed.push("AUTH");
+            }
             ("MAIL FROM", allowed)
         } else if verb.eq_ignore_ascii_case(b"RCPT") {
-            ("RCPT TO", &["NOTIFY", "ORCPT"])
+            ("RCPT TO", vec!["NOTIFY", "ORCPT"])
         } else {
             return None;
         };
+        // REQUIRETLS (RFC 8689 section 4.1) only where EHLO offers it: under TLS.
+        if verb == "MAIL FROM" && self.tls {
+            allowed.push("REQUIRETLS");
+        }
         envelope::parameter_names(line)
             .into_iter()
             .find(|name| !allowed.contains(&name.as_str()))
@@ -757,6 +763,11 @@ impl Session {
             ]
             .map(String::from),
         );
+        // RFC 8689 section 2: offered only on a session that is itself under TLS, since the
+        // message must never have crossed a hop in cleartext.
+        if self.tls {
+            ext.push("REQUIRETLS".into());
+        }
         ext
     }
 
@@ -903,7 +914,10 @@ impl Session {
         }
         if from.flags & smtp_proto::MAIL_BODY_BINARYMIME != 0 {
             // RFC 3030: BINARYMIME is an extension of its own, and it is not advertised.
-            self.bad_command(Reply::parameter_not_supported("MAIL FROM", "BODY=BINARYMIME"));
+            self.bad_command(Reply::parameter_not_supported(
+                "MAIL FROM",
+                "BODY=BINARYMIME",
+            ));
             return;
         }
         if sender::has_control_characters(&from.address) {
@@ -936,6 +950,7 @@ impl Session {
             smtputf8: from.flags & smtp_proto::MAIL_SMTPUTF8 != 0,
             dsn_ret,
             dsn_envid: from.env_id.map(|e| e.to_string()),
+            require_tls: from.flags & smtp_proto::MAIL_REQUIRETLS != 0,
             ..Transaction::default()
         };
         if self.auth.is_some() {
@@ -1209,6 +1224,7 @@ impl Session {
                 smtputf8: tx.smtputf8,
                 dsn_ret: tx.dsn_ret,
                 dsn_envid: tx.dsn_envid,
+                require_tls: tx.require_tls,
                 headers: facts,
                 size: scanner.size(),
             }));

@@ -189,7 +189,8 @@ fn greeting_and_ehlo_before_and_after_tls() {
     ] {
         assert!(ehlo.iter().any(|l| l.ends_with(ext)), "{ext}");
     }
-    assert_eq!(ehlo.last().unwrap(), "250 DSN");
+    assert!(ehlo.contains(&"250-DSN".to_string()));
+    assert_eq!(ehlo.last().unwrap(), "250 REQUIRETLS");
 }
 
 #[test]
@@ -926,10 +927,6 @@ fn unadvertised_parameters_are_refused_and_the_session_goes_on() {
     let mut h = Harness::login(Role::Submission);
     for (line, reply) in [
         (
-            "MAIL FROM:<alice@example.org> REQUIRETLS",
-            "555 5.5.4 MAIL FROM parameter REQUIRETLS not supported",
-        ),
-        (
             "MAIL FROM:<alice@example.org> foo=bar",
             "555 5.5.4 MAIL FROM parameter FOO not supported",
         ),
@@ -966,6 +963,48 @@ fn unadvertised_parameters_are_refused_and_the_session_goes_on() {
         "555 5.5.4 MAIL FROM parameter AUTH not supported"
     );
     assert_eq!(relay.line("MAIL FROM:<www@example.org>"), "250 2.1.0 Ok");
+}
+
+#[test]
+fn requiretls_is_offered_and_accepted_only_under_tls() {
+    // Plaintext port 25: not advertised, and the parameter is refused like any unknown one.
+    let mut relay = Harness::new(Role::Relay);
+    let ehlo = relay.send(b"EHLO client.test\r\n");
+    assert!(!ehlo.iter().any(|l| l.contains("REQUIRETLS")), "{ehlo:?}");
+    assert_eq!(
+        relay.line("MAIL FROM:<www@example.org> REQUIRETLS"),
+        "555 5.5.4 MAIL FROM parameter REQUIRETLS not supported"
+    );
+    // After STARTTLS (port 25 or 587) and on 465 it is offered and recorded.
+    for role in [Role::Relay, Role::Submission, Role::Submissions] {
+        let mut h = if role == Role::Relay {
+            let mut h = Harness::new(role);
+            h.line("EHLO client.test");
+            assert_eq!(h.line("STARTTLS"), "220 2.0.0 Ready to start TLS");
+            let ehlo = h.send(b"EHLO client.test\r\n");
+            assert_eq!(ehlo.last().unwrap(), "250 REQUIRETLS");
+            h
+        } else {
+            Harness::login(role)
+        };
+        assert_eq!(
+            h.line("MAIL FROM:<alice@example.org> REQUIRETLS SIZE=10"),
+            "250 2.1.0 Ok",
+            "{role:?}"
+        );
+        h.line("RCPT TO:<b@example.net>");
+        h.line("DATA");
+        h.send(b"From: alice@example.org\r\n\r\nhi\r\n.\r\n");
+        assert!(h.committed.last().expect("committed").require_tls);
+        // RSET and a new transaction without it: not kept.
+        h.line("MAIL FROM:<alice@example.org>");
+        h.line("RCPT TO:<b@example.net>");
+        h.line("DATA");
+        h.send(b"From: alice@example.org\r\nTLS-Required: No\r\n\r\nhi\r\n.\r\n");
+        let last = h.committed.last().unwrap();
+        assert!(!last.require_tls);
+        assert!(last.headers.tls_required_no);
+    }
 }
 
 #[test]

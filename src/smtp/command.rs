@@ -42,6 +42,8 @@ pub struct MailFrom<'a> {
     pub body_8bit: bool,
     /// The envelope or headers need `SMTPUTF8` (RFC 6531).
     pub smtputf8: bool,
+    /// The message was accepted with `REQUIRETLS` (RFC 8689): it keeps it on every hop.
+    pub require_tls: bool,
 }
 
 impl MailFrom<'_> {
@@ -58,6 +60,9 @@ impl MailFrom<'_> {
         }
         if self.smtputf8 && ext.smtputf8 {
             line.push_str(" SMTPUTF8");
+        }
+        if self.require_tls && ext.require_tls {
+            line.push_str(" REQUIRETLS");
         }
         line.push_str("\r\n");
         line
@@ -82,6 +87,7 @@ mod tests {
             size: None,
             body_8bit: false,
             smtputf8: false,
+            require_tls: false,
         }
     }
 
@@ -103,6 +109,21 @@ mod tests {
             m.command(&with_size),
             "MAIL FROM:<a@example.com> SIZE=77 BODY=8BITMIME\r\n"
         );
+        assert_eq!(
+            m.command(&Extensions::default()),
+            "MAIL FROM:<a@example.com>\r\n"
+        );
+    }
+
+    #[test]
+    fn requiretls_is_declared_only_when_advertised() {
+        let mut m = mail_from("a@example.com");
+        m.require_tls = true;
+        let with = Extensions {
+            require_tls: true,
+            ..Extensions::default()
+        };
+        assert_eq!(m.command(&with), "MAIL FROM:<a@example.com> REQUIRETLS\r\n");
         assert_eq!(
             m.command(&Extensions::default()),
             "MAIL FROM:<a@example.com>\r\n"

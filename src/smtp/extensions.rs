@@ -27,6 +27,8 @@ pub struct Extensions {
     pub chunking: bool,
     /// RFC 3461 `DSN`: NOTIFY/ORCPT on RCPT, RET/ENVID on MAIL.
     pub dsn: bool,
+    /// RFC 8689 `REQUIRETLS`.
+    pub require_tls: bool,
 }
 
 impl Extensions {
@@ -49,6 +51,7 @@ impl Extensions {
                 "ENHANCEDSTATUSCODES" => ext.enhanced_status_codes = true,
                 "CHUNKING" => ext.chunking = true,
                 "DSN" => ext.dsn = true,
+                "REQUIRETLS" => ext.require_tls = true,
                 _ => {}
             }
         }
@@ -81,8 +84,16 @@ mod tests {
                 enhanced_status_codes: true,
                 chunking: false,
                 dsn: false,
+                require_tls: false,
             }
         );
+    }
+
+    #[test]
+    fn requiretls_keyword() {
+        let r = one(b"250-mx\r\n250-STARTTLS\r\n250 requiretls\r\n");
+        assert!(Extensions::from_ehlo(&r).require_tls);
+        assert!(!Extensions::from_ehlo(&one(b"250-mx\r\n250 STARTTLS\r\n")).require_tls);
     }
 
     #[test]

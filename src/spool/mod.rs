@@ -163,6 +163,15 @@ pub struct Envelope {
     /// DSN `ENVID=` (RFC 3461).
     #[serde(default)]
     pub dsn_envid: Option<String>,
+    /// `REQUIRETLS` (RFC 8689): only authenticated TLS to hops that advertise it. Absent in
+    /// records written before it existed, which read as `false`; written only when set, so
+    /// records without it stay as they were.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_tls: bool,
+    /// The header section has `TLS-Required: No` (RFC 8689 section 3): DANE and MTA-STS
+    /// failures fall back to opportunistic TLS. Same compatibility as `require_tls`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls_required_no: bool,
     /// Who submitted it.
     pub submitter: Submitter,
     /// Header fields Postern puts in front of the client's data (`Received:`, a missing

@@ -426,6 +426,54 @@ mod tests {
         }
     }
 
+    fn decoded_envelope(bytes: &[u8]) -> Envelope {
+        match decode(bytes, &key(), AT) {
+            Decoded::Record {
+                record: Record::Message { envelope, .. },
+                ..
+            } => *envelope,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn require_tls_and_tls_required_no_replay_as_written() {
+        let mut written = envelope();
+        written.require_tls = true;
+        let (bytes, _) = encode_message(&key(), AT, &written, b"x\r\n");
+        let read = decoded_envelope(&bytes);
+        assert!(read.require_tls);
+        assert!(!read.tls_required_no);
+        written.require_tls = false;
+        written.tls_required_no = true;
+        let (bytes, _) = encode_message(&key(), AT, &written, b"x\r\n");
+        let read = decoded_envelope(&bytes);
+        assert!(!read.require_tls);
+        assert!(read.tls_required_no);
+    }
+
+    #[test]
+    fn records_written_before_require_tls_read_it_as_false() {
+        // The envelope JSON as earlier versions wrote it: neither field present.
+        let mut json = serde_json::to_value(envelope()).unwrap();
+        let fields = json.as_object_mut().unwrap();
+        assert!(
+            !fields.contains_key("require_tls"),
+            "unset flags are not written"
+        );
+        fields.remove("tls_required_no");
+        let json = serde_json::to_vec(&json).unwrap();
+        let structure = [&(json.len() as u32).to_le_bytes()[..], &json];
+        let bytes = frame(&key(), AT, Kind::Message, &structure, b"x\r\n");
+        let read = decoded_envelope(&bytes);
+        assert!(!read.require_tls);
+        assert!(!read.tls_required_no);
+        // A PSJ2 record of then, too.
+        let payload = &bytes[HEADER_LEN..bytes.len() - TAG_LEN];
+        let old = whole_payload_frame(&key(), AT, Kind::Message, payload);
+        assert!(!decoded_envelope(&old).require_tls);
+    }
+
     #[test]
     fn torn_tail_is_incomplete_and_flipped_bit_is_corrupt() {
         let bytes = encode_done(

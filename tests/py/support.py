@@ -588,6 +588,7 @@ class ReceivedMessage:
     tls: bool
     peer: str
     at: float
+    mail_options: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -628,18 +629,51 @@ class _RecordingHandler:
     async def handle_DATA(self, server, session, envelope):
         msg = ReceivedMessage(envelope.mail_from, list(envelope.rcpt_tos),
                               bytes(envelope.original_content), session.ssl is not None,
-                              session.peer[0], time.monotonic())
+                              session.peer[0], time.monotonic(),
+                              list(envelope.mail_options))
         with self.r.lock:
             self.r.messages.append(msg)
         return "250 2.0.0 Message accepted"
 
 
+class _RequireTlsHandler(_RecordingHandler):
+    """Also offers REQUIRETLS (RFC 8689), after STARTTLS only, as a real server must."""
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if session.ssl is not None:
+            responses.insert(len(responses) - 1, "250-REQUIRETLS")
+        return responses
+
+
+def _require_tls_controller():
+    """An aiosmtpd Controller whose server takes the REQUIRETLS parameter of MAIL (stock
+    aiosmtpd refuses parameters it does not know with 555)."""
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import SMTP
+
+    class RequireTlsSmtp(SMTP):
+        def _getparams(self, params):
+            found = super()._getparams(params)
+            if found is not None and self._tls_protocol is not None:
+                found.pop("REQUIRETLS", None)
+            return found
+
+    class RequireTlsController(Controller):
+        def factory(self):
+            return RequireTlsSmtp(self.handler, **self.SMTP_kwargs)
+
+    return RequireTlsController
+
+
 class SmtpReceiver:
-    """An aiosmtpd server on ``host:port`` (in a thread), optionally offering STARTTLS."""
+    """An aiosmtpd server on ``host:port`` (in a thread), optionally offering STARTTLS, and
+    with ``requiretls`` the REQUIRETLS extension under it (MAIL options are recorded)."""
 
     def __init__(self, host: str, port: int, *, tls: CertPair | None = None,
                  tls_context: ssl.SSLContext | None = None,
-                 policy: Callable[[str, int], str | None] = default_policy):
+                 policy: Callable[[str, int], str | None] = default_policy,
+                 requiretls: bool = False):
         from aiosmtpd.controller import Controller
 
         self.host, self.port, self.policy = host, port, policy
@@ -651,7 +685,9 @@ class SmtpReceiver:
             tls_context.load_cert_chain(tls.cert, tls.key)
         self.offers_tls = tls_context is not None
         kwargs = dict(tls_context=tls_context, require_starttls=False) if tls_context else {}
-        self.controller = Controller(_RecordingHandler(self), hostname=host, port=port,
+        controller = _require_tls_controller() if requiretls else Controller
+        handler = _RequireTlsHandler(self) if requiretls else _RecordingHandler(self)
+        self.controller = controller(handler, hostname=host, port=port,
                                      ident="test-mx", enable_SMTPUTF8=True,
                                      data_size_limit=None, decode_data=False, **kwargs)
 

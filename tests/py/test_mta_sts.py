@@ -80,9 +80,11 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
 
 
 class PolicyServer:
-    """HTTPS on POLICY_IP serving /.well-known/mta-sts.txt by Host header; counts fetches."""
+    """HTTPS on ``ip`` serving /.well-known/mta-sts.txt by Host header from ``policies``
+    (domain -> policy text); counts fetches."""
 
-    def __init__(self, ctx: ssl.SSLContext, port: int):
+    def __init__(self, ctx: ssl.SSLContext, port: int, *, ip: str = POLICY_IP,
+                 policies: dict[str, str] = POLICIES):
         self.fetches: list[str] = []
         outer = self
 
@@ -91,7 +93,7 @@ class PolicyServer:
                 host = self.headers.get("Host", "").split(":")[0]
                 domain = host.removeprefix("mta-sts.")
                 outer.fetches.append(domain)
-                body = POLICIES.get(domain)
+                body = policies.get(domain)
                 if self.path != "/.well-known/mta-sts.txt" or body is None:
                     self.send_response(404)
                     self.end_headers()
@@ -106,7 +108,7 @@ class PolicyServer:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer((POLICY_IP, port), Handler)
+        self.httpd = http.server.ThreadingHTTPServer((ip, port), Handler)
         self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 

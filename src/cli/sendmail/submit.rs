@@ -200,6 +200,7 @@ fn transaction(client: &mut Client, helo: &str, message: &Prepared) -> Result<()
         size: None,
         body_8bit: message.data.iter().any(|&b| b >= 0x80),
         smtputf8: false,
+        require_tls: false,
     };
     let reply = client.command(&mail.command(&extensions))?;
     Client::expect(reply, 2, &format!("MAIL FROM:<{}>", message.sender))?;
