@@ -136,7 +136,7 @@ fn with_params(mut line: String, params: &str) -> String {
     if params.is_empty() {
         return line;
     }
-    let end = line.len() - line.ends_with("\r\n").then_some(2).unwrap_or(0);
+    let end = line.strip_suffix("\r\n").map_or(line.len(), str::len);
     line.insert_str(end, params);
     line
 }

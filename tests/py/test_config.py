@@ -25,6 +25,8 @@ BAD_CONFIGS = [
     ({"timeouts": {"data_total": "soon"}}, "timeouts.data_total", None),
     ({"delivery": {"allow_address_literals": "yes"}}, "delivery.allow_address_literals", None),
     ({"delivery": {"port": 0}}, "delivery.port", None),
+    ({"delivery": {"max_active_messages": 0}}, "delivery.max_active_messages", None),
+    ({"delivery": {"max_active_messages": "many"}}, "delivery.max_active_messages", None),
     ({"delivery": {"retry_initial": "10s", "retry_max": "1s"}}, "delivery.retry_max", None),
     ({"tls": {"key": None}}, "tls.key", None),
     ({"dns": {"servers": ["not-an-address"]}}, "dns.servers", None),

@@ -317,6 +317,38 @@ def test_tarpit_destination_does_not_hold_the_workers(make_relay, lab, tarpit):
     tarpit.stop()
 
 
+def test_max_active_messages_keeps_the_rest_in_the_spool(make_relay, lab, tarpit):
+    """max_active_messages = 1: with one message in memory (stuck at the tarpit) the next one
+    stays in the spool; it is taken, and delivered, only after the first one's attempt has
+    ended (its greeting timeout closed the tarpit connection). With the limit at 2 the same
+    healthy message goes at once (the previous test's case)."""
+    srv = make_relay(delivery={"workers": 3, "max_active_messages": 1,
+                               "command_timeout": "3s", "connection_idle": "0s"})
+    send(srv, "s1m@senders.test", ["stuck@tarpit.test"])
+    wait_until(lambda: tarpit.total == 1, 10, "the tarpit's connection")
+    send(srv, "s1m@senders.test", ["after@healthy.test"])
+    got = lab["rx"]["healthy"].wait_for("after@healthy.test", timeout=30)
+    first = wait_until(lambda: delivery_log(srv, "stuck@tarpit.test"), 10,
+                       "the tarpit attempt logged")[0]
+    assert first["reply"].endswith("timeout after 3s at greeting"), first
+    after = wait_until(lambda: delivery_log(srv, "after@healthy.test"), 10,
+                       "the healthy delivery logged")[0]
+    assert after["state"] == "delivered" and after["time_ms"] >= first["time_ms"]
+    srv.stop()
+    wait_until(lambda: tarpit.still_open() == 0, 10, "the first relay's connections gone")
+    before = tarpit.total
+
+    srv2 = make_relay(delivery={"workers": 3, "max_active_messages": 2,
+                                "command_timeout": "10m", "connection_idle": "0s"})
+    send(srv2, "s1n@senders.test", ["stuck2@tarpit.test"])
+    wait_until(lambda: tarpit.still_open() == 1 and tarpit.total == before + 1, 10,
+               "the second relay's tarpit connection")
+    send(srv2, "s1n@senders.test", ["beside@healthy.test"])
+    lab["rx"]["healthy"].wait_for("beside@healthy.test", timeout=30)
+    assert tarpit.still_open() == 1 and delivery_log(srv2, "stuck2@tarpit.test") == []
+    tarpit.stop()
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. Dead destinations
 # ---------------------------------------------------------------------------------------------
