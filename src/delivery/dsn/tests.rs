@@ -318,6 +318,21 @@ fn ret_rules() {
 }
 
 #[test]
+fn requiretls_originals_return_only_their_header() {
+    let max = 210_763_776;
+    let mut env = envelope();
+    env.require_tls = true;
+    env.dsn_ret = Some("FULL".into());
+    assert_eq!(returned(Kind::Failure, &env, max), Returned::Headers);
+    env.dsn_ret = None;
+    assert_eq!(returned(Kind::Failure, &env, max), Returned::Headers);
+    let id = SpoolId("DSN1".into());
+    let (front, _) = render(&report(&env, &id, Kind::Failure, Returned::Headers));
+    assert!(front.contains("The message was sent with REQUIRETLS: only its header is attached."));
+    assert!(!front.contains("too large"));
+}
+
+#[test]
 fn header_section_without_body_and_large_header_cut() {
     let env = envelope();
     let id = SpoolId("DSN6".into());
