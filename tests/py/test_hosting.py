@@ -219,3 +219,17 @@ def test_php_sendmail_path_with_config_after_options(make_server, mx, quota_back
                      with_config=False)
     assert result.returncode == 64, result
     assert result.stderr.splitlines()[0] == "postern sendmail: option --config needs a value"
+
+
+@pytest.mark.parametrize("quota_backend", ["embedded"], indirect=True)
+def test_sendmail_declares_smtputf8_for_a_utf8_recipient(make_server, mx, quota_backend):
+    """`postern sendmail -t` to a UTF-8 address: MAIL carries SMTPUTF8 (RFC 6531 section 3.4;
+    without it the relay answers 553 5.6.7), so the message is accepted and delivered."""
+    srv = make_server(delivery_port=mx.port, relay=NO_TRUSTED_NETWORKS,
+                      quota=quota_backend.quota())
+    srv.add_hosting(ACCOUNT, ["127.0.0.0/8"], [DOMAIN])
+    result = sendmail(srv, f"From: shop@{DOMAIN}\nTo: jörg@plain.test\nSubject: ü\n\nHallo.\n",
+                      "-t", "-i")
+    assert result.returncode == 0, result
+    got = mx.plain.wait_for("jörg@plain.test")
+    assert got.rcpt_tos == ["jörg@plain.test"]

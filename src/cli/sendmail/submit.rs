@@ -199,7 +199,8 @@ fn transaction(client: &mut Client, helo: &str, message: &Prepared) -> Result<()
         // The message was measured against the relay's limit before connecting.
         size: None,
         body_8bit: message.data.iter().any(|&b| b >= 0x80),
-        smtputf8: false,
+        // RFC 6531 section 3.4: a non-ASCII address is only sent with SMTPUTF8 on MAIL.
+        smtputf8: !message.sender.is_ascii() || message.recipients.iter().any(|r| !r.is_ascii()),
         require_tls: false,
     };
     let reply = client.command(&mail.command(&extensions))?;
