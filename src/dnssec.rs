@@ -68,6 +68,25 @@ pub fn load_trust_anchors(path: &Path) -> Result<TrustAnchorFile, String> {
 /// # Errors
 /// A one-line reason.
 pub fn parse_trust_anchors(text: &str) -> Result<TrustAnchorFile, String> {
+    parse_lines(text).map_err(|reason| escape_controls(&reason))
+}
+
+/// `text` with each control character written as its Rust escape (`\r`, `\u{1b}`): a reason
+/// quotes the file's line, and a lone CR or an escape sequence in it must not break the
+/// one-line config error it becomes (or rewrite the operator's terminal).
+fn escape_controls(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+fn parse_lines(text: &str) -> Result<TrustAnchorFile, String> {
     let records = text
         .lines()
         .map(|l| l.split(';').next().unwrap_or("").trim())
@@ -242,6 +261,22 @@ mod tests {
         // keymgr's form: no TTL, no class.
         let key = "lab. DNSKEY 257 3 15 BL4vzcaEuW7hnGlz6YsU0YiRqNRFvOMMxzxkZYwlaUc= ; KSK\n";
         parse_trust_anchors(key).unwrap();
+    }
+
+    /// Found by the `trust_anchor` fuzz target: a lone CR (or another control character) in
+    /// a line came out raw in the reason, and the config error spanned two lines.
+    #[test]
+    fn reasons_escape_control_characters() {
+        let reason = parse_trust_anchors("lab.\rfake DS 4711 15 2 00\n").unwrap_err();
+        assert_eq!(
+            reason,
+            "DS digest has the wrong length for its type: lab.\\rfake DS 4711 15 2 00"
+        );
+        let reason = parse_trust_anchors("lab. A\u{1b}]0:title\u{7} 1\n").unwrap_err();
+        assert_eq!(
+            reason,
+            "not a DNSKEY or DS record: lab. A\\u{1b}]0:title\\u{7} 1"
+        );
     }
 
     /// keymgr's output for one ed25519 KSK of `lab.` (knot 3): its DNSKEY and both DS lines.
