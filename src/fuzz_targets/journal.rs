@@ -119,15 +119,15 @@ fn tagged_here(input: &mut Input<'_>) {
     let mut context = hmac::Context::with_key(&key);
     context.update(&AT.segment.to_le_bytes());
     context.update(&AT.offset.to_le_bytes());
-    if kind == 1 && !whole_payload {
+    // Only a message record carries inline data; the others' is empty (CRC-32 zero).
+    let inline: &[u8] = if kind == 1 { data } else { &[] };
+    if whole_payload {
+        record.extend_from_slice(inline);
         context.update(&record);
-        context.update(&crc32fast::hash(data).to_le_bytes());
-        record.extend_from_slice(data);
     } else {
-        if kind == 1 {
-            record.extend_from_slice(data);
-        }
         context.update(&record);
+        context.update(&crc32fast::hash(inline).to_le_bytes());
+        record.extend_from_slice(inline);
     }
     record.extend_from_slice(context.sign().as_ref());
 
