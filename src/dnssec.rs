@@ -25,7 +25,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use hickory_resolver::proto::dnssec::rdata::{DNSKEY, DNSSECRData, DS, RRSIG};
-use hickory_resolver::proto::dnssec::{DigestType, PublicKey, TrustAnchors, Verifier};
+use hickory_resolver::proto::dnssec::{Algorithm, DigestType, PublicKey, TrustAnchors, Verifier};
 use hickory_resolver::proto::rr::{DNSClass, Name, RData, Record, RecordType, SerialNumber};
 
 /// `[dns] trust_anchor` as read: the keys of its DNSKEY lines, and its DS lines, whose keys are
@@ -117,6 +117,19 @@ fn parse_lines(text: &str) -> Result<TrustAnchorFile, String> {
             continue;
         }
         let rdata = words[at + 1..].join(" ");
+        // `FLAGS PROTOCOL ALGORITHM KEY`: the algorithm is checked before hickory reads the
+        // key, whose decoder asserts a supported one.
+        let algorithm = words
+            .get(at + 3)
+            .and_then(|w| w.parse::<u8>().ok())
+            .map(Algorithm::from_u8)
+            .ok_or_else(|| format!("invalid DNSKEY record: {line}"))?;
+        if !algorithm.is_supported() {
+            return Err(format!(
+                "DNSKEY algorithm {} is not supported: {line}",
+                u8::from(algorithm)
+            ));
+        }
         if let (Ok(name), Ok(RData::DNSSEC(DNSSECRData::DNSKEY(key)))) = (
             Name::from_ascii(format!("{owner}{dot}")),
             RData::try_from_str(RecordType::DNSKEY, &rdata),
@@ -277,6 +290,26 @@ mod tests {
             reason,
             "not a DNSKEY or DS record: lab. A\\u{1b}]0:title\\u{7} 1"
         );
+    }
+
+    /// Found by the `trust_anchor` fuzz target: a DNSKEY line with an algorithm hickory does
+    /// not implement reached hickory's key decoder, which asserts a supported algorithm.
+    #[test]
+    fn dnskey_with_an_unsupported_algorithm_is_refused() {
+        let reason =
+            parse_trust_anchors("lab. DNSKEY 256 3 53 BL4vzcaEuW7MxzxkZYwlaUc=\n").unwrap_err();
+        assert_eq!(
+            reason,
+            "DNSKEY algorithm 53 is not supported: lab. DNSKEY 256 3 53 BL4vzcaEuW7MxzxkZYwlaUc="
+        );
+        let reason = parse_trust_anchors("lab. DNSKEY 257 3 35 OPFiRjIJSJKSXm4B80B8F1D39A95aUc=\n")
+            .unwrap_err();
+        assert!(
+            reason.starts_with("DNSKEY algorithm 35 is not supported"),
+            "{reason}"
+        );
+        let reason = parse_trust_anchors("lab. DNSKEY 257 3\n").unwrap_err();
+        assert_eq!(reason, "invalid DNSKEY record: lab. DNSKEY 257 3");
     }
 
     /// keymgr's output for one ed25519 KSK of `lab.` (knot 3): its DNSKEY and both DS lines.

@@ -136,9 +136,15 @@ impl<'a> Input<'a> {
         &field[..field.len().min(max)]
     }
 
-    /// [`Input::field`] as text (invalid UTF-8 replaced).
+    /// [`Input::field`] as text (invalid UTF-8 replaced), at most `max` bytes of it.
     fn text(&mut self, max: usize) -> String {
-        String::from_utf8_lossy(self.field(max)).into_owned()
+        let mut text = String::from_utf8_lossy(self.field(max)).into_owned();
+        let mut end = text.len().min(max);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text
     }
 
     /// Everything not read yet.

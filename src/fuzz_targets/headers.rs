@@ -127,9 +127,14 @@ pub(super) fn run_mailbox(data: &[u8]) {
     };
     check_accepted(&address);
     // A quoted local part keeps its quotes here; the lenient reader drops quoted text.
+    // It folds ASCII case only; the strict reader folds all of it.
     if !address.contains('"') {
+        let lenient: Vec<String> = mailbox_addresses(value)
+            .iter()
+            .map(|a| a.to_lowercase())
+            .collect();
         assert_eq!(
-            mailbox_addresses(value),
+            lenient,
             vec![address.clone()],
             "the mailbox-list reader reads {value:?} differently"
         );
