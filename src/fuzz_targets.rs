@@ -23,9 +23,12 @@ mod smtp_reply;
 mod tlsa;
 mod trust_anchor;
 
-/// Every target: its name (the `fuzz/fuzz_targets/<name>.rs` file and the corpus directory)
-/// and its body.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// A target: its name (the `fuzz/fuzz_targets/<name>.rs` file and the corpus directory) and
+/// its body.
+pub type Target = (&'static str, fn(&[u8]));
+
+/// Every target.
+pub const TARGETS: &[Target] = &[
     ("session", session::run),
     ("headers", headers::run),
     ("mailbox", headers::run_mailbox),
