@@ -70,6 +70,25 @@ pub fn load_trust_anchors(path: &Path) -> Result<TrustAnchorFile, String> {
 /// # Errors
 /// A one-line reason.
 pub fn parse_trust_anchors(text: &str) -> Result<TrustAnchorFile, String> {
+    parse_lines(text).map_err(|reason| escape_controls(&reason))
+}
+
+/// `text` with each control character written as its Rust escape (`\r`, `\u{1b}`): a reason
+/// quotes the file's line, and a lone CR or an escape sequence in it must not break the
+/// one-line config error it becomes (or rewrite the operator's terminal).
+fn escape_controls(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+fn parse_lines(text: &str) -> Result<TrustAnchorFile, String> {
     let records = text
         .lines()
         .map(|l| l.split(';').next().unwrap_or("").trim())
@@ -100,6 +119,19 @@ pub fn parse_trust_anchors(text: &str) -> Result<TrustAnchorFile, String> {
             continue;
         }
         let rdata = words[at + 1..].join(" ");
+        // `FLAGS PROTOCOL ALGORITHM KEY`: the algorithm is checked before hickory reads the
+        // key, whose decoder asserts a supported one.
+        let algorithm = words
+            .get(at + 3)
+            .and_then(|w| w.parse::<u8>().ok())
+            .map(Algorithm::from_u8)
+            .ok_or_else(|| format!("invalid DNSKEY record: {line}"))?;
+        if !algorithm.is_supported() {
+            return Err(format!(
+                "DNSKEY algorithm {} is not supported: {line}",
+                u8::from(algorithm)
+            ));
+        }
         let name = Name::from_ascii(format!("{owner}{dot}"))
             .map_err(|e| format!("invalid owner name in DNSKEY record: {line}: {e}"))?;
         dnskeys.push((name, parse_dnskey(&words[at + 1..], line)?));
@@ -277,6 +309,42 @@ mod tests {
         assert_eq!(file.dnskeys.len(), 1);
         assert_eq!(file.dnskeys[0].0, lab);
         assert!(file.dnskeys[0].1.secure_entry_point(), "flags 257: a KSK");
+    }
+
+    /// Found by the `trust_anchor` fuzz target: a lone CR (or another control character) in
+    /// a line came out raw in the reason, and the config error spanned two lines.
+    #[test]
+    fn reasons_escape_control_characters() {
+        let reason = parse_trust_anchors("lab.\rfake DS 4711 15 2 00\n").unwrap_err();
+        assert_eq!(
+            reason,
+            "DS digest has the wrong length for its type: lab.\\rfake DS 4711 15 2 00"
+        );
+        let reason = parse_trust_anchors("lab. A\u{1b}]0:title\u{7} 1\n").unwrap_err();
+        assert_eq!(
+            reason,
+            "not a DNSKEY or DS record: lab. A\\u{1b}]0:title\\u{7} 1"
+        );
+    }
+
+    /// Found by the `trust_anchor` fuzz target: a DNSKEY line with an algorithm hickory does
+    /// not implement reached hickory's key decoder, which asserts a supported algorithm.
+    #[test]
+    fn dnskey_with_an_unsupported_algorithm_is_refused() {
+        let reason =
+            parse_trust_anchors("lab. DNSKEY 256 3 53 BL4vzcaEuW7MxzxkZYwlaUc=\n").unwrap_err();
+        assert_eq!(
+            reason,
+            "DNSKEY algorithm 53 is not supported: lab. DNSKEY 256 3 53 BL4vzcaEuW7MxzxkZYwlaUc="
+        );
+        let reason = parse_trust_anchors("lab. DNSKEY 257 3 35 OPFiRjIJSJKSXm4B80B8F1D39A95aUc=\n")
+            .unwrap_err();
+        assert!(
+            reason.starts_with("DNSKEY algorithm 35 is not supported"),
+            "{reason}"
+        );
+        let reason = parse_trust_anchors("lab. DNSKEY 257 3\n").unwrap_err();
+        assert_eq!(reason, "invalid DNSKEY record: lab. DNSKEY 257 3");
     }
 
     /// keymgr's output for one ed25519 KSK of `lab.` (knot 3): its DNSKEY and both DS lines.

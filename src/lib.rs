@@ -24,6 +24,9 @@
 //! - [`printable`]: client text made safe for terminals (control characters escaped) in the
 //!   text log and the admin tables.
 //! - [`unix_time`]: Unix milliseconds, the crate's one stored time format.
+//! - `fuzz_targets`: the bodies of the `cargo fuzz` targets in `fuzz/` and of the corpus replay
+//!   test (feature `fuzzing`, off in release builds): each feeds one parser arbitrary bytes
+//!   and asserts what must hold for every input.
 //! - `testutil`: the temporary directory of the tests (test and `conformance` builds only).
 //! - [`dnssec`], [`keys`]: leaves that hold what two layers share (the trust anchor file,
 //!   the DKIM key algorithm), so that neither has to import the other.
@@ -38,6 +41,7 @@
 //!
 //! | layer | modules | why here |
 //! |---|---|---|
+//! | 8 | `fuzz_targets` | the fuzz target bodies (feature `fuzzing`): drive the parsers of every layer below |
 //! | 7 | `cli` | the entry point; `postern serve` runs `server`, admin commands use any layer |
 //! | 6 | `server` | wires listeners, delivery and the stores together |
 //! | 5 | `listener`, `delivery` | the two I/O drivers: mail in, mail out |
@@ -53,6 +57,8 @@ pub mod config;
 pub mod delivery;
 pub mod dkim;
 pub mod dnssec;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz_targets;
 pub mod keys;
 pub mod listener;
 pub mod metrics;

@@ -726,16 +726,23 @@ impl Config {
     /// # Errors
     /// One line naming the file and the dotted key at fault.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = escape_controls(&path.display().to_string());
         let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
-        Self::parse(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+            .map_err(|e| ConfigError(format!("{file}: cannot read: {e}")))?;
+        Self::parse(&text).map_err(|e| ConfigError(format!("{file}: {}", e.0)))
     }
 
     /// Parses and checks config text.
     ///
     /// # Errors
-    /// One line naming the dotted key at fault.
+    /// One line naming the dotted key at fault. Control characters in it (a key or a value
+    /// quoted from the file, a reason quoting a line of the trust anchor file) are escaped,
+    /// so the message stays one line on the terminal and in the service log.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        Self::parse_raw(text).map_err(|e| ConfigError(escape_controls(&e.0)))
+    }
+
+    fn parse_raw(text: &str) -> Result<Self, ConfigError> {
         let deserializer = toml::Deserializer::parse(text)
             .map_err(|e| ConfigError(format!("TOML syntax: {}", one_line(e.message()))))?;
         let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
@@ -761,6 +768,19 @@ fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// `text` with each control character written as its Rust escape (`\r`, `\u{1b}`).
+fn escape_controls(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -782,6 +802,22 @@ mod tests {
         assert_eq!(c.limits.max_message_size, 210_763_776);
         assert_eq!(c.delivery.port, 25);
         assert!(c.dns.servers.is_empty());
+    }
+
+    /// Found by the `config` fuzz target: a key (here a plan name) with a line break or an
+    /// escape sequence came out raw in the error, which then spanned lines of the log.
+    #[test]
+    fn control_characters_in_errors_are_escaped() {
+        let text = format!("{MINIMAL}\n[quota.plans]\n\"pro\\r\\nfake: line\\u001b[2J\" = 5\n");
+        let error = Config::parse(&text).unwrap_err().0;
+        assert_eq!(
+            error,
+            "quota.plans.pro\\r\\nfake: line\\u{1b}[2J: not a plan name"
+        );
+        let error = Config::parse("[server]\nhostname = 1\n[\"\\u0007\"]\n")
+            .unwrap_err()
+            .0;
+        assert!(!error.chars().any(char::is_control), "{error:?}");
     }
 
     #[test]

@@ -250,6 +250,13 @@ fn clean(text: &str) -> String {
         .collect()
 }
 
+/// `text` with every non-ASCII character replaced by `?`.
+fn seven_bit(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_ascii() { c } else { '?' })
+        .collect()
+}
+
 /// `Name: value`, folded at spaces before column 78 where possible, CRLF-terminated.
 fn field(out: &mut String, name: &str, value: &str) {
     let mut line = format!("{name}:");
@@ -344,6 +351,13 @@ fn render_returning(report: &Report<'_>, returned: Returned) -> (String, String)
             field(&mut out, "Remote-MTA", &format!("dns; {mta}"));
         }
         if let Some(reply) = &entry.remote_reply {
+            // A server may reply in UTF-8, but the fields of a 7-bit report are US-ASCII
+            // (RFC 3464 2.3.6); the reply's text stays whole in the first part.
+            let reply = if eight_bit {
+                reply.clone()
+            } else {
+                seven_bit(reply)
+            };
             field(&mut out, "Diagnostic-Code", &format!("smtp; {reply}"));
         }
         field(&mut out, "Last-Attempt-Date", &rfc5322_date(report.now));

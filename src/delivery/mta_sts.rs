@@ -178,10 +178,15 @@ pub fn parse_policy(text: &str, id: &str) -> Result<Policy, StsError> {
                 })
             }
             "max_age" => {
+                // `1*10DIGIT` (section 3.2): Rust's integer parser also takes a leading `+`.
                 let secs: u64 = value
                     .parse()
                     .ok()
-                    .filter(|_| !value.is_empty() && value.len() <= 10)
+                    .filter(|_| {
+                        !value.is_empty()
+                            && value.len() <= 10
+                            && value.bytes().all(|b| b.is_ascii_digit())
+                    })
                     .ok_or_else(|| invalid("max_age is not a number of seconds"))?;
                 max_age = Some(Duration::from_secs(secs.min(MAX_AGE_LIMIT)));
             }
@@ -484,6 +489,21 @@ mod tests {
 
     fn txt(records: &[&str]) -> Result<String, StsError> {
         parse_txt(&records.iter().map(|r| r.to_string()).collect::<Vec<_>>())
+    }
+
+    /// Found by the `mta_sts` fuzz target: `max_age: +86400` was read as 86400 (the integer
+    /// parser takes a sign; RFC 8461 3.2 allows digits only).
+    #[test]
+    fn max_age_is_digits_only() {
+        let text = "version: STSv1\nmode: enforce\nmx: mx.example.net\nmax_age: +86400\n";
+        assert_eq!(
+            parse_policy(text, "1"),
+            Err(StsError::Invalid(
+                "max_age is not a number of seconds".into()
+            ))
+        );
+        let text = "version: STSv1\nmode: enforce\nmx: mx.example.net\nmax_age: 86400\n";
+        assert_eq!(parse_policy(text, "1").unwrap().max_age.as_secs(), 86400);
     }
 
     #[test]

@@ -231,12 +231,26 @@ fn addr_spec(tokens: &[Lexeme<'_>]) -> Result<String, Ambiguity> {
         dot_atom => dot_atom_text(dot_atom)?,
     };
     let domain = match &tokens[at + 1..] {
+        // An address literal (RFC 5321 4.1.3: IPv4, `IPv6:...`, `tag:...`) and nothing else:
+        // RFC 5322 lets a domain literal hold white space, `<`, `>` and `@`, which other
+        // readers take for an address of its own.
         [
             Lexeme {
                 token: Token::Literal(literal),
                 ..
             },
-        ] => literal.to_string(),
+        ] if literal[1..literal.len() - 1]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b':' | b'-')) =>
+        {
+            literal.to_string()
+        }
+        [
+            Lexeme {
+                token: Token::Literal(_),
+                ..
+            },
+        ] => return Err(Ambiguity::BadAddress),
         dot_atom => dot_atom_text(dot_atom)?,
     };
     Ok(format!("{local}@{domain}").to_lowercase())
@@ -317,6 +331,28 @@ fn decode_q(text: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `mailbox` fuzz target: a domain literal may hold an angle address, which
+    /// the mailbox-list reader (and others) then took for the address.
+    #[test]
+    fn a_domain_literal_is_an_address_literal_only() {
+        assert_eq!(
+            single_mailbox("a@[912.0.2.A (c) <a.b@x.Y>1]"),
+            Err(Ambiguity::BadAddress)
+        );
+        assert_eq!(
+            single_mailbox("a@[192.0.2.1 <b@x.org>]"),
+            Err(Ambiguity::BadAddress)
+        );
+        assert_eq!(
+            single_mailbox("a@[192.0.2.1]").as_deref(),
+            Ok("a@[192.0.2.1]")
+        );
+        assert_eq!(
+            single_mailbox("A <a@[IPv6:2001:db8::1]>").as_deref(),
+            Ok("a@[ipv6:2001:db8::1]")
+        );
+    }
 
     #[test]
     fn accepted_forms_give_the_address_every_reader_sees() {

@@ -39,7 +39,7 @@
 mod files;
 mod journal;
 mod key;
-mod record;
+pub(crate) mod record;
 mod replay;
 
 pub use journal::SpoolError;

@@ -272,6 +272,34 @@ fn injected_line_breaks_are_neutralised() {
     assert!(!dsn.contains("\r\nBcc:") && !dsn.contains("\r\nSubject: x"));
 }
 
+/// Found by the `dsn` fuzz target: a remote server's UTF-8 reply went into the
+/// `message/delivery-status` part of a 7-bit DSN, which declares no 8-bit transfer encoding.
+#[test]
+fn a_utf8_reply_in_a_7bit_report_is_made_ascii() {
+    let env = envelope();
+    let id = SpoolId("DSN6".into());
+    let mut r = report(&env, &id, Kind::Failure, Returned::Headers);
+    r.entries[0].remote_reply = Some("550 5.1.1 Empfänger unbekannt".into());
+    r.entries[0].text = "mx.example.net said: 550 5.1.1 Empfänger unbekannt".into();
+    let dsn = String::from_utf8(build(&r, ORIGINAL)).unwrap();
+    let (_, body) = split(dsn.as_bytes());
+    let p = parts(body, "BOUNDARY123");
+    let status = std::str::from_utf8(p[1]).unwrap();
+    assert!(status.is_ascii(), "{status}");
+    assert!(status.contains("\r\nDiagnostic-Code: smtp; 550 5.1.1 Empf?nger unbekannt\r\n"));
+    // The reason for people keeps the text, in a part that says it is UTF-8.
+    let human = std::str::from_utf8(p[0]).unwrap();
+    assert!(human.contains("Content-Type: text/plain; charset=utf-8\r\n"));
+    assert!(human.contains("Empfänger unbekannt"));
+    // An 8-bit original's report is 8-bit anyway: the reply stays as it was.
+    let mut env = envelope();
+    env.body_8bit = true;
+    let mut r = report(&env, &id, Kind::Failure, Returned::Headers);
+    r.entries[0].remote_reply = Some("550 5.1.1 Empfänger unbekannt".into());
+    let dsn = String::from_utf8(build(&r, ORIGINAL)).unwrap();
+    assert!(dsn.contains("Diagnostic-Code: smtp; 550 5.1.1 Empfänger unbekannt\r\n"));
+}
+
 #[test]
 fn notify_rules() {
     use Kind::*;
