@@ -611,7 +611,8 @@ impl Session {
 
     fn step_line(&mut self) -> bool {
         let Some(newline) = self.input.iter().position(|&b| b == b'\n') else {
-            if self.input.len() > MAX_COMMAND_LINE {
+            // The longest line may wait here with its CR, its LF still to come.
+            if self.input.len() > MAX_COMMAND_LINE + 1 {
                 self.input.clear();
                 if !self.skipping_long_line {
                     self.skipping_long_line = true;

@@ -474,6 +474,32 @@ fn bare_lf_in_command_and_long_lines() {
 }
 
 #[test]
+fn longest_command_line_is_the_same_in_one_read_and_in_two() {
+    // MAX_COMMAND_LINE octets of command, then CRLF: accepted however the reads fall, also
+    // when the CR comes in the first read and the LF in the second (found by the session
+    // fuzz target's one-read-against-many check). One octet more is too long either way.
+    let longest = format!("NOOP {}", "a".repeat(MAX_COMMAND_LINE - 5));
+    let too_long = format!("{longest}a");
+    for (line, reply) in [
+        (&longest, "250 2.0.0 Ok"),
+        (&too_long, "500 5.5.2 Line too long"),
+    ] {
+        let mut whole = Harness::new(Role::Submissions);
+        assert_eq!(whole.send(format!("{line}\r\n").as_bytes()), vec![reply]);
+        let mut cut = Harness::new(Role::Submissions);
+        let mut replies = cut.send(format!("{line}\r").as_bytes());
+        replies.extend(cut.send(b"\n"));
+        assert_eq!(
+            replies,
+            vec![reply],
+            "{} octets, LF in a read of its own",
+            line.len()
+        );
+        assert_eq!(cut.line("NOOP"), "250 2.0.0 Ok");
+    }
+}
+
+#[test]
 fn bad_commands_at_n_and_n_plus_one() {
     let mut h = Harness::new(Role::Submissions);
     for _ in 0..5 {
