@@ -75,7 +75,8 @@ pub fn parse_trust_anchors(text: &str) -> Result<TrustAnchorFile, String> {
 
 /// `text` with each control character written as its Rust escape (`\r`, `\u{1b}`): a reason
 /// quotes the file's line, and a lone CR or an escape sequence in it must not break the
-/// one-line config error it becomes (or rewrite the operator's terminal).
+/// one-line config error it becomes (or rewrite the operator's terminal). Not
+/// `printable::escape_controls`: both are leaves of layer 0, which do not use each other.
 fn escape_controls(text: &str) -> String {
     text.chars()
         .map(|c| {

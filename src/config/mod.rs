@@ -25,6 +25,7 @@ pub use duration::parse_duration;
 pub use relay_host::RelayHost;
 pub use trust::{MtaStsRoots, TrustAnchor};
 
+use crate::printable::escape_controls;
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -726,7 +727,7 @@ impl Config {
     /// # Errors
     /// One line naming the file and the dotted key at fault.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let file = escape_controls(&path.display().to_string());
+        let file = escape_controls(&path.display().to_string()).into_owned();
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("{file}: cannot read: {e}")))?;
         Self::parse(&text).map_err(|e| ConfigError(format!("{file}: {}", e.0)))
@@ -739,7 +740,7 @@ impl Config {
     /// quoted from the file, a reason quoting a line of the trust anchor file) are escaped,
     /// so the message stays one line on the terminal and in the service log.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        Self::parse_raw(text).map_err(|e| ConfigError(escape_controls(&e.0)))
+        Self::parse_raw(text).map_err(|e| ConfigError(escape_controls(&e.0).into_owned()))
     }
 
     fn parse_raw(text: &str) -> Result<Self, ConfigError> {
@@ -766,19 +767,6 @@ impl Config {
 
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// `text` with each control character written as its Rust escape (`\r`, `\u{1b}`).
-fn escape_controls(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -812,7 +800,7 @@ mod tests {
         let error = Config::parse(&text).unwrap_err().0;
         assert_eq!(
             error,
-            "quota.plans.pro\\r\\nfake: line\\u{1b}[2J: not a plan name"
+            "quota.plans.pro\\x0d\\x0afake: line\\x1b[2J: not a plan name"
         );
         let error = Config::parse("[server]\nhostname = 1\n[\"\\u0007\"]\n")
             .unwrap_err()
