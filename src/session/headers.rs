@@ -195,7 +195,11 @@ pub fn mailbox_addresses(value: &str) -> Vec<String> {
     let mut finish = |current: &mut String, angle: &mut Option<String>| {
         let address = angle.take().unwrap_or_else(|| current.clone());
         current.clear();
-        let address = address.trim().to_ascii_lowercase();
+        // Only folding white space (RFC 5322 3.2.2) is trimmed: a UTF-8 local part (RFC 6532)
+        // may be a no-break space, which `str::trim` would cut off.
+        let address = address
+            .trim_matches([' ', '\t', '\r', '\n'])
+            .to_ascii_lowercase();
         if !address.is_empty() {
             out.push(address);
         }
@@ -347,6 +351,10 @@ mod tests {
             mailbox_addresses(" \"Doe, <John>\" <j@x.org>, k@y.org"),
             vec!["j@x.org", "k@y.org"]
         );
+        // Found by the mailbox fuzz target: a no-break space is a UTF-8 local part, not
+        // white space, so this reader and the strict one read the same address.
+        assert_eq!(mailbox_addresses("<\u{a0}@x>"), vec!["\u{a0}@x"]);
+        assert_eq!(mailbox_addresses(" \t a@x \r\n"), vec!["a@x"]);
     }
 
     #[test]
