@@ -14,6 +14,9 @@
 //! 3. every recipient's outcome goes to the spool in one `record_attempt`, with the retry time
 //!    from `retry.rs` when some are still pending; when the message is `max_age` old instead,
 //!    those recipients fail as expired (status 5.4.7, RFC 3463 "delivery time expired");
+//!    a group that ends while others of the same message still run has its delivered
+//!    recipients recorded (and logged) at once (`record_progress`), so a crash before the
+//!    slowest group ends does not deliver to them again;
 //! 4. before that record, the attempt's DSNs (failures, expiries, the delay notice, relayed
 //!    for NOTIFY=SUCCESS) are committed to the spool as new messages from `<>` (`dsn.rs`), so
 //!    a crash in between can duplicate a bounce but never lose one.
@@ -85,7 +88,7 @@ pub mod require_tls;
 pub mod retry;
 pub mod tls;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -471,9 +474,21 @@ impl Worker {
             });
         }
         let mut groups = Vec::new();
+        let mut early = HashSet::new();
         while let Some(joined) = running.join_next().await {
             match joined {
-                Ok(group) => groups.push(group),
+                Ok(group) => {
+                    // Other groups still running: what this one delivered is recorded now,
+                    // so a crash before they end does not send it again.
+                    if !running.is_empty() {
+                        let attempt = queued.attempts.saturating_add(1);
+                        early.extend(
+                            self.record_progress(&envelope, &group.1, &group.2, attempt)
+                                .await,
+                        );
+                    }
+                    groups.push(group);
+                }
                 // A bug, not a delivery problem: its recipients stay pending (not recorded).
                 Err(e) => {
                     tracing::error!(queue_id = %envelope.id, error = %e, "delivery task failed")
@@ -485,7 +500,67 @@ impl Worker {
         if queued.attempts > 0 {
             self.metrics.delivery_retry();
         }
-        self.record(queued.attempts, &envelope, groups).await;
+        self.record(queued.attempts, &envelope, groups, &early)
+            .await;
+    }
+
+    /// Records a finished group's delivered recipients while the message's other groups still
+    /// run (see [`Spool::record_progress`]), and logs them; returns their indices, which the
+    /// attempt's record then does not log again. Not those that asked for a success notice
+    /// (`NOTIFY=SUCCESS`): the notice is made by the attempt's record, and a crash between the
+    /// two would lose it; they stay at-least-once.
+    async fn record_progress(
+        &self,
+        envelope: &Envelope,
+        addresses: &[String],
+        group: &GroupOutcome,
+        attempt: u32,
+    ) -> Vec<usize> {
+        let early: Vec<bool> = group
+            .recipients
+            .iter()
+            .map(|(index, outcome)| {
+                outcome.verdict == Verdict::Delivered
+                    && !dsn::wants(
+                        envelope.recipients[*index].notify.as_deref(),
+                        dsn::Kind::Success,
+                    )
+            })
+            .collect();
+        let delivered: Vec<RecipientResult> = group
+            .recipients
+            .iter()
+            .zip(&early)
+            .filter(|(_, early)| **early)
+            .map(|((index, outcome), _)| RecipientResult {
+                index: *index,
+                status: RecipientStatus::Delivered,
+                reply: outcome.spool_text(),
+                delay_notified: false,
+            })
+            .collect();
+        if delivered.is_empty() {
+            return Vec::new();
+        }
+        let indices: Vec<usize> = delivered.iter().map(|r| r.index).collect();
+        if let Err(e) = self.spool.record_progress(&envelope.id, delivered).await {
+            tracing::warn!(queue_id = %envelope.id, error = %e, "cannot record a group's deliveries before the attempt ends");
+            return Vec::new();
+        }
+        self.metrics.delivery_early_recorded(indices.len());
+        if let Some(log) = &self.log {
+            let time_ms = crate::unix_time::now_ms();
+            let records = log_records(envelope, addresses, group, time_ms, attempt);
+            log.submit(
+                records
+                    .into_iter()
+                    .zip(&early)
+                    .filter(|(_, early)| **early)
+                    .map(|(record, _)| record)
+                    .collect(),
+            );
+        }
+        indices
     }
 
     /// One transaction for one destination: its route, its TLS policy host by host, and each
@@ -899,6 +974,7 @@ impl Worker {
         attempts_before: u32,
         envelope: &Envelope,
         mut groups: Vec<(Vec<String>, GroupOutcome)>,
+        logged_early: &HashSet<usize>,
     ) {
         let now = SystemTime::now();
         let any_temporary = groups
@@ -966,14 +1042,17 @@ impl Worker {
         for (addresses, group) in &groups {
             self.log_group(envelope, addresses, group);
             if self.log.is_some() {
-                let mut group_records = log_records(envelope, addresses, group, time_ms, attempt);
-                // A failure whose DSN could not be enqueued stays pending: logged as deferred.
-                for (record, (index, _)) in group_records.iter_mut().zip(&group.recipients) {
+                let group_records = log_records(envelope, addresses, group, time_ms, attempt);
+                for (mut record, (index, _)) in group_records.into_iter().zip(&group.recipients) {
+                    if logged_early.contains(index) {
+                        continue;
+                    }
+                    // A failure whose DSN could not be enqueued stays pending: logged as deferred.
                     if notices.unsent_failures.contains(index) {
                         record.state = log::LogState::Deferred;
                     }
+                    records.push(record);
                 }
-                records.extend(group_records);
             }
             for (index, outcome) in &group.recipients {
                 self.metrics.delivery_recipient(

@@ -13,6 +13,10 @@
 //!   (nothing reached, or the session failed before the transaction).
 //! - `postern_delivery_retries_total`: delivery attempts of a message after its first (one per
 //!   message and attempt, whatever its recipient count).
+//! - `postern_delivery_early_recorded_recipients_total`: recipients recorded delivered as
+//!   soon as their group's transaction ended, before the other groups of the same attempt
+//!   (a message for several destinations), so a crash in between does not deliver to them
+//!   again (`Spool::record_progress`).
 //! - `postern_delivery_connections_total{reused}`: SMTP connections a delivery used, `reused`
 //!   `false` for a new one and `true` for an idle session that carried the transaction
 //!   (`src/delivery/pool.rs`).
@@ -63,6 +67,7 @@ struct Inner {
     spool_oldest_received_ms: AtomicU64,
     delivery_recipients: IntCounterVec,
     delivery_retries: IntCounter,
+    delivery_early_recorded: IntCounter,
     delivery_connections: IntCounterVec,
     delivery_dane_failures: IntCounterVec,
     delivery_mta_sts_failures: IntCounterVec,
@@ -176,6 +181,11 @@ impl Metrics {
                 &registry,
                 "postern_delivery_retries_total",
                 "Delivery attempts of a message after its first",
+            ),
+            delivery_early_recorded: counter(
+                &registry,
+                "postern_delivery_early_recorded_recipients_total",
+                "Recipients recorded delivered when their group ended, before the rest of the attempt",
             ),
             delivery_connections: counter_vec(
                 &registry,
@@ -344,6 +354,11 @@ impl Metrics {
         self.inner.delivery_retries.inc();
     }
 
+    /// `n` recipients were recorded delivered before their attempt ended.
+    pub fn delivery_early_recorded(&self, n: usize) {
+        self.inner.delivery_early_recorded.inc_by(n as u64);
+    }
+
     /// A delivery used an SMTP connection: a new one, or one `reused` from a pool.
     pub fn delivery_connection(&self, reused: bool) {
         let label = if reused { "true" } else { "false" };
@@ -491,12 +506,14 @@ mod tests {
         m.delivery_recipient("deferred", "none");
         m.delivery_retry();
         m.delivery_connection(false);
+        m.delivery_early_recorded(2);
         let text = m.render();
         for line in [
             "postern_delivery_recipients_total{result=\"delivered\",tls=\"plaintext\"} 2",
             "postern_delivery_recipients_total{result=\"deferred\",tls=\"plaintext\"} 1",
             "postern_delivery_recipients_total{result=\"deferred\",tls=\"none\"} 1",
             "postern_delivery_retries_total 1",
+            "postern_delivery_early_recorded_recipients_total 2",
             "postern_delivery_connections_total{reused=\"false\"} 1",
         ] {
             assert!(

@@ -111,7 +111,8 @@ enum Job {
     Attempt {
         id: SpoolId,
         results: Vec<RecipientResult>,
-        retry_ms: u64,
+        /// `None`: progress within an attempt (see [`Journal::record_progress`]).
+        retry_ms: Option<u64>,
         done: Reply,
     },
 }
@@ -313,7 +314,7 @@ impl Journal {
         self.send(Job::Attempt {
             id: id.clone(),
             results,
-            retry_ms,
+            retry_ms: Some(retry_ms),
             done,
         })
         .await?;
@@ -324,6 +325,26 @@ impl Journal {
             self.requeue(id, retry_ms);
         }
         recorded
+    }
+
+    /// Records recipients delivered while other groups of the same attempt are still running,
+    /// so that a crash before the attempt ends does not send them the message again. The
+    /// message stays in flight with its attempt count and schedule; the attempt's own record
+    /// follows. An error costs nothing but that protection (the attempt's record still comes).
+    pub(super) async fn record_progress(
+        &self,
+        id: &SpoolId,
+        results: Vec<RecipientResult>,
+    ) -> Result<(), SpoolError> {
+        let (done, wait) = oneshot::channel();
+        self.send(Job::Attempt {
+            id: id.clone(),
+            results,
+            retry_ms: None,
+            done,
+        })
+        .await?;
+        wait.await.map_err(|_| SpoolError::Stopped)?
     }
 
     /// Puts a message whose attempt could not be recorded (a full disk) back on the schedule
@@ -511,6 +532,8 @@ enum Change {
         envelope: Envelope,
         attempts: u32,
         next_attempt_ms: u64,
+        /// Progress within an attempt: the message stays with its delivery task.
+        in_flight: bool,
     },
     Remove(SpoolId),
 }
@@ -642,29 +665,38 @@ impl Committer {
     }
 
     /// The record of one delivery attempt: `Done` once no recipient is pending, else `Update`.
+    /// Progress within an attempt (`retry_ms` `None`) is always an `Update` that keeps the
+    /// message's attempt count and schedule: the attempt's own record ends it.
     fn encode_attempt(
         &self,
         at: Position,
         entry: &Entry,
         id: SpoolId,
         results: Vec<RecipientResult>,
-        retry_ms: u64,
+        retry_ms: Option<u64>,
     ) -> (Vec<u8>, Change) {
         let mut envelope = entry.envelope.clone();
         for r in results {
             if let Some(rcpt) = envelope.recipients.get_mut(r.index) {
+                // Delivered is final: the attempt's record repeats what its progress recorded.
+                if rcpt.status == RecipientStatus::Delivered {
+                    continue;
+                }
                 rcpt.status = r.status;
                 rcpt.attempts += 1;
                 rcpt.last_reply = Some(r.reply);
                 rcpt.delay_notified |= r.delay_notified;
             }
         }
-        let attempts = entry.attempts + 1;
+        let (attempts, next_attempt_ms, in_flight) = match retry_ms {
+            Some(retry_ms) => (entry.attempts + 1, retry_ms, false),
+            None => (entry.attempts, entry.next_attempt_ms, true),
+        };
         let finished = envelope
             .recipients
             .iter()
             .all(|r| r.status != RecipientStatus::Pending);
-        if finished {
+        if finished && !in_flight {
             let done = DoneRecord { id: id.clone() };
             return (
                 record::encode_done(&self.key, at, &done),
@@ -675,7 +707,7 @@ impl Committer {
             id: id.clone(),
             recipients: envelope.recipients.clone(),
             attempts,
-            next_attempt_ms: retry_ms,
+            next_attempt_ms,
         };
         (
             record::encode_update(&self.key, at, &update),
@@ -683,7 +715,8 @@ impl Committer {
                 id,
                 envelope,
                 attempts,
-                next_attempt_ms: retry_ms,
+                next_attempt_ms,
+                in_flight,
             },
         )
     }
@@ -723,12 +756,13 @@ impl Committer {
                     envelope,
                     attempts,
                     next_attempt_ms,
+                    in_flight,
                 } => {
                     if let Some(mut entry) = index.remove(&id) {
                         entry.envelope = envelope;
                         entry.attempts = attempts;
                         entry.next_attempt_ms = next_attempt_ms;
-                        entry.in_flight = false;
+                        entry.in_flight = in_flight;
                         index.insert(entry);
                     }
                 }

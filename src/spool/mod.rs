@@ -466,6 +466,21 @@ impl Spool {
         self.journal.record_attempt(id, results, retry_ms).await
     }
 
+    /// Records recipients delivered by one group while the attempt's other groups still run
+    /// (a message for several destinations), so that a crash before the attempt's own record
+    /// does not deliver to them twice. The message stays in flight; its attempt count and
+    /// schedule change only with [`Spool::record_attempt`], which must follow.
+    ///
+    /// # Errors
+    /// The journal write failed; nothing is lost (the attempt's record carries the same).
+    pub async fn record_progress(
+        &self,
+        id: &SpoolId,
+        delivered: Vec<RecipientResult>,
+    ) -> Result<(), SpoolError> {
+        self.journal.record_progress(id, delivered).await
+    }
+
     /// Messages in the spool.
     pub fn len(&self) -> usize {
         self.journal.len()

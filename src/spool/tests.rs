@@ -93,6 +93,108 @@ async fn committed_messages_survive_reopen() {
     assert_eq!(seen, want);
 }
 
+fn result(index: usize, status: RecipientStatus, reply: &str) -> RecipientResult {
+    RecipientResult {
+        index,
+        status,
+        reply: reply.into(),
+        delay_notified: false,
+    }
+}
+
+#[tokio::test]
+async fn progress_within_an_attempt_survives_a_crash_and_keeps_the_schedule() {
+    let dir = TempDir::new("spool-test");
+    let spool = open(&dir);
+    put(&spool, &["x@one.example", "y@two.example"], b"x\r\n").await;
+    let m = next(&spool).await;
+    // The group for one.example is done; two.example's is still running.
+    spool
+        .record_progress(
+            &m.envelope.id,
+            vec![result(0, RecipientStatus::Delivered, "250 ok")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(spool.len(), 1);
+    // Still in flight: not handed out a second time while its attempt runs.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), spool.next_due())
+            .await
+            .is_err()
+    );
+    drop(spool);
+
+    // A crash before the attempt's record: the delivered recipient is not tried again, the
+    // other one is, and the attempt it was in does not count.
+    let spool = open(&dir);
+    let again = next(&spool).await;
+    assert_eq!(again.envelope.id, m.envelope.id);
+    assert_eq!(again.attempts, 0);
+    let states: Vec<_> = again.envelope.recipients.iter().map(|r| r.status).collect();
+    assert_eq!(
+        states,
+        vec![RecipientStatus::Delivered, RecipientStatus::Pending]
+    );
+    assert_eq!(again.envelope.recipients[0].attempts, 1);
+    assert_eq!(
+        again.envelope.recipients[0].last_reply.as_deref(),
+        Some("250 ok")
+    );
+
+    // The attempt's own record repeats the delivered recipient: it stays delivered, counted once.
+    spool
+        .record_attempt(
+            &again.envelope.id,
+            vec![
+                result(0, RecipientStatus::Delivered, "250 ok"),
+                result(1, RecipientStatus::Delivered, "250 fine"),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(spool.len(), 0);
+    drop(spool);
+    assert_eq!(open(&dir).len(), 0);
+}
+
+#[tokio::test]
+async fn an_attempt_record_after_progress_counts_each_recipient_once() {
+    let dir = TempDir::new("spool-test");
+    let spool = open(&dir);
+    put(&spool, &["x@one.example", "y@two.example"], b"x\r\n").await;
+    let m = next(&spool).await;
+    let id = m.envelope.id.clone();
+    spool
+        .record_progress(&id, vec![result(0, RecipientStatus::Delivered, "250 ok")])
+        .await
+        .unwrap();
+    spool
+        .record_attempt(
+            &id,
+            vec![
+                result(0, RecipientStatus::Delivered, "250 ok"),
+                result(1, RecipientStatus::Pending, "451 later"),
+            ],
+            Some(SystemTime::now()),
+        )
+        .await
+        .unwrap();
+    drop(spool);
+    let spool = open(&dir);
+    let again = next(&spool).await;
+    assert_eq!(again.envelope.id, id);
+    assert_eq!(again.attempts, 1, "one attempt");
+    let attempts: Vec<u32> = again
+        .envelope
+        .recipients
+        .iter()
+        .map(|r| r.attempts)
+        .collect();
+    assert_eq!(attempts, vec![1, 1]);
+}
+
 #[tokio::test]
 async fn finished_messages_do_not_come_back() {
     let dir = TempDir::new("spool-test");

@@ -53,6 +53,7 @@ ZONES = {
 }
 
 DEAD = "postern_delivery_dead_destinations"
+EARLY = "postern_delivery_early_recorded_recipients_total"
 
 
 class Tarpit:
@@ -347,6 +348,33 @@ def test_max_active_messages_keeps_the_rest_in_the_spool(make_relay, lab, tarpit
     lab["rx"]["healthy"].wait_for("beside@healthy.test", timeout=30)
     assert tarpit.still_open() == 1 and delivery_log(srv2, "stuck2@tarpit.test") == []
     tarpit.stop()
+
+
+def test_a_group_delivered_before_a_crash_is_not_delivered_again(make_relay, lab, tarpit):
+    """A message for two destinations: healthy.test accepts at once, the tarpit never greets.
+    The healthy group's delivery is recorded in the spool (and logged) as soon as its
+    transaction ends, before the attempt's other group: after a kill -9 and a restart only the
+    tarpit's recipient is tried again, and healthy.test has the message exactly once."""
+    srv = make_relay()
+    healthy = lab["rx"]["healthy"]
+    send(srv, "s1e@senders.test", ["early@healthy.test", "late@tarpit.test"])
+    healthy.wait_for("early@healthy.test", timeout=30)
+    wait_until(lambda: srv.metric(EARLY) == 1, 10, "the healthy group recorded early")
+    logged = wait_until(lambda: delivery_log(srv, "early@healthy.test"), 10,
+                        "the healthy group logged")
+    assert [r["state"] for r in logged] == ["delivered"], logged
+    # The tarpit's group is still waiting for its greeting: the attempt has not ended.
+    assert tarpit.still_open() == 1 and delivery_log(srv, "late@tarpit.test") == []
+    srv.kill9()
+    tarpit.stop()  # the retry after the restart finds nothing listening: deferred
+    srv.start()
+    late = wait_until(lambda: delivery_log(srv, "late@tarpit.test"), 30,
+                      "the tarpit recipient tried again")
+    assert [r["state"] for r in late] == ["deferred"], late
+    assert srv.metric(EARLY) == 0  # the retry had one group only
+    copies = [m for m in healthy.received() if "early@healthy.test" in m.rcpt_tos]
+    assert len(copies) == 1, copies
+    assert [r["state"] for r in delivery_log(srv, "early@healthy.test")] == ["delivered"]
 
 
 # ---------------------------------------------------------------------------------------------
