@@ -52,3 +52,8 @@ fi
 python3 -m pip install --quiet --disable-pip-version-check "pytest>=8" "aiosmtpd>=1.4" \
     "dkimpy>=1.1" "dnspython>=2.4" "pynacl>=1.5"
 
+# cargo-fuzz, for the libFuzzer run of every fuzz target at the end of the suite
+# (fuzz/run-short.sh), from crates.io into ~/.cargo/bin; the version we run with.
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked --version 0.13.2
+fi

@@ -256,10 +256,19 @@ impl Driver<'_> {
             Event::MessageAbort => {
                 self.message = None;
                 // An aborted message's bytes are thrown away, and how many of them the driver
-                // saw before the session decided to refuse depends on where reads were cut.
-                if let Some(Seen::Data(_)) = self.transcript.last() {
-                    self.transcript.pop();
-                }
+                // saw before the session decided to refuse depends on where reads were cut
+                // (also across BDAT chunk replies): none of them is compared.
+                let start = self
+                    .transcript
+                    .iter()
+                    .rposition(|seen| matches!(seen, Seen::MessageStart))
+                    .unwrap_or(self.transcript.len());
+                let kept: Vec<Seen> = self
+                    .transcript
+                    .drain(start..)
+                    .filter(|seen| !matches!(seen, Seen::Data(_)))
+                    .collect();
+                self.transcript.extend(kept);
                 self.transcript.push(Seen::Abort);
             }
             Event::MessageComplete(message) => {

@@ -46,6 +46,8 @@ pub struct DataScanner {
     framing: Framing,
     max_size: u64,
     size: u64,
+    /// Input bytes consumed, accepted or not.
+    received: u64,
     line_len: usize,
     at_line_start: bool,
     /// A CR was seen and its LF has not arrived yet.
@@ -62,6 +64,7 @@ impl DataScanner {
             framing,
             max_size,
             size: 0,
+            received: 0,
             line_len: 0,
             at_line_start: true,
             pending_cr: false,
@@ -80,10 +83,22 @@ impl DataScanner {
         self.size
     }
 
+    /// Input bytes consumed so far, whether or not they were accepted: what a BDAT chunk's
+    /// reply reports, the same however the client's bytes were cut into reads.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
     /// Scans `input`, appending message bytes to `out` while no rule is broken. Returns how
     /// many input bytes were consumed and, for DATA, whether the end marker was reached (the
     /// bytes after it are not consumed).
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> (usize, bool) {
+        let (consumed, ended) = self.scan(input, out);
+        self.received += consumed as u64;
+        (consumed, ended)
+    }
+
+    fn scan(&mut self, input: &[u8], out: &mut Vec<u8>) -> (usize, bool) {
         let mut i = 0;
         while i < input.len() {
             let b = input[i];

@@ -1105,12 +1105,14 @@ impl Session {
         }
         self.state = State::Command;
         if !last {
-            let size = self
+            // The octets the client sent, not those kept: a chunk refused part-way (a NUL)
+            // gets the same reply however its bytes were cut into reads.
+            let received = self
                 .tx
                 .as_ref()
                 .and_then(|t| t.bdat.as_ref())
-                .map_or(0, |s| s.size());
-            self.reply(Reply::chunk_ok(size));
+                .map_or(0, |s| s.received());
+            self.reply(Reply::chunk_ok(received));
             return true;
         }
         let mut scanner = self

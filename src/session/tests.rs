@@ -550,6 +550,29 @@ fn bdat_chunks() {
     assert_eq!(h.data, b"From: alice@example.org\r\n\r\nhello\r\n");
 }
 
+/// Found by the session fuzz target: a BDAT chunk with a NUL in it was answered with the
+/// octets kept before the NUL, which depended on where the client's bytes were cut into reads.
+/// The reply counts the octets received, and the NUL refuses the message at `BDAT LAST`.
+#[test]
+fn bdat_chunk_with_a_nul_reports_the_octets_received_however_it_is_read() {
+    let chunk = b"From: Ali\0\0\0ce@example.org\r\n\r\nbody\r\n";
+    let command = format!("BDAT {}\r\n", chunk.len());
+    let expected = vec![format!("250 2.0.0 Ok: {} octets received", chunk.len())];
+    for cut in [0, 5, 9, 10, chunk.len()] {
+        let mut h = Harness::login(Role::Submissions);
+        h.line("MAIL FROM:<alice@example.org>");
+        h.line("RCPT TO:<b@example.net>");
+        let mut replies = h.send(&[command.as_bytes(), &chunk[..cut]].concat());
+        replies.extend(h.send(&chunk[cut..]));
+        assert_eq!(replies, expected, "cut at {cut}");
+        assert_eq!(
+            h.send(b"BDAT 0 LAST\r\n"),
+            vec!["554 5.6.0 NUL byte in message data"],
+            "cut at {cut}"
+        );
+    }
+}
+
 #[test]
 fn bdat_without_transaction_is_consumed() {
     let mut h = Harness::login(Role::Submissions);
