@@ -301,3 +301,68 @@ fn refusal_labels_are_distinct() {
     let labels: std::collections::BTreeSet<_> = all.iter().map(|r| r.label()).collect();
     assert_eq!(labels.len(), all.len());
 }
+
+/// A loopback pair: the server's accepted socket and the client's.
+async fn socket_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (server, _) = listener.accept().await.unwrap();
+    (server, client)
+}
+
+#[tokio::test]
+async fn the_socket_reader_takes_the_header_and_not_one_octet_more() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let balancer: SocketAddr = "10.0.5.1:50000".parse().unwrap();
+    let limit = std::time::Duration::from_secs(30);
+    let v1 = b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 25\r\n".to_vec();
+    let tls_hello = [0x16, 0x03, 0x01, 0x00, 0x05];
+    for (header, expected) in [
+        (v1, "192.0.2.7:40000".parse().unwrap()),
+        (
+            v2(0x21, 0x11, &v4_block()),
+            "192.0.2.7:40000".parse().unwrap(),
+        ),
+        (v2(0x20, 0x00, &[]), balancer),
+    ] {
+        // In three writes: part of the header, the rest with the client's first bytes, more.
+        let (mut server, mut client) = socket_pair().await;
+        client.write_all(&header[..7]).await.unwrap();
+        let mut tail = header[7..].to_vec();
+        let writer = tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            tail.extend_from_slice(&tls_hello[..2]);
+            client.write_all(&tail).await.unwrap();
+            client.write_all(&tls_hello[2..]).await.unwrap();
+            client
+        });
+        let read = read_trusted_header(&mut server, balancer, limit).await;
+        assert_eq!(read, Ok(expected));
+        let _client = writer.await.unwrap();
+        let mut after = [0u8; 5];
+        server.read_exact(&mut after).await.unwrap();
+        assert_eq!(
+            after, tls_hello,
+            "the bytes after the header are left to TLS"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_socket_reader_refuses_what_the_parser_refuses() {
+    use tokio::io::AsyncWriteExt;
+    let balancer: SocketAddr = "10.0.5.1:50000".parse().unwrap();
+    let limit = std::time::Duration::from_secs(30);
+    let (mut server, mut client) = socket_pair().await;
+    client.write_all(b"EHLO balancer\r\n").await.unwrap();
+    let read = read_trusted_header(&mut server, balancer, limit).await;
+    assert_eq!(read, Err(ProxyRefusal::Malformed));
+    // Closed half-way through a header.
+    let (mut server, mut client) = socket_pair().await;
+    client.write_all(b"PROXY TCP4 192.0.2.7").await.unwrap();
+    drop(client);
+    let read = read_trusted_header(&mut server, balancer, limit).await;
+    assert_eq!(read, Err(ProxyRefusal::Missing));
+}
