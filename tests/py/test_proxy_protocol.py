@@ -276,3 +276,21 @@ def test_curl_haproxy_protocol(make_server):
     assert missing.returncode != 0
     assert f"< {REQUIRED}" in missing.stderr.decode(), missing.stderr.decode()
     assert refused(srv, "untrusted") == 1 and refused(srv, "timeout") == 1
+
+
+def test_haproxy_health_checks_are_served_as_the_balancer(make_server, make_haproxy):
+    """HAProxy's health checks with send-proxy-v2 (`check`) are its own connections and open
+    with a v2 header of their own (LOCAL): Postern reads it and serves the check as a client
+    at the balancer's address (the debug line `PROXY header read client_ip=127.0.0.9`),
+    refusing none of them."""
+    srv = make_server(listen={"proxy_protocol": [f"{BALANCER}/32"]},
+                      log={"level": "info,postern::listener=debug"})
+    make_haproxy().frontend("relay", srv.port("relay"),
+                            "send-proxy-v2 check inter 200ms").start()
+
+    def checked():
+        return any("PROXY header read" in line and f"client_ip={BALANCER} " in line
+                   for line in srv.log_text().splitlines())
+    wait_until(checked, 10, "a health check through the PROXY protocol")
+    for reason in ("missing", "timeout", "malformed", "too_long", "unsupported", "untrusted"):
+        assert refused(srv, reason) == 0, reason
