@@ -167,7 +167,7 @@ fn parse_v1(bytes: &[u8]) -> HeaderParse {
     // `ppp` cuts the line at its first CR; one that is not the CR of the final CRLF must not
     // leave octets that belong to neither the header nor the session.
     let parsed = match ppp::v1::Header::try_from(line) {
-        Ok(header) if header.header.len() == line.len() => header,
+        Ok(header) if header.header.len() == line.len() && ports_are_digits(line) => header,
         _ => return HeaderParse::Refused(ProxyRefusal::Malformed),
     };
     let client = match parsed.addresses {
@@ -178,6 +178,20 @@ fn parse_v1(bytes: &[u8]) -> HeaderParse {
     HeaderParse::Complete {
         len: line.len(),
         client: ProxiedClient::Remote(client),
+    }
+}
+
+/// Whether a TCP4/TCP6 line's two ports are decimal digits only (spec 2.1). `ppp` reads them
+/// with `u16::from_str`, which also takes a leading `+` (found by the `proxy_header` fuzz
+/// target): `+25` is no port of the protocol.
+fn ports_are_digits(line: &[u8]) -> bool {
+    let fields: Vec<&[u8]> = line[..line.len() - 2].split(|&b| b == b' ').collect();
+    match fields.as_slice() {
+        [_, b"UNKNOWN", ..] => true,
+        [_, _, _, _, source, destination] => [source, destination]
+            .iter()
+            .all(|port| !port.is_empty() && port.iter().all(u8::is_ascii_digit)),
+        _ => false,
     }
 }
 

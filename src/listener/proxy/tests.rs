@@ -94,6 +94,9 @@ fn v1_malformed_lines_are_refused() {
         b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 25 \r\n",
         b"PROXY TCP4 192.0.2.7 198.51.100.1 040000 25\r\n",
         b"PROXY TCP4 192.0.2.7 198.51.100.1 65536 25\r\n",
+        // Found by the fuzz target: `u16::from_str` takes a sign, the protocol does not.
+        b"PROXY TCP4 192.0.2.7 198.51.100.1 +5535 25\r\n",
+        b"PROXY TCP6 2001:db8::7 2001:db8::1 40000 +587\r\n",
         b"PROXY TCP4 192.0.2.07 198.51.100.1 40000 25\r\n",
         b"PROXY TCP4 2001:db8::7 198.51.100.1 40000 25\r\n",
         b"PROXY TCP6 192.0.2.7 198.51.100.1 40000 25\r\n",
