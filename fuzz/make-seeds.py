@@ -110,3 +110,18 @@ for name in os.listdir(os.path.join(root, "..", "config")):
     if name.endswith(".toml"):
         put("config", name, open(os.path.join(root, "..", "config", name), "rb").read())
 put("config", "minimal", '[listen]\nsubmission = "127.0.0.1:2587"\n[store]\npath = "var/store.db"\n[spool]\npath = "var/spool"\n[quota.plans]\npro = 5\n[delivery]\nrelayhost = "[smtp.example.net]:587"\nmax_age = "5d"\n')
+
+# proxy_header: the first bytes of a balancer's connection, each form the reader knows.
+V2 = b"\r\n\r\n\0\r\nQUIT\n"
+v4_block = bytes([192, 0, 2, 7, 198, 51, 100, 1]) + struct.pack(">HH", 40000, 25)
+v6_block = bytes(15) + b"\x07" + bytes(15) + b"\x01" + struct.pack(">HH", 40000, 587)
+put("proxy_header", "v1-tcp4", b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 25\r\nEHLO web1\r\n")
+put("proxy_header", "v1-tcp6", b"PROXY TCP6 2001:db8::7 2001:db8::1 65535 587\r\n")
+put("proxy_header", "v1-unknown", b"PROXY UNKNOWN\r\n")
+put("proxy_header", "v1-long", b"PROXY UNKNOWN " + b"x" * 91 + b"\r\n")
+put("proxy_header", "v2-tcp4", V2 + b"\x21\x11" + struct.pack(">H", 12) + v4_block + b"\x16\x03\x01")
+put("proxy_header", "v2-tcp6", V2 + b"\x21\x21" + struct.pack(">H", 36) + v6_block)
+put("proxy_header", "v2-local", V2 + b"\x20\x00\x00\x00")
+put("proxy_header", "v2-tlv", V2 + b"\x21\x11" + struct.pack(">H", 25) + v4_block + b"\x02\x00\x0amx.example")
+put("proxy_header", "v2-unix", V2 + b"\x21\x31" + struct.pack(">H", 216) + bytes(216))
+put("proxy_header", "smtp", b"EHLO client.example\r\n")

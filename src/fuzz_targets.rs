@@ -18,6 +18,7 @@ mod dsn;
 mod headers;
 mod journal;
 mod mta_sts;
+mod proxy_header;
 mod session;
 mod smtp_reply;
 mod tlsa;
@@ -39,6 +40,7 @@ pub const TARGETS: &[Target] = &[
     ("trust_anchor", trust_anchor::run),
     ("mta_sts", mta_sts::run),
     ("config", config::run),
+    ("proxy_header", proxy_header::run),
 ];
 
 /// The session state machine (`session/`) driven as the listener drives it.
@@ -89,6 +91,11 @@ pub fn mta_sts(data: &[u8]) {
 /// The config loader (`config/`): TOML text to a checked config, or a one-line error.
 pub fn config(data: &[u8]) {
     config::run(data)
+}
+
+/// The PROXY protocol header reader and the untrusted-opening sniff (`listener/proxy/`).
+pub fn proxy_header(data: &[u8]) {
+    proxy_header::run(data)
 }
 
 /// Reads structured values from the front of a fuzz input; never fails.

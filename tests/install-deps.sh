@@ -19,6 +19,8 @@
 #   redis-tools    redis-cli: readiness pings and `redis-cli --cluster create`
 #   php-cli        php, whose mail() goes through `postern sendmail` (sendmail_path) in the
 #                  hosting tests
+#   haproxy        the load balancer in front of Postern in the PROXY protocol tests
+#                  (send-proxy, send-proxy-v2; started on free ports, no system service used)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
@@ -35,6 +37,7 @@ need cc gcc
 need redis-server redis-server
 need redis-cli redis-tools
 need php php-cli
+need haproxy haproxy
 [ -s /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
 
 if ((${#missing[@]})); then

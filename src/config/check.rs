@@ -145,6 +145,7 @@ impl TimeoutsConfig {
             ("timeouts.tls_handshake", self.tls_handshake),
             ("timeouts.session", self.session),
             ("timeouts.data_total", self.data_total),
+            ("timeouts.proxy_header", self.proxy_header),
         ] {
             if timeout.is_zero() {
                 return invalid(key, "must be longer than zero");

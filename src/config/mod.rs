@@ -304,6 +304,11 @@ pub struct ListenConfig {
     pub relay: Option<SocketAddr>,
     /// Metrics and health endpoints.
     pub http: Option<SocketAddr>,
+    /// Load balancers (CIDR) whose connections must open with a PROXY protocol header (v1 or
+    /// v2) naming the real client, on every SMTP listener; empty (the default) turns the
+    /// protocol off. See `listener::proxy`.
+    #[serde(default)]
+    pub proxy_protocol: Vec<IpNet>,
 }
 
 /// `[tls]`: both empty means a self-signed certificate generated at first start.
@@ -623,6 +628,13 @@ pub struct TimeoutsConfig {
     /// last), however steadily it drips; then `421 4.4.2`.
     #[serde(default = "default_data_total_timeout", with = "duration::serde_text")]
     pub data_total: Duration,
+    /// Longest wait for a trusted load balancer's PROXY header (`[listen] proxy_protocol`);
+    /// then the connection is closed.
+    #[serde(
+        default = "default_proxy_header_timeout",
+        with = "duration::serde_text"
+    )]
+    pub proxy_header: Duration,
 }
 
 impl Default for TimeoutsConfig {
@@ -633,6 +645,7 @@ impl Default for TimeoutsConfig {
             tls_handshake: default_tls_timeout(),
             session: default_session_timeout(),
             data_total: default_data_total_timeout(),
+            proxy_header: default_proxy_header_timeout(),
         }
     }
 }
@@ -648,6 +661,10 @@ fn default_session_timeout() -> Duration {
 }
 fn default_data_total_timeout() -> Duration {
     Duration::from_secs(10 * 60)
+}
+fn default_proxy_header_timeout() -> Duration {
+    // A balancer sends the header with its first packet; seconds are for a congested link.
+    Duration::from_secs(5)
 }
 
 /// `[log]`

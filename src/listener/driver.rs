@@ -10,12 +10,12 @@
 //! `timeouts.session` for the whole session. An idle session ends with 421 at
 //! shutdown, and at once when its credentials are revoked.
 
-use super::Shared;
 use super::connection::Connection;
 use super::handler::{Client, EventHandler, SocketEvent};
 use super::metering::{Metering, RelayClient};
+use super::proxy::{self, ProxyCheck, Sniff};
+use super::{Origin, Shared, proxy_refusal};
 use crate::session::{HostingClient, Reply, Role, Session, SessionConfig};
-use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
@@ -72,11 +72,15 @@ pub(super) struct SessionDriver<'a> {
     session_deadline: Instant,
     /// When the message being transferred must be complete (`timeouts.data_total`).
     transfer_deadline: Option<Instant>,
+    /// The client's first bytes while it is not yet known whether they open a PROXY header
+    /// (an untrusted source on 25 or 587 with `[listen] proxy_protocol` set); `None` once
+    /// they went to the session, or when there is nothing to check.
+    opening: Option<Vec<u8>>,
 }
 
 /// Runs a session on an admitted connection until it ends.
-pub(super) async fn drive(shared: &Shared, stream: TcpStream, peer: SocketAddr, role: Role) {
-    if let Some(driver) = SessionDriver::start(shared, stream, peer, role).await {
+pub(super) async fn drive(shared: &Shared, stream: TcpStream, origin: Origin, role: Role) {
+    if let Some(driver) = SessionDriver::start(shared, stream, origin, role).await {
         driver.run().await;
     }
 }
@@ -108,13 +112,30 @@ pub(super) fn new_session(
 
 impl<'a> SessionDriver<'a> {
     /// TLS first on port 465; who the client is on port 25. `None` when the implicit TLS
-    /// handshake failed.
+    /// handshake failed or an untrusted source opened 465 with a PROXY header.
     async fn start(
         shared: &'a Shared,
         stream: TcpStream,
-        peer: SocketAddr,
+        origin: Origin,
         role: Role,
     ) -> Option<Self> {
+        let peer = origin.client;
+        let check_opening = origin.balancer.is_none()
+            && proxy::ProxyTrust::new(&shared.config.listen.proxy_protocol).is_enabled();
+        if role == Role::Submissions && check_opening {
+            let limit = shared.config.timeouts.tls_handshake;
+            match proxy::check_untrusted_tls(&stream, limit).await {
+                ProxyCheck::Pass => {}
+                ProxyCheck::TimedOut => {
+                    shared.metrics.tls_handshake(role.name(), "timeout");
+                    return None;
+                }
+                ProxyCheck::Refused => {
+                    proxy_refusal(shared, peer, role, proxy::ProxyRefusal::Untrusted);
+                    return None;
+                }
+            }
+        }
         let mut connection = Connection::Plain(stream);
         if role == Role::Submissions && !connection.start_tls(shared, role).await {
             return None;
@@ -139,6 +160,7 @@ impl<'a> SessionDriver<'a> {
             buf: vec![0u8; COMMAND_READ_BUFFER],
             session_deadline: Instant::now() + shared.config.timeouts.session,
             transfer_deadline: None,
+            opening: (check_opening && role != Role::Submissions).then(Vec::new),
         })
     }
 
@@ -212,6 +234,30 @@ impl<'a> SessionDriver<'a> {
         bound
     }
 
+    /// Hands the `n` bytes just read to the session, once it is known that an untrusted
+    /// client's opening is no PROXY header (which ends the connection).
+    async fn take_input(&mut self, n: usize) -> ControlFlow<()> {
+        let Some(mut opening) = self.opening.take() else {
+            self.session.handle_input(&self.buf[..n]);
+            return ControlFlow::Continue(());
+        };
+        opening.extend_from_slice(&self.buf[..n]);
+        match proxy::sniff(&opening) {
+            Sniff::Undecided => self.opening = Some(opening),
+            Sniff::NotHeader => self.session.handle_input(&opening),
+            Sniff::Header => {
+                let client = self.handler.client();
+                let refusal = proxy::ProxyRefusal::Untrusted;
+                let shared = self.handler.shared();
+                if let Some(reply) = proxy_refusal(shared, client.peer, client.role, refusal) {
+                    let _ = self.connection.send(reply).await;
+                }
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
     async fn read(&mut self) -> ControlFlow<()> {
         let shared = self.handler.shared();
         let (timeout, wanted) = if self.session.in_data() {
@@ -233,10 +279,7 @@ impl<'a> SessionDriver<'a> {
         let client = self.handler.client();
         match wake {
             Wake::Read(Ok(Ok(0)) | Ok(Err(_))) => return ControlFlow::Break(()),
-            Wake::Read(Ok(Ok(n))) => {
-                self.session.handle_input(&self.buf[..n]);
-                return ControlFlow::Continue(());
-            }
+            Wake::Read(Ok(Ok(n))) => return self.take_input(n).await,
             Wake::Read(Err(_)) | Wake::Elapsed => {
                 let reply = limit.reply();
                 tracing::info!(

@@ -20,6 +20,7 @@ mod driver;
 pub mod guard;
 mod handler;
 mod metering;
+pub mod proxy;
 pub mod tls;
 
 use crate::config::Config;
@@ -124,6 +125,10 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, role: Role, tasks
 }
 
 async fn admit_and_drive(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, role: Role) {
+    let Some(origin) = proxied_origin(&shared, &mut stream, peer, role).await else {
+        return;
+    };
+    let peer = origin.client;
     let admission = if shared.brakes.allow_connection(peer.ip()) {
         shared.admission.admit(peer.ip(), Instant::now())
     } else {
@@ -160,9 +165,74 @@ async fn admit_and_drive(shared: Arc<Shared>, mut stream: TcpStream, peer: Socke
         }
     };
     shared.metrics.connection_opened(role.name());
-    driver::drive(&shared, stream, peer, role).await;
+    driver::drive(&shared, stream, origin, role).await;
     shared.metrics.connection_closed(role.name());
     drop(admitted);
+}
+
+/// Where a connection comes from, once the PROXY protocol has had its say.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Origin {
+    /// The client: the socket's peer, or the address a trusted balancer's header names.
+    pub(crate) client: SocketAddr,
+    /// The balancer whose header named the client, if any.
+    pub(crate) balancer: Option<SocketAddr>,
+}
+
+/// The connection's [`Origin`]: a source in `[listen] proxy_protocol` must open with a PROXY
+/// header, read here before admission so that caps and brakes count the real client. `None`
+/// when the connection was refused (counted, logged, closed). Untrusted sources pass
+/// unchanged; whether they send a header is checked when their session starts.
+async fn proxied_origin(
+    shared: &Shared,
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    role: Role,
+) -> Option<Origin> {
+    let trust = proxy::ProxyTrust::new(&shared.config.listen.proxy_protocol);
+    if !trust.trusts(peer.ip()) {
+        return Some(Origin {
+            client: peer,
+            balancer: None,
+        });
+    }
+    let limit = shared.config.timeouts.proxy_header;
+    match proxy::read_trusted_header(stream, peer, limit).await {
+        Ok(client) => {
+            tracing::debug!(client_ip = %client.ip(), balancer = %peer, listener = role.name(), "PROXY header read");
+            Some(Origin {
+                client,
+                balancer: Some(peer),
+            })
+        }
+        Err(refusal) => {
+            if let Some(reply) = proxy_refusal(shared, peer, role, refusal) {
+                let mut out = Vec::new();
+                reply.write_to(&mut out);
+                let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(&out)).await;
+            }
+            None
+        }
+    }
+}
+
+/// Counts and logs a connection refused over its PROXY header, and says what to tell it
+/// before closing. On 25 and 587 a 421 tells whoever is behind a misconfigured balancer to
+/// come back (their mail is retried, not bounced); on 465 (`None`) the peer expects TLS, and
+/// plaintext would only garble its handshake.
+pub(crate) fn proxy_refusal(
+    shared: &Shared,
+    source: SocketAddr,
+    role: Role,
+    refusal: proxy::ProxyRefusal,
+) -> Option<Reply> {
+    shared.metrics.proxy_refused(refusal.label());
+    tracing::info!(source_ip = %source.ip(), listener = role.name(), reason = refusal.label(), "PROXY header refused; connection closed");
+    match (role, refusal) {
+        (Role::Submissions, _) => None,
+        (_, proxy::ProxyRefusal::Untrusted) => Some(Reply::proxy_header_not_accepted()),
+        _ => Some(Reply::proxy_header_required()),
+    }
 }
 
 /// Cuts live sessions whose credentials were revoked or rotated, and publishes the directory's

@@ -51,6 +51,7 @@ struct Inner {
     registry: Registry,
     connections: IntCounterVec,
     connections_rejected: IntCounterVec,
+    proxy_refused: IntCounterVec,
     sessions_active: IntGaugeVec,
     tls_handshakes: IntCounterVec,
     auth_attempts: IntCounterVec,
@@ -100,6 +101,12 @@ impl Metrics {
                 &registry,
                 "postern_smtp_connections_rejected_total",
                 "SMTP connections refused at connect, by reason",
+                &["reason"],
+            ),
+            proxy_refused: counter_vec(
+                &registry,
+                "postern_smtp_proxy_refused_total",
+                "SMTP connections refused over their PROXY protocol header, by reason (missing, timeout, malformed, too_long, unsupported, untrusted)",
                 &["reason"],
             ),
             sessions_active: gauge_vec(
@@ -282,6 +289,12 @@ impl Metrics {
             .connections_rejected
             .with_label_values(&[reason])
             .inc();
+    }
+
+    /// A connection was refused over its PROXY header (`reason`: a
+    /// `listener::proxy::ProxyRefusal` label).
+    pub fn proxy_refused(&self, reason: &str) {
+        self.inner.proxy_refused.with_label_values(&[reason]).inc();
     }
 
     /// A TLS handshake finished (`result`: `ok`, `failed` or `timeout`).

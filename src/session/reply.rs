@@ -430,6 +430,26 @@ impl Reply {
         )
     }
 
+    /// `421 4.7.0 PROXY protocol header required, closing connection`: a source in `[listen]
+    /// proxy_protocol` sent no valid header. 4xx: the fault is the balancer's configuration,
+    /// and mail retried once it is fixed is not lost.
+    pub fn proxy_header_required() -> Self {
+        Self::one(
+            421,
+            "4.7.0 PROXY protocol header required, closing connection",
+        )
+    }
+
+    /// `421 4.7.0 PROXY protocol header not accepted from your address, closing connection`:
+    /// a source not in `[listen] proxy_protocol` sent one (a balancer missing from the list
+    /// retries, a spoofer learns nothing new).
+    pub fn proxy_header_not_accepted() -> Self {
+        Self::one(
+            421,
+            "4.7.0 PROXY protocol header not accepted from your address, closing connection",
+        )
+    }
+
     /// `421 4.4.2 Timeout, closing connection`
     pub fn timeout() -> Self {
         Self::one(421, "4.4.2 Timeout, closing connection")
