@@ -17,7 +17,7 @@ use crate::session::Role;
 use crate::spool::Spool;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::quota::builder::{
-    QuotaBackend, QuotaStoreConfig, open_quota_store, open_quota_store_or_connect_later,
+    Counters, QuotaBackend, QuotaStoreConfig, open_counters_or_connect_later, open_quota_store,
 };
 use crate::store::quota::{QuotaSettings, QuotaStore};
 use anyhow::Context;
@@ -43,7 +43,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let tls = listener::tls::acceptor(&config).context("tls")?;
     // Redis down at start is an outage like one later: start unready, answer 451, connect
     // when it answers.
-    let quota = open_quota_store_or_connect_later(&quota_store_config(&config)?)
+    let Counters {
+        quota,
+        brakes: brake_store,
+    } = open_counters_or_connect_later(&quota_store_config(&config)?)
         .await
         .context("quota")?;
 
@@ -69,7 +72,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         directory: Arc::new(store.clone()),
         signer: Arc::new(crate::dkim::Signer::new(Arc::new(store), metrics.clone())),
         quota: quota.clone(),
-        brakes: crate::listener::brakes::Brakes::new(&config.brakes),
+        brakes: crate::listener::brakes::Brakes::new(&config.brakes, &config.limits, brake_store),
         spool: spool.clone(),
         metrics: metrics.clone(),
         tls,

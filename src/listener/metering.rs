@@ -14,8 +14,9 @@
 //! - RSET, a new EHLO, a refused message, QUIT or a dropped connection release the holds; the
 //!   holds of a relay that dies expire by themselves after `quota.hold_ttl`.
 //!
-//! Fail closed: a quota store that does not answer turns RCPT into `451 4.3.0` and end of data
-//! into `451 4.3.0`; nothing is accepted without being counted.
+//! Fail closed: a quota store (or, for a message's first RCPT, a message brake) that does not
+//! answer turns RCPT into `451 4.3.0` and end of data into `451 4.3.0`; nothing is accepted
+//! without being counted.
 
 use super::Shared;
 use crate::policy::quota::retry_after_text;
@@ -101,10 +102,21 @@ impl Metering {
             Metering::Unmetered => HoldOutcome::Held,
             Metering::UntilAuth | Metering::Unavailable => HoldOutcome::Unavailable,
             Metering::Metered(meter) => {
-                // The per-minute message brake counts transactions: checked at the first hold.
-                if !meter.has_hold() && !shared.brakes.allow_message(&meter.key().to_string()) {
-                    tracing::info!(identity = %meter.key(), "message brake engaged");
-                    return HoldOutcome::Throttled;
+                // The per-minute message brake counts transactions: checked at the first hold,
+                // and failing closed like the quota.
+                if !meter.has_hold() {
+                    match shared.brakes.allow_message(&meter.key().to_string()).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::info!(identity = %meter.key(), "message brake engaged");
+                            return HoldOutcome::Throttled;
+                        }
+                        Err(e) => {
+                            shared.metrics.quota_hold("unavailable");
+                            tracing::warn!(identity = %meter.key(), error = %e, "message brake unavailable");
+                            return HoldOutcome::Unavailable;
+                        }
+                    }
                 }
                 meter.hold(shared, &id.0).await
             }

@@ -292,7 +292,7 @@ impl Metrics {
             .inc();
     }
 
-    /// An AUTH attempt ended (`result`: `ok`, `failed`, `error`).
+    /// An AUTH attempt ended (`result`: `ok`, `failed`, `error`, `braked`).
     pub fn auth_attempt(&self, mechanism: &str, result: &str) {
         self.inner
             .auth_attempts

@@ -56,6 +56,7 @@ use std::fmt;
 use std::str::FromStr;
 
 pub use crate::policy::quota::{WindowError, retry_after_text};
+pub use crate::store::redis_link::Persistence;
 
 /// Default hold expiry: 15 minutes after the last `hold` call of a hold id.
 pub const DEFAULT_HOLD_TTL_MS: u64 = 15 * 60 * 1000;
@@ -247,6 +248,10 @@ pub trait QuotaStore: Send + Sync {
     /// # Errors
     /// [`QuotaError::Unavailable`].
     async fn ping(&self) -> Result<(), QuotaError>;
+
+    /// Whether the backend keeps counts and holds across its own restart (read once at start
+    /// for `postern_quota_backend_persistence` and the warning when it does not).
+    async fn persistence(&self) -> Persistence;
 
     /// The settings the store was opened with.
     fn settings(&self) -> QuotaSettings;
