@@ -6,11 +6,10 @@ Cluster `/readyz` and `postern_quota_backend_up` follow whether every slot is se
 persistence settings are exported and warned about at start."""
 from __future__ import annotations
 
-from support import (AUTH_FAILED, AUTH_OK, EHLO_FIRST, GREETING, MAIL_OK, MESSAGE_BRAKE,
+from support import (AUTH_FAILED, AUTH_OK, AUTH_TEMPORARY, EHLO_FIRST, GREETING, MAIL_OK, MESSAGE_BRAKE,
                      QUOTA_UNAVAILABLE, RCPT_OK, SINK, TLS_GO, SmtpClient, make_message, wait_until)
 
 FAILED_LOGINS_FROM_ADDRESS = "421 4.7.0 Too many failed logins from your address, try again later"
-AUTH_TEMPORARY = "454 4.7.0 Temporary authentication failure, try again later"
 PER_IP = 4
 
 
