@@ -17,9 +17,9 @@ use crate::session::Role;
 use crate::spool::Spool;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::quota::builder::{
-    QuotaBackend, QuotaStoreConfig, open_quota_store, open_quota_store_or_connect_later,
+    Counters, QuotaBackend, QuotaStoreConfig, open_counters_or_connect_later, open_quota_store,
 };
-use crate::store::quota::{QuotaSettings, QuotaStore};
+use crate::store::quota::{Persistence, QuotaSettings, QuotaStore};
 use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,7 +43,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let tls = listener::tls::acceptor(&config).context("tls")?;
     // Redis down at start is an outage like one later: start unready, answer 451, connect
     // when it answers.
-    let quota = open_quota_store_or_connect_later(&quota_store_config(&config)?)
+    let Counters {
+        quota,
+        brakes: brake_store,
+    } = open_counters_or_connect_later(&quota_store_config(&config)?)
         .await
         .context("quota")?;
 
@@ -69,7 +72,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         directory: Arc::new(store.clone()),
         signer: Arc::new(crate::dkim::Signer::new(Arc::new(store), metrics.clone())),
         quota: quota.clone(),
-        brakes: crate::listener::brakes::Brakes::new(&config.brakes),
+        brakes: crate::listener::brakes::Brakes::new(&config.brakes, &config.limits, brake_store),
         spool: spool.clone(),
         metrics: metrics.clone(),
         tls,
@@ -190,6 +193,7 @@ async fn watch_readiness(
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut persistence_known = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -202,8 +206,42 @@ async fn watch_readiness(
                 false
             }
         };
+        if quota_ok && !persistence_known {
+            persistence_known = true;
+            report_persistence(quota.as_ref(), &metrics).await;
+        }
         metrics.set_quota_available(quota_ok);
         readiness.set(spool.is_healthy() && quota_ok);
+    }
+}
+
+/// Reads the quota backend's persistence once it answers (at start, or when a backend that
+/// was down at start first connects), exports it and warns when counts would not survive a
+/// restart of the backend: after one, every window starts empty and every address may send
+/// its whole limit again.
+async fn report_persistence(quota: &dyn QuotaStore, metrics: &Metrics) {
+    let persistence = quota.persistence().await;
+    let all = Persistence::ALL.map(Persistence::label);
+    metrics.set_quota_persistence(persistence.label(), &all);
+    match persistence {
+        Persistence::AppendOnly | Persistence::LocalFile => {
+            tracing::info!(
+                persistence = persistence.label(),
+                "quota backend persistence"
+            )
+        }
+        Persistence::Snapshots => tracing::warn!(
+            persistence = persistence.label(),
+            "QUOTA COUNTS AT RISK: Redis keeps snapshots only (appendonly no): a Redis restart forgets the counts since the last snapshot; set appendonly yes"
+        ),
+        Persistence::None => tracing::warn!(
+            persistence = persistence.label(),
+            "QUOTA COUNTS AT RISK: Redis has neither appendonly nor save: a Redis restart forgets every quota window and hold; set appendonly yes"
+        ),
+        Persistence::Unknown => tracing::warn!(
+            persistence = persistence.label(),
+            "quota backend persistence unknown (CONFIG GET refused): make sure Redis runs with appendonly yes, or counts are forgotten on its restart"
+        ),
     }
 }
 

@@ -1,15 +1,23 @@
 //! The quota conformance cases (`postern::store::quota::conformance`, compiled in through the
 //! `conformance` feature that the dev-dependency on this package turns on) against every backend:
 //! the embedded SQLite store, one `redis-server`, and a three-master Redis Cluster made with
-//! `redis-cli --cluster create`. Plus: Redis stopped and restarted under a live store.
+//! `redis-cli --cluster create`; the brake conformance cases (`store::brakes::conformance`)
+//! against the same servers. Plus: Redis stopped and restarted under a live store, a Cluster
+//! master killed and restarted under a live store's health check, the persistence settings
+//! read at start, and a hold release retried across a Redis restart.
 //!
 //! The servers are started here on free loopback ports with their files in temporary
 //! directories, and killed when the test ends. Nothing is skipped: without `redis-server` and
 //! `redis-cli` on PATH the Redis tests fail and say what to install.
 
-use postern::store::quota::builder::{QuotaBackend, QuotaStoreConfig, open_quota_store};
+use postern::store::brakes;
+use postern::store::quota::builder::{
+    Counters, QuotaBackend, QuotaStoreConfig, open_counters, open_quota_store,
+};
 use postern::store::quota::embedded::EmbeddedQuota;
-use postern::store::quota::{QuotaError, QuotaHold, QuotaKey, QuotaStore, conformance};
+use postern::store::quota::{
+    Persistence, QuotaError, QuotaHold, QuotaKey, QuotaStore, conformance, release_retrying,
+};
 use postern::testutil::TempDir;
 use std::collections::HashSet;
 use std::net::TcpListener;
@@ -55,9 +63,15 @@ struct RedisServer {
 
 impl RedisServer {
     fn start(port: u16, dir: &Path, cluster: bool) -> Self {
+        Self::start_with(port, dir, cluster, &["--save", "", "--appendonly", "no"])
+    }
+
+    /// A server with `settings` (persistence and the like) instead of the defaults above.
+    fn start_with(port: u16, dir: &Path, cluster: bool, settings: &[&str]) -> Self {
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(settings)
+            .args(["--daemonize", "no"])
             .arg("--dir")
             .arg(dir)
             .args(["--logfile", "redis.log"])
@@ -211,6 +225,12 @@ async fn open(backend: QuotaBackend) -> Arc<dyn QuotaStore> {
         .expect("open quota store")
 }
 
+async fn open_both(backend: QuotaBackend) -> Counters {
+    open_counters(&redis_config(backend))
+        .await
+        .expect("open quota and brake stores")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_conformance() {
     let dir = temp_dir("embedded");
@@ -225,9 +245,11 @@ async fn embedded_conformance() {
 async fn redis_single_conformance() {
     let dir = temp_dir("single");
     let server = RedisServer::start(free_port(false), dir.path(), false);
-    let a = open(QuotaBackend::Redis { url: server.url() }).await;
-    let b = open(QuotaBackend::Redis { url: server.url() }).await;
-    conformance::run_all(a.as_ref(), b.as_ref(), "it-").await;
+    let a = open_both(QuotaBackend::Redis { url: server.url() }).await;
+    let b = open_both(QuotaBackend::Redis { url: server.url() }).await;
+    conformance::run_all(a.quota.as_ref(), b.quota.as_ref(), "it-").await;
+    brakes::conformance::run_all(a.brakes.as_ref(), b.brakes.as_ref(), "it-").await;
+    assert_eq!(a.quota.persistence().await, Persistence::None);
 
     // Keys carry the hash tag and expire by themselves.
     let mut con = redis::Client::open(server.url())
@@ -244,24 +266,33 @@ async fn redis_single_conformance() {
     );
     let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut con).expect("keys");
     assert!(
-        keys.iter().all(|k| k.starts_with("{q:")),
+        keys.iter()
+            .all(|k| k.starts_with("{q:") || k.starts_with("{b:")),
         "unexpected keys: {keys:?}"
     );
+    // Brake keys expire by themselves too: a login set a window after its newest attempt.
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("{b:l:it-window.0}:c:it-window.1")
+        .query(&mut con)
+        .expect("pttl");
+    assert!(ttl > 0 && ttl <= 10_001, "login set ttl {ttl}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_conformance() {
     let cluster = RedisCluster::start();
-    let a = open(QuotaBackend::RedisCluster {
+    let a = open_both(QuotaBackend::RedisCluster {
         nodes: cluster.nodes(),
     })
     .await;
     // The second handle knows only one node and discovers the rest.
-    let b = open(QuotaBackend::RedisCluster {
+    let b = open_both(QuotaBackend::RedisCluster {
         nodes: cluster.nodes()[2..].to_vec(),
     })
     .await;
-    conformance::run_all(a.as_ref(), b.as_ref(), "it-").await;
+    conformance::run_all(a.quota.as_ref(), b.quota.as_ref(), "it-").await;
+    brakes::conformance::run_all(a.brakes.as_ref(), b.brakes.as_ref(), "it-").await;
+    assert_eq!(a.quota.persistence().await, Persistence::None);
 
     // The cases' keys are spread over more than one master.
     let mut masters_with_keys = 0;
@@ -349,4 +380,138 @@ async fn redis_unreachable_at_open() {
     }))
     .await;
     assert!(matches!(r, Err(QuotaError::Invalid(_))), "{:?}", r.err());
+}
+
+/// Waits up to 30 s for `ping` to give `want` (a cluster notices a dead master only after its
+/// node timeout, and a client its return only after a slot refresh).
+async fn wait_for_health(store: &dyn QuotaStore, want: bool, what: &str) -> Option<QuotaError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let health = store.ping().await;
+        if health.is_ok() == want {
+            return health.err();
+        }
+        assert!(Instant::now() < deadline, "{what}: still {health:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A Cluster master without a replica is killed: its slots are unserved, so the store is
+/// unhealthy (although the other masters answer a ping); restarted on the same port with its
+/// node file, it serves them again and the store is healthy, with the same handle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_health_follows_slot_coverage() {
+    let mut cluster = RedisCluster::start();
+    let store = open(QuotaBackend::RedisCluster {
+        nodes: cluster.nodes(),
+    })
+    .await;
+    store.ping().await.expect("healthy at start");
+
+    let (port, dir) = (cluster.servers[1].port, cluster.servers[1].dir.clone());
+    cluster.servers[1].stop();
+    let why = wait_for_health(store.as_ref(), false, "master down").await;
+    let why = why.expect("an error").to_string();
+    assert!(
+        why.starts_with("quota service unavailable: redis: "),
+        "{why}"
+    );
+    // The other masters still answer a plain ping: that is not enough for readiness.
+    let mut other = redis::Client::open(cluster.servers[0].url())
+        .and_then(|c| c.get_connection())
+        .expect("connect to a live master");
+    let pong: String = redis::cmd("PING").query(&mut other).expect("ping");
+    assert_eq!(pong, "PONG");
+
+    cluster.servers[1] = RedisServer::start(port, &dir, true);
+    cluster.wait_ok();
+    wait_for_health(store.as_ref(), true, "master back").await;
+}
+
+/// `appendonly` and `save` as the servers have them; `CONFIG` renamed away (as managed
+/// services do) is `Unknown`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_persistence_settings() {
+    let cases: [(&[&str], Persistence); 4] = [
+        (&["--save", "", "--appendonly", "no"], Persistence::None),
+        (
+            &["--save", "3600 1", "--appendonly", "no"],
+            Persistence::Snapshots,
+        ),
+        (
+            &["--save", "", "--appendonly", "yes"],
+            Persistence::AppendOnly,
+        ),
+        (
+            &[
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--rename-command",
+                "CONFIG",
+                "",
+            ],
+            Persistence::Unknown,
+        ),
+    ];
+    for (settings, want) in cases {
+        let dir = temp_dir("persistence");
+        let server = RedisServer::start_with(free_port(false), dir.path(), false, settings);
+        let store = open(QuotaBackend::Redis { url: server.url() }).await;
+        assert_eq!(store.persistence().await, want, "{settings:?}");
+    }
+    let dir = temp_dir("persistence-embedded");
+    let store = open(QuotaBackend::Embedded {
+        path: dir.join("quota.db"),
+    })
+    .await;
+    assert_eq!(store.persistence().await, Persistence::LocalFile);
+}
+
+/// A release that meets a stopped Redis is retried: once Redis is back (with its append-only
+/// file, so the holds are still there) the retry releases them, long before `hold_ttl`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_retried_across_a_redis_restart() {
+    let dir = temp_dir("release-retry");
+    let port = free_port(false);
+    let durable: &[&str] = &[
+        "--save",
+        "",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+    ];
+    let mut server = RedisServer::start_with(port, dir.path(), false, durable);
+    let store = open(QuotaBackend::Redis { url: server.url() }).await;
+    let k = QuotaKey::Address("retry@conformance.test".into());
+    let t = conformance::T0;
+    for _ in 0..2 {
+        assert!(matches!(
+            store.hold(&k, "tx", 10, t).await,
+            Ok(QuotaHold::Held { .. })
+        ));
+    }
+    server.stop();
+    assert!(matches!(
+        store.release(&k, "tx").await,
+        Err(QuotaError::Unavailable(_))
+    ));
+    let retrying = {
+        let (store, k) = (store.clone(), k.clone());
+        let delays = [Duration::from_millis(200); 100];
+        tokio::spawn(async move { release_retrying(store.as_ref(), &k, "tx", &delays).await })
+    };
+    // The first retries meet the stopped server.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(!retrying.is_finished(), "gave up while Redis was down");
+    let _server = RedisServer::start_with(port, dir.path(), false, durable);
+    let released = retrying
+        .await
+        .expect("task")
+        .expect("released after the restart");
+    assert_eq!(released, 2);
+    let usage = store.usage(&k, 10, t).await.expect("usage");
+    assert_eq!((usage.used, usage.held), (0, 0));
 }

@@ -79,7 +79,7 @@ pub struct Config {
     /// Rolling daily recipient quotas.
     #[serde(default)]
     pub quota: QuotaConfig,
-    /// Short-term abuse brakes (per process).
+    /// Short-term abuse brakes (connections per process; messages fleet-wide with Redis).
     #[serde(default)]
     pub brakes: BrakesConfig,
     /// The `postern sendmail` entry point.
@@ -259,7 +259,8 @@ fn default_plans() -> std::collections::BTreeMap<String, u32> {
     .collect()
 }
 
-/// `[brakes]`: short-term rate limits per process (each replica of a fleet applies its own).
+/// `[brakes]`: short-term rate limits: connections per process, messages per identity in the
+/// quota backend (fleet-wide with Redis).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrakesConfig {
@@ -531,8 +532,9 @@ pub struct LimitsConfig {
     /// Delay before answering a failed AUTH, to slow password guessing.
     #[serde(default = "default_auth_failure_delay", with = "duration::serde_text")]
     pub auth_failure_delay: Duration,
-    /// Failed AUTHs from one client IP, across sessions, within `auth_failure_window`
-    /// after which new connections from it get `421` until the window passes.
+    /// Failed AUTHs from one client IP, across sessions (and replicas sharing a Redis quota
+    /// backend), within `auth_failure_window`, after which new connections from it get `421`
+    /// until the window passes.
     #[serde(default = "default_max_auth_failures_per_ip")]
     pub max_auth_failures_per_ip: u32,
     /// Failed AUTHs from one IPv4 /24 or IPv6 /48, across its addresses and sessions, within

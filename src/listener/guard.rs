@@ -1,16 +1,16 @@
-//! Admission control at the door: the session caps (in total and per client IP), the
-//! per-IP brake on failed logins, and the registry of authenticated sessions that lets a
-//! revocation cut them.
+//! Admission control at the door: the session caps (in total, per client IP and per IPv6
+//! /48), the client and subnet keys every per-client limit counts under, and the registry of
+//! authenticated sessions that lets a revocation cut them.
 //!
 //! All in-process state: in a fleet, each replica enforces these for the connections it holds
-//! (a client reconnecting elsewhere meets the same limits there).
+//! (a client reconnecting elsewhere meets the same limits there). The failed-login brake,
+//! which a fleet counts together, is in `brakes.rs`.
 
 use crate::store::CredentialId;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -40,12 +40,6 @@ pub struct AdmissionCaps {
     pub max_per_ip: usize,
     /// Sessions per IPv6 /48 ([`subnet_key`]); IPv4 clients are not capped per subnet.
     pub max_per_subnet: usize,
-    /// Failed logins per client within `failure_window`.
-    pub max_failures: u32,
-    /// Failed logins per IPv4 /24 or IPv6 /48 within `failure_window`.
-    pub max_subnet_failures: u32,
-    /// The window of both failed-login brakes.
-    pub failure_window: Duration,
 }
 
 /// Admission state shared by all listeners.
@@ -55,13 +49,7 @@ pub struct Admission {
     /// Live sessions per client key, and per subnet key (IPv6 only).
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     per_subnet: Mutex<HashMap<IpAddr, usize>>,
-    /// Recent failed logins per client key, and per subnet key.
-    failures: Mutex<FailureLog>,
-    subnet_failures: Mutex<FailureLog>,
 }
-
-/// When the recent failed logins of each key happened.
-type FailureLog = HashMap<IpAddr, VecDeque<Instant>>;
 
 /// Held for the life of a session; releases its places on drop.
 pub struct Admitted {
@@ -92,16 +80,12 @@ impl Drop for Admitted {
 }
 
 impl Admission {
-    /// Admission with the caps of `[limits]`: sessions in all, per client and per IPv6 /48,
-    /// failed logins per client and per subnet.
+    /// Admission with the caps of `[limits]`: sessions in all, per client and per IPv6 /48.
     pub fn from_limits(limits: &crate::config::LimitsConfig) -> Arc<Self> {
         Self::new(AdmissionCaps {
             max_sessions: limits.max_sessions,
             max_per_ip: limits.max_sessions_per_ip,
             max_per_subnet: limits.max_sessions_per_subnet,
-            max_failures: limits.max_auth_failures_per_ip,
-            max_subnet_failures: limits.max_auth_failures_per_subnet,
-            failure_window: limits.auth_failure_window,
         })
     }
 
@@ -112,26 +96,14 @@ impl Admission {
             caps,
             per_ip: Mutex::new(HashMap::new()),
             per_subnet: Mutex::new(HashMap::new()),
-            failures: Mutex::new(HashMap::new()),
-            subnet_failures: Mutex::new(HashMap::new()),
         })
     }
 
     /// Admits a connection from `ip` or says why not.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Admitted, Refusal> {
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, Refusal> {
         let caps = &self.caps;
         let subnet = subnet_key(ip);
         let key = client_key(ip);
-        if recent_failures(&self.failures, key, now, caps.failure_window)
-            >= caps.max_failures as usize
-        {
-            return Err(Refusal::FailedLogins);
-        }
-        if recent_failures(&self.subnet_failures, subnet, now, caps.failure_window)
-            >= caps.max_subnet_failures as usize
-        {
-            return Err(Refusal::FailedLoginsFromSubnet);
-        }
         let permit = self
             .sessions
             .clone()
@@ -164,54 +136,6 @@ impl Admission {
             admission: self.clone(),
         })
     }
-
-    /// Records a failed login from `ip`, for its client key and its subnet.
-    pub fn record_failure(&self, ip: IpAddr, now: Instant) {
-        let keep = self.caps.max_failures as usize + 1;
-        push_failure(&self.failures, client_key(ip), now, keep);
-        let keep = self.caps.max_subnet_failures as usize + 1;
-        push_failure(&self.subnet_failures, subnet_key(ip), now, keep);
-    }
-
-    /// Forgets old failure records (called periodically so the maps cannot grow unbounded).
-    pub fn prune(&self, now: Instant) {
-        for log in [&self.failures, &self.subnet_failures] {
-            log.lock().expect("admission lock").retain(|_, list| {
-                list.back()
-                    .is_some_and(|t| now.duration_since(*t) <= self.caps.failure_window)
-            });
-        }
-    }
-}
-
-/// Adds a failure at `now` to `key`'s list, which keeps its newest `keep` entries (one more
-/// than the cap is all the check needs).
-fn push_failure(log: &Mutex<FailureLog>, key: IpAddr, now: Instant, keep: usize) {
-    let mut log = log.lock().expect("admission lock");
-    let list = log.entry(key).or_default();
-    list.push_back(now);
-    while list.len() > keep {
-        list.pop_front();
-    }
-}
-
-/// `key`'s failures within `window` before `now` (older ones are forgotten on the way).
-fn recent_failures(log: &Mutex<FailureLog>, key: IpAddr, now: Instant, window: Duration) -> usize {
-    let mut log = log.lock().expect("admission lock");
-    let Some(list) = log.get_mut(&key) else {
-        return 0;
-    };
-    while list
-        .front()
-        .is_some_and(|t| now.duration_since(*t) > window)
-    {
-        list.pop_front();
-    }
-    if list.is_empty() {
-        log.remove(&key);
-        return 0;
-    }
-    list.len()
 }
 
 /// The key per-client limits count under: an IPv4 address, or the /64 of an IPv6 address
@@ -334,15 +258,12 @@ impl SessionRegistry {
 mod tests {
     use super::*;
 
-    /// Caps with the per-subnet ones out of the way.
-    fn caps(max_sessions: usize, max_per_ip: usize, max_failures: u32) -> AdmissionCaps {
+    /// Caps with the per-subnet one out of the way.
+    fn caps(max_sessions: usize, max_per_ip: usize) -> AdmissionCaps {
         AdmissionCaps {
             max_sessions,
             max_per_ip,
             max_per_subnet: 1_000,
-            max_failures,
-            max_subnet_failures: 1_000,
-            failure_window: Duration::from_secs(60),
         }
     }
 
@@ -364,99 +285,63 @@ mod tests {
     fn ipv6_sessions_per_48_at_n_and_n_plus_one() {
         let a = Admission::new(AdmissionCaps {
             max_per_subnet: 3,
-            ..caps(100, 2, 5)
+            ..caps(100, 2)
         });
-        let now = Instant::now();
         // Three /64s of one /48: one session each is fine up to the /48's cap of 3.
-        let first = a.admit(ip("2001:db8:1:1::1"), now).unwrap();
-        let _second = a.admit(ip("2001:db8:1:2::1"), now).unwrap();
-        let _third = a.admit(ip("2001:db8:1:3::1"), now).unwrap();
+        let first = a.admit(ip("2001:db8:1:1::1")).unwrap();
+        let _second = a.admit(ip("2001:db8:1:2::1")).unwrap();
+        let _third = a.admit(ip("2001:db8:1:3::1")).unwrap();
         assert_eq!(
-            a.admit(ip("2001:db8:1:4::1"), now).err(),
+            a.admit(ip("2001:db8:1:4::1")).err(),
             Some(Refusal::TooManyFromSubnet)
         );
-        assert!(a.admit(ip("2001:db8:2:4::1"), now).is_ok(), "another /48");
+        assert!(a.admit(ip("2001:db8:2:4::1")).is_ok(), "another /48");
         drop(first);
-        let _fourth = a.admit(ip("2001:db8:1:4::1"), now).unwrap();
+        let _fourth = a.admit(ip("2001:db8:1:4::1")).unwrap();
         // A refusal by the per-IP cap takes no place of the /48.
         let b = Admission::new(AdmissionCaps {
             max_per_subnet: 2,
-            ..caps(100, 1, 5)
+            ..caps(100, 1)
         });
-        let _one = b.admit(ip("2001:db8:1:1::1"), now).unwrap();
+        let _one = b.admit(ip("2001:db8:1:1::1")).unwrap();
         assert_eq!(
-            b.admit(ip("2001:db8:1:1::2"), now).err(),
+            b.admit(ip("2001:db8:1:1::2")).err(),
             Some(Refusal::TooManyFromIp)
         );
-        let _two = b.admit(ip("2001:db8:1:2::1"), now).unwrap();
+        let _two = b.admit(ip("2001:db8:1:2::1")).unwrap();
         assert_eq!(
-            b.admit(ip("2001:db8:1:3::1"), now).err(),
+            b.admit(ip("2001:db8:1:3::1")).err(),
             Some(Refusal::TooManyFromSubnet)
         );
         // IPv4 clients are not capped per /24.
         let c = Admission::new(AdmissionCaps {
             max_per_subnet: 1,
-            ..caps(100, 1, 5)
+            ..caps(100, 1)
         });
-        let _v4 = [c.admit(ip("192.0.2.1"), now), c.admit(ip("192.0.2.2"), now)];
+        let _v4 = [c.admit(ip("192.0.2.1")), c.admit(ip("192.0.2.2"))];
         assert!(_v4.iter().all(Result::is_ok));
     }
 
     #[test]
-    fn failed_logins_per_subnet_at_n_and_n_plus_one() {
-        let a = Admission::new(AdmissionCaps {
-            max_subnet_failures: 3,
-            ..caps(100, 100, 2)
-        });
-        let now = Instant::now();
-        // One failure each from three IPv4 addresses of one /24: under the per-IP brake (2).
-        a.record_failure(ip("192.0.2.1"), now);
-        a.record_failure(ip("192.0.2.2"), now);
-        assert!(a.admit(ip("192.0.2.3"), now).is_ok(), "2 of 3");
-        a.record_failure(ip("192.0.2.3"), now);
-        assert_eq!(
-            a.admit(ip("192.0.2.4"), now).err(),
-            Some(Refusal::FailedLoginsFromSubnet)
-        );
-        assert!(a.admit(ip("192.0.3.4"), now).is_ok(), "another /24");
-        assert!(
-            a.admit(ip("192.0.2.4"), now + Duration::from_secs(61))
-                .is_ok()
-        );
-        // IPv6: per /48, across /64s.
-        for n in 1..=3 {
-            assert!(a.admit(ip(&format!("2001:db8:1:{n}::1")), now).is_ok());
-            a.record_failure(ip(&format!("2001:db8:1:{n}::1")), now);
-        }
-        assert_eq!(
-            a.admit(ip("2001:db8:1:9::1"), now).err(),
-            Some(Refusal::FailedLoginsFromSubnet)
-        );
-        assert!(a.admit(ip("2001:db8:2::1"), now).is_ok());
-    }
-
-    #[test]
     fn per_ip_cap_at_n_and_n_plus_one() {
-        let a = Admission::new(caps(10, 2, 5));
+        let a = Admission::new(caps(10, 2));
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let now = Instant::now();
-        let first = a.admit(ip, now).unwrap();
-        let _second = a.admit(ip, now).unwrap();
-        assert_eq!(a.admit(ip, now).err(), Some(Refusal::TooManyFromIp));
+        let first = a.admit(ip).unwrap();
+        let _second = a.admit(ip).unwrap();
+        assert_eq!(a.admit(ip).err(), Some(Refusal::TooManyFromIp));
         drop(first);
-        assert!(a.admit(ip, now).is_ok());
+        assert!(a.admit(ip).is_ok());
     }
 
     #[test]
     fn ipv6_clients_count_per_64() {
-        let a = Admission::new(caps(10, 1, 5));
-        let now = Instant::now();
-        let _first = a.admit("2001:db8:1:2::1".parse().unwrap(), now).unwrap();
+        let a = Admission::new(caps(10, 1));
+        let _first = a.admit("2001:db8:1:2::1".parse().unwrap()).unwrap();
         assert_eq!(
-            a.admit("2001:db8:1:2:ffff::9".parse().unwrap(), now).err(),
+            a.admit("2001:db8:1:2:ffff::9".parse().unwrap()).err(),
             Some(Refusal::TooManyFromIp)
         );
-        assert!(a.admit("2001:db8:1:3::1".parse().unwrap(), now).is_ok());
+        assert!(a.admit("2001:db8:1:3::1".parse().unwrap()).is_ok());
         assert_eq!(
             client_key("::ffff:192.0.2.1".parse().unwrap()),
             "192.0.2.1".parse::<IpAddr>().unwrap()
@@ -465,24 +350,11 @@ mod tests {
 
     #[test]
     fn total_cap() {
-        let a = Admission::new(caps(1, 5, 5));
-        let now = Instant::now();
-        let _one = a.admit("192.0.2.1".parse().unwrap(), now).unwrap();
+        let a = Admission::new(caps(1, 5));
+        let _one = a.admit("192.0.2.1".parse().unwrap()).unwrap();
         assert_eq!(
-            a.admit("192.0.2.2".parse().unwrap(), now).err(),
+            a.admit("192.0.2.2".parse().unwrap()).err(),
             Some(Refusal::TooManySessions)
         );
-    }
-
-    #[test]
-    fn failed_logins_brake_then_expire() {
-        let a = Admission::new(caps(10, 10, 2));
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let now = Instant::now();
-        a.record_failure(ip, now);
-        assert!(a.admit(ip, now).is_ok());
-        a.record_failure(ip, now);
-        assert_eq!(a.admit(ip, now).err(), Some(Refusal::FailedLogins));
-        assert!(a.admit(ip, now + Duration::from_secs(61)).is_ok());
     }
 }

@@ -12,20 +12,21 @@
 //! commit returned.
 
 use super::Shared;
-use super::guard::Registration;
+use super::brakes::LoginGate;
+use super::guard::{Refusal, Registration};
 use super::metering::{CommitRefusal, Meter, Metering};
 use crate::dkim::{MessageHasher, Signing, Unsigned};
 use crate::session::headers::{self, HeaderFacts, TraceInfo};
 use crate::session::{
-    AuthOutcome, Authenticated, CommitOutcome, CompletedMessage, Event, HoldOutcome, Mechanism,
-    MessageRefusal, Reply, Role, Session,
+    AuthOutcome, Authenticated, BrakedFrom, CommitOutcome, CompletedMessage, Event, HoldOutcome,
+    Mechanism, MessageRefusal, Reply, Role, Session,
 };
 use crate::spool::{Envelope, MessageBody, Recipient, SpoolId, Submitter};
 use crate::store::QuotaIdentity;
 use crate::unix_time::unix_ms;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 use tokio_util::sync::CancellationToken;
 
 /// Where a session's client came from.
@@ -202,10 +203,32 @@ impl<'a> EventHandler<'a> {
     ) -> AuthOutcome {
         let shared = self.shared;
         let client_ip = self.client.ip();
+        let attempt = match shared.brakes.begin_login(self.client.peer.ip()).await {
+            LoginGate::Open(attempt) => attempt,
+            LoginGate::Braked(refusal) => {
+                shared.metrics.auth_attempt(mechanism.name(), "braked");
+                tracing::info!(
+                    client_ip,
+                    mechanism = mechanism.name(),
+                    "auth refused: failed-login brake engaged"
+                );
+                return AuthOutcome::Braked(match refusal {
+                    Refusal::FailedLoginsFromSubnet => BrakedFrom::Network,
+                    _ => BrakedFrom::Address,
+                });
+            }
+            LoginGate::Unavailable(e) => {
+                shared.metrics.auth_attempt(mechanism.name(), "error");
+                tracing::warn!(client_ip, error = %e, "auth: failed-login brake unavailable");
+                return AuthOutcome::Unavailable;
+            }
+        };
         // Read before the store: a change committed after this value was published moves it.
         self.senders_generation = shared.directory_generation.load(Ordering::Acquire);
         let checked = shared.directory.authenticate(login, &password).await;
         drop(password);
+        let failed = matches!(checked, Ok(None));
+        shared.brakes.login_checked(attempt, failed).await;
         match checked {
             Ok(Some(identity)) => {
                 self.registration = Some(
@@ -231,9 +254,6 @@ impl<'a> EventHandler<'a> {
             }
             Ok(None) => {
                 shared.metrics.auth_attempt(mechanism.name(), "failed");
-                shared
-                    .admission
-                    .record_failure(self.client.peer.ip(), Instant::now());
                 // The login is logged (operators need it to spot attacks); the password
                 // never is.
                 tracing::info!(client_ip, login = %login_for_log(login), mechanism = mechanism.name(), "auth failed");

@@ -11,11 +11,13 @@
 //!   returns, and the recipients before it stay accepted;
 //! - at end of data the holds are committed (counted) *before* the spool commit, and refunded
 //!   if the spool then fails: a message is never accepted uncounted;
-//! - RSET, a new EHLO, a refused message, QUIT or a dropped connection release the holds; the
-//!   holds of a relay that dies expire by themselves after `quota.hold_ttl`.
+//! - RSET, a new EHLO, a refused message, QUIT or a dropped connection release the holds (a
+//!   release that fails is retried in the background for about half a minute); the holds of a
+//!   relay that dies expire by themselves after `quota.hold_ttl`.
 //!
-//! Fail closed: a quota store that does not answer turns RCPT into `451 4.3.0` and end of data
-//! into `451 4.3.0`; nothing is accepted without being counted.
+//! Fail closed: a quota store (or, for a message's first RCPT, a message brake) that does not
+//! answer turns RCPT into `451 4.3.0` and end of data into `451 4.3.0`; nothing is accepted
+//! without being counted.
 
 use super::Shared;
 use crate::policy::quota::retry_after_text;
@@ -101,10 +103,21 @@ impl Metering {
             Metering::Unmetered => HoldOutcome::Held,
             Metering::UntilAuth | Metering::Unavailable => HoldOutcome::Unavailable,
             Metering::Metered(meter) => {
-                // The per-minute message brake counts transactions: checked at the first hold.
-                if !meter.has_hold() && !shared.brakes.allow_message(&meter.key().to_string()) {
-                    tracing::info!(identity = %meter.key(), "message brake engaged");
-                    return HoldOutcome::Throttled;
+                // The per-minute message brake counts transactions: checked at the first hold,
+                // and failing closed like the quota.
+                if !meter.has_hold() {
+                    match shared.brakes.allow_message(&meter.key().to_string()).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::info!(identity = %meter.key(), "message brake engaged");
+                            return HoldOutcome::Throttled;
+                        }
+                        Err(e) => {
+                            shared.metrics.quota_hold("unavailable");
+                            tracing::warn!(identity = %meter.key(), error = %e, "message brake unavailable");
+                            return HoldOutcome::Unavailable;
+                        }
+                    }
                 }
                 meter.hold(shared, &id.0).await
             }
@@ -315,10 +328,36 @@ impl Meter {
     pub(super) async fn release(&mut self, shared: &Shared) {
         self.held = 0;
         let Some(hold) = self.hold.take() else { return };
-        if let Err(e) = shared.quota.release(&self.key, &hold).await {
-            // The holds expire by themselves after `quota.hold_ttl`.
-            tracing::warn!(identity = %self.key, error = %e, "quota release failed; holds will expire");
-        }
+        let Err(e) = shared.quota.release(&self.key, &hold).await else {
+            return;
+        };
+        // Retried in the background (the session goes on), so that a blip of Redis does not
+        // block the capacity until `quota.hold_ttl`.
+        tracing::warn!(identity = %self.key, error = %e, "quota release failed; retrying in the background");
+        let (quota, metrics, key) = (
+            shared.quota.clone(),
+            shared.metrics.clone(),
+            self.key.clone(),
+        );
+        tokio::spawn(async move {
+            match quota::release_retrying(
+                quota.as_ref(),
+                &key,
+                &hold,
+                &quota::RELEASE_RETRY_DELAYS[..],
+            )
+            .await
+            {
+                Ok(n) => {
+                    metrics.quota_release_retried("released");
+                    tracing::info!(identity = %key, released = n, "quota release retried: released");
+                }
+                Err(e) => {
+                    metrics.quota_release_retried("gave_up");
+                    tracing::warn!(identity = %key, error = %e, "quota release still failing; holds will expire");
+                }
+            }
+        });
     }
 }
 

@@ -4,7 +4,8 @@
 //! - submissions (465): TLS from the first byte (RFC 8314), then AUTH;
 //! - relay (25): web-hosting servers on configured networks, no AUTH.
 //!
-//! Each accepted connection is admitted (`guard.rs`: session caps, failed-login brake), then
+//! Each accepted connection is admitted (`brakes.rs`: connection rate, failed logins;
+//! `guard.rs`: session caps), then
 //! handed to `driver.rs`, which runs one [`crate::session::Session`] over the socket
 //! (`connection.rs`) and has `handler.rs` carry out the session's requests to the store, the quota
 //! (`metering.rs`) and the spool.
@@ -32,7 +33,7 @@ use guard::{Admission, Refusal, SessionRegistry};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -57,13 +58,13 @@ pub struct Shared {
     pub metrics: Metrics,
     /// TLS for STARTTLS and port 465.
     pub tls: TlsAcceptor,
-    /// Caps and login brake.
+    /// Session caps.
     pub admission: Arc<Admission>,
     /// Authenticated sessions, for revocation.
     pub registry: Arc<SessionRegistry>,
     /// Daily recipient quotas.
     pub quota: Arc<dyn crate::store::quota::QuotaStore>,
-    /// Per-minute brakes on connections and messages.
+    /// Per-minute brakes on connections and messages, and the failed-login brake.
     pub brakes: brakes::Brakes,
     /// DKIM signing with the keys in the store.
     pub signer: Arc<crate::dkim::Signer>,
@@ -129,10 +130,12 @@ async fn admit_and_drive(shared: Arc<Shared>, mut stream: TcpStream, peer: Socke
         return;
     };
     let peer = origin.client;
-    let admission = if shared.brakes.allow_connection(peer.ip()) {
-        shared.admission.admit(peer.ip(), Instant::now())
-    } else {
+    let admission = if !shared.brakes.allow_connection(peer.ip()) {
         Err(Refusal::ConnectionRate)
+    } else if let Some(refusal) = shared.brakes.failed_logins(peer.ip()).await {
+        Err(refusal)
+    } else {
+        shared.admission.admit(peer.ip())
     };
     let admitted = match admission {
         Ok(admitted) => admitted,
@@ -245,7 +248,6 @@ pub async fn watch_revocations(shared: Arc<Shared>) {
             _ = shared.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        shared.admission.prune(Instant::now());
         shared.brakes.prune();
         match shared.directory.generation().await {
             Ok(generation) => shared

@@ -76,6 +76,8 @@ struct Inner {
     sessions_revoked: IntCounter,
     quota_holds: IntCounterVec,
     quota_available: IntGauge,
+    quota_persistence: IntGaugeVec,
+    quota_release_retries: IntCounterVec,
     dkim_messages: IntCounterVec,
     dkim_signatures: IntCounterVec,
 }
@@ -232,7 +234,19 @@ impl Metrics {
             quota_available: gauge(
                 &registry,
                 "postern_quota_backend_up",
-                "1 when the quota backend answered its last health check, else 0",
+                "1 when the quota backend answered its last health check (on a Redis Cluster: every master, every slot served), else 0",
+            ),
+            quota_persistence: gauge_vec(
+                &registry,
+                "postern_quota_backend_persistence",
+                "1 for the quota backend's persistence as read at start (aof, rdb, none, unknown, file), 0 for the others",
+                &["mode"],
+            ),
+            quota_release_retries: counter_vec(
+                &registry,
+                "postern_quota_release_retries_total",
+                "Hold releases that failed and were retried in the background, by outcome (released, gave_up)",
+                &["result"],
             ),
             dkim_messages: counter_vec(
                 &registry,
@@ -305,7 +319,7 @@ impl Metrics {
             .inc();
     }
 
-    /// An AUTH attempt ended (`result`: `ok`, `failed`, `error`).
+    /// An AUTH attempt ended (`result`: `ok`, `failed`, `error`, `braked`).
     pub fn auth_attempt(&self, mechanism: &str, result: &str) {
         self.inner
             .auth_attempts
@@ -411,6 +425,24 @@ impl Metrics {
     /// Whether the quota backend answered its last health check.
     pub fn set_quota_available(&self, up: bool) {
         self.inner.quota_available.set(i64::from(up));
+    }
+
+    /// The quota backend's persistence: `mode` at 1, the other modes of `all` at 0.
+    pub fn set_quota_persistence(&self, mode: &str, all: &[&str]) {
+        for m in all {
+            self.inner
+                .quota_persistence
+                .with_label_values(&[m])
+                .set(i64::from(*m == mode));
+        }
+    }
+
+    /// A failed hold release was retried in the background (`released`, `gave_up`).
+    pub fn quota_release_retried(&self, result: &str) {
+        self.inner
+            .quota_release_retries
+            .with_label_values(&[result])
+            .inc();
     }
 
     /// An accepted message was signed, or relayed unsigned for the reason `result`.

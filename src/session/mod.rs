@@ -157,6 +157,18 @@ pub enum AuthOutcome {
     Rejected,
     /// The store could not answer.
     Unavailable,
+    /// The failed-login brake of the client's address or network is engaged: the session
+    /// ends with the reply a new connection would get.
+    Braked(BrakedFrom),
+}
+
+/// Whose failed logins engaged the brake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrakedFrom {
+    /// The client's address (IPv4) or /64 (IPv6).
+    Address,
+    /// Its IPv4 /24 or IPv6 /48.
+    Network,
 }
 
 /// One recipient as given at RCPT.
@@ -426,6 +438,12 @@ impl Session {
                 }
             }
             AuthOutcome::Unavailable => self.reply(Reply::auth_unavailable()),
+            AuthOutcome::Braked(BrakedFrom::Address) => {
+                self.close_with(Reply::too_many_failed_logins_from_ip())
+            }
+            AuthOutcome::Braked(BrakedFrom::Network) => {
+                self.close_with(Reply::too_many_failed_logins_from_network())
+            }
         }
     }
 

@@ -21,7 +21,8 @@
 //! fleet of relays implements the same traits in a sibling folder of the same shape.
 //! `conformance` holds the behaviour every backend must show, run against each backend by its
 //! tests (test builds and the `conformance` feature only). Quotas are a store of their own,
-//! behind [`quota::QuotaStore`].
+//! behind [`quota::QuotaStore`], and so are the brakes a fleet counts together
+//! ([`brakes::BrakeStore`]); their Redis backends share one connection ([`redis_link`]).
 //!
 //! # Model
 //! An *address* is a hosted mailbox (`alice@example.org`) with a [`Plan`]. An *alias* is another
@@ -47,11 +48,13 @@
 //! revocation watcher that cannot reach the store keeps sessions as they are and retries.
 
 pub mod accounts;
+pub mod brakes;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod dkim_keys;
 pub mod embedded;
 pub mod quota;
+pub mod redis_link;
 pub(crate) mod sqlite;
 
 pub use accounts::{

@@ -51,6 +51,7 @@ BYE = "221 2.0.0 Bye"
 TLS_GO = "220 2.0.0 Ready to start TLS"
 AUTH_OK = "235 2.7.0 Authentication successful"
 AUTH_FAILED = "535 5.7.0 authentication failed"
+AUTH_TEMPORARY = "454 4.7.0 Temporary authentication failure, try again later"
 AUTH_REQUIRED = "530 5.7.0 Authentication required"
 ENCRYPTION_REQUIRED = "538 5.7.11 Encryption required for requested authentication mechanism"
 AUTH_ON_RELAY = (

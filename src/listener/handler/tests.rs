@@ -63,7 +63,11 @@ impl Fixture {
             }))
             .await
             .unwrap(),
-            brakes: Brakes::new(&config.brakes),
+            brakes: Brakes::new(
+                &config.brakes,
+                &config.limits,
+                Arc::new(crate::store::brakes::memory::MemoryBrakes::new()),
+            ),
             spool,
             metrics,
             tls: crate::listener::tls::acceptor(&config).unwrap(),

@@ -1,14 +1,22 @@
 //! Opening the configured quota backend: [`QuotaStoreConfig`] says which backend and with
-//! which settings, [`open_quota_store`] opens it and hands back the trait object. This is the
-//! one place that names the backends, so that the trait module stays below them and callers
-//! (the server, `postern quota show`, the benchmarks) never pick one themselves.
+//! which settings, [`open_quota_store`] opens it and hands back the trait object, and
+//! [`open_counters`] also the brake store that goes with it (in process beside the embedded
+//! store, on the same Redis connection beside Redis). This is the one place that names the
+//! backends, so that the trait modules stay below them and callers (the server, `postern quota
+//! show`, the benchmarks) never pick one themselves.
 //!
 //! The `[quota]` section of the configuration file (`crate::config::QuotaConfig`) is turned
 //! into a [`QuotaStoreConfig`] by the server; this module does not read configuration files.
 
 use super::embedded::EmbeddedQuota;
 use super::redis::RedisQuota;
-use super::{QuotaError, QuotaHold, QuotaKey, QuotaSettings, QuotaStore, Usage};
+use super::{Persistence, QuotaError, QuotaHold, QuotaKey, QuotaSettings, QuotaStore, Usage};
+use crate::store::brakes::memory::MemoryBrakes;
+use crate::store::brakes::redis::RedisBrakes;
+use crate::store::brakes::{
+    BrakeError, BrakeStore, LoginBrake, LoginLimits, LoginSource, MessageRate,
+};
+use crate::store::redis_link::RedisLink;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
@@ -61,6 +69,15 @@ impl QuotaStoreConfig {
     }
 }
 
+/// The quota store and the brake store of one backend.
+#[derive(Clone)]
+pub struct Counters {
+    /// Daily recipient quotas.
+    pub quota: Arc<dyn QuotaStore>,
+    /// The brakes the fleet counts together.
+    pub brakes: Arc<dyn BrakeStore>,
+}
+
 /// Opens the configured backend. Redis backends connect now, so a wrong address or a server
 /// that is down is reported at start; afterwards they reconnect by themselves.
 ///
@@ -70,58 +87,82 @@ impl QuotaStoreConfig {
 pub async fn open_quota_store(
     config: &QuotaStoreConfig,
 ) -> Result<Arc<dyn QuotaStore>, QuotaError> {
-    match &config.backend {
+    Ok(open_counters(config).await?.quota)
+}
+
+/// Opens the configured backend's quota store and its brake store.
+///
+/// # Errors
+/// As [`open_quota_store`].
+pub async fn open_counters(config: &QuotaStoreConfig) -> Result<Counters, QuotaError> {
+    let link = match &config.backend {
         QuotaBackend::Embedded { path } => {
             let (path, settings) = (path.clone(), config.settings);
             let store = tokio::task::spawn_blocking(move || EmbeddedQuota::open(&path, settings))
                 .await
                 .map_err(|e| QuotaError::Unavailable(format!("quota open task failed: {e}")))??;
-            Ok(Arc::new(store))
+            return Ok(Counters {
+                quota: Arc::new(store),
+                brakes: Arc::new(MemoryBrakes::new()),
+            });
         }
-        QuotaBackend::Redis { url } => Ok(Arc::new(
-            RedisQuota::open_single(url, config.settings, config.redis_timeout).await?,
-        )),
-        QuotaBackend::RedisCluster { nodes } => Ok(Arc::new(
-            RedisQuota::open_cluster(nodes, config.settings, config.redis_timeout).await?,
-        )),
-    }
+        QuotaBackend::Redis { url } => RedisLink::open_single(url, config.redis_timeout).await?,
+        QuotaBackend::RedisCluster { nodes } => {
+            RedisLink::open_cluster(nodes, config.redis_timeout).await?
+        }
+    };
+    let quota = RedisQuota::connected(link.clone(), config.settings).await?;
+    Ok(Counters {
+        quota: Arc::new(quota),
+        brakes: Arc::new(RedisBrakes::new(link)),
+    })
 }
 
-/// Opens the configured backend like [`open_quota_store`], except that a Redis backend that
+/// Opens the configured backend like [`open_counters`], except that a Redis backend that
 /// cannot be reached yet is not an error: `postern serve` must start (unready) when Redis is
-/// down, not exit and wait for a supervisor to try again. The store then answers every call
-/// with [`QuotaError::Unavailable`] (RCPT gets 451, `/readyz` 503) while a background task
-/// tries to connect every [`RECONNECT_INTERVAL`]; once it has, calls go to the connected store,
-/// which reconnects by itself from then on.
+/// down, not exit and wait for a supervisor to try again. Both stores then answer every call
+/// with an unavailable error (RCPT gets 451, AUTH 454, `/readyz` 503) while a background task
+/// tries to connect every [`RECONNECT_INTERVAL`]; once it has, calls go to the connected
+/// stores, which reconnect by themselves from then on.
 ///
 /// # Errors
 /// [`QuotaError::Invalid`] for a URL that does not parse; [`QuotaError::Unavailable`] for an
 /// embedded file that cannot be opened (a local fault no wait cures).
-pub async fn open_quota_store_or_connect_later(
+pub async fn open_counters_or_connect_later(
     config: &QuotaStoreConfig,
-) -> Result<Arc<dyn QuotaStore>, QuotaError> {
-    match (&config.backend, open_quota_store(config).await) {
+) -> Result<Counters, QuotaError> {
+    match (&config.backend, open_counters(config).await) {
         (QuotaBackend::Embedded { .. }, opened) | (_, opened @ Ok(_)) => opened,
         (_, Err(invalid @ QuotaError::Invalid(_))) => Err(invalid),
         (_, Err(QuotaError::Unavailable(why))) => {
             tracing::warn!(error = %why, "quota backend not reachable at start: not ready until it is");
-            Ok(ConnectingQuota::start(config.clone(), why))
+            let connecting = Connecting::start(config.clone(), why);
+            Ok(Counters {
+                quota: Arc::new(ConnectingQuota(connecting.clone())),
+                brakes: Arc::new(ConnectingBrakes(connecting)),
+            })
         }
     }
 }
 
-/// A Redis quota store that was not reachable at start: unavailable until the background
-/// task of [`ConnectingQuota::start`] has connected.
-struct ConnectingQuota {
-    connected: OnceLock<Arc<dyn QuotaStore>>,
+/// A Redis backend that was not reachable at start: unavailable until the background task of
+/// [`Connecting::start`] has connected.
+struct Connecting {
+    connected: OnceLock<Counters>,
     settings: QuotaSettings,
     /// Why the latest connection attempt failed, for the callers' warnings.
     last_error: Mutex<String>,
 }
 
-impl ConnectingQuota {
-    /// The store, and the task that connects it. The task holds only a weak reference: it
-    /// ends when the store is dropped, or once connected.
+/// The quota side of [`Connecting`].
+struct ConnectingQuota(Arc<Connecting>);
+
+/// The brake side of [`Connecting`].
+struct ConnectingBrakes(Arc<Connecting>);
+
+impl Connecting {
+    /// The shared state, and the task that connects it. The task holds only a weak
+    /// reference: it ends when both stores are dropped, or once connected.
     fn start(config: QuotaStoreConfig, first_error: String) -> Arc<Self> {
         let store = Arc::new(Self {
             connected: OnceLock::new(),
@@ -132,7 +173,7 @@ impl ConnectingQuota {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(RECONNECT_INTERVAL).await;
-                let attempt = open_quota_store(&config).await;
+                let attempt = open_counters(&config).await;
                 let Some(store) = weak.upgrade() else {
                     return;
                 };
@@ -151,12 +192,67 @@ impl ConnectingQuota {
         store
     }
 
-    /// The connected store, or why there is none yet.
-    fn store(&self) -> Result<&Arc<dyn QuotaStore>, QuotaError> {
+    /// The connected stores, or why there are none yet.
+    fn counters(&self) -> Result<&Counters, String> {
         self.connected.get().ok_or_else(|| {
             let why = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
-            QuotaError::Unavailable(format!("not connected yet: {why}"))
+            format!("not connected yet: {why}")
         })
+    }
+}
+
+impl ConnectingQuota {
+    fn store(&self) -> Result<&Arc<dyn QuotaStore>, QuotaError> {
+        self.0
+            .counters()
+            .map(|c| &c.quota)
+            .map_err(QuotaError::Unavailable)
+    }
+}
+
+impl ConnectingBrakes {
+    fn store(&self) -> Result<&Arc<dyn BrakeStore>, BrakeError> {
+        self.0
+            .counters()
+            .map(|c| &c.brakes)
+            .map_err(BrakeError::Unavailable)
+    }
+}
+
+#[async_trait::async_trait]
+impl BrakeStore for ConnectingBrakes {
+    async fn take_message(
+        &self,
+        identity: &str,
+        rate: MessageRate,
+        now_ms: u64,
+    ) -> Result<bool, BrakeError> {
+        self.store()?.take_message(identity, rate, now_ms).await
+    }
+
+    async fn login_state(
+        &self,
+        source: &LoginSource,
+        limits: LoginLimits,
+        now_ms: u64,
+    ) -> Result<LoginBrake, BrakeError> {
+        self.store()?.login_state(source, limits, now_ms).await
+    }
+
+    async fn begin_login(
+        &self,
+        source: &LoginSource,
+        attempt: &str,
+        limits: LoginLimits,
+        now_ms: u64,
+    ) -> Result<LoginBrake, BrakeError> {
+        self.store()?
+            .begin_login(source, attempt, limits, now_ms)
+            .await
+    }
+
+    async fn forget_login(&self, source: &LoginSource, attempt: &str) -> Result<(), BrakeError> {
+        self.store()?.forget_login(source, attempt).await
     }
 }
 
@@ -192,8 +288,15 @@ impl QuotaStore for ConnectingQuota {
         self.store()?.ping().await
     }
 
+    async fn persistence(&self) -> Persistence {
+        match self.store() {
+            Ok(store) => store.persistence().await,
+            Err(_) => Persistence::Unknown,
+        }
+    }
+
     fn settings(&self) -> QuotaSettings {
-        self.settings
+        self.0.settings
     }
 }
 
@@ -217,7 +320,10 @@ mod tests {
             open_quota_store(&config).await,
             Err(QuotaError::Unavailable(_))
         ));
-        let store = open_quota_store_or_connect_later(&config).await.unwrap();
+        let Counters {
+            quota: store,
+            brakes,
+        } = open_counters_or_connect_later(&config).await.unwrap();
         let key: QuotaKey = "addr:a@example.org".parse().unwrap();
         match store.hold(&key, "t1", 10, 1).await {
             Err(QuotaError::Unavailable(why)) => {
@@ -230,11 +336,19 @@ mod tests {
             Err(QuotaError::Unavailable(_))
         ));
         assert_eq!(store.settings(), QuotaSettings::default());
+        assert_eq!(store.persistence().await, Persistence::Unknown);
+        let rate = MessageRate {
+            per_minute: std::num::NonZeroU32::new(5).unwrap(),
+        };
+        assert!(matches!(
+            brakes.take_message("addr:a@example.org", rate, 1).await,
+            Err(BrakeError::Unavailable(_))
+        ));
         let bad = QuotaStoreConfig::new(QuotaBackend::Redis {
             url: "not a url".into(),
         });
         assert!(matches!(
-            open_quota_store_or_connect_later(&bad).await,
+            open_counters_or_connect_later(&bad).await,
             Err(QuotaError::Invalid(_))
         ));
     }

@@ -37,7 +37,7 @@
 //! One connection behind a `std::sync::Mutex`, never held across an `.await`; the async methods
 //! run on tokio's blocking pool (`spawn_blocking`).
 
-use super::{QuotaError, QuotaHold, QuotaKey, QuotaSettings, QuotaStore, Usage};
+use super::{Persistence, QuotaError, QuotaHold, QuotaKey, QuotaSettings, QuotaStore, Usage};
 use crate::policy::quota::{has_room, retry_at};
 use crate::store::sqlite;
 use rusqlite::{Connection, OptionalExtension, Params, Transaction, TransactionBehavior, params};
@@ -492,6 +492,10 @@ impl QuotaStore for EmbeddedQuota {
 
     async fn ping(&self) -> Result<(), QuotaError> {
         self.blocking(|s| s.ping_blocking()).await
+    }
+
+    async fn persistence(&self) -> Persistence {
+        Persistence::LocalFile
     }
 
     fn settings(&self) -> QuotaSettings {

@@ -56,6 +56,7 @@ use std::fmt;
 use std::str::FromStr;
 
 pub use crate::policy::quota::{WindowError, retry_after_text};
+pub use crate::store::redis_link::Persistence;
 
 /// Default hold expiry: 15 minutes after the last `hold` call of a hold id.
 pub const DEFAULT_HOLD_TTL_MS: u64 = 15 * 60 * 1000;
@@ -248,8 +249,55 @@ pub trait QuotaStore: Send + Sync {
     /// [`QuotaError::Unavailable`].
     async fn ping(&self) -> Result<(), QuotaError>;
 
+    /// Whether the backend keeps counts and holds across its own restart (read once at start
+    /// for `postern_quota_backend_persistence` and the warning when it does not).
+    async fn persistence(&self) -> Persistence;
+
     /// The settings the store was opened with.
     fn settings(&self) -> QuotaSettings;
+}
+
+/// The waits between the attempts of [`release_retrying`] after a failed release: about half
+/// a minute in all, far below the default `hold_ttl` of 15 minutes, and enough for a Redis
+/// restart or a Cluster failover.
+pub const RELEASE_RETRY_DELAYS: [std::time::Duration; 6] = [
+    std::time::Duration::from_millis(500),
+    std::time::Duration::from_secs(1),
+    std::time::Duration::from_secs(2),
+    std::time::Duration::from_secs(4),
+    std::time::Duration::from_secs(8),
+    std::time::Duration::from_secs(16),
+];
+
+/// Releases `hold_id`'s holds, trying again after each of `delays` while the backend is
+/// unavailable (RSET, QUIT or a dropped connection while Redis blipped: without a retry the
+/// holds would block capacity until `hold_ttl`). Run it in a task of its own; the caller does
+/// not wait for it.
+///
+/// # Errors
+/// The last [`QuotaError`] once every attempt failed (the holds then expire by themselves),
+/// or at once for [`QuotaError::Invalid`].
+pub async fn release_retrying(
+    store: &dyn QuotaStore,
+    key: &QuotaKey,
+    hold_id: &str,
+    delays: &[std::time::Duration],
+) -> Result<u32, QuotaError> {
+    let mut last = match store.release(key, hold_id).await {
+        Ok(n) => return Ok(n),
+        Err(e) => e,
+    };
+    for delay in delays {
+        if matches!(last, QuotaError::Invalid(_)) {
+            break;
+        }
+        tokio::time::sleep(*delay).await;
+        match store.release(key, hold_id).await {
+            Ok(n) => return Ok(n),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 #[cfg(test)]

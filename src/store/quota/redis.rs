@@ -32,16 +32,14 @@
 //! # Failures
 //! Each call has a deadline (the configured timeout, 500 ms by default): connection refused, a
 //! server that does not answer, or any error reply is [`QuotaError::Unavailable`], quickly.
-//! The single-server [`ConnectionManager`] reconnects in the background when a command finds
-//! the connection broken, and the cluster connection refreshes its slots and connections by
-//! itself; calls succeed again once Redis is back, with no action from the caller.
+//! The connection ([`RedisLink`], shared with the brake store) reconnects by itself; calls
+//! succeed again once Redis is back, with no action from the caller. `ping` is the link's
+//! health check: on a Cluster, every master answering with all slots served.
 
 use super::{QuotaError, QuotaHold, QuotaKey, QuotaSettings, QuotaStore, Usage};
 use crate::policy::quota::QuotaWindow;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClient;
-use redis::cluster_async::ClusterConnection;
-use redis::{RedisError, Script};
+use crate::store::redis_link::{Persistence, RedisLink, RedisLinkError};
+use redis::Script;
 use std::time::Duration;
 
 /// The quota script. `KEYS`: the state hash, the bucket list, the hold-expiry set.
@@ -213,45 +211,21 @@ end
 return redis.error_reply('postern quota: unknown op ' .. tostring(op))
 "#;
 
-/// The connection: one server through the auto-reconnecting manager, or a cluster.
-#[derive(Clone)]
-enum Conn {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
 /// The Redis-backed quota store. Cheap to clone: clones share the connection.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct RedisQuota {
-    conn: Conn,
+    link: RedisLink,
     script: Script,
     settings: QuotaSettings,
-    timeout: Duration,
 }
 
-impl std::fmt::Debug for RedisQuota {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = match self.conn {
-            Conn::Single(_) => "single",
-            Conn::Cluster(_) => "cluster",
-        };
-        f.debug_struct("RedisQuota")
-            .field("kind", &kind)
-            .field("settings", &self.settings)
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
+impl From<RedisLinkError> for QuotaError {
+    fn from(e: RedisLinkError) -> Self {
+        match e {
+            RedisLinkError::Unavailable(_) => QuotaError::Unavailable(e.to_string()),
+            RedisLinkError::Invalid(_) => QuotaError::Invalid(e.to_string()),
+        }
     }
-}
-
-fn unavailable(e: RedisError) -> QuotaError {
-    QuotaError::Unavailable(format!("redis: {e}"))
-}
-
-fn timed_out(timeout: Duration) -> QuotaError {
-    QuotaError::Unavailable(format!(
-        "redis: no answer within {} ms",
-        timeout.as_millis()
-    ))
 }
 
 /// A count from a script reply as the API's `u32` (negative would be a broken script).
@@ -283,22 +257,7 @@ impl RedisQuota {
         settings: QuotaSettings,
         timeout: Duration,
     ) -> Result<Self, QuotaError> {
-        let client =
-            redis::Client::open(url).map_err(|e| QuotaError::Invalid(format!("redis url: {e}")))?;
-        // Reconnection happens in the background; few retries, short delays: a call never
-        // waits for them longer than `timeout` anyway.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let manager =
-            tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, config))
-                .await
-                .map_err(|_| timed_out(timeout))?
-                .map_err(unavailable)?;
-        Self::connected(Conn::Single(manager), settings, timeout).await
+        Self::connected(RedisLink::open_single(url, timeout).await?, settings).await
     }
 
     /// Connects to a Redis Cluster through some of its nodes.
@@ -311,38 +270,26 @@ impl RedisQuota {
         settings: QuotaSettings,
         timeout: Duration,
     ) -> Result<Self, QuotaError> {
-        if nodes.is_empty() {
-            return Err(QuotaError::Invalid("no redis cluster nodes".to_string()));
-        }
-        let client = ClusterClient::builder(nodes.iter().map(String::as_str))
-            .connection_timeout(timeout)
-            .response_timeout(timeout)
-            .retries(2)
-            .min_retry_wait(10)
-            .max_retry_wait(100)
-            .build()
-            .map_err(|e| QuotaError::Invalid(format!("redis cluster nodes: {e}")))?;
-        let conn = tokio::time::timeout(timeout, client.get_async_connection())
-            .await
-            .map_err(|_| timed_out(timeout))?
-            .map_err(unavailable)?;
-        Self::connected(Conn::Cluster(conn), settings, timeout).await
+        Self::connected(RedisLink::open_cluster(nodes, timeout).await?, settings).await
     }
 
-    /// The store on an established connection, once it answers a ping.
-    async fn connected(
-        conn: Conn,
-        settings: QuotaSettings,
-        timeout: Duration,
-    ) -> Result<Self, QuotaError> {
+    /// The store on an established link, once the backend is healthy.
+    ///
+    /// # Errors
+    /// [`QuotaError::Unavailable`] when [`RedisLink::health`] fails.
+    pub async fn connected(link: RedisLink, settings: QuotaSettings) -> Result<Self, QuotaError> {
         let store = Self {
-            conn,
+            link,
             script: Script::new(SCRIPT),
             settings,
-            timeout,
         };
         store.ping().await?;
         Ok(store)
+    }
+
+    /// The link, for the brake store that shares it.
+    pub fn link(&self) -> &RedisLink {
+        &self.link
     }
 
     /// Runs the script for `key` within the deadline.
@@ -363,16 +310,7 @@ impl RedisQuota {
             .arg(c.limit)
             .arg(c.hold_id)
             .arg(c.n);
-        let run = async {
-            match self.conn.clone() {
-                Conn::Single(mut m) => invocation.invoke_async::<Vec<i64>>(&mut m).await,
-                Conn::Cluster(mut cl) => invocation.invoke_async::<Vec<i64>>(&mut cl).await,
-            }
-        };
-        tokio::time::timeout(self.timeout, run)
-            .await
-            .map_err(|_| timed_out(self.timeout))?
-            .map_err(unavailable)
+        Ok(self.link.invoke(&invocation).await?)
     }
 }
 
@@ -488,18 +426,11 @@ impl QuotaStore for RedisQuota {
     }
 
     async fn ping(&self) -> Result<(), QuotaError> {
-        let run = async {
-            let cmd = redis::cmd("PING");
-            match self.conn.clone() {
-                Conn::Single(mut m) => cmd.query_async::<String>(&mut m).await,
-                Conn::Cluster(mut cl) => cmd.query_async::<String>(&mut cl).await,
-            }
-        };
-        tokio::time::timeout(self.timeout, run)
-            .await
-            .map_err(|_| timed_out(self.timeout))?
-            .map_err(unavailable)
-            .map(drop)
+        Ok(self.link.health().await?)
+    }
+
+    async fn persistence(&self) -> Persistence {
+        self.link.persistence().await
     }
 
     fn settings(&self) -> QuotaSettings {
