@@ -49,6 +49,7 @@
 pub mod accounts;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+mod devices;
 mod dkim_keys;
 pub mod embedded;
 pub mod quota;
@@ -434,6 +435,25 @@ fn device_not_found(address: &str, name: &str) -> StoreError {
     StoreError::NotFound {
         what: format!("device {} of address {}", quoted(name), quoted(address)),
     }
+}
+
+/// `AlreadyExists` if `name` is taken as an address or an alias (addresses and aliases share
+/// one namespace), from what the backend found.
+fn name_free(name: &str, is_address: bool, is_alias: bool) -> Result<(), StoreError> {
+    let kind = match (is_address, is_alias) {
+        (true, _) => "an address",
+        (false, true) => "an alias",
+        (false, false) => return Ok(()),
+    };
+    Err(StoreError::AlreadyExists {
+        what: format!("{kind} {}", quoted(name)),
+    })
+}
+
+/// A plan read back from a store; one this Postern does not know is a backend failure.
+fn stored_plan(address: &str, plan: &str) -> Result<Plan, StoreError> {
+    plan.parse::<Plan>()
+        .map_err(|e| StoreError::Backend(format!("address {}: {e}", quoted(address))))
 }
 
 /// The signer's question, asked once per signed message.
