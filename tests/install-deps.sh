@@ -19,6 +19,9 @@
 #   redis-tools    redis-cli: readiness pings and `redis-cli --cluster create`
 #   php-cli        php, whose mail() goes through `postern sendmail` (sendmail_path) in the
 #                  hosting tests
+#   postgresql     initdb and pg_ctl (/usr/lib/postgresql/15/bin), with which the directory
+#                  tests start their own PostgreSQL on a free port (never the machine's 5432,
+#                  no system service used; as the postgres user when run as root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
@@ -35,6 +38,7 @@ need cc gcc
 need redis-server redis-server
 need redis-cli redis-tools
 need php php-cli
+[ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)
 [ -s /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
 
 if ((${#missing[@]})); then

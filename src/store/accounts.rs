@@ -185,7 +185,10 @@ pub(super) fn checked_hosting_account(
     domains: &[String],
 ) -> Result<(BTreeSet<IpNet>, BTreeSet<String>), StoreError> {
     check_hosting_name(name)?;
-    for (list, what) in [(networks.is_empty(), "network"), (domains.is_empty(), "domain")] {
+    for (list, what) in [
+        (networks.is_empty(), "network"),
+        (domains.is_empty(), "domain"),
+    ] {
         if list {
             return Err(StoreError::Invalid(format!(
                 "hosting account {}: at least one {what} is needed",

@@ -52,6 +52,7 @@ pub mod conformance;
 mod devices;
 mod dkim_keys;
 pub mod embedded;
+pub mod postgres;
 pub mod quota;
 pub(crate) mod sqlite;
 
@@ -97,6 +98,10 @@ pub enum StoreError {
     /// The backend failed (I/O, a locked or corrupt database, a schema from a newer Postern).
     #[error("store: {0}")]
     Backend(String),
+    /// A shared database whose schema is older or newer than this Postern's: the message names
+    /// both versions and `postern migrate`. The CLI exits 2 on it, as on a bad config.
+    #[error("{0}")]
+    Schema(String),
 }
 
 /// The identity an AUTH established: who logged in, with which device, and which envelope

@@ -83,5 +83,9 @@ pub(super) fn ensure_address(conn: &Connection, address: &str) -> Result<(), Sto
 
 /// `AlreadyExists` if `name` is taken as an address or an alias.
 pub(super) fn ensure_name_free(conn: &Connection, name: &str) -> Result<(), StoreError> {
-    name_free(name, is_address(conn, name)?, aliases::is_alias(conn, name)?)
+    name_free(
+        name,
+        is_address(conn, name)?,
+        aliases::is_alias(conn, name)?,
+    )
 }
