@@ -70,6 +70,7 @@ struct Inner {
     sessions_revoked: IntCounter,
     quota_holds: IntCounterVec,
     quota_available: IntGauge,
+    directory_available: IntGauge,
     dkim_messages: IntCounterVec,
     dkim_signatures: IntCounterVec,
 }
@@ -216,6 +217,12 @@ impl Metrics {
                 &registry,
                 "postern_quota_backend_up",
                 "1 when the quota backend answered its last health check, else 0",
+            ),
+            directory_available: gauge(
+                &registry,
+                "postern_directory_available",
+                "1 when the directory (addresses, devices, hosting accounts) answered its last \
+                 health check at this postern's schema version, else 0",
             ),
             dkim_messages: counter_vec(
                 &registry,
@@ -383,6 +390,11 @@ impl Metrics {
     /// Whether the quota backend answered its last health check.
     pub fn set_quota_available(&self, up: bool) {
         self.inner.quota_available.set(i64::from(up));
+    }
+
+    /// Whether the directory answered its last health check.
+    pub fn set_directory_available(&self, up: bool) {
+        self.inner.directory_available.set(i64::from(up));
     }
 
     /// An accepted message was signed, or relayed unsigned for the reason `result`.

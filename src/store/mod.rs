@@ -47,6 +47,7 @@
 //! revocation watcher that cannot reach the store keeps sessions as they are and retries.
 
 pub mod accounts;
+pub mod configured;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod devices;

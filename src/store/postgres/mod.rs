@@ -62,6 +62,7 @@ use super::{
     DirectoryAdmin, DkimAdmin, DkimKeyInfo, DkimKeyStore, HostingAccount, HostingAccountInfo,
     IdentityLimits, LimitOverride, NewDkimKey, QuotaIdentity, StoreError,
 };
+use crate::config::server_name;
 use crate::policy::{DevicePassword, EmailAddress, Plan};
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use ipnet::IpNet;
@@ -86,8 +87,8 @@ pub const DEFAULT_POOL_SIZE: usize = 16;
 /// How to reach the database, from `[store]`.
 #[derive(Clone)]
 pub struct PostgresSettings {
-    /// `postgres://USER@HOST:PORT/DB` (or the key=value form); a password in it is used.
-    pub url: String,
+    /// `postgres://USER@HOST:PORT/DB` as parsed from `[store] url`; a password in it is used.
+    pub pg: tokio_postgres::Config,
     /// The password when the URL has none (`[store] password_file`, else `PGPASSWORD`).
     pub password: Option<String>,
     /// The DKIM private-key sealing keys.
@@ -186,47 +187,13 @@ fn to_time(secs: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
 }
 
-/// `user@host:port/db` of a connection config, for messages.
-fn server_name(pg: &tokio_postgres::Config) -> String {
-    let host = match pg.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
-        None => "localhost".to_string(),
-    };
-    let port = pg.get_ports().first().copied().unwrap_or(5432);
-    format!(
-        "{}@{host}:{port}/{}",
-        pg.get_user().unwrap_or("?"),
-        pg.get_dbname().unwrap_or("?")
-    )
-}
-
-/// Parses a connection URL without repeating it in the error: it may hold a password.
-///
-/// # Errors
-/// A message saying what is wrong, never the URL.
-pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, String> {
-    let pg: tokio_postgres::Config = url.parse().map_err(|_| {
-        "not a PostgreSQL connection URL such as postgres://postern@db.example:5432/postern \
-         (the value is not repeated here: it may hold a password)"
-            .to_string()
-    })?;
-    if pg.get_dbname().is_none() {
-        return Err("the URL names no database (postgres://USER@HOST:PORT/DB)".to_string());
-    }
-    if pg.get_user().is_none() {
-        return Err("the URL names no user (postgres://USER@HOST:PORT/DB)".to_string());
-    }
-    Ok(pg)
-}
-
 impl PostgresStore {
     /// Sets up the pool; connects lazily, so a replica can start while PostgreSQL is down.
     ///
     /// # Errors
-    /// [`StoreError::Backend`] for a URL that does not parse or a pool that cannot be built.
+    /// [`StoreError::Backend`] for a pool that cannot be built.
     pub fn open(settings: &PostgresSettings) -> Result<Self, StoreError> {
-        let mut pg = parse_url(&settings.url).map_err(StoreError::Backend)?;
+        let mut pg = settings.pg.clone();
         if pg.get_password().is_none()
             && let Some(password) = &settings.password
         {
@@ -277,6 +244,11 @@ impl PostgresStore {
     /// `user@host:port/db`.
     pub fn server(&self) -> &str {
         &self.inner.server
+    }
+
+    /// The id of the secret key new DKIM seals use.
+    pub fn secret_key_id(&self) -> &str {
+        self.inner.secret_keys.current_id()
     }
 
     /// Runs an async operation for a synchronous admin method.
