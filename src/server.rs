@@ -15,11 +15,12 @@ use crate::metrics::{Metrics, http::Readiness};
 use crate::policy::quota::QuotaWindow;
 use crate::session::Role;
 use crate::spool::Spool;
-use crate::store::embedded::EmbeddedStore;
+use crate::store::configured::ConfiguredStore;
 use crate::store::quota::builder::{
     Counters, QuotaBackend, QuotaStoreConfig, open_counters_or_connect_later, open_quota_store,
 };
 use crate::store::quota::{Persistence, QuotaSettings, QuotaStore};
+use crate::store::{Directory, StoreError};
 use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +38,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
     let config = Arc::new(config);
     let metrics = Metrics::new();
-    let store = EmbeddedStore::open(&config.store.path)?;
+    let store = ConfiguredStore::open(&config)?;
+    let directory_ok = check_directory_at_start(&store).await?;
     let spool = Spool::open(&config.spool, metrics.clone())
         .with_context(|| format!("spool.path {}", config.spool.path.display()))?;
     let tls = listener::tls::acceptor(&config).context("tls")?;
@@ -67,10 +69,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let readiness = Readiness::default();
+    let directory_changed = Arc::new(tokio::sync::Notify::new());
     let shared = Arc::new(Shared {
         config: config.clone(),
-        directory: Arc::new(store.clone()),
-        signer: Arc::new(crate::dkim::Signer::new(Arc::new(store), metrics.clone())),
+        directory: store.directory(),
+        signer: Arc::new(crate::dkim::Signer::new(store.dkim_keys(), metrics.clone())),
         quota: quota.clone(),
         brakes: crate::listener::brakes::Brakes::new(&config.brakes, &config.limits, brake_store),
         spool: spool.clone(),
@@ -80,6 +83,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         registry: Arc::new(SessionRegistry::default()),
         shutdown: shutdown.clone(),
         directory_generation: Default::default(),
+        directory_changed: directory_changed.clone(),
     });
 
     let sessions = TaskTracker::new();
@@ -98,30 +102,45 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         });
     }
     services.spawn(listener::watch_revocations(shared.clone()));
+    if let ConfiguredStore::Postgres(pg) = &store {
+        services.spawn(crate::store::postgres::changes::listen(
+            pg.clone(),
+            directory_changed,
+            shutdown.clone(),
+        ));
+    }
     services.spawn(crate::delivery::run(
         Arc::new(spool.clone()),
         config.clone(),
         metrics.clone(),
         shutdown.clone(),
     ));
-    services.spawn(watch_readiness(
-        spool.clone(),
+    let backends = Backends {
+        spool: spool.clone(),
         quota,
+        directory: shared.directory.clone(),
+    };
+    let quota_ok = shared.quota.ping().await.is_ok();
+    metrics.set_quota_available(quota_ok);
+    metrics.set_directory_available(directory_ok);
+    readiness.set(spool.is_healthy() && quota_ok && directory_ok);
+    match (quota_ok, directory_ok) {
+        (true, true) => tracing::info!(spooled = spool.len(), "postern ready"),
+        (false, _) => tracing::warn!(
+            spooled = spool.len(),
+            "postern started, not ready: quota backend unavailable"
+        ),
+        (true, false) => tracing::warn!(
+            spooled = spool.len(),
+            "postern started, not ready: directory unavailable"
+        ),
+    }
+    services.spawn(watch_readiness(
+        backends,
         readiness.clone(),
         metrics.clone(),
         shutdown.clone(),
     ));
-    let quota_ok = shared.quota.ping().await.is_ok();
-    metrics.set_quota_available(quota_ok);
-    readiness.set(spool.is_healthy() && quota_ok);
-    if quota_ok {
-        tracing::info!(spooled = spool.len(), "postern ready");
-    } else {
-        tracing::warn!(
-            spooled = spool.len(),
-            "postern started, not ready: quota backend unavailable"
-        );
-    }
 
     wait_for_signal().await;
     tracing::info!("shutting down: no new connections, idle sessions get 421");
@@ -183,11 +202,39 @@ fn quota_store_config(config: &Config) -> anyhow::Result<QuotaStoreConfig> {
     Ok(settings)
 }
 
-/// `/readyz` follows the spool and the quota backend: a replica that cannot keep or count
-/// mail takes no traffic, and takes it again by itself once both answer.
-async fn watch_readiness(
+/// A shared directory (PostgreSQL) down at start is an outage like one later: `serve` starts
+/// unready and the readiness watcher finds it when it answers. A database at another schema
+/// version is refused at once (the CLI exits 2): it will not fix itself.
+///
+/// # Errors
+/// [`StoreError::Schema`].
+async fn check_directory_at_start(store: &ConfiguredStore) -> Result<bool, StoreError> {
+    let ConfiguredStore::Postgres(pg) = store else {
+        return Ok(true);
+    };
+    match pg.check().await {
+        Ok(()) => Ok(true),
+        Err(e @ StoreError::Schema(_)) => Err(e),
+        Err(e) => {
+            tracing::warn!(server = pg.server(), error = %e, "directory unavailable at start");
+            Ok(false)
+        }
+    }
+}
+
+/// What readiness depends on.
+struct Backends {
     spool: Spool,
     quota: Arc<dyn QuotaStore>,
+    directory: Arc<dyn Directory>,
+}
+
+/// `/readyz` follows the spool, the quota backend and the directory: a replica that cannot
+/// keep or count mail, or check logins and hosting accounts, takes no traffic, and takes it
+/// again by itself once all answer. The directory's health check is its generation, the
+/// cheapest question it answers (and, for PostgreSQL, one that also checks the schema).
+async fn watch_readiness(
+    backends: Backends,
     readiness: Readiness,
     metrics: Metrics,
     shutdown: CancellationToken,
@@ -199,7 +246,7 @@ async fn watch_readiness(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let quota_ok = match quota.ping().await {
+        let quota_ok = match backends.quota.ping().await {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(error = %e, "quota backend not answering: not ready");
@@ -208,10 +255,18 @@ async fn watch_readiness(
         };
         if quota_ok && !persistence_known {
             persistence_known = true;
-            report_persistence(quota.as_ref(), &metrics).await;
+            report_persistence(backends.quota.as_ref(), &metrics).await;
         }
+        let directory_ok = match backends.directory.generation().await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "directory not answering: not ready");
+                false
+            }
+        };
         metrics.set_quota_available(quota_ok);
-        readiness.set(spool.is_healthy() && quota_ok);
+        metrics.set_directory_available(directory_ok);
+        readiness.set(backends.spool.is_healthy() && quota_ok && directory_ok);
     }
 }
 

@@ -1,6 +1,9 @@
 //! Helpers shared by the tests: the one temporary-directory type of the crate's unit tests
 //! (store, spool, listener, CLI, DKIM signer, delivery log) and of the integration tests that turn on the
-//! `conformance` feature. Not part of a release build.
+//! `conformance` feature, and a throwaway PostgreSQL server ([`postgres`]). Not part of a
+//! release build.
+
+pub mod postgres;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};

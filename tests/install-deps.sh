@@ -21,6 +21,9 @@
 #                  hosting tests
 #   haproxy        the load balancer in front of Postern in the PROXY protocol tests
 #                  (send-proxy, send-proxy-v2; started on free ports, no system service used)
+#   postgresql     initdb and pg_ctl (/usr/lib/postgresql/15/bin), with which the directory
+#                  tests start their own PostgreSQL on a free port (never the machine's 5432,
+#                  no system service used; as the postgres user when run as root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
@@ -38,6 +41,7 @@ need redis-server redis-server
 need redis-cli redis-tools
 need php php-cli
 need haproxy haproxy
+[ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)
 [ -s /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
 
 if ((${#missing[@]})); then

@@ -7,7 +7,6 @@
 use super::{format_time, open_store, write_list};
 use crate::config::Config;
 use crate::policy::{Plan, parse_address};
-use crate::store::DirectoryAdmin;
 use clap::builder::PossibleValue;
 use std::io::Write;
 

@@ -7,7 +7,6 @@
 use super::{open_store, write_list};
 use crate::config::Config;
 use crate::policy::parse_address;
-use crate::store::DirectoryAdmin;
 use std::io::Write;
 
 /// `postern alias ...`

@@ -9,7 +9,7 @@
 use super::{format_time, open_store, write_list};
 use crate::config::Config;
 use crate::policy::{DevicePassword, EmailAddress, parse_address};
-use crate::store::{DirectoryAdmin, check_device_name};
+use crate::store::check_device_name;
 use std::io::Write;
 
 /// `postern device ...`

@@ -1,4 +1,4 @@
-//! `postern dkim generate|import|show|list|activate|remove|verify`: the signing keys.
+//! `postern dkim generate|import|show|list|activate|remove|reencrypt|verify`: the signing keys.
 //!
 //! A new key is *inactive* unless `--activate` is given: the safe rotation is "generate,
 //! publish the printed record, wait for the DNS TTL, activate", and a key that signs before its
@@ -19,7 +19,8 @@ use super::{format_time, open_store, write_json, write_table};
 use crate::config::Config;
 use crate::dkim::keys::{parse_selector, record_name, txt_value, zone_line};
 use crate::dkim::{Algorithm, KeyMaterial};
-use crate::store::{DkimAdmin, DkimKeyInfo, NewDkimKey, accounts::parse_hosting_domain};
+use crate::store::configured::ConfiguredStore;
+use crate::store::{DkimKeyInfo, NewDkimKey, accounts::parse_hosting_domain};
 use anyhow::Context as _;
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -91,11 +92,32 @@ pub(super) enum DkimCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Seal every stored private key again under `[store] secret_key_file` (PostgreSQL
+    /// directory only): the step of a secret key rotation after which the previous key files
+    /// can be removed from `previous_secret_key_files`.
+    Reencrypt,
     /// Verify the DKIM signatures of a message (a file, or standard input) against DNS.
     Verify {
         /// The message file; standard input when absent.
         file: Option<PathBuf>,
     },
+}
+
+/// `dkim reencrypt`.
+fn reencrypt(config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
+    let ConfiguredStore::Postgres(store) = ConfiguredStore::open_checked(config)? else {
+        anyhow::bail!(
+            "dkim reencrypt: the embedded store does not seal its keys (its file is readable by \
+             the service user only); nothing to do"
+        );
+    };
+    let count = store.reencrypt_dkim_keys()?;
+    writeln!(
+        out,
+        "{count} DKIM private keys sealed again under secret key {}",
+        store.secret_key_id()
+    )?;
+    Ok(())
 }
 
 /// One element of `dkim list --json`.
@@ -170,6 +192,7 @@ pub(super) fn run(cmd: DkimCommand, config: &Config, out: &mut dyn Write) -> any
             )?;
             Ok(())
         }
+        DkimCommand::Reencrypt => reencrypt(config, out),
         DkimCommand::Verify { file } => {
             let message = match &file {
                 Some(path) => std::fs::read(path)

@@ -11,7 +11,6 @@
 
 use super::{format_time, open_store, write_list};
 use crate::config::Config;
-use crate::store::DirectoryAdmin;
 use crate::store::accounts::{check_hosting_name, parse_hosting_domain, parse_hosting_network};
 use std::collections::BTreeSet;
 use std::io::Write;

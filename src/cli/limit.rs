@@ -9,7 +9,7 @@
 use super::{open_store, write_list};
 use crate::config::Config;
 use crate::policy::parse_address;
-use crate::store::{DirectoryAdmin, QuotaIdentity, check_hosting_name};
+use crate::store::{QuotaIdentity, check_hosting_name};
 use std::io::Write;
 
 /// Whose limit: an address, or `--hosting ACCOUNT`.

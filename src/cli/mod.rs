@@ -31,6 +31,7 @@ mod dkim;
 mod hosting;
 mod limit;
 mod log;
+mod migrate;
 mod quota;
 mod sendmail;
 
@@ -91,6 +92,9 @@ enum Command {
     Dkim(dkim::DkimCommand),
     /// Show the delivery log: one line per recipient per delivery attempt.
     Log(log::LogArgs),
+    /// Bring the directory's database to this postern's schema (PostgreSQL; safe to run on
+    /// several machines at once).
+    Migrate,
     /// Submit a message from standard input to the relay listener, like sendmail(8):
     /// [-t] [-i] [-oi] [-f SENDER] [-F NAME] [--config PATH] [RECIPIENT...]. Exits with sysexits codes.
     #[command(disable_help_flag = true, disable_version_flag = true)]
@@ -139,15 +143,35 @@ fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Command::Hosting(cmd) => hosting::run(cmd, &config, out),
         Command::Limit(cmd) => limit::run(cmd, &config, out),
         Command::Log(args) => log::run(args, &config, out),
+        Command::Migrate => migrate::run(&config, out),
         Command::Quota(cmd) => quota::run(cmd, &config, out),
     };
     match result.and_then(|()| out.flush().map_err(Into::into)) {
         Ok(()) => EXIT_OK,
         Err(e) => {
             let _ = writeln!(err, "postern: {}", one_line(&format!("{e:#}")));
-            EXIT_FAILURE
+            failure_status(&e)
         }
     }
+}
+
+/// 2 for what the operator must fix before anything can work (a `[store]` key file that does
+/// not read, a directory at another schema version: `postern migrate`), else 1.
+fn failure_status(e: &anyhow::Error) -> u8 {
+    use crate::store::StoreError;
+    use crate::store::configured::OpenError;
+    let usage = e.chain().any(|cause| {
+        cause.downcast_ref::<crate::config::ConfigError>().is_some()
+            || matches!(
+                cause.downcast_ref::<StoreError>(),
+                Some(StoreError::Schema(_))
+            )
+            || matches!(
+                cause.downcast_ref::<OpenError>(),
+                Some(OpenError::Config(_) | OpenError::Store(StoreError::Schema(_)))
+            )
+    });
+    if usage { EXIT_USAGE } else { EXIT_FAILURE }
 }
 
 /// `postern serve`: a multi-thread tokio runtime around [`crate::server::serve`].
@@ -166,14 +190,15 @@ fn serve(config: Config, err: &mut dyn Write) -> u8 {
         Ok(()) => EXIT_OK,
         Err(e) => {
             let _ = writeln!(err, "postern: error: {}", one_line(&format!("{e:#}")));
-            EXIT_FAILURE
+            failure_status(&e)
         }
     }
 }
 
-/// Opens the store named by the config.
-fn open_store(config: &Config) -> anyhow::Result<crate::store::EmbeddedStore> {
-    Ok(crate::store::EmbeddedStore::open(&config.store.path)?)
+/// Opens the directory named by the config, either backend; a PostgreSQL directory must
+/// answer and be at this postern's schema version.
+fn open_store(config: &Config) -> anyhow::Result<Box<dyn crate::store::configured::AdminStore>> {
+    Ok(crate::store::configured::ConfiguredStore::open_checked(config)?.admin())
 }
 
 /// Writes the items of a `list` command: with `--json` as one JSON array of the objects

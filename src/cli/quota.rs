@@ -13,7 +13,7 @@ use super::limit::{Target, kind_word};
 use super::{format_time, open_store, write_json};
 use crate::config::Config;
 use crate::store::quota::{QuotaKey, Usage};
-use crate::store::{DirectoryAdmin, LimitSource, QuotaIdentity};
+use crate::store::{LimitSource, QuotaIdentity};
 use crate::unix_time::now_ms;
 use anyhow::Context;
 use std::io::Write;

@@ -9,7 +9,7 @@
 use super::{
     Config, ConfigError, DeliveryConfig, DeliveryLogConfig, LimitsConfig, ListenConfig, LogConfig,
     MtaStsConfig, QuotaBackendName, QuotaConfig, SendmailConfig, ServerConfig, SpoolConfig,
-    TimeoutsConfig, TlsConfig,
+    StoreBackendName, StoreConfig, TimeoutsConfig, TlsConfig,
 };
 use crate::policy::Plan;
 
@@ -24,6 +24,7 @@ impl Config {
         self.server.check()?;
         self.tls.check()?;
         self.listen.check()?;
+        self.store.check()?;
         self.limits.check()?;
         self.delivery.check()?;
         self.spool.check()?;
@@ -68,6 +69,39 @@ impl ListenConfig {
             );
         }
         Ok(())
+    }
+}
+
+impl StoreConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        let needs = |key: &str| {
+            invalid(
+                key,
+                &format!("required with store.backend = \"{}\"", self.backend_name()),
+            )
+        };
+        match self.backend {
+            StoreBackendName::Embedded if self.path.is_none() => needs("store.path"),
+            StoreBackendName::Embedded => Ok(()),
+            StoreBackendName::Postgres if self.url.is_none() => needs("store.url"),
+            StoreBackendName::Postgres if self.secret_key_file.is_none() => {
+                needs("store.secret_key_file")
+            }
+            StoreBackendName::Postgres if self.pool_size == 0 => {
+                invalid("store.pool_size", "must be at least 1")
+            }
+            StoreBackendName::Postgres if self.timeout.is_zero() => {
+                invalid("store.timeout", "must be longer than zero")
+            }
+            StoreBackendName::Postgres => Ok(()),
+        }
+    }
+
+    fn backend_name(&self) -> &'static str {
+        match self.backend {
+            StoreBackendName::Embedded => "embedded",
+            StoreBackendName::Postgres => "postgres",
+        }
     }
 }
 

@@ -19,10 +19,12 @@
 mod check;
 mod duration;
 mod relay_host;
+mod store;
 mod trust;
 
 pub use duration::parse_duration;
 pub use relay_host::RelayHost;
+pub use store::{DatabaseUrl, StoreBackendName, StoreConfig, parse_postgres_url, server_name};
 pub use trust::{MtaStsRoots, TrustAnchor};
 
 use crate::printable::escape_controls;
@@ -320,14 +322,6 @@ pub struct TlsConfig {
     pub cert: Option<PathBuf>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key: Option<PathBuf>,
-}
-
-/// `[store]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoreConfig {
-    /// SQLite database file of the embedded store (created if absent).
-    pub path: PathBuf,
 }
 
 /// `[spool]`
@@ -708,26 +702,31 @@ pub enum LogFormat {
 }
 
 impl Config {
-    /// The embedded quota backend's file: `quota.path`, else `quota.db` beside the store.
-    pub fn quota_path(&self) -> PathBuf {
-        self.quota.path.clone().unwrap_or_else(|| {
-            self.store
-                .path
-                .parent()
-                .unwrap_or_else(|| Path::new(""))
-                .join("quota.db")
-        })
+    /// Where this machine's own files go by default: beside the embedded store's file, or in
+    /// the spool directory when the directory is in PostgreSQL (no `store.path`).
+    pub fn local_dir(&self) -> PathBuf {
+        match &self.store.path {
+            Some(path) => path.parent().unwrap_or_else(|| Path::new("")).to_path_buf(),
+            None => self.spool.path.clone(),
+        }
     }
 
-    /// The delivery log's file: `delivery_log.path`, else `delivery-log.db` beside the store.
+    /// The embedded quota backend's file: `quota.path`, else `quota.db` beside the store (in
+    /// the spool directory with PostgreSQL).
+    pub fn quota_path(&self) -> PathBuf {
+        self.quota
+            .path
+            .clone()
+            .unwrap_or_else(|| self.local_dir().join("quota.db"))
+    }
+
+    /// The delivery log's file: `delivery_log.path`, else `delivery-log.db` beside the store
+    /// (in the spool directory with PostgreSQL).
     pub fn delivery_log_path(&self) -> PathBuf {
-        self.delivery_log.path.clone().unwrap_or_else(|| {
-            self.store
-                .path
-                .parent()
-                .unwrap_or_else(|| Path::new(""))
-                .join("delivery-log.db")
-        })
+        self.delivery_log
+            .path
+            .clone()
+            .unwrap_or_else(|| self.local_dir().join("delivery-log.db"))
     }
 
     /// Picks the config file: `--config`, else `POSTERN_CONFIG`, else the dev default.

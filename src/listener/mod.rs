@@ -13,7 +13,9 @@
 //! store which credentials of live sessions are still valid and cuts the others, so a revoked or
 //! rotated device password loses its sessions within a second. The same tick publishes the
 //! directory's generation: an alias removed meanwhile is refused at the session's next MAIL
-//! FROM.
+//! FROM. A shared directory's change notifications (PostgreSQL `NOTIFY`, sent by a revocation
+//! on any machine) wake the watcher between ticks; the tick stays as the fallback for a
+//! replica whose notification connection dropped.
 
 pub mod brakes;
 mod connection;
@@ -73,6 +75,9 @@ pub struct Shared {
     /// The directory's [`Directory::generation`] as the revocation watcher last read it: a
     /// session re-reads its senders at MAIL FROM only when this moved since its last read.
     pub directory_generation: AtomicU64,
+    /// Woken by the directory's change notifications (PostgreSQL `LISTEN`): the revocation
+    /// watcher then checks at once instead of at its next tick.
+    pub directory_changed: Arc<tokio::sync::Notify>,
 }
 
 /// Binds a listener, with a message naming the role on failure.
@@ -247,6 +252,7 @@ pub async fn watch_revocations(shared: Arc<Shared>) {
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             _ = tick.tick() => {}
+            _ = shared.directory_changed.notified() => {}
         }
         shared.brakes.prune();
         match shared.directory.generation().await {

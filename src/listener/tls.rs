@@ -59,15 +59,10 @@ pub fn acceptor(config: &Config) -> Result<TlsAcceptor, TlsSetupError> {
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
-/// Path of the development certificate: `tls/` beside the store file.
+/// Path of the development certificate: `tls/` beside the store file (in the spool
+/// directory with a PostgreSQL directory).
 fn self_signed(config: &Config) -> Result<(PathBuf, PathBuf), TlsSetupError> {
-    let dir = config
-        .store
-        .path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-        .join("tls");
+    let dir = config.local_dir().join("tls");
     let cert_path = dir.join("self-signed.crt");
     let key_path = dir.join("self-signed.key");
     if cert_path.exists() && key_path.exists() {

@@ -78,6 +78,7 @@ struct Inner {
     quota_available: IntGauge,
     quota_persistence: IntGaugeVec,
     quota_release_retries: IntCounterVec,
+    directory_available: IntGauge,
     dkim_messages: IntCounterVec,
     dkim_signatures: IntCounterVec,
 }
@@ -247,6 +248,12 @@ impl Metrics {
                 "postern_quota_release_retries_total",
                 "Hold releases that failed and were retried in the background, by outcome (released, gave_up)",
                 &["result"],
+            ),
+            directory_available: gauge(
+                &registry,
+                "postern_directory_available",
+                "1 when the directory (addresses, devices, hosting accounts) answered its last \
+                 health check at this postern's schema version, else 0",
             ),
             dkim_messages: counter_vec(
                 &registry,
@@ -443,6 +450,11 @@ impl Metrics {
             .quota_release_retries
             .with_label_values(&[result])
             .inc();
+    }
+
+    /// Whether the directory answered its last health check.
+    pub fn set_directory_available(&self, up: bool) {
+        self.inner.directory_available.set(i64::from(up));
     }
 
     /// An accepted message was signed, or relayed unsigned for the reason `result`.

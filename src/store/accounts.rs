@@ -16,10 +16,11 @@
 //! Checks here are pure (no I/O): they run in the CLI before a store is opened, and again in
 //! the store before it writes.
 
-use super::StoreError;
+use super::{StoreError, quoted};
 use crate::policy::address::AddressProblem;
 use crate::policy::{Plan, parse_address};
 use ipnet::IpNet;
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
 use std::time::SystemTime;
@@ -171,6 +172,126 @@ pub fn longest_match<T>(ip: IpAddr, networks: &[(IpNet, T)]) -> Option<&(IpNet, 
         .iter()
         .filter(|(net, _)| net.contains(&ip))
         .max_by_key(|(net, _)| net.prefix_len())
+}
+
+/// The checked, deduplicated networks and lowercase domains of a hosting account about to be
+/// added: what every backend checks before it writes.
+///
+/// # Errors
+/// [`StoreError::Invalid`] for a bad name, network or domain, or an empty list.
+pub(super) fn checked_hosting_account(
+    name: &str,
+    networks: &[IpNet],
+    domains: &[String],
+) -> Result<(BTreeSet<IpNet>, BTreeSet<String>), StoreError> {
+    check_hosting_name(name)?;
+    for (list, what) in [
+        (networks.is_empty(), "network"),
+        (domains.is_empty(), "domain"),
+    ] {
+        if list {
+            return Err(StoreError::Invalid(format!(
+                "hosting account {}: at least one {what} is needed",
+                quoted(name)
+            )));
+        }
+    }
+    let networks = networks
+        .iter()
+        .map(|n| check_hosting_network(*n))
+        .collect::<Result<BTreeSet<_>, _>>()?;
+    let domains = domains
+        .iter()
+        .map(|d| parse_hosting_domain(d))
+        .collect::<Result<BTreeSet<_>, _>>()?;
+    Ok((networks, domains))
+}
+
+/// Family, first and last address of a network as the backends store it: 4 or 16 big-endian
+/// bytes, so that "which networks contain this address" is a range query over byte strings of
+/// one length, which compare like the numbers they encode.
+pub(super) fn network_range(network: &IpNet) -> (i16, Vec<u8>, Vec<u8>) {
+    match network {
+        IpNet::V4(n) => (
+            4,
+            n.network().octets().to_vec(),
+            n.broadcast().octets().to_vec(),
+        ),
+        IpNet::V6(n) => (
+            6,
+            n.network().octets().to_vec(),
+            n.broadcast().octets().to_vec(),
+        ),
+    }
+}
+
+/// Family and bytes of a client address in the form of [`network_range`], IPv4-mapped IPv6
+/// taken as IPv4.
+pub(super) fn ip_key(ip: IpAddr) -> (i16, Vec<u8>) {
+    match canonical_ip(ip) {
+        IpAddr::V4(v4) => (4, v4.octets().to_vec()),
+        IpAddr::V6(v6) => (6, v6.octets().to_vec()),
+    }
+}
+
+/// A network read back from a store; one that does not parse is a backend failure.
+pub(super) fn stored_network(text: &str) -> Result<IpNet, StoreError> {
+    text.parse()
+        .map_err(|_| StoreError::Backend(format!("a stored hosting network is invalid: {text:?}")))
+}
+
+/// A daily limit read back from a store; one outside `u32` is a backend failure.
+pub(super) fn stored_limit(value: Option<i64>) -> Result<Option<u32>, StoreError> {
+    value
+        .map(|v| {
+            u32::try_from(v)
+                .map_err(|_| StoreError::Backend(format!("a stored daily limit is invalid: {v}")))
+        })
+        .transpose()
+}
+
+/// Refuses a daily limit of 0.
+///
+/// # Errors
+/// [`StoreError::Invalid`].
+pub(super) fn check_daily_limit(daily: u32) -> Result<(), StoreError> {
+    if daily == 0 {
+        return Err(StoreError::Invalid(
+            "a daily limit must be at least 1 recipient".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// `NotFound` naming a quota identity, in the words of the other store errors.
+pub(super) fn identity_not_found(identity: &QuotaIdentity) -> StoreError {
+    StoreError::NotFound {
+        what: identity.to_string(),
+    }
+}
+
+/// `NotFound` for a hosting account.
+pub(super) fn hosting_not_found(name: &str) -> StoreError {
+    StoreError::NotFound {
+        what: format!("hosting account {}", quoted(name)),
+    }
+}
+
+/// `AlreadyExists` for a hosting account.
+pub(super) fn hosting_exists(name: &str) -> StoreError {
+    StoreError::AlreadyExists {
+        what: format!("hosting account {}", quoted(name)),
+    }
+}
+
+/// `AlreadyExists` for a network (same address and prefix length) another account holds.
+pub(super) fn network_taken(network: &IpNet, owner: &str) -> StoreError {
+    StoreError::AlreadyExists {
+        what: format!(
+            "network {network} (same prefix length) of hosting account {}",
+            quoted(owner)
+        ),
+    }
 }
 
 /// What the relay listener learns about a client of port 25: the account its address belongs

@@ -79,3 +79,19 @@ pub(super) fn key_not_found(domain: &str, selector: &str) -> StoreError {
         what: format!("DKIM selector \"{selector}\" of domain \"{domain}\""),
     }
 }
+
+/// `AlreadyExists` for a selector a domain has already.
+pub(super) fn selector_exists(domain: &str, selector: &str) -> StoreError {
+    StoreError::AlreadyExists {
+        what: format!("DKIM selector \"{selector}\" of domain \"{domain}\""),
+    }
+}
+
+/// `Invalid` for removing the active key without `force`.
+pub(super) fn active_key_needs_force(domain: &str, selector: &str) -> StoreError {
+    StoreError::Invalid(format!(
+        "DKIM selector \"{selector}\" of domain \"{domain}\" is the active key: \
+         activate another selector first, or remove it with --force (the domain's \
+         messages are then no longer signed with it)"
+    ))
+}

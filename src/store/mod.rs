@@ -49,10 +49,13 @@
 
 pub mod accounts;
 pub mod brakes;
+pub mod configured;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+mod devices;
 mod dkim_keys;
 pub mod embedded;
+pub mod postgres;
 pub mod quota;
 pub mod redis_link;
 pub(crate) mod sqlite;
@@ -99,6 +102,10 @@ pub enum StoreError {
     /// The backend failed (I/O, a locked or corrupt database, a schema from a newer Postern).
     #[error("store: {0}")]
     Backend(String),
+    /// A shared database whose schema is older or newer than this Postern's: the message names
+    /// both versions and `postern migrate`. The CLI exits 2 on it, as on a bad config.
+    #[error("{0}")]
+    Schema(String),
 }
 
 /// The identity an AUTH established: who logged in, with which device, and which envelope
@@ -437,6 +444,25 @@ fn device_not_found(address: &str, name: &str) -> StoreError {
     StoreError::NotFound {
         what: format!("device {} of address {}", quoted(name), quoted(address)),
     }
+}
+
+/// `AlreadyExists` if `name` is taken as an address or an alias (addresses and aliases share
+/// one namespace), from what the backend found.
+fn name_free(name: &str, is_address: bool, is_alias: bool) -> Result<(), StoreError> {
+    let kind = match (is_address, is_alias) {
+        (true, _) => "an address",
+        (false, true) => "an alias",
+        (false, false) => return Ok(()),
+    };
+    Err(StoreError::AlreadyExists {
+        what: format!("{kind} {}", quoted(name)),
+    })
+}
+
+/// A plan read back from a store; one this Postern does not know is a backend failure.
+fn stored_plan(address: &str, plan: &str) -> Result<Plan, StoreError> {
+    plan.parse::<Plan>()
+        .map_err(|e| StoreError::Backend(format!("address {}: {e}", quoted(address))))
 }
 
 /// The signer's question, asked once per signed message.

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import ssl
+import tempfile
 import warnings
 from pathlib import Path
 
 import pytest
 
-from support import (REPO, ZONES, Account, CertPair, Knot, Postern, RedisCluster, RedisServer,
-                     SmtpReceiver, free_port_on, make_cert)
+from support import (REPO, ZONES, Account, CertPair, Knot, Postern, PostgresServer, RedisCluster,
+                     RedisServer, SmtpReceiver, free_port_on, make_cert)
 
 
 def pytest_configure(config):
@@ -130,6 +132,20 @@ def make_redis(tmp_path):
     yield factory
     for server in made:
         server.stop()
+
+
+@pytest.fixture
+def postgres() -> PostgresServer:
+    """A started PostgreSQL on a free port (its own cluster, stopped and removed at teardown).
+    Its directory is outside pytest's tmp_path, whose parents only root may enter: the server
+    runs as the postgres user."""
+    workdir = Path(tempfile.mkdtemp(prefix="postern-pg-"))
+    server = PostgresServer(workdir)
+    try:
+        yield server.start()
+    finally:
+        server.stop("immediate")
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture

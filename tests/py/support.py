@@ -1073,3 +1073,67 @@ class RedisCluster:
     def stop(self):
         for node in self.nodes:
             node.stop()
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PG_USER = "postern"
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL on 127.0.0.1:<port>: ``initdb`` into ``workdir`` (as the
+    ``postgres`` user through ``runuser`` when the tests run as root, since initdb refuses
+    root), password authentication (SCRAM) for the superuser ``postern``, ``fsync=off``.
+
+    Never the machine's 5432: the port is free when chosen, and stays the same across
+    :meth:`stop` / :meth:`start` (a restart keeps the data)."""
+
+    def __init__(self, workdir: Path):
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.password = "fleet-test-pg-password-3a7e"
+        self.data = workdir / "data"
+        self.log = workdir / "server.log"
+        assert (PG_BIN / "initdb").exists(), (
+            f"{PG_BIN}/initdb is missing: run tests/install-deps.sh (Debian package postgresql)")
+        pwfile = workdir / "pwfile"
+        pwfile.write_text(self.password + "\n")
+        if os.geteuid() == 0:
+            run(["chown", "-R", "postgres:postgres", str(workdir)], timeout=30)
+        self._server(["initdb", "-D", str(self.data), "-U", PG_USER, "--auth=scram-sha-256",
+                      "--no-sync", f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C"])
+
+    def _server(self, args: list[str], check: bool = True) -> subprocess.CompletedProcess:
+        cmd = [str(PG_BIN / args[0]), *args[1:]]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        result = run(cmd, timeout=60)
+        if check:
+            assert result.returncode == 0, f"{args[0]}: {result.stdout}{result.stderr}"
+        return result
+
+    def start(self) -> PostgresServer:
+        options = (f"-p {self.port} -c listen_addresses=127.0.0.1 "
+                   f"-c unix_socket_directories={self.dir} -c fsync=off "
+                   "-c synchronous_commit=off -c full_page_writes=off")
+        self._server(["pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options,
+                      "-w", "-t", "30", "start"])
+        return self
+
+    def stop(self, mode: str = "fast"):
+        self._server(["pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop"], check=False)
+
+    def url(self, database: str) -> str:
+        """The URL without the password (Postern reads it from ``password_file``)."""
+        return f"postgres://{PG_USER}@127.0.0.1:{self.port}/{database}"
+
+    def psql(self, database: str, sql: str) -> str:
+        result = run([str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(self.port),
+                      "-U", PG_USER, "-d", database, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql],
+                     timeout=30, env={**os.environ, "PGPASSWORD": self.password})
+        assert result.returncode == 0, f"psql: {result.stderr}"
+        return result.stdout.strip()
+
+    def create_database(self, name: str) -> str:
+        self.psql("postgres", f'CREATE DATABASE "{name}"')
+        return name

@@ -49,7 +49,7 @@ impl Fixture {
         );
         let config = Arc::new(Config::parse(&text).unwrap());
         let metrics = Metrics::new();
-        let store = EmbeddedStore::open(&config.store.path).unwrap();
+        let store = EmbeddedStore::open(config.store.path.as_ref().unwrap()).unwrap();
         let spool = Spool::open(&config.spool, metrics.clone()).unwrap();
         let shared = Shared {
             directory: Arc::new(store.clone()),
@@ -75,6 +75,7 @@ impl Fixture {
             registry: Arc::new(SessionRegistry::default()),
             shutdown: CancellationToken::new(),
             directory_generation: Default::default(),
+            directory_changed: Default::default(),
             config,
         };
         Self {

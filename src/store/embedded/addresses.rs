@@ -3,7 +3,7 @@
 
 use super::{EmbeddedStore, aliases, backend, exists, now_secs, to_time};
 use crate::policy::{EmailAddress, Plan};
-use crate::store::{AddressInfo, StoreError, address_not_found, quoted};
+use crate::store::{AddressInfo, StoreError, address_not_found, name_free, stored_plan};
 use rusqlite::{Connection, params};
 
 pub(super) fn add(
@@ -83,21 +83,9 @@ pub(super) fn ensure_address(conn: &Connection, address: &str) -> Result<(), Sto
 
 /// `AlreadyExists` if `name` is taken as an address or an alias.
 pub(super) fn ensure_name_free(conn: &Connection, name: &str) -> Result<(), StoreError> {
-    if is_address(conn, name)? {
-        return Err(StoreError::AlreadyExists {
-            what: format!("an address {}", quoted(name)),
-        });
-    }
-    if aliases::is_alias(conn, name)? {
-        return Err(StoreError::AlreadyExists {
-            what: format!("an alias {}", quoted(name)),
-        });
-    }
-    Ok(())
-}
-
-/// A plan read back from the file; one this Postern does not know is a backend failure.
-pub(super) fn stored_plan(address: &str, plan: &str) -> Result<Plan, StoreError> {
-    plan.parse::<Plan>()
-        .map_err(|e| StoreError::Backend(format!("address {}: {e}", quoted(address))))
+    name_free(
+        name,
+        is_address(conn, name)?,
+        aliases::is_alias(conn, name)?,
+    )
 }

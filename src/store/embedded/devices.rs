@@ -8,10 +8,10 @@
 use super::addresses::{ensure_address, is_address};
 use super::aliases::aliases_of;
 use super::{EmbeddedStore, backend, exists, now_secs, to_time};
-use crate::policy::password;
 use crate::policy::{DevicePassword, EmailAddress, parse_address};
+use crate::store::devices::{StoredDevice, device_exists, matching_device, new_credential};
 use crate::store::{
-    AuthIdentity, CredentialId, DeviceInfo, StoreError, check_device_name, device_not_found, quoted,
+    AuthIdentity, CredentialId, DeviceInfo, StoreError, check_device_name, device_not_found,
 };
 use rusqlite::params;
 use std::collections::HashSet;
@@ -19,18 +19,6 @@ use std::collections::HashSet;
 /// Credential ids per `IN (...)` query of [`live_credentials`]; well under SQLite's limit on
 /// bound parameters.
 const LIVE_BATCH: usize = 500;
-
-fn to_hash(bytes: &[u8]) -> Result<[u8; 32], StoreError> {
-    bytes
-        .try_into()
-        .map_err(|_| StoreError::Backend("a stored password hash is not 32 bytes".to_string()))
-}
-
-fn new_credential() -> Result<(DevicePassword, CredentialId), StoreError> {
-    let password = password::try_generate()
-        .map_err(|e| StoreError::Backend(format!("OS random generator: {e}")))?;
-    Ok((password, CredentialId::random()?))
-}
 
 pub(super) fn authenticate(
     store: &EmbeddedStore,
@@ -50,37 +38,23 @@ pub(super) fn authenticate(
             .map_err(backend)?;
         let rows = stmt
             .query_map([address.as_str()], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, Vec<u8>>(2)?,
-                ))
+                Ok(StoredDevice {
+                    name: row.get(0)?,
+                    credential: CredentialId(row.get(1)?),
+                    hash: row.get(2)?,
+                })
             })
             .map_err(backend)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(backend)?
     };
-    if devices.is_empty() {
-        // Same work as a wrong password, so timing does not tell which addresses exist.
-        let _ = password::verify(password, &[0u8; 32]);
-        return Ok(None);
-    }
-    // Every device is checked, without stopping at the first match.
-    let mut matched = None;
-    for (i, (_, _, stored)) in devices.iter().enumerate() {
-        let ok = password::verify(password, &to_hash(stored)?);
-        if ok && matched.is_none() {
-            matched = Some(i);
-        }
-    }
-    let Some(i) = matched else {
+    let Some(device) = matching_device(password, devices)? else {
         return Ok(None);
     };
-    let (device, credential, _) = devices.into_iter().nth(i).expect("index from enumerate");
     let senders = senders_with(&conn, address.as_str())?;
     Ok(Some(AuthIdentity {
         address: address.into_string(),
-        device,
-        credential: CredentialId(credential),
+        device: device.name,
+        credential: device.credential,
         senders,
     }))
 }
@@ -144,9 +118,7 @@ pub(super) fn add(
             "SELECT 1 FROM devices WHERE address = ?1 AND name = ?2",
             [address, name],
         )? {
-            return Err(StoreError::AlreadyExists {
-                what: format!("device {} of address {}", quoted(name), quoted(address)),
-            });
+            return Err(device_exists(address, name));
         }
         let (password, credential) = new_credential()?;
         tx.execute(

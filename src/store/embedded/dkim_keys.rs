@@ -7,7 +7,9 @@
 //! dual-signed.
 
 use super::{EmbeddedStore, backend, now_secs, to_time};
-use crate::store::dkim_keys::{algorithm_of, key_not_found};
+use crate::store::dkim_keys::{
+    active_key_needs_force, algorithm_of, key_not_found, selector_exists,
+};
 use crate::store::{ActiveDkimKey, CredentialId, DkimKeyInfo, NewDkimKey, StoreError};
 use rusqlite::{OptionalExtension, params};
 
@@ -56,12 +58,7 @@ pub(super) fn add(store: &EmbeddedStore, key: &NewDkimKey) -> Result<(), StoreEr
             )
             .map_err(backend)?;
         if exists {
-            return Err(StoreError::AlreadyExists {
-                what: format!(
-                    "DKIM selector \"{}\" of domain \"{}\"",
-                    key.selector, key.domain
-                ),
-            });
+            return Err(selector_exists(&key.domain, &key.selector));
         }
         let now = now_secs();
         if key.active {
@@ -194,11 +191,7 @@ pub(super) fn remove(
             .map_err(backend)?
             .ok_or_else(|| key_not_found(domain, selector))?;
         if active && !force {
-            return Err(StoreError::Invalid(format!(
-                "DKIM selector \"{selector}\" of domain \"{domain}\" is the active key: \
-                 activate another selector first, or remove it with --force (the domain's \
-                 messages are then no longer signed with it)"
-            )));
+            return Err(active_key_needs_force(domain, selector));
         }
         tx.execute(
             "DELETE FROM dkim_keys WHERE domain = ?1 AND selector = ?2",

@@ -6,50 +6,16 @@
 //! so that the lookup is one range query over an index, longest prefix first; the account and
 //! its domains come back from one statement, so from one snapshot.
 
-use super::limits::stored_limit;
 use super::{EmbeddedStore, backend, exists, now_secs, to_time};
-use crate::store::accounts::{check_hosting_network, parse_hosting_domain};
-use crate::store::{HostingAccount, HostingAccountInfo, StoreError, check_hosting_name, quoted};
+use crate::store::accounts::{
+    checked_hosting_account, hosting_exists, hosting_not_found, ip_key, network_range,
+    network_taken, stored_limit, stored_network,
+};
+use crate::store::{HostingAccount, HostingAccountInfo, StoreError};
 use ipnet::IpNet;
 use rusqlite::{Connection, OptionalExtension, params};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
-
-/// `NotFound` for a hosting account.
-fn hosting_not_found(name: &str) -> StoreError {
-    StoreError::NotFound {
-        what: format!("hosting account {}", quoted(name)),
-    }
-}
-
-/// Family, first and last address of a network as stored: 4 or 16 big-endian bytes.
-fn network_key(network: &IpNet) -> (i64, Vec<u8>, Vec<u8>) {
-    match network {
-        IpNet::V4(n) => (
-            4,
-            n.network().octets().to_vec(),
-            n.broadcast().octets().to_vec(),
-        ),
-        IpNet::V6(n) => (
-            6,
-            n.network().octets().to_vec(),
-            n.broadcast().octets().to_vec(),
-        ),
-    }
-}
-
-/// Family and bytes of a client address, IPv4-mapped IPv6 taken as IPv4.
-fn ip_key(ip: IpAddr) -> (i64, Vec<u8>) {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => (4, v4.octets().to_vec()),
-        IpAddr::V6(v6) => (6, v6.octets().to_vec()),
-    }
-}
-
-fn stored_network(text: &str) -> Result<IpNet, StoreError> {
-    text.parse()
-        .map_err(|_| StoreError::Backend(format!("a stored hosting network is invalid: {text:?}")))
-}
 
 pub(super) fn account_for(
     store: &EmbeddedStore,
@@ -102,32 +68,10 @@ pub(super) fn add(
     networks: &[IpNet],
     domains: &[String],
 ) -> Result<(), StoreError> {
-    check_hosting_name(name)?;
-    if networks.is_empty() {
-        return Err(StoreError::Invalid(format!(
-            "hosting account {}: at least one network is needed",
-            quoted(name)
-        )));
-    }
-    if domains.is_empty() {
-        return Err(StoreError::Invalid(format!(
-            "hosting account {}: at least one domain is needed",
-            quoted(name)
-        )));
-    }
-    let networks = networks
-        .iter()
-        .map(|n| check_hosting_network(*n))
-        .collect::<Result<BTreeSet<_>, _>>()?;
-    let domains = domains
-        .iter()
-        .map(|d| parse_hosting_domain(d))
-        .collect::<Result<BTreeSet<_>, _>>()?;
+    let (networks, domains) = checked_hosting_account(name, networks, domains)?;
     store.write(|tx| {
         if exists(tx, "SELECT 1 FROM hosting_accounts WHERE name = ?1", [name])? {
-            return Err(StoreError::AlreadyExists {
-                what: format!("hosting account {}", quoted(name)),
-            });
+            return Err(hosting_exists(name));
         }
         tx.execute(
             "INSERT INTO hosting_accounts (name, created_at) VALUES (?1, ?2)",
@@ -135,7 +79,7 @@ pub(super) fn add(
         )
         .map_err(backend)?;
         for network in &networks {
-            let (family, first, last) = network_key(network);
+            let (family, first, last) = network_range(network);
             let prefix = i64::from(network.prefix_len());
             let owner = tx
                 .query_row(
@@ -147,12 +91,7 @@ pub(super) fn add(
                 .optional()
                 .map_err(backend)?;
             if let Some(owner) = owner {
-                return Err(StoreError::AlreadyExists {
-                    what: format!(
-                        "network {network} (same prefix length) of hosting account {}",
-                        quoted(&owner)
-                    ),
-                });
+                return Err(network_taken(network, &owner));
             }
             tx.execute(
                 "INSERT INTO hosting_networks (account, network, family, first, last, prefix)

@@ -1,32 +1,16 @@
 //! Daily limit overrides: the nullable `daily_limit` column of `addresses` and
 //! `hosting_accounts`, so an override disappears with its identity.
 
-use super::{EmbeddedStore, addresses, backend};
-use crate::store::{IdentityLimits, LimitOverride, QuotaIdentity, StoreError};
+use super::{EmbeddedStore, backend};
+use crate::store::accounts::{check_daily_limit, identity_not_found, stored_limit};
+use crate::store::{IdentityLimits, LimitOverride, QuotaIdentity, StoreError, stored_plan};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
-
-/// A limit read back from the file; one outside `u32` is a backend failure.
-pub(super) fn stored_limit(value: Option<i64>) -> Result<Option<u32>, StoreError> {
-    value
-        .map(|v| {
-            u32::try_from(v)
-                .map_err(|_| StoreError::Backend(format!("a stored daily limit is invalid: {v}")))
-        })
-        .transpose()
-}
 
 /// The table and key column holding an identity's `daily_limit`.
 fn limit_table(identity: &QuotaIdentity) -> (&'static str, &'static str) {
     match identity {
         QuotaIdentity::Address(_) => ("addresses", "address"),
         QuotaIdentity::Hosting(_) => ("hosting_accounts", "name"),
-    }
-}
-
-/// `NotFound` naming the identity, in the words of the other store errors.
-fn identity_not_found(identity: &QuotaIdentity) -> StoreError {
-    StoreError::NotFound {
-        what: identity.to_string(),
     }
 }
 
@@ -47,7 +31,7 @@ pub(super) fn read(
                 .map_err(backend)?;
             row.map(|(plan, daily)| {
                 Ok(IdentityLimits {
-                    plan: Some(addresses::stored_plan(address, &plan)?),
+                    plan: Some(stored_plan(address, &plan)?),
                     daily_override: stored_limit(daily)?,
                 })
             })
@@ -92,11 +76,7 @@ pub(super) fn set(
     identity: &QuotaIdentity,
     daily: u32,
 ) -> Result<Option<u32>, StoreError> {
-    if daily == 0 {
-        return Err(StoreError::Invalid(
-            "a daily limit must be at least 1 recipient".to_string(),
-        ));
-    }
+    check_daily_limit(daily)?;
     store.write(|tx| write_limit(tx, identity, Some(daily)))
 }
 
