@@ -24,6 +24,7 @@ impl Config {
         self.server.check()?;
         self.tls.check()?;
         self.listen.check()?;
+        self.check_handoff()?;
         self.limits.check()?;
         self.delivery.check()?;
         self.spool.check()?;
@@ -42,6 +43,48 @@ impl ServerConfig {
             return invalid("server.hostname", "must be a host name without spaces");
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// A hand-off listener needs the fleet secret and the networks it accepts; the secret
+    /// file itself is read when `serve` starts.
+    fn check_handoff(&self) -> Result<(), ConfigError> {
+        if self.listen.handoff.is_some() {
+            if self.handoff.secret_file.is_none() {
+                return invalid(
+                    "handoff.secret_file",
+                    "required when listen.handoff is set",
+                );
+            }
+            if self.handoff.networks.is_empty() {
+                return invalid(
+                    "handoff.networks",
+                    "required when listen.handoff is set (the peers' networks)",
+                );
+            }
+        }
+        if let Some(peer) = &self.handoff.peer {
+            if !is_host_port(peer) {
+                return invalid("handoff.peer", "must be HOST:PORT");
+            }
+            if self.handoff.secret_file.is_none() {
+                return invalid("handoff.secret_file", "required when handoff.peer is set");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `HOST:PORT` with a non-empty host and a port number.
+pub(crate) fn is_host_port(text: &str) -> bool {
+    match text.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && !host.contains(char::is_whitespace)
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+        }
+        None => false,
     }
 }
 

@@ -78,6 +78,7 @@ mod tests {
             submissions: None,
             relay: relay.map(|r| r.parse().unwrap()),
             http: Some("127.0.0.1:25".parse().unwrap()),
+            handoff: None,
         })
     }
 
