@@ -197,7 +197,7 @@ mod tests {
         for bad in [
             &b"{\"op\":\"format_disk\"}"[..],
             b"{\"op\":\"delete\",\"id\":\"A\"}",
-            b"{\"op\":\"list\",\"extra\":1}",
+            b"{\"op\":\"flush\",\"id\":null,\"extra\":1}",
             b"not json",
             b"",
         ] {

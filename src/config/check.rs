@@ -52,10 +52,7 @@ impl Config {
     fn check_handoff(&self) -> Result<(), ConfigError> {
         if self.listen.handoff.is_some() {
             if self.handoff.secret_file.is_none() {
-                return invalid(
-                    "handoff.secret_file",
-                    "required when listen.handoff is set",
-                );
+                return invalid("handoff.secret_file", "required when listen.handoff is set");
             }
             if self.handoff.networks.is_empty() {
                 return invalid(
@@ -65,7 +62,7 @@ impl Config {
             }
         }
         if let Some(peer) = &self.handoff.peer {
-            if !is_host_port(peer) {
+            if !super::handoff::is_host_port(peer) {
                 return invalid("handoff.peer", "must be HOST:PORT");
             }
             if self.handoff.secret_file.is_none() {
@@ -73,18 +70,6 @@ impl Config {
             }
         }
         Ok(())
-    }
-}
-
-/// `HOST:PORT` with a non-empty host and a port number.
-pub(crate) fn is_host_port(text: &str) -> bool {
-    match text.rsplit_once(':') {
-        Some((host, port)) => {
-            !host.is_empty()
-                && !host.contains(char::is_whitespace)
-                && port.parse::<u16>().is_ok_and(|p| p > 0)
-        }
-        None => false,
     }
 }
 

@@ -36,10 +36,24 @@ impl HandoffConfig {
     /// No `secret_file`, it cannot be read, or its first line is shorter than
     /// [`MIN_SECRET_LEN`]. The message names the key, never the secret.
     pub fn read_secret(&self) -> Result<String, ConfigError> {
-        let path = self.secret_file.as_deref().ok_or_else(|| {
-            ConfigError("handoff.secret_file: required for hand-off".to_string())
-        })?;
+        let path = self
+            .secret_file
+            .as_deref()
+            .ok_or_else(|| ConfigError("handoff.secret_file: required for hand-off".to_string()))?;
         read_secret_file(path)
+    }
+}
+
+/// `HOST:PORT` with a non-empty host (a name, an IPv4 address or a bracketed IPv6 address)
+/// and a port number other than 0.
+pub fn is_host_port(text: &str) -> bool {
+    match text.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && !host.chars().any(|c| c.is_whitespace() || c.is_control())
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+        }
+        None => false,
     }
 }
 
@@ -72,8 +86,19 @@ mod tests {
     use crate::testutil::TempDir;
 
     #[test]
+    fn peers_are_host_and_port() {
+        for good in ["10.0.0.2:2526", "postern-1.postern:2526", "[::1]:2526"] {
+            assert!(is_host_port(good), "{good}");
+        }
+        for bad in ["10.0.0.2", ":2526", "h:0", "h:65536", "h :1", "h:x", ""] {
+            assert!(!is_host_port(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn the_secret_is_the_first_line_and_long_enough() {
         let dir = TempDir::new("handoff-secret");
+        std::fs::create_dir_all(dir.path()).unwrap();
         let path = dir.path().join("secret");
         let config = HandoffConfig {
             secret_file: Some(path.clone()),

@@ -19,6 +19,7 @@ mod connection;
 mod driver;
 pub mod guard;
 mod handler;
+pub mod handoff;
 mod metering;
 pub mod tls;
 

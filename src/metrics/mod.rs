@@ -26,6 +26,9 @@
 //!   it was accepted), 0 when the spool is empty. The spool publishes the oldest acceptance
 //!   time after each group commit; the age is computed when `/metrics` is rendered, so it grows
 //!   between commits as it should.
+//!
+//! Drain (issue 11): `postern_draining` is 1 from the moment a drain starts (`postern drain`,
+//! or SIGTERM with `[server] drain_on_shutdown`) until the process exits, 0 otherwise.
 
 pub mod http;
 
@@ -70,6 +73,7 @@ struct Inner {
     sessions_revoked: IntCounter,
     quota_holds: IntCounterVec,
     quota_available: IntGauge,
+    draining: IntGauge,
     dkim_messages: IntCounterVec,
     dkim_signatures: IntCounterVec,
 }
@@ -216,6 +220,11 @@ impl Metrics {
                 &registry,
                 "postern_quota_backend_up",
                 "1 when the quota backend answered its last health check, else 0",
+            ),
+            draining: gauge(
+                &registry,
+                "postern_draining",
+                "1 while the server drains (postern drain, or SIGTERM with server.drain_on_shutdown), else 0",
             ),
             dkim_messages: counter_vec(
                 &registry,
@@ -383,6 +392,11 @@ impl Metrics {
     /// Whether the quota backend answered its last health check.
     pub fn set_quota_available(&self, up: bool) {
         self.inner.quota_available.set(i64::from(up));
+    }
+
+    /// Whether the server is draining (`postern_draining`).
+    pub fn set_draining(&self, draining: bool) {
+        self.inner.draining.set(i64::from(draining));
     }
 
     /// An accepted message was signed, or relayed unsigned for the reason `result`.

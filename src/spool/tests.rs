@@ -719,7 +719,11 @@ async fn flush_makes_deferred_messages_due_now() {
     let queue = spool.queue();
     assert_eq!(queue.len(), 2);
     assert_eq!(queue[0].envelope.id, a, "oldest first");
-    assert!(queue.iter().all(|q| q.next_attempt_ms >= unix_ms(hour) && q.attempts == 1));
+    assert!(
+        queue
+            .iter()
+            .all(|q| q.next_attempt_ms >= unix_ms(hour) && q.attempts == 1)
+    );
     assert!(matches!(
         spool.flush(Some(&SpoolId("0000000000000000000000".into()))),
         Err(SpoolError::NotFound(_))

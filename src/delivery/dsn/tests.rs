@@ -484,12 +484,9 @@ async fn removed_messages_bounce_their_pending_recipients() {
     assert_eq!(dsn.sender, "");
     assert_eq!(dsn.recipients[0].address, "alice@example.org");
     let mut text = Vec::new();
-    tokio::io::AsyncReadExt::read_to_end(
-        &mut spool.open_message(&dsn).await.unwrap(),
-        &mut text,
-    )
-    .await
-    .unwrap();
+    tokio::io::AsyncReadExt::read_to_end(&mut spool.open_message(&dsn).await.unwrap(), &mut text)
+        .await
+        .unwrap();
     let text = String::from_utf8(text).unwrap();
     for want in [
         "Final-Recipient: rfc822; bob@example.net",
@@ -512,7 +509,8 @@ async fn removed_messages_bounce_their_pending_recipients() {
         None
     );
     let mut done = original.clone();
-    done.recipients.retain(|r| r.status != RecipientStatus::Pending);
+    done.recipients
+        .retain(|r| r.status != RecipientStatus::Pending);
     assert_eq!(
         bounce_removed(&spool, &config, &Metrics::new(), &done, now)
             .await
