@@ -74,6 +74,10 @@ pub struct QueuedRecipient {
     pub attempts: u32,
     /// The last reply or reason, if any.
     pub last_reply: Option<String>,
+    /// DSN `NOTIFY=` (RFC 3461), as given at RCPT.
+    pub notify: Option<String>,
+    /// DSN `ORCPT=`, decoded.
+    pub orcpt: Option<String>,
 }
 
 /// One queued message.
@@ -91,6 +95,10 @@ pub struct QueuedMessage {
     pub attempts: u32,
     /// When the next attempt is due (Unix ms); `None` while one is running.
     pub next_attempt_ms: Option<u64>,
+    /// DSN `RET=`.
+    pub ret: Option<String>,
+    /// DSN `ENVID=`, decoded.
+    pub envid: Option<String>,
     /// Its recipients.
     pub recipients: Vec<QueuedRecipient>,
 }
@@ -220,6 +228,8 @@ mod tests {
             size: 2,
             attempts: 0,
             next_attempt_ms: None,
+            ret: None,
+            envid: Some("E 1".into()),
             recipients: vec![],
         }]);
         let line = encode(&queue);

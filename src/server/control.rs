@@ -213,6 +213,8 @@ fn listed(item: &QueueItem) -> QueuedMessage {
         size: envelope.size,
         attempts: item.attempts,
         next_attempt_ms: (!item.in_flight).then_some(item.next_attempt_ms),
+        ret: envelope.dsn_ret.clone(),
+        envid: envelope.dsn_envid.clone(),
         recipients: envelope
             .recipients
             .iter()
@@ -226,6 +228,8 @@ fn listed(item: &QueueItem) -> QueuedMessage {
                 .to_string(),
                 attempts: r.attempts,
                 last_reply: r.last_reply.clone(),
+                notify: r.notify.clone(),
+                orcpt: r.orcpt.clone(),
             })
             .collect(),
     }
