@@ -99,3 +99,8 @@ fn mta_sts() {
 fn config() {
     replay("config");
 }
+
+#[test]
+fn handoff() {
+    replay("handoff");
+}
