@@ -15,6 +15,7 @@
 
 mod config;
 mod dsn;
+mod handoff;
 mod headers;
 mod journal;
 mod mta_sts;
@@ -41,6 +42,7 @@ pub const TARGETS: &[Target] = &[
     ("mta_sts", mta_sts::run),
     ("config", config::run),
     ("proxy_header", proxy_header::run),
+    ("handoff", handoff::run),
 ];
 
 /// The session state machine (`session/`) driven as the listener drives it.
@@ -86,6 +88,12 @@ pub fn trust_anchor(data: &[u8]) {
 /// The MTA-STS TXT record and policy parsers (`delivery/mta_sts.rs`).
 pub fn mta_sts(data: &[u8]) {
     mta_sts::run(data)
+}
+
+/// The hand-off envelope lines and session (`smtp/handoff.rs`, `session/handoff.rs`) and
+/// the control socket's requests (`control.rs`).
+pub fn handoff(data: &[u8]) {
+    handoff::run(data)
 }
 
 /// The config loader (`config/`): TOML text to a checked config, or a one-line error.

@@ -20,6 +20,8 @@
 //! - [`cli`]: the `postern` command line: `serve` and the admin subcommands.
 //! - [`metrics`]: Prometheus metrics and the health endpoints.
 //! - [`config`]: the TOML configuration, strictly checked.
+//! - [`control`]: what `postern queue` and `postern drain` say to the running `serve` over
+//!   the Unix socket in its spool directory.
 //! - [`server`]: wires the pieces together for `postern serve`.
 //! - [`printable`]: client text made safe for terminals (control characters escaped) in the
 //!   text log and the admin tables.
@@ -47,13 +49,14 @@
 //! | 5 | `listener`, `delivery` | the two I/O drivers: mail in, mail out |
 //! | 4 | `dkim` | signs what the listener accepts; reads keys from `store`, the header cap from `session` |
 //! | 3 | `session`, `store`, `spool` | the protocol state machine, the directory and quota stores, the queue on disk |
-//! | 2 | `smtp`, `metrics` | wire pieces both SMTP clients share; counters every layer above may bump |
+//! | 2 | `smtp`, `metrics`, `control` | wire pieces both SMTP clients share; counters every layer above may bump; the admin commands' requests to the running server |
 //! | 1 | `config` | typed, checked configuration: every layer above reads it, it reads none of them |
 //! | 0 | `policy`, `dnssec`, `keys`, `printable`, `unix_time`, `testutil` | pure rules and shared values: import nothing from the crate |
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod delivery;
 pub mod dkim;
 pub mod dnssec;

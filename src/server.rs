@@ -1,12 +1,16 @@
-//! `postern serve`: opens the store and the spool, binds every listener, starts the delivery
-//! worker, the revocation watcher and the HTTP endpoints, and stops them all in order on
-//! SIGTERM or SIGINT.
+//! `postern serve`: opens the store and the spool, binds every listener and the control socket
+//! (`control.rs`), starts the delivery worker, the revocation watcher and the HTTP endpoints,
+//! and stops them all in order on SIGTERM or SIGINT, or drains first (`drain.rs`: on `postern
+//! drain`, or on SIGTERM with `[server] drain_on_shutdown = true`).
 //!
 //! Start-up order matters: the spool is opened (and its journal replayed) and every port is
 //! bound before `/readyz` turns ready, so a load balancer never sends a connection to a
 //! replica that cannot keep mail. Shutdown: stop accepting, tell idle sessions `421 4.3.2`,
 //! let transfers in progress finish for up to [`SHUTDOWN_GRACE`], then exit; whatever was
 //! acknowledged is already durable, so the deadline loses nothing.
+
+mod control;
+mod drain;
 
 use crate::config::{Config, LogFormat, QuotaBackendName};
 use crate::listener::guard::{Admission, SessionRegistry};
@@ -22,7 +26,10 @@ use crate::store::quota::builder::{
 use crate::store::quota::{Persistence, QuotaSettings, QuotaStore};
 use crate::store::{Directory, StoreError};
 use anyhow::Context;
+use control::ControlState;
+use drain::DrainSignal;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,19 +37,65 @@ use tokio_util::task::TaskTracker;
 /// How long sessions in the middle of a transfer may take to finish at shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-/// Runs the relay until a termination signal.
+/// Runs the relay until a termination signal or a drain (`server/drain.rs`).
 ///
 /// # Errors
-/// The store, spool, certificate or a listener could not be set up.
+/// The store, spool, certificate, control socket or a listener could not be set up.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
-    let config = Arc::new(config);
+    let running = start(Arc::new(config)).await?;
+    let order = tokio::select! {
+        _ = wait_for_signal() => running.config.server.drain_on_shutdown.then(|| drain::DrainOrder {
+            handoff: running.config.handoff.peer.clone(),
+            timeout: running.config.server.drain_timeout,
+        }),
+        order = running.drain.ordered() => Some(order),
+    };
+    match order {
+        Some(order) => running.drain(order).await,
+        None => running.stop().await,
+    }
+    Ok(())
+}
+
+/// A started server: what stopping or draining it needs.
+struct Running {
+    config: Arc<Config>,
+    spool: Spool,
+    metrics: Metrics,
+    readiness: Readiness,
+    draining: Arc<AtomicBool>,
+    /// Listeners and sessions.
+    intake: CancellationToken,
+    /// The delivery worker.
+    delivery_stop: CancellationToken,
+    delivery: tokio::task::JoinHandle<()>,
+    /// HTTP, watchers, the control socket: last to stop.
+    rest: CancellationToken,
+    sessions: TaskTracker,
+    services: TaskTracker,
+    control_tasks: TaskTracker,
+    drain: DrainSignal,
+}
+
+/// Opens everything, binds every socket and starts the tasks; ready (or not) on return.
+async fn start(config: Arc<Config>) -> anyhow::Result<Running> {
     let metrics = Metrics::new();
     let store = ConfiguredStore::open(&config)?;
     let directory_ok = check_directory_at_start(&store).await?;
     let spool = Spool::open(&config.spool, metrics.clone())
         .with_context(|| format!("spool.path {}", config.spool.path.display()))?;
+    let control_socket = control::bind(&config.spool.path)?;
     let tls = listener::tls::acceptor(&config).context("tls")?;
+    let handoff_secret = match config.listen.handoff {
+        Some(_) => Some(
+            config
+                .handoff
+                .read_secret()
+                .map_err(|e| anyhow::anyhow!(e.0))?,
+        ),
+        None => None,
+    };
     // Redis down at start is an outage like one later: start unready, answer 451, connect
     // when it answers.
     let Counters {
@@ -62,13 +115,20 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             smtp.push((role, listener::bind(role.name(), addr).await?));
         }
     }
+    let handoff = match config.listen.handoff {
+        Some(addr) => Some(listener::bind("handoff", addr).await?),
+        None => None,
+    };
     let http = match config.listen.http {
         Some(addr) => Some(listener::bind("http", addr).await?),
         None => None,
     };
 
-    let shutdown = CancellationToken::new();
+    let intake = CancellationToken::new();
+    let rest = CancellationToken::new();
+    let delivery_stop = CancellationToken::new();
     let readiness = Readiness::default();
+    let draining = Arc::new(AtomicBool::new(false));
     let directory_changed = Arc::new(tokio::sync::Notify::new());
     let shared = Arc::new(Shared {
         config: config.clone(),
@@ -81,7 +141,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tls,
         admission: Admission::from_limits(&config.limits),
         registry: Arc::new(SessionRegistry::default()),
-        shutdown: shutdown.clone(),
+        shutdown: intake.clone(),
         directory_generation: Default::default(),
         directory_changed: directory_changed.clone(),
     });
@@ -92,11 +152,20 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(listener = role.name(), addr = %tcp.local_addr()?, "listening");
         services.spawn(listener::serve(shared.clone(), tcp, role, sessions.clone()));
     }
+    if let (Some(tcp), Some(secret)) = (handoff, handoff_secret) {
+        tracing::info!(listener = "handoff", addr = %tcp.local_addr()?, "listening");
+        services.spawn(listener::handoff::serve(
+            shared.clone(),
+            tcp,
+            secret,
+            sessions.clone(),
+        ));
+    }
     if let Some(tcp) = http {
         tracing::info!(listener = "http", addr = %tcp.local_addr()?, "listening");
-        let (metrics, readiness, shutdown) = (metrics.clone(), readiness.clone(), shutdown.clone());
+        let (metrics, readiness, rest) = (metrics.clone(), readiness.clone(), rest.clone());
         services.spawn(async move {
-            if let Err(e) = crate::metrics::http::serve(tcp, metrics, readiness, shutdown).await {
+            if let Err(e) = crate::metrics::http::serve(tcp, metrics, readiness, rest).await {
                 tracing::error!(error = %e, "http endpoint failed");
             }
         });
@@ -106,65 +175,112 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         services.spawn(crate::store::postgres::changes::listen(
             pg.clone(),
             directory_changed,
-            shutdown.clone(),
+            rest.clone(),
         ));
     }
-    services.spawn(crate::delivery::run(
+    let delivery = tokio::spawn(crate::delivery::run(
         Arc::new(spool.clone()),
         config.clone(),
         metrics.clone(),
-        shutdown.clone(),
+        delivery_stop.clone(),
     ));
-    let backends = Backends {
-        spool: spool.clone(),
-        quota,
-        directory: shared.directory.clone(),
-    };
-    let quota_ok = shared.quota.ping().await.is_ok();
-    metrics.set_quota_available(quota_ok);
-    metrics.set_directory_available(directory_ok);
-    readiness.set(spool.is_healthy() && quota_ok && directory_ok);
-    match (quota_ok, directory_ok) {
-        (true, true) => tracing::info!(spooled = spool.len(), "postern ready"),
-        (false, _) => tracing::warn!(
-            spooled = spool.len(),
-            "postern started, not ready: quota backend unavailable"
-        ),
-        (true, false) => tracing::warn!(
-            spooled = spool.len(),
-            "postern started, not ready: directory unavailable"
-        ),
-    }
     services.spawn(watch_readiness(
-        backends,
+        ReadinessInputs {
+            spool: spool.clone(),
+            quota,
+            directory: shared.directory.clone(),
+            draining: draining.clone(),
+        },
         readiness.clone(),
         metrics.clone(),
-        shutdown.clone(),
+        rest.clone(),
     ));
+    let drain = DrainSignal::new();
+    let control_tasks = TaskTracker::new();
+    let control_state = Arc::new(ControlState {
+        spool: spool.clone(),
+        config: config.clone(),
+        metrics: metrics.clone(),
+        drain: drain.clone(),
+    });
+    services.spawn(control::serve(
+        control_socket,
+        control_state,
+        rest.clone(),
+        control_tasks.clone(),
+    ));
+    report_start(&shared, &readiness, directory_ok).await;
+    Ok(Running {
+        config,
+        spool,
+        metrics,
+        readiness,
+        draining,
+        intake,
+        delivery_stop,
+        delivery,
+        rest,
+        sessions,
+        services,
+        control_tasks,
+        drain,
+    })
+}
 
-    wait_for_signal().await;
-    tracing::info!("shutting down: no new connections, idle sessions get 421");
-    readiness.set(false);
-    shutdown.cancel();
-    services.close();
-    sessions.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("sessions still open after the grace period; closing them");
+impl Running {
+    /// Today's shutdown: stop accepting, let sessions and transactions finish, leave the
+    /// queue in the spool.
+    async fn stop(self) {
+        tracing::info!("shutting down: no new connections, idle sessions get 421");
+        self.readiness.set(false);
+        self.intake.cancel();
+        self.delivery_stop.cancel();
+        self.rest.cancel();
+        self.services.close();
+        self.sessions.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("sessions still open after the grace period; closing them");
+        }
+        // Deliveries in progress finish their transaction (the worker starts no new one):
+        // cutting one after the final dot but before its outcome is recorded would send it
+        // twice.
+        let delivery_grace = self.config.delivery.command_timeout + Duration::from_secs(5);
+        let all = async {
+            let _ = self.delivery.await;
+            self.services.wait().await;
+        };
+        if tokio::time::timeout(delivery_grace, all).await.is_err() {
+            tracing::warn!("deliveries still running after the grace period; stopping them");
+        }
+        tracing::info!(spooled = self.spool.len(), "stopped");
     }
-    // Deliveries in progress finish their transaction (the worker starts no new one): cutting
-    // one after the final dot but before its outcome is recorded would send it twice.
-    let delivery_grace = config.delivery.command_timeout + Duration::from_secs(5);
-    if tokio::time::timeout(delivery_grace, services.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("deliveries still running after the grace period; stopping them");
+
+    /// The drain, then the rest stops; attached `postern drain` commands get the last line.
+    async fn drain(self, order: drain::DrainOrder) {
+        let context = drain::DrainContext {
+            config: self.config.clone(),
+            spool: self.spool.clone(),
+            metrics: self.metrics.clone(),
+            readiness: self.readiness.clone(),
+            draining: self.draining.clone(),
+            intake: self.intake.clone(),
+            sessions: self.sessions.clone(),
+            delivery_stop: self.delivery_stop.clone(),
+            delivery: self.delivery,
+            signal: self.drain.clone(),
+        };
+        context.run(order).await;
+        // The attached commands write the final line, then close.
+        self.control_tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.control_tasks.wait()).await;
+        self.rest.cancel();
+        self.services.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.services.wait()).await;
+        tracing::info!(spooled = self.spool.len(), "stopped after draining");
     }
-    tracing::info!(spooled = spool.len(), "stopped");
-    Ok(())
 }
 
 /// Opens the quota backend named by `[quota]` for `postern quota show`: a backend that cannot
@@ -202,6 +318,26 @@ fn quota_store_config(config: &Config) -> anyhow::Result<QuotaStoreConfig> {
     Ok(settings)
 }
 
+/// The first readiness, and one line saying what it is.
+async fn report_start(shared: &Shared, readiness: &Readiness, directory_ok: bool) {
+    let quota_ok = shared.quota.ping().await.is_ok();
+    let spool = &shared.spool;
+    shared.metrics.set_quota_available(quota_ok);
+    shared.metrics.set_directory_available(directory_ok);
+    readiness.set(spool.is_healthy() && quota_ok && directory_ok);
+    match (quota_ok, directory_ok) {
+        (true, true) => tracing::info!(spooled = spool.len(), "postern ready"),
+        (false, _) => tracing::warn!(
+            spooled = spool.len(),
+            "postern started, not ready: quota backend unavailable"
+        ),
+        (true, false) => tracing::warn!(
+            spooled = spool.len(),
+            "postern started, not ready: directory unavailable"
+        ),
+    }
+}
+
 /// A shared directory (PostgreSQL) down at start is an outage like one later: `serve` starts
 /// unready and the readiness watcher finds it when it answers. A database at another schema
 /// version is refused at once (the CLI exits 2): it will not fix itself.
@@ -223,18 +359,21 @@ async fn check_directory_at_start(store: &ConfiguredStore) -> Result<bool, Store
 }
 
 /// What readiness depends on.
-struct Backends {
+struct ReadinessInputs {
     spool: Spool,
     quota: Arc<dyn QuotaStore>,
     directory: Arc<dyn Directory>,
+    /// A draining replica stays unready whatever else answers.
+    draining: Arc<AtomicBool>,
 }
 
 /// `/readyz` follows the spool, the quota backend and the directory: a replica that cannot
 /// keep or count mail, or check logins and hosting accounts, takes no traffic, and takes it
-/// again by itself once all answer. The directory's health check is its generation, the
-/// cheapest question it answers (and, for PostgreSQL, one that also checks the schema).
+/// again by itself once all answer; a draining one never again. The directory's health check
+/// is its generation, the cheapest question it answers (and, for PostgreSQL, one that also
+/// checks the schema).
 async fn watch_readiness(
-    backends: Backends,
+    inputs: ReadinessInputs,
     readiness: Readiness,
     metrics: Metrics,
     shutdown: CancellationToken,
@@ -246,7 +385,7 @@ async fn watch_readiness(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let quota_ok = match backends.quota.ping().await {
+        let quota_ok = match inputs.quota.ping().await {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(error = %e, "quota backend not answering: not ready");
@@ -255,9 +394,9 @@ async fn watch_readiness(
         };
         if quota_ok && !persistence_known {
             persistence_known = true;
-            report_persistence(backends.quota.as_ref(), &metrics).await;
+            report_persistence(inputs.quota.as_ref(), &metrics).await;
         }
-        let directory_ok = match backends.directory.generation().await {
+        let directory_ok = match inputs.directory.generation().await {
             Ok(_) => true,
             Err(e) => {
                 tracing::warn!(error = %e, "directory not answering: not ready");
@@ -266,7 +405,8 @@ async fn watch_readiness(
         };
         metrics.set_quota_available(quota_ok);
         metrics.set_directory_available(directory_ok);
-        readiness.set(backends.spool.is_healthy() && quota_ok && directory_ok);
+        let draining = inputs.draining.load(Ordering::SeqCst);
+        readiness.set(!draining && inputs.spool.is_healthy() && quota_ok && directory_ok);
     }
 }
 

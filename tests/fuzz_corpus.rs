@@ -104,3 +104,8 @@ fn config() {
 fn proxy_header() {
     replay("proxy_header");
 }
+
+#[test]
+fn handoff() {
+    replay("handoff");
+}

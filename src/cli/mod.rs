@@ -13,6 +13,9 @@
 //!   opened). A failing `serve` prints `postern: error: <message>`.
 //! - 2: bad usage (clap's message) or a bad config file (`postern: <message>`).
 //!
+//! `postern queue` and `postern drain` talk to the running server: 69 when none runs for the
+//! config, and `drain` exits 75 when mail was left in the spool (`queue.rs`, `drain.rs`).
+//!
 //! `postern sendmail` is the exception: it is called by programs that expect sendmail(8), so it
 //! parses its own options and exits with sysexits codes (64 usage, 69 refused, 75 try later,
 //! 78 config, ...; see `sendmail/`).
@@ -28,10 +31,12 @@ mod address;
 mod alias;
 mod device;
 mod dkim;
+mod drain;
 mod hosting;
 mod limit;
 mod log;
 mod migrate;
+mod queue;
 mod quota;
 mod sendmail;
 
@@ -95,6 +100,12 @@ enum Command {
     /// Bring the directory's database to this postern's schema (PostgreSQL; safe to run on
     /// several machines at once).
     Migrate,
+    /// List, retry and delete the running server's queued messages.
+    #[command(subcommand)]
+    Queue(queue::QueueCommand),
+    /// Drain the running server: stop taking mail, deliver, hand the rest to a peer, exit.
+    /// Exits 0 with an empty spool, 75 with mail left, 69 without a running server.
+    Drain(drain::DrainArgs),
     /// Submit a message from standard input to the relay listener, like sendmail(8):
     /// [-t] [-i] [-oi] [-f SENDER] [-F NAME] [--config PATH] [RECIPIENT...]. Exits with sysexits codes.
     #[command(disable_help_flag = true, disable_version_flag = true)]
@@ -145,6 +156,8 @@ fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Command::Log(args) => log::run(args, &config, out),
         Command::Migrate => migrate::run(&config, out),
         Command::Quota(cmd) => quota::run(cmd, &config, out),
+        Command::Queue(cmd) => return control_status(queue::run(cmd, &config, out), out, err),
+        Command::Drain(args) => return control_status(drain::run(args, &config, out), out, err),
     };
     match result.and_then(|()| out.flush().map_err(Into::into)) {
         Ok(()) => EXIT_OK,
@@ -172,6 +185,24 @@ fn failure_status(e: &anyhow::Error) -> u8 {
             )
     });
     if usage { EXIT_USAGE } else { EXIT_FAILURE }
+}
+
+/// The exit status of a command that talks to the running server (`queue`, `drain`).
+fn control_status(
+    result: Result<u8, queue::ControlError>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    match result {
+        Ok(code) => {
+            let _ = out.flush();
+            code
+        }
+        Err(e) => {
+            let _ = writeln!(err, "postern: {}", one_line(&e.to_string()));
+            e.exit_code()
+        }
+    }
 }
 
 /// `postern serve`: a multi-thread tokio runtime around [`crate::server::serve`].

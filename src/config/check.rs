@@ -25,6 +25,7 @@ impl Config {
         self.tls.check()?;
         self.listen.check()?;
         self.store.check()?;
+        self.check_handoff()?;
         self.limits.check()?;
         self.delivery.check()?;
         self.spool.check()?;
@@ -41,6 +42,33 @@ impl ServerConfig {
     fn check(&self) -> Result<(), ConfigError> {
         if self.hostname.is_empty() || self.hostname.contains(char::is_whitespace) {
             return invalid("server.hostname", "must be a host name without spaces");
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// A hand-off listener needs the fleet secret and the networks it accepts; the secret
+    /// file itself is read when `serve` starts.
+    fn check_handoff(&self) -> Result<(), ConfigError> {
+        if self.listen.handoff.is_some() {
+            if self.handoff.secret_file.is_none() {
+                return invalid("handoff.secret_file", "required when listen.handoff is set");
+            }
+            if self.handoff.networks.is_empty() {
+                return invalid(
+                    "handoff.networks",
+                    "required when listen.handoff is set (the peers' networks)",
+                );
+            }
+        }
+        if let Some(peer) = &self.handoff.peer {
+            if !super::handoff::is_host_port(peer) {
+                return invalid("handoff.peer", "must be HOST:PORT");
+            }
+            if self.handoff.secret_file.is_none() {
+                return invalid("handoff.secret_file", "required when handoff.peer is set");
+            }
         }
         Ok(())
     }

@@ -18,6 +18,7 @@
 
 mod check;
 mod duration;
+pub mod handoff;
 mod relay_host;
 mod store;
 mod trust;
@@ -93,6 +94,9 @@ pub struct Config {
     /// MTA-STS (RFC 8461) for delivery.
     #[serde(default)]
     pub mta_sts: MtaStsConfig,
+    /// Handing queued mail to a peer replica when draining.
+    #[serde(default)]
+    pub handoff: handoff::HandoffConfig,
 }
 
 /// `[mta_sts]`: honouring destination domains' MTA-STS policies.
@@ -281,14 +285,27 @@ pub struct ServerConfig {
     /// Name in the banner, EHLO replies, `Received:` headers and generated Message-IDs.
     #[serde(default = "default_hostname")]
     pub hostname: String,
+    /// SIGTERM drains (as `postern drain` does, handing off to `[handoff] peer` when set)
+    /// instead of stopping at once with the mail left in the spool.
+    #[serde(default)]
+    pub drain_on_shutdown: bool,
+    /// How long a SIGTERM drain lets deliveries run before the hand-off.
+    #[serde(default = "default_drain_timeout", with = "duration::serde_text")]
+    pub drain_timeout: Duration,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             hostname: default_hostname(),
+            drain_on_shutdown: false,
+            drain_timeout: default_drain_timeout(),
         }
     }
+}
+
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(120)
 }
 
 fn default_hostname() -> String {
@@ -312,6 +329,8 @@ pub struct ListenConfig {
     /// protocol off. See `listener::proxy`.
     #[serde(default)]
     pub proxy_protocol: Vec<IpNet>,
+    /// Mail handed over by draining peer replicas (`[handoff]`): TLS, fleet secret.
+    pub handoff: Option<SocketAddr>,
 }
 
 /// `[tls]`: both empty means a self-signed certificate generated at first start.

@@ -63,6 +63,7 @@ use super::tls::{TlsMode, TlsPolicy, server_name};
 use crate::smtp::command::{self, MailFrom, is_unsendable_address};
 use crate::smtp::dot::DotStuffer;
 use crate::smtp::extensions::Extensions;
+use crate::smtp::xtext;
 use crate::smtp::{EnhancedCode, Response, ResponseError, parse_response};
 
 /// Size of the chunks read from the spool and written to the server.
@@ -117,20 +118,6 @@ pub struct RecipientDsn {
     pub orcpt: Option<String>,
 }
 
-/// RFC 3461 section 4: xtext, printable ASCII but `+` and `=` as they are, everything else as
-/// `+HH` (a UTF-8 character byte by byte).
-fn xtext(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("+{b:02X}"));
-        }
-    }
-    out
-}
-
 /// `line` (a command with its CRLF) with ` params` before the CRLF.
 fn with_params(mut line: String, params: &str) -> String {
     if params.is_empty() {
@@ -171,7 +158,7 @@ impl Transaction<'_> {
             params.push_str(&format!(" RET={}", ret.to_ascii_uppercase()));
         }
         if let Some(envid) = self.envid {
-            params.push_str(&format!(" ENVID={}", xtext(envid)));
+            params.push_str(&format!(" ENVID={}", xtext::encode(envid)));
         }
         with_params(line, &params)
     }
@@ -188,7 +175,7 @@ impl Transaction<'_> {
             params.push_str(&format!(" NOTIFY={}", notify.to_ascii_uppercase()));
         }
         if let Some(orcpt) = &dsn.orcpt {
-            params.push_str(&format!(" ORCPT=rfc822;{}", xtext(orcpt)));
+            params.push_str(&format!(" ORCPT=rfc822;{}", xtext::encode(orcpt)));
         }
         with_params(line, &params)
     }
@@ -734,7 +721,7 @@ impl AsyncWrite for Stream {
 
 /// One connection: the stream, bytes read but not parsed yet, and whether it can still carry
 /// commands.
-struct Session {
+pub(super) struct Session {
     stream: Stream,
     buf: Vec<u8>,
     command_timeout: Duration,
@@ -744,7 +731,10 @@ struct Session {
 }
 
 impl Session {
-    async fn connect(settings: &ClientSettings, peer: &Peer) -> Result<Self, ClientError> {
+    pub(super) async fn connect(
+        settings: &ClientSettings,
+        peer: &Peer,
+    ) -> Result<Self, ClientError> {
         let tcp = match timeout(settings.connect_timeout, TcpStream::connect(peer.addr)).await {
             Err(_) => {
                 return Err(ClientError::ConnectTimeout {
@@ -765,7 +755,7 @@ impl Session {
     }
 
     /// Reads one whole reply within `command_timeout`.
-    async fn read_reply(&mut self, phase: Command) -> Result<Response, ClientError> {
+    pub(super) async fn read_reply(&mut self, phase: Command) -> Result<Response, ClientError> {
         let deadline = Instant::now() + self.command_timeout;
         let result = self.read_reply_until(phase, deadline).await;
         if result.is_err() {
@@ -805,7 +795,7 @@ impl Session {
     }
 
     /// Writes and flushes `bytes` within `command_timeout`.
-    async fn write(&mut self, bytes: &[u8], phase: Command) -> Result<(), ClientError> {
+    pub(super) async fn write(&mut self, bytes: &[u8], phase: Command) -> Result<(), ClientError> {
         let stream = &mut self.stream;
         let io = async {
             stream.write_all(bytes).await?;
@@ -825,13 +815,17 @@ impl Session {
         result
     }
 
-    async fn command(&mut self, line: &str, phase: Command) -> Result<Response, ClientError> {
+    pub(super) async fn command(
+        &mut self,
+        line: &str,
+        phase: Command,
+    ) -> Result<Response, ClientError> {
         self.write(line.as_bytes(), phase).await?;
         self.read_reply(phase).await
     }
 
     /// EHLO, or HELO when EHLO is refused with 5yz (RFC 5321 3.2).
-    async fn hello(&mut self, name: &str) -> Result<Extensions, ClientError> {
+    pub(super) async fn hello(&mut self, name: &str) -> Result<Extensions, ClientError> {
         let reply = self.command(&command::ehlo(name), Command::Ehlo).await?;
         if reply.is_positive() {
             return Ok(Extensions::from_ehlo(&reply));
@@ -854,7 +848,7 @@ impl Session {
     }
 
     /// The TLS handshake after a 220 to STARTTLS.
-    async fn start_tls(
+    pub(super) async fn start_tls(
         &mut self,
         settings: &ClientSettings,
         peer: &Peer,
@@ -1110,7 +1104,7 @@ impl Session {
     }
 
     /// Streams the message, dot-stuffed, and the end marker.
-    async fn send_body(
+    pub(super) async fn send_body(
         &mut self,
         mut body: Box<dyn AsyncRead + Send + Unpin>,
     ) -> Result<BodyEnd, ClientError> {
@@ -1139,7 +1133,7 @@ impl Session {
     }
 
     /// QUIT and close; errors do not matter any more (RFC 5321 4.1.1.10).
-    async fn quit(&mut self) {
+    pub(super) async fn quit(&mut self) {
         if self.usable {
             let quit = async {
                 self.stream.write_all(command::QUIT.as_bytes()).await?;
@@ -1157,7 +1151,7 @@ impl Session {
 }
 
 /// How the body transfer ended when the connection survived.
-enum BodyEnd {
+pub(super) enum BodyEnd {
     /// Message and end marker written.
     Sent,
     /// The spool could not be read; the end marker was not sent.
@@ -1321,7 +1315,7 @@ mod tests {
             "RCPT TO:<b@example.org> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Bob+20Smith+2Bx+3Dy@example.org\r\n"
         );
         assert_eq!(t.rcpt_line(1, &with_dsn), "RCPT TO:<c@example.org>\r\n");
-        assert_eq!(xtext("jörg"), "j+C3+B6rg");
+        assert_eq!(xtext::encode("jörg"), "j+C3+B6rg");
     }
 
     #[test]

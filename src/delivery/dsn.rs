@@ -667,6 +667,65 @@ pub(super) async fn after_attempt(
     notices
 }
 
+/// Status of recipients an operator removed from the queue (`postern queue delete`): RFC 3463
+/// "other undefined status", permanent; no code says "deleted by the postmaster".
+pub const REMOVED_STATUS: EnhancedCode = EnhancedCode::new(5, 0, 0);
+
+/// The failure DSN for a message an operator removes from the queue: its pending recipients
+/// that did not ask for `NOTIFY=NEVER` (or a list without FAILURE) are reported failed with
+/// [`REMOVED_STATUS`]. Enqueued before the message is removed, so a crash in between can
+/// leave both, never neither. `Ok(None)` when no DSN applies (a null sender, no such
+/// recipient).
+///
+/// # Errors
+/// The DSN could not be committed; the caller then keeps the message.
+pub async fn bounce_removed(
+    spool: &Spool,
+    config: &Config,
+    metrics: &Metrics,
+    original: &Envelope,
+    now: SystemTime,
+) -> Result<Option<SpoolId>, SpoolError> {
+    if original.sender.is_empty() {
+        return Ok(None);
+    }
+    let entries: Vec<Entry> = original
+        .recipients
+        .iter()
+        .filter(|r| {
+            r.status == crate::spool::RecipientStatus::Pending
+                && wants(r.notify.as_deref(), Kind::Failure)
+        })
+        .map(|r| Entry {
+            address: r.address.clone(),
+            orcpt: r.orcpt.clone(),
+            status: REMOVED_STATUS,
+            remote_mta: None,
+            remote_reply: None,
+            text: "removed from the queue by the postmaster".to_string(),
+        })
+        .collect();
+    if entries.is_empty() {
+        return Ok(None);
+    }
+    let id = spool.new_id();
+    let report = Report {
+        kind: Kind::Failure,
+        hostname: &config.server.hostname,
+        original,
+        entries,
+        id: &id,
+        now,
+        retry_until: None,
+        returned: returned(Kind::Failure, original, config.limits.max_message_size),
+        boundary: new_boundary(),
+    };
+    enqueue(spool, &report).await?;
+    metrics.delivery_bounce(Kind::Failure.label());
+    tracing::info!(queue_id = %original.id, dsn_id = %id, to = %original.sender, "DSN enqueued for a message removed from the queue");
+    Ok(Some(id))
+}
+
 /// The next attempt's time after a temporary failure: `retry_at`, or the delay-warning
 /// instant when that comes first and a pending recipient has not been told yet (so the
 /// delay notice is not held back by a long backoff).

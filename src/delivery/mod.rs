@@ -78,6 +78,7 @@ pub mod client;
 pub mod dane;
 pub mod dead;
 pub mod dsn;
+pub mod handoff;
 pub mod log;
 pub mod mta_sts;
 pub mod mx;

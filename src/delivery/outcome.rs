@@ -72,6 +72,8 @@ pub enum Command {
     DataEnd,
     /// RSET before a transaction on a reused session.
     Rset,
+    /// AUTH (the fleet secret of a hand-off, `handoff.rs`).
+    Auth,
 }
 
 impl fmt::Display for Command {
@@ -86,6 +88,7 @@ impl fmt::Display for Command {
             Command::Data => "DATA",
             Command::DataEnd => "end of DATA",
             Command::Rset => "RSET",
+            Command::Auth => "AUTH",
         })
     }
 }

@@ -79,6 +79,7 @@ mod tests {
             relay: relay.map(|r| r.parse().unwrap()),
             http: Some("127.0.0.1:25".parse().unwrap()),
             proxy_protocol: Vec::new(),
+            handoff: None,
         })
     }
 

@@ -64,6 +64,11 @@ impl Connection {
     /// [`Connection::Closed`]. A connection that is not plaintext is left as it is and
     /// answers `false`: a second handshake is never run.
     pub(super) async fn start_tls(&mut self, shared: &Shared, role: Role) -> bool {
+        self.start_tls_for(shared, role.name()).await
+    }
+
+    /// [`Self::start_tls`] for the listener named `listener` in the metrics.
+    pub(super) async fn start_tls_for(&mut self, shared: &Shared, listener: &str) -> bool {
         let tcp = match std::mem::replace(self, Connection::Closed) {
             Connection::Plain(tcp) => tcp,
             other => {
@@ -74,17 +79,17 @@ impl Connection {
         let accept = shared.tls.accept(tcp);
         match tokio::time::timeout(shared.config.timeouts.tls_handshake, accept).await {
             Ok(Ok(tls)) => {
-                shared.metrics.tls_handshake(role.name(), "ok");
+                shared.metrics.tls_handshake(listener, "ok");
                 *self = Connection::Tls(Box::new(tls));
                 true
             }
             Ok(Err(e)) => {
-                shared.metrics.tls_handshake(role.name(), "failed");
-                tracing::debug!(listener = role.name(), error = %e, "TLS handshake failed");
+                shared.metrics.tls_handshake(listener, "failed");
+                tracing::debug!(listener, error = %e, "TLS handshake failed");
                 false
             }
             Err(_) => {
-                shared.metrics.tls_handshake(role.name(), "timeout");
+                shared.metrics.tls_handshake(listener, "timeout");
                 false
             }
         }

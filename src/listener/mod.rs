@@ -22,6 +22,7 @@ mod connection;
 mod driver;
 pub mod guard;
 mod handler;
+pub mod handoff;
 mod metering;
 pub mod proxy;
 pub mod tls;

@@ -30,6 +30,9 @@
 //!   it was accepted), 0 when the spool is empty. The spool publishes the oldest acceptance
 //!   time after each group commit; the age is computed when `/metrics` is rendered, so it grows
 //!   between commits as it should.
+//!
+//! Drain (issue 11): `postern_draining` is 1 from the moment a drain starts (`postern drain`,
+//! or SIGTERM with `[server] drain_on_shutdown`) until the process exits, 0 otherwise.
 
 pub mod http;
 
@@ -79,6 +82,7 @@ struct Inner {
     quota_persistence: IntGaugeVec,
     quota_release_retries: IntCounterVec,
     directory_available: IntGauge,
+    draining: IntGauge,
     dkim_messages: IntCounterVec,
     dkim_signatures: IntCounterVec,
 }
@@ -254,6 +258,11 @@ impl Metrics {
                 "postern_directory_available",
                 "1 when the directory (addresses, devices, hosting accounts) answered its last \
                  health check at this postern's schema version, else 0",
+            ),
+            draining: gauge(
+                &registry,
+                "postern_draining",
+                "1 while the server drains (postern drain, or SIGTERM with server.drain_on_shutdown), else 0",
             ),
             dkim_messages: counter_vec(
                 &registry,
@@ -455,6 +464,11 @@ impl Metrics {
     /// Whether the directory answered its last health check.
     pub fn set_directory_available(&self, up: bool) {
         self.inner.directory_available.set(i64::from(up));
+    }
+
+    /// Whether the server is draining (`postern_draining`).
+    pub fn set_draining(&self, draining: bool) {
+        self.inner.draining.set(i64::from(draining));
     }
 
     /// An accepted message was signed, or relayed unsigned for the reason `result`.

@@ -21,6 +21,7 @@
 
 pub mod data;
 pub mod envelope;
+pub mod handoff;
 pub mod headers;
 pub mod reply;
 

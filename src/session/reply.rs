@@ -489,4 +489,27 @@ impl Reply {
     pub fn tls_already_active() -> Self {
         Self::one(503, "5.5.1 TLS already active")
     }
+
+    /// `530 5.7.0 Must issue a STARTTLS command first` (RFC 3207 section 4: the hand-off
+    /// listener takes nothing but EHLO, STARTTLS, NOOP, RSET and QUIT before TLS).
+    pub fn starttls_first() -> Self {
+        Self::one(530, "5.7.0 Must issue a STARTTLS command first")
+    }
+
+    /// `535 5.7.8 Authentication credentials invalid` (RFC 4954 section 6): the hand-off
+    /// listener's answer to a wrong fleet secret.
+    pub fn handoff_auth_failed() -> Self {
+        Self::one(535, "5.7.8 Authentication credentials invalid")
+    }
+
+    /// `501 5.5.4 Hand-off: REASON`: a MAIL or RCPT line the hand-off reader refused.
+    pub fn handoff_bad_line(reason: &str) -> Self {
+        Self::one(501, format!("5.5.4 Hand-off: {reason}"))
+    }
+
+    /// `554 5.7.1 Hand-off not accepted from your address` (the greeting to a client outside
+    /// `[handoff] networks`; the connection is then closed).
+    pub fn handoff_network_refused() -> Self {
+        Self::one(554, "5.7.1 Hand-off not accepted from your address")
+    }
 }

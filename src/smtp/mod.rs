@@ -9,7 +9,11 @@
 //! - [`EnhancedCode`]: the RFC 3463 status code such a reply (and every delivery outcome) carries;
 //! - [`extensions`]: the EHLO keywords the clients act on;
 //! - [`command`]: the command lines a client sends, and which addresses can be put on them;
-//! - [`dot`]: the streaming dot-stuffer for DATA.
+//! - [`dot`]: the streaming dot-stuffer for DATA;
+//! - [`xtext`]: the RFC 3461 encoding of `ENVID=` and `ORCPT=`;
+//! - [`handoff`]: the envelope lines of a hand-off between two replicas, written by the
+//!   sending replica and read by the receiving one (the one server-side parser here: both
+//!   ends are Postern).
 //!
 //! The server side is elsewhere: `session/` parses commands and writes the replies of its own
 //! catalogue (`session::reply::Reply`). A parsed reply is therefore called a [`Response`] here,
@@ -22,7 +26,9 @@ pub mod command;
 pub mod dot;
 mod enhanced_code;
 pub mod extensions;
+pub mod handoff;
 pub mod response;
+pub mod xtext;
 
 pub use enhanced_code::EnhancedCode;
 pub use response::{Response, ResponseError, parse_response};

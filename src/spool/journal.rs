@@ -18,7 +18,7 @@
 use super::files::{self, fsync_dir, private_dir, private_options};
 use super::record::{self, DoneRecord, Position, RecordKey, UpdateRecord};
 use super::replay::{self, Replayed};
-use super::{Envelope, QueuedMessage, RecipientResult, RecipientStatus, SpoolId, key};
+use super::{Envelope, QueueItem, QueuedMessage, RecipientResult, RecipientStatus, SpoolId, key};
 use crate::metrics::Metrics;
 use crate::unix_time::unix_ms;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -115,6 +115,8 @@ enum Job {
         retry_ms: Option<u64>,
         done: Reply,
     },
+    /// An operator's `queue delete` or a finished hand-off: the message leaves the spool.
+    Remove { id: SpoolId, done: Reply },
 }
 
 /// Where a live message's data is.
@@ -362,6 +364,73 @@ impl Journal {
         }
         drop(index);
         self.due_changed.notify_one();
+    }
+
+    /// Writes the `Done` record of a message, whatever its recipients' states; returns once
+    /// it is durable. A delivery of it still in flight then finds it gone when it records its
+    /// attempt (`NotFound`), and nothing more is written for it.
+    pub(super) async fn remove(&self, id: &SpoolId) -> Result<(), SpoolError> {
+        let (done, wait) = oneshot::channel();
+        self.send(Job::Remove {
+            id: id.clone(),
+            done,
+        })
+        .await?;
+        wait.await.map_err(|_| SpoolError::Stopped)?
+    }
+
+    /// Every live message with its schedule, oldest first.
+    pub(super) fn snapshot(&self) -> Vec<QueueItem> {
+        let index = self.index.lock().expect("spool index lock");
+        index
+            .by_received
+            .iter()
+            .filter_map(|(_, id)| index.messages.get(id))
+            .map(|entry| QueueItem {
+                envelope: entry.envelope.clone(),
+                attempts: entry.attempts,
+                next_attempt_ms: entry.next_attempt_ms,
+                in_flight: entry.in_flight,
+            })
+            .collect()
+    }
+
+    /// One live message's envelope as it stands.
+    pub(super) fn envelope(&self, id: &SpoolId) -> Option<Envelope> {
+        let index = self.index.lock().expect("spool index lock");
+        index.messages.get(id).map(|entry| entry.envelope.clone())
+    }
+
+    /// Makes `id` (or every message) due at `now_ms`; messages in flight are left alone (their
+    /// attempt is running). Returns how many were moved forward. The schedule is not written
+    /// to the journal: after a restart every message is due at its recorded time, which a
+    /// flush only ever brings forward.
+    ///
+    /// # Errors
+    /// `id` is not in the spool.
+    pub(super) fn flush(&self, id: Option<&SpoolId>, now_ms: u64) -> Result<usize, SpoolError> {
+        let mut index = self.index.lock().expect("spool index lock");
+        let ids: Vec<SpoolId> = match id {
+            Some(id) if !index.messages.contains_key(id) => {
+                return Err(SpoolError::NotFound(id.clone()));
+            }
+            Some(id) => vec![id.clone()],
+            None => index.messages.keys().cloned().collect(),
+        };
+        let mut moved = 0;
+        for id in ids {
+            let Some(mut entry) = index.remove(&id) else {
+                continue;
+            };
+            if !entry.in_flight && entry.next_attempt_ms > now_ms {
+                entry.next_attempt_ms = now_ms;
+                moved += 1;
+            }
+            index.insert(entry);
+        }
+        drop(index);
+        self.due_changed.notify_one();
+        Ok(moved)
     }
 
     async fn send(&self, job: Job) -> Result<(), SpoolError> {
@@ -657,6 +726,18 @@ impl Committer {
                     let (encoded, change) = self.encode_attempt(at, entry, id, results, retry_ms);
                     batch.bytes.extend_from_slice(&encoded);
                     batch.changes.push(change);
+                    batch.replies.push(done);
+                }
+                Job::Remove { id, done } => {
+                    if !index.messages.contains_key(&id) {
+                        let _ = done.send(Err(SpoolError::NotFound(id)));
+                        continue;
+                    }
+                    let record = DoneRecord { id: id.clone() };
+                    batch
+                        .bytes
+                        .extend_from_slice(&record::encode_done(&self.key, at, &record));
+                    batch.changes.push(Change::Remove(id));
                     batch.replies.push(done);
                 }
             }

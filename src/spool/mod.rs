@@ -217,6 +217,19 @@ pub struct QueuedMessage {
     pub attempts: u32,
 }
 
+/// A live message as `postern queue list` shows it.
+#[derive(Debug, Clone)]
+pub struct QueueItem {
+    /// Envelope with the current recipient states.
+    pub envelope: Envelope,
+    /// Delivery attempts made so far.
+    pub attempts: u32,
+    /// When the next attempt is due (Unix ms); in the past for a message waiting for a worker.
+    pub next_attempt_ms: u64,
+    /// An attempt is running now.
+    pub in_flight: bool,
+}
+
 /// One recipient's outcome of a delivery attempt.
 #[derive(Debug, Clone)]
 pub struct RecipientResult {
@@ -479,6 +492,35 @@ impl Spool {
         delivered: Vec<RecipientResult>,
     ) -> Result<(), SpoolError> {
         self.journal.record_progress(id, delivered).await
+    }
+
+    /// Every live message with its schedule, oldest first (`postern queue list`).
+    pub fn queue(&self) -> Vec<QueueItem> {
+        self.journal.snapshot()
+    }
+
+    /// A live message's envelope with its recipients' current states.
+    pub fn envelope(&self, id: &SpoolId) -> Option<Envelope> {
+        self.journal.envelope(id)
+    }
+
+    /// Makes `id`, or every message, due now (`postern queue flush`); returns how many were
+    /// brought forward (messages in flight are not).
+    ///
+    /// # Errors
+    /// `id` is not in the spool ([`SpoolError::NotFound`]).
+    pub fn flush(&self, id: Option<&SpoolId>) -> Result<usize, SpoolError> {
+        self.journal.flush(id, unix_ms(SystemTime::now()))
+    }
+
+    /// Removes a message for good (`postern queue delete`, or a message a peer took over);
+    /// returns once its `Done` record is durable.
+    ///
+    /// # Errors
+    /// It is not in the spool ([`SpoolError::NotFound`]), or the journal write failed (the
+    /// message stays).
+    pub async fn remove(&self, id: &SpoolId) -> Result<(), SpoolError> {
+        self.journal.remove(id).await
     }
 
     /// Messages in the spool.

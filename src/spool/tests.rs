@@ -757,3 +757,83 @@ async fn spool_directories_and_files_are_private_whatever_the_umask() {
     }
     drop(spool);
 }
+
+#[tokio::test]
+async fn a_removed_message_does_not_come_back_and_others_stay() {
+    let dir = TempDir::new("spool-test");
+    let spool = open(&dir);
+    let gone = put(&spool, &["x@example.net"], b"a\r\n").await;
+    let kept = put(&spool, &["y@example.net"], b"b\r\n").await;
+    spool.remove(&gone).await.unwrap();
+    assert_eq!(spool.len(), 1);
+    assert!(spool.envelope(&gone).is_none());
+    assert!(matches!(
+        spool.remove(&gone).await,
+        Err(SpoolError::NotFound(_))
+    ));
+    drop(spool);
+    let spool = open(&dir);
+    let ids: Vec<SpoolId> = spool.queue().into_iter().map(|q| q.envelope.id).collect();
+    assert_eq!(ids, vec![kept]);
+}
+
+#[tokio::test]
+async fn a_message_removed_in_flight_refuses_its_attempt_record() {
+    let dir = TempDir::new("spool-test");
+    let spool = open(&dir);
+    put(&spool, &["x@example.net"], b"a\r\n").await;
+    let m = next(&spool).await;
+    assert!(spool.queue()[0].in_flight);
+    spool.remove(&m.envelope.id).await.unwrap();
+    let results = vec![RecipientResult {
+        index: 0,
+        status: RecipientStatus::Pending,
+        reply: "451 later".into(),
+        delay_notified: false,
+    }];
+    let recorded = spool
+        .record_attempt(&m.envelope.id, results, Some(SystemTime::now()))
+        .await;
+    assert!(matches!(recorded, Err(SpoolError::NotFound(_))));
+    assert!(spool.is_empty());
+}
+
+#[tokio::test]
+async fn flush_makes_deferred_messages_due_now() {
+    let dir = TempDir::new("spool-test");
+    let spool = open(&dir);
+    let a = put(&spool, &["x@example.net"], b"a\r\n").await;
+    let b = put(&spool, &["y@example.net"], b"b\r\n").await;
+    let hour = SystemTime::now() + Duration::from_secs(3600);
+    for _ in 0..2 {
+        let m = next(&spool).await;
+        let results = vec![RecipientResult {
+            index: 0,
+            status: RecipientStatus::Pending,
+            reply: "451 later".into(),
+            delay_notified: false,
+        }];
+        spool
+            .record_attempt(&m.envelope.id, results, Some(hour))
+            .await
+            .unwrap();
+    }
+    let queue = spool.queue();
+    assert_eq!(queue.len(), 2);
+    assert_eq!(queue[0].envelope.id, a, "oldest first");
+    assert!(
+        queue
+            .iter()
+            .all(|q| q.next_attempt_ms >= unix_ms(hour) && q.attempts == 1)
+    );
+    assert!(matches!(
+        spool.flush(Some(&SpoolId("0000000000000000000000".into()))),
+        Err(SpoolError::NotFound(_))
+    ));
+    assert_eq!(spool.flush(Some(&b)).unwrap(), 1);
+    assert_eq!(next(&spool).await.envelope.id, b);
+    // b is in flight now: a flush of all moves only a.
+    assert_eq!(spool.flush(None).unwrap(), 1);
+    assert_eq!(next(&spool).await.envelope.id, a);
+    assert_eq!(spool.flush(None).unwrap(), 0);
+}

@@ -455,3 +455,68 @@ async fn enqueue_streams_what_build_makes() {
     drop(spool);
     drop(dir);
 }
+
+/// `postern queue delete`: only pending recipients that want FAILURE notices are reported,
+/// with 5.0.0; a null sender or nothing to report gives no DSN.
+#[tokio::test]
+async fn removed_messages_bounce_their_pending_recipients() {
+    let dir = crate::testutil::TempDir::new("dsn-removed");
+    let text = format!(
+        "[listen]\nsubmission = \"127.0.0.1:2587\"\n[store]\npath = \"{0}/s.db\"\n[spool]\npath = \"{0}/spool\"\n",
+        dir.path().display()
+    );
+    let config = Config::parse(&text).unwrap();
+    let spool = Spool::open(&config.spool, Metrics::new()).unwrap();
+    let mut original = envelope();
+    original.id = spool.new_id();
+    let mut delivered = Recipient::new("dave@example.net".into());
+    delivered.status = RecipientStatus::Delivered;
+    let mut never = Recipient::new("erin@example.net".into());
+    never.notify = Some("NEVER".into());
+    original.recipients.extend([delivered, never]);
+    let now = from_unix_ms(1_700_000_100_000);
+
+    let id = bounce_removed(&spool, &config, &Metrics::new(), &original, now)
+        .await
+        .unwrap()
+        .expect("a DSN");
+    let dsn = spool.envelope(&id).unwrap();
+    assert_eq!(dsn.sender, "");
+    assert_eq!(dsn.recipients[0].address, "alice@example.org");
+    let mut text = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut spool.open_message(&dsn).await.unwrap(), &mut text)
+        .await
+        .unwrap();
+    let text = String::from_utf8(text).unwrap();
+    for want in [
+        "Final-Recipient: rfc822; bob@example.net",
+        "Final-Recipient: rfc822; carol@example.net",
+        "Status: 5.0.0",
+        "Action: failed",
+    ] {
+        assert!(text.contains(want), "{want} in {text}");
+    }
+    for absent in ["dave@example.net", "erin@example.net"] {
+        assert!(!text.contains(&format!("rfc822; {absent}")), "{absent}");
+    }
+
+    let mut bounce = original.clone();
+    bounce.sender = String::new();
+    assert_eq!(
+        bounce_removed(&spool, &config, &Metrics::new(), &bounce, now)
+            .await
+            .unwrap(),
+        None
+    );
+    let mut done = original.clone();
+    done.recipients
+        .retain(|r| r.status != RecipientStatus::Pending);
+    assert_eq!(
+        bounce_removed(&spool, &config, &Metrics::new(), &done, now)
+            .await
+            .unwrap(),
+        None
+    );
+    drop(spool);
+    drop(dir);
+}
