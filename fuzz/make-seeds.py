@@ -32,6 +32,10 @@ put("session", "relay-denied-small", bytes([RELAY | SMALL, 0x81, 2]) + b"EHLO x\
 put("session", "bad-data", bytes([SUBMISSIONS | SMALL, 0xFF, 0]) + b"EHLO c\r\nAUTH PLAIN " + plain + b"\r\n" + tx + b"DATA\r\nFrom: bob@example.org <alice@example.org>\r\nSender: x@y\r\n\r\nbare\nlf\r\n.\r\n"
     + tx + b"DATA\r\n" + b"x" * 1000 + b"\r\n.\r\nMAIL FROM:<alice@example.org>\r\nDATA\r\n\r\nfoo bar\r\nQUIT\r\n")
 put("session", "long-lines", bytes([RELAY | ALLOW, 0, 9]) + b"EHLO x\r\nNOOP " + b"x" * 4091 + b"\r\nNOOP " + b"y" * 4092 + b"\r\nNOOP\r\n")
+braked = base64.b64encode(b"\0alice@example.org\0braked-address")
+braked_net = base64.b64encode(b"\0alice@example.org\0braked-network")
+put("session", "auth-braked", bytes([SUBMISSIONS, 0, 2]) + b"EHLO c\r\nAUTH PLAIN " + braked + b"\r\nNOOP\r\n")
+put("session", "auth-braked-network", bytes([SUBMISSIONS, 0, 1]) + b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHdyb25n\r\nAUTH PLAIN " + braked_net + b"\r\nQUIT\r\n")
 put("session", "auth-failures", bytes([SUBMISSIONS, 0, 4]) + b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHdyb25n\r\nAUTH LOGIN\r\n*\r\nAUTH PLAIN\r\n=\r\nAUTH CRAM-MD5\r\nAUTH PLAIN !!!\r\nAUTH LOGIN " + login_user + b"\r\nd3Jvbmc=\r\n")
 
 # headers: HELO name, client IP, seconds (4 bytes), then the header section.

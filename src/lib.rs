@@ -16,7 +16,8 @@
 //!   pure code shared by [`delivery`] and `postern sendmail`; uses only std and crates.
 //! - [`store`]: the directory (addresses, aliases, devices, hosting accounts, limits, DKIM
 //!   keys) behind the traits a backend implements (embedded SQLite in `store/embedded/`, one
-//!   file per subject), and the recipient quotas (`store/quota/`: embedded or Redis).
+//!   file per subject), and the recipient quotas (`store/quota/`: embedded or Redis) with the brakes a fleet
+//!   counts together (`store/brakes/`).
 //! - [`cli`]: the `postern` command line: `serve` and the admin subcommands.
 //! - [`metrics`]: Prometheus metrics and the health endpoints.
 //! - [`config`]: the TOML configuration, strictly checked.

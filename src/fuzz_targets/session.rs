@@ -27,8 +27,8 @@ use crate::policy::sender::may_send_as;
 use crate::session::data::MAX_LINE;
 use crate::session::headers::{header_section_end, scan_headers};
 use crate::session::{
-    AuthOutcome, Authenticated, CommitOutcome, CompletedMessage, Event, HoldOutcome, HostingClient,
-    Reply, Role, Session, SessionConfig,
+    AuthOutcome, Authenticated, BrakedFrom, CommitOutcome, CompletedMessage, Event, HoldOutcome,
+    HostingClient, Reply, Role, Session, SessionConfig,
 };
 use crate::smtp::parse_response;
 
@@ -36,6 +36,10 @@ const HOSTNAME: &str = "postern.test";
 const USER: &str = "alice@example.org";
 const ALIAS: &str = "sales@example.org";
 const PASSWORD: &str = "right-password";
+/// Passwords for which the driver answers that the failed-login brake is engaged (for the
+/// client's address, for its network), as the listener does before checking any password.
+const BRAKED_ADDRESS: &str = "braked-address";
+const BRAKED_NETWORK: &str = "braked-network";
 
 /// The session's settings and the driver's answers, from the first input bytes.
 struct Setup {
@@ -219,6 +223,10 @@ impl Driver<'_> {
             } => {
                 let outcome = if self.setup.store_down {
                     AuthOutcome::Unavailable
+                } else if password == BRAKED_ADDRESS {
+                    AuthOutcome::Braked(BrakedFrom::Address)
+                } else if password == BRAKED_NETWORK {
+                    AuthOutcome::Braked(BrakedFrom::Network)
                 } else if login == USER && password == PASSWORD {
                     AuthOutcome::Accepted(Authenticated {
                         address: USER.into(),

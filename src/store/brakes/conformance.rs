@@ -166,7 +166,7 @@ pub async fn shared_between_handles(s: &dyn BrakeStore, other: &dyn BrakeStore, 
     let race = source(prefix, "race", 1);
     let messages = format!("{prefix}shared-messages");
     let racer = |n: usize| {
-        let store = if n % 2 == 0 { s } else { other };
+        let store = if n.is_multiple_of(2) { s } else { other };
         let (race, messages) = (&race, &messages);
         async move {
             let mut recorded = 0;

@@ -49,8 +49,8 @@ impl MemoryBrakes {
 }
 
 /// `key`'s attempts still in the window at `now_ms` (older ones dropped on the way).
-fn live<'m>(
-    map: &'m mut HashMap<String, Vec<Attempt>>,
+fn live(
+    map: &mut HashMap<String, Vec<Attempt>>,
     key: &str,
     limits: LoginLimits,
     now_ms: u64,
