@@ -178,9 +178,10 @@ fn drive<'a>(setup: &Setup, reads: impl Iterator<Item = &'a [u8]>) -> Run {
         driver.pump(&mut session);
     }
     // A message still open when the input ends: how much of it was streamed depends on where
-    // the reads were cut (a partial line waits for its end), and it is never used.
-    if let Some(Seen::Data(_)) = driver.transcript.last() {
-        driver.transcript.pop();
+    // the reads were cut (a partial line waits for its end, a refused one stops part-way, also
+    // across BDAT chunk replies), and it is never used.
+    if driver.message.is_some() {
+        driver.drop_open_message_data();
     }
     Run {
         transcript: driver.transcript,
@@ -200,6 +201,21 @@ struct Driver<'s> {
 }
 
 impl Driver<'_> {
+    /// Takes the data of the message in progress out of the transcript (see the callers).
+    fn drop_open_message_data(&mut self) {
+        let start = self
+            .transcript
+            .iter()
+            .rposition(|seen| matches!(seen, Seen::MessageStart))
+            .unwrap_or(self.transcript.len());
+        let kept: Vec<Seen> = self
+            .transcript
+            .drain(start..)
+            .filter(|seen| !matches!(seen, Seen::Data(_)))
+            .collect();
+        self.transcript.extend(kept);
+    }
+
     fn pump(&mut self, session: &mut Session) {
         while let Some(event) = session.poll_event() {
             assert!(!self.closed, "an event after Close: {event:?}");
@@ -266,17 +282,7 @@ impl Driver<'_> {
                 // An aborted message's bytes are thrown away, and how many of them the driver
                 // saw before the session decided to refuse depends on where reads were cut
                 // (also across BDAT chunk replies): none of them is compared.
-                let start = self
-                    .transcript
-                    .iter()
-                    .rposition(|seen| matches!(seen, Seen::MessageStart))
-                    .unwrap_or(self.transcript.len());
-                let kept: Vec<Seen> = self
-                    .transcript
-                    .drain(start..)
-                    .filter(|seen| !matches!(seen, Seen::Data(_)))
-                    .collect();
-                self.transcript.extend(kept);
+                self.drop_open_message_data();
                 self.transcript.push(Seen::Abort);
             }
             Event::MessageComplete(message) => {
