@@ -250,6 +250,25 @@ pub(super) fn stored_limit(value: Option<i64>) -> Result<Option<u32>, StoreError
         .transpose()
 }
 
+/// A [`QuotaIdentity`] constructor.
+pub(super) type IdentityOfName = fn(String) -> QuotaIdentity;
+
+/// The queries of [`super::DirectoryAdmin::list_limits`] (no parameters, so the same SQL for
+/// every backend), addresses first, each with the identity its first column names; the second
+/// column is the override.
+pub(super) const OVERRIDE_QUERIES: [(&str, IdentityOfName); 2] = [
+    (
+        "SELECT address, daily_limit FROM addresses
+         WHERE daily_limit IS NOT NULL ORDER BY address",
+        QuotaIdentity::Address,
+    ),
+    (
+        "SELECT name, daily_limit FROM hosting_accounts
+         WHERE daily_limit IS NOT NULL ORDER BY name",
+        QuotaIdentity::Hosting,
+    ),
+];
+
 /// Refuses a daily limit of 0.
 ///
 /// # Errors

@@ -47,6 +47,160 @@
 //! backend error is answered with a temporary error (454 4.7.0), never accepted, and the
 //! revocation watcher that cannot reach the store keeps sessions as they are and retries.
 
+/// Implements [`DirectoryAdmin`] and [`DkimAdmin`] for a backend laid out as the module docs
+/// say: subject modules `addresses`, `aliases`, `devices`, `hosting`, `limits` and `dkim_keys`
+/// in the backend's folder, each with one function per method, of the method's name without
+/// its subject (`add`, `remove`, `list`, ...) and the store and the method's arguments as
+/// arguments. `$run` is a method of the store that turns what such a function returns into the
+/// method's result: the value itself for a synchronous backend, `block_on` for an async one.
+/// So every backend maps the admin traits to its subjects the same way, written once.
+macro_rules! admin_by_subject {
+    ($store:ty, $run:ident) => {
+        impl $crate::store::DirectoryAdmin for $store {
+            fn add_address(
+                &self,
+                address: &$crate::policy::EmailAddress,
+                plan: $crate::policy::Plan,
+            ) -> Result<(), $crate::store::StoreError> {
+                self.$run(addresses::add(self, address, plan))
+            }
+            fn remove_address(
+                &self,
+                address: &$crate::policy::EmailAddress,
+            ) -> Result<(), $crate::store::StoreError> {
+                self.$run(addresses::remove(self, address))
+            }
+            fn list_addresses(
+                &self,
+            ) -> Result<Vec<$crate::store::AddressInfo>, $crate::store::StoreError> {
+                self.$run(addresses::list(self))
+            }
+            fn add_alias(
+                &self,
+                alias: &$crate::policy::EmailAddress,
+                address: &$crate::policy::EmailAddress,
+            ) -> Result<(), $crate::store::StoreError> {
+                self.$run(aliases::add(self, alias, address))
+            }
+            fn remove_alias(
+                &self,
+                alias: &$crate::policy::EmailAddress,
+            ) -> Result<(), $crate::store::StoreError> {
+                self.$run(aliases::remove(self, alias))
+            }
+            fn list_aliases(
+                &self,
+                address: Option<&$crate::policy::EmailAddress>,
+            ) -> Result<Vec<$crate::store::AliasInfo>, $crate::store::StoreError> {
+                self.$run(aliases::list(self, address))
+            }
+            fn add_device(
+                &self,
+                address: &$crate::policy::EmailAddress,
+                name: &str,
+            ) -> Result<$crate::policy::DevicePassword, $crate::store::StoreError> {
+                self.$run(devices::add(self, address, name))
+            }
+            fn list_devices(
+                &self,
+                address: &$crate::policy::EmailAddress,
+            ) -> Result<Vec<$crate::store::DeviceInfo>, $crate::store::StoreError> {
+                self.$run(devices::list(self, address))
+            }
+            fn rotate_device(
+                &self,
+                address: &$crate::policy::EmailAddress,
+                name: &str,
+            ) -> Result<$crate::policy::DevicePassword, $crate::store::StoreError> {
+                self.$run(devices::rotate(self, address, name))
+            }
+            fn revoke_device(
+                &self,
+                address: &$crate::policy::EmailAddress,
+                name: &str,
+            ) -> Result<(), $crate::store::StoreError> {
+                self.$run(devices::revoke(self, address, name))
+            }
+            fn revoke_all(
+                &self,
+                address: &$crate::policy::EmailAddress,
+            ) -> Result<usize, $crate::store::StoreError> {
+                self.$run(devices::revoke_all(self, address))
+            }
+            fn add_hosting_account(
+                &self,
+                name: &str,
+                networks: &[ipnet::IpNet],
+                domains: &[String],
+            ) -> Result<(), $crate::store::StoreError> {
+                self.$run(hosting::add(self, name, networks, domains))
+            }
+            fn remove_hosting_account(&self, name: &str) -> Result<(), $crate::store::StoreError> {
+                self.$run(hosting::remove(self, name))
+            }
+            fn list_hosting_accounts(
+                &self,
+            ) -> Result<Vec<$crate::store::HostingAccountInfo>, $crate::store::StoreError> {
+                self.$run(hosting::list(self))
+            }
+            fn set_limit(
+                &self,
+                identity: &$crate::store::QuotaIdentity,
+                daily: u32,
+            ) -> Result<Option<u32>, $crate::store::StoreError> {
+                self.$run(limits::set(self, identity, daily))
+            }
+            fn clear_limit(
+                &self,
+                identity: &$crate::store::QuotaIdentity,
+            ) -> Result<Option<u32>, $crate::store::StoreError> {
+                self.$run(limits::clear(self, identity))
+            }
+            fn identity_limits(
+                &self,
+                identity: &$crate::store::QuotaIdentity,
+            ) -> Result<$crate::store::IdentityLimits, $crate::store::StoreError> {
+                self.$run(limits::of(self, identity))
+            }
+            fn list_limits(
+                &self,
+            ) -> Result<Vec<$crate::store::LimitOverride>, $crate::store::StoreError> {
+                self.$run(limits::list(self))
+            }
+        }
+
+        impl $crate::store::DkimAdmin for $store {
+            fn add_dkim_key(
+                &self,
+                key: &$crate::store::NewDkimKey,
+            ) -> Result<(), $crate::store::StoreError> {
+                self.$run(dkim_keys::add(self, key))
+            }
+            fn list_dkim_keys(
+                &self,
+                domain: Option<&str>,
+            ) -> Result<Vec<$crate::store::DkimKeyInfo>, $crate::store::StoreError> {
+                self.$run(dkim_keys::list(self, domain))
+            }
+            fn activate_dkim_key(
+                &self,
+                domain: &str,
+                selector: &str,
+            ) -> Result<Option<String>, $crate::store::StoreError> {
+                self.$run(dkim_keys::activate(self, domain, selector))
+            }
+            fn remove_dkim_key(
+                &self,
+                domain: &str,
+                selector: &str,
+                force: bool,
+            ) -> Result<bool, $crate::store::StoreError> {
+                self.$run(dkim_keys::remove(self, domain, selector, force))
+            }
+        }
+    };
+}
+
 pub mod accounts;
 pub mod brakes;
 pub mod configured;
@@ -425,6 +579,18 @@ pub fn check_device_name(name: &str) -> Result<(), StoreError> {
         return invalid("it starts or ends with white space");
     }
     Ok(())
+}
+
+/// Now in Unix seconds, the directory's stored time format.
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// A stored time in Unix seconds; a negative one (a damaged row) is the epoch.
+fn to_time(secs: i64) -> SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(secs).unwrap_or(0))
 }
 
 /// `"name"` with escapes, for messages naming things.

@@ -2,7 +2,9 @@
 //! `hosting_accounts`, so an override disappears with its identity.
 
 use super::{EmbeddedStore, backend};
-use crate::store::accounts::{check_daily_limit, identity_not_found, stored_limit};
+use crate::store::accounts::{
+    OVERRIDE_QUERIES, check_daily_limit, identity_not_found, stored_limit,
+};
 use crate::store::{IdentityLimits, LimitOverride, QuotaIdentity, StoreError, stored_plan};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
@@ -97,18 +99,7 @@ pub(super) fn of(
 pub(super) fn list(store: &EmbeddedStore) -> Result<Vec<LimitOverride>, StoreError> {
     let conn = store.lock();
     let mut out = Vec::new();
-    for (sql, make) in [
-        (
-            "SELECT address, daily_limit FROM addresses
-             WHERE daily_limit IS NOT NULL ORDER BY address",
-            QuotaIdentity::Address as fn(String) -> QuotaIdentity,
-        ),
-        (
-            "SELECT name, daily_limit FROM hosting_accounts
-             WHERE daily_limit IS NOT NULL ORDER BY name",
-            QuotaIdentity::Hosting,
-        ),
-    ] {
+    for (sql, make) in OVERRIDE_QUERIES {
         let mut stmt = conn.prepare(sql).map_err(backend)?;
         let rows = stmt
             .query_map([], |row| {

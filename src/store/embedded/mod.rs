@@ -38,18 +38,16 @@ mod limits;
 mod schema;
 
 use super::{
-    ActiveDkimKey, AddressInfo, AliasInfo, AuthIdentity, CredentialId, DeviceInfo, Directory,
-    DirectoryAdmin, DkimAdmin, DkimKeyInfo, DkimKeyStore, HostingAccount, HostingAccountInfo,
-    IdentityLimits, LimitOverride, NewDkimKey, QuotaIdentity, StoreError, sqlite,
+    ActiveDkimKey, AuthIdentity, CredentialId, Directory, DkimKeyStore, HostingAccount,
+    IdentityLimits, QuotaIdentity, StoreError, sqlite,
 };
-use crate::policy::{DevicePassword, EmailAddress, Plan};
-use ipnet::IpNet;
+use super::{now_secs, to_time};
 use rusqlite::{Connection, OptionalExtension, Params, Transaction, TransactionBehavior};
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// How long a statement waits for another process's write lock before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -83,16 +81,6 @@ fn plumbing(e: sqlite::Error) -> StoreError {
         sqlite::Error::Sqlite(e) => backend(e),
         sqlite::Error::Refused(m) => StoreError::Backend(m),
     }
-}
-
-fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
-fn to_time(secs: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
 }
 
 /// Whether `sql` (a `SELECT 1 ...`) finds a row.
@@ -154,6 +142,12 @@ impl EmbeddedStore {
         let value = f(&tx)?;
         tx.commit().map_err(backend)?;
         Ok(value)
+    }
+
+    /// What the admin methods return: a synchronous subject function's result as it is (see
+    /// `admin_by_subject!`).
+    fn done<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        result
     }
 
     /// Runs `f` on tokio's blocking pool with a clone of the store.
@@ -228,88 +222,7 @@ impl Directory for EmbeddedStore {
     }
 }
 
-impl DirectoryAdmin for EmbeddedStore {
-    fn add_address(&self, address: &EmailAddress, plan: Plan) -> Result<(), StoreError> {
-        addresses::add(self, address, plan)
-    }
-
-    fn remove_address(&self, address: &EmailAddress) -> Result<(), StoreError> {
-        addresses::remove(self, address)
-    }
-
-    fn list_addresses(&self) -> Result<Vec<AddressInfo>, StoreError> {
-        addresses::list(self)
-    }
-
-    fn add_alias(&self, alias: &EmailAddress, address: &EmailAddress) -> Result<(), StoreError> {
-        aliases::add(self, alias, address)
-    }
-
-    fn remove_alias(&self, alias: &EmailAddress) -> Result<(), StoreError> {
-        aliases::remove(self, alias)
-    }
-
-    fn list_aliases(&self, address: Option<&EmailAddress>) -> Result<Vec<AliasInfo>, StoreError> {
-        aliases::list(self, address)
-    }
-
-    fn add_device(&self, address: &EmailAddress, name: &str) -> Result<DevicePassword, StoreError> {
-        devices::add(self, address, name)
-    }
-
-    fn list_devices(&self, address: &EmailAddress) -> Result<Vec<DeviceInfo>, StoreError> {
-        devices::list(self, address)
-    }
-
-    fn rotate_device(
-        &self,
-        address: &EmailAddress,
-        name: &str,
-    ) -> Result<DevicePassword, StoreError> {
-        devices::rotate(self, address, name)
-    }
-
-    fn revoke_device(&self, address: &EmailAddress, name: &str) -> Result<(), StoreError> {
-        devices::revoke(self, address, name)
-    }
-
-    fn revoke_all(&self, address: &EmailAddress) -> Result<usize, StoreError> {
-        devices::revoke_all(self, address)
-    }
-
-    fn add_hosting_account(
-        &self,
-        name: &str,
-        networks: &[IpNet],
-        domains: &[String],
-    ) -> Result<(), StoreError> {
-        hosting::add(self, name, networks, domains)
-    }
-
-    fn remove_hosting_account(&self, name: &str) -> Result<(), StoreError> {
-        hosting::remove(self, name)
-    }
-
-    fn list_hosting_accounts(&self) -> Result<Vec<HostingAccountInfo>, StoreError> {
-        hosting::list(self)
-    }
-
-    fn set_limit(&self, identity: &QuotaIdentity, daily: u32) -> Result<Option<u32>, StoreError> {
-        limits::set(self, identity, daily)
-    }
-
-    fn clear_limit(&self, identity: &QuotaIdentity) -> Result<Option<u32>, StoreError> {
-        limits::clear(self, identity)
-    }
-
-    fn identity_limits(&self, identity: &QuotaIdentity) -> Result<IdentityLimits, StoreError> {
-        limits::of(self, identity)
-    }
-
-    fn list_limits(&self) -> Result<Vec<LimitOverride>, StoreError> {
-        limits::list(self)
-    }
-}
+admin_by_subject!(EmbeddedStore, done);
 
 #[async_trait::async_trait]
 impl DkimKeyStore for EmbeddedStore {
@@ -317,33 +230,6 @@ impl DkimKeyStore for EmbeddedStore {
         let domain = domain.to_string();
         self.blocking(move |store| dkim_keys::active(store, &domain))
             .await
-    }
-}
-
-impl DkimAdmin for EmbeddedStore {
-    fn add_dkim_key(&self, key: &NewDkimKey) -> Result<(), StoreError> {
-        dkim_keys::add(self, key)
-    }
-
-    fn list_dkim_keys(&self, domain: Option<&str>) -> Result<Vec<DkimKeyInfo>, StoreError> {
-        dkim_keys::list(self, domain)
-    }
-
-    fn activate_dkim_key(
-        &self,
-        domain: &str,
-        selector: &str,
-    ) -> Result<Option<String>, StoreError> {
-        dkim_keys::activate(self, domain, selector)
-    }
-
-    fn remove_dkim_key(
-        &self,
-        domain: &str,
-        selector: &str,
-        force: bool,
-    ) -> Result<bool, StoreError> {
-        dkim_keys::remove(self, domain, selector, force)
     }
 }
 

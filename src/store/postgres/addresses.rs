@@ -93,6 +93,19 @@ pub(super) async fn ensure_address(
     }
 }
 
+/// A write transaction ([`PostgresStore::begin`]) on an existing address: `NotFound` (and
+/// nothing written) otherwise.
+pub(super) async fn begin_on_address<'c>(
+    store: &PostgresStore,
+    client: &'c mut deadpool_postgres::Client,
+    change: Change,
+    address: &str,
+) -> Result<deadpool_postgres::Transaction<'c>, StoreError> {
+    let tx = store.begin(client, change).await?;
+    ensure_address(store, &tx, address).await?;
+    Ok(tx)
+}
+
 /// `AlreadyExists` if `name` is taken as an address or an alias.
 pub(super) async fn ensure_name_free(
     store: &PostgresStore,

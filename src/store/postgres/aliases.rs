@@ -1,7 +1,7 @@
 //! Aliases (table `aliases`): other addresses an address's owner may send as, in the namespace
 //! of addresses (checked in each write, and by the schema's triggers).
 
-use super::addresses::{ensure_address, ensure_name_free};
+use super::addresses::{begin_on_address, ensure_address, ensure_name_free};
 use super::{Change, PostgresStore, exec, exists, now_secs, rows};
 use crate::policy::EmailAddress;
 use crate::store::{AliasInfo, StoreError, quoted};
@@ -13,8 +13,7 @@ pub(super) async fn add(
     address: &EmailAddress,
 ) -> Result<(), StoreError> {
     let mut client = store.client().await?;
-    let tx = store.begin(&mut client, Change::Plain).await?;
-    ensure_address(store, &tx, address.as_str()).await?;
+    let tx = begin_on_address(store, &mut client, Change::Plain, address.as_str()).await?;
     ensure_name_free(store, &tx, alias.as_str()).await?;
     exec(
         store,

@@ -2,7 +2,7 @@
 //! AUTH and the revocation watcher read them. Only the SHA-256 of a password is stored; the
 //! comparison is the one every backend shares (`store/devices.rs`).
 
-use super::addresses::{ensure_address, is_address};
+use super::addresses::{begin_on_address, ensure_address, is_address};
 use super::aliases::aliases_of;
 use super::{Change, PostgresStore, exec, exists, now_secs, rows, to_time};
 use crate::policy::{DevicePassword, EmailAddress, parse_address};
@@ -103,8 +103,7 @@ pub(super) async fn add(
     check_device_name(name)?;
     let address = address.as_str();
     let mut client = store.client().await?;
-    let tx = store.begin(&mut client, Change::Plain).await?;
-    ensure_address(store, &tx, address).await?;
+    let tx = begin_on_address(store, &mut client, Change::Plain, address).await?;
     if exists(
         store,
         &tx,
@@ -163,8 +162,7 @@ pub(super) async fn rotate(
 ) -> Result<DevicePassword, StoreError> {
     let address = address.as_str();
     let mut client = store.client().await?;
-    let tx = store.begin(&mut client, Change::Revoking).await?;
-    ensure_address(store, &tx, address).await?;
+    let tx = begin_on_address(store, &mut client, Change::Revoking, address).await?;
     let (password, credential) = new_credential()?;
     let changed = exec(
         store,
@@ -186,38 +184,38 @@ pub(super) async fn revoke(
     address: &EmailAddress,
     name: &str,
 ) -> Result<(), StoreError> {
-    let address = address.as_str();
-    let mut client = store.client().await?;
-    let tx = store.begin(&mut client, Change::Revoking).await?;
-    ensure_address(store, &tx, address).await?;
-    let removed = exec(
-        store,
-        &tx,
-        "DELETE FROM devices WHERE address = $1 AND name = $2",
-        &[&address, &name],
-    )
-    .await?;
-    if removed == 0 {
-        return Err(device_not_found(address, name));
-    }
-    store.commit(tx).await
+    delete_devices(store, address.as_str(), Some(name))
+        .await
+        .map(drop)
 }
 
 pub(super) async fn revoke_all(
     store: &PostgresStore,
     address: &EmailAddress,
 ) -> Result<usize, StoreError> {
-    let address = address.as_str();
+    let removed = delete_devices(store, address.as_str(), None).await?;
+    Ok(usize::try_from(removed).unwrap_or(usize::MAX))
+}
+
+/// Deletes the device `name` of an address (`NotFound` if it has none of that name), or all
+/// its devices (`None`); returns how many went. A revoking change.
+async fn delete_devices(
+    store: &PostgresStore,
+    address: &str,
+    name: Option<&str>,
+) -> Result<u64, StoreError> {
     let mut client = store.client().await?;
-    let tx = store.begin(&mut client, Change::Revoking).await?;
-    ensure_address(store, &tx, address).await?;
+    let tx = begin_on_address(store, &mut client, Change::Revoking, address).await?;
     let removed = exec(
         store,
         &tx,
-        "DELETE FROM devices WHERE address = $1",
-        &[&address],
+        "DELETE FROM devices WHERE address = $1 AND ($2::text IS NULL OR name = $2)",
+        &[&address, &name],
     )
     .await?;
+    if let (0, Some(name)) = (removed, name) {
+        return Err(device_not_found(address, name));
+    }
     store.commit(tx).await?;
-    Ok(usize::try_from(removed).unwrap_or(usize::MAX))
+    Ok(removed)
 }

@@ -8,6 +8,7 @@ use crate::store::dkim_keys::{
     active_key_needs_force, algorithm_of, key_not_found, selector_exists,
 };
 use crate::store::{ActiveDkimKey, CredentialId, DkimKeyInfo, NewDkimKey, StoreError};
+use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
 /// The sealed key of a row selected as `..., sealed_key, nonce, secret_key_id` from `at`.
@@ -17,6 +18,24 @@ fn sealed(row: &Row, at: usize) -> Sealed {
         nonce: row.get(at + 1),
         secret_key_id: row.get(at + 2),
     }
+}
+
+/// One column of the key (`domain`, `selector`); `NotFound` when there is no such key.
+async fn key_column(
+    store: &PostgresStore,
+    client: &impl GenericClient,
+    column: &str,
+    domain: &str,
+    selector: &str,
+) -> Result<Row, StoreError> {
+    opt_row(
+        store,
+        client,
+        &format!("SELECT {column} FROM dkim_keys WHERE domain = $1 AND selector = $2"),
+        &[&domain, &selector],
+    )
+    .await?
+    .ok_or_else(|| key_not_found(domain, selector))
 }
 
 pub(super) async fn active(
@@ -140,15 +159,9 @@ pub(super) async fn activate(
 ) -> Result<Option<String>, StoreError> {
     let mut client = store.client().await?;
     let tx = store.begin(&mut client, Change::Plain).await?;
-    let algorithm: String = opt_row(
-        store,
-        &tx,
-        "SELECT algorithm FROM dkim_keys WHERE domain = $1 AND selector = $2",
-        &[&domain, &selector],
-    )
-    .await?
-    .ok_or_else(|| key_not_found(domain, selector))?
-    .get(0);
+    let algorithm: String = key_column(store, &tx, "algorithm", domain, selector)
+        .await?
+        .get(0);
     let previous: Option<String> = opt_row(
         store,
         &tx,
@@ -187,15 +200,9 @@ pub(super) async fn remove(
 ) -> Result<bool, StoreError> {
     let mut client = store.client().await?;
     let tx = store.begin(&mut client, Change::Plain).await?;
-    let active: bool = opt_row(
-        store,
-        &tx,
-        "SELECT active FROM dkim_keys WHERE domain = $1 AND selector = $2",
-        &[&domain, &selector],
-    )
-    .await?
-    .ok_or_else(|| key_not_found(domain, selector))?
-    .get(0);
+    let active: bool = key_column(store, &tx, "active", domain, selector)
+        .await?
+        .get(0);
     if active && !force {
         return Err(active_key_needs_force(domain, selector));
     }

@@ -49,10 +49,10 @@ pub(super) async fn account_for(
 pub(super) async fn add(
     store: &PostgresStore,
     name: &str,
-    networks: &[IpNet],
-    domains: &[String],
+    given_networks: &[IpNet],
+    given_domains: &[String],
 ) -> Result<(), StoreError> {
-    let (networks, domains) = checked_hosting_account(name, networks, domains)?;
+    let (networks, domains) = checked_hosting_account(name, given_networks, given_domains)?;
     let mut client = store.client().await?;
     let tx = store.begin(&mut client, Change::Plain).await?;
     if exists(

@@ -2,7 +2,9 @@
 //! `hosting_accounts`, so an override disappears with its identity.
 
 use super::{Change, PostgresStore, exec, opt_row, rows};
-use crate::store::accounts::{check_daily_limit, identity_not_found, stored_limit};
+use crate::store::accounts::{
+    OVERRIDE_QUERIES, check_daily_limit, identity_not_found, stored_limit,
+};
 use crate::store::{IdentityLimits, LimitOverride, QuotaIdentity, StoreError, stored_plan};
 use deadpool_postgres::GenericClient;
 
@@ -45,16 +47,29 @@ pub(super) async fn read(
     .transpose()
 }
 
+pub(super) async fn set(
+    store: &PostgresStore,
+    identity: &QuotaIdentity,
+    daily: u32,
+) -> Result<Option<u32>, StoreError> {
+    check_daily_limit(daily)?;
+    write_limit(store, identity, Some(daily)).await
+}
+
+pub(super) async fn clear(
+    store: &PostgresStore,
+    identity: &QuotaIdentity,
+) -> Result<Option<u32>, StoreError> {
+    write_limit(store, identity, None).await
+}
+
 /// Sets (`Some`) or clears (`None`) the override of an existing identity; returns the
 /// previous one.
-pub(super) async fn set(
+async fn write_limit(
     store: &PostgresStore,
     identity: &QuotaIdentity,
     daily: Option<u32>,
 ) -> Result<Option<u32>, StoreError> {
-    if let Some(daily) = daily {
-        check_daily_limit(daily)?;
-    }
     let mut client = store.client().await?;
     let tx = store.begin(&mut client, Change::Plain).await?;
     let previous = read(store, &tx, identity)
@@ -85,18 +100,7 @@ pub(super) async fn of(
 pub(super) async fn list(store: &PostgresStore) -> Result<Vec<LimitOverride>, StoreError> {
     let client = store.client().await?;
     let mut out = Vec::new();
-    for (sql, make) in [
-        (
-            "SELECT address, daily_limit FROM addresses
-             WHERE daily_limit IS NOT NULL ORDER BY address",
-            QuotaIdentity::Address as fn(String) -> QuotaIdentity,
-        ),
-        (
-            "SELECT name, daily_limit FROM hosting_accounts
-             WHERE daily_limit IS NOT NULL ORDER BY name",
-            QuotaIdentity::Hosting,
-        ),
-    ] {
+    for (sql, make) in OVERRIDE_QUERIES {
         for row in rows(store, &client, sql, &[]).await? {
             if let Some(daily) = stored_limit(row.get(1))? {
                 out.push(LimitOverride {

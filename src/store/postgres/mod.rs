@@ -58,20 +58,18 @@ pub use schema::{LATEST_VERSION, Migration};
 pub use sealing::SecretKeys;
 
 use super::{
-    ActiveDkimKey, AddressInfo, AliasInfo, AuthIdentity, CredentialId, DeviceInfo, Directory,
-    DirectoryAdmin, DkimAdmin, DkimKeyInfo, DkimKeyStore, HostingAccount, HostingAccountInfo,
-    IdentityLimits, LimitOverride, NewDkimKey, QuotaIdentity, StoreError,
+    ActiveDkimKey, AuthIdentity, CredentialId, Directory, DkimKeyStore, HostingAccount,
+    IdentityLimits, QuotaIdentity, StoreError,
 };
+use super::{now_secs, to_time};
 use crate::config::server_name;
-use crate::policy::{DevicePassword, EmailAddress, Plan};
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use ipnet::IpNet;
 use std::collections::HashSet;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
@@ -100,11 +98,10 @@ pub struct PostgresSettings {
 }
 
 impl std::fmt::Debug for PostgresSettings {
+    /// The server and sizes only: never the password or the secret keys.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresSettings")
-            .field("pool_size", &self.pool_size)
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
+        let server = server_name(&self.pg);
+        write!(f, "PostgresSettings({server}, pool of {})", self.pool_size)
     }
 }
 
@@ -128,10 +125,9 @@ struct Inner {
 }
 
 impl std::fmt::Debug for PostgresStore {
+    /// The server only: never the password or the secret keys.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresStore")
-            .field("server", &self.inner.server)
-            .finish_non_exhaustive()
+        write!(f, "PostgresStore({})", self.inner.server)
     }
 }
 
@@ -175,16 +171,6 @@ fn describe(e: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
-fn to_time(secs: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
 }
 
 impl PostgresStore {
@@ -460,9 +446,7 @@ impl Directory for PostgresStore {
         &self,
         ids: &[CredentialId],
     ) -> Result<HashSet<CredentialId>, StoreError> {
-        if ids.is_empty() {
-            return Ok(HashSet::new());
-        }
+        // An empty list is one query like any other: `= ANY('{}')` finds nothing.
         self.bounded(devices::live_credentials(self, ids)).await
     }
 
@@ -502,119 +486,11 @@ impl Directory for PostgresStore {
     }
 }
 
-impl DirectoryAdmin for PostgresStore {
-    fn add_address(&self, address: &EmailAddress, plan: Plan) -> Result<(), StoreError> {
-        self.run(addresses::add(self, address, plan))
-    }
-
-    fn remove_address(&self, address: &EmailAddress) -> Result<(), StoreError> {
-        self.run(addresses::remove(self, address))
-    }
-
-    fn list_addresses(&self) -> Result<Vec<AddressInfo>, StoreError> {
-        self.run(addresses::list(self))
-    }
-
-    fn add_alias(&self, alias: &EmailAddress, address: &EmailAddress) -> Result<(), StoreError> {
-        self.run(aliases::add(self, alias, address))
-    }
-
-    fn remove_alias(&self, alias: &EmailAddress) -> Result<(), StoreError> {
-        self.run(aliases::remove(self, alias))
-    }
-
-    fn list_aliases(&self, address: Option<&EmailAddress>) -> Result<Vec<AliasInfo>, StoreError> {
-        self.run(aliases::list(self, address))
-    }
-
-    fn add_device(&self, address: &EmailAddress, name: &str) -> Result<DevicePassword, StoreError> {
-        self.run(devices::add(self, address, name))
-    }
-
-    fn list_devices(&self, address: &EmailAddress) -> Result<Vec<DeviceInfo>, StoreError> {
-        self.run(devices::list(self, address))
-    }
-
-    fn rotate_device(
-        &self,
-        address: &EmailAddress,
-        name: &str,
-    ) -> Result<DevicePassword, StoreError> {
-        self.run(devices::rotate(self, address, name))
-    }
-
-    fn revoke_device(&self, address: &EmailAddress, name: &str) -> Result<(), StoreError> {
-        self.run(devices::revoke(self, address, name))
-    }
-
-    fn revoke_all(&self, address: &EmailAddress) -> Result<usize, StoreError> {
-        self.run(devices::revoke_all(self, address))
-    }
-
-    fn add_hosting_account(
-        &self,
-        name: &str,
-        networks: &[IpNet],
-        domains: &[String],
-    ) -> Result<(), StoreError> {
-        self.run(hosting::add(self, name, networks, domains))
-    }
-
-    fn remove_hosting_account(&self, name: &str) -> Result<(), StoreError> {
-        self.run(hosting::remove(self, name))
-    }
-
-    fn list_hosting_accounts(&self) -> Result<Vec<HostingAccountInfo>, StoreError> {
-        self.run(hosting::list(self))
-    }
-
-    fn set_limit(&self, identity: &QuotaIdentity, daily: u32) -> Result<Option<u32>, StoreError> {
-        self.run(limits::set(self, identity, Some(daily)))
-    }
-
-    fn clear_limit(&self, identity: &QuotaIdentity) -> Result<Option<u32>, StoreError> {
-        self.run(limits::set(self, identity, None))
-    }
-
-    fn identity_limits(&self, identity: &QuotaIdentity) -> Result<IdentityLimits, StoreError> {
-        self.run(limits::of(self, identity))
-    }
-
-    fn list_limits(&self) -> Result<Vec<LimitOverride>, StoreError> {
-        self.run(limits::list(self))
-    }
-}
+admin_by_subject!(PostgresStore, run);
 
 #[async_trait::async_trait]
 impl DkimKeyStore for PostgresStore {
     async fn active_dkim_keys(&self, domain: &str) -> Result<Vec<ActiveDkimKey>, StoreError> {
         self.bounded(dkim_keys::active(self, domain)).await
-    }
-}
-
-impl DkimAdmin for PostgresStore {
-    fn add_dkim_key(&self, key: &NewDkimKey) -> Result<(), StoreError> {
-        self.run(dkim_keys::add(self, key))
-    }
-
-    fn list_dkim_keys(&self, domain: Option<&str>) -> Result<Vec<DkimKeyInfo>, StoreError> {
-        self.run(dkim_keys::list(self, domain))
-    }
-
-    fn activate_dkim_key(
-        &self,
-        domain: &str,
-        selector: &str,
-    ) -> Result<Option<String>, StoreError> {
-        self.run(dkim_keys::activate(self, domain, selector))
-    }
-
-    fn remove_dkim_key(
-        &self,
-        domain: &str,
-        selector: &str,
-        force: bool,
-    ) -> Result<bool, StoreError> {
-        self.run(dkim_keys::remove(self, domain, selector, force))
     }
 }

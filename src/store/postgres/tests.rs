@@ -5,8 +5,9 @@
 
 use super::*;
 use crate::keys::Algorithm;
-use crate::policy::parse_address;
+use crate::policy::{EmailAddress, Plan, parse_address};
 use crate::store::conformance;
+use crate::store::{DirectoryAdmin, DkimAdmin, NewDkimKey};
 use crate::testutil::postgres::{PASSWORD, PostgresServer};
 use std::sync::atomic::AtomicUsize;
 use tokio::sync::Notify;
