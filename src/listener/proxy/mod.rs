@@ -165,7 +165,12 @@ fn parse_v1(bytes: &[u8]) -> HeaderParse {
     };
     let line = &bytes[..=lf];
     // `ppp` cuts the line at its first CR; one that is not the CR of the final CRLF must not
-    // leave octets that belong to neither the header nor the session.
+    // leave octets that belong to neither the header nor the session. It also takes a line
+    // ending in " LF" without CR (found by the `proxy_header` fuzz target): the CRLF is ours
+    // to require.
+    if !line.ends_with(b"\r\n") {
+        return HeaderParse::Refused(ProxyRefusal::Malformed);
+    }
     let parsed = match ppp::v1::Header::try_from(line) {
         Ok(header) if header.header.len() == line.len() && ports_are_digits(line) => header,
         _ => return HeaderParse::Refused(ProxyRefusal::Malformed),

@@ -97,6 +97,8 @@ fn v1_malformed_lines_are_refused() {
         // Found by the fuzz target: `u16::from_str` takes a sign, the protocol does not.
         b"PROXY TCP4 192.0.2.7 198.51.100.1 +5535 25\r\n",
         b"PROXY TCP6 2001:db8::7 2001:db8::1 40000 +587\r\n",
+        // Also found by it: `ppp` takes " LF" as the end of the line.
+        b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 25 \n\r\n",
         b"PROXY TCP4 192.0.2.07 198.51.100.1 40000 25\r\n",
         b"PROXY TCP4 2001:db8::7 198.51.100.1 40000 25\r\n",
         b"PROXY TCP6 192.0.2.7 198.51.100.1 40000 25\r\n",
