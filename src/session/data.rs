@@ -182,7 +182,8 @@ impl DataScanner {
             return None;
         }
         let nul = run.iter().position(|&c| c == 0);
-        let long = (self.line_len + run.len() > MAX_LINE).then(|| MAX_LINE.saturating_sub(self.line_len));
+        let long =
+            (self.line_len + run.len() > MAX_LINE).then(|| MAX_LINE.saturating_sub(self.line_len));
         let room = self.max_size.saturating_sub(self.size);
         let big = (run.len() as u64 > room).then_some(room as usize);
         [
