@@ -60,7 +60,7 @@ def one(docs: list[dict], kind: str, name: str | None = None) -> dict:
 
 
 def rendered_config(docs: list[dict]) -> str:
-    return one(docs, "ConfigMap")["data"]["postern.toml"]
+    return one(docs, "ConfigMap", "mail-postern")["data"]["postern.toml"]
 
 
 def container(docs: list[dict]) -> dict:
@@ -83,7 +83,7 @@ def test_lint_is_clean(values):
 def test_every_object_is_valid_against_the_kubernetes_schemas(values):
     docs = render(*values)
     kinds = sorted(d["kind"] for d in docs)
-    expected = {"ConfigMap", "NetworkPolicy", "PodDisruptionBudget", "Pod", "Service",
+    expected = {"ConfigMap", "Job", "NetworkPolicy", "PodDisruptionBudget", "Pod", "Service",
                 "ServiceAccount", "StatefulSet"}
     assert expected <= set(kinds), kinds
     for doc in docs:
@@ -153,6 +153,17 @@ def test_config_check_with_files_opens_what_the_config_names(postern_bin, tmp_pa
     result = run([str(postern_bin), "config", "check", "--files", "--config", str(path)])
     assert (result.returncode, result.stdout) == (
         0, f"{path}: keys, values and the files it names are valid\n")
+
+
+def test_migrate_runs_as_a_hook_before_install_and_upgrade_with_the_same_config():
+    docs = render()
+    job = one(docs, "Job")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    hook_config = one(docs, "ConfigMap", "mail-postern-migrate")
+    assert hook_config["metadata"]["annotations"]["helm.sh/hook-weight"] == "-10"
+    assert hook_config["data"]["postern.toml"] == rendered_config(docs)
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"] == [
+        "migrate", "--config", "/etc/postern/postern.toml"]
 
 
 def test_a_config_change_rolls_the_pods_and_a_replica_count_does_not():
@@ -289,7 +300,9 @@ def test_the_rendered_pod_serves_and_drains(postern_bin, postgres, make_redis, c
 
     check = run(as_pod_user([str(binary), "config", "check", "--files", "--config", str(config_path)]))
     assert (check.returncode, check.stderr) == (0, ""), check.stdout
-    migrate = run(as_pod_user([str(binary), "migrate", "--config", str(config_path)]))
+    # The pre-install hook Job's command.
+    job_args = one(docs, "Job")["spec"]["template"]["spec"]["containers"][0]["args"]
+    migrate = run(as_pod_user([str(binary), *job_args[:2], str(config_path)]))
     assert migrate.returncode == 0, migrate.stderr
 
     log = open(pod_files.root / "serve.log", "wb")

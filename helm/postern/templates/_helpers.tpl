@@ -131,3 +131,9 @@ integers, strings as JSON strings (valid TOML basic strings), lists inline, maps
 {{ include "postern.tomlTable" (dict "name" $section "table" (get $config $section)) }}
 {{- end }}
 {{- end }}
+
+{{/* The postern.toml file: the config with one blank line between tables. */}}
+{{- define "postern.configFile" -}}
+# Rendered by the postern Helm chart from its values; `postern config check` validates it.
+{{ regexReplaceAll "\n([ \t]*\n)+" (include "postern.config" . | trim) "\n\n" }}
+{{- end }}
