@@ -340,3 +340,42 @@ def test_the_rendered_pod_serves_and_drains(postern_bin, postgres, make_redis, c
             serve.send_signal(signal.SIGKILL)
             serve.wait()
         log.close()
+
+
+def test_the_bundled_redis_keeps_an_append_only_file_that_postern_accepts(make_postern, tmp_path):
+    """The chart's own Redis (bundledRedis.enabled): its objects are valid, the relay's config
+    points at its Service, and its rendered redis.conf, run by a real redis-server (only the
+    address and directory moved to this machine), is one Postern reports as durable
+    (`postern_quota_backend_persistence{mode="aof"}`) with no warning."""
+    docs = render(sets=("bundledRedis.enabled=true",))
+    for doc in docs:
+        for version in KUBERNETES_VERSIONS:
+            kubernetes_validate.validate(doc, version, strict=True)
+    assert 'redis_url = "redis://mail-postern-redis.mail.svc:6379/"' in rendered_config(docs)
+    redis_pods = one(docs, "StatefulSet", "mail-postern-redis")["spec"]["selector"]["matchLabels"]
+    relay_pods = one(docs, "StatefulSet", "mail-postern")["spec"]["selector"]["matchLabels"]
+    assert not redis_pods.items() <= relay_pods.items() and not relay_pods.items() <= redis_pods.items()
+
+    conf = tmp_path / "redis.conf"
+    rendered = one(docs, "ConfigMap", "mail-postern-redis")["data"]["redis.conf"]
+    assert "\ndir /data\n" in rendered  # the volume's mount path
+    conf.write_text(rendered.replace("\ndir /data\n", f"\ndir {tmp_path}\n"))
+    port = free_port()
+    log = tmp_path / "redis.log"
+    redis = subprocess.Popen(["redis-server", str(conf), "--port", str(port), "--bind", "127.0.0.1"],
+                             stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        def cli(*args):
+            return run(["redis-cli", "-p", str(port), *args], timeout=10).stdout.split()
+        wait_until(lambda: cli("PING") == ["PONG"], 15, "the bundled redis.conf to serve")
+        assert cli("CONFIG", "GET", "appendonly") == ["appendonly", "yes"]
+        assert cli("CONFIG", "GET", "maxmemory-policy") == ["maxmemory-policy", "noeviction"]
+        pt = make_postern(quota={"backend": "redis", "redis_url": f"redis://127.0.0.1:{port}/"})
+        pt.start()
+        wait_until(lambda: pt.metric('postern_quota_backend_persistence{mode="aof"}') == 1, 10,
+                   "the persistence metric")
+        assert pt.metric('postern_quota_backend_persistence{mode="none"}') == 0
+        assert "QUOTA COUNTS AT RISK" not in pt.log_text()
+    finally:
+        redis.terminate()
+        redis.wait(timeout=10)

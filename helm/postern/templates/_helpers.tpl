@@ -21,6 +21,12 @@ app.kubernetes.io/name: {{ include "postern.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{/* The bundled Redis: a name of its own, so no selector of the relay's pods matches it. */}}
+{{- define "postern.redisSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "postern.name" . }}-redis
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
 {{- define "postern.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{ include "postern.selectorLabels" . }}
@@ -111,7 +117,8 @@ integers, strings as JSON strings (valid TOML basic strings), lists inline, maps
 {{- if $l.enabled }}{{ $_ := set $listen $role (printf "0.0.0.0:%d" (int $l.containerPort)) }}{{ end }}
 {{- end }}
 {{- $quota := dict "backend" "redis" }}
-{{- if $v.redis.clusterNodes }}{{ $_ := set $quota "redis_cluster" $v.redis.clusterNodes }}
+{{- if $v.bundledRedis.enabled }}{{ $_ := set $quota "redis_url" (printf "redis://%s-redis.%s.svc:6379/" (include "postern.fullname" .) .Release.Namespace) }}
+{{- else if $v.redis.clusterNodes }}{{ $_ := set $quota "redis_cluster" $v.redis.clusterNodes }}
 {{- else }}{{ $_ := set $quota "redis_url" (required "redis.url (or redis.clusterNodes) is required: quotas and brakes are shared by the fleet" $v.redis.url) }}
 {{- end }}
 {{- $derived := dict
@@ -136,4 +143,19 @@ integers, strings as JSON strings (valid TOML basic strings), lists inline, maps
 {{- define "postern.configFile" -}}
 # Rendered by the postern Helm chart from its values; `postern config check` validates it.
 {{ regexReplaceAll "\n([ \t]*\n)+" (include "postern.config" . | trim) "\n\n" }}
+{{- end }}
+
+{{/* redis.conf of the bundled Redis: durable counts (AOF), no eviction of quota keys. */}}
+{{- define "postern.redisConf" -}}
+port 6379
+bind 0.0.0.0 ::
+protected-mode no
+dir /data
+appendonly yes
+appendfsync everysec
+save 3600 1 300 100
+# Quota windows must never be evicted: a full Redis refuses writes (Postern answers 451)
+# instead of forgetting counts.
+maxmemory {{ .Values.bundledRedis.maxmemory }}
+maxmemory-policy noeviction
 {{- end }}
