@@ -67,28 +67,36 @@ def dsn_receiver():
     rcv.stop()
 
 
+# Messages above this go to a data file of their own in both spools (the others into the
+# journal): the chaos tests' every tenth message does.
+INLINE_MAX = 4096
+
+
 def pair(make_server, receiver, tmp_path, a_delivery=None, b_delivery=None):
     """Replica A (the mail's, with the fleet secret) and B (with the hand-off listener)."""
     secret = tmp_path / "fleet.secret"
     secret.write_text(SECRET + "\n")
+    spool = {"inline_max_bytes": INLINE_MAX}
     a = make_server(delivery={**relayed(receiver), **(a_delivery or {})},
-                    handoff={"secret_file": secret})
+                    handoff={"secret_file": secret}, spool=spool)
     b = make_server(delivery={**relayed(receiver), **(b_delivery or {})},
                     listen={"handoff": f"127.0.0.1:{free_port()}"},
-                    handoff={"secret_file": secret, "networks": ["127.0.0.0/8"]})
+                    handoff={"secret_file": secret, "networks": ["127.0.0.0/8"]}, spool=spool)
     return a, b
 
 
 def submit_many(srv, n: int, tag: str) -> list[str]:
-    """``n`` messages from alice in one session, each to its own recipient at example.net;
-    returns their Message-IDs."""
+    """``n`` messages from alice in one session, each to its own recipient at example.net,
+    every tenth one larger than ``INLINE_MAX``; returns their Message-IDs."""
     alice = srv.alice
     client = srv.login(alice.address, alice.password)
     ids = []
+    large = ("x" * 78 + "\r\n") * (2 * INLINE_MAX // 80)
     for i in range(n):
         mid = f"<{tag}-{i}-{uuid.uuid4().hex[:8]}@client.test>"
         msg = make_message(sender=alice.address, to=f"{tag}{i}@example.net", message_id=False,
-                           headers=[f"Message-ID: {mid}"])
+                           headers=[f"Message-ID: {mid}"],
+                           body=large if i % 10 == 0 else "Hello.\r\n")
         client.transaction(alice.address, [f"{tag}{i}@example.net"], msg)
         ids.append(mid)
     client.quit()
@@ -140,6 +148,9 @@ def deliver_all(b, receiver, message_ids: list[str], timeout: float = 90):
         mid = header_values(m.content, "Message-ID")[0]
         counts[mid] = counts.get(mid, 0) + 1
     assert set(counts) == wanted, set(counts) ^ wanted
+    for m in receiver.received():
+        assert m.content.endswith(b"\r\n\r\nHello.\r\n") or \
+            m.content.endswith(b"x" * 78 + b"\r\n") and len(m.content) > 2 * INLINE_MAX - 200
     return counts
 
 
