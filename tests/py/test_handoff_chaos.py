@@ -1,7 +1,7 @@
 """Issue 11, hand-off under fire: `kill -9` of the sending or the receiving replica in the
 middle of a hand-off loses no message; a handed-off message keeps its DKIM signature (and is
 not signed again), its delay-notice state and its original arrival time, and is not counted
-again against any quota.
+again against any quota; a bounce waiting in A's spool (null sender) is handed off too.
 
 The setting is test_drain.py's: mail goes to a relay host, an aiosmtpd receiver that defers
 (451) until the test lets it accept. Replica A has the mail; B listens on `[listen] handoff`.
@@ -347,3 +347,42 @@ def test_delay_notice_not_repeated_and_max_age_counts_from_the_first_arrival(
     assert len(dsns(receiver, "failed")) == 1
     assert len(receiver.attempts_for("late@example.net")) >= 3
     assert queue(b) == []
+
+
+def test_a_bounce_waiting_on_a_is_handed_off_and_sent_by_b(make_server, tmp_path):
+    """A DSN is mail from the null sender in A's spool like any other: when alice's own
+    server defers it, the drain hands it to B (`MAIL FROM:<>`), which delivers it and makes
+    no DSN about it."""
+    switch = Switch()
+    rcv = SmtpReceiver("127.0.0.1", free_port(),
+                       policy=lambda addr, n: "550 5.1.1 Mailbox unavailable"
+                       if addr.startswith("reject") else switch(addr, n)).start()
+    rcv.switch = switch
+    try:
+        a, b = pair(make_server, rcv, tmp_path)
+        client = a.login(a.alice.address, a.alice.password)
+        client.transaction(a.alice.address, ["reject-me@example.net"],
+                           make_message(sender=a.alice.address, to="reject-me@example.net"))
+        client.quit()
+        # The original is gone (refused for good); its bounce waits, deferred by alice's server.
+        wait_until(lambda: [m["sender"] for m in queue(a)] == [""]
+                   and rcv.attempts_for("alice@example.org"), 20, "the bounce deferred on A")
+        drained = a.cli("drain", "--handoff", handoff_addr(b), "--timeout", "1s", check=False)
+        assert drained.returncode == 0, drained
+        assert drained.stdout.splitlines()[-1] == "drained: spool empty, 1 handed off"
+        [moved] = queue(b)
+        assert (moved["sender"], [r["address"] for r in moved["recipients"]]) == \
+            ("", ["alice@example.org"])
+
+        switch.deferring = False
+        def delivered():
+            b.cli("queue", "flush")
+            return rcv.received() and not queue(b)
+        wait_until(delivered, 20, "B to deliver the bounce", interval=0.5)
+        [bounce] = [m for m in rcv.received() if m.rcpt_tos == ["alice@example.org"]]
+        assert bounce.mail_from in ("", "<>")
+        assert b"Action: failed" in bounce.content and b"reject-me@example.net" in bounce.content
+        time.sleep(1)
+        assert len(rcv.received()) == 1 and queue(b) == []
+    finally:
+        rcv.stop()
