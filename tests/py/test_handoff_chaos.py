@@ -322,11 +322,13 @@ def test_delay_notice_not_repeated_and_max_age_counts_from_the_first_arrival(
     assert len(delayed) == 1 and b"late@example.net" in delayed[0].content
     assert delayed[0].at - accepted >= 1.9
 
+    # Room between the two deadlines the test tells apart (A's arrival + 15 s and B's).
+    time.sleep(max(0.0, accepted + 5 - time.monotonic()))
     drain_started = time.monotonic()
     drained = a.cli("drain", "--handoff", handoff_addr(b), "--timeout", "1s", check=False)
     assert drained.returncode == 0, drained
     assert drained.stdout.splitlines()[-1] == "drained: spool empty, 1 handed off"
-    [moved] = queue(b)
+    [moved] = [m for m in queue(b) if m["sender"] == a.alice.address]
     assert moved["received_at_ms"] == arrival_ms and moved["id"] != qid
 
     failed = wait_until(lambda: dsns(receiver, "failed"), 40, "B's expiry bounce")
@@ -339,7 +341,7 @@ def test_delay_notice_not_repeated_and_max_age_counts_from_the_first_arrival(
     # the drain started (B spools the message after it).
     assert 15 <= bounce.at - accepted < drain_started + 15 - accepted, \
         (bounce.at - accepted, drain_started - accepted)
-    assert drain_started - accepted >= 2
+    assert drain_started - accepted >= 5
     # B attempted it more than once (at the hand-off and at expiry) and never told alice of
     # the delay again.
     time.sleep(1)
