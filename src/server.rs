@@ -21,7 +21,8 @@ use crate::session::Role;
 use crate::spool::Spool;
 use crate::store::configured::ConfiguredStore;
 use crate::store::quota::builder::{
-    Counters, QuotaBackend, QuotaStoreConfig, open_counters_or_connect_later, open_quota_store,
+    Counters, QuotaBackend, QuotaStoreConfig, RedisPassword, open_counters_or_connect_later,
+    open_quota_store,
 };
 use crate::store::quota::{Persistence, QuotaSettings, QuotaStore};
 use crate::store::{Directory, StoreError};
@@ -315,6 +316,7 @@ fn quota_store_config(config: &Config) -> anyhow::Result<QuotaStoreConfig> {
         window,
         hold_ttl_ms: q.hold_ttl.as_millis() as u64,
     };
+    settings.redis_password = q.redis_password()?.map(RedisPassword);
     Ok(settings)
 }
 

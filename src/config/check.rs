@@ -258,6 +258,9 @@ impl QuotaConfig {
                 "backend = \"redis\" needs redis_url or redis_cluster",
             );
         }
+        if self.redis_password_file.is_some() && self.backend != QuotaBackendName::Redis {
+            return invalid("quota.redis_password_file", "only with backend = \"redis\"");
+        }
         if let Some(unknown) = self.plans.keys().find(|k| k.parse::<Plan>().is_err()) {
             return invalid(&format!("quota.plans.{unknown}"), "not a plan name");
         }

@@ -20,6 +20,7 @@ mod check;
 mod duration;
 pub mod handoff;
 mod relay_host;
+pub mod secret_file;
 mod store;
 mod trust;
 
@@ -191,6 +192,11 @@ pub struct QuotaConfig {
     /// Redis Cluster seed nodes; when set, used instead of `redis_url`.
     #[serde(default)]
     pub redis_cluster: Vec<String>,
+    /// File whose first line is the Redis password (AUTH), for `redis_url` and every
+    /// `redis_cluster` node; the URL may name the ACL user (`redis://postern@host:6379/`).
+    /// Keeps the password out of the config file, which a ConfigMap holds.
+    #[serde(default)]
+    pub redis_password_file: Option<PathBuf>,
     /// Length of the rolling window (24 hours; shorter only for tests).
     #[serde(default = "default_quota_window", with = "duration::serde_text")]
     pub window: Duration,
@@ -208,6 +214,19 @@ pub struct QuotaConfig {
     pub hosting: u32,
 }
 
+impl QuotaConfig {
+    /// The Redis password from `redis_password_file`, if one is set.
+    ///
+    /// # Errors
+    /// The file cannot be used; the message names the key, never the password.
+    pub fn redis_password(&self) -> Result<Option<String>, ConfigError> {
+        self.redis_password_file
+            .as_deref()
+            .map(|path| secret_file::first_line("quota.redis_password_file", path))
+            .transpose()
+    }
+}
+
 impl Default for QuotaConfig {
     fn default() -> Self {
         Self {
@@ -215,6 +234,7 @@ impl Default for QuotaConfig {
             path: None,
             redis_url: None,
             redis_cluster: Vec::new(),
+            redis_password_file: None,
             window: default_quota_window(),
             bucket: default_quota_bucket(),
             hold_ttl: default_hold_ttl(),
@@ -891,6 +911,19 @@ mod tests {
                 .unwrap_err()
                 .0
                 .starts_with("quota.redis_url:")
+        );
+        let text = format!("{MINIMAL}\n[quota]\nredis_password_file = \"/run/redis-pw\"\n");
+        assert_eq!(
+            Config::parse(&text).unwrap_err().0,
+            "quota.redis_password_file: only with backend = \"redis\""
+        );
+        let text = format!(
+            "{MINIMAL}\n[quota]\nbackend = \"redis\"\nredis_url = \"redis://postern@r:6379/\"\nredis_password_file = \"/run/redis-pw\"\n"
+        );
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(
+            c.quota.redis_password_file.as_deref(),
+            Some(Path::new("/run/redis-pw"))
         );
     }
 

@@ -5,7 +5,6 @@
 use super::postgres::{PostgresSettings, PostgresStore, SecretKeys};
 use super::{Directory, DirectoryAdmin, DkimAdmin, DkimKeyStore, EmbeddedStore, StoreError};
 use crate::config::{Config, ConfigError, StoreBackendName, StoreConfig};
-use std::path::Path;
 use std::sync::Arc;
 
 /// Environment variable with the PostgreSQL password when neither the URL nor
@@ -37,24 +36,6 @@ pub enum OpenError {
     Store(#[from] StoreError),
 }
 
-/// The first line of a password file, named by its key on failure; never its content.
-fn read_password(path: &Path) -> Result<String, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError(format!(
-            "store.password_file: {}: cannot read: {e}",
-            path.display()
-        ))
-    })?;
-    let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
-    if line.is_empty() {
-        return Err(ConfigError(format!(
-            "store.password_file: {}: the first line is empty",
-            path.display()
-        )));
-    }
-    Ok(line.to_string())
-}
-
 /// The PostgreSQL settings of a `[store]` with `backend = "postgres"`: the URL's password,
 /// else `password_file`'s, else `PGPASSWORD`; and the secret keys, read now.
 ///
@@ -67,7 +48,10 @@ pub fn postgres_settings(store: &StoreConfig) -> Result<PostgresSettings, Config
         ));
     };
     let password = match &store.password_file {
-        Some(path) => Some(read_password(path)?),
+        Some(path) => Some(crate::config::secret_file::first_line(
+            "store.password_file",
+            path,
+        )?),
         None => std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty()),
     };
     let current = super::postgres::sealing::SecretKey::read(secret_key_file)

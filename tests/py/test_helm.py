@@ -267,10 +267,13 @@ def as_pod_user(args: list[str]) -> list[str]:
 @pytest.mark.skipif(os.geteuid() != 0, reason="runs the server as the pod's user (needs root)")
 def test_the_rendered_pod_serves_and_drains(postern_bin, postgres, make_redis, certs, pod_files):
     redis = make_redis()
+    redis_password = "chart-test-redis-password"
+    assert redis.cli("CONFIG", "SET", "requirepass", redis_password).stdout.strip() == "OK"
     database = postgres.create_database("chart")
     ports = {role: free_port() for role in ("submission", "submissions", "relay", "http", "handoff")}
     sets = [f"postgres.url={postgres.url(database)}", f"redis.url={redis.url}",
             "hostname=postern.test", f"http.containerPort={ports['http']}",
+            "redis.existingSecret=postern-redis",
             f"handoff.containerPort={ports['handoff']}"]
     sets += [f"listeners.{role}.containerPort={ports[role]}"
              for role in ("submission", "submissions", "relay")]
@@ -291,6 +294,11 @@ def test_the_rendered_pod_serves_and_drains(postern_bin, postgres, make_redis, c
     pod_files.secret("/etc/postern/postgres/password", postgres.password.encode() + b"\n")
     pod_files.secret("/etc/postern/postgres/secret-key", run(["openssl", "rand", "-base64", "32"]).stdout.encode())
     pod_files.secret("/etc/postern/handoff/secret", b"fleet-secret-of-the-chart-test\n")
+    pod_files.secret("/etc/postern/redis/password", redis_password.encode() + b"\n")
+    # Every Secret file placed here is one the StatefulSet mounts.
+    mounts = {m["mountPath"] for m in container(docs)["volumeMounts"]}
+    assert {"/etc/postern/tls", "/etc/postern/postgres", "/etc/postern/handoff",
+            "/etc/postern/redis", "/var/lib/postern"} <= mounts
     pod_files.volume("/var/lib/postern")
     binary = pod_files.path("/usr/local/bin/postern")
     binary.parent.mkdir(parents=True)

@@ -121,6 +121,7 @@ integers, strings as JSON strings (valid TOML basic strings), lists inline, maps
 {{- else if $v.redis.clusterNodes }}{{ $_ := set $quota "redis_cluster" $v.redis.clusterNodes }}
 {{- else }}{{ $_ := set $quota "redis_url" (required "redis.url (or redis.clusterNodes) is required: quotas and brakes are shared by the fleet" $v.redis.url) }}
 {{- end }}
+{{- if and $v.redis.existingSecret (not $v.bundledRedis.enabled) }}{{ $_ := set $quota "redis_password_file" "/etc/postern/redis/password" }}{{ end }}
 {{- $derived := dict
   "server" (dict "hostname" $v.hostname "drain_on_shutdown" true "drain_timeout" (printf "%ds" (int $v.drain.deliverSeconds)))
   "listen" $listen
