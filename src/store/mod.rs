@@ -206,6 +206,7 @@ pub mod brakes;
 pub mod configured;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod delivery_log;
 mod devices;
 mod dkim_keys;
 pub mod embedded;
