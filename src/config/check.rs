@@ -13,6 +13,9 @@ use super::{
 };
 use crate::policy::Plan;
 
+/// Longest `[server] replica` (a host name's limit).
+const MAX_REPLICA_NAME_LEN: usize = 253;
+
 /// The error for `key`.
 fn invalid(key: &str, why: &str) -> Result<(), ConfigError> {
     Err(ConfigError(format!("{key}: {why}")))
@@ -34,6 +37,12 @@ impl Config {
         self.quota.check()?;
         self.mta_sts.check()?;
         self.delivery_log.check()?;
+        if self.store.backend == StoreBackendName::Postgres && self.delivery_log.path.is_some() {
+            return invalid(
+                "delivery_log.path",
+                "not used with store.backend = \"postgres\": the delivery log is in PostgreSQL",
+            );
+        }
         self.log.check()
     }
 }
@@ -42,6 +51,16 @@ impl ServerConfig {
     fn check(&self) -> Result<(), ConfigError> {
         if self.hostname.is_empty() || self.hostname.contains(char::is_whitespace) {
             return invalid("server.hostname", "must be a host name without spaces");
+        }
+        if let Some(replica) = &self.replica
+            && (replica.is_empty()
+                || replica.len() > MAX_REPLICA_NAME_LEN
+                || replica.contains(|c: char| c.is_whitespace() || c.is_control()))
+        {
+            return invalid(
+                "server.replica",
+                &format!("must be 1 to {MAX_REPLICA_NAME_LEN} characters without spaces"),
+            );
         }
         Ok(())
     }

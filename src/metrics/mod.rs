@@ -25,6 +25,9 @@
 //! - `postern_delivery_dead_destinations`: destinations currently dead (consecutive connect
 //!   or greeting timeouts, `src/delivery/dead.rs`): their concurrency is 1 and their retries
 //!   are spread out; 0 from the start.
+//! - `postern_delivery_log_dropped_records_total`: delivery log records given up (the
+//!   writer's queue full, a write that failed twice, the writer stopped): the log
+//!   is history and may lose rows, never mail (`src/delivery/log.rs`).
 //! - `postern_spool_messages`: messages in the spool (queued or in flight).
 //! - `postern_spool_oldest_message_age_seconds`: age of the oldest message in the spool (since
 //!   it was accepted), 0 when the spool is empty. The spool publishes the oldest acceptance
@@ -72,6 +75,7 @@ struct Inner {
     delivery_recipients: IntCounterVec,
     delivery_retries: IntCounter,
     delivery_early_recorded: IntCounter,
+    delivery_log_dropped: IntCounter,
     delivery_connections: IntCounterVec,
     delivery_dane_failures: IntCounterVec,
     delivery_mta_sts_failures: IntCounterVec,
@@ -200,6 +204,11 @@ impl Metrics {
                 &registry,
                 "postern_delivery_early_recorded_recipients_total",
                 "Recipients recorded delivered when their group ended, before the rest of the attempt",
+            ),
+            delivery_log_dropped: counter(
+                &registry,
+                "postern_delivery_log_dropped_records_total",
+                "Delivery log records dropped (writer queue full, write failed twice, writer stopped)",
             ),
             delivery_connections: counter_vec(
                 &registry,
@@ -400,6 +409,11 @@ impl Metrics {
     /// `n` recipients were recorded delivered before their attempt ended.
     pub fn delivery_early_recorded(&self, n: usize) {
         self.inner.delivery_early_recorded.inc_by(n as u64);
+    }
+
+    /// `n` delivery log records were dropped.
+    pub fn delivery_log_dropped(&self, n: u64) {
+        self.inner.delivery_log_dropped.inc_by(n);
     }
 
     /// A delivery used an SMTP connection: a new one, or one `reused` from a pool.

@@ -1,7 +1,10 @@
 //! The directory named by `[store]`, opened for `postern serve` or for an admin command: the
 //! one place that knows both backends, so that the listener sees an `Arc<dyn Directory>` and
-//! the CLI a `Box<dyn AdminStore>` whatever the config says.
+//! the CLI a `Box<dyn AdminStore>` whatever the config says. The delivery log moves with the
+//! directory ([`open_delivery_log`]): a SQLite file of this machine with the embedded store,
+//! the shared database's table with PostgreSQL.
 
+use super::delivery_log::{LogError, LogStore, SqliteLog};
 use super::postgres::{PostgresSettings, PostgresStore, SecretKeys};
 use super::{Directory, DirectoryAdmin, DkimAdmin, DkimKeyStore, EmbeddedStore, StoreError};
 use crate::config::{Config, ConfigError, StoreBackendName, StoreConfig};
@@ -34,6 +37,53 @@ pub enum OpenError {
     /// The backend refused.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The delivery log's file cannot be opened.
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+/// Connections of the delivery log's own pool: one writer thread, one query at a time.
+const LOG_POOL_SIZE: usize = 2;
+
+/// Opens the delivery log for `postern serve`'s writer: the SQLite file (created as needed)
+/// with the embedded store, the directory's database with PostgreSQL (a pool of its own,
+/// connected lazily, so a replica starts while PostgreSQL is down). Call it on the thread
+/// that will use the log: outside a runtime the PostgreSQL log runs its statements on a
+/// runtime of its own.
+///
+/// # Errors
+/// [`OpenError::Log`] for a file that cannot be used; [`OpenError::Config`] for a `[store]`
+/// key file that cannot be read.
+pub fn open_delivery_log(config: &Config) -> Result<Box<dyn LogStore>, OpenError> {
+    match config.store.backend {
+        StoreBackendName::Embedded => Ok(Box::new(SqliteLog::open(&config.delivery_log_path())?)),
+        StoreBackendName::Postgres => {
+            let mut settings = postgres_settings(&config.store)?;
+            settings.pool_size = LOG_POOL_SIZE;
+            Ok(Box::new(PostgresStore::open(&settings)?))
+        }
+    }
+}
+
+/// Opens the delivery log for `postern log`: `None` when the embedded log's file does not
+/// exist yet (nothing is created); with PostgreSQL the database must answer and be at this
+/// Postern's schema version.
+///
+/// # Errors
+/// As [`open_delivery_log`], and [`StoreError::Schema`] or [`StoreError::Backend`] from the
+/// check.
+pub fn open_existing_delivery_log(config: &Config) -> Result<Option<Box<dyn LogStore>>, OpenError> {
+    match config.store.backend {
+        StoreBackendName::Embedded => Ok(SqliteLog::open_existing(&config.delivery_log_path())?
+            .map(|log| Box::new(log) as Box<dyn LogStore>)),
+        StoreBackendName::Postgres => {
+            let mut settings = postgres_settings(&config.store)?;
+            settings.pool_size = 1;
+            let store = PostgresStore::open(&settings)?;
+            store.check_blocking()?;
+            Ok(Some(Box::new(store)))
+        }
+    }
 }
 
 /// The PostgreSQL settings of a `[store]` with `backend = "postgres"`: the URL's password,

@@ -23,6 +23,9 @@
 //! tests (test builds and the `conformance` feature only). Quotas are a store of their own,
 //! behind [`quota::QuotaStore`], and so are the brakes a fleet counts together
 //! ([`brakes::BrakeStore`]); their Redis backends share one connection ([`redis_link`]).
+//! The delivery log is one too ([`delivery_log::LogStore`]): a SQLite file
+//! ([`delivery_log::sqlite`]) or the PostgreSQL directory's table (`postgres/delivery_log.rs`),
+//! following `[store] backend` ([`configured::open_delivery_log`]).
 //!
 //! # Model
 //! An *address* is a hosted mailbox (`alice@example.org`) with a [`Plan`]. An *alias* is another
@@ -206,6 +209,7 @@ pub mod brakes;
 pub mod configured;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod delivery_log;
 mod devices;
 mod dkim_keys;
 pub mod embedded;

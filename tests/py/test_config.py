@@ -34,6 +34,12 @@ BAD_CONFIGS = [
     ({"delivery": {"retry_initial": "10s", "retry_max": "1s"}}, "delivery.retry_max", None),
     ({"tls": {"key": None}}, "tls.key", None),
     ({"dns": {"servers": ["not-an-address"]}}, "dns.servers", None),
+    ({"server": {"replica": "relay 1"}}, "server.replica", None),
+    ({"server": {"replica": ""}}, "server.replica", None),
+    ({"server": {"replika": "r1"}}, "server", "replika"),
+    ({"store": {"backend": "postgres", "url": "postgres://p@127.0.0.1:1/d",
+                "secret_key_file": "/nonexistent"},
+      "delivery_log": {"path": "/tmp/x.db"}}, "delivery_log.path", None),
 ]
 
 

@@ -47,7 +47,7 @@ def fleet(make_postern, postgres, make_redis, mx, tmp_path):
                 for _ in range(REPLICAS)]
     out = replicas[0].cli("migrate").stdout
     assert out == f"PostgreSQL postern@127.0.0.1:{postgres.port}/fleet: schema migrated " \
-                  "from version 0 to 1\n", out
+                  "from version 0 to 2\n", out
     return replicas
 
 
@@ -207,7 +207,7 @@ def test_schema_and_secret_key_are_checked(fleet, postgres, tmp_path):
         r = pt.cli(*args, check=False)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert r.stderr.count("\n") == 1 and "run `postern migrate" in r.stderr, r.stderr
-    postgres.psql("fleet", "UPDATE schema_version SET version = 1")
+    postgres.psql("fleet", "UPDATE schema_version SET version = 2")
     assert pt.cli("address", "list").returncode == 0
     secret_key_file = pt.config["store"]["secret_key_file"]
     pt.write_config(store={"secret_key_file": tmp_path / "absent.key"})

@@ -23,7 +23,8 @@
 //! # Layout
 //! As the embedded store, file for file: `schema.rs` (versioned migrations, the schema check),
 //! `addresses.rs`, `aliases.rs`, `devices.rs`, `hosting.rs`, `limits.rs`, `dkim_keys.rs` (with
-//! the private keys sealed by `sealing.rs`) and `changes.rs` (the `LISTEN` task).
+//! the private keys sealed by `sealing.rs`) and `changes.rs` (the `LISTEN` task); and
+//! `delivery_log.rs`, the fleet's delivery log (a [`crate::store::delivery_log::LogStore`]).
 //!
 //! # Writes, the generation and NOTIFY
 //! Every write is one transaction that first bumps the single row of `directory_generation`
@@ -45,6 +46,7 @@
 mod addresses;
 mod aliases;
 pub mod changes;
+mod delivery_log;
 mod devices;
 mod dkim_keys;
 mod hosting;
@@ -54,6 +56,7 @@ pub mod sealing;
 #[cfg(test)]
 mod tests;
 
+pub use delivery_log::PURGE_LOCK;
 pub use schema::{LATEST_VERSION, Migration};
 pub use sealing::SecretKeys;
 

@@ -319,3 +319,87 @@ async fn passwords_stay_out_of_messages() {
     PostgresStore::open(&in_url).unwrap().check().await.unwrap();
     assert!(format!("{in_url:?}").find(PASSWORD).is_none());
 }
+
+/// Every delivery log conformance case on a database of its own (plain `#[test]`s: the log's
+/// methods are synchronous and run on the store's own runtime, as in the writer thread).
+struct PostgresLog {
+    server: PostgresServer,
+}
+
+impl crate::store::delivery_log::conformance::Backend for PostgresLog {
+    type Guard = ();
+
+    fn open(&self, _case: &str) -> (Box<dyn crate::store::delivery_log::LogStore>, ()) {
+        let (_, store) = fresh(&self.server, secret(1));
+        (Box::new(store), ())
+    }
+}
+
+#[test]
+fn delivery_log_conformance() {
+    crate::store::delivery_log::conformance::run_all(&PostgresLog {
+        server: PostgresServer::start(),
+    });
+}
+
+/// One replica purges at a time: while another session holds the purge lock a purge skips
+/// and deletes nothing; once it is released the purge deletes, and leaves the lock free
+/// (another session takes it at once). Migrate's lock is another key. Rows written by one
+/// replica are read by another's handle; a NUL in a reply is stored as U+FFFD instead of
+/// failing the batch.
+#[test]
+fn delivery_log_purge_lock_and_sharing() {
+    use crate::store::delivery_log::conformance::record;
+    use crate::store::delivery_log::{LogQuery, LogState, LogStore, Purge};
+    assert_ne!(PURGE_LOCK, schema::MIGRATION_LOCK);
+    let server = PostgresServer::start();
+    let (database, mut one) = fresh(&server, secret(1));
+    let mut two = PostgresStore::open(&settings(&server, &database, secret(1))).unwrap();
+    let mut hostile = record(30, "a@example.org", "n@example.net", LogState::Bounced);
+    hostile.reply = "said: 550 no\0body".into();
+    hostile.replica = "relay-2".into();
+    two.insert(&[record(
+        10,
+        "a@example.org",
+        "b@example.net",
+        LogState::Delivered,
+    )])
+    .unwrap();
+    one.insert(std::slice::from_ref(&hostile)).unwrap();
+    let rows = one.query(&LogQuery::default()).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1].reply, "said: 550 no\u{fffd}body");
+    assert_eq!(
+        rows.iter().map(|r| r.replica.as_str()).collect::<Vec<_>>(),
+        ["relay-1", "relay-2"]
+    );
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let holder = runtime.block_on(async {
+        let mut pg = crate::config::parse_postgres_url(&server.url(&database)).unwrap();
+        pg.password(PASSWORD);
+        let (client, connection) = pg.connect(NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+    });
+    let lock = |sql: &str| -> bool {
+        runtime.block_on(async { holder.query_one(sql, &[&PURGE_LOCK]).await.unwrap().get(0) })
+    };
+    assert!(lock("SELECT pg_try_advisory_lock($1)"));
+    assert_eq!(one.purge_before(20, 1).unwrap(), Purge::Skipped);
+    assert_eq!(two.purge_before(u64::MAX, 1).unwrap(), Purge::Skipped);
+    assert_eq!(one.query(&LogQuery::default()).unwrap().len(), 2);
+    // Migrations do not wait for the purge lock.
+    one.migrate_blocking().unwrap();
+    assert!(lock("SELECT pg_advisory_unlock($1)"));
+    assert_eq!(one.purge_before(20, 1).unwrap(), Purge::Deleted(1));
+    assert!(
+        lock("SELECT pg_try_advisory_lock($1)"),
+        "the purge released its lock"
+    );
+    assert!(lock("SELECT pg_advisory_unlock($1)"));
+    assert_eq!(
+        two.query(&LogQuery::default()).unwrap(),
+        vec![rows[1].clone()]
+    );
+}
