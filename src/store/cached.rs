@@ -24,17 +24,22 @@
 //!   [`CredentialId`], so a hit registers the session for revocation exactly as a miss does.
 //!   Failed logins are never cached: their keys are chosen by whoever guesses, so they would
 //!   let a guesser fill memory, and a guess should keep costing a round trip to the store.
-//! - **Senders**, **hosting accounts** and **limits**: every answer, `None` included (an
-//!   unknown address or a port-25 client on no hosting network is asked about as often as a
-//!   known one). Keys are canonical (lowercase address, IPv4-mapped IPv6 as IPv4).
+//! - **Senders** and **limits**: every answer, `None` (no such address) included. **Hosting
+//!   accounts**: found ones only. A port-25 client on no hosting network is asked about at
+//!   every connection, as without a cache, so that a hosting account added on any machine
+//!   relays from the very next connection on every replica, without waiting for the
+//!   notification to arrive (an availability matter: a few milliseconds of "relaying denied"
+//!   after `postern hosting add` would bounce mail that the operator just allowed; a client's
+//!   IP is also a key anybody can vary). Keys are canonical (lowercase address, IPv4-mapped
+//!   IPv6 as IPv4).
 //! - Never: [`Directory::live_credentials`] (the revocation watcher's question must reach the
 //!   store) and [`Directory::generation`] (it is how the cache learns of changes).
 //!
 //! # When entries go
 //! - Every entry is dropped, all at once, when the replica learns of a change: a notification
-//!   on the `LISTEN` connection (revocations, sent by the writing transaction), or a
+//!   on the `LISTEN` connection (every write sends one, in its transaction), or a
 //!   [`Directory::generation`] that moved (every write bumps it; the revocation watcher asks
-//!   every 500 ms and at every notification). Clearing everything is the simple rule that is
+//!   every 500 ms and at every notification, the fallback for lost notifications). Clearing everything is the simple rule that is
 //!   obviously right: the directory changes when an operator runs a command, not per message.
 //! - No entry is served older than the TTL, whatever happened.
 //! - A lookup that misses remembers the cache's *epoch* (a counter moved by every clear) and
@@ -558,7 +563,12 @@ impl Directory for CachedDirectory {
             LookupKind::HostingAccount,
             |now| cache.find_hosting(now, canonical),
             self.inner.hosting_account_for(client),
-            |now, ticket, value| cache.keep_hosting(now, ticket, canonical, value),
+            |now, ticket, value| {
+                // "No account" is not kept: see the module docs.
+                if value.is_some() {
+                    cache.keep_hosting(now, ticket, canonical, value);
+                }
+            },
         )
         .await
     }

@@ -173,7 +173,7 @@ async fn failed_logins_are_never_kept_and_a_wrong_password_never_hits() {
 }
 
 #[tokio::test]
-async fn negative_answers_are_kept_like_positive_ones() {
+async fn negative_answers_are_kept_except_no_hosting_account() {
     let (memory, cache, cached, metrics) = serving().await;
     let before = memory.calls();
     let nobody: IpAddr = "198.51.100.1".parse().unwrap();
@@ -197,12 +197,13 @@ async fn negative_answers_are_kept_like_positive_ones() {
         assert_eq!(cached.limits_of(&bob).await.unwrap(), None);
         assert!(cached.limits_of(&alice_id).await.unwrap().is_some());
     }
-    assert_eq!(memory.calls() - before, 6, "each key asked once");
+    // Each key asked once, except the client on no hosting network: asked every time.
+    assert_eq!(memory.calls() - before, 5 + 2);
     assert_eq!(cache.len(LookupKind::Senders), 2);
-    assert_eq!(cache.len(LookupKind::HostingAccount), 2);
+    assert_eq!(cache.len(LookupKind::HostingAccount), 1);
     assert_eq!(cache.len(LookupKind::Limits), 2);
-    assert_eq!(counted(&metrics, "hosting_account", "hit"), 4);
-    assert_eq!(counted(&metrics, "hosting_account", "miss"), 2);
+    assert_eq!(counted(&metrics, "hosting_account", "hit"), 3);
+    assert_eq!(counted(&metrics, "hosting_account", "miss"), 3);
 }
 
 #[test]
@@ -354,22 +355,22 @@ fn a_full_kind_sweeps_expired_entries_and_otherwise_takes_no_more() {
     cache.notifications_up();
     cache.generation_seen(1);
     let t0 = Instant::now();
-    let ip = |i: usize| IpAddr::from(std::net::Ipv6Addr::from(i as u128));
-    let Found::Miss(ticket) = cache.find_hosting(t0, ip(0)) else {
+    let limits = |i: usize| QuotaIdentity::Hosting(format!("web{i}"));
+    let Found::Miss(ticket) = cache.find_limits(t0, &limits(0)) else {
         panic!()
     };
     for i in 0..MAX_ENTRIES {
-        cache.keep_hosting(t0, ticket, ip(i), None);
+        cache.keep_limits(t0, ticket, limits(i), None);
     }
-    assert_eq!(cache.len(LookupKind::HostingAccount), MAX_ENTRIES);
-    cache.keep_hosting(t0, ticket, ip(MAX_ENTRIES), None);
-    assert_eq!(cache.len(LookupKind::HostingAccount), MAX_ENTRIES, "full");
+    assert_eq!(cache.len(LookupKind::Limits), MAX_ENTRIES);
+    cache.keep_limits(t0, ticket, limits(MAX_ENTRIES), None);
+    assert_eq!(cache.len(LookupKind::Limits), MAX_ENTRIES, "full");
     assert!(matches!(
-        cache.find_hosting(t0, ip(MAX_ENTRIES)),
+        cache.find_limits(t0, &limits(MAX_ENTRIES)),
         Found::Miss(_)
     ));
     // Past the TTL the sweep makes room.
     let later = t0 + TTL;
-    cache.keep_hosting(later, ticket, ip(MAX_ENTRIES), None);
-    assert_eq!(cache.len(LookupKind::HostingAccount), 1);
+    cache.keep_limits(later, ticket, limits(MAX_ENTRIES), None);
+    assert_eq!(cache.len(LookupKind::Limits), 1);
 }

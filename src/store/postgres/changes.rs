@@ -1,6 +1,7 @@
-//! The `LISTEN` side of revocation: one connection per replica, outside the pool, listening on
-//! [`super::CHANNEL`], waking the revocation watcher at every notification so that a device
-//! revoked on any machine loses its sessions on every replica at once.
+//! The `LISTEN` side of revocation and of the directory cache: one connection per replica,
+//! outside the pool, listening on [`super::CHANNEL`] (every committed change is notified),
+//! waking the revocation watcher at every notification so that a device revoked on any
+//! machine loses its sessions on every replica at once.
 //!
 //! Notifications are a fast path, not the guarantee. A connection that drops (a PostgreSQL
 //! restart, `pg_terminate_backend`, a network cut) misses whatever was sent meanwhile, so the
