@@ -20,6 +20,9 @@ pub trait AdminStore: DirectoryAdmin + DkimAdmin {}
 
 impl<T: DirectoryAdmin + DkimAdmin> AdminStore for T {}
 
+/// What `postern serve` asks, and the cache in front of it if any (for the `LISTEN` task).
+pub type ServingDirectory = (Arc<dyn Directory>, Option<Arc<DirectoryCache>>);
+
 /// An opened directory of either backend.
 #[derive(Debug, Clone)]
 pub enum ConfiguredStore {
@@ -144,7 +147,7 @@ impl ConfiguredStore {
         &self,
         cache_ttl: Duration,
         metrics: &Metrics,
-    ) -> Result<(Arc<dyn Directory>, Option<Arc<DirectoryCache>>), StoreError> {
+    ) -> Result<ServingDirectory, StoreError> {
         match self {
             Self::Postgres(_) if !cache_ttl.is_zero() => {
                 let cache = Arc::new(DirectoryCache::new(cache_ttl)?);
