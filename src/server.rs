@@ -131,9 +131,12 @@ async fn start(config: Arc<Config>) -> anyhow::Result<Running> {
     let readiness = Readiness::default();
     let draining = Arc::new(AtomicBool::new(false));
     let directory_changed = Arc::new(tokio::sync::Notify::new());
+    let (directory, directory_cache) = store
+        .serving_directory(config.store.cache_ttl, &metrics)
+        .context("directory cache")?;
     let shared = Arc::new(Shared {
         config: config.clone(),
-        directory: store.directory(),
+        directory,
         signer: Arc::new(crate::dkim::Signer::new(store.dkim_keys(), metrics.clone())),
         quota: quota.clone(),
         brakes: crate::listener::brakes::Brakes::new(&config.brakes, &config.limits, brake_store),
@@ -175,7 +178,10 @@ async fn start(config: Arc<Config>) -> anyhow::Result<Running> {
     if let ConfiguredStore::Postgres(pg) = &store {
         services.spawn(crate::store::postgres::changes::listen(
             pg.clone(),
-            directory_changed,
+            crate::store::postgres::changes::Listeners {
+                changed: directory_changed,
+                cache: directory_cache,
+            },
             rest.clone(),
         ));
     }

@@ -127,6 +127,16 @@ impl StoreConfig {
                 &format!("required with store.backend = \"{}\"", self.backend_name()),
             )
         };
+        if self.cache_ttl > super::MAX_STORE_CACHE_TTL {
+            return invalid(
+                "store.cache_ttl",
+                &format!(
+                    "{:?} is longer than the limit of {:?} (\"0s\" turns the cache off)",
+                    self.cache_ttl,
+                    super::MAX_STORE_CACHE_TTL
+                ),
+            );
+        }
         match self.backend {
             StoreBackendName::Embedded if self.path.is_none() => needs("store.path"),
             StoreBackendName::Embedded => Ok(()),

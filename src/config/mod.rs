@@ -26,7 +26,10 @@ mod trust;
 
 pub use duration::parse_duration;
 pub use relay_host::RelayHost;
-pub use store::{DatabaseUrl, StoreBackendName, StoreConfig, parse_postgres_url, server_name};
+pub use store::{
+    DatabaseUrl, MAX_STORE_CACHE_TTL, StoreBackendName, StoreConfig, parse_postgres_url,
+    server_name,
+};
 pub use trust::{MtaStsRoots, TrustAnchor};
 
 use crate::printable::escape_controls;
@@ -916,6 +919,26 @@ mod tests {
         let text = format!("{MINIMAL}\n[relay]\nnetworks = [\"10.0.0.0/33\"]\n");
         let e = Config::parse(&text).unwrap_err().0;
         assert!(e.starts_with("relay.networks"), "{e}");
+    }
+
+    #[test]
+    fn store_cache_ttl_defaults_to_5s_and_is_at_most_60s() {
+        assert_eq!(
+            Config::parse(MINIMAL).unwrap().store.cache_ttl,
+            Duration::from_secs(5)
+        );
+        let with = |ttl: &str| {
+            Config::parse(&MINIMAL.replace("[store]", &format!("[store]\ncache_ttl = \"{ttl}\"")))
+        };
+        assert_eq!(with("0s").unwrap().store.cache_ttl, Duration::ZERO);
+        assert_eq!(with("60s").unwrap().store.cache_ttl, MAX_STORE_CACHE_TTL);
+        let e = with("60001ms").unwrap_err().0;
+        assert_eq!(
+            e,
+            "store.cache_ttl: 60.001s is longer than the limit of 60s (\"0s\" turns the cache off)"
+        );
+        let e = with("5").unwrap_err().0;
+        assert!(e.starts_with("store.cache_ttl"), "{e}");
     }
 
     #[test]

@@ -56,6 +56,19 @@ pub struct StoreConfig {
         with = "super::duration::serde_text"
     )]
     pub timeout: Duration,
+    /// How long a replica may answer a directory lookup (a login, senders, a hosting account,
+    /// limits) from memory (`store/cached.rs`); `"0s"` turns the cache off. At most
+    /// [`crate::config::MAX_STORE_CACHE_TTL`]. Used with `backend = "postgres"` only.
+    #[serde(default = "default_cache_ttl", with = "super::duration::serde_text")]
+    pub cache_ttl: Duration,
+}
+
+/// Longest `[store] cache_ttl`: the bound on how stale an answer may be should both the
+/// change notifications and the generation check fail unnoticed.
+pub const MAX_STORE_CACHE_TTL: Duration = Duration::from_secs(60);
+
+fn default_cache_ttl() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_pool_size() -> usize {

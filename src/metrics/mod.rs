@@ -86,6 +86,7 @@ struct Inner {
     quota_persistence: IntGaugeVec,
     quota_release_retries: IntCounterVec,
     directory_available: IntGauge,
+    directory_cache_lookups: IntCounterVec,
     draining: IntGauge,
     dkim_messages: IntCounterVec,
     dkim_signatures: IntCounterVec,
@@ -267,6 +268,14 @@ impl Metrics {
                 "postern_directory_available",
                 "1 when the directory (addresses, devices, hosting accounts) answered its last \
                  health check at this postern's schema version, else 0",
+            ),
+            directory_cache_lookups: counter_vec(
+                &registry,
+                "postern_directory_cache_lookups_total",
+                "Directory lookups by kind (login, senders, hosting_account, limits) and how they \
+                 were answered: hit (from the cache), miss (from the store, then kept), bypass \
+                 (from the store; the cache is not serving: notifications down or store errors)",
+                &["kind", "result"],
             ),
             draining: gauge(
                 &registry,
@@ -495,6 +504,14 @@ impl Metrics {
         self.inner
             .dkim_signatures
             .with_label_values(&[algorithm])
+            .inc();
+    }
+
+    /// A directory lookup went through the cache (`store/cached.rs`).
+    pub fn directory_cache_lookup(&self, kind: &str, result: &str) {
+        self.inner
+            .directory_cache_lookups
+            .with_label_values(&[kind, result])
             .inc();
     }
 

@@ -4,11 +4,14 @@
 //! directory ([`open_delivery_log`]): a SQLite file of this machine with the embedded store,
 //! the shared database's table with PostgreSQL.
 
+use super::cached::{CachedDirectory, DirectoryCache};
 use super::delivery_log::{LogError, LogStore, SqliteLog};
 use super::postgres::{PostgresSettings, PostgresStore, SecretKeys};
 use super::{Directory, DirectoryAdmin, DkimAdmin, DkimKeyStore, EmbeddedStore, StoreError};
 use crate::config::{Config, ConfigError, StoreBackendName, StoreConfig};
+use crate::metrics::Metrics;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Environment variable with the PostgreSQL password when neither the URL nor
 /// `store.password_file` gives one (libpq's name).
@@ -18,6 +21,9 @@ pub const PASSWORD_ENV: &str = "PGPASSWORD";
 pub trait AdminStore: DirectoryAdmin + DkimAdmin {}
 
 impl<T: DirectoryAdmin + DkimAdmin> AdminStore for T {}
+
+/// What `postern serve` asks, and the cache in front of it if any (for the `LISTEN` task).
+pub type ServingDirectory = (Arc<dyn Directory>, Option<Arc<DirectoryCache>>);
 
 /// An opened directory of either backend.
 #[derive(Debug, Clone)]
@@ -156,11 +162,33 @@ impl ConfiguredStore {
         Ok(store)
     }
 
-    /// The run-time questions of `postern serve`.
+    /// The run-time questions of `postern serve`, asked of the store itself.
     pub fn directory(&self) -> Arc<dyn Directory> {
         match self {
             Self::Embedded(store) => Arc::new(store.clone()),
             Self::Postgres(store) => Arc::new(store.clone()),
+        }
+    }
+
+    /// The run-time questions of `postern serve`, through a [`DirectoryCache`] of `cache_ttl`
+    /// for PostgreSQL (returned too, for the `LISTEN` task to tell it what it hears). No cache
+    /// for the embedded store (local reads, no notifications: see `store/cached.rs`) or with
+    /// `cache_ttl = "0s"`.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] if the cache's key cannot be made.
+    pub fn serving_directory(
+        &self,
+        cache_ttl: Duration,
+        metrics: &Metrics,
+    ) -> Result<ServingDirectory, StoreError> {
+        match self {
+            Self::Postgres(_) if !cache_ttl.is_zero() => {
+                let cache = Arc::new(DirectoryCache::new(cache_ttl)?);
+                let cached = CachedDirectory::new(self.directory(), cache.clone(), metrics.clone());
+                Ok((Arc::new(cached), Some(cache)))
+            }
+            _ => Ok((self.directory(), None)),
         }
     }
 

@@ -206,6 +206,7 @@ macro_rules! admin_by_subject {
 
 pub mod accounts;
 pub mod brakes;
+pub mod cached;
 pub mod configured;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
@@ -313,8 +314,9 @@ impl fmt::Display for CredentialId {
 /// - Every method is safe to call concurrently from many tasks and must not block the async
 ///   runtime (backends doing blocking I/O move it to `spawn_blocking`).
 /// - Answers reflect every change committed before the call, including changes made by another
-///   process (the CLI) on the same store: no caching of credentials, accounts or limits across
-///   calls.
+///   process (the CLI) on the same store: backends cache no credentials, accounts or limits
+///   across calls. Caching is [`cached::CachedDirectory`]'s, in front of a backend, with its
+///   own bounds (the TTL, and never past a change the replica was told of).
 /// - `Err` means the backend could not answer; it never means "no". Callers fail closed
 ///   (see the module documentation): no login, no relaying, no uncounted recipient.
 /// - Unknown identities are `Ok(None)`, not errors: an address can be removed while its

@@ -127,11 +127,11 @@ async fn revoking_changes_are_notified() {
     let (database, store) = fresh(&server, secret(1));
     let changed = Arc::new(Notify::new());
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(changes::listen(
-        store.clone(),
-        changed.clone(),
-        shutdown.clone(),
-    ));
+    let listeners = changes::Listeners {
+        changed: changed.clone(),
+        cache: None,
+    };
+    let task = tokio::spawn(changes::listen(store.clone(), listeners, shutdown.clone()));
     let wait = Duration::from_secs(10);
     // The first wake-up says it listens.
     tokio::time::timeout(wait, changed.notified())
@@ -160,6 +160,90 @@ async fn revoking_changes_are_notified() {
     tokio::time::timeout(wait, changed.notified())
         .await
         .unwrap();
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+/// The cache in front of PostgreSQL, with the `LISTEN` task telling it what it hears: a login
+/// is answered from memory until a revocation's notification clears it (a TTL of 30 s is far
+/// away), and nothing is served while the notification connection is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_is_cleared_by_notifications_and_idle_while_deaf() {
+    use crate::store::cached::{CachedDirectory, DirectoryCache, LookupKind};
+    let server = PostgresServer::start();
+    let (database, store) = fresh(&server, secret(1));
+    let cache = Arc::new(DirectoryCache::new(Duration::from_secs(30)).unwrap());
+    let cached = CachedDirectory::new(
+        Arc::new(store.clone()),
+        cache.clone(),
+        crate::metrics::Metrics::new(),
+    );
+    let changed = Arc::new(Notify::new());
+    let shutdown = CancellationToken::new();
+    let listeners = changes::Listeners {
+        changed: changed.clone(),
+        cache: Some(cache.clone()),
+    };
+    let task = tokio::spawn(changes::listen(store.clone(), listeners, shutdown.clone()));
+    let wait = Duration::from_secs(10);
+    tokio::time::timeout(wait, changed.notified())
+        .await
+        .unwrap();
+    let a = addr("alice@example.org");
+    store.add_address(&a, Plan::Starter).unwrap();
+    let phone = store.add_device(&a, "phone").unwrap();
+    assert!(!cache.serving(), "no generation check yet");
+    cached.generation().await.unwrap();
+    assert!(cache.serving());
+    // Every write notifies: let those two arrive (they clear) before filling the cache.
+    let settle = || async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cached.generation().await.unwrap();
+    };
+    settle().await;
+    let login = || cached.authenticate("alice@example.org", phone.expose());
+    assert!(login().await.unwrap().is_some());
+    assert_eq!(cache.len(LookupKind::Login), 1);
+    assert!(login().await.unwrap().is_some());
+    assert_eq!(cache.len(LookupKind::Login), 1);
+
+    // Revoked through another handle: the notification alone clears the cache (no generation
+    // check is made here), so the next AUTH asks the store and fails.
+    store.revoke_device(&a, "phone").unwrap();
+    let until = |what: &'static str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + wait;
+        let ok = loop {
+            if done() {
+                break true;
+            }
+            if std::time::Instant::now() > deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert!(ok, "{what}");
+    };
+    until("cleared by the notification", &|| {
+        cache.len(LookupKind::Login) == 0
+    });
+    assert!(login().await.unwrap().is_none());
+
+    // The notification connection killed: nothing served until it listens again.
+    let laptop = store.add_device(&a, "laptop").unwrap();
+    settle().await;
+    let laptop_login = || cached.authenticate("alice@example.org", laptop.expose());
+    assert!(laptop_login().await.unwrap().is_some());
+    assert_eq!(cache.len(LookupKind::Login), 1);
+    server.psql(
+        &database,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+    );
+    until("deaf once the connection is gone", &|| !cache.serving());
+    assert_eq!(cache.len(LookupKind::Login), 0);
+    assert!(laptop_login().await.unwrap().is_some());
+    assert_eq!(cache.len(LookupKind::Login), 0, "nothing kept while deaf");
+    until("listening again", &|| cache.serving());
     shutdown.cancel();
     task.await.unwrap();
 }
