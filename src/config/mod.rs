@@ -25,7 +25,9 @@ mod trust;
 
 pub use duration::parse_duration;
 pub use relay_host::RelayHost;
-pub use store::{DatabaseUrl, StoreBackendName, StoreConfig, parse_postgres_url, server_name};
+pub use store::{
+    DatabaseUrl, PgTlsMode, StoreBackendName, StoreConfig, parse_postgres_url, server_name,
+};
 pub use trust::{MtaStsRoots, TrustAnchor};
 
 use crate::printable::escape_controls;

@@ -6,6 +6,16 @@
 //!
 //! The URL is parsed while the file is read ([`DatabaseUrl`]) and never printed: it may hold
 //! the password, so neither its `Debug` form nor an error about it repeats it.
+//!
+//! # TLS to PostgreSQL
+//! `tls` takes libpq's `sslmode` names and meanings ([`PgTlsMode`]); the default is
+//! `verify-full`: the directory holds password hashes and sealed DKIM keys and is reached over
+//! the network, and libpq's own default (`prefer`) lets anyone on the path read or change it
+//! unnoticed. A URL may carry `sslmode=` (managed PostgreSQL services hand out such URLs): it
+//! counts as `tls` when that key is absent, and a `tls` that says otherwise is refused, so there
+//! is one answer. The other libpq `ssl*` URL parameters are refused with the key to use
+//! instead (`ca_file`, `client_cert_file`, `client_key_file`). The files are read when the store
+//! is opened (`store/postgres/tls.rs`).
 
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -20,6 +30,55 @@ pub enum StoreBackendName {
     Embedded,
     /// A PostgreSQL database shared by a fleet.
     Postgres,
+}
+
+/// How a connection to PostgreSQL uses TLS: libpq's `sslmode` values, with their meanings.
+/// libpq's `allow` (plaintext first) is not offered: it is never the right choice here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PgTlsMode {
+    /// Plaintext only.
+    Disable,
+    /// TLS when the server offers it, else plaintext; the certificate is not checked.
+    Prefer,
+    /// TLS or no connection; the certificate is not checked (unless `ca_file` is set: then as
+    /// `verify-ca`, as libpq does with a root certificate file).
+    Require,
+    /// TLS with a certificate issued by a trusted CA, for any host name.
+    VerifyCa,
+    /// TLS with a certificate issued by a trusted CA for the host name of the URL.
+    #[default]
+    VerifyFull,
+}
+
+impl PgTlsMode {
+    /// The libpq name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        [
+            Self::Disable,
+            Self::Prefer,
+            Self::Require,
+            Self::VerifyCa,
+            Self::VerifyFull,
+        ]
+        .into_iter()
+        .find(|mode| mode.name() == name)
+    }
+
+    /// Whether the server's certificate is checked against CA certificates.
+    pub fn verifies(self) -> bool {
+        matches!(self, Self::VerifyCa | Self::VerifyFull)
+    }
 }
 
 /// `[store]`
@@ -56,6 +115,29 @@ pub struct StoreConfig {
         with = "super::duration::serde_text"
     )]
     pub timeout: Duration,
+    /// TLS to PostgreSQL; absent: the URL's `sslmode`, else `verify-full` (see the module docs).
+    #[serde(default)]
+    pub tls: Option<PgTlsMode>,
+    /// PEM file of the CA certificates that issue the server's certificate; absent: the
+    /// system's CA store (the `verify-*` modes only).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificate chain presented to the server (mutual TLS), with `client_key_file`.
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of `client_cert_file`.
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
+}
+
+impl StoreConfig {
+    /// The TLS mode in force: `tls`, else the URL's `sslmode`, else `verify-full`. A conflict
+    /// between the two is refused by the config check.
+    pub fn tls_mode(&self) -> PgTlsMode {
+        self.tls
+            .or_else(|| self.url.as_ref().and_then(|url| url.sslmode))
+            .unwrap_or_default()
+    }
 }
 
 fn default_pool_size() -> usize {
@@ -68,11 +150,16 @@ fn default_store_timeout() -> Duration {
 /// A PostgreSQL connection URL, parsed; its `Debug` form names the server, never the password.
 #[derive(Clone, Deserialize)]
 #[serde(try_from = "String")]
-pub struct DatabaseUrl(pub tokio_postgres::Config);
+pub struct DatabaseUrl {
+    /// Everything but the TLS mode (whose `ssl_mode` is left at the driver's default).
+    pub pg: tokio_postgres::Config,
+    /// The URL's `sslmode=`, when it has one.
+    pub sslmode: Option<PgTlsMode>,
+}
 
 impl std::fmt::Debug for DatabaseUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DatabaseUrl({})", server_name(&self.0))
+        write!(f, "DatabaseUrl({})", server_name(&self.pg))
     }
 }
 
@@ -80,15 +167,69 @@ impl TryFrom<String> for DatabaseUrl {
     type Error = String;
 
     fn try_from(text: String) -> Result<Self, String> {
-        parse_postgres_url(&text).map(Self)
+        parse_postgres_url(&text)
     }
+}
+
+/// The libpq TLS parameters Postern takes from keys of `[store]` instead.
+const SSL_PARAMETERS_AS_KEYS: [(&str, &str); 3] = [
+    ("sslrootcert", "store.ca_file"),
+    ("sslcert", "store.client_cert_file"),
+    ("sslkey", "store.client_key_file"),
+];
+
+/// Takes `sslmode` out of a URL's query (tokio-postgres knows only three of libpq's modes),
+/// refusing the `ssl*` parameters that have keys of their own; returns the rest of the URL.
+fn take_sslmode(url: &str) -> Result<(String, Option<PgTlsMode>), String> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), None));
+    };
+    let mut sslmode = None;
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key == "sslmode" {
+            let mode = PgTlsMode::from_name(value).ok_or_else(|| {
+                format!(
+                    "sslmode={} in the URL: must be disable, prefer, require, verify-ca or \
+                     verify-full",
+                    crate::printable::escape_controls(value)
+                )
+            })?;
+            sslmode = Some(mode);
+        } else if let Some((_, instead)) = SSL_PARAMETERS_AS_KEYS.iter().find(|(k, _)| *k == key)
+        {
+            return Err(format!("{key} in the URL is not read: set {instead} instead"));
+        } else {
+            kept.push(pair);
+        }
+    }
+    let rest = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((rest, sslmode))
 }
 
 /// Parses a connection URL without repeating it in the error: it may hold a password.
 ///
 /// # Errors
 /// A message saying what is wrong, never the URL.
-pub fn parse_postgres_url(url: &str) -> Result<tokio_postgres::Config, String> {
+pub fn parse_postgres_url(url: &str) -> Result<DatabaseUrl, String> {
+    let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    if !is_url && url.contains("sslmode") {
+        // The key=value form: Postern does not parse it itself, and tokio-postgres would
+        // take only some modes; one place for the mode keeps one answer.
+        return Err(
+            "sslmode in a key=value connection string: set store.tls instead".to_string(),
+        );
+    }
+    let (url, sslmode) = if is_url {
+        take_sslmode(url)?
+    } else {
+        (url.to_string(), None)
+    };
     let pg: tokio_postgres::Config = url.parse().map_err(|_| {
         "not a PostgreSQL connection URL such as postgres://postern@db.example:5432/postern \
          (the value is not repeated here: it may hold a password)"
@@ -100,7 +241,7 @@ pub fn parse_postgres_url(url: &str) -> Result<tokio_postgres::Config, String> {
     if pg.get_user().is_none() {
         return Err("the URL names no user (postgres://USER@HOST:PORT/DB)".to_string());
     }
-    Ok(pg)
+    Ok(DatabaseUrl { pg, sslmode })
 }
 
 /// `user@host:port/db` of a connection config, for messages and logs.
@@ -125,8 +266,8 @@ mod tests {
     #[test]
     fn urls_are_parsed_and_never_repeated() {
         let url = parse_postgres_url("postgres://postern:hunter2@db.example:6543/dir").unwrap();
-        assert_eq!(server_name(&url), "postern@db.example:6543/dir");
-        let shown = format!("{:?}", DatabaseUrl(url));
+        assert_eq!(server_name(&url.pg), "postern@db.example:6543/dir");
+        let shown = format!("{url:?}");
         assert_eq!(shown, "DatabaseUrl(postern@db.example:6543/dir)");
         for bad in [
             "postgres://u:hunter2@host:notaport/db",
