@@ -8,8 +8,8 @@
 
 use super::{
     Config, ConfigError, DeliveryConfig, DeliveryLogConfig, LimitsConfig, ListenConfig, LogConfig,
-    MtaStsConfig, PgTlsMode, QuotaBackendName, QuotaConfig, SendmailConfig, ServerConfig, SpoolConfig,
-    StoreBackendName, StoreConfig, TimeoutsConfig, TlsConfig,
+    MtaStsConfig, PgTlsMode, QuotaBackendName, QuotaConfig, SendmailConfig, ServerConfig,
+    SpoolConfig, StoreBackendName, StoreConfig, TimeoutsConfig, TlsConfig,
 };
 use crate::policy::Plan;
 

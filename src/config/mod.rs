@@ -1020,6 +1020,56 @@ mod tests {
     }
 
     #[test]
+    fn store_tls_has_one_answer_and_its_files_go_together() {
+        let postgres = |extra: &str| {
+            format!(
+                "{}\n[store]\nbackend = \"postgres\"\nsecret_key_file = \"k\"\n{extra}\n",
+                MINIMAL.replace("[store]\n        path = \"var/store.db\"", "")
+            )
+        };
+        let mode = |extra: &str| Config::parse(&postgres(extra)).unwrap().store.tls_mode();
+        let url = "url = \"postgres://u@db/dir\"";
+        assert_eq!(mode(url), PgTlsMode::VerifyFull);
+        assert_eq!(mode(&format!("{url}\ntls = \"prefer\"")), PgTlsMode::Prefer);
+        let in_url = "url = \"postgres://u@db/dir?sslmode=require\"";
+        assert_eq!(mode(in_url), PgTlsMode::Require);
+        assert_eq!(
+            mode(&format!("{in_url}\ntls = \"require\"")),
+            PgTlsMode::Require
+        );
+        for (extra, message) in [
+            (
+                format!("{in_url}\ntls = \"verify-full\""),
+                "store.tls: \"verify-full\" conflicts with sslmode=require in store.url",
+            ),
+            (
+                format!("{url}\ntls = \"verify_full\""),
+                "store.tls: unknown variant `verify_full`",
+            ),
+            (
+                format!("{url}\ntls = \"disable\"\nca_file = \"ca.pem\""),
+                "store.ca_file: has no use with store.tls = \"disable\"",
+            ),
+            (
+                format!("{url}\nclient_key_file = \"c.key\""),
+                "store.client_cert_file: required with client_key_file",
+            ),
+            (
+                format!("{url}\nclient_cert_file = \"c.crt\""),
+                "store.client_key_file: required with client_cert_file",
+            ),
+        ] {
+            let e = Config::parse(&postgres(&extra)).unwrap_err().0;
+            assert!(e.starts_with(message), "{extra}: {e}");
+        }
+        // require with a CA file verifies the chain (libpq's rule), so the file is used.
+        assert_eq!(
+            mode(&format!("{url}\ntls = \"require\"\nca_file = \"ca.pem\"")),
+            PgTlsMode::Require
+        );
+    }
+
+    #[test]
     fn cert_without_key_is_refused() {
         let text = format!("{MINIMAL}\n[tls]\ncert = \"a.pem\"\n");
         let e = Config::parse(&text).unwrap_err().0;

@@ -197,9 +197,10 @@ fn take_sslmode(url: &str) -> Result<(String, Option<PgTlsMode>), String> {
                 )
             })?;
             sslmode = Some(mode);
-        } else if let Some((_, instead)) = SSL_PARAMETERS_AS_KEYS.iter().find(|(k, _)| *k == key)
-        {
-            return Err(format!("{key} in the URL is not read: set {instead} instead"));
+        } else if let Some((_, instead)) = SSL_PARAMETERS_AS_KEYS.iter().find(|(k, _)| *k == key) {
+            return Err(format!(
+                "{key} in the URL is not read: set {instead} instead"
+            ));
         } else {
             kept.push(pair);
         }
@@ -221,9 +222,7 @@ pub fn parse_postgres_url(url: &str) -> Result<DatabaseUrl, String> {
     if !is_url && url.contains("sslmode") {
         // The key=value form: Postern does not parse it itself, and tokio-postgres would
         // take only some modes; one place for the mode keeps one answer.
-        return Err(
-            "sslmode in a key=value connection string: set store.tls instead".to_string(),
-        );
+        return Err("sslmode in a key=value connection string: set store.tls instead".to_string());
     }
     let (url, sslmode) = if is_url {
         take_sslmode(url)?
@@ -280,6 +279,61 @@ mod tests {
         assert!(
             e.contains("names no database") && !e.contains("hunter2"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn sslmode_is_taken_from_the_url() {
+        let url = parse_postgres_url("postgres://u:hunter2@db.example/dir").unwrap();
+        assert_eq!(url.sslmode, None);
+        for (mode, expected) in [
+            ("disable", PgTlsMode::Disable),
+            ("prefer", PgTlsMode::Prefer),
+            ("require", PgTlsMode::Require),
+            ("verify-ca", PgTlsMode::VerifyCa),
+            ("verify-full", PgTlsMode::VerifyFull),
+        ] {
+            let text = format!("postgresql://u@db.example/dir?connect_timeout=5&sslmode={mode}");
+            let url = parse_postgres_url(&text).unwrap();
+            assert_eq!(url.sslmode, Some(expected), "{mode}");
+            assert_eq!(expected.name(), mode);
+            // The other parameters are still the driver's.
+            assert_eq!(url.pg.get_connect_timeout(), Some(&Duration::from_secs(5)));
+        }
+        let url = parse_postgres_url("postgres://u@db.example/dir?sslmode=require").unwrap();
+        assert_eq!(url.sslmode, Some(PgTlsMode::Require));
+        assert_eq!(server_name(&url.pg), "u@db.example:5432/dir");
+        for (text, message) in [
+            (
+                "postgres://u:hunter2@db/dir?sslmode=allow",
+                "sslmode=allow in the URL: must be",
+            ),
+            (
+                "postgres://u:hunter2@db/dir?sslmode=",
+                "sslmode= in the URL: must be",
+            ),
+            (
+                "postgres://u:hunter2@db/dir?sslrootcert=/ca.pem",
+                "sslrootcert in the URL is not read: set store.ca_file instead",
+            ),
+            (
+                "postgres://u:hunter2@db/dir?sslmode=require&sslkey=/k.pem",
+                "sslkey in the URL is not read: set store.client_key_file instead",
+            ),
+            (
+                "host=db user=u password=hunter2 dbname=dir sslmode=require",
+                "sslmode in a key=value connection string: set store.tls instead",
+            ),
+        ] {
+            let e = parse_postgres_url(text).unwrap_err();
+            assert!(e.starts_with(message), "{text}: {e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        // The key=value form without sslmode is still the driver's.
+        let url = parse_postgres_url("host=db user=u dbname=dir").unwrap();
+        assert_eq!(
+            (server_name(&url.pg), url.sslmode),
+            ("u@db:5432/dir".into(), None)
         );
     }
 }

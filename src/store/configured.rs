@@ -80,7 +80,10 @@ pub fn postgres_settings(store: &StoreConfig) -> Result<PostgresSettings, Config
         .map_err(|e| ConfigError(format!("store.previous_secret_key_files: {e}")))?;
     let files = PgTlsFiles {
         ca_file: store.ca_file.clone(),
-        client: store.client_cert_file.clone().zip(store.client_key_file.clone()),
+        client: store
+            .client_cert_file
+            .clone()
+            .zip(store.client_key_file.clone()),
     };
     let tls = PgTls::new(store.tls_mode(), &files).map_err(|e| ConfigError(e.to_string()))?;
     Ok(PostgresSettings {

@@ -195,8 +195,11 @@ impl PostgresServer {
         let data = self.data();
         std::fs::write(data.join("server.crt"), cert).expect("write server.crt");
         std::fs::write(data.join("server.key"), key).expect("write server.key");
-        std::fs::set_permissions(data.join("server.key"), std::fs::Permissions::from_mode(0o600))
-            .expect("chmod server.key");
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .expect("chmod server.key");
         std::fs::write(data.join("root.crt"), ca.pem()).expect("write root.crt");
         let hba = data.join("pg_hba.conf");
         let rules = std::fs::read_to_string(&hba).expect("read pg_hba.conf");

@@ -10,6 +10,7 @@ from support import EHLO_FIRST, SINK, TLS_GO, make_message, port_open, run
 BAD_CONFIGS = [
     # (overrides, the dotted key the message must name, a word of the bad key itself)
     ({"store": {"paht": "x"}}, "store", "paht"),
+    ({"store": {"tls": "verify-everything"}}, "store.tls", None),
     ({"bogus": {"x": 1}}, "bogus", "bogus"),
     ({"listen": {"submission": "localhost:port"}}, "listen.submission", None),
     ({"listen": {"http": "127.0.0.1:99999"}}, "listen.http", None),

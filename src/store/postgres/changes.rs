@@ -40,7 +40,11 @@ pub async fn listen(store: PostgresStore, changed: Arc<Notify>, shutdown: Cancel
 
 /// One connection's life: connect, `LISTEN`, relay notifications; returns why it ended.
 async fn listen_once(store: &PostgresStore, changed: &Notify, was_down: &mut bool) -> String {
-    let connect = tokio::time::timeout(store.inner.timeout, store.inner.pg.connect(store.inner.tls.clone())).await;
+    let connect = tokio::time::timeout(
+        store.inner.timeout,
+        store.inner.pg.connect(store.inner.tls.clone()),
+    )
+    .await;
     let (client, mut connection) = match connect {
         Ok(Ok(pair)) => pair,
         Ok(Err(e)) => return describe(&e),

@@ -75,8 +75,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
 
 /// The channel of `NOTIFY` for changes that can revoke a login.
 pub const CHANNEL: &str = "postern_directory";

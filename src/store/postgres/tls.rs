@@ -137,8 +137,8 @@ impl PgTls {
     /// tokio-postgres's part of the mode for a connection config: whether TLS is asked for
     /// and whether a server that refuses it is refused. Unix sockets never use TLS.
     pub fn ssl_mode(&self, pg: &tokio_postgres::Config) -> SslMode {
-        let only_sockets = !pg.get_hosts().is_empty()
-            && pg.get_hosts().iter().all(|h| matches!(h, Host::Unix(_)));
+        let only_sockets =
+            !pg.get_hosts().is_empty() && pg.get_hosts().iter().all(|h| matches!(h, Host::Unix(_)));
         match self.mode {
             _ if only_sockets => SslMode::Disable,
             PgTlsMode::Disable => SslMode::Disable,
@@ -152,10 +152,7 @@ fn read_pem(key: &'static str, path: &Path) -> Result<Vec<u8>, PgTlsError> {
     std::fs::read(path).map_err(|e| error(key, format!("{}: cannot read: {e}", path.display())))
 }
 
-fn read_certs(
-    key: &'static str,
-    path: &Path,
-) -> Result<Vec<CertificateDer<'static>>, PgTlsError> {
+fn read_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, PgTlsError> {
     let pem = read_pem(key, path)?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<_, _>>()
@@ -203,7 +200,12 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, PgTlsError> {
     let pem = read_pem(key, path)?;
     rustls_pemfile::private_key(&mut pem.as_slice())
         .map_err(|e| error(key, format!("{}: {e}", path.display())))?
-        .ok_or_else(|| error(key, format!("{}: no PRIVATE KEY block found", path.display())))
+        .ok_or_else(|| {
+            error(
+                key,
+                format!("{}: no PRIVATE KEY block found", path.display()),
+            )
+        })
 }
 
 /// `prefer` and `require` without a CA file: any certificate, but the handshake's own
@@ -451,9 +453,7 @@ fn der_element(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
             return None;
         }
         let (bytes, rest) = rest.split_at(count);
-        let length = bytes
-            .iter()
-            .fold(0usize, |n, &b| (n << 8) | usize::from(b));
+        let length = bytes.iter().fold(0usize, |n, &b| (n << 8) | usize::from(b));
         (length, rest)
     };
     (rest.len() >= length).then(|| rest.split_at(length))
@@ -520,7 +520,11 @@ mod tests {
 
         let generated = rcgen::generate_simple_self_signed(vec!["client".to_string()]).unwrap();
         std::fs::write(dir.join("client.crt"), generated.cert.pem()).unwrap();
-        std::fs::write(dir.join("client.key"), generated.signing_key.serialize_pem()).unwrap();
+        std::fs::write(
+            dir.join("client.key"),
+            generated.signing_key.serialize_pem(),
+        )
+        .unwrap();
         let other = rcgen::KeyPair::generate().unwrap();
         std::fs::write(dir.join("other.key"), other.serialize_pem()).unwrap();
         let client = |key: &str| PgTlsFiles {
@@ -539,7 +543,8 @@ mod tests {
         let tls = PgTls::new(PgTlsMode::Require, &PgTlsFiles::default()).unwrap();
         let tcp: tokio_postgres::Config = "postgres://u@db.test/d".parse().unwrap();
         assert_eq!(tls.ssl_mode(&tcp), SslMode::Require);
-        let socket: tokio_postgres::Config = "host=/run/postgresql user=u dbname=d".parse().unwrap();
+        let socket: tokio_postgres::Config =
+            "host=/run/postgresql user=u dbname=d".parse().unwrap();
         assert_eq!(tls.ssl_mode(&socket), SslMode::Disable);
         let prefer = PgTls::new(PgTlsMode::Prefer, &PgTlsFiles::default()).unwrap();
         assert_eq!(prefer.ssl_mode(&tcp), SslMode::Prefer);

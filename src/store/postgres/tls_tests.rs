@@ -149,12 +149,19 @@ async fn a_certificate_of_another_ca_is_refused_naming_host_and_reason() {
     let files = Files::new();
     let wrong = with_ca(files.write("wrong.pem", TestCa::new("Someone else").pem()));
     let database = new_database(&server);
-    for mode in [PgTlsMode::VerifyFull, PgTlsMode::VerifyCa, PgTlsMode::Require] {
+    for mode in [
+        PgTlsMode::VerifyFull,
+        PgTlsMode::VerifyCa,
+        PgTlsMode::Require,
+    ] {
         let e = connects(&settings(&server, &database, mode, &wrong))
             .await
             .err()
             .unwrap_or_else(|| panic!("{mode:?} accepted a certificate of another CA"));
-        let host = format!("PostgreSQL postern@127.0.0.1:{}/{database}: ", server.port());
+        let host = format!(
+            "PostgreSQL postern@127.0.0.1:{}/{database}: ",
+            server.port()
+        );
         assert!(e.contains(&host), "{e}");
         assert!(
             e.contains("error performing TLS handshake")
@@ -218,10 +225,15 @@ async fn a_client_certificate_opens_a_database_that_requires_one() {
     let files = Files::new();
     let ca_file = files.write("ca.pem", server.ca().pem());
     let without = with_ca(ca_file.clone());
-    let e = connects(&settings(&server, MTLS_DATABASE, PgTlsMode::VerifyFull, &without))
-        .await
-        .err()
-        .expect("no client certificate, yet connected");
+    let e = connects(&settings(
+        &server,
+        MTLS_DATABASE,
+        PgTlsMode::VerifyFull,
+        &without,
+    ))
+    .await
+    .err()
+    .expect("no client certificate, yet connected");
     assert!(e.contains("certificate"), "{e}");
 
     let (cert, key) = server.ca().issue("postern", &[]);
@@ -232,8 +244,13 @@ async fn a_client_certificate_opens_a_database_that_requires_one() {
             files.write("client.key", &key),
         )),
     };
-    let store = connects(&settings(&server, MTLS_DATABASE, PgTlsMode::VerifyFull, &with))
-        .await
-        .unwrap();
+    let store = connects(&settings(
+        &server,
+        MTLS_DATABASE,
+        PgTlsMode::VerifyFull,
+        &with,
+    ))
+    .await
+    .unwrap();
     assert!(encrypted(&store).await);
 }
