@@ -177,12 +177,11 @@ impl PostgresServer {
             .arg(format!("--pwfile={}", pwfile.display()))
             .args(["-E", "UTF8", "--locale=C"]);
         run(initdb, "initdb");
-        let server = Self {
+        Self {
             dir,
             port: free_port(),
             ca,
-        };
-        server
+        }
     }
 
     /// `server.crt`, `server.key` (0600: PostgreSQL refuses a key others can read) and

@@ -180,8 +180,7 @@ async fn a_certificate_for_another_name_fails_verify_full_only() {
     let database = new_database(&server);
     let e = connects(&settings(&server, &database, PgTlsMode::VerifyFull, &right))
         .await
-        .err()
-        .expect("verify-full accepted a certificate for db.internal at 127.0.0.1");
+        .expect_err("verify-full accepted a certificate for db.internal at 127.0.0.1");
     assert!(e.contains("certificate not valid for name"), "{e}");
     assert!(e.contains("127.0.0.1"), "{e}");
     for mode in [PgTlsMode::VerifyCa, PgTlsMode::Require] {
@@ -232,8 +231,7 @@ async fn a_client_certificate_opens_a_database_that_requires_one() {
         &without,
     ))
     .await
-    .err()
-    .expect("no client certificate, yet connected");
+    .expect_err("no client certificate, yet connected");
     assert!(e.contains("certificate"), "{e}");
 
     let (cert, key) = server.ca().issue("postern", &[]);
