@@ -17,7 +17,8 @@
 //! - [`store`]: the directory (addresses, aliases, devices, hosting accounts, limits, DKIM
 //!   keys) behind the traits a backend implements (embedded SQLite in `store/embedded/`, one
 //!   file per subject), and the recipient quotas (`store/quota/`: embedded or Redis) with the brakes a fleet
-//!   counts together (`store/brakes/`).
+//!   counts together (`store/brakes/`), and the delivery log (`store/delivery_log/`: SQLite, or
+//!   the directory's PostgreSQL).
 //! - [`cli`]: the `postern` command line: `serve` and the admin subcommands.
 //! - [`metrics`]: Prometheus metrics and the health endpoints.
 //! - [`config`]: the TOML configuration, strictly checked.

@@ -21,7 +21,8 @@ use crate::session::Role;
 use crate::spool::Spool;
 use crate::store::configured::ConfiguredStore;
 use crate::store::quota::builder::{
-    Counters, QuotaBackend, QuotaStoreConfig, open_counters_or_connect_later, open_quota_store,
+    Counters, QuotaBackend, QuotaStoreConfig, RedisPassword, open_counters_or_connect_later,
+    open_quota_store,
 };
 use crate::store::quota::{Persistence, QuotaSettings, QuotaStore};
 use crate::store::{Directory, StoreError};
@@ -130,9 +131,12 @@ async fn start(config: Arc<Config>) -> anyhow::Result<Running> {
     let readiness = Readiness::default();
     let draining = Arc::new(AtomicBool::new(false));
     let directory_changed = Arc::new(tokio::sync::Notify::new());
+    let (directory, directory_cache) = store
+        .serving_directory(config.store.cache_ttl, &metrics)
+        .context("directory cache")?;
     let shared = Arc::new(Shared {
         config: config.clone(),
-        directory: store.directory(),
+        directory,
         signer: Arc::new(crate::dkim::Signer::new(store.dkim_keys(), metrics.clone())),
         quota: quota.clone(),
         brakes: crate::listener::brakes::Brakes::new(&config.brakes, &config.limits, brake_store),
@@ -174,7 +178,10 @@ async fn start(config: Arc<Config>) -> anyhow::Result<Running> {
     if let ConfiguredStore::Postgres(pg) = &store {
         services.spawn(crate::store::postgres::changes::listen(
             pg.clone(),
-            directory_changed,
+            crate::store::postgres::changes::Listeners {
+                changed: directory_changed,
+                cache: directory_cache,
+            },
             rest.clone(),
         ));
     }
@@ -315,6 +322,7 @@ fn quota_store_config(config: &Config) -> anyhow::Result<QuotaStoreConfig> {
         window,
         hold_ttl_ms: q.hold_ttl.as_millis() as u64,
     };
+    settings.redis_password = q.redis_password()?.map(RedisPassword);
     Ok(settings)
 }
 

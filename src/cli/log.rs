@@ -1,15 +1,18 @@
-//! `postern log [ADDRESS] [--since DURATION] [--status STATE] [--json]`: the delivery log.
+//! `postern log [ADDRESS] [--queue-id ID] [--since DURATION] [--status STATE] [--json]`: the
+//! delivery log.
 //!
-//! Reads the file `postern serve` writes (see [`crate::delivery::log`]), oldest record first:
-//! one line per recipient per attempt with time, queue id, sender, recipient, `mx[ip]`, TLS
-//! (`mode/version/cipher`), state, DSN status and the reply, the reply last since it has
-//! spaces. `ADDRESS` matches the sender or the recipient, case-insensitively. A log that does
-//! not exist yet (nothing delivered, or a fresh install) prints nothing: the CLI never creates
-//! it.
+//! Reads the log `postern serve` writes (see [`crate::store::delivery_log`]): this machine's
+//! file with the embedded store, the whole fleet's table with PostgreSQL. Oldest record first:
+//! one line per recipient per attempt with time, replica, queue id, sender, recipient,
+//! `mx[ip]`, TLS (`mode/version/cipher`), state, DSN status and the reply, the reply last
+//! since it has spaces. `ADDRESS` matches the sender or the recipient, case-insensitively. A
+//! log file that does not exist yet (nothing delivered, or a fresh install) prints nothing:
+//! the CLI never creates it.
 
 use super::{format_time, write_list};
 use crate::config::{Config, parse_duration};
-use crate::delivery::log::{DeliveryLog, LogQuery, LogRecord, LogState};
+use crate::store::configured::open_existing_delivery_log;
+use crate::store::delivery_log::{LogQuery, LogRecord, LogState};
 use crate::unix_time::{from_unix_ms, now_ms};
 use std::io::Write;
 use std::time::Duration;
@@ -19,6 +22,9 @@ use std::time::Duration;
 pub(super) struct LogArgs {
     /// Only records whose sender or recipient is this address.
     address: Option<String>,
+    /// Only records of this queue id.
+    #[arg(long, value_name = "ID")]
+    queue_id: Option<String>,
     /// Only records of the last DURATION, e.g. 30m, 2h, 7d.
     #[arg(long, value_name = "DURATION", value_parser = parse_since)]
     since: Option<Duration>,
@@ -47,6 +53,7 @@ fn parse_since(text: &str) -> Result<Duration, String> {
 struct RecordJson<'a> {
     time: String,
     time_ms: u64,
+    replica: &'a str,
     queue_id: &'a str,
     sender: &'a str,
     recipient: &'a str,
@@ -69,6 +76,7 @@ fn to_json(r: &LogRecord) -> RecordJson<'_> {
     RecordJson {
         time: time_of(r),
         time_ms: r.time_ms,
+        replica: &r.replica,
         queue_id: &r.queue_id,
         sender: &r.sender,
         recipient: &r.recipient,
@@ -105,8 +113,14 @@ fn to_row(r: &LogRecord) -> Vec<String> {
             cipher.as_deref().unwrap_or("-")
         ),
     };
+    let replica = if r.replica.is_empty() {
+        "-".to_string()
+    } else {
+        r.replica.clone()
+    };
     vec![
         time_of(r),
+        replica,
         r.queue_id.clone(),
         sender,
         r.recipient.clone(),
@@ -124,8 +138,13 @@ pub(super) fn run(args: LogArgs, config: &Config, out: &mut dyn Write) -> anyhow
         Some("") => anyhow::bail!("empty address"),
         other => other.map(str::to_string),
     };
+    let queue_id = match args.queue_id.as_deref().map(str::trim) {
+        Some("") => anyhow::bail!("empty queue id"),
+        other => other.map(str::to_string),
+    };
     let query = LogQuery {
         address,
+        queue_id,
         since_ms: args
             .since
             .map(|d| now_ms().saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))),
@@ -135,7 +154,7 @@ pub(super) fn run(args: LogArgs, config: &Config, out: &mut dyn Write) -> anyhow
             Status::Bounced => LogState::Bounced,
         }),
     };
-    let Some(log) = DeliveryLog::open_existing(&config.delivery_log_path())? else {
+    let Some(log) = open_existing_delivery_log(config)? else {
         return Ok(());
     };
     let records = log.query(&query)?;
@@ -148,12 +167,13 @@ pub(super) fn run(args: LogArgs, config: &Config, out: &mut dyn Write) -> anyhow
 #[cfg(test)]
 mod tests {
     use super::super::tests::Fixture;
-    use crate::delivery::log::{DeliveryLog, LogRecord, LogState};
+    use crate::store::delivery_log::{LogRecord, LogState, LogStore, SqliteLog};
     use crate::unix_time::now_ms;
 
     fn record(recipient: &str, state: LogState, ago_ms: u64) -> LogRecord {
         LogRecord {
             time_ms: now_ms() - ago_ms,
+            replica: "relay-1".into(),
             queue_id: "QID1".into(),
             sender: "alice@example.org".into(),
             recipient: recipient.into(),
@@ -179,17 +199,19 @@ mod tests {
         assert_eq!(status, 2, "{err}");
         let (status, _, err) = f.run(&["log", "--since", "3 weeks"]);
         assert_eq!(status, 2, "{err}");
+        let (status, _, err) = f.run(&["log", "--queue-id", " "]);
+        assert_eq!((status, err.as_str()), (1, "postern: empty queue id\n"));
     }
 
     #[test]
     fn filters_table_and_json() {
         let f = Fixture::new("log-list");
-        let mut log = DeliveryLog::open(&f.dir.join("var/delivery-log.db")).unwrap();
-        log.insert(&[
-            record("old@example.net", LogState::Delivered, 3 * 3_600_000),
-            record("Bob@Example.net", LogState::Bounced, 1000),
-        ])
-        .unwrap();
+        let mut log = SqliteLog::open(&f.dir.join("var/delivery-log.db")).unwrap();
+        let mut old = record("old@example.net", LogState::Delivered, 3 * 3_600_000);
+        old.queue_id = "QID0".into();
+        old.replica = String::new();
+        log.insert(&[old, record("Bob@Example.net", LogState::Bounced, 1000)])
+            .unwrap();
         drop(log);
         let all = f.ok(&["log"]);
         assert_eq!(all.lines().count(), 2, "{all}");
@@ -201,18 +223,31 @@ mod tests {
         assert_eq!(f.ok(&["log", "--since", "1h"]).lines().count(), 1);
         assert_eq!(f.ok(&["log", "bob@EXAMPLE.net"]).lines().count(), 1);
         assert_eq!(f.ok(&["log", "--status", "deferred"]), "");
+        let one = f.ok(&["log", "--queue-id", "QID0"]);
+        assert_eq!(one.lines().count(), 1, "{one}");
+        assert!(one.contains("old@example.net"), "{one}");
+        // The replica is the second column; "-" for rows from before the column.
+        let columns = |line: &str| {
+            line.split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        let lines: Vec<_> = all.lines().collect();
+        assert_eq!(columns(lines[0])[1..3], ["-", "QID0"], "{all}");
+        assert_eq!(columns(lines[1])[1..3], ["relay-1", "QID1"], "{all}");
         let json: serde_json::Value =
             serde_json::from_str(&f.ok(&["log", "--status", "bounced", "--json"])).unwrap();
         assert_eq!(json.as_array().unwrap().len(), 1);
         assert_eq!(json[0]["recipient"], "Bob@Example.net");
         assert_eq!(json[0]["state"], "bounced");
         assert_eq!(json[0]["tls_mode"], "opportunistic");
+        assert_eq!(json[0]["replica"], "relay-1");
     }
 
     #[test]
     fn table_escapes_control_characters_json_keeps_them() {
         let f = Fixture::new("log-controls");
-        let mut log = DeliveryLog::open(&f.dir.join("var/delivery-log.db")).unwrap();
+        let mut log = SqliteLog::open(&f.dir.join("var/delivery-log.db")).unwrap();
         let mut hostile = record(
             "\"a\u{1b}]0;owned\u{7}\"@example.net",
             LogState::Bounced,

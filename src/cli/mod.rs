@@ -29,6 +29,7 @@
 
 mod address;
 mod alias;
+mod config;
 mod device;
 mod dkim;
 mod drain;
@@ -103,6 +104,9 @@ enum Command {
     /// List, retry and delete the running server's queued messages.
     #[command(subcommand)]
     Queue(queue::QueueCommand),
+    /// Check a config file without starting anything (exit 2 naming the key at fault).
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
     /// Drain the running server: stop taking mail, deliver, hand the rest to a peer, exit.
     /// Exits 0 with an empty spool, 75 with mail left, 69 without a running server.
     Drain(drain::DrainArgs),
@@ -149,6 +153,7 @@ fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         }
         Command::Address(cmd) => address::run(cmd, &config, out),
         Command::Alias(cmd) => alias::run(cmd, &config, out),
+        Command::Config(cmd) => config::run(cmd, &config, &path, out),
         Command::Device(cmd) => device::run(cmd, &config, out),
         Command::Dkim(cmd) => dkim::run(cmd, &config, out),
         Command::Hosting(cmd) => hosting::run(cmd, &config, out),

@@ -13,6 +13,9 @@ use super::{
 };
 use crate::policy::Plan;
 
+/// Longest `[server] replica` (a host name's limit).
+const MAX_REPLICA_NAME_LEN: usize = 253;
+
 /// The error for `key`.
 fn invalid(key: &str, why: &str) -> Result<(), ConfigError> {
     Err(ConfigError(format!("{key}: {why}")))
@@ -34,6 +37,12 @@ impl Config {
         self.quota.check()?;
         self.mta_sts.check()?;
         self.delivery_log.check()?;
+        if self.store.backend == StoreBackendName::Postgres && self.delivery_log.path.is_some() {
+            return invalid(
+                "delivery_log.path",
+                "not used with store.backend = \"postgres\": the delivery log is in PostgreSQL",
+            );
+        }
         self.log.check()
     }
 }
@@ -42,6 +51,16 @@ impl ServerConfig {
     fn check(&self) -> Result<(), ConfigError> {
         if self.hostname.is_empty() || self.hostname.contains(char::is_whitespace) {
             return invalid("server.hostname", "must be a host name without spaces");
+        }
+        if let Some(replica) = &self.replica
+            && (replica.is_empty()
+                || replica.len() > MAX_REPLICA_NAME_LEN
+                || replica.contains(|c: char| c.is_whitespace() || c.is_control()))
+        {
+            return invalid(
+                "server.replica",
+                &format!("must be 1 to {MAX_REPLICA_NAME_LEN} characters without spaces"),
+            );
         }
         Ok(())
     }
@@ -108,6 +127,16 @@ impl StoreConfig {
                 &format!("required with store.backend = \"{}\"", self.backend_name()),
             )
         };
+        if self.cache_ttl > super::MAX_STORE_CACHE_TTL {
+            return invalid(
+                "store.cache_ttl",
+                &format!(
+                    "{:?} is longer than the limit of {:?} (\"0s\" turns the cache off)",
+                    self.cache_ttl,
+                    super::MAX_STORE_CACHE_TTL
+                ),
+            );
+        }
         match self.backend {
             StoreBackendName::Embedded if self.path.is_none() => needs("store.path"),
             StoreBackendName::Embedded => Ok(()),
@@ -290,6 +319,9 @@ impl QuotaConfig {
                 "quota.redis_url",
                 "backend = \"redis\" needs redis_url or redis_cluster",
             );
+        }
+        if self.redis_password_file.is_some() && self.backend != QuotaBackendName::Redis {
+            return invalid("quota.redis_password_file", "only with backend = \"redis\"");
         }
         if let Some(unknown) = self.plans.keys().find(|k| k.parse::<Plan>().is_err()) {
             return invalid(&format!("quota.plans.{unknown}"), "not a plan name");

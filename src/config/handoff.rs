@@ -58,26 +58,14 @@ pub fn is_host_port(text: &str) -> bool {
 }
 
 fn read_secret_file(path: &Path) -> Result<String, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError(format!(
-            "handoff.secret_file: cannot read {}: {e}",
-            path.display()
-        ))
-    })?;
-    let secret = text.lines().next().unwrap_or("").trim_end_matches('\r');
+    let secret = super::secret_file::first_line("handoff.secret_file", path)?;
     if secret.len() < MIN_SECRET_LEN {
         return Err(ConfigError(format!(
             "handoff.secret_file: the first line of {} must hold at least {MIN_SECRET_LEN} characters",
             path.display()
         )));
     }
-    if secret.chars().any(char::is_control) {
-        return Err(ConfigError(format!(
-            "handoff.secret_file: the first line of {} has a control character",
-            path.display()
-        )));
-    }
-    Ok(secret.to_string())
+    Ok(secret)
 }
 
 #[cfg(test)]

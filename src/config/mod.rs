@@ -20,13 +20,15 @@ mod check;
 mod duration;
 pub mod handoff;
 mod relay_host;
+pub mod secret_file;
 mod store;
 mod trust;
 
 pub use duration::parse_duration;
 pub use relay_host::RelayHost;
 pub use store::{
-    DatabaseUrl, PgTlsMode, StoreBackendName, StoreConfig, parse_postgres_url, server_name,
+    DatabaseUrl, MAX_STORE_CACHE_TTL, PgTlsMode, StoreBackendName, StoreConfig,
+    parse_postgres_url, server_name,
 };
 pub use trust::{MtaStsRoots, TrustAnchor};
 
@@ -148,7 +150,8 @@ fn default_mta_sts_timeout() -> Duration {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryLogConfig {
-    /// SQLite file of the log; default `delivery-log.db` beside the store's file.
+    /// SQLite file of the log with the embedded store; default `delivery-log.db` beside the
+    /// store's file. Not used with `[store] backend = "postgres"` (the log is in PostgreSQL).
     #[serde(default)]
     pub path: Option<PathBuf>,
     /// Records older than this are purged.
@@ -193,6 +196,11 @@ pub struct QuotaConfig {
     /// Redis Cluster seed nodes; when set, used instead of `redis_url`.
     #[serde(default)]
     pub redis_cluster: Vec<String>,
+    /// File whose first line is the Redis password (AUTH), for `redis_url` and every
+    /// `redis_cluster` node; the URL may name the ACL user (`redis://postern@host:6379/`).
+    /// Keeps the password out of the config file, which a ConfigMap holds.
+    #[serde(default)]
+    pub redis_password_file: Option<PathBuf>,
     /// Length of the rolling window (24 hours; shorter only for tests).
     #[serde(default = "default_quota_window", with = "duration::serde_text")]
     pub window: Duration,
@@ -210,6 +218,19 @@ pub struct QuotaConfig {
     pub hosting: u32,
 }
 
+impl QuotaConfig {
+    /// The Redis password from `redis_password_file`, if one is set.
+    ///
+    /// # Errors
+    /// The file cannot be used; the message names the key, never the password.
+    pub fn redis_password(&self) -> Result<Option<String>, ConfigError> {
+        self.redis_password_file
+            .as_deref()
+            .map(|path| secret_file::first_line("quota.redis_password_file", path))
+            .transpose()
+    }
+}
+
 impl Default for QuotaConfig {
     fn default() -> Self {
         Self {
@@ -217,6 +238,7 @@ impl Default for QuotaConfig {
             path: None,
             redis_url: None,
             redis_cluster: Vec::new(),
+            redis_password_file: None,
             window: default_quota_window(),
             bucket: default_quota_bucket(),
             hold_ttl: default_hold_ttl(),
@@ -294,6 +316,10 @@ pub struct ServerConfig {
     /// How long a SIGTERM drain lets deliveries run before the hand-off.
     #[serde(default = "default_drain_timeout", with = "duration::serde_text")]
     pub drain_timeout: Duration,
+    /// This replica's name in the delivery log (shared by a fleet with `[store] backend =
+    /// "postgres"`); default the machine's host name ([`Config::replica_name`]).
+    #[serde(default)]
+    pub replica: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -302,6 +328,7 @@ impl Default for ServerConfig {
             hostname: default_hostname(),
             drain_on_shutdown: false,
             drain_timeout: default_drain_timeout(),
+            replica: None,
         }
     }
 }
@@ -750,6 +777,18 @@ impl Config {
             .unwrap_or_else(|| self.local_dir().join("delivery-log.db"))
     }
 
+    /// The name this `postern serve` writes in the delivery log's `replica` column:
+    /// `[server] replica`, else the machine's host name (in Kubernetes the pod's name, which
+    /// tells replicas apart where `[server] hostname` is the fleet's one public name), else
+    /// `localhost`.
+    pub fn replica_name(&self) -> String {
+        self.server
+            .replica
+            .clone()
+            .or_else(machine_hostname)
+            .unwrap_or_else(|| "localhost".to_string())
+    }
+
     /// Picks the config file: `--config`, else `POSTERN_CONFIG`, else the dev default.
     pub fn locate(explicit: Option<&Path>) -> PathBuf {
         if let Some(path) = explicit {
@@ -802,6 +841,20 @@ impl Config {
         config.check()?;
         Ok(config)
     }
+}
+
+/// The machine's host name (`gethostname`), if it has a usable one.
+pub fn machine_hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for `buf.len()` bytes; gethostname writes at most that many
+    // and the result is read only up to the first NUL (or the whole buffer).
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = std::str::from_utf8(&buf[..end]).ok()?.trim();
+    (!name.is_empty() && !name.chars().any(char::is_control)).then(|| name.to_string())
 }
 
 fn one_line(text: &str) -> String {
@@ -869,6 +922,26 @@ mod tests {
     }
 
     #[test]
+    fn store_cache_ttl_defaults_to_5s_and_is_at_most_60s() {
+        assert_eq!(
+            Config::parse(MINIMAL).unwrap().store.cache_ttl,
+            Duration::from_secs(5)
+        );
+        let with = |ttl: &str| {
+            Config::parse(&MINIMAL.replace("[store]", &format!("[store]\ncache_ttl = \"{ttl}\"")))
+        };
+        assert_eq!(with("0s").unwrap().store.cache_ttl, Duration::ZERO);
+        assert_eq!(with("60s").unwrap().store.cache_ttl, MAX_STORE_CACHE_TTL);
+        let e = with("60001ms").unwrap_err().0;
+        assert_eq!(
+            e,
+            "store.cache_ttl: 60.001s is longer than the limit of 60s (\"0s\" turns the cache off)"
+        );
+        let e = with("5").unwrap_err().0;
+        assert!(e.starts_with("store.cache_ttl"), "{e}");
+    }
+
+    #[test]
     fn quota_defaults_follow_the_faq_and_merge() {
         let c = Config::parse(MINIMAL).unwrap();
         assert_eq!(c.quota.plans["starter"], 500);
@@ -894,6 +967,19 @@ mod tests {
                 .0
                 .starts_with("quota.redis_url:")
         );
+        let text = format!("{MINIMAL}\n[quota]\nredis_password_file = \"/run/redis-pw\"\n");
+        assert_eq!(
+            Config::parse(&text).unwrap_err().0,
+            "quota.redis_password_file: only with backend = \"redis\""
+        );
+        let text = format!(
+            "{MINIMAL}\n[quota]\nbackend = \"redis\"\nredis_url = \"redis://postern@r:6379/\"\nredis_password_file = \"/run/redis-pw\"\n"
+        );
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(
+            c.quota.redis_password_file.as_deref(),
+            Some(Path::new("/run/redis-pw"))
+        );
     }
 
     #[test]
@@ -914,6 +1000,70 @@ mod tests {
             let e = Config::parse(&text).unwrap_err().0;
             assert!(e.starts_with(key), "{extra}: {e}");
         }
+    }
+
+    /// With the directory in PostgreSQL and no `[store] path`, the files that stay on the
+    /// machine (the embedded quota store, the development certificate) go to the spool
+    /// directory; the delivery log is in PostgreSQL, so `[delivery_log] path` is refused.
+    #[test]
+    fn postgres_backend_local_files_default_to_the_spool() {
+        let postgres = r#"
+            [listen]
+            submission = "127.0.0.1:2587"
+            [store]
+            backend = "postgres"
+            url = "postgres://postern@db.example:5432/postern"
+            secret_key_file = "/run/secrets/key"
+            [spool]
+            path = "/var/spool/postern"
+        "#;
+        let c = Config::parse(postgres).unwrap();
+        assert_eq!(c.store.path, None);
+        assert_eq!(c.local_dir(), Path::new("/var/spool/postern"));
+        assert_eq!(c.quota_path(), Path::new("/var/spool/postern/quota.db"));
+        let text = format!("{postgres}\n[quota]\npath = \"/q/quota.db\"\n");
+        assert_eq!(
+            Config::parse(&text).unwrap().quota_path(),
+            Path::new("/q/quota.db")
+        );
+        // With the embedded store they stay beside its file.
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.quota_path(), Path::new("var/quota.db"));
+        let text = format!("{postgres}\n[delivery_log]\npath = \"/x/log.db\"\n");
+        let e = Config::parse(&text).unwrap_err().0;
+        assert!(
+            e.starts_with("delivery_log.path: not used with store.backend = \"postgres\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn replica_name_is_configured_or_the_host_name() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.server.replica, None);
+        let host = machine_hostname().unwrap_or_else(|| "localhost".to_string());
+        assert_eq!(c.replica_name(), host);
+        let text = MINIMAL.replace("[listen]", "[server]\nreplica = \"relay-7.eu\"\n[listen]");
+        assert_eq!(Config::parse(&text).unwrap().replica_name(), "relay-7.eu");
+        let long = "r".repeat(254);
+        for bad in [
+            "\"\"",
+            "\"relay 7\"",
+            "\"relay\\u0007\"",
+            &format!("\"{long}\""),
+        ] {
+            let text = MINIMAL.replace("[listen]", &format!("[server]\nreplica = {bad}\n[listen]"));
+            let e = Config::parse(&text).unwrap_err().0;
+            assert!(
+                e.starts_with("server.replica: must be 1 to 253"),
+                "{bad}: {e}"
+            );
+        }
+        let text = MINIMAL.replace(
+            "[listen]",
+            &format!("[server]\nreplica = \"{}\"\n[listen]", "r".repeat(253)),
+        );
+        assert!(Config::parse(&text).is_ok());
     }
 
     #[test]

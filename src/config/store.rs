@@ -128,6 +128,11 @@ pub struct StoreConfig {
     /// PEM private key of `client_cert_file`.
     #[serde(default)]
     pub client_key_file: Option<PathBuf>,
+    /// How long a replica may answer a directory lookup (a login, senders, a hosting account,
+    /// limits) from memory (`store/cached.rs`); `"0s"` turns the cache off. At most
+    /// [`crate::config::MAX_STORE_CACHE_TTL`]. Used with `backend = "postgres"` only.
+    #[serde(default = "default_cache_ttl", with = "super::duration::serde_text")]
+    pub cache_ttl: Duration,
 }
 
 impl StoreConfig {
@@ -138,6 +143,14 @@ impl StoreConfig {
             .or_else(|| self.url.as_ref().and_then(|url| url.sslmode))
             .unwrap_or_default()
     }
+}
+
+/// Longest `[store] cache_ttl`: the bound on how stale an answer may be should both the
+/// change notifications and the generation check fail unnoticed.
+pub const MAX_STORE_CACHE_TTL: Duration = Duration::from_secs(60);
+
+fn default_cache_ttl() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_pool_size() -> usize {

@@ -188,7 +188,7 @@ pub async fn run(
             None
         }
     };
-    let delivery_log = start_delivery_log(&config).await;
+    let delivery_log = start_delivery_log(&config, &metrics).await;
     let mta_sts = match mta_sts::MtaSts::from_config(&config.mta_sts) {
         Ok(sts) => sts,
         Err(e) => {
@@ -214,6 +214,7 @@ pub async fn run(
         sessions,
         mta_sts,
         log: delivery_log.clone(),
+        replica: config.replica_name(),
         client: ClientSettings {
             helo_name: config.server.hostname.clone(),
             connect_timeout: config.delivery.connect_timeout,
@@ -270,15 +271,25 @@ pub async fn run(
     tracing::info!("delivery stopped");
 }
 
-/// Opens the delivery log and starts its writer; `None` (with an error line) when it cannot
-/// be: mail is delivered all the same.
-async fn start_delivery_log(config: &Config) -> Option<Arc<log::LogWriter>> {
-    let path = config.delivery_log_path();
+/// Opens the delivery log (where `[store]` says: see `store::configured::open_delivery_log`)
+/// and starts its writer; `None` (with an error line) when it cannot be (a SQLite file that
+/// cannot be used): mail is delivered all the same, unlogged. A PostgreSQL log always starts,
+/// since it connects lazily; its outages cost dropped records (`log.rs`).
+async fn start_delivery_log(
+    config: &Arc<Config>,
+    metrics: &Metrics,
+) -> Option<Arc<log::LogWriter>> {
     let retention = config.delivery_log.retention;
-    let started = tokio::task::spawn_blocking(move || -> Result<log::LogWriter, String> {
-        let opened = log::DeliveryLog::open(&path).map_err(|e| e.to_string())?;
-        log::LogWriter::start(opened, retention)
-            .map_err(|e| format!("cannot start the delivery log writer: {e}"))
+    let for_open = config.clone();
+    let for_writer = metrics.clone();
+    let started = tokio::task::spawn_blocking(move || {
+        log::LogWriter::start(
+            move || {
+                crate::store::configured::open_delivery_log(&for_open).map_err(|e| e.to_string())
+            },
+            retention,
+            for_writer,
+        )
     })
     .await
     .unwrap_or_else(|e| Err(e.to_string()));
@@ -301,6 +312,8 @@ struct Worker {
     metrics: Metrics,
     /// The delivery log's writer; `None` when it could not be opened.
     log: Option<Arc<log::LogWriter>>,
+    /// This replica's name in the delivery log (`Config::replica_name`).
+    replica: String,
     /// `None` until the resolver can be built (retried for each destination).
     resolver: Mutex<Option<TokioResolver>>,
     /// Parsed `[delivery] relayhost`.
@@ -551,7 +564,7 @@ impl Worker {
         self.metrics.delivery_early_recorded(indices.len());
         if let Some(log) = &self.log {
             let time_ms = crate::unix_time::now_ms();
-            let records = log_records(envelope, addresses, group, time_ms, attempt);
+            let records = log_records(&self.replica, envelope, addresses, group, time_ms, attempt);
             log.submit(
                 records
                     .into_iter()
@@ -1043,7 +1056,8 @@ impl Worker {
         for (addresses, group) in &groups {
             self.log_group(envelope, addresses, group);
             if self.log.is_some() {
-                let group_records = log_records(envelope, addresses, group, time_ms, attempt);
+                let group_records =
+                    log_records(&self.replica, envelope, addresses, group, time_ms, attempt);
                 for (mut record, (index, _)) in group_records.into_iter().zip(&group.recipients) {
                     if logged_early.contains(index) {
                         continue;
@@ -1164,6 +1178,7 @@ fn opened_connection(result: &Result<client::TransactionReport, client::ClientEr
 
 /// The delivery log's records of one group: one per recipient.
 fn log_records(
+    replica: &str,
     envelope: &Envelope,
     addresses: &[String],
     group: &GroupOutcome,
@@ -1197,6 +1212,7 @@ fn log_records(
         .enumerate()
         .map(|(n, (_, outcome))| log::LogRecord {
             time_ms,
+            replica: replica.to_string(),
             queue_id: envelope.id.to_string(),
             sender: envelope.sender.clone(),
             recipient: addresses.get(n).cloned().unwrap_or_default(),

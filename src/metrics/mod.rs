@@ -25,6 +25,9 @@
 //! - `postern_delivery_dead_destinations`: destinations currently dead (consecutive connect
 //!   or greeting timeouts, `src/delivery/dead.rs`): their concurrency is 1 and their retries
 //!   are spread out; 0 from the start.
+//! - `postern_delivery_log_dropped_records_total`: delivery log records given up (the
+//!   writer's queue full, a write that failed twice, the writer stopped): the log
+//!   is history and may lose rows, never mail (`src/delivery/log.rs`).
 //! - `postern_spool_messages`: messages in the spool (queued or in flight).
 //! - `postern_spool_oldest_message_age_seconds`: age of the oldest message in the spool (since
 //!   it was accepted), 0 when the spool is empty. The spool publishes the oldest acceptance
@@ -72,6 +75,7 @@ struct Inner {
     delivery_recipients: IntCounterVec,
     delivery_retries: IntCounter,
     delivery_early_recorded: IntCounter,
+    delivery_log_dropped: IntCounter,
     delivery_connections: IntCounterVec,
     delivery_dane_failures: IntCounterVec,
     delivery_mta_sts_failures: IntCounterVec,
@@ -82,6 +86,7 @@ struct Inner {
     quota_persistence: IntGaugeVec,
     quota_release_retries: IntCounterVec,
     directory_available: IntGauge,
+    directory_cache_lookups: IntCounterVec,
     draining: IntGauge,
     dkim_messages: IntCounterVec,
     dkim_signatures: IntCounterVec,
@@ -201,6 +206,11 @@ impl Metrics {
                 "postern_delivery_early_recorded_recipients_total",
                 "Recipients recorded delivered when their group ended, before the rest of the attempt",
             ),
+            delivery_log_dropped: counter(
+                &registry,
+                "postern_delivery_log_dropped_records_total",
+                "Delivery log records dropped (writer queue full, write failed twice, writer stopped)",
+            ),
             delivery_connections: counter_vec(
                 &registry,
                 "postern_delivery_connections_total",
@@ -258,6 +268,14 @@ impl Metrics {
                 "postern_directory_available",
                 "1 when the directory (addresses, devices, hosting accounts) answered its last \
                  health check at this postern's schema version, else 0",
+            ),
+            directory_cache_lookups: counter_vec(
+                &registry,
+                "postern_directory_cache_lookups_total",
+                "Directory lookups by kind (login, senders, hosting_account, limits) and how they \
+                 were answered: hit (from the cache), miss (from the store, then kept), bypass \
+                 (from the store; the cache is not serving: notifications down or store errors)",
+                &["kind", "result"],
             ),
             draining: gauge(
                 &registry,
@@ -402,6 +420,11 @@ impl Metrics {
         self.inner.delivery_early_recorded.inc_by(n as u64);
     }
 
+    /// `n` delivery log records were dropped.
+    pub fn delivery_log_dropped(&self, n: u64) {
+        self.inner.delivery_log_dropped.inc_by(n);
+    }
+
     /// A delivery used an SMTP connection: a new one, or one `reused` from a pool.
     pub fn delivery_connection(&self, reused: bool) {
         let label = if reused { "true" } else { "false" };
@@ -481,6 +504,14 @@ impl Metrics {
         self.inner
             .dkim_signatures
             .with_label_values(&[algorithm])
+            .inc();
+    }
+
+    /// A directory lookup went through the cache (`store/cached.rs`).
+    pub fn directory_cache_lookup(&self, kind: &str, result: &str) {
+        self.inner
+            .directory_cache_lookups
+            .with_label_values(&[kind, result])
             .inc();
     }
 

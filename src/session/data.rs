@@ -146,14 +146,12 @@ impl DataScanner {
                         .map_or(input.len(), |p| i + p);
                     i = end;
                     self.at_line_start = false;
-                    self.line_len += end - start;
-                    if input[start..end].contains(&0) {
-                        self.fail(DataError::NulByte);
+                    let run = &input[start..end];
+                    if let Some(error) = self.first_broken_rule(run) {
+                        self.fail(error);
                     }
-                    if self.line_len > MAX_LINE {
-                        self.fail(DataError::LineTooLong);
-                    }
-                    self.emit(&input[start..end], out);
+                    self.line_len += run.len();
+                    self.emit(run, out);
                 }
             }
         }
@@ -171,6 +169,33 @@ impl DataScanner {
             self.emit(b"\r\n", out);
             self.at_line_start = true;
         }
+    }
+
+    /// The rule broken by the first offending byte of `run` (content without CR or LF), if
+    /// any. A run is checked as a whole for speed, but the answer must be the one a byte-by-byte
+    /// scan gives: otherwise a message breaking two rules close together (a NUL just past the
+    /// size limit, say) would get a reply that depends on where the client's bytes were cut
+    /// into reads. When one byte breaks several rules, NUL comes first, then line length, then
+    /// size, whatever the cut.
+    fn first_broken_rule(&self, run: &[u8]) -> Option<DataError> {
+        if self.error.is_some() {
+            return None;
+        }
+        let nul = run.iter().position(|&c| c == 0);
+        let long =
+            (self.line_len + run.len() > MAX_LINE).then(|| MAX_LINE.saturating_sub(self.line_len));
+        let room = self.max_size.saturating_sub(self.size);
+        let big = (run.len() as u64 > room).then_some(room as usize);
+        [
+            (nul, DataError::NulByte),
+            (long, DataError::LineTooLong),
+            (big, DataError::TooBig),
+        ]
+        .into_iter()
+        .filter_map(|(at, error)| at.map(|at| (at, error)))
+        // min_by_key keeps the first of equal keys: the order above breaks ties.
+        .min_by_key(|&(at, _)| at)
+        .map(|(_, error)| error)
     }
 
     fn emit(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
@@ -303,6 +328,32 @@ mod tests {
         assert_eq!(scan(Framing::Dot, 5, &[b"abc\r\n.\r\n"]).1, None);
         let (_, err, ended, _) = scan(Framing::Dot, 4, &[b"abc\r\n.\r\n"]);
         assert_eq!((err, ended), (Some(DataError::TooBig), true));
+    }
+
+    #[test]
+    fn the_first_offending_byte_names_the_rule_however_the_data_is_read() {
+        // (data, size limit, the rule its first offending byte breaks)
+        let long_then_nul = [vec![b'x'; 999], b"\0\r\n.\r\n".to_vec()].concat();
+        let nul_then_long = [b"\0".to_vec(), vec![b'x'; 999], b"\r\n.\r\n".to_vec()].concat();
+        let cases: [(&[u8], u64, DataError); 6] = [
+            (b"abcdef\0gh\r\n.\r\n", 4, DataError::TooBig),
+            (b"ab\0cdefgh\r\n.\r\n", 4, DataError::NulByte),
+            // The fifth byte is both past the limit and a NUL: NUL wins the tie.
+            (b"abcd\0\r\n.\r\n", 4, DataError::NulByte),
+            (&long_then_nul, 100_000, DataError::LineTooLong),
+            (&nul_then_long, 100_000, DataError::NulByte),
+            (&long_then_nul, 500, DataError::TooBig),
+        ];
+        for (data, max, rule) in cases {
+            let whole = scan(Framing::Dot, max, &[data]).1;
+            assert_eq!(whole, Some(rule), "one read of {data:?}");
+            let bytes: Vec<&[u8]> = data.chunks(1).collect();
+            assert_eq!(scan(Framing::Dot, max, &bytes).1, whole, "byte by byte");
+            for cut in 1..data.len() {
+                let (a, b) = data.split_at(cut);
+                assert_eq!(scan(Framing::Dot, max, &[a, b]).1, whole, "cut at {cut}");
+            }
+        }
     }
 
     #[test]

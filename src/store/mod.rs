@@ -23,6 +23,9 @@
 //! tests (test builds and the `conformance` feature only). Quotas are a store of their own,
 //! behind [`quota::QuotaStore`], and so are the brakes a fleet counts together
 //! ([`brakes::BrakeStore`]); their Redis backends share one connection ([`redis_link`]).
+//! The delivery log is one too ([`delivery_log::LogStore`]): a SQLite file
+//! ([`delivery_log::sqlite`]) or the PostgreSQL directory's table (`postgres/delivery_log.rs`),
+//! following `[store] backend` ([`configured::open_delivery_log`]).
 //!
 //! # Model
 //! An *address* is a hosted mailbox (`alice@example.org`) with a [`Plan`]. An *alias* is another
@@ -203,9 +206,11 @@ macro_rules! admin_by_subject {
 
 pub mod accounts;
 pub mod brakes;
+pub mod cached;
 pub mod configured;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod delivery_log;
 mod devices;
 mod dkim_keys;
 pub mod embedded;
@@ -309,8 +314,9 @@ impl fmt::Display for CredentialId {
 /// - Every method is safe to call concurrently from many tasks and must not block the async
 ///   runtime (backends doing blocking I/O move it to `spawn_blocking`).
 /// - Answers reflect every change committed before the call, including changes made by another
-///   process (the CLI) on the same store: no caching of credentials, accounts or limits across
-///   calls.
+///   process (the CLI) on the same store: backends cache no credentials, accounts or limits
+///   across calls. Caching is [`cached::CachedDirectory`]'s, in front of a backend, with its
+///   own bounds (the TTL, and never past a change the replica was told of).
 /// - `Err` means the backend could not answer; it never means "no". Callers fail closed
 ///   (see the module documentation): no login, no relaying, no uncounted recipient.
 /// - Unknown identities are `Ok(None)`, not errors: an address can be removed while its

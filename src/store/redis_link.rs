@@ -138,9 +138,21 @@ impl RedisLink {
     /// # Errors
     /// [`RedisLinkError::Invalid`] for a URL that does not parse; `Unavailable` if the server
     /// cannot be reached within `timeout`.
-    pub async fn open_single(url: &str, timeout: Duration) -> Result<Self, RedisLinkError> {
+    pub async fn open_single(
+        url: &str,
+        password: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Self, RedisLinkError> {
+        use redis::IntoConnectionInfo;
+        let mut info = url
+            .into_connection_info()
+            .map_err(|e| RedisLinkError::Invalid(format!("url: {e}")))?;
+        if let Some(password) = password {
+            let settings = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(settings);
+        }
         let client =
-            redis::Client::open(url).map_err(|e| RedisLinkError::Invalid(format!("url: {e}")))?;
+            redis::Client::open(info).map_err(|e| RedisLinkError::Invalid(format!("url: {e}")))?;
         // Reconnection happens in the background; few retries, short delays: a call never
         // waits for them longer than `timeout` anyway.
         let config = ConnectionManagerConfig::new()
@@ -165,11 +177,19 @@ impl RedisLink {
     /// # Errors
     /// [`RedisLinkError::Invalid`] for no nodes or a URL that does not parse; `Unavailable`
     /// if the cluster cannot be reached within `timeout`.
-    pub async fn open_cluster(nodes: &[String], timeout: Duration) -> Result<Self, RedisLinkError> {
+    pub async fn open_cluster(
+        nodes: &[String],
+        password: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Self, RedisLinkError> {
         if nodes.is_empty() {
             return Err(RedisLinkError::Invalid("no cluster nodes".to_string()));
         }
-        let client = ClusterClient::builder(nodes.iter().map(String::as_str))
+        let mut builder = ClusterClient::builder(nodes.iter().map(String::as_str));
+        if let Some(password) = password {
+            builder = builder.password(password);
+        }
+        let client = builder
             .connection_timeout(timeout)
             .response_timeout(timeout)
             .retries(2)

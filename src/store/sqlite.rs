@@ -1,5 +1,5 @@
 //! SQLite plumbing shared by the embedded stores: the directory ([`super::embedded`]), the
-//! quota store ([`super::quota::embedded`]) and the delivery log ([`crate::delivery::log`]),
+//! quota store ([`super::quota::embedded`]) and the delivery log ([`super::delivery_log::sqlite`]),
 //! each in a file of its own.
 //!
 //! # WAL

@@ -11,6 +11,9 @@ BAD_CONFIGS = [
     # (overrides, the dotted key the message must name, a word of the bad key itself)
     ({"store": {"paht": "x"}}, "store", "paht"),
     ({"store": {"tls": "verify-everything"}}, "store.tls", None),
+    ({"store": {"cache_ttl": "61s"}}, "store.cache_ttl", None),
+    ({"store": {"cache_ttl": "60001ms"}}, "store.cache_ttl", None),
+    ({"store": {"cache_ttl": "5"}}, "store.cache_ttl", None),
     ({"bogus": {"x": 1}}, "bogus", "bogus"),
     ({"listen": {"submission": "localhost:port"}}, "listen.submission", None),
     ({"listen": {"http": "127.0.0.1:99999"}}, "listen.http", None),
@@ -35,6 +38,12 @@ BAD_CONFIGS = [
     ({"delivery": {"retry_initial": "10s", "retry_max": "1s"}}, "delivery.retry_max", None),
     ({"tls": {"key": None}}, "tls.key", None),
     ({"dns": {"servers": ["not-an-address"]}}, "dns.servers", None),
+    ({"server": {"replica": "relay 1"}}, "server.replica", None),
+    ({"server": {"replica": ""}}, "server.replica", None),
+    ({"server": {"replika": "r1"}}, "server", "replika"),
+    ({"store": {"backend": "postgres", "url": "postgres://p@127.0.0.1:1/d",
+                "secret_key_file": "/nonexistent"},
+      "delivery_log": {"path": "/tmp/x.db"}}, "delivery_log.path", None),
 ]
 
 

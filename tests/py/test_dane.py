@@ -19,7 +19,8 @@ import pytest
 from dnssec_lab import LabCa, SignedKnot, self_signed, server_context, tlsa_digest
 from support import SmtpReceiver, free_port_on, run, submit_as_alice, wait_until
 
-COLUMNS = ("time", "queue_id", "sender", "recipient", "peer", "tls", "state", "dsn", "reply")
+COLUMNS = ("time", "replica", "queue_id", "sender", "recipient", "peer", "tls", "state", "dsn",
+           "reply")
 HOSTS = ["127.0.0.11", "127.0.0.12", "127.0.0.13", "127.0.0.14", "127.0.0.15"]
 
 

@@ -4,6 +4,7 @@ Receivers from conftest: tls.test's MX (127.0.0.2) offers STARTTLS, plain.test's
 does not; their default policy answers ``reject*`` with 550 5.1.1 and ``tempfail*`` with 451
 4.3.0 on the first attempt."""
 
+import socket
 import time
 
 import pytest
@@ -11,8 +12,10 @@ import pytest
 from support import delivery_log, make_message, wait_until
 from support import submit_as_alice as submit
 
-# A table line: time, queue id, sender, recipient, mx[ip], tls, state, dsn, reply (spaces).
-COLUMNS = ("time", "queue_id", "sender", "recipient", "peer", "tls", "state", "dsn", "reply")
+# A table line: time, replica, queue id, sender, recipient, mx[ip], tls, state, dsn, reply
+# (spaces).
+COLUMNS = ("time", "replica", "queue_id", "sender", "recipient", "peer", "tls", "state", "dsn",
+           "reply")
 
 
 @pytest.fixture
@@ -38,6 +41,7 @@ def test_starttls_delivery_is_logged_opportunistic(dsrv, mx):
     mx.tls.wait_for("t1@tls.test")
     [row] = wait_rows(dsrv, "t1@tls.test", 1)
     assert row["queue_id"] == qid
+    assert row["replica"] == socket.gethostname()   # no [server] replica: the host name
     assert row["sender"] == dsrv.alice.address
     assert row["recipient"] == "t1@tls.test"
     assert row["peer"] == "mx.tls.test[127.0.0.2]"
@@ -118,11 +122,16 @@ def test_filters_and_json(dsrv, mx):
 
     recs = delivery_log(dsrv, "--status", "delivered")
     assert len(recs) == 1
-    assert set(recs[0]) == {"time", "time_ms", "queue_id", "sender", "recipient", "mx", "ip",
+    assert set(recs[0]) == {"time", "time_ms", "replica", "queue_id", "sender", "recipient", "mx", "ip",
                             "tls_mode", "tls_version", "tls_cipher", "state", "dsn", "reply",
                             "attempt"}
     assert recs[0]["time"].endswith("Z") and recs[0]["sender"] == dsrv.alice.address
     assert dsrv.cli("log", "nobody@tls.test", "--json").stdout == ""
+    # --queue-id: that message's rows only.
+    [bounced] = log_rows(dsrv, "--status", "bounced")
+    assert [r["recipient"] for r in log_rows(dsrv, "--queue-id", bounced["queue_id"])] == \
+        ["reject-f@plain.test"]
+    assert log_rows(dsrv, "--queue-id", "NO-SUCH-ID") == []
 
 
 def test_usage_errors(dsrv):

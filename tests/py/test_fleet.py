@@ -2,7 +2,10 @@
 Redis quota store, each with its own ports and spool. What is made with the CLI on one machine
 works on every replica; a revocation cuts live sessions everywhere within 2 s, also when a
 replica's notification connection was killed; PostgreSQL down gives 454 on AUTH, 451 on port
-25, an unready /readyz, and service comes back by itself.
+25, an unready /readyz, and service comes back by itself. All of it with the directory cache
+on (`[store] cache_ttl`, default 5s); the last tests set it to 30s and show that it is used,
+that a revocation clears it on every replica, and that it serves nothing while PostgreSQL is
+down.
 
 The replicas trust no relay network (`[relay] networks = []`): a port-25 client is a hosting
 account's server or nobody."""
@@ -47,7 +50,7 @@ def fleet(make_postern, postgres, make_redis, mx, tmp_path):
                 for _ in range(REPLICAS)]
     out = replicas[0].cli("migrate").stdout
     assert out == f"PostgreSQL postern@127.0.0.1:{postgres.port}/fleet: schema migrated " \
-                  "from version 0 to 1\n", out
+                  "from version 0 to 2\n", out
     return replicas
 
 
@@ -151,6 +154,85 @@ def test_revocation_reaches_every_replica(fleet, postgres):
     assert [auth_reply(pt, ALICE, laptop) for pt in fleet] == [AUTH_FAILED] * REPLICAS
 
 
+CACHE_HITS = 'postern_directory_cache_lookups_total{kind="%s",result="hit"}'
+
+
+def cache_hits(pt, kind: str) -> float:
+    return pt.metric(CACHE_HITS % kind) or 0.0
+
+
+def start_with_cache_ttl(fleet, postgres, ttl: str):
+    """Starts every replica with `[store] cache_ttl = ttl` and waits until each listens for
+    notifications (the cache serves only then)."""
+    for pt in fleet:
+        pt.write_config(store={"cache_ttl": ttl})
+    start_all(fleet)
+    wait_until(lambda: postgres.psql("fleet", "SELECT count(*) FROM pg_stat_activity "
+                                     "WHERE query LIKE 'LISTEN%'") == str(REPLICAS),
+               10, "every replica listening")
+
+
+def test_cache_answers_repeated_lookups_and_a_revocation_clears_it_everywhere(fleet, postgres):
+    """With cache_ttl = "30s", repeated AUTHs of one device are answered from each replica's
+    cache (the hit counters of logins and limits move; the counter is 0 before). After `postern
+    device revoke` on replica 0 the password fails (535) on every replica within 2 s, far
+    inside the TTL: the notification (or the generation check) cleared every cache. The other
+    device of the address still logs in."""
+    start_with_cache_ttl(fleet, postgres, "30s")
+    fleet[0].add_address(ALICE)
+    phone = fleet[0].add_device(ALICE, "phone")
+    laptop = fleet[0].add_device(ALICE, "laptop")
+    for pt in fleet:
+        assert cache_hits(pt, "login") == 0.0
+        # The first AUTH of a change the replica has seen may race the watcher's
+        # generation check (which clears); after three, at least one was answered from memory.
+        wait_until(lambda pt=pt: auth_reply(pt, ALICE, phone) == AUTH_OK
+                   and cache_hits(pt, "login") >= 1, 5, "a cached login")
+        assert cache_hits(pt, "limits") >= 1
+    fleet[0].cli("device", "revoke", ALICE, "phone")
+    deadline = time.monotonic() + 2.0
+    for i, pt in enumerate(fleet):
+        while (reply := auth_reply(pt, ALICE, phone)) != AUTH_FAILED:
+            assert reply == AUTH_OK, reply
+            assert time.monotonic() < deadline, f"replica {i}: revoked password still works"
+            time.sleep(0.05)
+    assert [auth_reply(pt, ALICE, laptop) for pt in fleet] == [AUTH_OK] * REPLICAS
+
+
+def test_cache_serves_nothing_while_postgres_is_down(fleet, postgres):
+    """With cache_ttl = "30s" and fresh cached answers for a login and a hosting account on
+    every replica, PostgreSQL stopped still gives AUTH 454 4.7.0 and the hosting account's RCPT
+    451 4.3.0 on every replica (the cache stops serving when its notification connection or
+    the store fails); started again, both work again."""
+    start_with_cache_ttl(fleet, postgres, "30s")
+    fleet[0].add_address(ALICE)
+    password = fleet[0].add_device(ALICE, "laptop")
+    fleet[0].add_hosting("web1", [f"{HOSTING_CLIENT}/32"], [DOMAIN])
+
+    def relay_rcpt(pt):
+        client = pt.connect("relay", source=HOSTING_CLIENT)
+        client.ehlo()
+        assert client.cmd(f"MAIL FROM:<www@{DOMAIN}>") == MAIL_OK
+        reply = client.cmd(f"RCPT TO:<r@{DOMAIN}>")
+        client.quit()
+        return reply
+
+    for pt in fleet:
+        wait_until(lambda pt=pt: auth_reply(pt, ALICE, password) == AUTH_OK
+                   and cache_hits(pt, "login") >= 1, 5, "a cached login")
+        wait_until(lambda pt=pt: relay_rcpt(pt) == RCPT_OK
+                   and cache_hits(pt, "hosting_account") >= 1, 5, "a cached hosting account")
+    postgres.stop()
+    for pt in fleet:
+        assert auth_reply(pt, ALICE, password) == AUTH_UNAVAILABLE
+        assert relay_rcpt(pt) == QUOTA_UNAVAILABLE
+    postgres.start()
+    for pt in fleet:
+        wait_until(lambda pt=pt: readyz(pt) == 200, 15, "ready again")
+        wait_until(lambda pt=pt: auth_reply(pt, ALICE, password) == AUTH_OK, 5, "AUTH again")
+        assert relay_rcpt(pt) == RCPT_OK
+
+
 def readyz(pt) -> int:
     return pt.http_get("/readyz")[0]
 
@@ -207,7 +289,7 @@ def test_schema_and_secret_key_are_checked(fleet, postgres, tmp_path):
         r = pt.cli(*args, check=False)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert r.stderr.count("\n") == 1 and "run `postern migrate" in r.stderr, r.stderr
-    postgres.psql("fleet", "UPDATE schema_version SET version = 1")
+    postgres.psql("fleet", "UPDATE schema_version SET version = 2")
     assert pt.cli("address", "list").returncode == 0
     secret_key_file = pt.config["store"]["secret_key_file"]
     pt.write_config(store={"secret_key_file": tmp_path / "absent.key"})

@@ -140,3 +140,39 @@ def test_cluster_readiness_follows_slot_coverage(make_postern, redis_cluster):
     victim.start()
     wait_until(lambda: pt.http_get("/readyz")[0] == 200, 30, "ready with the master back")
     assert pt.metric("postern_quota_backend_up") == 1
+
+
+def test_redis_password_from_a_file(make_postern, make_redis, tmp_path):
+    """A Redis that requires a password (`requirepass`): with `[quota] redis_password_file`
+    naming a file whose first line is it, the relay is ready and counts recipients there; with
+    a wrong password it starts unready and AUTH gets `454 4.7.0` (the failed-login brake cannot
+    count), and the password shows in no log line."""
+    redis = make_redis()
+    password = "r3dis-pass-of-the-fleet-test"
+    assert redis.cli("CONFIG", "SET", "requirepass", password).stdout.strip() == "OK"
+    good = tmp_path / "redis-password"
+    good.write_text(password + "\n")
+    pt = make_postern(quota={"backend": "redis", "redis_url": redis.url,
+                             "redis_password_file": str(good)})
+    alice = pt.add_account("alice@example.org", "laptop")
+    pt.start()
+    assert pt.http_get("/readyz")[0] == 200
+    client = pt.login(alice.address, alice.password)
+    send_one(client, alice.address, 1)
+    client.quit()
+    assert pt.quota(alice.address)["used"] == 1
+    pt.stop()
+
+    wrong = tmp_path / "wrong-password"
+    wrong.write_text("not-the-password\n")
+    other = make_postern(quota={"backend": "redis", "redis_url": redis.url,
+                                "redis_password_file": str(wrong)})
+    bob = other.add_account("bob@example.net", "desktop")
+    other.start(ready=False)
+    assert other.http_get("/readyz")[0] == 503
+    # The failed-login brake cannot count without Redis: AUTH is refused for now.
+    client = tls_session(other)
+    assert client.auth_plain(bob.address, bob.password) == AUTH_TEMPORARY
+    client.close()
+    for log in (pt.log_text(), other.log_text()):
+        assert password not in log and "not-the-password" not in log

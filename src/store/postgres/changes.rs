@@ -1,14 +1,20 @@
-//! The `LISTEN` side of revocation: one connection per replica, outside the pool, listening on
-//! [`super::CHANNEL`], waking the revocation watcher at every notification so that a device
-//! revoked on any machine loses its sessions on every replica at once.
+//! The `LISTEN` side of revocation and of the directory cache: one connection per replica,
+//! outside the pool, listening on [`super::CHANNEL`] (every committed change is notified),
+//! waking the revocation watcher at every notification so that a device revoked on any
+//! machine loses its sessions on every replica at once.
 //!
 //! Notifications are a fast path, not the guarantee. A connection that drops (a PostgreSQL
 //! restart, `pg_terminate_backend`, a network cut) misses whatever was sent meanwhile, so the
 //! task reconnects after [`RECONNECT_DELAY`] and wakes the watcher once it listens again; and
 //! the watcher keeps its own periodic check of the generation and the live credentials, which
 //! catches up within its interval whatever happened to this connection.
+//!
+//! The replica's directory cache ([`DirectoryCache`], if any) hears the same: it is cleared at
+//! every notification, before the watcher is woken, and serves nothing while this connection
+//! is down, since a revocation sent meanwhile would not reach it.
 
 use super::{CHANNEL, PostgresStore, describe};
+use crate::store::cached::DirectoryCache;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -18,15 +24,47 @@ use tokio_util::sync::CancellationToken;
 /// Pause between a lost connection and the next attempt.
 pub const RECONNECT_DELAY: Duration = Duration::from_millis(500);
 
-/// Keeps a `LISTEN` connection until `shutdown`, calling `changed.notify_one()` at every
-/// notification and after every (re)connection.
-pub async fn listen(store: PostgresStore, changed: Arc<Notify>, shutdown: CancellationToken) {
+/// What hears the notifications: the revocation watcher, and the directory cache if there is
+/// one.
+pub struct Listeners {
+    /// Woken at every notification and after every (re)connection.
+    pub changed: Arc<Notify>,
+    /// Cleared at every notification; serves only while the connection listens.
+    pub cache: Option<Arc<DirectoryCache>>,
+}
+
+impl Listeners {
+    fn listening(&self) {
+        if let Some(cache) = &self.cache {
+            cache.notifications_up();
+        }
+        self.changed.notify_one();
+    }
+
+    fn notified(&self) {
+        if let Some(cache) = &self.cache {
+            cache.changed();
+        }
+        self.changed.notify_one();
+    }
+
+    fn deaf(&self) {
+        if let Some(cache) = &self.cache {
+            cache.notifications_down();
+        }
+    }
+}
+
+/// Keeps a `LISTEN` connection until `shutdown`, telling `listeners` of every notification,
+/// every (re)connection and every lost connection.
+pub async fn listen(store: PostgresStore, listeners: Listeners, shutdown: CancellationToken) {
     let mut was_down = false;
     loop {
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return,
-            outcome = listen_once(&store, &changed, &mut was_down) => outcome,
+            outcome = listen_once(&store, &listeners, &mut was_down) => outcome,
         };
+        listeners.deaf();
         if !was_down {
             tracing::warn!(server = store.server(), error = %outcome, "directory notifications lost; reconnecting");
             was_down = true;
@@ -39,7 +77,7 @@ pub async fn listen(store: PostgresStore, changed: Arc<Notify>, shutdown: Cancel
 }
 
 /// One connection's life: connect, `LISTEN`, relay notifications; returns why it ended.
-async fn listen_once(store: &PostgresStore, changed: &Notify, was_down: &mut bool) -> String {
+async fn listen_once(store: &PostgresStore, listeners: &Listeners, was_down: &mut bool) -> String {
     let connect = tokio::time::timeout(
         store.inner.timeout,
         store.inner.pg.connect(store.inner.tls.clone()),
@@ -64,12 +102,12 @@ async fn listen_once(store: &PostgresStore, changed: &Notify, was_down: &mut boo
                         *was_down = false;
                     }
                     // Whatever was sent while this connection was down is caught up now.
-                    changed.notify_one();
+                    listeners.listening();
                 }
                 Err(e) => return describe(&e),
             },
             message = std::future::poll_fn(|cx| connection.poll_message(cx)) => match message {
-                Some(Ok(AsyncMessage::Notification(_))) => changed.notify_one(),
+                Some(Ok(AsyncMessage::Notification(_))) => listeners.notified(),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return describe(&e),
                 None => return "connection closed".to_string(),

@@ -23,18 +23,21 @@
 //! # Layout
 //! As the embedded store, file for file: `schema.rs` (versioned migrations, the schema check),
 //! `addresses.rs`, `aliases.rs`, `devices.rs`, `hosting.rs`, `limits.rs`, `dkim_keys.rs` (with
-//! the private keys sealed by `sealing.rs`), `changes.rs` (the `LISTEN` task) and `tls.rs`
-//! (TLS with libpq's modes, for every connection).
+//! the private keys sealed by `sealing.rs`), `changes.rs` (the `LISTEN` task), `tls.rs`
+//! (TLS with libpq's modes, for every connection); and `delivery_log.rs`, the fleet's
+//! delivery log (a [`crate::store::delivery_log::LogStore`]).
 //!
 //! # Writes, the generation and NOTIFY
 //! Every write is one transaction that first bumps the single row of `directory_generation`
 //! ([`Directory::generation`]). Taking that row lock first also serialises the writers, so each
 //! "check, then change" below is race-free under PostgreSQL's default READ COMMITTED (a writer
 //! that waited for the lock sees the other's committed rows in its next statement); the unique
-//! keys and the namespace triggers stay as a second line. A change that can revoke a login
-//! (device revoke, rotate, revoke-all, address removal, alias removal) also sends
-//! `NOTIFY postern_directory` with the new generation in the same transaction, so that the
-//! notification is delivered if and only if the change is committed.
+//! keys and the namespace triggers stay as a second line. Every write also sends `NOTIFY
+//! postern_directory` with the new generation in the same transaction, so that the
+//! notification is delivered if and only if the change is committed: for a change that can
+//! revoke a login (device revoke, rotate, revoke-all, address removal, alias removal) the
+//! replicas' revocation watchers act on it at once, and for every change the replicas'
+//! directory caches drop their answers at once.
 //!
 //! # Failure policy
 //! As the trait contract says: every failure is [`StoreError::Backend`] and callers fail
@@ -46,6 +49,7 @@
 mod addresses;
 mod aliases;
 pub mod changes;
+mod delivery_log;
 mod devices;
 mod dkim_keys;
 mod hosting;
@@ -58,6 +62,7 @@ pub mod tls;
 #[cfg(test)]
 mod tls_tests;
 
+pub use delivery_log::PURGE_LOCK;
 pub use schema::{LATEST_VERSION, Migration};
 pub use sealing::SecretKeys;
 pub use tls::{PgTls, PgTlsFiles};
@@ -78,7 +83,7 @@ use std::time::Duration;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
-/// The channel of `NOTIFY` for changes that can revoke a login.
+/// The channel of `NOTIFY` for every change (see [`Change`]).
 pub const CHANNEL: &str = "postern_directory";
 
 /// Longest wait for a pooled connection, a new connection, or a query's answer.
@@ -162,13 +167,27 @@ impl Runner {
     }
 }
 
-/// What a write does besides bumping the generation.
+/// What kind of write a transaction is. Every write bumps the generation and sends `NOTIFY`
+/// with the new generation and this kind as the payload (`"42 revoking"`): revocations must
+/// reach every replica's revocation watcher at once, and every change must reach the replicas'
+/// directory caches (`store/cached.rs`) at once, or a cached answer (a hosting account not
+/// found a moment ago) would outlive the change until the next generation check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Change {
-    /// Nothing else: adding things, limits, hosting accounts, DKIM keys.
+    /// Adding things, limits, hosting accounts, DKIM keys.
     Plain,
-    /// It can revoke a login: `NOTIFY` the replicas.
+    /// It can revoke a login.
     Revoking,
+}
+
+impl Change {
+    /// The word in the notification's payload.
+    fn label(self) -> &'static str {
+        match self {
+            Self::Plain => "plain",
+            Self::Revoking => "revoking",
+        }
+    }
 }
 
 /// The error text of a driver error with its causes (tokio-postgres's own `Display` says only
@@ -299,8 +318,8 @@ impl PostgresStore {
     }
 
     /// Opens a write transaction: bumps the generation first (which also serialises writers,
-    /// see the module docs) and, for a [`Change::Revoking`], queues the `NOTIFY` that
-    /// PostgreSQL delivers at commit only.
+    /// see the module docs) and queues the `NOTIFY` ([`Change`]) that PostgreSQL delivers at
+    /// commit only.
     async fn begin<'c>(
         &self,
         client: &'c mut deadpool_postgres::Client,
@@ -314,16 +333,14 @@ impl PostgresStore {
             &[],
         )
         .await?;
-        if change == Change::Revoking {
-            let generation: i64 = row.get(0);
-            exec(
-                self,
-                &tx,
-                "SELECT pg_notify($1, $2)",
-                &[&CHANNEL, &generation.to_string()],
-            )
-            .await?;
-        }
+        let generation: i64 = row.get(0);
+        exec(
+            self,
+            &tx,
+            "SELECT pg_notify($1, $2)",
+            &[&CHANNEL, &format!("{generation} {}", change.label())],
+        )
+        .await?;
         Ok(tx)
     }
 

@@ -14,7 +14,8 @@
 //! Tables mirror the embedded store's (`store/embedded/schema.rs`), with PostgreSQL types:
 //! hosting networks as family, first and last address (`bytea`, big-endian, so the port-25
 //! lookup is a range query), DKIM private keys sealed (`sealed_key`, `nonce`, `secret_key_id`;
-//! see `sealing.rs`), and `directory_generation`, the counter every write bumps.
+//! see `sealing.rs`), and `directory_generation`, the counter every write bumps. Step 2 adds
+//! the fleet's delivery log (`delivery_log.rs`).
 
 use super::{PostgresStore, exec, one, opt_row};
 use crate::store::StoreError;
@@ -24,7 +25,10 @@ pub(super) const MIGRATION_LOCK: i64 = 0x0070_6f73_7465_726e;
 
 /// Schema steps, one SQL file each in `migrations/`: after step `i` the database is at version
 /// `i + 1`. A step is never edited once released; a change is a new file.
-pub(super) const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_directory.sql")];
+pub(super) const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_directory.sql"),
+    include_str!("migrations/0002_delivery_log.sql"),
+];
 
 /// The schema version this Postern speaks.
 pub const LATEST_VERSION: usize = MIGRATIONS.len();

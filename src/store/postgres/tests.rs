@@ -131,11 +131,11 @@ async fn revoking_changes_are_notified() {
     let (database, store) = fresh(&server, secret(1));
     let changed = Arc::new(Notify::new());
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(changes::listen(
-        store.clone(),
-        changed.clone(),
-        shutdown.clone(),
-    ));
+    let listeners = changes::Listeners {
+        changed: changed.clone(),
+        cache: None,
+    };
+    let task = tokio::spawn(changes::listen(store.clone(), listeners, shutdown.clone()));
     let wait = Duration::from_secs(10);
     // The first wake-up says it listens.
     tokio::time::timeout(wait, changed.notified())
@@ -164,6 +164,90 @@ async fn revoking_changes_are_notified() {
     tokio::time::timeout(wait, changed.notified())
         .await
         .unwrap();
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+/// The cache in front of PostgreSQL, with the `LISTEN` task telling it what it hears: a login
+/// is answered from memory until a revocation's notification clears it (a TTL of 30 s is far
+/// away), and nothing is served while the notification connection is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_is_cleared_by_notifications_and_idle_while_deaf() {
+    use crate::store::cached::{CachedDirectory, DirectoryCache, LookupKind};
+    let server = PostgresServer::start();
+    let (database, store) = fresh(&server, secret(1));
+    let cache = Arc::new(DirectoryCache::new(Duration::from_secs(30)).unwrap());
+    let cached = CachedDirectory::new(
+        Arc::new(store.clone()),
+        cache.clone(),
+        crate::metrics::Metrics::new(),
+    );
+    let changed = Arc::new(Notify::new());
+    let shutdown = CancellationToken::new();
+    let listeners = changes::Listeners {
+        changed: changed.clone(),
+        cache: Some(cache.clone()),
+    };
+    let task = tokio::spawn(changes::listen(store.clone(), listeners, shutdown.clone()));
+    let wait = Duration::from_secs(10);
+    tokio::time::timeout(wait, changed.notified())
+        .await
+        .unwrap();
+    let a = addr("alice@example.org");
+    store.add_address(&a, Plan::Starter).unwrap();
+    let phone = store.add_device(&a, "phone").unwrap();
+    assert!(!cache.serving(), "no generation check yet");
+    cached.generation().await.unwrap();
+    assert!(cache.serving());
+    // Every write notifies: let those two arrive (they clear) before filling the cache.
+    let settle = || async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cached.generation().await.unwrap();
+    };
+    settle().await;
+    let login = || cached.authenticate("alice@example.org", phone.expose());
+    assert!(login().await.unwrap().is_some());
+    assert_eq!(cache.len(LookupKind::Login), 1);
+    assert!(login().await.unwrap().is_some());
+    assert_eq!(cache.len(LookupKind::Login), 1);
+
+    // Revoked through another handle: the notification alone clears the cache (no generation
+    // check is made here), so the next AUTH asks the store and fails.
+    store.revoke_device(&a, "phone").unwrap();
+    let until = |what: &'static str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + wait;
+        let ok = loop {
+            if done() {
+                break true;
+            }
+            if std::time::Instant::now() > deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert!(ok, "{what}");
+    };
+    until("cleared by the notification", &|| {
+        cache.len(LookupKind::Login) == 0
+    });
+    assert!(login().await.unwrap().is_none());
+
+    // The notification connection killed: nothing served until it listens again.
+    let laptop = store.add_device(&a, "laptop").unwrap();
+    settle().await;
+    let laptop_login = || cached.authenticate("alice@example.org", laptop.expose());
+    assert!(laptop_login().await.unwrap().is_some());
+    assert_eq!(cache.len(LookupKind::Login), 1);
+    server.psql(
+        &database,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+    );
+    until("deaf once the connection is gone", &|| !cache.serving());
+    assert_eq!(cache.len(LookupKind::Login), 0);
+    assert!(laptop_login().await.unwrap().is_some());
+    assert_eq!(cache.len(LookupKind::Login), 0, "nothing kept while deaf");
+    until("listening again", &|| cache.serving());
     shutdown.cancel();
     task.await.unwrap();
 }
@@ -323,4 +407,88 @@ async fn passwords_stay_out_of_messages() {
     };
     PostgresStore::open(&in_url).unwrap().check().await.unwrap();
     assert!(format!("{in_url:?}").find(PASSWORD).is_none());
+}
+
+/// Every delivery log conformance case on a database of its own (plain `#[test]`s: the log's
+/// methods are synchronous and run on the store's own runtime, as in the writer thread).
+struct PostgresLog {
+    server: PostgresServer,
+}
+
+impl crate::store::delivery_log::conformance::Backend for PostgresLog {
+    type Guard = ();
+
+    fn open(&self, _case: &str) -> (Box<dyn crate::store::delivery_log::LogStore>, ()) {
+        let (_, store) = fresh(&self.server, secret(1));
+        (Box::new(store), ())
+    }
+}
+
+#[test]
+fn delivery_log_conformance() {
+    crate::store::delivery_log::conformance::run_all(&PostgresLog {
+        server: PostgresServer::start(),
+    });
+}
+
+/// One replica purges at a time: while another session holds the purge lock a purge skips
+/// and deletes nothing; once it is released the purge deletes, and leaves the lock free
+/// (another session takes it at once). Migrate's lock is another key. Rows written by one
+/// replica are read by another's handle; a NUL in a reply is stored as U+FFFD instead of
+/// failing the batch.
+#[test]
+fn delivery_log_purge_lock_and_sharing() {
+    use crate::store::delivery_log::conformance::record;
+    use crate::store::delivery_log::{LogQuery, LogState, LogStore, Purge};
+    assert_ne!(PURGE_LOCK, schema::MIGRATION_LOCK);
+    let server = PostgresServer::start();
+    let (database, mut one) = fresh(&server, secret(1));
+    let mut two = PostgresStore::open(&settings(&server, &database, secret(1))).unwrap();
+    let mut hostile = record(30, "a@example.org", "n@example.net", LogState::Bounced);
+    hostile.reply = "said: 550 no\0body".into();
+    hostile.replica = "relay-2".into();
+    two.insert(&[record(
+        10,
+        "a@example.org",
+        "b@example.net",
+        LogState::Delivered,
+    )])
+    .unwrap();
+    one.insert(std::slice::from_ref(&hostile)).unwrap();
+    let rows = one.query(&LogQuery::default()).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1].reply, "said: 550 no\u{fffd}body");
+    assert_eq!(
+        rows.iter().map(|r| r.replica.as_str()).collect::<Vec<_>>(),
+        ["relay-1", "relay-2"]
+    );
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let holder = runtime.block_on(async {
+        let mut pg = crate::config::parse_postgres_url(&server.url(&database)).unwrap();
+        pg.password(PASSWORD);
+        let (client, connection) = pg.connect(NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+    });
+    let lock = |sql: &str| -> bool {
+        runtime.block_on(async { holder.query_one(sql, &[&PURGE_LOCK]).await.unwrap().get(0) })
+    };
+    assert!(lock("SELECT pg_try_advisory_lock($1)"));
+    assert_eq!(one.purge_before(20, 1).unwrap(), Purge::Skipped);
+    assert_eq!(two.purge_before(u64::MAX, 1).unwrap(), Purge::Skipped);
+    assert_eq!(one.query(&LogQuery::default()).unwrap().len(), 2);
+    // Migrations do not wait for the purge lock.
+    one.migrate_blocking().unwrap();
+    assert!(lock("SELECT pg_advisory_unlock($1)"));
+    assert_eq!(one.purge_before(20, 1).unwrap(), Purge::Deleted(1));
+    assert!(
+        lock("SELECT pg_try_advisory_lock($1)"),
+        "the purge released its lock"
+    );
+    assert!(lock("SELECT pg_advisory_unlock($1)"));
+    assert_eq!(
+        two.query(&LogQuery::default()).unwrap(),
+        vec![rows[1].clone()]
+    );
 }

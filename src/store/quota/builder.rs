@@ -56,6 +56,18 @@ pub struct QuotaStoreConfig {
     pub settings: QuotaSettings,
     /// Redis only: connect and response timeout of each call (default 500 ms).
     pub redis_timeout: Duration,
+    /// Redis only: the AUTH password (the URL may name the ACL user).
+    pub redis_password: Option<RedisPassword>,
+}
+
+/// A Redis password, which no `Debug` output (a config dump, an error) shows.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisPassword(pub String);
+
+impl std::fmt::Debug for RedisPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedisPassword(<redacted>)")
+    }
 }
 
 impl QuotaStoreConfig {
@@ -65,6 +77,7 @@ impl QuotaStoreConfig {
             backend,
             settings: QuotaSettings::default(),
             redis_timeout: DEFAULT_REDIS_TIMEOUT,
+            redis_password: None,
         }
     }
 }
@@ -95,6 +108,7 @@ pub async fn open_quota_store(
 /// # Errors
 /// As [`open_quota_store`].
 pub async fn open_counters(config: &QuotaStoreConfig) -> Result<Counters, QuotaError> {
+    let password = config.redis_password.as_ref().map(|p| p.0.as_str());
     let link = match &config.backend {
         QuotaBackend::Embedded { path } => {
             let (path, settings) = (path.clone(), config.settings);
@@ -106,9 +120,11 @@ pub async fn open_counters(config: &QuotaStoreConfig) -> Result<Counters, QuotaE
                 brakes: Arc::new(MemoryBrakes::new()),
             });
         }
-        QuotaBackend::Redis { url } => RedisLink::open_single(url, config.redis_timeout).await?,
+        QuotaBackend::Redis { url } => {
+            RedisLink::open_single(url, password, config.redis_timeout).await?
+        }
         QuotaBackend::RedisCluster { nodes } => {
-            RedisLink::open_cluster(nodes, config.redis_timeout).await?
+            RedisLink::open_cluster(nodes, password, config.redis_timeout).await?
         }
     };
     let quota = RedisQuota::connected(link.clone(), config.settings).await?;

@@ -257,7 +257,7 @@ impl RedisQuota {
         settings: QuotaSettings,
         timeout: Duration,
     ) -> Result<Self, QuotaError> {
-        Self::connected(RedisLink::open_single(url, timeout).await?, settings).await
+        Self::connected(RedisLink::open_single(url, None, timeout).await?, settings).await
     }
 
     /// Connects to a Redis Cluster through some of its nodes.
@@ -270,7 +270,11 @@ impl RedisQuota {
         settings: QuotaSettings,
         timeout: Duration,
     ) -> Result<Self, QuotaError> {
-        Self::connected(RedisLink::open_cluster(nodes, timeout).await?, settings).await
+        Self::connected(
+            RedisLink::open_cluster(nodes, None, timeout).await?,
+            settings,
+        )
+        .await
     }
 
     /// The store on an established link, once the backend is healthy.
