@@ -234,7 +234,7 @@ impl Setup {
         let text = format!(
             "[listen]\nsubmission = \"127.0.0.1:{}\"\nsubmissions = \"127.0.0.1:{}\"\n\
              http = \"127.0.0.1:{}\"\n\
-             [store]\nbackend = \"postgres\"\nurl = \"postgres://postern@127.0.0.1:{}/bench\"\n\
+             [store]\nbackend = \"postgres\"\nurl = \"postgres://postern@127.0.0.1:{}/bench\"\ntls = \"disable\"\n\
              password_file = {:?}\nsecret_key_file = {:?}\ncache_ttl = {cache_ttl:?}\n\
              [quota]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{}/\"\n\
              [spool]\npath = {:?}\n[delivery]\nworkers = 0\n\

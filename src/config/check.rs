@@ -8,8 +8,8 @@
 
 use super::{
     Config, ConfigError, DeliveryConfig, DeliveryLogConfig, LimitsConfig, ListenConfig, LogConfig,
-    MtaStsConfig, QuotaBackendName, QuotaConfig, SendmailConfig, ServerConfig, SpoolConfig,
-    StoreBackendName, StoreConfig, TimeoutsConfig, TlsConfig,
+    MtaStsConfig, PgTlsMode, QuotaBackendName, QuotaConfig, SendmailConfig, ServerConfig,
+    SpoolConfig, StoreBackendName, StoreConfig, TimeoutsConfig, TlsConfig,
 };
 use crate::policy::Plan;
 
@@ -150,7 +150,40 @@ impl StoreConfig {
             StoreBackendName::Postgres if self.timeout.is_zero() => {
                 invalid("store.timeout", "must be longer than zero")
             }
-            StoreBackendName::Postgres => Ok(()),
+            StoreBackendName::Postgres => self.check_tls(),
+        }
+    }
+
+    /// One TLS mode (the key or the URL's `sslmode`), and the files only where they are used.
+    fn check_tls(&self) -> Result<(), ConfigError> {
+        let from_url = self.url.as_ref().and_then(|url| url.sslmode);
+        if let (Some(key), Some(url)) = (self.tls, from_url)
+            && key != url
+        {
+            return invalid(
+                "store.tls",
+                &format!(
+                    "\"{}\" conflicts with sslmode={} in store.url: keep one of them",
+                    key.name(),
+                    url.name()
+                ),
+            );
+        }
+        let mode = self.tls_mode();
+        let unused = |key: &str| {
+            invalid(
+                key,
+                &format!("has no use with store.tls = \"{}\"", mode.name()),
+            )
+        };
+        if self.ca_file.is_some() && matches!(mode, PgTlsMode::Disable | PgTlsMode::Prefer) {
+            return unused("store.ca_file");
+        }
+        match (&self.client_cert_file, &self.client_key_file) {
+            (Some(_), None) => invalid("store.client_key_file", "required with client_cert_file"),
+            (None, Some(_)) => invalid("store.client_cert_file", "required with client_key_file"),
+            (Some(_), Some(_)) if mode == PgTlsMode::Disable => unused("store.client_cert_file"),
+            _ => Ok(()),
         }
     }
 

@@ -27,8 +27,8 @@ mod trust;
 pub use duration::parse_duration;
 pub use relay_host::RelayHost;
 pub use store::{
-    DatabaseUrl, MAX_STORE_CACHE_TTL, StoreBackendName, StoreConfig, parse_postgres_url,
-    server_name,
+    DatabaseUrl, MAX_STORE_CACHE_TTL, PgTlsMode, StoreBackendName, StoreConfig,
+    parse_postgres_url, server_name,
 };
 pub use trust::{MtaStsRoots, TrustAnchor};
 
@@ -1167,6 +1167,56 @@ mod tests {
         let e = Config::parse(&with(&bad)).unwrap_err().0;
         assert!(e.starts_with("dns.trust_anchor: DS digest type 1"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn store_tls_has_one_answer_and_its_files_go_together() {
+        let postgres = |extra: &str| {
+            format!(
+                "{}\n[store]\nbackend = \"postgres\"\nsecret_key_file = \"k\"\n{extra}\n",
+                MINIMAL.replace("[store]\n        path = \"var/store.db\"", "")
+            )
+        };
+        let mode = |extra: &str| Config::parse(&postgres(extra)).unwrap().store.tls_mode();
+        let url = "url = \"postgres://u@db/dir\"";
+        assert_eq!(mode(url), PgTlsMode::VerifyFull);
+        assert_eq!(mode(&format!("{url}\ntls = \"prefer\"")), PgTlsMode::Prefer);
+        let in_url = "url = \"postgres://u@db/dir?sslmode=require\"";
+        assert_eq!(mode(in_url), PgTlsMode::Require);
+        assert_eq!(
+            mode(&format!("{in_url}\ntls = \"require\"")),
+            PgTlsMode::Require
+        );
+        for (extra, message) in [
+            (
+                format!("{in_url}\ntls = \"verify-full\""),
+                "store.tls: \"verify-full\" conflicts with sslmode=require in store.url",
+            ),
+            (
+                format!("{url}\ntls = \"verify_full\""),
+                "store.tls: unknown variant `verify_full`",
+            ),
+            (
+                format!("{url}\ntls = \"disable\"\nca_file = \"ca.pem\""),
+                "store.ca_file: has no use with store.tls = \"disable\"",
+            ),
+            (
+                format!("{url}\nclient_key_file = \"c.key\""),
+                "store.client_cert_file: required with client_key_file",
+            ),
+            (
+                format!("{url}\nclient_cert_file = \"c.crt\""),
+                "store.client_key_file: required with client_cert_file",
+            ),
+        ] {
+            let e = Config::parse(&postgres(&extra)).unwrap_err().0;
+            assert!(e.starts_with(message), "{extra}: {e}");
+        }
+        // require with a CA file verifies the chain (libpq's rule), so the file is used.
+        assert_eq!(
+            mode(&format!("{url}\ntls = \"require\"\nca_file = \"ca.pem\"")),
+            PgTlsMode::Require
+        );
     }
 
     #[test]

@@ -377,16 +377,20 @@ mod tests {
     #[test]
     fn postgres_outage_drops_counts_and_recovers() {
         use crate::store::postgres::sealing::SecretKey;
-        use crate::store::postgres::{PostgresSettings, PostgresStore, SecretKeys};
+        use crate::config::PgTlsMode;
+        use crate::store::postgres::{PgTls, PgTlsFiles, PostgresSettings, PostgresStore, SecretKeys};
         use crate::testutil::postgres::{PASSWORD, PostgresServer};
         let server = PostgresServer::start();
         server.create_database("log");
         let settings = PostgresSettings {
-            pg: crate::config::parse_postgres_url(&server.url("log")).unwrap(),
+            pg: crate::config::parse_postgres_url(&server.url("log"))
+                .unwrap()
+                .pg,
             password: Some(PASSWORD.to_string()),
             secret_keys: SecretKeys::new(SecretKey::from_bytes(&[7; 32]).unwrap(), Vec::new()),
             pool_size: 2,
             timeout: Duration::from_secs(2),
+            tls: PgTls::new(PgTlsMode::Disable, &PgTlsFiles::default()).unwrap(),
         };
         let reader = PostgresStore::open(&settings).unwrap();
         reader.migrate_blocking().unwrap();

@@ -6,7 +6,7 @@
 
 use super::cached::{CachedDirectory, DirectoryCache};
 use super::delivery_log::{LogError, LogStore, SqliteLog};
-use super::postgres::{PostgresSettings, PostgresStore, SecretKeys};
+use super::postgres::{PgTls, PgTlsFiles, PostgresSettings, PostgresStore, SecretKeys};
 use super::{Directory, DirectoryAdmin, DkimAdmin, DkimKeyStore, EmbeddedStore, StoreError};
 use crate::config::{Config, ConfigError, StoreBackendName, StoreConfig};
 use crate::metrics::Metrics;
@@ -93,7 +93,7 @@ pub fn open_existing_delivery_log(config: &Config) -> Result<Option<Box<dyn LogS
 }
 
 /// The PostgreSQL settings of a `[store]` with `backend = "postgres"`: the URL's password,
-/// else `password_file`'s, else `PGPASSWORD`; and the secret keys, read now.
+/// else `password_file`'s, else `PGPASSWORD`; the secret keys and the TLS files, read now.
 ///
 /// # Errors
 /// [`ConfigError`] naming the key whose file cannot be used.
@@ -118,12 +118,21 @@ pub fn postgres_settings(store: &StoreConfig) -> Result<PostgresSettings, Config
         .map(|p| super::postgres::sealing::SecretKey::read(p))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ConfigError(format!("store.previous_secret_key_files: {e}")))?;
+    let files = PgTlsFiles {
+        ca_file: store.ca_file.clone(),
+        client: store
+            .client_cert_file
+            .clone()
+            .zip(store.client_key_file.clone()),
+    };
+    let tls = PgTls::new(store.tls_mode(), &files).map_err(|e| ConfigError(e.to_string()))?;
     Ok(PostgresSettings {
-        pg: url.0.clone(),
+        pg: url.pg.clone(),
         password,
         secret_keys: SecretKeys::new(current, previous),
         pool_size: store.pool_size,
         timeout: store.timeout,
+        tls,
     })
 }
 

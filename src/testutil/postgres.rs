@@ -6,6 +6,11 @@
 //!
 //! Password authentication is on (SCRAM), with [`PASSWORD`] for the superuser [`USER`], so
 //! that the tests go through the same login as production.
+//!
+//! [`PostgresServer::start_tls`] also turns on `ssl`, with a server certificate from a test CA
+//! ([`TestCa`], made with rcgen) for the names given; the same CA issues client certificates,
+//! which the database [`MTLS_DATABASE`] requires (`clientcert=verify-full`: the certificate's
+//! common name must be the user).
 
 use super::TempDir;
 use std::net::TcpListener;
@@ -24,10 +29,62 @@ pub const PASSWORD: &str = "test-only-pg-password-5f2c";
 const INSTALL_HINT: &str = "install it (Debian: apt-get install postgresql, or run \
                             tests/install-deps.sh); the PostgreSQL tests do not skip";
 
+/// The database that only a client certificate of the test CA (and the password) enters.
+pub const MTLS_DATABASE: &str = "mtls";
+
+/// A throwaway certificate authority.
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pem: String,
+}
+
+impl TestCa {
+    /// A new CA named `name`.
+    pub fn new(name: &str) -> Self {
+        let key = rcgen::KeyPair::generate().expect("generate a CA key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let pem = params.self_signed(&key).expect("self-sign the CA").pem();
+        Self {
+            issuer: rcgen::Issuer::new(params, key),
+            pem,
+        }
+    }
+
+    /// The CA certificate, PEM.
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
+    /// A certificate for `names` (DNS names or IP addresses) with common name `common_name`:
+    /// (certificate PEM, private key PEM).
+    pub fn issue(&self, common_name: &str, names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("generate a key");
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).expect("certificate params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("sign the certificate");
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
 /// One running server.
 pub struct PostgresServer {
     dir: TempDir,
     port: u16,
+    /// The CA of its certificate when it has TLS on.
+    ca: Option<TestCa>,
 }
 
 /// Whether the tests run as root: `/proc/self` belongs to the process's effective user.
@@ -80,6 +137,26 @@ impl PostgresServer {
     /// # Panics
     /// When PostgreSQL is not installed or does not start: the message says why.
     pub fn start() -> Self {
+        let server = Self::init(None);
+        server.start_again();
+        server
+    }
+
+    /// Makes a cluster with TLS on (`ssl = on`; plaintext still accepted), its certificate
+    /// issued by a new [`TestCa`] for `names`, and starts it.
+    ///
+    /// # Panics
+    /// As [`PostgresServer::start`].
+    pub fn start_tls(names: &[&str]) -> Self {
+        let ca = TestCa::new("Postern test PostgreSQL CA");
+        let server = Self::init(Some(ca));
+        server.write_tls_files(names);
+        server.start_again();
+        server
+    }
+
+    /// `initdb`.
+    fn init(ca: Option<TestCa>) -> Self {
         let dir = TempDir::new("pg");
         std::fs::create_dir_all(dir.path()).expect("create the server directory");
         let pwfile = dir.join("pwfile");
@@ -100,12 +177,49 @@ impl PostgresServer {
             .arg(format!("--pwfile={}", pwfile.display()))
             .args(["-E", "UTF8", "--locale=C"]);
         run(initdb, "initdb");
-        let server = Self {
+        Self {
             dir,
             port: free_port(),
-        };
-        server.start_again();
-        server
+            ca,
+        }
+    }
+
+    /// `server.crt`, `server.key` (0600: PostgreSQL refuses a key others can read) and
+    /// `root.crt` (the CA for client certificates) in the data directory, and the `hba` line
+    /// of [`MTLS_DATABASE`].
+    fn write_tls_files(&self, names: &[&str]) {
+        use std::os::unix::fs::PermissionsExt;
+        let ca = self.ca.as_ref().expect("a TLS server");
+        let (cert, key) = ca.issue("postgres test server", names);
+        let data = self.data();
+        std::fs::write(data.join("server.crt"), cert).expect("write server.crt");
+        std::fs::write(data.join("server.key"), key).expect("write server.key");
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .expect("chmod server.key");
+        std::fs::write(data.join("root.crt"), ca.pem()).expect("write root.crt");
+        let hba = data.join("pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+        let mtls = format!(
+            "hostssl {MTLS_DATABASE} all 127.0.0.1/32 scram-sha-256 clientcert=verify-full\n\
+             host {MTLS_DATABASE} all 127.0.0.1/32 reject\n"
+        );
+        std::fs::write(&hba, mtls + &rules).expect("write pg_hba.conf");
+        if is_root() {
+            let mut cmd = Command::new("chown");
+            cmd.args(["-R", "postgres:postgres"]).arg(&data);
+            run(cmd, "chown");
+        }
+    }
+
+    /// The CA of the server's certificate (of [`PostgresServer::start_tls`]).
+    ///
+    /// # Panics
+    /// For a server without TLS.
+    pub fn ca(&self) -> &TestCa {
+        self.ca.as_ref().expect("a server started with start_tls")
     }
 
     /// The data directory.
@@ -115,12 +229,18 @@ impl PostgresServer {
 
     /// Starts the (stopped) server again on its port.
     pub fn start_again(&self) {
-        let options = format!(
+        let mut options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off \
              -c synchronous_commit=off -c full_page_writes=off",
             self.port,
             self.dir.path().display()
         );
+        if self.ca.is_some() {
+            options.push_str(
+                " -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key \
+                 -c ssl_ca_file=root.crt",
+            );
+        }
         let mut pg_ctl = server_command("pg_ctl");
         pg_ctl
             .arg("-D")

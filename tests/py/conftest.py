@@ -135,17 +135,29 @@ def make_redis(tmp_path):
 
 
 @pytest.fixture
-def postgres() -> PostgresServer:
-    """A started PostgreSQL on a free port (its own cluster, stopped and removed at teardown).
-    Its directory is outside pytest's tmp_path, whose parents only root may enter: the server
+def make_postgres():
+    """Factory: ``make_postgres(tls_names=None)`` gives a started PostgreSQL on a free port (its
+    own cluster, stopped and removed at teardown), with TLS for ``tls_names`` when given. Its
+    directory is outside pytest's tmp_path, whose parents only root may enter: the server
     runs as the postgres user."""
-    workdir = Path(tempfile.mkdtemp(prefix="postern-pg-"))
-    server = PostgresServer(workdir)
-    try:
-        yield server.start()
-    finally:
+    made: list[tuple[PostgresServer, Path]] = []
+
+    def factory(*, tls_names: list[str] | None = None) -> PostgresServer:
+        workdir = Path(tempfile.mkdtemp(prefix="postern-pg-"))
+        server = PostgresServer(workdir, tls_names=tls_names)
+        made.append((server, workdir))
+        return server.start()
+
+    yield factory
+    for server, workdir in made:
         server.stop("immediate")
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres(make_postgres) -> PostgresServer:
+    """A started PostgreSQL without TLS (see ``make_postgres``)."""
+    return make_postgres()
 
 
 @pytest.fixture

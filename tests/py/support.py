@@ -196,6 +196,36 @@ def make_cert(directory: Path, name: str, *, key_type: str = "ec") -> CertPair:
     return CertPair(cert, key)
 
 
+def make_ca(directory: Path, name: str) -> CertPair:
+    """A test certificate authority (``openssl req -x509`` with CA basic constraints)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / "ca.crt", directory / "ca.key"
+    result = run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                  "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", f"/CN={name}",
+                  "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+                  "-keyout", key, "-out", cert])
+    assert result.returncode == 0, f"openssl req failed: {result.stderr}"
+    return CertPair(cert, key)
+
+
+def issue_cert(ca: CertPair, directory: Path, common_name: str, names: list[str]) -> CertPair:
+    """A server certificate from ``ca`` for ``names`` (DNS names, or IP addresses)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key, csr = directory / "cert.crt", directory / "cert.key", directory / "cert.csr"
+    result = run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt",
+                  "ec_paramgen_curve:prime256v1", "-nodes", "-subj", f"/CN={common_name}",
+                  "-keyout", key, "-out", csr])
+    assert result.returncode == 0, f"openssl req failed: {result.stderr}"
+    sans = ",".join(("IP:" if n.replace(".", "").isdigit() else "DNS:") + n for n in names)
+    extensions = directory / "ext.cnf"
+    extensions.write_text(f"subjectAltName={sans}\nbasicConstraints=CA:FALSE\n"
+                          "extendedKeyUsage=serverAuth\n")
+    result = run(["openssl", "x509", "-req", "-in", csr, "-CA", ca.cert, "-CAkey", ca.key,
+                  "-CAcreateserial", "-days", "2", "-extfile", extensions, "-out", cert])
+    assert result.returncode == 0, f"openssl x509 failed: {result.stderr}"
+    return CertPair(cert, key)
+
+
 def client_tls_context(*, min_version=None, max_version=None) -> ssl.SSLContext:
     """A client context that does not verify the peer (test certificates are self-signed)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -1085,12 +1115,16 @@ class PostgresServer:
     root), password authentication (SCRAM) for the superuser ``postern``, ``fsync=off``.
 
     Never the machine's 5432: the port is free when chosen, and stays the same across
-    :meth:`stop` / :meth:`start` (a restart keeps the data)."""
+    :meth:`stop` / :meth:`start` (a restart keeps the data).
 
-    def __init__(self, workdir: Path):
+    With ``tls_names``: ``ssl = on`` with a certificate for those names (DNS names or IP
+    addresses) issued by a test CA (``self.ca.cert``); plaintext is still accepted."""
+
+    def __init__(self, workdir: Path, *, tls_names: list[str] | None = None):
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        self.tls = tls_names is not None
         self.password = "fleet-test-pg-password-3a7e"
         self.data = workdir / "data"
         self.log = workdir / "server.log"
@@ -1098,6 +1132,12 @@ class PostgresServer:
             f"{PG_BIN}/initdb is missing: run tests/install-deps.sh (Debian package postgresql)")
         pwfile = workdir / "pwfile"
         pwfile.write_text(self.password + "\n")
+        if tls_names is not None:
+            # Made before initdb: the data directory must still be absent, and the files end
+            # up owned by postgres with the chown below.
+            self.ca = make_ca(workdir / "ca", "Postern test PostgreSQL CA")
+            self.server_cert = issue_cert(self.ca, workdir / "server-tls", "db", tls_names)
+            self.server_cert.key.chmod(0o600)
         if os.geteuid() == 0:
             run(["chown", "-R", "postgres:postgres", str(workdir)], timeout=30)
         self._server(["initdb", "-D", str(self.data), "-U", PG_USER, "--auth=scram-sha-256",
@@ -1116,6 +1156,9 @@ class PostgresServer:
         options = (f"-p {self.port} -c listen_addresses=127.0.0.1 "
                    f"-c unix_socket_directories={self.dir} -c fsync=off "
                    "-c synchronous_commit=off -c full_page_writes=off")
+        if self.tls:
+            options += (f" -c ssl=on -c ssl_cert_file={self.server_cert.cert} "
+                        f"-c ssl_key_file={self.server_cert.key}")
         self._server(["pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options,
                       "-w", "-t", "30", "start"])
         return self

@@ -10,6 +10,7 @@ from support import EHLO_FIRST, SINK, TLS_GO, make_message, port_open, run
 BAD_CONFIGS = [
     # (overrides, the dotted key the message must name, a word of the bad key itself)
     ({"store": {"paht": "x"}}, "store", "paht"),
+    ({"store": {"tls": "verify-everything"}}, "store.tls", None),
     ({"store": {"cache_ttl": "61s"}}, "store.cache_ttl", None),
     ({"store": {"cache_ttl": "60001ms"}}, "store.cache_ttl", None),
     ({"store": {"cache_ttl": "5"}}, "store.cache_ttl", None),

@@ -34,7 +34,7 @@ def fleet(make_postern, postgres, mx, tmp_path):
     password_file.write_text(postgres.password + "\n")
     secret_key_file = tmp_path / "secret.key"
     secret_key_file.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
-    store = {"backend": "postgres", "url": postgres.url(database), "path": None,
+    store = {"backend": "postgres", "url": postgres.url(database), "tls": "disable", "path": None,
              "password_file": password_file, "secret_key_file": secret_key_file}
     replicas = [make_postern(delivery_port=mx.port, store=store,
                              server={"replica": name} if name else {},

@@ -273,7 +273,7 @@ def test_the_rendered_pod_serves_and_drains(postern_bin, postgres, make_redis, c
     ports = {role: free_port() for role in ("submission", "submissions", "relay", "http", "handoff")}
     sets = [f"postgres.url={postgres.url(database)}", f"redis.url={redis.url}",
             "hostname=postern.test", f"http.containerPort={ports['http']}",
-            "redis.existingSecret=postern-redis",
+            "redis.existingSecret=postern-redis", "postgres.tls=disable",
             f"handoff.containerPort={ports['handoff']}"]
     sets += [f"listeners.{role}.containerPort={ports[role]}"
              for role in ("submission", "submissions", "relay")]

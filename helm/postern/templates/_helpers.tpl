@@ -126,11 +126,12 @@ integers, strings as JSON strings (valid TOML basic strings), lists inline, maps
   "server" (dict "hostname" $v.hostname "drain_on_shutdown" true "drain_timeout" (printf "%ds" (int $v.drain.deliverSeconds)))
   "listen" $listen
   "tls" (dict "cert" "/etc/postern/tls/tls.crt" "key" "/etc/postern/tls/tls.key")
-  "store" (dict "backend" "postgres" "url" (required "postgres.url is required: the fleet's directory" $v.postgres.url) "password_file" "/etc/postern/postgres/password" "secret_key_file" "/etc/postern/postgres/secret-key" "pool_size" $v.postgres.poolSize "timeout" $v.postgres.timeout)
+  "store" (dict "backend" "postgres" "url" (required "postgres.url is required: the fleet's directory" $v.postgres.url) "password_file" "/etc/postern/postgres/password" "secret_key_file" "/etc/postern/postgres/secret-key" "pool_size" $v.postgres.poolSize "timeout" $v.postgres.timeout "tls" $v.postgres.tls)
   "spool" (dict "path" "/var/lib/postern/spool")
   "quota" $quota
   "handoff" (dict "secret_file" "/etc/postern/handoff/secret" "networks" $v.handoff.networks "peer" (include "postern.handoffService" .))
 }}
+{{- if $v.postgres.caExistingSecret }}{{ $_ := set (get $derived "store") "ca_file" "/etc/postern/postgres-ca/ca.crt" }}{{ end }}
 {{- $config := mergeOverwrite $derived (deepCopy $v.config) }}
 {{- range $i, $section := keys $config | sortAlpha }}
 {{- if $i }}

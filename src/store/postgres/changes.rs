@@ -18,7 +18,7 @@ use crate::store::cached::DirectoryCache;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 /// Pause between a lost connection and the next attempt.
@@ -78,7 +78,11 @@ pub async fn listen(store: PostgresStore, listeners: Listeners, shutdown: Cancel
 
 /// One connection's life: connect, `LISTEN`, relay notifications; returns why it ended.
 async fn listen_once(store: &PostgresStore, listeners: &Listeners, was_down: &mut bool) -> String {
-    let connect = tokio::time::timeout(store.inner.timeout, store.inner.pg.connect(NoTls)).await;
+    let connect = tokio::time::timeout(
+        store.inner.timeout,
+        store.inner.pg.connect(store.inner.tls.clone()),
+    )
+    .await;
     let (client, mut connection) = match connect {
         Ok(Ok(pair)) => pair,
         Ok(Err(e)) => return describe(&e),

@@ -23,8 +23,9 @@
 //! # Layout
 //! As the embedded store, file for file: `schema.rs` (versioned migrations, the schema check),
 //! `addresses.rs`, `aliases.rs`, `devices.rs`, `hosting.rs`, `limits.rs`, `dkim_keys.rs` (with
-//! the private keys sealed by `sealing.rs`) and `changes.rs` (the `LISTEN` task); and
-//! `delivery_log.rs`, the fleet's delivery log (a [`crate::store::delivery_log::LogStore`]).
+//! the private keys sealed by `sealing.rs`), `changes.rs` (the `LISTEN` task), `tls.rs`
+//! (TLS with libpq's modes, for every connection); and `delivery_log.rs`, the fleet's
+//! delivery log (a [`crate::store::delivery_log::LogStore`]).
 //!
 //! # Writes, the generation and NOTIFY
 //! Every write is one transaction that first bumps the single row of `directory_generation`
@@ -57,10 +58,14 @@ mod schema;
 pub mod sealing;
 #[cfg(test)]
 mod tests;
+pub mod tls;
+#[cfg(test)]
+mod tls_tests;
 
 pub use delivery_log::PURGE_LOCK;
 pub use schema::{LATEST_VERSION, Migration};
 pub use sealing::SecretKeys;
+pub use tls::{PgTls, PgTlsFiles};
 
 use super::{
     ActiveDkimKey, AuthIdentity, CredentialId, Directory, DkimKeyStore, HostingAccount,
@@ -75,8 +80,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
 
 /// The channel of `NOTIFY` for every change (see [`Change`]).
 pub const CHANNEL: &str = "postern_directory";
@@ -100,13 +105,20 @@ pub struct PostgresSettings {
     pub pool_size: usize,
     /// See [`DEFAULT_CONNECT_TIMEOUT`].
     pub timeout: Duration,
+    /// TLS for every connection (`[store] tls`, `ca_file`, client certificate).
+    pub tls: PgTls,
 }
 
 impl std::fmt::Debug for PostgresSettings {
-    /// The server and sizes only: never the password or the secret keys.
+    /// The server, TLS mode and sizes only: never the password or the secret keys.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let server = server_name(&self.pg);
-        write!(f, "PostgresSettings({server}, pool of {})", self.pool_size)
+        write!(
+            f,
+            "PostgresSettings({server}, tls {}, pool of {})",
+            self.tls.mode().name(),
+            self.pool_size
+        )
     }
 }
 
@@ -120,6 +132,8 @@ struct Inner {
     pool: Pool,
     /// The connection settings, for the `LISTEN` connection.
     pg: tokio_postgres::Config,
+    /// Its TLS.
+    tls: PgTls,
     /// `user@host:port/db`, for messages.
     server: String,
     secret_keys: SecretKeys,
@@ -208,10 +222,12 @@ impl PostgresStore {
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(30))
             .application_name("postern");
+        let ssl_mode = settings.tls.ssl_mode(&pg);
+        pg.ssl_mode(ssl_mode);
         let server = server_name(&pg);
         let manager = Manager::from_config(
             pg.clone(),
-            NoTls,
+            settings.tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -237,6 +253,7 @@ impl PostgresStore {
             inner: Arc::new(Inner {
                 pool,
                 pg,
+                tls: settings.tls.clone(),
                 server,
                 secret_keys: settings.secret_keys.clone(),
                 timeout: settings.timeout,

@@ -4,6 +4,7 @@
 //! migrations).
 
 use super::*;
+use crate::config::PgTlsMode;
 use crate::keys::Algorithm;
 use crate::policy::{EmailAddress, Plan, parse_address};
 use crate::store::conformance;
@@ -22,11 +23,14 @@ fn secret(byte: u8) -> SecretKeys {
 
 fn settings(server: &PostgresServer, database: &str, keys: SecretKeys) -> PostgresSettings {
     PostgresSettings {
-        pg: crate::config::parse_postgres_url(&server.url(database)).unwrap(),
+        pg: crate::config::parse_postgres_url(&server.url(database))
+            .unwrap()
+            .pg,
         password: Some(PASSWORD.to_string()),
         secret_keys: keys,
         pool_size: 4,
         timeout: Duration::from_secs(2),
+        tls: PgTls::new(PgTlsMode::Disable, &PgTlsFiles::default()).unwrap(),
     }
 }
 
@@ -397,7 +401,8 @@ async fn passwords_stay_out_of_messages() {
         pg: crate::config::parse_postgres_url(
             &url.replace("postern@", &format!("postern:{PASSWORD}@")),
         )
-        .unwrap(),
+        .unwrap()
+        .pg,
         ..wrong
     };
     PostgresStore::open(&in_url).unwrap().check().await.unwrap();
