@@ -27,8 +27,8 @@ mod trust;
 pub use duration::parse_duration;
 pub use relay_host::RelayHost;
 pub use store::{
-    DatabaseUrl, MAX_STORE_CACHE_TTL, PgTlsMode, StoreBackendName, StoreConfig,
-    parse_postgres_url, server_name,
+    DatabaseUrl, MAX_STORE_CACHE_TTL, PgTlsMode, StoreBackendName, StoreConfig, parse_postgres_url,
+    server_name,
 };
 pub use trust::{MtaStsRoots, TrustAnchor};
 

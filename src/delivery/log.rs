@@ -376,9 +376,11 @@ mod tests {
     /// writer writes again without being restarted.
     #[test]
     fn postgres_outage_drops_counts_and_recovers() {
-        use crate::store::postgres::sealing::SecretKey;
         use crate::config::PgTlsMode;
-        use crate::store::postgres::{PgTls, PgTlsFiles, PostgresSettings, PostgresStore, SecretKeys};
+        use crate::store::postgres::sealing::SecretKey;
+        use crate::store::postgres::{
+            PgTls, PgTlsFiles, PostgresSettings, PostgresStore, SecretKeys,
+        };
         use crate::testutil::postgres::{PASSWORD, PostgresServer};
         let server = PostgresServer::start();
         server.create_database("log");

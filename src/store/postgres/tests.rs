@@ -465,9 +465,11 @@ fn delivery_log_purge_lock_and_sharing() {
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let holder = runtime.block_on(async {
-        let mut pg = crate::config::parse_postgres_url(&server.url(&database)).unwrap();
+        let mut pg = crate::config::parse_postgres_url(&server.url(&database))
+            .unwrap()
+            .pg;
         pg.password(PASSWORD);
-        let (client, connection) = pg.connect(NoTls).await.unwrap();
+        let (client, connection) = pg.connect(tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(connection);
         client
     });

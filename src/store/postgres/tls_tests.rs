@@ -106,11 +106,11 @@ async fn verify_full_with_the_right_ca_binds_the_channel_and_listens() {
     // The LISTEN connection goes through TLS too, and hears a revocation.
     let changed = Arc::new(Notify::new());
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(changes::listen(
-        store.clone(),
-        changed.clone(),
-        shutdown.clone(),
-    ));
+    let listeners = changes::Listeners {
+        changed: changed.clone(),
+        cache: None,
+    };
+    let task = tokio::spawn(changes::listen(store.clone(), listeners, shutdown.clone()));
     let wait = Duration::from_secs(10);
     tokio::time::timeout(wait, changed.notified())
         .await
