@@ -24,6 +24,9 @@
 #   postgresql     initdb and pg_ctl (/usr/lib/postgresql/15/bin), with which the directory
 #                  tests start their own PostgreSQL on a free port (never the machine's 5432,
 #                  no system service used; as the postgres user when run as root)
+#   prometheus     promtool (check and unit-test dashboards/alerts.yml) and the prometheus
+#                  server that the dashboard tests start on a free port to scrape a real
+#                  `postern serve` (no system service used)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
@@ -41,6 +44,8 @@ need redis-server redis-server
 need redis-cli redis-tools
 need php php-cli
 need haproxy haproxy
+need prometheus prometheus
+need promtool prometheus
 [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)
 [ -s /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
 
