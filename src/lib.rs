@@ -32,6 +32,8 @@
 //!   test (feature `fuzzing`, off in release builds): each feeds one parser arbitrary bytes
 //!   and asserts what must hold for every input.
 //! - `testutil`: the temporary directory of the tests (test and `conformance` builds only).
+//! - [`any_certificate`]: the TLS verifier of the clients that connect without authenticating
+//!   the server (opportunistic STARTTLS, PostgreSQL's `prefer`/`require`).
 //! - [`dnssec`], [`keys`]: leaves that hold what two layers share (the trust anchor file,
 //!   the DKIM key algorithm), so that neither has to import the other.
 //!
@@ -53,9 +55,10 @@
 //! | 3 | `session`, `store`, `spool` | the protocol state machine, the directory and quota stores, the queue on disk |
 //! | 2 | `smtp`, `metrics`, `control` | wire pieces both SMTP clients share; counters every layer above may bump; the admin commands' requests to the running server |
 //! | 1 | `config` | typed, checked configuration: every layer above reads it, it reads none of them |
-//! | 0 | `policy`, `dnssec`, `keys`, `printable`, `unix_time`, `testutil` | pure rules and shared values: import nothing from the crate |
+//! | 0 | `policy`, `any_certificate`, `dnssec`, `keys`, `printable`, `unix_time`, `testutil` | pure rules and shared values: import nothing from the crate |
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod any_certificate;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -12,20 +12,16 @@
 //! [`TlsPolicy::MtaSts`] (RFC 8461 `enforce`, see `mta_sts.rs`) requires TLS with a
 //! certificate WebPKI-valid for the MX host name.
 //!
-//! The verifier [`AcceptAnyCertificateOpportunistic`] accepts any certificate chain, but it
-//! still verifies the handshake signature against the certificate's key: a peer that cannot
-//! prove it holds the key of the certificate it sent is refused. Accepting any certificate is
-//! safe here only because the alternative, under this policy, is cleartext; a passive
-//! eavesdropper is defeated, an active attacker is not (RFC 7435 section 1.3). Do not reuse
-//! the verifier for anything that needs authentication.
+//! Opportunistic STARTTLS uses [`AnyCertificate`]: any certificate chain, the handshake
+//! signature still verified. Accepting any certificate is right here only because the
+//! alternative, under this policy, is cleartext: most MX hosts have certificates that do not
+//! validate for the MX name, and refusing them would only push the mail to cleartext.
 
 use std::fmt;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use crate::any_certificate::AnyCertificate;
+use rustls::pki_types::ServerName;
 
 /// How a transaction to one destination may use TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,70 +175,13 @@ pub struct TlsSetupError(#[from] rustls::Error);
 /// Only if the crypto provider cannot do the default protocol versions.
 pub fn opportunistic_client_config() -> Result<Arc<rustls::ClientConfig>, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier = Arc::new(AcceptAnyCertificateOpportunistic::new(&provider));
+    let verifier = Arc::new(AnyCertificate::new(&provider));
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     Ok(Arc::new(config))
-}
-
-/// Certificate verifier for RFC 7435 opportunistic TLS: every certificate chain is accepted
-/// (expired, self-signed, wrong name), the handshake signature is verified.
-///
-/// Why: most MX hosts have certificates that do not validate for the MX name, and refusing
-/// them would only push the mail to cleartext. Why the signature is still checked: it costs
-/// nothing, and a handshake whose signature does not match the certificate sent is broken or
-/// tampered with, not merely unauthenticated.
-#[derive(Debug)]
-pub struct AcceptAnyCertificateOpportunistic {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl AcceptAnyCertificateOpportunistic {
-    /// A verifier using the signature algorithms of `provider`.
-    pub fn new(provider: &CryptoProvider) -> Self {
-        Self {
-            algorithms: provider.signature_verification_algorithms,
-        }
-    }
-}
-
-impl ServerCertVerifier for AcceptAnyCertificateOpportunistic {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        // Deliberately no chain, name or validity check: see the type's documentation.
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
 }
 
 /// The name sent in SNI: the MX host name (RFC 7672 section 8.1 does the same for DANE), or

@@ -26,10 +26,10 @@
 //! Ed25519 or RSA-PSS have no such hash (PostgreSQL cannot compute one either), and then plain
 //! SCRAM-SHA-256 is used. `channel_binding=require` in the URL makes it mandatory.
 
+use crate::any_certificate::AnyCertificate;
 use crate::config::PgTlsMode;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore};
 use rustls::{Error as TlsError, SignatureScheme};
@@ -94,7 +94,7 @@ impl PgTls {
             (None, _) => None,
         };
         let verifier: Arc<dyn ServerCertVerifier> = match roots {
-            None => Arc::new(AnyCertificate(provider.signature_verification_algorithms)),
+            None => Arc::new(AnyCertificate::new(&provider)),
             Some(roots) => {
                 let webpki =
                     WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
@@ -206,46 +206,6 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, PgTlsError> {
                 format!("{}: no PRIVATE KEY block found", path.display()),
             )
         })
-}
-
-/// `prefer` and `require` without a CA file: any certificate, but the handshake's own
-/// signatures are still checked (the server must hold the certificate's key).
-#[derive(Debug)]
-struct AnyCertificate(WebPkiSupportedAlgorithms);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, TlsError> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
-    }
 }
 
 /// `verify-ca`: WebPKI's checks without the name. rustls checks the chain (issuer, dates,
