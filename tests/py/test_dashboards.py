@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support import REPO, run
+from support import AUTH_FAILED, EHLO_FIRST, REPO, TLS_GO, run, submit_as_alice
 
 DASHBOARDS = REPO / "dashboards"
 CHART_FILES = REPO / "helm" / "postern" / "files"
@@ -290,6 +290,80 @@ def test_the_name_checks_catch_an_unknown_or_unfiltered_metric():
     assert bare_words("sum(rate(postern_smtp_messages_total[5m]))") == {
         "sum", "rate", "postern_smtp_messages_total"}
     assert selectors('sum by (le) (rate(x_bucket{job=~"$job"}[1m]))') == [("x_bucket", 'job=~"$job"')]
+
+
+# Labels Prometheus adds to every scraped series, and the histogram bucket bound.
+TARGET_LABELS = {"job", "instance", "le"}
+
+
+def scraped_series(text: str) -> dict[str, list[dict[str, str]]]:
+    """Series name -> the label sets of its series, from a /metrics text."""
+    series: dict[str, list[dict[str, str]]] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        head = line.rpartition(" ")[0]
+        name, _, labels = head.partition("{")
+        series.setdefault(name, []).append(dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels)))
+    return series
+
+
+def label_uses(expr: str) -> list[tuple[str, str, str | None]]:
+    """(metric, label, value or None) for every label a selector matches (value for `=`) and
+    every label an aggregation groups by, paired with each metric of the expression."""
+    uses = []
+    found = selectors(expr)
+    for metric, matchers in found:
+        for label, op, value in re.findall(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"', matchers):
+            uses.append((metric, label, value if op == "=" else None))
+    for group in re.findall(r"\bby\s*\(([^)]*)\)", expr):
+        for label in (x.strip() for x in group.split(",")):
+            uses += [(metric, label, None) for metric, _ in found]
+    return [u for u in uses if u[1] not in TARGET_LABELS]
+
+
+def test_label_uses_are_parsed():
+    assert label_uses('sum by (le, result) (rate(m_bucket{job=~"$job",state="ready"}[1m]))') == [
+        ("m_bucket", "state", "ready"), ("m_bucket", "result", None)]
+
+
+def test_panels_and_rules_use_labels_and_values_the_server_exports(make_server, make_redis):
+    """Every label a query matches or groups by exists on that metric's series in a real
+    server's /metrics (Redis configured, a failed AUTH and an accepted message behind it), and
+    every value matched with `=` is one the server exports. Series the server has not created
+    (no event yet, or a backend not configured here) are skipped. The values are checked once
+    the issue-12 metrics have landed (PENDING empty): from then on every series of a fixed
+    label set exists from start-up, so a value the server never exports is a typo."""
+    redis = make_redis()
+    srv = make_server(quota={"backend": "redis", "redis_url": redis.url})
+    client = srv.connect()
+    assert client.ehlo().lines[0] == EHLO_FIRST
+    assert client.starttls() == TLS_GO
+    assert client.ehlo().lines[0] == EHLO_FIRST
+    assert client.auth_plain(srv.alice.address, "not-the-password") == AUTH_FAILED
+    client.quit()
+    submit_as_alice(srv, srv.bob.address)
+    status, _, text = srv.http_get("/metrics")
+    assert status == 200
+    series = scraped_series(text)
+    assert {"mechanism": "plain", "result": "failed"} in series["postern_smtp_auth_attempts_total"]
+    exprs = [expr for _, _, expr in panel_exprs()]
+    exprs += [r["expr"] for g in rule_groups() for r in g["rules"]]
+    checked, wrong = set(), []
+    for expr in exprs:
+        for metric, label, value in label_uses(expr):
+            if metric not in series:
+                continue
+            checked.add(metric)
+            label_sets = series[metric]
+            if not any(label in labels for labels in label_sets):
+                wrong.append(f"{metric} has no label {label}: {expr}")
+            elif (value is not None and not PENDING
+                  and value not in {labels.get(label) for labels in label_sets}):
+                wrong.append(f"{metric}{{{label}=\"{value}\"}} is not exported: {expr}")
+    assert not wrong, "\n".join(wrong)
+    assert {"postern_smtp_auth_attempts_total", "postern_smtp_sessions_active",
+            "postern_smtp_messages_total"} <= checked, checked
 
 
 def test_every_panel_expression_parses_as_promql(tmp_path):
