@@ -1,7 +1,8 @@
 """The Helm chart (helm/postern), tested short of a Kubernetes cluster, which these machines do
 not have: ``helm lint`` and ``helm template`` with the default values and production-like ones
 (``helm/postern/ci/production-values.yaml``); every rendered object checked against the
-Kubernetes API schemas (kubernetes-validate, strict: unknown fields fail); the ``postern.toml``
+Kubernetes API schemas (kubernetes-validate, strict: unknown fields fail); the PrometheusRule
+and the dashboards ConfigMap carrying dashboards/ unchanged; the ``postern.toml``
 the chart renders accepted by ``postern config check``; typos refused; and the rendered config,
 secrets layout, user and commands run for real: ``postern serve`` as the pod's non-root user on
 a spool volume owned as ``fsGroup`` leaves it, a real PostgreSQL and Redis, the ``helm test``
@@ -108,6 +109,64 @@ def test_production_values_add_autoscaling_and_a_service_monitor_that_finds_the_
     assert selector.items() <= service["metadata"]["labels"].items()
     assert [p["name"] for p in service["spec"]["ports"]] == [monitor["spec"]["endpoints"][0]["port"]]
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+DASHBOARD_NAMES = ["abuse-and-quotas.json", "fleet-overview.json", "spool-and-dependencies.json",
+                   "transport-security.json"]
+
+
+def test_the_prometheus_rule_carries_the_alerts_of_the_dashboards_directory():
+    assert not [d for d in render() if d["kind"] == "PrometheusRule"]  # off by default
+    rule = one(render(PRODUCTION), "PrometheusRule")
+    # A CRD: kubernetes-validate has no schema for it, so its shape is checked here.
+    assert (rule["apiVersion"], rule["kind"]) == ("monitoring.coreos.com/v1", "PrometheusRule")
+    assert rule["metadata"]["name"] == "mail-postern"
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert rule["metadata"]["labels"]["app.kubernetes.io/instance"] == "mail"
+    assert list(rule["spec"]) == ["groups"]
+    alerts = yaml.safe_load((REPO / "dashboards" / "alerts.yml").read_text())
+    assert rule["spec"]["groups"] == alerts["groups"]
+    for group in rule["spec"]["groups"]:
+        assert set(group) == {"name", "rules"} and group["rules"], group
+        for r in group["rules"]:
+            assert ("alert" in r) != ("record" in r), r
+            assert isinstance(r["expr"], str) and r["expr"], r
+            allowed = {"alert", "expr", "for", "labels", "annotations"} if "alert" in r else {
+                "record", "expr", "labels"}
+            assert set(r) <= allowed, r
+            # Helm read the file as data: the alert templates reach Prometheus unrendered.
+            if "alert" in r:
+                assert "{{ $labels." in r["annotations"]["summary"], r["alert"]
+    assert len({g["name"] for g in rule["spec"]["groups"]}) == len(rule["spec"]["groups"])
+
+
+def test_the_dashboards_config_map_holds_every_dashboard_unchanged_for_the_sidecar():
+    assert not [d for d in render() if d["metadata"]["name"] == "mail-postern-dashboards"]
+    docs = render(PRODUCTION)
+    config_map = one(docs, "ConfigMap", "mail-postern-dashboards")
+    metadata = config_map["metadata"]
+    assert metadata["labels"]["grafana_dashboard"] == "1"
+    assert metadata["namespace"] == "monitoring"
+    assert metadata["annotations"] == {"grafana_folder": "Postern"}
+    assert sorted(config_map["data"]) == DASHBOARD_NAMES
+    for name in DASHBOARD_NAMES:
+        assert config_map["data"][name] == (REPO / "dashboards" / name).read_text(), name
+    # Under the 256 KiB of the last-applied annotation, so `kubectl apply` and GitOps tools
+    # that apply client-side can install it too (a ConfigMap's own limit is 1 MiB).
+    assert sum(len(v.encode()) for v in config_map["data"].values()) < 262144
+    # Without a namespace value it lands in the release's namespace.
+    default_ns = one(render(sets=("grafanaDashboards.enabled=true",)), "ConfigMap",
+                     "mail-postern-dashboards")
+    assert "namespace" not in default_ns["metadata"]
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(default_ns, version, strict=True)
+
+
+def test_a_typo_in_the_monitoring_values_fails_the_render():
+    for typo in ("prometheusRule.enable=true", "grafanaDashboards.label.x=1"):
+        result = helm("template", "mail", str(CHART), "--set", typo, check=False)
+        assert result.returncode == 1, typo
+        assert typo.split(".")[1].split("=")[0] in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
