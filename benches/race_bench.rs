@@ -36,7 +36,10 @@
 //!   opendkim; Haraka's node processes and its Redis; Postern) from the first connect until
 //!   the sink has every accepted message, divided by the messages accepted in that span.
 //!   Client µs/msg likewise, from this process's `getrusage`.
-//! - *RSS*: the sum of VmRSS of the server's processes at the end of the window.
+//! - *PSS*: memory of the server's processes at the end of the window, the sum of their
+//!   proportional set sizes (`/proc/PID/smaps_rollup`), so that pages shared by Postfix's
+//!   daemons or Haraka's workers count once. VmRSS summed over processes would count them
+//!   once per process.
 //! - *resumed*: share of TLS handshakes that resumed a session (rustls keeps tickets, as a
 //!   mail client does).
 //!
@@ -75,7 +78,7 @@ struct Options {
     #[arg(long, value_delimiter = ',', default_values_t = [Mode::Reuse, Mode::Conn])]
     modes: Vec<Mode>,
     /// Servers to run, in this order within each run.
-    #[arg(long, value_delimiter = ',', default_values_t = [Peer::Postern, Peer::Postfix, Peer::Haraka])]
+    #[arg(long, value_delimiter = ',', default_values_t = [Peer::Postern, Peer::PosternRedis, Peer::Postfix, Peer::Haraka])]
     servers: Vec<Peer>,
     /// The peers' setup script.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/race-setup.sh"))]
@@ -116,7 +119,10 @@ impl std::fmt::Display for Mode {
 /// A server under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Peer {
+    /// Quotas in the embedded store.
     Postern,
+    /// The same with `[quota] backend = "redis"` (its own redis-server, in its cgroup).
+    PosternRedis,
     Postfix,
     Haraka,
 }
@@ -125,6 +131,7 @@ impl Peer {
     fn name(self) -> &'static str {
         match self {
             Peer::Postern => "postern",
+            Peer::PosternRedis => "postern-redis",
             Peer::Postfix => "postfix",
             Peer::Haraka => "haraka",
         }
@@ -158,6 +165,7 @@ fn main() -> Result<()> {
     let plan = Plan::from(&opts);
     let cg = cgroup::Cgroups::create(&[
         "race_postern",
+        "race_postern_redis",
         "race_postfix",
         "race_haraka",
         "race_sink",
@@ -298,14 +306,15 @@ mod cgroup {
             }
         }
 
-        /// Sum of VmRSS (KiB) of the processes now in `name`.
-        pub(crate) fn rss_kib(&self, name: &str) -> u64 {
+        /// Sum of the proportional set sizes (KiB) of the processes now in `name`: pages
+        /// shared between processes (Postfix's daemons, Haraka's workers) count once in all.
+        pub(crate) fn pss_kib(&self, name: &str) -> u64 {
             let Ok(pids) = std::fs::read_to_string(self.procs(name)) else {
                 return 0;
             };
             pids.lines()
-                .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
-                .filter_map(|status| parse_vm_rss(&status))
+                .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok())
+                .filter_map(|rollup| parse_kib(&rollup, "Pss:"))
                 .sum()
         }
     }
@@ -326,9 +335,10 @@ mod cgroup {
             .map(Duration::from_micros)
     }
 
-    pub(crate) fn parse_vm_rss(status: &str) -> Option<u64> {
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        line["VmRSS:".len()..]
+    /// The KiB figure of the `field` line (e.g. `Pss:`) of a /proc file.
+    pub(crate) fn parse_kib(text: &str, field: &str) -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(field))?;
+        line[field.len()..]
             .trim()
             .trim_end_matches("kB")
             .trim()
@@ -360,8 +370,9 @@ mod rig {
         pub(crate) commands: Vec<String>,
         setup: PathBuf,
         postern_addr: SocketAddr,
+        postern_redis_addr: SocketAddr,
         sink_child: Option<Child>,
-        postern: Option<Child>,
+        children: Vec<Child>,
         started: Vec<Peer>,
         work: PathBuf,
         keep: bool,
@@ -380,7 +391,7 @@ mod rig {
             ensure!(bin.is_file(), "{} not found: cargo build --release", bin.display());
             let work = std::env::temp_dir().join(format!("postern-race-{}", std::process::id()));
             std::fs::create_dir_all(&work)?;
-            let postern_addr = free_port()?;
+            let (postern_addr, postern_redis_addr) = (free_port()?, free_port()?);
             let mut rig = Self {
                 cg,
                 sink: opts.sink,
@@ -388,8 +399,9 @@ mod rig {
                 commands: Vec::new(),
                 setup: opts.setup.clone(),
                 postern_addr,
+                postern_redis_addr,
                 sink_child: None,
-                postern: None,
+                children: Vec::new(),
                 started: Vec::new(),
                 work,
                 keep: opts.keep,
@@ -404,11 +416,13 @@ mod rig {
             rig.sink_child = Some(rig.spawn_in(
                 "race_sink",
                 Command::new(&me).arg("--sink-only").arg(opts.sink.to_string()),
+                None,
             )?);
             wait_port(opts.sink, Duration::from_secs(10))?;
 
             let config = rig.work.join("postern.toml");
-            std::fs::write(&config, postern_config(&rig.work, postern_addr, opts.sink))?;
+            let store = rig.work.join("store");
+            std::fs::write(&config, postern_config(&rig.work, &store, postern_addr, opts.sink, None))?;
             let admin = |args: &[&str]| admin(&bin, &config, args);
             admin(&["address", "add", LOGIN])?;
             // The quota is enforced on this path as in production; raised so it never refuses.
@@ -420,19 +434,40 @@ mod rig {
             admin(&["dkim", "generate", domain, "--selector", "race", "--activate"])?;
 
             if opts.servers.contains(&Peer::Postern) {
-                let mut cmd = Command::new(&bin);
-                cmd.arg("--config").arg(&config).arg("serve");
-                rig.commands
-                    .push(format!("{} --config {} serve", bin.display(), config.display()));
-                rig.postern = Some(rig.spawn_in("race_postern", &mut cmd)?);
-                wait_port(postern_addr, Duration::from_secs(30))?;
+                rig.start_postern(&bin, &config, "race_postern", postern_addr)?;
                 rig.started.push(Peer::Postern);
+            }
+            if opts.servers.contains(&Peer::PosternRedis) {
+                // Its own copy of the provisioned store, so the two servers share no file.
+                let store2 = rig.work.join("store-redis");
+                std::fs::create_dir_all(&store2)?;
+                for entry in std::fs::read_dir(&store)? {
+                    let entry = entry?;
+                    if entry.file_type()?.is_file() {
+                        std::fs::copy(entry.path(), store2.join(entry.file_name()))?;
+                    }
+                }
+                let redis = free_port()?;
+                let mut cmd = Command::new("redis-server");
+                // As Haraka's Redis: no persistence (race-setup.sh starts it the same way).
+                cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--port"])
+                    .arg(redis.port().to_string());
+                let child = rig.spawn_in("race_postern_redis", &mut cmd, None)?;
+                rig.children.push(child);
+                wait_port(redis, Duration::from_secs(10))?;
+                let work2 = rig.work.join("redis");
+                std::fs::create_dir_all(&work2)?;
+                let config2 = work2.join("postern.toml");
+                let text = postern_config(&work2, &store2, postern_redis_addr, opts.sink, Some(redis));
+                std::fs::write(&config2, text)?;
+                rig.start_postern(&bin, &config2, "race_postern_redis", postern_redis_addr)?;
+                rig.started.push(Peer::PosternRedis);
             }
             let peers: Vec<Peer> = opts
                 .servers
                 .iter()
                 .copied()
-                .filter(|p| *p != Peer::Postern)
+                .filter(|p| matches!(p, Peer::Postfix | Peer::Haraka))
                 .collect();
             if !peers.is_empty() {
                 if !opts.no_install {
@@ -451,6 +486,7 @@ mod rig {
         fn target_cgroup(&self, peer: Peer) -> &'static str {
             match peer {
                 Peer::Postern => "race_postern",
+                Peer::PosternRedis => "race_postern_redis",
                 Peer::Postfix => "race_postfix",
                 Peer::Haraka => "race_haraka",
             }
@@ -459,6 +495,7 @@ mod rig {
         pub(crate) fn target(&self, peer: Peer) -> Target {
             let addr = match peer {
                 Peer::Postern => self.postern_addr,
+                Peer::PosternRedis => self.postern_redis_addr,
                 Peer::Postfix => SocketAddr::from(([127, 0, 0, 1], POSTFIX_PORT)),
                 Peer::Haraka => SocketAddr::from(([127, 0, 0, 1], HARAKA_PORT)),
             };
@@ -468,13 +505,30 @@ mod rig {
             }
         }
 
+        fn start_postern(
+            &mut self,
+            bin: &Path,
+            config: &Path,
+            group: &str,
+            addr: SocketAddr,
+        ) -> Result<()> {
+            let mut cmd = Command::new(bin);
+            cmd.arg("--config").arg(config).arg("serve");
+            self.commands
+                .push(format!("{} --config {} serve", bin.display(), config.display()));
+            let log = config.with_file_name("postern.log");
+            let child = self.spawn_in(group, &mut cmd, Some(&log))?;
+            self.children.push(child);
+            wait_port(addr, Duration::from_secs(30))
+        }
+
         pub(crate) fn started(&self) -> &[Peer] {
             &self.started
         }
 
         /// Runs `CMD` as a member of cgroup `group`: a shell joins the group, then execs it, so
         /// every process it starts is accounted there too.
-        fn spawn_in(&self, group: &str, cmd: &mut Command) -> Result<Child> {
+        fn spawn_in(&self, group: &str, cmd: &mut Command, log: Option<&Path>) -> Result<Child> {
             let mut wrapped = Command::new("/bin/sh");
             wrapped
                 .arg("-c")
@@ -484,9 +538,8 @@ mod rig {
                 .args(cmd.get_args())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null());
-            // Postern logs to stderr: keep it beside its config.
-            if group == "race_postern" {
-                wrapped.stderr(std::fs::File::create(self.work.join("postern.log"))?);
+            if let Some(log) = log {
+                wrapped.stderr(std::fs::File::create(log)?);
             }
             wrapped.spawn().with_context(|| format!("starting {:?}", cmd.get_program()))
         }
@@ -527,11 +580,15 @@ mod rig {
 
         pub(crate) fn stop(&mut self) {
             for peer in std::mem::take(&mut self.started) {
-                if peer != Peer::Postern {
+                if matches!(peer, Peer::Postfix | Peer::Haraka) {
                     let _ = self.script(&format!("stop-{peer}"), None);
                 }
             }
-            for child in [self.postern.take(), self.sink_child.take()].into_iter().flatten() {
+            // Postern first (it may still deliver to the sink), its Redis after it.
+            for child in std::mem::take(&mut self.children) {
+                stop_child(child);
+            }
+            if let Some(child) = self.sink_child.take() {
                 stop_child(child);
             }
             if self.keep {
@@ -564,7 +621,18 @@ mod rig {
 
     /// Postern's config: submission (STARTTLS with the generated development certificate),
     /// embedded store and quotas, default spool (fsync before 250), 20 workers to the sink.
-    fn postern_config(work: &Path, submission: SocketAddr, sink: SocketAddr) -> String {
+    /// The failed-login brake counts an AUTH as failed until its check ends, so 100 sessions
+    /// logging in at once from 127.0.0.1 trip the default brake: raised, like the session caps.
+    fn postern_config(
+        work: &Path,
+        store: &Path,
+        submission: SocketAddr,
+        sink: SocketAddr,
+        redis: Option<SocketAddr>,
+    ) -> String {
+        let quota = redis
+            .map(|r| format!("[quota]\nbackend = \"redis\"\nredis_url = \"redis://{r}/\"\n"))
+            .unwrap_or_default();
         format!(
             "# written by postern-race\n\
              [listen]\nsubmission = \"{submission}\"\n\
@@ -572,8 +640,9 @@ mod rig {
              [spool]\npath = {:?}\n\
              [delivery]\nworkers = 20\nrelayhost = \"[{}]:{}\"\n\
              [limits]\nmax_sessions = 20000\nmax_sessions_per_ip = 20000\n\
-             [log]\nlevel = \"info\"\n",
-            work.join("store/postern.db"),
+             max_auth_failures_per_ip = 100000\nmax_auth_failures_per_subnet = 100000\n\
+             [log]\nlevel = \"info\"\n{quota}",
+            store.join("postern.db"),
             work.join("spool"),
             sink.ip(),
             sink.port(),
@@ -747,7 +816,7 @@ mod load {
         pub(crate) server_cores: f64,
         pub(crate) client_us_per_msg: f64,
         pub(crate) client_cores: f64,
-        pub(crate) rss_mib: f64,
+        pub(crate) pss_mib: f64,
         pub(crate) resumed: f64,
         pub(crate) errors: u64,
         pub(crate) undelivered: u64,
@@ -758,7 +827,7 @@ mod load {
     impl Measured {
         pub(crate) fn summary(&self) -> String {
             format!(
-                "accepted {:>6.0}/s delivered {:>6.0}/s p50 {:>7.2} ms p99 {:>7.2} ms server {:>6.0} µs/msg ({:.2} cores) client {:.2} cores RSS {:.0} MiB{}{}{}",
+                "accepted {:>6.0}/s delivered {:>6.0}/s p50 {:>7.2} ms p99 {:>7.2} ms server {:>6.0} µs/msg ({:.2} cores) client {:.2} cores PSS {:.0} MiB{}{}{}",
                 self.accepted_rate,
                 self.delivered_rate,
                 self.p50_ms,
@@ -766,7 +835,7 @@ mod load {
                 self.server_us_per_msg,
                 self.server_cores,
                 self.client_cores,
-                self.rss_mib,
+                self.pss_mib,
                 if self.errors > 0 {
                     format!(
                         " ERRORS {} ({})",
@@ -908,7 +977,7 @@ mod load {
         let sink_start = sink_count(rig.sink).await?;
         tokio::time::sleep_until(end.into()).await;
         let sink_end = sink_count(rig.sink).await?;
-        let rss_kib = rig.cg.rss_kib(target.cgroup);
+        let pss_kib = rig.cg.pss_kib(target.cgroup);
 
         let mut all = Tally::default();
         while let Some(t) = sessions.join_next().await {
@@ -945,7 +1014,7 @@ mod load {
             server_cores: cpu / span,
             client_us_per_msg: per_msg(own),
             client_cores: own / span,
-            rss_mib: rss_kib as f64 / 1024.0,
+            pss_mib: pss_kib as f64 / 1024.0,
             resumed: if all.handshakes > 0 {
                 all.resumed as f64 / all.handshakes as f64
             } else {
@@ -1162,7 +1231,7 @@ mod report {
                 server_cores: med(|m| m.server_cores),
                 client_us_per_msg: med(|m| m.client_us_per_msg),
                 client_cores: med(|m| m.client_cores),
-                rss_mib: med(|m| m.rss_mib),
+                pss_mib: med(|m| m.pss_mib),
                 resumed: med(|m| m.resumed),
                 errors: runs.iter().map(|m| m.errors).sum(),
                 undelivered: runs.iter().map(|m| m.undelivered).sum(),
@@ -1202,15 +1271,20 @@ mod report {
 
     pub(crate) fn print(plan: &Plan, rows: &[Row], commands: &[String]) {
         println!(
-            "## Three-way comparison (window {:.0} s after {:.1} s warm-up, median of {} run(s))\n",
+            "## Postern, Postfix and Haraka (window {:.0} s after {:.1} s warm-up, median of {} run(s))\n",
             plan.window.as_secs_f64(),
             plan.warmup.as_secs_f64(),
             plan.runs
         );
+        let peers: Vec<String> = plan.servers.iter().map(|p| format!("÷ {p}")).collect();
         println!(
-            "| case | server | accepted msg/s | delivered msg/s | runs delivered/s | p50 ms | p99 ms | server µs/msg | server cores | RSS MiB | client cores | client µs/msg | TLS resumed | delivered ÷ postern | ÷ postfix | ÷ haraka | errors | undelivered | unsigned |"
+            "| case | server | accepted msg/s | delivered msg/s | runs delivered/s | p50 ms | p99 ms | server µs/msg | server cores | PSS MiB | client cores | client µs/msg | TLS resumed | delivered {} | errors | undelivered | unsigned |",
+            peers.join(" | ")
         );
-        println!("|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!(
+            "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|{}---:|---:|---:|",
+            "---:|".repeat(plan.servers.len())
+        );
         for row in rows {
             let peer_rate = |p: Peer| {
                 rows.iter()
@@ -1219,8 +1293,13 @@ mod report {
             };
             let m = &row.m;
             let runs: Vec<String> = row.runs_delivered.iter().map(|r| format!("{r:.0}")).collect();
+            let ratios: Vec<String> = plan
+                .servers
+                .iter()
+                .map(|&p| ratio(m.delivered_rate, peer_rate(p)))
+                .collect();
             println!(
-                "| {} | {} | {:.0} | {:.0} | {} | {:.2} | {:.2} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.0}% | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {:.0} | {:.0} | {} | {:.2} | {:.2} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.0}% | {} | {} | {} | {} |",
                 row.case.label(),
                 row.peer,
                 m.accepted_rate,
@@ -1230,13 +1309,11 @@ mod report {
                 m.p99_ms,
                 m.server_us_per_msg,
                 m.server_cores,
-                m.rss_mib,
+                m.pss_mib,
                 m.client_cores,
                 m.client_us_per_msg,
                 m.resumed * 100.0,
-                ratio(m.delivered_rate, peer_rate(Peer::Postern)),
-                ratio(m.delivered_rate, peer_rate(Peer::Postfix)),
-                ratio(m.delivered_rate, peer_rate(Peer::Haraka)),
+                ratios.join(" | "),
                 m.errors,
                 m.undelivered,
                 m.unsigned,
@@ -1266,7 +1343,7 @@ mod report {
 
 #[cfg(test)]
 mod tests {
-    use super::cgroup::{parse_cpu_stat, parse_vm_rss};
+    use super::cgroup::{parse_cpu_stat, parse_kib};
     use super::load::percentile;
     use super::report::{median, ratio};
     use super::sink::parse_count;
@@ -1308,9 +1385,10 @@ mod tests {
         let stat = "usage_usec 1234567\nuser_usec 1000000\nsystem_usec 234567\n";
         assert_eq!(parse_cpu_stat(stat), Some(Duration::from_micros(1_234_567)));
         assert_eq!(parse_cpu_stat("user_usec 5\n"), None);
-        let status = "Name:\tnode\nVmHWM:\t  90000 kB\nVmRSS:\t   81234 kB\nThreads:\t11\n";
-        assert_eq!(parse_vm_rss(status), Some(81234));
-        assert_eq!(parse_vm_rss("Name:\tkthreadd\n"), None);
+        let rollup = "55d0-7ffd [rollup]\nRss:               81234 kB\nPss:               40001 kB\nPss_Anon:          30000 kB\n";
+        assert_eq!(parse_kib(rollup, "Pss:"), Some(40001));
+        assert_eq!(parse_kib(rollup, "Rss:"), Some(81234));
+        assert_eq!(parse_kib("Name:\tkthreadd\n", "Pss:"), None);
     }
 }
 
