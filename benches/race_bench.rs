@@ -244,7 +244,12 @@ impl Plan {
                     let m = load::measure(rig, &target, case, self.warmup, self.window)
                         .await
                         .with_context(|| format!("{} {} run {run}", case.label(), peer))?;
-                    eprintln!("  {:<16} {:<8} run {run}: {}", case.label(), peer, m.summary());
+                    eprintln!(
+                        "  {:<16} {:<8} run {run}: {}",
+                        case.label(),
+                        peer,
+                        m.summary()
+                    );
                     runs[i].push(m);
                 }
             }
@@ -388,7 +393,11 @@ mod rig {
                 Some(p) => p.clone(),
                 None => std::env::current_exe()?.with_file_name("postern"),
             };
-            ensure!(bin.is_file(), "{} not found: cargo build --release", bin.display());
+            ensure!(
+                bin.is_file(),
+                "{} not found: cargo build --release",
+                bin.display()
+            );
             let work = std::env::temp_dir().join(format!("postern-race-{}", std::process::id()));
             std::fs::create_dir_all(&work)?;
             let (postern_addr, postern_redis_addr) = (free_port()?, free_port()?);
@@ -413,25 +422,42 @@ mod rig {
                 );
             }
             let me = std::env::current_exe()?;
-            rig.sink_child = Some(rig.spawn_in(
-                "race_sink",
-                Command::new(&me).arg("--sink-only").arg(opts.sink.to_string()),
-                None,
-            )?);
+            rig.sink_child = Some(
+                rig.spawn_in(
+                    "race_sink",
+                    Command::new(&me)
+                        .arg("--sink-only")
+                        .arg(opts.sink.to_string()),
+                    None,
+                )?,
+            );
             wait_port(opts.sink, Duration::from_secs(10))?;
 
             let config = rig.work.join("postern.toml");
             let store = rig.work.join("store");
-            std::fs::write(&config, postern_config(&rig.work, &store, postern_addr, opts.sink, None))?;
+            std::fs::write(
+                &config,
+                postern_config(&rig.work, &store, postern_addr, opts.sink, None),
+            )?;
             let admin = |args: &[&str]| admin(&bin, &config, args);
             admin(&["address", "add", LOGIN])?;
             // The quota is enforced on this path as in production; raised so it never refuses.
             admin(&["limit", "set", LOGIN, "--daily", "4000000000"])?;
             let out = admin(&["device", "add", LOGIN, "--name", "race"])?;
             rig.password = out.lines().last().unwrap_or_default().trim().to_string();
-            ensure!(!rig.password.is_empty(), "`postern device add` printed no password");
+            ensure!(
+                !rig.password.is_empty(),
+                "`postern device add` printed no password"
+            );
             let domain = LOGIN.split('@').nth(1).unwrap_or_default();
-            admin(&["dkim", "generate", domain, "--selector", "race", "--activate"])?;
+            admin(&[
+                "dkim",
+                "generate",
+                domain,
+                "--selector",
+                "race",
+                "--activate",
+            ])?;
 
             if opts.servers.contains(&Peer::Postern) {
                 rig.start_postern(&bin, &config, "race_postern", postern_addr)?;
@@ -450,15 +476,24 @@ mod rig {
                 let redis = free_port()?;
                 let mut cmd = Command::new("redis-server");
                 // As Haraka's Redis: no persistence (race-setup.sh starts it the same way).
-                cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--port"])
-                    .arg(redis.port().to_string());
+                cmd.args([
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--port",
+                ])
+                .arg(redis.port().to_string());
                 let child = rig.spawn_in("race_postern_redis", &mut cmd, None)?;
                 rig.children.push(child);
                 wait_port(redis, Duration::from_secs(10))?;
                 let work2 = rig.work.join("redis");
                 std::fs::create_dir_all(&work2)?;
                 let config2 = work2.join("postern.toml");
-                let text = postern_config(&work2, &store2, postern_redis_addr, opts.sink, Some(redis));
+                let text =
+                    postern_config(&work2, &store2, postern_redis_addr, opts.sink, Some(redis));
                 std::fs::write(&config2, text)?;
                 rig.start_postern(&bin, &config2, "race_postern_redis", postern_redis_addr)?;
                 rig.started.push(Peer::PosternRedis);
@@ -514,8 +549,11 @@ mod rig {
         ) -> Result<()> {
             let mut cmd = Command::new(bin);
             cmd.arg("--config").arg(config).arg("serve");
-            self.commands
-                .push(format!("{} --config {} serve", bin.display(), config.display()));
+            self.commands.push(format!(
+                "{} --config {} serve",
+                bin.display(),
+                config.display()
+            ));
             let log = config.with_file_name("postern.log");
             let child = self.spawn_in(group, &mut cmd, Some(&log))?;
             self.children.push(child);
@@ -541,7 +579,9 @@ mod rig {
             if let Some(log) = log {
                 wrapped.stderr(std::fs::File::create(log)?);
             }
-            wrapped.spawn().with_context(|| format!("starting {:?}", cmd.get_program()))
+            wrapped
+                .spawn()
+                .with_context(|| format!("starting {:?}", cmd.get_program()))
         }
 
         /// `race-setup.sh STEP`, in `group` when given.
@@ -879,7 +919,10 @@ mod load {
             let (mut client, _) = Client::submission(target.addr, &tls, &rig.password)
                 .await
                 .with_context(|| format!("sanity: {peer} submission"))?;
-            client.send_message(&message).await.with_context(|| format!("sanity: {peer}"))?;
+            client
+                .send_message(&message)
+                .await
+                .with_context(|| format!("sanity: {peer}"))?;
             client.quit().await;
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
@@ -896,7 +939,9 @@ mod load {
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            eprintln!("sanity: {peer}: STARTTLS, AUTH PLAIN, 250, delivered to the sink with DKIM-Signature");
+            eprintln!(
+                "sanity: {peer}: STARTTLS, AUTH PLAIN, 250, delivered to the sink with DKIM-Signature"
+            );
         }
         Ok(())
     }
@@ -952,10 +997,10 @@ mod load {
                             if done >= start && done < end {
                                 tally.latencies.push(latency);
                             }
-                            if mode == Mode::Conn {
-                                if let Some(c) = client.take() {
-                                    c.quit().await;
-                                }
+                            if mode == Mode::Conn
+                                && let Some(c) = client.take()
+                            {
+                                c.quit().await;
                             }
                         }
                         Err(e) => {
@@ -999,7 +1044,11 @@ mod load {
             sink1 = sink_count(rig.sink).await?;
         }
         let span = t0.elapsed().as_secs_f64();
-        let cpu = rig.cg.cpu(target.cgroup)?.saturating_sub(cpu0).as_secs_f64();
+        let cpu = rig
+            .cg
+            .cpu(target.cgroup)?
+            .saturating_sub(cpu0)
+            .as_secs_f64();
         let own = own_cpu().saturating_sub(own0).as_secs_f64();
         let delivered = sink1.0 - sink0.0;
         let signed = sink1.1 - sink0.1;
@@ -1099,9 +1148,10 @@ mod load {
             let mut lines = Vec::new();
             loop {
                 self.line.clear();
-                let n = tokio::time::timeout(REPLY_TIMEOUT, self.io.read_until(b'\n', &mut self.line))
-                    .await
-                    .context("reply timed out")??;
+                let n =
+                    tokio::time::timeout(REPLY_TIMEOUT, self.io.read_until(b'\n', &mut self.line))
+                        .await
+                        .context("reply timed out")??;
                 ensure!(n > 0, "connection closed by the server");
                 let text = String::from_utf8_lossy(&self.line).trim_end().to_string();
                 let Some(code) = text.get(..3).and_then(|c| c.parse::<u16>().ok()) else {
@@ -1187,19 +1237,24 @@ mod load {
             plain.ehlo().await?;
             plain.send(b"STARTTLS\r\n").await?;
             plain.expect(220, "STARTTLS").await?;
-            ensure!(plain.io.buffer().is_empty(), "bytes after the STARTTLS reply");
+            ensure!(
+                plain.io.buffer().is_empty(),
+                "bytes after the STARTTLS reply"
+            );
             let name = rustls::pki_types::ServerName::try_from("localhost")?;
             let stream = tls
                 .connect(name, plain.io.into_inner())
                 .await
                 .context("TLS handshake")?;
-            let resumed = stream.get_ref().1.handshake_kind()
-                == Some(rustls::HandshakeKind::Resumed);
+            let resumed =
+                stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
             let mut client = Client::new(stream);
             client.ehlo().await?;
-            let token = base64::engine::general_purpose::STANDARD
-                .encode(format!("\0{LOGIN}\0{password}"));
-            client.send(format!("AUTH PLAIN {token}\r\n").as_bytes()).await?;
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("\0{LOGIN}\0{password}"));
+            client
+                .send(format!("AUTH PLAIN {token}\r\n").as_bytes())
+                .await?;
             client.expect(235, "AUTH PLAIN").await?;
             Ok((client, resumed))
         }
@@ -1292,7 +1347,11 @@ mod report {
                     .map(|r| r.m.delivered_rate)
             };
             let m = &row.m;
-            let runs: Vec<String> = row.runs_delivered.iter().map(|r| format!("{r:.0}")).collect();
+            let runs: Vec<String> = row
+                .runs_delivered
+                .iter()
+                .map(|r| format!("{r:.0}"))
+                .collect();
             let ratios: Vec<String> = plan
                 .servers
                 .iter()
@@ -1391,4 +1450,3 @@ mod tests {
         assert_eq!(parse_kib("Name:\tkthreadd\n", "Pss:"), None);
     }
 }
-
