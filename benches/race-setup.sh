@@ -61,7 +61,7 @@ kill_pidfile() {
 install() {
   local need=()
   for b in /usr/sbin/postfix /usr/sbin/dovecot /usr/sbin/opendkim /usr/sbin/opendkim-genkey \
-    /usr/bin/redis-server /usr/bin/npm /usr/bin/unshare; do
+    /usr/bin/redis-server /usr/bin/unshare; do
     [ -x "$b" ] || need+=("$b")
   done
   if [ ${#need[@]} -gt 0 ]; then
@@ -69,7 +69,15 @@ install() {
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix dovecot-core opendkim \
-      opendkim-tools redis-server nodejs npm util-linux openssl >/dev/null
+      opendkim-tools redis-server util-linux openssl >/dev/null
+  fi
+  # Haraka 3.3 declares "node": ">=20"; Debian 12's own nodejs is 18, so it is not installed here.
+  local major
+  major=$(node --version 2>/dev/null | sed 's/^v\([0-9]*\).*/\1/')
+  if [ -z "$major" ] || [ "$major" -lt 20 ] || ! command -v npm >/dev/null; then
+    echo "Haraka $HARAKA_VERSION needs Node.js >= 20 with npm (found: ${major:-none});" \
+      "Debian 12 ships 18: install Node.js 20 (e.g. the NodeSource package) first" >&2
+    exit 1
   fi
   if [ ! -x "$HARAKA_PREFIX/node_modules/.bin/haraka" ]; then
     log "npm install Haraka@$HARAKA_VERSION into $HARAKA_PREFIX"

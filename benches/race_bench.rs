@@ -19,7 +19,8 @@
 //! arrived with a `DKIM-Signature:` header.
 //! - Postern: `postern serve`, submission listener, embedded store and quotas, an active DKIM
 //!   key (`postern dkim generate --activate`), spool fsync before every `250`, 20 delivery
-//!   workers to `relayhost` = the sink.
+//!   workers to `relayhost` = the sink. `postern-redis`: the same with `[quota] backend =
+//!   "redis"` and a redis-server of its own (no persistence, as Haraka's), in its cgroup.
 //! - Postfix: see race-setup.sh (TLS required, Dovecot SASL, opendkim milter, relayhost).
 //! - Haraka: see race-setup.sh (tls, auth/flat_file, dkim, limit in Redis, smtp_forward).
 //!   Haraka has no durable queue on this path: it answers `250` after the sink did.
