@@ -294,17 +294,10 @@ pub async fn watch_revocations(shared: Arc<Shared>) {
             if applied {
                 shared.metrics.revocation_applied(revocation);
             } else {
-                // Not applied yet: the next check's, unless an earlier write came meanwhile.
-                let _ = shared.revocation_written_ms.fetch_update(
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                    |now| {
-                        Some(if now == 0 {
-                            revocation
-                        } else {
-                            now.min(revocation)
-                        })
-                    },
+                // Not applied yet: the next check's to time.
+                crate::store::postgres::changes::keep_earliest(
+                    &shared.revocation_written_ms,
+                    revocation,
                 );
             }
         }

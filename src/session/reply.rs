@@ -4,6 +4,11 @@
 //! provider's FAQ promises (`573 Antispam: ...`, `452 4.5.3 Too many recipients`, ...) live in
 //! one place and tests can assert whole lines. Every reply carries an RFC 3463 enhanced status
 //! code except the FAQ's `573`, whose exact text clients and the FAQ already know.
+//!
+//! Each refusal also names its [`Rejection`] (the `reason` of `postern_smtp_rejections_total`),
+//! so the mapping from replies to the bounded reason set is this file: a new refusal is built
+//! with `refuse` and its reason, never with `one`, unless it answers no command (timeouts,
+//! shutdown, revocation, PROXY header refusals).
 
 use crate::metrics::Rejection;
 use std::borrow::Cow;

@@ -50,15 +50,7 @@ impl Listeners {
             cache.changed();
         }
         if let Some(written_ms) = revoking_write_time(payload) {
-            let _ = self
-                .revoking
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |pending| {
-                    Some(if pending == 0 {
-                        written_ms
-                    } else {
-                        pending.min(written_ms)
-                    })
-                });
+            keep_earliest(&self.revoking, written_ms);
         }
         self.changed.notify_one();
     }
@@ -68,6 +60,18 @@ impl Listeners {
             cache.notifications_down();
         }
     }
+}
+
+/// Records a revoking write's time (Unix ms) in `pending` unless an earlier one waits there
+/// (0: none waits): the apply is timed from the oldest write it covers.
+pub fn keep_earliest(pending: &AtomicU64, written_ms: u64) {
+    let _ = pending.fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+        Some(if now == 0 {
+            written_ms
+        } else {
+            now.min(written_ms)
+        })
+    });
 }
 
 /// The write time of a revoking change from its payload, `GENERATION KIND WRITTEN_MS` (see
