@@ -30,7 +30,7 @@ use anyhow::Context;
 use control::ControlState;
 use drain::DrainSignal;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -83,6 +83,23 @@ struct Running {
 async fn start(config: Arc<Config>) -> anyhow::Result<Running> {
     let metrics = Metrics::new();
     let store = ConfiguredStore::open(&config)?;
+    let mut listeners: Vec<&str> = [
+        (Role::Submission, config.listen.submission),
+        (Role::Submissions, config.listen.submissions),
+        (Role::Relay, config.listen.relay),
+    ]
+    .into_iter()
+    .filter(|(_, addr)| addr.is_some())
+    .map(|(role, _)| role.name())
+    .collect();
+    if config.listen.handoff.is_some() {
+        listeners.push("handoff");
+    }
+    metrics.listeners_configured(&listeners);
+    if let ConfiguredStore::Postgres(pg) = &store {
+        metrics.postgres_configured();
+        pg.observe(metrics.clone());
+    }
     let directory_ok = check_directory_at_start(&store).await?;
     let spool = Spool::open(&config.spool, metrics.clone())
         .with_context(|| format!("spool.path {}", config.spool.path.display()))?;
@@ -102,7 +119,7 @@ async fn start(config: Arc<Config>) -> anyhow::Result<Running> {
     let Counters {
         quota,
         brakes: brake_store,
-    } = open_counters_or_connect_later(&quota_store_config(&config)?)
+    } = open_counters_or_connect_later(&quota_store_config(&config, Some(&metrics))?)
         .await
         .context("quota")?;
 
@@ -131,6 +148,7 @@ async fn start(config: Arc<Config>) -> anyhow::Result<Running> {
     let readiness = Readiness::default();
     let draining = Arc::new(AtomicBool::new(false));
     let directory_changed = Arc::new(tokio::sync::Notify::new());
+    let revocation_written_ms = Arc::new(AtomicU64::new(0));
     let (directory, directory_cache) = store
         .serving_directory(config.store.cache_ttl, &metrics)
         .context("directory cache")?;
@@ -148,6 +166,7 @@ async fn start(config: Arc<Config>) -> anyhow::Result<Running> {
         shutdown: intake.clone(),
         directory_generation: Default::default(),
         directory_changed: directory_changed.clone(),
+        revocation_written_ms: revocation_written_ms.clone(),
     });
 
     let sessions = TaskTracker::new();
@@ -181,6 +200,7 @@ async fn start(config: Arc<Config>) -> anyhow::Result<Running> {
             crate::store::postgres::changes::Listeners {
                 changed: directory_changed,
                 cache: directory_cache,
+                revoking: revocation_written_ms,
             },
             rest.clone(),
         ));
@@ -296,13 +316,17 @@ impl Running {
 /// # Errors
 /// The backend cannot be opened or reached.
 pub async fn open_quota(config: &Config) -> anyhow::Result<Arc<dyn QuotaStore>> {
-    open_quota_store(&quota_store_config(config)?)
+    open_quota_store(&quota_store_config(config, None)?)
         .await
         .context("quota")
 }
 
 /// The backend and settings named by `[quota]`.
-fn quota_store_config(config: &Config) -> anyhow::Result<QuotaStoreConfig> {
+/// `metrics`: `serve`'s, for a Redis backend's round trips; `None` for the CLI.
+fn quota_store_config(
+    config: &Config,
+    metrics: Option<&Metrics>,
+) -> anyhow::Result<QuotaStoreConfig> {
     let q = &config.quota;
     let backend = match q.backend {
         QuotaBackendName::Embedded => QuotaBackend::Embedded {
@@ -323,6 +347,12 @@ fn quota_store_config(config: &Config) -> anyhow::Result<QuotaStoreConfig> {
         hold_ttl_ms: q.hold_ttl.as_millis() as u64,
     };
     settings.redis_password = q.redis_password()?.map(RedisPassword);
+    if let Some(metrics) = metrics
+        && !matches!(settings.backend, QuotaBackend::Embedded { .. })
+    {
+        metrics.redis_configured();
+        settings.metrics = Some(metrics.clone());
+    }
     Ok(settings)
 }
 

@@ -82,6 +82,9 @@ pub struct ClientSettings {
     pub command_timeout: Duration,
     /// rustls configuration for STARTTLS under [`TlsPolicy::Opportunistic`].
     pub tls_config: Arc<rustls::ClientConfig>,
+    /// Where transactions are timed (`postern_delivery_smtp_transaction_seconds`); `None`
+    /// for the hand-off client, whose transfers are not deliveries.
+    pub metrics: Option<crate::metrics::Metrics>,
 }
 
 /// The envelope of one transaction.
@@ -728,6 +731,7 @@ pub(super) struct Session {
     /// False once the conversation is in an unknown state (inside DATA, after an error):
     /// QUIT would then be read as message text, so the connection is only closed.
     usable: bool,
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 impl Session {
@@ -751,6 +755,7 @@ impl Session {
             buf: Vec::with_capacity(1024),
             command_timeout: settings.command_timeout,
             usable: true,
+            metrics: settings.metrics.clone(),
         })
     }
 
@@ -989,20 +994,41 @@ impl Session {
             let none = RecipientOutcome::permanent(EnhancedCode::new(5, 1, 3), "no recipient");
             return Ok(outcomes.finish(&none));
         }
+        // Timed from MAIL FROM to the transaction's last reply: what the peer made us wait.
+        let start = Instant::now();
+        let answered = self
+            .envelope_and_message(peer, txn, ext, source, &sendable, &mut outcomes)
+            .await;
+        if let Some(metrics) = &self.metrics {
+            metrics.smtp_transaction(answered.is_ok(), start.elapsed().as_secs_f64());
+        }
+        Ok(outcomes.finish(&answered?))
+    }
+
+    /// The envelope, then the message when a recipient was accepted: the outcome for the
+    /// recipients that have none yet.
+    async fn envelope_and_message<S: MessageSource>(
+        &mut self,
+        peer: &Peer,
+        txn: &Transaction<'_>,
+        ext: &Extensions,
+        source: &S,
+        sendable: &[usize],
+        outcomes: &mut Outcomes,
+    ) -> Result<RecipientOutcome, ClientError> {
         let answer = self
-            .send_envelope(peer, txn, ext, &sendable, &mut outcomes)
+            .send_envelope(peer, txn, ext, sendable, outcomes)
             .await?;
         match answer {
-            EnvelopeAnswer::MailRefused(outcome) => Ok(outcomes.finish(&outcome)),
+            EnvelopeAnswer::MailRefused(outcome) => Ok(outcome),
             EnvelopeAnswer::Recipients { accepted: 0 } => {
                 // Every recipient has its RCPT reply; the fallback is never used.
-                let unused = RecipientOutcome::temporary(EnhancedCode::new(4, 0, 0), "no reply");
-                Ok(outcomes.finish(&unused))
+                Ok(RecipientOutcome::temporary(
+                    EnhancedCode::new(4, 0, 0),
+                    "no reply",
+                ))
             }
-            EnvelopeAnswer::Recipients { .. } => {
-                let end = self.send_message(peer, source).await?;
-                Ok(outcomes.finish(&end))
-            }
+            EnvelopeAnswer::Recipients { .. } => self.send_message(peer, source).await,
         }
     }
 

@@ -157,6 +157,7 @@ async fn open_session(config: &Config, peer: &str) -> Result<Session, SessionFai
         connect_timeout: config.delivery.connect_timeout,
         command_timeout: config.delivery.command_timeout,
         tls_config,
+        metrics: None,
     };
     let mut session = Session::connect(&settings, &target).await?;
     let greeting = session.read_reply(Command::Greeting).await?;

@@ -220,6 +220,7 @@ pub async fn run(
             connect_timeout: config.delivery.connect_timeout,
             command_timeout: config.delivery.command_timeout,
             tls_config,
+            metrics: Some(metrics.clone()),
         },
         spool,
         config,
@@ -282,10 +283,12 @@ async fn start_delivery_log(
     let retention = config.delivery_log.retention;
     let for_open = config.clone();
     let for_writer = metrics.clone();
+    let for_store = metrics.clone();
     let started = tokio::task::spawn_blocking(move || {
         log::LogWriter::start(
             move || {
-                crate::store::configured::open_delivery_log(&for_open).map_err(|e| e.to_string())
+                crate::store::configured::open_delivery_log(&for_open, Some(&for_store))
+                    .map_err(|e| e.to_string())
             },
             retention,
             for_writer,
@@ -1083,6 +1086,11 @@ impl Worker {
                     }
                     Verdict::Permanent => RecipientStatus::Failed,
                 };
+                // Final outcomes only: a failure kept pending is counted when it bounces.
+                if matches!(status, RecipientStatus::Delivered | RecipientStatus::Failed) {
+                    self.metrics
+                        .delivery_finished(result_label(outcome.verdict), envelope.received_at_ms);
+                }
                 results.push(RecipientResult {
                     index: *index,
                     status,

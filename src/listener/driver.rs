@@ -174,7 +174,12 @@ impl<'a> SessionDriver<'a> {
         while let Some(event) = self.session.poll_event() {
             match self.handler.handle(&mut self.session, event).await {
                 None => {}
-                Some(SocketEvent::Reply(reply)) => reply.write_to(&mut self.out),
+                Some(SocketEvent::Reply(reply)) => {
+                    if let Some(reason) = reply.refusal() {
+                        self.handler.shared().metrics.rejected(reason);
+                    }
+                    reply.write_to(&mut self.out);
+                }
                 Some(SocketEvent::StartTls) => self.start_tls().await?,
                 Some(SocketEvent::Close) => {
                     let _ = self.connection.write_all(&self.out).await;

@@ -409,7 +409,9 @@ impl<'a> EventHandler<'a> {
             }
         };
         let outcome = self.sign_and_spool(session, transfer, message).await;
-        if let CommitOutcome::Failed | CommitOutcome::StorageFull = outcome {
+        if let CommitOutcome::Failed | CommitOutcome::SigningFailed | CommitOutcome::StorageFull =
+            outcome
+        {
             self.metering.refund(shared, counted).await;
         }
         outcome
@@ -473,7 +475,7 @@ impl<'a> EventHandler<'a> {
                     dkim: &dkim,
                 },
             );
-            return CommitOutcome::Failed;
+            return CommitOutcome::SigningFailed;
         }
         let prefix = match &signing {
             Signing::Signed { fields, .. } => format!("{}{fields}{}", prefix.trace, prefix.added),

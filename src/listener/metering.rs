@@ -239,6 +239,9 @@ impl Meter {
             }
             Ok(quota::QuotaHold::Full { retry_at_ms }) => {
                 shared.metrics.quota_hold("full");
+                shared
+                    .metrics
+                    .quota_refused(matches!(self.identity, QuotaIdentity::Hosting(_)));
                 tracing::info!(identity = %self.key, limit = self.limit, "daily quota reached");
                 HoldOutcome::Full {
                     limit: self.limit,

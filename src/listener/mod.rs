@@ -79,6 +79,9 @@ pub struct Shared {
     /// Woken by the directory's change notifications (PostgreSQL `LISTEN`): the revocation
     /// watcher then checks at once instead of at its next tick.
     pub directory_changed: Arc<tokio::sync::Notify>,
+    /// The write time (Unix ms, the database's clock; 0: none) of the earliest revoking
+    /// change notified and not yet applied, for `postern_directory_revocation_apply_seconds`.
+    pub revocation_written_ms: Arc<AtomicU64>,
 }
 
 /// Binds a listener, with a message naming the role on failure.
@@ -160,6 +163,9 @@ async fn admit_and_drive(shared: Arc<Shared>, mut stream: TcpStream, peer: Socke
                 Refusal::ConnectionRate => (Reply::connection_rate_exceeded(), "connection_rate"),
             };
             shared.metrics.connection_rejected(label);
+            if let Some(reason) = reply.refusal() {
+                shared.metrics.rejected(reason);
+            }
             tracing::info!(client_ip = %peer.ip(), listener = role.name(), reason = label, "connection refused");
             // On 465 the client speaks TLS from its first byte: plaintext would only garble its
             // handshake, and a handshake per refused connection is what an overloaded server
@@ -256,26 +262,44 @@ pub async fn watch_revocations(shared: Arc<Shared>) {
             _ = shared.directory_changed.notified() => {}
         }
         shared.brakes.prune();
+        // Taken before the check: a revocation notified during it is applied by the next one.
+        let revocation = shared.revocation_written_ms.swap(0, Ordering::AcqRel);
         match shared.directory.generation().await {
-            Ok(generation) => shared
-                .directory_generation
-                .store(generation, Ordering::Release),
+            Ok(generation) => {
+                shared
+                    .directory_generation
+                    .store(generation, Ordering::Release);
+                shared.metrics.set_directory_generation(generation);
+            }
             Err(e) => tracing::warn!(error = %e, "directory generation unavailable; will retry"),
         }
         let credentials = shared.registry.credentials();
-        if credentials.is_empty() {
-            continue;
-        }
-        match shared.directory.live_credentials(&credentials).await {
-            Ok(valid) => {
-                let cut = shared.registry.cut_all_except(&credentials, &valid);
-                for _ in 0..cut {
-                    shared.metrics.session_revoked();
+        let applied = credentials.is_empty()
+            || match shared.directory.live_credentials(&credentials).await {
+                Ok(valid) => {
+                    let cut = shared.registry.cut_all_except(&credentials, &valid);
+                    for _ in 0..cut {
+                        shared.metrics.session_revoked();
+                    }
+                    true
                 }
+                // Fail open for *existing* sessions only: a store hiccup must not drop every
+                // client; new logins still need the store to answer.
+                Err(e) => {
+                    tracing::warn!(error = %e, "revocation check failed; will retry");
+                    false
+                }
+            };
+        if revocation != 0 {
+            if applied {
+                shared.metrics.revocation_applied(revocation);
+            } else {
+                // Not applied yet: the next check's to time.
+                crate::store::postgres::changes::keep_earliest(
+                    &shared.revocation_written_ms,
+                    revocation,
+                );
             }
-            // Fail open for *existing* sessions only: a store hiccup must not drop every
-            // client; new logins still need the store to answer.
-            Err(e) => tracing::warn!(error = %e, "revocation check failed; will retry"),
         }
     }
 }

@@ -213,6 +213,8 @@ pub enum CommitOutcome {
     Queued(String),
     /// Not stored; the client should retry.
     Failed,
+    /// Not stored because DKIM signing failed (fail closed); the client should retry.
+    SigningFailed,
     /// Not stored: the spool's file system is full (452); the client should retry later.
     StorageFull,
     /// Not counted against the quota (the quota service did not answer): not accepted.
@@ -509,6 +511,7 @@ impl Session {
         match outcome {
             CommitOutcome::Queued(id) => self.reply(Reply::queued(&id)),
             CommitOutcome::Failed => self.reply(Reply::spool_failed()),
+            CommitOutcome::SigningFailed => self.reply(Reply::signing_failed()),
             CommitOutcome::StorageFull => self.reply(Reply::insufficient_storage()),
             CommitOutcome::QuotaUnavailable => self.reply(Reply::quota_unavailable()),
             CommitOutcome::QuotaFull { limit, retry_after } => {

@@ -19,7 +19,7 @@ use super::files::{self, fsync_dir, private_dir, private_options};
 use super::record::{self, DoneRecord, Position, RecordKey, UpdateRecord};
 use super::replay::{self, Replayed};
 use super::{Envelope, QueueItem, QueuedMessage, RecipientResult, RecipientStatus, SpoolId, key};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, QueueState};
 use crate::unix_time::unix_ms;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File};
@@ -182,6 +182,24 @@ impl Index {
         }
     }
 
+    /// The queue by state at `now_ms`: ready (due or in flight) and deferred (a retry time
+    /// still ahead), each with its oldest acceptance time. One pass over the index, made when
+    /// `/metrics` is rendered (a scrape every few seconds), not at every commit.
+    pub(super) fn queue_state(&self, now_ms: u64) -> QueueState {
+        let mut queue = QueueState::default();
+        for entry in self.messages.values() {
+            let received = entry.envelope.received_at_ms;
+            let (count, oldest) = if entry.in_flight || entry.next_attempt_ms <= now_ms {
+                (&mut queue.ready, &mut queue.ready_oldest_ms)
+            } else {
+                (&mut queue.deferred, &mut queue.deferred_oldest_ms)
+            };
+            *count += 1;
+            *oldest = Some(oldest.map_or(received, |o: u64| o.min(received)));
+        }
+        queue
+    }
+
     /// When the oldest live message was accepted (Unix ms); `None` when there is none.
     pub(super) fn oldest_received_ms(&self) -> Option<u64> {
         self.by_received.first().map(|(ms, _)| *ms)
@@ -237,8 +255,14 @@ impl Journal {
         } = replay::replay(root, &key, &mut index)?;
         replay::remove_orphan_data_files(root, &index);
         let next_seq = segments.last().map_or(1, |s| s + 1);
-        let active = Segment::create(root, next_seq)?;
+        let active = Segment::create(root, next_seq, &metrics)?;
         let index = Arc::new(Mutex::new(index));
+        let queued = Arc::downgrade(&index);
+        metrics.set_queue_source(move |now_ms| {
+            queued.upgrade().map_or_else(QueueState::default, |index| {
+                index.lock().expect("spool index lock").queue_state(now_ms)
+            })
+        });
         let due_changed = Arc::new(Notify::new());
         let healthy = Arc::new(AtomicBool::new(true));
         let live = Arc::new(AtomicUsize::new(0));
@@ -524,7 +548,7 @@ struct Segment {
 }
 
 impl Segment {
-    fn create(root: &Path, seq: u64) -> Result<Self, SpoolError> {
+    fn create(root: &Path, seq: u64, metrics: &Metrics) -> Result<Self, SpoolError> {
         let file = private_options()
             .create_new(true)
             .append(true)
@@ -532,7 +556,7 @@ impl Segment {
             .open(segment_path(root, seq))
             .map_err(SpoolError::io("create segment"))?;
         files::make_private(&file).map_err(SpoolError::io("set segment mode"))?;
-        fsync_dir(&root.join("journal"))?;
+        metrics.timed_fsync(|| fsync_dir(&root.join("journal")))?;
         Ok(Self { seq, file, len: 0 })
     }
 
@@ -805,11 +829,12 @@ impl Committer {
     /// Appends a batch and makes it durable; data files it refers to are made durable first
     /// (their directory entry), so no record ever points at a file a crash could lose.
     fn write_batch(&mut self, batch: &Batch) -> Result<(), SpoolError> {
+        let metrics = &self.metrics;
         if batch.sync_data_dir {
-            fsync_dir(&self.root.join("data"))?;
+            metrics.timed_fsync(|| fsync_dir(&self.root.join("data")))?;
         }
         self.active.append(&batch.bytes)?;
-        self.active.sync()
+        metrics.timed_fsync(|| self.active.sync())
     }
 
     fn refuse_batch(&mut self, replies: Vec<Reply>, e: &SpoolError) {
@@ -875,7 +900,7 @@ impl Committer {
     }
 
     fn roll(&mut self) -> Result<(), SpoolError> {
-        let next = Segment::create(&self.root, self.active.seq + 1)?;
+        let next = Segment::create(&self.root, self.active.seq + 1, &self.metrics)?;
         self.index
             .lock()
             .expect("spool index lock")
@@ -985,7 +1010,7 @@ impl Committer {
         }
         if !moved.is_empty() {
             self.active.append(&buf)?;
-            self.active.sync()?;
+            self.metrics.timed_fsync(|| self.active.sync())?;
             self.active.len += buf.len() as u64;
         }
         {
@@ -1028,7 +1053,11 @@ impl Committer {
                 .remove(&oldest);
             deleted = true;
         }
-        if deleted && let Err(e) = fsync_dir(&self.root.join("journal")) {
+        if deleted
+            && let Err(e) = self
+                .metrics
+                .timed_fsync(|| fsync_dir(&self.root.join("journal")))
+        {
             tracing::warn!(error = %e, "spool: fsync of the journal directory failed");
         }
     }
@@ -1087,5 +1116,40 @@ mod index_tests {
         index.remove(&SpoolId("B".into()));
         assert_eq!(index.oldest_received_ms(), None);
         assert!(index.by_received.is_empty());
+    }
+    #[test]
+    fn queue_state_splits_ready_and_deferred_by_the_clock() {
+        let mut index = Index::default();
+        assert_eq!(index.queue_state(5_000), QueueState::default());
+        // Due since its arrival.
+        index.insert(entry("READY", 3_000));
+        // In flight (being delivered) counts as ready whatever its schedule.
+        let mut busy = entry("BUSY", 1_000);
+        busy.in_flight = true;
+        busy.next_attempt_ms = 99_000;
+        index.insert(busy);
+        // Waiting for a retry at 10_000.
+        let mut later = entry("LATER", 2_000);
+        later.next_attempt_ms = 10_000;
+        index.insert(later);
+        assert_eq!(
+            index.queue_state(5_000),
+            QueueState {
+                ready: 2,
+                ready_oldest_ms: Some(1_000),
+                deferred: 1,
+                deferred_oldest_ms: Some(2_000),
+            }
+        );
+        // Its retry time came: ready by the clock alone.
+        assert_eq!(
+            index.queue_state(10_000),
+            QueueState {
+                ready: 3,
+                ready_oldest_ms: Some(1_000),
+                deferred: 0,
+                deferred_oldest_ms: None,
+            }
+        );
     }
 }

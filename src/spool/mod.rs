@@ -327,6 +327,8 @@ impl Drop for MessageBody {
 /// The spool handle; clones share one spool.
 #[derive(Clone)]
 pub struct Spool {
+    /// For the data files' fsync times (the journal times its own).
+    metrics: Metrics,
     journal: Arc<journal::Journal>,
     inline_max: u64,
     ids: Arc<IdGenerator>,
@@ -343,9 +345,11 @@ impl Spool {
             &config.path,
             config.commit_batch,
             config.segment_max_bytes,
-            metrics,
+            metrics.clone(),
         )?;
+        metrics.set_spool_path(&config.path);
         Ok(Self {
+            metrics,
             journal: Arc::new(journal),
             inline_max: config.inline_max_bytes,
             ids: Arc::new(IdGenerator::new()),
@@ -388,10 +392,10 @@ impl Spool {
             Some((mut file, tmp_path)) => {
                 let synced = async {
                     file.flush().await.map_err(SpoolError::io("flush tmp"))?;
-                    file.get_ref()
-                        .sync_all()
-                        .await
-                        .map_err(SpoolError::io("fsync data file"))
+                    let start = std::time::Instant::now();
+                    let synced = file.get_ref().sync_all().await;
+                    self.metrics.spool_fsync(start.elapsed().as_secs_f64());
+                    synced.map_err(SpoolError::io("fsync data file"))
                 }
                 .await;
                 drop(file);

@@ -60,13 +60,20 @@ const LOG_POOL_SIZE: usize = 2;
 /// # Errors
 /// [`OpenError::Log`] for a file that cannot be used; [`OpenError::Config`] for a `[store]`
 /// key file that cannot be read.
-pub fn open_delivery_log(config: &Config) -> Result<Box<dyn LogStore>, OpenError> {
+pub fn open_delivery_log(
+    config: &Config,
+    metrics: Option<&crate::metrics::Metrics>,
+) -> Result<Box<dyn LogStore>, OpenError> {
     match config.store.backend {
         StoreBackendName::Embedded => Ok(Box::new(SqliteLog::open(&config.delivery_log_path())?)),
         StoreBackendName::Postgres => {
             let mut settings = postgres_settings(&config.store)?;
             settings.pool_size = LOG_POOL_SIZE;
-            Ok(Box::new(PostgresStore::open(&settings)?))
+            let store = PostgresStore::open(&settings)?;
+            if let Some(metrics) = metrics {
+                store.observe(metrics.clone());
+            }
+            Ok(Box::new(store))
         }
     }
 }

@@ -10,14 +10,19 @@
 //! - [`RedisLink::persistence`], at start: does the backend keep its counts across a restart
 //!   (`appendonly`, `save`)? Managed services may refuse `CONFIG GET`; that is `Unknown`.
 //!
-//! What this module does not do: no key layout, no scripts of its own, no metrics.
+//! Every round trip of [`RedisLink::invoke`] and [`RedisLink::health`] is timed into
+//! `postern_redis_operation_seconds` when the link has the server's [`Metrics`]
+//! ([`RedisLink::with_metrics`]); the caller names the operation from a fixed set.
+//!
+//! What this module does not do: no key layout, no scripts of its own.
 
+use crate::metrics::Metrics;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
 use redis::{FromRedisValue, RedisError, ScriptInvocation, Value};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Slots in a Redis Cluster (its hash space, fixed by the protocol).
 pub const CLUSTER_SLOTS: u32 = 16_384;
@@ -109,6 +114,8 @@ enum Conn {
 pub struct RedisLink {
     conn: Conn,
     timeout: Duration,
+    /// Where round trips are timed; `None` outside `postern serve` (CLI, tests).
+    metrics: Option<Metrics>,
 }
 
 impl std::fmt::Debug for RedisLink {
@@ -169,6 +176,7 @@ impl RedisLink {
         Ok(Self {
             conn: Conn::Single(manager),
             timeout,
+            metrics: None,
         })
     }
 
@@ -204,6 +212,7 @@ impl RedisLink {
         Ok(Self {
             conn: Conn::Cluster(conn),
             timeout,
+            metrics: None,
         })
     }
 
@@ -215,12 +224,33 @@ impl RedisLink {
         }
     }
 
-    /// Runs a script invocation within the deadline.
+    /// The same link, timing its round trips into `metrics`.
+    pub fn with_metrics(mut self, metrics: Option<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Times one round trip as `operation` (one of [`crate::metrics::REDIS_OPERATIONS`]).
+    async fn observed<T>(
+        &self,
+        operation: &'static str,
+        call: impl std::future::Future<Output = Result<T, RedisLinkError>>,
+    ) -> Result<T, RedisLinkError> {
+        let start = Instant::now();
+        let result = call.await;
+        if let Some(metrics) = &self.metrics {
+            metrics.redis_operation(operation, result.is_ok(), start.elapsed().as_secs_f64());
+        }
+        result
+    }
+
+    /// Runs a script invocation within the deadline; `operation` names it for the metrics.
     ///
     /// # Errors
     /// `Unavailable` for no answer in time or any error reply.
     pub async fn invoke<T: FromRedisValue>(
         &self,
+        operation: &'static str,
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T, RedisLinkError> {
         let run = async {
@@ -229,10 +259,13 @@ impl RedisLink {
                 Conn::Cluster(mut cl) => invocation.invoke_async::<T>(&mut cl).await,
             }
         };
-        tokio::time::timeout(self.timeout, run)
-            .await
-            .map_err(|_| timed_out(self.timeout))?
-            .map_err(unavailable)
+        self.observed(operation, async {
+            tokio::time::timeout(self.timeout, run)
+                .await
+                .map_err(|_| timed_out(self.timeout))?
+                .map_err(unavailable)
+        })
+        .await
     }
 
     /// Whether every key can be served now (see the module documentation).
@@ -255,9 +288,12 @@ impl RedisLink {
                 }
             }
         };
-        tokio::time::timeout(self.timeout, run)
-            .await
-            .map_err(|_| timed_out(self.timeout))?
+        self.observed("health", async {
+            tokio::time::timeout(self.timeout, run)
+                .await
+                .map_err(|_| timed_out(self.timeout))?
+        })
+        .await
     }
 
     /// The weakest persistence among the server or the cluster's masters.

@@ -76,6 +76,7 @@ impl Fixture {
             shutdown: CancellationToken::new(),
             directory_generation: Default::default(),
             directory_changed: Default::default(),
+            revocation_written_ms: Default::default(),
             config,
         };
         Self {

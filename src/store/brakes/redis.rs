@@ -104,7 +104,7 @@ impl RedisBrakes {
             .arg(limits.per_client)
             .arg(limits.per_subnet)
             .arg(attempt);
-        match self.link.invoke::<i64>(&invocation).await? {
+        match self.link.invoke::<i64>("brake_login", &invocation).await? {
             0 => Ok(LoginBrake::Open),
             1 => Ok(LoginBrake::Client),
             2 => Ok(LoginBrake::Subnet),
@@ -129,7 +129,11 @@ impl BrakeStore for RedisBrakes {
             .arg(rate.interval_ms())
             .arg(MINUTE_MS)
             .arg(GCRA_SLACK_MS);
-        Ok(self.link.invoke::<i64>(&invocation).await? == 1)
+        Ok(self
+            .link
+            .invoke::<i64>("brake_message", &invocation)
+            .await?
+            == 1)
     }
 
     async fn login_state(

@@ -16,6 +16,7 @@
 use super::{CHANNEL, PostgresStore, describe};
 use crate::store::cached::DirectoryCache;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_postgres::AsyncMessage;
@@ -31,6 +32,9 @@ pub struct Listeners {
     pub changed: Arc<Notify>,
     /// Cleared at every notification; serves only while the connection listens.
     pub cache: Option<Arc<DirectoryCache>>,
+    /// Set to the write time (Unix ms) of a revoking change, the earliest not yet taken by
+    /// the revocation watcher, which times its apply from it.
+    pub revoking: Arc<AtomicU64>,
 }
 
 impl Listeners {
@@ -41,9 +45,12 @@ impl Listeners {
         self.changed.notify_one();
     }
 
-    fn notified(&self) {
+    fn notified(&self, payload: &str) {
         if let Some(cache) = &self.cache {
             cache.changed();
+        }
+        if let Some(written_ms) = revoking_write_time(payload) {
+            keep_earliest(&self.revoking, written_ms);
         }
         self.changed.notify_one();
     }
@@ -53,6 +60,30 @@ impl Listeners {
             cache.notifications_down();
         }
     }
+}
+
+/// Records a revoking write's time (Unix ms) in `pending` unless an earlier one waits there
+/// (0: none waits): the apply is timed from the oldest write it covers.
+pub fn keep_earliest(pending: &AtomicU64, written_ms: u64) {
+    let _ = pending.fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+        Some(if now == 0 {
+            written_ms
+        } else {
+            now.min(written_ms)
+        })
+    });
+}
+
+/// The write time of a revoking change from its payload, `GENERATION KIND WRITTEN_MS` (see
+/// `PostgresStore::begin`); `None` for another kind, or a payload of an older writer without
+/// the time.
+fn revoking_write_time(payload: &str) -> Option<u64> {
+    let mut words = payload.split(' ');
+    let (_generation, kind, written) = (words.next()?, words.next()?, words.next()?);
+    if kind != "revoking" {
+        return None;
+    }
+    written.parse().ok().filter(|&ms| ms > 0)
 }
 
 /// Keeps a `LISTEN` connection until `shutdown`, telling `listeners` of every notification,
@@ -107,11 +138,28 @@ async fn listen_once(store: &PostgresStore, listeners: &Listeners, was_down: &mu
                 Err(e) => return describe(&e),
             },
             message = std::future::poll_fn(|cx| connection.poll_message(cx)) => match message {
-                Some(Ok(AsyncMessage::Notification(_))) => listeners.notified(),
+                Some(Ok(AsyncMessage::Notification(n))) => listeners.notified(n.payload()),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return describe(&e),
                 None => return "connection closed".to_string(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod payload_tests {
+    use super::revoking_write_time;
+
+    #[test]
+    fn revoking_payloads_carry_their_write_time() {
+        assert_eq!(
+            revoking_write_time("42 revoking 1700000000123"),
+            Some(1_700_000_000_123)
+        );
+        assert_eq!(revoking_write_time("42 plain 1700000000123"), None);
+        // A writer from before the time was added.
+        assert_eq!(revoking_write_time("42 revoking"), None);
+        assert_eq!(revoking_write_time("42 revoking x"), None);
     }
 }

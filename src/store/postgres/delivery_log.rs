@@ -204,7 +204,7 @@ async fn purge(store: &PostgresStore, cutoff_ms: u64, batch: usize) -> Result<Pu
 
 impl LogStore for PostgresStore {
     fn insert(&mut self, records: &[LogRecord]) -> Result<(), LogError> {
-        Ok(self.run(self.bounded(insert(self, records)))?)
+        Ok(self.run(self.bounded("log_write", insert(self, records)))?)
     }
 
     fn query(&self, query_: &LogQuery) -> Result<Vec<LogRecord>, LogError> {

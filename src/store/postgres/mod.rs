@@ -141,6 +141,9 @@ struct Inner {
     /// The schema was found current; cleared after an error so that it is checked again.
     schema_ok: AtomicBool,
     runner: Runner,
+    /// `postern serve`'s metrics, once given ([`PostgresStore::observe`]): every round trip
+    /// of [`PostgresStore::bounded`] and [`PostgresStore::check`] is timed into them.
+    metrics: std::sync::OnceLock<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -168,7 +171,8 @@ impl Runner {
 }
 
 /// What kind of write a transaction is. Every write bumps the generation and sends `NOTIFY`
-/// with the new generation and this kind as the payload (`"42 revoking"`): revocations must
+/// with the new generation, this kind and the database's clock at the write in Unix ms as the
+/// payload (`"42 revoking 1700000000123"`): revocations must
 /// reach every replica's revocation watcher at once, and every change must reach the replicas'
 /// directory caches (`store/cached.rs`) at once, or a cached answer (a hosting account not
 /// found a moment ago) would outlive the change until the next generation check.
@@ -259,8 +263,29 @@ impl PostgresStore {
                 timeout: settings.timeout,
                 schema_ok: AtomicBool::new(false),
                 runner,
+                metrics: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Times this store's round trips into `metrics` (`postern_postgres_operation_seconds`)
+    /// from now on; a store given metrics once keeps them.
+    pub fn observe(&self, metrics: crate::metrics::Metrics) {
+        let _ = self.inner.metrics.set(metrics);
+    }
+
+    /// Times `call` as `operation` (one of [`crate::metrics::POSTGRES_OPERATIONS`]).
+    async fn observed<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let start = std::time::Instant::now();
+        let result = call.await;
+        if let Some(metrics) = self.inner.metrics.get() {
+            metrics.postgres_operation(operation, result.is_ok(), start.elapsed().as_secs_f64());
+        }
+        result
     }
 
     /// `user@host:port/db`.
@@ -299,8 +324,17 @@ impl PostgresStore {
     }
 
     /// Bounds a read by the timeout, so that a server that stopped answering (rather than
-    /// closing) fails the call instead of holding an AUTH.
+    /// closing) fails the call instead of holding an AUTH. The one place a serving replica's
+    /// round trips pass: timed as `operation`.
     async fn bounded<T>(
+        &self,
+        operation: &'static str,
+        future: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.observed(operation, self.bounded_untimed(future)).await
+    }
+
+    async fn bounded_untimed<T>(
         &self,
         future: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
@@ -334,10 +368,14 @@ impl PostgresStore {
         )
         .await?;
         let generation: i64 = row.get(0);
+        // The server's clock, not this machine's: every writer then stamps with one clock, and
+        // the replicas time the apply of a revocation from it
+        // (`postern_directory_revocation_apply_seconds`).
         exec(
             self,
             &tx,
-            "SELECT pg_notify($1, $2)",
+            "SELECT pg_notify($1, $2 || ' ' || \
+             (extract(epoch FROM clock_timestamp()) * 1000)::bigint::text)",
             &[&CHANNEL, &format!("{generation} {}", change.label())],
         )
         .await?;
@@ -375,7 +413,8 @@ impl PostgresStore {
     /// [`StoreError::Backend`] when it does not answer; [`StoreError::Schema`] otherwise.
     pub async fn check(&self) -> Result<(), StoreError> {
         self.inner.schema_ok.store(false, Ordering::Relaxed);
-        self.client().await.map(drop)
+        self.observed("health", async { self.client().await.map(drop) })
+            .await
     }
 
     /// [`PostgresStore::check`] for the CLI.
@@ -472,7 +511,7 @@ impl Directory for PostgresStore {
         login: &str,
         password: &str,
     ) -> Result<Option<AuthIdentity>, StoreError> {
-        self.bounded(devices::authenticate(self, login, password))
+        self.bounded("login", devices::authenticate(self, login, password))
             .await
     }
 
@@ -481,11 +520,12 @@ impl Directory for PostgresStore {
         ids: &[CredentialId],
     ) -> Result<HashSet<CredentialId>, StoreError> {
         // An empty list is one query like any other: `= ANY('{}')` finds nothing.
-        self.bounded(devices::live_credentials(self, ids)).await
+        self.bounded("live_credentials", devices::live_credentials(self, ids))
+            .await
     }
 
     async fn generation(&self) -> Result<u64, StoreError> {
-        self.bounded(async {
+        self.bounded("generation", async {
             let client = self.client().await?;
             let row = one(self, &client, "SELECT value FROM directory_generation", &[]).await?;
             Ok(row.get::<_, i64>(0) as u64)
@@ -494,7 +534,7 @@ impl Directory for PostgresStore {
     }
 
     async fn senders_of(&self, address: &str) -> Result<Option<Vec<String>>, StoreError> {
-        self.bounded(async {
+        self.bounded("senders", async {
             let client = self.client().await?;
             devices::senders_of(self, &client, address).await
         })
@@ -505,14 +545,15 @@ impl Directory for PostgresStore {
         &self,
         client: IpAddr,
     ) -> Result<Option<HostingAccount>, StoreError> {
-        self.bounded(hosting::account_for(self, client)).await
+        self.bounded("hosting_account", hosting::account_for(self, client))
+            .await
     }
 
     async fn limits_of(
         &self,
         identity: &QuotaIdentity,
     ) -> Result<Option<IdentityLimits>, StoreError> {
-        self.bounded(async {
+        self.bounded("limits", async {
             let client = self.client().await?;
             limits::read(self, &client, identity).await
         })
@@ -525,6 +566,7 @@ admin_by_subject!(PostgresStore, run);
 #[async_trait::async_trait]
 impl DkimKeyStore for PostgresStore {
     async fn active_dkim_keys(&self, domain: &str) -> Result<Vec<ActiveDkimKey>, StoreError> {
-        self.bounded(dkim_keys::active(self, domain)).await
+        self.bounded("dkim_keys", dkim_keys::active(self, domain))
+            .await
     }
 }

@@ -134,6 +134,7 @@ async fn revoking_changes_are_notified() {
     let listeners = changes::Listeners {
         changed: changed.clone(),
         cache: None,
+        revoking: Default::default(),
     };
     let task = tokio::spawn(changes::listen(store.clone(), listeners, shutdown.clone()));
     let wait = Duration::from_secs(10);
@@ -187,6 +188,7 @@ async fn the_cache_is_cleared_by_notifications_and_idle_while_deaf() {
     let listeners = changes::Listeners {
         changed: changed.clone(),
         cache: Some(cache.clone()),
+        revoking: Default::default(),
     };
     let task = tokio::spawn(changes::listen(store.clone(), listeners, shutdown.clone()));
     let wait = Duration::from_secs(10);

@@ -109,6 +109,7 @@ async fn verify_full_with_the_right_ca_binds_the_channel_and_listens() {
     let listeners = changes::Listeners {
         changed: changed.clone(),
         cache: None,
+        revoking: Default::default(),
     };
     let task = tokio::spawn(changes::listen(store.clone(), listeners, shutdown.clone()));
     let wait = Duration::from_secs(10);

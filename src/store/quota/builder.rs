@@ -58,6 +58,8 @@ pub struct QuotaStoreConfig {
     pub redis_timeout: Duration,
     /// Redis only: the AUTH password (the URL may name the ACL user).
     pub redis_password: Option<RedisPassword>,
+    /// Redis only: where the link times its round trips (`postern serve`'s metrics).
+    pub metrics: Option<crate::metrics::Metrics>,
 }
 
 /// A Redis password, which no `Debug` output (a config dump, an error) shows.
@@ -78,6 +80,7 @@ impl QuotaStoreConfig {
             settings: QuotaSettings::default(),
             redis_timeout: DEFAULT_REDIS_TIMEOUT,
             redis_password: None,
+            metrics: None,
         }
     }
 }
@@ -127,6 +130,7 @@ pub async fn open_counters(config: &QuotaStoreConfig) -> Result<Counters, QuotaE
             RedisLink::open_cluster(nodes, password, config.redis_timeout).await?
         }
     };
+    let link = link.with_metrics(config.metrics.clone());
     let quota = RedisQuota::connected(link.clone(), config.settings).await?;
     Ok(Counters {
         quota: Arc::new(quota),

@@ -314,7 +314,14 @@ impl RedisQuota {
             .arg(c.limit)
             .arg(c.hold_id)
             .arg(c.n);
-        Ok(self.link.invoke(&invocation).await?)
+        let operation = match c.op {
+            "hold" => "quota_hold",
+            "commit" => "quota_commit",
+            "release" => "quota_release",
+            "refund" => "quota_refund",
+            _ => "quota_usage",
+        };
+        Ok(self.link.invoke(operation, &invocation).await?)
     }
 }
 
