@@ -66,7 +66,6 @@ class PrometheusServer:
             [PROMETHEUS, f"--config.file={self.config_path}",
              f"--storage.tsdb.path={self.dir / 'data'}",
              f"--web.listen-address=127.0.0.1:{self.port}",
-             "--web.console.templates=/nonexistent", "--web.console.libraries=/nonexistent",
              "--log.level=info"],
             stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True)
