@@ -49,12 +49,13 @@ ALERT_WAIT = 150                      # s: `for: 1m` plus detection and evaluati
 
 
 class Live:
-    """What the module's tests share: the servers and the traffic's outcome."""
+    """What the module's tests share: the servers, and promtool's complaint about alerts.yml
+    (None when Prometheus loaded it)."""
 
     def __init__(self, pt: Postern, prom: PrometheusServer, redis: RedisServer,
                  rules_error: str | None):
         self.pt, self.prom, self.redis = pt, prom, redis
-        self.rules_error = rules_error      # promtool's complaint when alerts.yml was not loaded
+        self.rules_error = rules_error
 
     @property
     def instance(self) -> str:
@@ -132,7 +133,12 @@ def live(postern_bin, certs, knot, tmp_path_factory):
         prom.start()
         live = Live(pt, prom, redis, rules_error)
         wait_until(lambda: prom.targets_up(JOB), 30, "Prometheus to scrape postern")
-        drive(live, mx, password)
+        try:
+            drive(live, mx, password)
+        except AssertionError as e:
+            # conftest attaches server logs to failed tests, not to a failed module set-up.
+            raise AssertionError(f"{e}\n--- postern log (tail) ---\n{pt.log_tail(30)}"
+                                 f"\n--- prometheus log (tail) ---\n{prom.log_tail(15)}") from e
         yield live
     finally:
         for server in reversed(stack):
