@@ -40,18 +40,6 @@ ALERT_NAMES = {
     "PosternAuthFailureSpike", "PosternDkimSigningFailures", "PosternReplicaDown",
     "PosternDeliveryLatencyP99High", "PosternRevocationSlow", "PosternDirectoryUnavailable",
 }
-# Metrics of the issue-12 contract that src/metrics/mod.rs does not declare yet on this branch
-# (they are added on the metrics branch). Once one is declared there it must leave this list
-# (test_pending_metrics_are_not_declared_yet), so the list cannot go stale.
-PENDING = {
-    "postern_build_info", "postern_delivery_duration_seconds",
-    "postern_delivery_smtp_transaction_seconds", "postern_queue_messages",
-    "postern_queue_oldest_message_age_seconds", "postern_spool_filesystem_free_bytes",
-    "postern_spool_filesystem_free_ratio", "postern_spool_fsync_seconds",
-    "postern_redis_operation_seconds", "postern_postgres_operation_seconds",
-    "postern_directory_generation", "postern_directory_revocation_apply_seconds",
-    "postern_smtp_rejections_total", "postern_quota_refusals_total",
-}
 # Series Prometheus makes itself for every target.
 PROMETHEUS_SERIES = {"up"}
 # PromQL words the expressions may use besides metric names (functions, aggregations, operators).
@@ -262,7 +250,7 @@ def test_only_the_allowed_grafana_variables_and_rate_interval_are_used():
 
 
 def test_every_metric_named_by_a_panel_or_a_rule_exists():
-    metrics = declared_metrics() | PENDING
+    metrics = declared_metrics()
     recorded = recorded_names()
     unknown = set()
     for name, title, expr in panel_exprs():
@@ -277,13 +265,8 @@ def test_every_metric_named_by_a_panel_or_a_rule_exists():
     assert not unknown, sorted(unknown)
 
 
-def test_pending_metrics_are_not_declared_yet():
-    landed = PENDING & declared_metrics()
-    assert not landed, f"declared in src/metrics/mod.rs now: remove from PENDING: {sorted(landed)}"
-
-
 def test_the_name_checks_catch_an_unknown_or_unfiltered_metric():
-    metrics, recorded = declared_metrics() | PENDING, recorded_names()
+    metrics, recorded = declared_metrics(), recorded_names()
     assert not known("postern_smtp_mesages_total", metrics, recorded)
     assert known("postern_spool_commit_seconds_bucket", metrics, recorded)
     assert known("postern:delivery_recipients:rate5m", metrics, recorded)
@@ -331,9 +314,8 @@ def test_panels_and_rules_use_labels_and_values_the_server_exports(make_server, 
     """Every label a query matches or groups by exists on that metric's series in a real
     server's /metrics (Redis configured, a failed AUTH and an accepted message behind it), and
     every value matched with `=` is one the server exports. Series the server has not created
-    (no event yet, or a backend not configured here) are skipped. The values are checked once
-    the issue-12 metrics have landed (PENDING empty): from then on every series of a fixed
-    label set exists from start-up, so a value the server never exports is a typo."""
+    (a backend not configured here) are skipped. Every series of a fixed label set exists
+    from start-up, so a value the server never exports is a typo."""
     redis = make_redis()
     srv = make_server(quota={"backend": "redis", "redis_url": redis.url})
     client = srv.connect()
@@ -358,8 +340,7 @@ def test_panels_and_rules_use_labels_and_values_the_server_exports(make_server, 
             label_sets = series[metric]
             if not any(label in labels for labels in label_sets):
                 wrong.append(f"{metric} has no label {label}: {expr}")
-            elif (value is not None and not PENDING
-                  and value not in {labels.get(label) for labels in label_sets}):
+            elif value is not None and value not in {labels.get(label) for labels in label_sets}:
                 wrong.append(f"{metric}{{{label}=\"{value}\"}} is not exported: {expr}")
     assert not wrong, "\n".join(wrong)
     assert {"postern_smtp_auth_attempts_total", "postern_smtp_sessions_active",
