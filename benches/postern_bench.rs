@@ -62,9 +62,12 @@
 
 use anyhow::{Context, Result, ensure};
 use clap::Parser;
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+#[path = "support/mod.rs"]
+mod support;
+use support::{admin, free_port};
 
 /// Benchmarks the `postern` binary: submission throughput, latency, CPU and memory.
 #[derive(Debug, Parser)]
@@ -259,29 +262,6 @@ fn provision(bin: &Path, work: &WorkDir, store: &Path) -> Result<String> {
         "`postern device add` printed no password"
     );
     Ok(password.to_string())
-}
-
-/// Runs `postern --config CONFIG ARGS...`; returns its stdout.
-fn admin(bin: &Path, config: &Path, args: &[&str]) -> Result<String> {
-    let out = std::process::Command::new(bin)
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {}", bin.display()))?;
-    ensure!(
-        out.status.success(),
-        "postern {}: {}: {}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// A loopback port nobody listens on right now.
-fn free_port() -> Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 /// Warns when a source file is newer than the server binary (a forgotten `cargo build`).
@@ -801,18 +781,6 @@ mod procfs {
         Ok(Duration::from_secs_f64(ticks as f64 / hz))
     }
 
-    /// CPU time used by this process (the load client).
-    pub(crate) fn own_cpu_time() -> Duration {
-        // SAFETY: getrusage fills the zeroed struct we pass.
-        let usage = unsafe {
-            let mut usage: libc::rusage = std::mem::zeroed();
-            libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-            usage
-        };
-        let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-        tv(usage.ru_utime) + tv(usage.ru_stime)
-    }
-
     /// Resident set size now and at its peak (KiB), and the number of threads.
     #[derive(Debug, Clone, Copy, Default)]
     pub(crate) struct Memory {
@@ -883,6 +851,7 @@ mod throughput {
     use super::procfs::{self, Memory};
     use super::server::{Profile, Server};
     use super::smtp::{Client, Message};
+    use super::support::percentile;
     use super::{Bench, RECIPIENT};
     use anyhow::{Context, Result};
     use std::path::PathBuf;
@@ -1020,10 +989,16 @@ mod throughput {
         let profile = profile
             .map(|path| Profile::start(server.pid(), path))
             .transpose()?;
-        let (server0, client0) = (procfs::cpu_time(server.pid())?, procfs::own_cpu_time());
+        let (server0, client0) = (
+            procfs::cpu_time(server.pid())?,
+            super::support::own_cpu_time(),
+        );
         let counters0 = server.counters().await?;
         tokio::time::sleep_until(window.end.into()).await;
-        let (server1, client1) = (procfs::cpu_time(server.pid())?, procfs::own_cpu_time());
+        let (server1, client1) = (
+            procfs::cpu_time(server.pid())?,
+            super::support::own_cpu_time(),
+        );
         let memory = procfs::memory(server.pid())?;
         let counters1 = server.counters().await?;
 
@@ -1047,15 +1022,6 @@ mod throughput {
             spooled: counters1.spooled as u64,
             profile,
         })
-    }
-
-    /// Nearest-rank percentile of sorted values.
-    fn percentile(sorted: &[Duration], p: f64) -> Duration {
-        if sorted.is_empty() {
-            return Duration::ZERO;
-        }
-        let rank = (p * sorted.len() as f64).ceil() as usize;
-        sorted[rank.clamp(1, sorted.len()) - 1]
     }
 }
 
@@ -1109,7 +1075,10 @@ mod idle {
     async fn measure(server: &Server, sessions: usize) -> Result<IdleResult> {
         tokio::time::sleep(SETTLE).await;
         let before = procfs::memory(server.pid())?;
-        let cpu0 = (procfs::cpu_time(server.pid())?, procfs::own_cpu_time());
+        let cpu0 = (
+            procfs::cpu_time(server.pid())?,
+            super::support::own_cpu_time(),
+        );
         let started = std::time::Instant::now();
         let mut streams = Vec::with_capacity(sessions);
         while streams.len() < sessions {
@@ -1124,7 +1093,10 @@ mod idle {
             }
         }
         let connect_time = started.elapsed();
-        let cpu1 = (procfs::cpu_time(server.pid())?, procfs::own_cpu_time());
+        let cpu1 = (
+            procfs::cpu_time(server.pid())?,
+            super::support::own_cpu_time(),
+        );
         let connect_cpu = (cpu1.0.saturating_sub(cpu0.0), cpu1.1.saturating_sub(cpu0.1));
         tokio::time::sleep(SETTLE).await;
         let after = procfs::memory(server.pid())?;

@@ -52,6 +52,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+#[path = "support/mod.rs"]
+mod support;
+
 /// Postern against Postfix and Haraka on the same authenticated submission work.
 #[derive(Debug, Parser)]
 #[command(name = "postern-race")]
@@ -356,9 +359,10 @@ mod cgroup {
 /// The servers and the sink: started before the cases, stopped after.
 mod rig {
     use super::cgroup::Cgroups;
+    use super::support::{admin, free_port};
     use super::{HARAKA_PORT, LOGIN, Options, POSTFIX_PORT, Peer};
     use anyhow::{Context, Result, bail, ensure};
-    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::net::{SocketAddr, TcpStream};
     use std::path::{Path, PathBuf};
     use std::process::{Child, Command, Stdio};
     use std::time::{Duration, Instant};
@@ -690,27 +694,6 @@ mod rig {
         )
     }
 
-    fn admin(bin: &Path, config: &Path, args: &[&str]) -> Result<String> {
-        let out = Command::new(bin)
-            .arg("--config")
-            .arg(config)
-            .args(args)
-            .output()
-            .with_context(|| format!("running {}", bin.display()))?;
-        ensure!(
-            out.status.success(),
-            "postern {}: {}: {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn free_port() -> Result<SocketAddr> {
-        Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-    }
-
     fn wait_port(addr: SocketAddr, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
@@ -833,6 +816,7 @@ mod sink {
 /// The load client: sessions over STARTTLS + AUTH PLAIN, pipelined when offered.
 mod load {
     use super::rig::{Rig, Target};
+    use super::support::percentile;
     use super::{Case, DRAIN_TIMEOUT, LOGIN, Mode, RECIPIENT};
     use anyhow::{Context, Result, bail, ensure};
     use base64::Engine;
@@ -968,7 +952,7 @@ mod load {
         let message = Arc::new(Message::new(LOGIN, RECIPIENT, case.size));
         let sink0 = sink_count(rig.sink).await?;
         let cpu0 = rig.cg.cpu(target.cgroup)?;
-        let own0 = own_cpu();
+        let own0 = super::support::own_cpu_time();
         let t0 = Instant::now();
         let start = t0 + warmup;
         let end = start + window;
@@ -1050,7 +1034,9 @@ mod load {
             .cpu(target.cgroup)?
             .saturating_sub(cpu0)
             .as_secs_f64();
-        let own = own_cpu().saturating_sub(own0).as_secs_f64();
+        let own = super::support::own_cpu_time()
+            .saturating_sub(own0)
+            .as_secs_f64();
         let delivered = sink1.0 - sink0.0;
         let signed = sink1.1 - sink0.1;
         all.latencies.sort_unstable();
@@ -1075,26 +1061,6 @@ mod load {
             unsigned: delivered.saturating_sub(signed),
             first_error: all.first_error,
         })
-    }
-
-    /// Nearest-rank percentile of sorted values.
-    pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
-        if sorted.is_empty() {
-            return Duration::ZERO;
-        }
-        let rank = (p * sorted.len() as f64).ceil() as usize;
-        sorted[rank.clamp(1, sorted.len()) - 1]
-    }
-
-    fn own_cpu() -> Duration {
-        // SAFETY: getrusage fills the zeroed struct we pass.
-        let usage = unsafe {
-            let mut usage: libc::rusage = std::mem::zeroed();
-            libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-            usage
-        };
-        let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-        tv(usage.ru_utime) + tv(usage.ru_stime)
     }
 
     /// A pre-built message: the envelope commands, then the data with its final dot.
@@ -1404,9 +1370,9 @@ mod report {
 #[cfg(test)]
 mod tests {
     use super::cgroup::{parse_cpu_stat, parse_kib};
-    use super::load::percentile;
     use super::report::{median, ratio};
     use super::sink::parse_count;
+    use super::support::percentile;
     use std::time::Duration;
 
     #[test]
