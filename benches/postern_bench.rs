@@ -634,20 +634,7 @@ mod smtp {
         /// A message from `from` with a body of `body_len` bytes (78-character lines).
         pub(crate) fn new(from: &str, to: &str, body_len: usize) -> Self {
             let envelope = format!("MAIL FROM:<{from}>\r\nRCPT TO:<{to}>\r\nDATA\r\n").into_bytes();
-            let mut data = format!(
-                "From: <{from}>\r\nTo: <{to}>\r\nSubject: postern-bench\r\n\
-                 Date: Thu, 26 Nov 2026 12:00:00 +0000\r\n\
-                 Message-ID: <bench@client.bench.test>\r\n\r\n"
-            )
-            .into_bytes();
-            let mut left = body_len;
-            while left >= 2 {
-                let line = (left - 2).min(78);
-                data.extend(std::iter::repeat_n(b'X', line));
-                data.extend_from_slice(b"\r\n");
-                left -= line + 2;
-            }
-            data.extend_from_slice(b".\r\n");
+            let data = super::support::message_data(from, to, "postern-bench", body_len);
             Self { envelope, data }
         }
     }

@@ -1072,20 +1072,7 @@ mod load {
 
     impl Message {
         pub(crate) fn new(from: &str, to: &str, body_len: usize) -> Self {
-            let mut data = format!(
-                "From: <{from}>\r\nTo: <{to}>\r\nSubject: postern-race\r\n\
-                 Date: Fri, 04 Dec 2026 12:00:00 +0000\r\n\
-                 Message-ID: <race@client.bench.test>\r\n\r\n"
-            )
-            .into_bytes();
-            let mut left = body_len;
-            while left >= 2 {
-                let line = (left - 2).min(78);
-                data.extend(std::iter::repeat_n(b'X', line));
-                data.extend_from_slice(b"\r\n");
-                left -= line + 2;
-            }
-            data.extend_from_slice(b".\r\n");
+            let data = super::support::message_data(from, to, "postern-race", body_len);
             Self {
                 mail: format!("MAIL FROM:<{from}>\r\n").into_bytes(),
                 rcpt: format!("RCPT TO:<{to}>\r\n").into_bytes(),

@@ -53,3 +53,24 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let rank = (p * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
+
+/// The data of a test message from `from` to `to` with `subject` and a body of `body_len`
+/// bytes in lines of at most 78 characters, ending with the final dot (ready to write after
+/// the `354`).
+pub fn message_data(from: &str, to: &str, subject: &str, body_len: usize) -> Vec<u8> {
+    let mut data = format!(
+        "From: <{from}>\r\nTo: <{to}>\r\nSubject: {subject}\r\n\
+         Date: Fri, 04 Dec 2026 12:00:00 +0000\r\n\
+         Message-ID: <{subject}@client.bench.test>\r\n\r\n"
+    )
+    .into_bytes();
+    let mut left = body_len;
+    while left >= 2 {
+        let line = (left - 2).min(78);
+        data.extend(std::iter::repeat_n(b'X', line));
+        data.extend_from_slice(b"\r\n");
+        left -= line + 2;
+    }
+    data.extend_from_slice(b".\r\n");
+    data
+}
