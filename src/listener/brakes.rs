@@ -13,6 +13,17 @@
 //! Fail closed, as for the quota: a brake store that does not answer turns AUTH into
 //! `454 4.7.0` and the first RCPT of a message into `451 4.3.0`. Only the connection-time
 //! look at the failed-login brake lets the client in, since its AUTH then fails closed.
+//!
+//! # Logins still being checked
+//! The store counts an attempt as failed from the moment it begins until the password proved
+//! right (so parallel guesses can never pass the limit together). A burst of correct logins
+//! from one address (an office of mail clients behind one NAT reconnecting at once) therefore
+//! meets the brake while its own attempts are in flight. Such a login, and such a connection,
+//! is not refused at once: it waits for the attempts of this process from the same subnet to
+//! be settled (up to [`LOGIN_PATIENCE`]), asking again each time one is, and, when none of
+//! them is pending here (they may be another replica's), asks again after the short
+//! [`REMOTE_PAUSES`]. The count the store keeps never exceeds the limit; a client braked by
+//! real failures only gets its refusal a little later, which also slows guessing down.
 
 use super::guard::{Refusal, client_key, subnet_key};
 use crate::config::{BrakesConfig, LimitsConfig};
@@ -21,10 +32,20 @@ use crate::store::brakes::{
 };
 use crate::unix_time::unix_ms;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Longest wait of a login (or a connection) meeting the failed-login brake while attempts of
+/// this process from its subnet are still being checked.
+pub const LOGIN_PATIENCE: Duration = Duration::from_secs(1);
+/// Pauses before asking the store again when the brake is engaged and no attempt of this
+/// process from the subnet is pending: another replica's attempts settle within these.
+pub const REMOTE_PAUSES: [Duration; 2] = [Duration::from_millis(50), Duration::from_millis(150)];
 
 /// All three brakes.
 pub struct Brakes {
@@ -32,12 +53,63 @@ pub struct Brakes {
     messages: Option<MessageRate>,
     logins: LoginLimits,
     store: Arc<dyn BrakeStore>,
+    pending: Arc<Pending>,
+}
+
+/// Login attempts of this process begun and not yet settled, per subnet key.
+#[derive(Default)]
+struct Pending {
+    per_subnet: Mutex<HashMap<String, usize>>,
+    /// Woken whenever an attempt is settled.
+    settled: Notify,
+}
+
+impl Pending {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.per_subnet
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn count(&self, subnet: &str) -> usize {
+        self.lock().get(subnet).copied().unwrap_or(0)
+    }
+
+    fn enter(self: &Arc<Self>, subnet: &str) -> PendingAttempt {
+        *self.lock().entry(subnet.to_string()).or_insert(0) += 1;
+        PendingAttempt {
+            pending: self.clone(),
+            subnet: subnet.to_string(),
+        }
+    }
+}
+
+/// One pending attempt; settled when dropped (also when the session goes away mid-check).
+struct PendingAttempt {
+    pending: Arc<Pending>,
+    subnet: String,
+}
+
+impl Drop for PendingAttempt {
+    fn drop(&mut self) {
+        {
+            let mut map = self.pending.lock();
+            if let Some(n) = map.get_mut(&self.subnet) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&self.subnet);
+                }
+            }
+        }
+        self.pending.settled.notify_waiters();
+    }
 }
 
 /// A login attempt recorded by [`Brakes::begin_login`]: a failure unless taken back.
 pub struct LoginAttempt {
     source: LoginSource,
     id: String,
+    _pending: PendingAttempt,
 }
 
 /// Whether an AUTH may check its credentials.
@@ -65,6 +137,7 @@ impl Brakes {
                     .unwrap_or(u64::MAX),
             },
             store,
+            pending: Arc::default(),
         }
     }
 
@@ -76,13 +149,16 @@ impl Brakes {
     }
 
     /// Why a new connection from `ip` is refused by the failed-login brake, if it is. A store
-    /// that does not answer lets it in: its AUTH will fail closed.
+    /// that does not answer lets it in: its AUTH will fail closed. A brake engaged while
+    /// logins are being checked is waited out (module documentation).
     pub async fn failed_logins(&self, ip: IpAddr) -> Option<Refusal> {
-        match self
-            .store
-            .login_state(&source(ip), self.logins, now())
-            .await
-        {
+        let source = source(ip);
+        let state = self
+            .patiently(&source.subnet, || {
+                self.store.login_state(&source, self.logins, now())
+            })
+            .await;
+        match state {
             Ok(state) => refusal(state),
             Err(e) => {
                 tracing::warn!(client_ip = %ip, error = %e, "failed-login brake unavailable at connect; AUTH will wait for it");
@@ -92,31 +168,72 @@ impl Brakes {
     }
 
     /// Checks the failed-login brake before an AUTH checks its credentials, recording the
-    /// attempt (see [`crate::store::brakes`]).
+    /// attempt (see [`crate::store::brakes`]). A brake engaged while logins are being checked
+    /// is waited out (module documentation).
     pub async fn begin_login(&self, ip: IpAddr) -> LoginGate {
         let source = source(ip);
         let id = format!("{:032x}", rand::random::<u128>());
-        match self
-            .store
-            .begin_login(&source, &id, self.logins, now())
-            .await
-        {
-            Ok(LoginBrake::Open) => LoginGate::Open(LoginAttempt { source, id }),
+        let state = self
+            .patiently(&source.subnet, || {
+                self.store.begin_login(&source, &id, self.logins, now())
+            })
+            .await;
+        match state {
+            Ok(LoginBrake::Open) => {
+                let pending = self.pending.enter(&source.subnet);
+                LoginGate::Open(LoginAttempt {
+                    source,
+                    id,
+                    _pending: pending,
+                })
+            }
             Ok(state) => LoginGate::Braked(refusal(state).unwrap_or(Refusal::FailedLogins)),
             Err(e) => LoginGate::Unavailable(e),
+        }
+    }
+
+    /// Asks `ask` until the brake is open, the store fails, or patience runs out: while
+    /// attempts of this process from `subnet` are pending, after each one settles (until
+    /// [`LOGIN_PATIENCE`]); otherwise after each of [`REMOTE_PAUSES`].
+    async fn patiently<F, Fut>(&self, subnet: &str, mut ask: F) -> Result<LoginBrake, BrakeError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<LoginBrake, BrakeError>>,
+    {
+        let deadline = Instant::now() + LOGIN_PATIENCE;
+        let mut remote = REMOTE_PAUSES.iter();
+        loop {
+            // Registered before asking, so a settlement between the answer and the wait is
+            // not missed.
+            let settled = self.pending.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            let state = ask().await?;
+            if state == LoginBrake::Open {
+                return Ok(state);
+            }
+            if self.pending.count(subnet) > 0 {
+                if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                    return Ok(state);
+                }
+            } else if let Some(pause) = remote.next() {
+                tokio::time::sleep(*pause).await;
+            } else {
+                return Ok(state);
+            }
         }
     }
 
     /// The credentials were checked: a success (or a check that never happened) takes the
     /// attempt back; a failure leaves it counted.
     pub async fn login_checked(&self, attempt: LoginAttempt, failed: bool) {
-        if failed {
-            return;
-        }
-        if let Err(e) = self.store.forget_login(&attempt.source, &attempt.id).await {
+        // Taken back before the attempt is settled (dropped at the end), so that logins
+        // waiting for it find the brake open.
+        if !failed && let Err(e) = self.store.forget_login(&attempt.source, &attempt.id).await {
             // Counted as a failure until it leaves the window: the safe side.
             tracing::warn!(error = %e, "failed-login brake: could not take back an attempt");
         }
+        drop(attempt);
     }
 
     /// Takes one message of `identity`'s per-minute budget: `Ok(false)` when it is spent.
@@ -261,5 +378,57 @@ mod tests {
             "same /64"
         );
         assert_eq!(brakes.failed_logins(ip("2001:db8:1:2::1")).await, None);
+    }
+
+    /// Twenty correct logins at once from one address whose brake allows two failures: none
+    /// is refused, each waits for attempts in flight to be settled. Real failures still brake
+    /// the logins that waited for them.
+    #[tokio::test]
+    async fn a_burst_of_correct_logins_waits_instead_of_braking() {
+        let brakes = Arc::new(brakes(0, 0, 2, 3));
+        let logins: Vec<_> = (0..20)
+            .map(|_| {
+                let brakes = brakes.clone();
+                tokio::spawn(async move {
+                    match brakes.begin_login(ip("192.0.2.1")).await {
+                        LoginGate::Open(attempt) => {
+                            tokio::task::yield_now().await;
+                            brakes.login_checked(attempt, false).await;
+                            true
+                        }
+                        _ => false,
+                    }
+                })
+            })
+            .collect();
+        for login in logins {
+            assert!(login.await.unwrap(), "a correct login was braked");
+        }
+
+        let open = |gate: LoginGate| match gate {
+            LoginGate::Open(a) => a,
+            _ => panic!("braked"),
+        };
+        let pending = [
+            open(brakes.begin_login(ip("192.0.2.1")).await),
+            open(brakes.begin_login(ip("192.0.2.1")).await),
+        ];
+        let waiting = {
+            let brakes = brakes.clone();
+            tokio::spawn(async move { brakes.begin_login(ip("192.0.2.1")).await })
+        };
+        let connecting = {
+            let brakes = brakes.clone();
+            tokio::spawn(async move { brakes.failed_logins(ip("192.0.2.1")).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for attempt in pending {
+            brakes.login_checked(attempt, true).await;
+        }
+        assert!(matches!(
+            waiting.await.unwrap(),
+            LoginGate::Braked(Refusal::FailedLogins)
+        ));
+        assert_eq!(connecting.await.unwrap(), Some(Refusal::FailedLogins));
     }
 }

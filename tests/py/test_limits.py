@@ -8,8 +8,8 @@ import pytest
 
 from support import (AUTH_FAILED, AUTH_OK, DATA_GO, DEFAULT_MAX_SIZE, GREETING, MAIL_OK, OK,
                      RCPT_OK, SINK, TOO_BIG, TOO_MANY_AUTH_FAILURES, TOO_MANY_ERRORS,
-                     TOO_MANY_RCPTS, UNRECOGNIZED, ConnectionClosed, SmtpClient, make_message, queue_id,
-                     sized_message, wait_until)
+                     TOO_MANY_RCPTS, UNRECOGNIZED, ConnectionClosed, SmtpClient, b64, make_message,
+                     queue_id, sized_message, wait_until)
 
 
 # --- recipients -------------------------------------------------------------------------------
@@ -190,6 +190,25 @@ def test_auth_failures_per_ip_across_sessions(make_server, role):
     srv.connect(role).close()                              # asserts the 220 greeting
     assert client.auth_plain(alice.address, "wrong") == AUTH_FAILED
     assert_refused_on_connect(srv, role)
+
+
+def test_burst_of_correct_logins_over_the_per_ip_brake(make_server):
+    """max_auth_failures_per_ip = 2 and 30 clients behind one address (an office NAT) send a
+    correct AUTH PLAIN at the same moment: every one gets `235 2.7.0`, none the 421 of the
+    failed-login brake (attempts count as failed only until their password is checked), and a
+    new connection is greeted afterwards."""
+    srv = make_server(limits={"max_auth_failures_per_ip": 2})
+    alice = srv.alice
+    clients = []
+    for _ in range(30):
+        client = srv.connect("submissions")
+        client.ehlo()
+        clients.append(client)
+    line = f"AUTH PLAIN {b64(chr(0) + alice.address + chr(0) + alice.password)}\r\n"
+    for client in clients:
+        client.send(line)
+    assert [client.reply() for client in clients] == [AUTH_OK] * 30
+    srv.connect("submission").close()                      # asserts the 220 greeting
 
 
 FAILED_LOGINS_FROM_NETWORK = "421 4.7.0 Too many failed logins from your network, try again later"
