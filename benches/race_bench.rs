@@ -1279,6 +1279,7 @@ mod report {
     }
 
     pub(crate) fn print(plan: &Plan, rows: &[Row], commands: &[String]) {
+        use super::print_summary;
         println!(
             "## Postern, Postfix and Haraka (window {:.0} s after {:.1} s warm-up, median of {} run(s))\n",
             plan.window.as_secs_f64(),
@@ -1332,6 +1333,7 @@ mod report {
                 m.unsigned,
             );
         }
+        print_summary(plan, rows);
         let first_errors: Vec<String> = rows
             .iter()
             .filter_map(|r| {
@@ -1351,6 +1353,70 @@ mod report {
         if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
             println!("\nLoad average at the end: {}", load.trim());
         }
+    }
+}
+
+/// The three-way comparison, one row per case: delivered msg/s and CPU per message of each
+/// server, and the first server's delivered rate over each other's (the figures of the table
+/// above, side by side).
+fn print_summary(plan: &Plan, rows: &[report::Row]) {
+    let Some(&first) = plan.servers.first() else {
+        return;
+    };
+    let others: Vec<Peer> = plan
+        .servers
+        .iter()
+        .copied()
+        .filter(|&p| p != first)
+        .collect();
+    let names = |suffix: &str| -> String {
+        plan.servers
+            .iter()
+            .map(|p| format!("{p} {suffix}"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    };
+    let over: Vec<String> = others.iter().map(|p| format!("{first} ÷ {p}")).collect();
+    println!(
+        "\n### Side by side: delivered msg/s, the ratios, server CPU µs/msg\n\n| case | {} | {} | {} |",
+        names("msg/s"),
+        over.join(" | "),
+        names("µs/msg"),
+    );
+    let columns = 1 + 2 * plan.servers.len() + others.len();
+    println!("|---|{}", "---:|".repeat(columns - 1));
+    let mut cases: Vec<String> = Vec::new();
+    for row in rows {
+        if !cases.contains(&row.case.label()) {
+            cases.push(row.case.label());
+        }
+    }
+    for case in cases {
+        let of = |p: Peer| rows.iter().find(|r| r.peer == p && r.case.label() == case);
+        let rate = |p: Peer| of(p).map(|r| r.m.delivered_rate);
+        let rates: Vec<String> = plan
+            .servers
+            .iter()
+            .map(|&p| rate(p).map_or("-".into(), |r| format!("{r:.0}")))
+            .collect();
+        let ratios: Vec<String> = others
+            .iter()
+            .map(|&p| match rate(first) {
+                Some(r) => report::ratio(r, rate(p)),
+                None => "-".into(),
+            })
+            .collect();
+        let cpu: Vec<String> = plan
+            .servers
+            .iter()
+            .map(|&p| of(p).map_or("-".into(), |r| format!("{:.0}", r.m.server_us_per_msg)))
+            .collect();
+        println!(
+            "| {case} | {} | {} | {} |",
+            rates.join(" | "),
+            ratios.join(" | "),
+            cpu.join(" | ")
+        );
     }
 }
 
