@@ -542,10 +542,15 @@ impl IdleSession {
         source: &S,
     ) -> Result<Vec<RecipientOutcome>, ClientError> {
         if self.ext.pipelining {
-            return self.session.transaction(peer, txn, &self.ext, source, true).await;
+            return self
+                .session
+                .transaction(peer, txn, &self.ext, source, true)
+                .await;
         }
         self.session.reset().await?;
-        self.session.transaction(peer, txn, &self.ext, source, false).await
+        self.session
+            .transaction(peer, txn, &self.ext, source, false)
+            .await
     }
 }
 

@@ -238,11 +238,7 @@ fn purge(log: &mut dyn LogStore, retention: Duration) {
 /// One batch: `first`, then what arrives until `until`, until the batch holds [`BATCH_MAX`]
 /// records, or until `Close` (returned as `true`; nothing after it is read) or the last
 /// sender is gone.
-fn collect(
-    first: Message,
-    rx: &mpsc::Receiver<Message>,
-    until: Instant,
-) -> (Vec<LogRecord>, bool) {
+fn collect(first: Message, rx: &mpsc::Receiver<Message>, until: Instant) -> (Vec<LogRecord>, bool) {
     let mut batch = Vec::new();
     let mut next = Ok(first);
     while let Ok(message) = next {
@@ -384,7 +380,10 @@ mod tests {
         drop(tx);
         let (batch, closing) = collect(first, &rx, far());
         assert_eq!((batch.len(), closing), (2, false));
-        assert_eq!(batch[1].recipient, format!("r{}@example.net", BATCH_MAX + 1));
+        assert_eq!(
+            batch[1].recipient,
+            format!("r{}@example.net", BATCH_MAX + 1)
+        );
     }
 
     #[test]

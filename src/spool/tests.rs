@@ -905,9 +905,8 @@ async fn recent_data_is_exactly_what_the_journal_holds_across_compaction_and_rep
     let inline_max = 1024;
     let cfg = config(dir.path(), inline_max, 4096);
     let spool = Spool::open(&cfg, Metrics::new()).unwrap();
-    let segment_of = |spool: &Spool, id: &SpoolId| {
-        spool.journal.index.lock().unwrap().messages[id].segment
-    };
+    let segment_of =
+        |spool: &Spool, id: &SpoolId| spool.journal.index.lock().unwrap().messages[id].segment;
     // Kept messages inline at the limit and below (one byte more goes to a data file and is
     // never kept), each distinct, between fillers that are delivered at once: their segments
     // empty, rolling copies the kept ones forward.
@@ -925,7 +924,12 @@ async fn recent_data_is_exactly_what_the_journal_holds_across_compaction_and_rep
             }
         }
     }
-    let large = put(&spool, &["keep@example.net"], &vec![b'L'; inline_max as usize + 1]).await;
+    let large = put(
+        &spool,
+        &["keep@example.net"],
+        &vec![b'L'; inline_max as usize + 1],
+    )
+    .await;
     let mut held = Vec::new();
     while held.len() < kept.len() + 1 {
         let m = next(&spool).await;
@@ -934,7 +938,10 @@ async fn recent_data_is_exactly_what_the_journal_holds_across_compaction_and_rep
             continue;
         }
         let done = vec![result(0, RecipientStatus::Delivered, "250 ok")];
-        spool.record_attempt(&m.envelope.id, done, None).await.unwrap();
+        spool
+            .record_attempt(&m.envelope.id, done, None)
+            .await
+            .unwrap();
     }
     let moved = kept
         .iter()
@@ -942,7 +949,11 @@ async fn recent_data_is_exactly_what_the_journal_holds_across_compaction_and_rep
         .count();
     assert!(moved > 0, "compaction copied kept messages forward");
     let in_memory: usize = kept.iter().map(|(_, _, d)| d.len()).sum();
-    assert_eq!(recent_bytes(&spool), in_memory, "the large message is not kept");
+    assert_eq!(
+        recent_bytes(&spool),
+        in_memory,
+        "the large message is not kept"
+    );
     let mut from_memory = Vec::new();
     for envelope in &held {
         if envelope.id != large {
@@ -951,7 +962,11 @@ async fn recent_data_is_exactly_what_the_journal_holds_across_compaction_and_rep
     }
     drop(spool);
     let spool = Spool::open(&cfg, Metrics::new()).unwrap();
-    assert_eq!(recent_bytes(&spool), 0, "replay starts with nothing in memory");
+    assert_eq!(
+        recent_bytes(&spool),
+        0,
+        "replay starts with nothing in memory"
+    );
     assert_eq!(from_memory.len(), kept.len());
     for (id, read) in from_memory {
         let envelope = spool.envelope(&id).unwrap();
