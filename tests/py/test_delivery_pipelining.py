@@ -41,7 +41,7 @@ class PipeliningReceiver:
         self.lock = threading.Lock()
         self.chunks: list[bytes] = []
         self.connections = 0
-        self.messages: list[tuple[str, list[str]]] = []  # (MAIL FROM, RCPT TOs)
+        self.messages: list[tuple[str, list[str], bytes]] = []  # (MAIL FROM, RCPT TOs, data)
         self.port = free_port()
         receiver = self
 
@@ -67,12 +67,17 @@ class PipeliningReceiver:
         with self.lock:
             # The null reverse-path as "".
             sender = "" if envelope.mail_from == "<>" else envelope.mail_from
-            self.messages.append((sender, list(envelope.rcpt_tos)))
+            self.messages.append((sender, list(envelope.rcpt_tos), envelope.content))
         return "250 2.0.0 Message accepted"
 
     def received(self, sender: str) -> list[list[str]]:
         with self.lock:
-            return [rcpts for mail_from, rcpts in self.messages if mail_from == sender]
+            return [rcpts for mail_from, rcpts, _ in self.messages if mail_from == sender]
+
+    def contents(self) -> list[tuple[list[str], bytes]]:
+        """(RCPT TOs, data) of every message."""
+        with self.lock:
+            return [(rcpts, content) for _, rcpts, content in self.messages]
 
     def chunk_with(self, needle: bytes) -> bytes:
         with self.lock:
@@ -83,6 +88,11 @@ class PipeliningReceiver:
 
 @pytest.fixture
 def receiver():
+    yield from started_receiver()
+
+
+def started_receiver():
+    """A started receiver (for a fixture: stopped after the yield)."""
     r = PipeliningReceiver()
     r.controller.start()
     # Controller.start() connects once itself to check the server is up: not ours.
