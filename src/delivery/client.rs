@@ -3,9 +3,11 @@
 //! The conversation (RFC 5321 section 3, 4.1): greeting → EHLO (HELO when EHLO gets a 5yz,
 //! RFC 5321 3.2) → STARTTLS when offered and the [`TlsPolicy`] wants it (RFC 3207; EHLO again
 //! afterwards, section 4.2) → MAIL FROM with SIZE= (RFC 1870), BODY=8BITMIME (RFC 6152) and
-//! SMTPUTF8 (RFC 6531) as the server supports them → one RCPT TO per recipient (all sent in
-//! one write after MAIL when PIPELINING is advertised, RFC 2920; DATA is sent on its own once
-//! a recipient is accepted) → DATA, the message streamed through the dot-stuffer (`smtp::dot`)
+//! SMTPUTF8 (RFC 6531) as the server supports them → one RCPT TO per recipient → DATA (when
+//! PIPELINING is advertised, RFC 2920, MAIL, every RCPT and DATA go in one write, with RSET
+//! in front on a reused session: two round trips per message; without it each command waits
+//! for its reply, and DATA is sent only once a recipient is accepted) → the message streamed
+//! through the dot-stuffer (`smtp::dot`)
 //! from an [`AsyncRead`] in 64 KiB chunks, never whole in memory → final reply → QUIT.
 //!
 //! Timeouts: `connect_timeout` for the TCP connect; `command_timeout` for each whole reply,
@@ -530,14 +532,25 @@ impl IdleSession {
         }
     }
 
+    /// To a server that pipelines, RSET goes in the same write as the envelope and DATA
+    /// (RFC 2920 section 3.1 lets RSET, MAIL and RCPT stand anywhere in a group and DATA end
+    /// it); otherwise it is answered before MAIL.
     async fn reset_and_send<S: MessageSource>(
         &mut self,
         peer: &Peer,
         txn: &Transaction<'_>,
         source: &S,
     ) -> Result<Vec<RecipientOutcome>, ClientError> {
+        if self.ext.pipelining {
+            return self
+                .session
+                .transaction(peer, txn, &self.ext, source, true)
+                .await;
+        }
         self.session.reset().await?;
-        self.session.transaction(peer, txn, &self.ext, source).await
+        self.session
+            .transaction(peer, txn, &self.ext, source, false)
+            .await
     }
 }
 
@@ -561,7 +574,7 @@ async fn converse<S: MessageSource>(
     }
     let ext = session.hello(&settings.helo_name).await?;
     let (tls, ext) = session.negotiate_tls(settings, peer, policy, ext).await?;
-    let recipients = session.transaction(peer, txn, &ext, source).await?;
+    let recipients = session.transaction(peer, txn, &ext, source, false).await?;
     let report = TransactionReport {
         peer: peer.clone(),
         tls,
@@ -975,13 +988,15 @@ impl Session {
         Ok(())
     }
 
-    /// MAIL, RCPT, DATA. `Ok` means the server answered the transaction.
+    /// MAIL, RCPT, DATA (after RSET on a reused session when `reset`, which only a
+    /// pipelining server is asked for here). `Ok` means the server answered the transaction.
     async fn transaction<S: MessageSource>(
         &mut self,
         peer: &Peer,
         txn: &Transaction<'_>,
         ext: &Extensions,
         source: &S,
+        reset: bool,
     ) -> Result<Vec<RecipientOutcome>, ClientError> {
         if let Some(error) = super::require_tls::next_hop_refusal(txn, ext) {
             return Err(error);
@@ -996,13 +1011,144 @@ impl Session {
         }
         // Timed from MAIL FROM to the transaction's last reply: what the peer made us wait.
         let start = Instant::now();
-        let answered = self
-            .envelope_and_message(peer, txn, ext, source, &sendable, &mut outcomes)
-            .await;
+        let answered = if ext.pipelining {
+            self.pipelined(peer, txn, ext, source, &sendable, &mut outcomes, reset)
+                .await
+        } else {
+            self.envelope_and_message(peer, txn, ext, source, &sendable, &mut outcomes)
+                .await
+        };
         if let Some(metrics) = &self.metrics {
             metrics.smtp_transaction(answered.is_ok(), start.elapsed().as_secs_f64());
         }
         Ok(outcomes.finish(&answered?))
+    }
+
+    /// The transaction with a server that pipelines (RFC 2920): [RSET,] MAIL, every RCPT and
+    /// DATA in one write, then their replies in order, then the message when DATA got 354.
+    /// Two round trips per message on a reused session instead of four. The message is
+    /// opened before anything is written, so a spool that cannot be read costs no command.
+    /// A group that the server answers in a way that leaves DATA open without a recipient
+    /// to send to (354 after refusing them all, or after refusing MAIL or RSET) is ended by
+    /// closing the connection, never by sending the message: without the final dot nothing
+    /// is accepted (RFC 5321 4.1.1.4).
+    #[allow(clippy::too_many_arguments)]
+    async fn pipelined<S: MessageSource>(
+        &mut self,
+        peer: &Peer,
+        txn: &Transaction<'_>,
+        ext: &Extensions,
+        source: &S,
+        sendable: &[usize],
+        outcomes: &mut Outcomes,
+        reset: bool,
+    ) -> Result<RecipientOutcome, ClientError> {
+        if reset && !self.buf.is_empty() {
+            // Something unasked for on the idle session (a 421 before closing it).
+            self.usable = false;
+            return Err(ClientError::Closed {
+                phase: Command::Rset,
+            });
+        }
+        let body = match source.open().await {
+            Ok(body) => body,
+            Err(e) => {
+                return Ok(RecipientOutcome::temporary(
+                    EnhancedCode::new(4, 3, 0),
+                    format!("cannot read the queued message: {e}"),
+                ));
+            }
+        };
+        let mut group = String::new();
+        if reset {
+            group.push_str(command::RSET);
+        }
+        group.push_str(&txn.mail_line(ext));
+        for &i in sendable {
+            group.push_str(&txn.rcpt_line(i, ext));
+        }
+        group.push_str(command::DATA);
+        let phase = if reset { Command::Rset } else { Command::Mail };
+        self.write(group.as_bytes(), phase).await?;
+
+        if reset {
+            let deadline = Instant::now() + RESET_TIMEOUT.min(self.command_timeout);
+            let reply = match self.read_reply_until(Command::Rset, deadline).await {
+                Ok(reply) => reply,
+                Err(e) => {
+                    self.usable = false;
+                    return Err(e);
+                }
+            };
+            if reply.code != 250 {
+                // What the server made of the rest is unknown: DATA may be open.
+                self.usable = false;
+                return Err(ClientError::Rejected {
+                    phase: Command::Rset,
+                    reply,
+                });
+            }
+        }
+        let mail = self.read_reply(Command::Mail).await?;
+        if mail.code == 421 {
+            // The server is closing: the other replies will not come.
+            self.usable = false;
+            return Err(ClientError::Rejected {
+                phase: Command::Mail,
+                reply: mail,
+            });
+        }
+        if !mail.is_positive() {
+            // The RCPT and DATA replies (503) are read so the session stays in step; a
+            // DATA that opened anyway, or a reply that does not come, ends the session.
+            let mut in_step = true;
+            for _ in 0..=sendable.len() {
+                match self.read_reply(Command::Rcpt).await {
+                    Ok(reply) if reply.code == 354 => in_step = false,
+                    Ok(_) => {}
+                    Err(_) => {
+                        in_step = false;
+                        break;
+                    }
+                }
+            }
+            self.usable &= in_step;
+            return Ok(RecipientOutcome::from_reply(peer, Command::Mail, &mail));
+        }
+        let mut accepted = 0;
+        for &i in sendable {
+            let reply = self.read_reply(Command::Rcpt).await?;
+            if reply.code == 421 {
+                // The server is closing: nothing was delivered, another address may work.
+                self.usable = false;
+                return Err(ClientError::Rejected {
+                    phase: Command::Rcpt,
+                    reply,
+                });
+            }
+            if reply.is_positive() {
+                accepted += 1;
+            } else {
+                outcomes.set(i, RecipientOutcome::from_reply(peer, Command::Rcpt, &reply));
+            }
+        }
+        let data = self.read_reply(Command::Data).await?;
+        if accepted == 0 {
+            if data.code == 354 {
+                // DATA opened with no recipient: closing, not sending, ends it. Never
+                // QUIT now: inside DATA it would be message text.
+                self.usable = false;
+            }
+            // Every recipient has its RCPT reply; the fallback is never used.
+            return Ok(RecipientOutcome::temporary(
+                EnhancedCode::new(4, 0, 0),
+                "no reply",
+            ));
+        }
+        if data.code != 354 {
+            return Ok(RecipientOutcome::from_reply(peer, Command::Data, &data));
+        }
+        self.send_data(peer, body).await
     }
 
     /// The envelope, then the message when a recipient was accepted: the outcome for the
@@ -1114,6 +1260,15 @@ impl Session {
         if data.code != 354 {
             return Ok(RecipientOutcome::from_reply(peer, Command::Data, &data));
         }
+        self.send_data(peer, body).await
+    }
+
+    /// After 354: the message, then its final reply, the outcome of every accepted recipient.
+    async fn send_data(
+        &mut self,
+        peer: &Peer,
+        body: Box<dyn AsyncRead + Send + Unpin>,
+    ) -> Result<RecipientOutcome, ClientError> {
         Ok(match self.send_body(body).await? {
             BodyEnd::Sent => match self.read_reply(Command::DataEnd).await {
                 Ok(reply) => RecipientOutcome::from_reply(peer, Command::DataEnd, &reply),

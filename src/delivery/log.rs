@@ -6,8 +6,10 @@
 //! # Writes never hold up delivery
 //! The delivery tasks hand each attempt's records to a [`LogWriter`] over a bounded channel
 //! ([`QUEUE_CAPACITY`]) without waiting ([`LogWriter::submit`]); a thread of its own writes
-//! them, everything queued at once in one batch of at most [`BATCH_MAX`] records (one
-//! transaction on SQLite, one statement on PostgreSQL). A full channel, a failed write or a
+//! them in batches of at most [`BATCH_MAX`] records (one transaction on SQLite, one statement
+//! on PostgreSQL): a batch is what arrives within [`LINGER`] of its first record, so that at
+//! high rates the cost of a transaction (and the thread's wake-up) is shared by many records.
+//! `close` ends the linger at once: whatever was submitted before it is written. A full channel, a failed write or a
 //! log that cannot be opened costs log rows and nothing more: delivery goes on and the spool
 //! keeps its own record.
 //!
@@ -46,6 +48,10 @@ pub const PURGE_EVERY: Duration = Duration::from_secs(3600);
 pub const QUEUE_CAPACITY: usize = 10_000;
 /// Most records written in one batch.
 pub const BATCH_MAX: usize = 1000;
+/// How long the writer goes on collecting after the first record of a batch, unless the
+/// batch is full first: at a thousand deliveries a second one transaction then carries a
+/// few dozen records instead of one or two, and a row is visible at most this much later.
+pub const LINGER: Duration = Duration::from_millis(5);
 /// Wait before the one retry of a failed batch.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// At most one `error` line about dropped records per this period.
@@ -229,6 +235,25 @@ fn purge(log: &mut dyn LogStore, retention: Duration) {
     }
 }
 
+/// One batch: `first`, then what arrives until `until`, until the batch holds [`BATCH_MAX`]
+/// records, or until `Close` (returned as `true`; nothing after it is read) or the last
+/// sender is gone.
+fn collect(first: Message, rx: &mpsc::Receiver<Message>, until: Instant) -> (Vec<LogRecord>, bool) {
+    let mut batch = Vec::new();
+    let mut next = Ok(first);
+    while let Ok(message) = next {
+        match message {
+            Message::Records(r) => batch.extend(r),
+            Message::Close => return (batch, true),
+        }
+        if batch.len() >= BATCH_MAX {
+            break;
+        }
+        next = rx.recv_timeout(until.saturating_duration_since(Instant::now()));
+    }
+    (batch, false)
+}
+
 fn writer_loop(
     mut log: Box<dyn LogStore>,
     rx: &mpsc::Receiver<Message>,
@@ -248,21 +273,7 @@ fn writer_loop(
             }
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        // Everything already queued goes in the same batch.
-        let mut batch = Vec::new();
-        let mut closing = false;
-        let mut next = Some(first);
-        while let Some(message) = next {
-            match message {
-                Message::Records(r) => batch.extend(r),
-                Message::Close => closing = true,
-            }
-            next = if closing || batch.len() >= BATCH_MAX {
-                None
-            } else {
-                rx.try_recv().ok()
-            };
-        }
+        let (batch, closing) = collect(first, rx, Instant::now() + LINGER);
         if !batch.is_empty() {
             match log.insert(&batch) {
                 Ok(()) => dropped.written(),
@@ -339,6 +350,92 @@ mod tests {
         let rows = log.query(&LogQuery::default()).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].recipient, "new@example.net");
+    }
+
+    fn one(n: usize) -> Message {
+        Message::Records(vec![record(
+            1,
+            "a@example.org",
+            &format!("r{n}@example.net"),
+            LogState::Delivered,
+        )])
+    }
+
+    /// A deadline the tests never reach: a batch that ends does so by count, `Close` or
+    /// disconnection, never by time.
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(3600)
+    }
+
+    #[test]
+    fn a_batch_ends_at_batch_max_records() {
+        let (tx, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
+        for n in 1..BATCH_MAX + 2 {
+            tx.send(one(n)).unwrap();
+        }
+        let (batch, closing) = collect(one(0), &rx, far());
+        assert_eq!((batch.len(), closing), (BATCH_MAX, false));
+        // The record past the limit starts the next batch.
+        let first = rx.recv().unwrap();
+        drop(tx);
+        let (batch, closing) = collect(first, &rx, far());
+        assert_eq!((batch.len(), closing), (2, false));
+        assert_eq!(
+            batch[1].recipient,
+            format!("r{}@example.net", BATCH_MAX + 1)
+        );
+    }
+
+    #[test]
+    fn close_ends_the_linger_with_everything_sent_before_it() {
+        let (tx, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
+        let late = std::thread::spawn(move || {
+            tx.send(one(1)).unwrap();
+            tx.send(one(2)).unwrap();
+            tx.send(Message::Close).unwrap();
+            tx.send(one(3)).unwrap();
+            tx
+        });
+        let (batch, closing) = collect(one(0), &rx, far());
+        let tx = late.join().unwrap();
+        assert!(closing);
+        let recipients: Vec<&str> = batch.iter().map(|r| r.recipient.as_str()).collect();
+        assert_eq!(
+            recipients,
+            ["r0@example.net", "r1@example.net", "r2@example.net"]
+        );
+        // Nothing after Close was taken.
+        assert!(matches!(rx.try_recv(), Ok(Message::Records(_))));
+        drop(tx);
+    }
+
+    #[test]
+    fn every_record_submitted_before_close_is_written() {
+        let dir = TempDir::new("dlog-linger");
+        let path = dir.join("delivery-log.db");
+        let opened = path.clone();
+        let writer = LogWriter::start(
+            move || {
+                SqliteLog::open(&opened)
+                    .map(|l| Box::new(l) as Box<dyn LogStore>)
+                    .map_err(|e| e.to_string())
+            },
+            Duration::from_secs(86_400),
+            Metrics::new(),
+        )
+        .unwrap();
+        let total = BATCH_MAX + 1;
+        for n in 0..total {
+            writer.submit(vec![record(
+                now_ms(),
+                "a@example.org",
+                &format!("r{n}@example.net"),
+                LogState::Delivered,
+            )]);
+        }
+        writer.close();
+        let log = SqliteLog::open_existing(&path).unwrap().unwrap();
+        assert_eq!(log.query(&LogQuery::default()).unwrap().len(), total);
     }
 
     #[test]

@@ -37,6 +37,16 @@
 //! place (concurrency 1) and its messages' retries are spread out (`retry.rs`); any
 //! transaction answer revives it. `postern_delivery_dead_destinations` counts them.
 //!
+//! Throughput: a worker is held for the transaction only, never for the spool: the attempt's
+//! record (and its `Done` fsync, shared with the acceptances of the same group commit) is
+//! waited for after the worker is given back, by the message's task, which holds only its
+//! place among `max_active_messages`. The message's data comes from the spool's memory of
+//! recent messages when it can (`spool/recent.rs`), and the client pipelines the whole
+//! transaction to a server that allows it (`client.rs`), so a reused session costs two
+//! round trips per message. At high rates the runtime is CPU-bound and each transaction's
+//! round trips wait behind the client sessions' work: the number of transactions in flight
+//! (`workers`, and `max_per_destination` for one relay host) then decides delivery's share.
+//!
 //! Shutdown: no new message is taken; a message in progress finishes its current transaction,
 //! groups not started yet are deferred (4.3.2) and recorded, so nothing is lost. With
 //! `workers = 0` nothing is delivered at all (maintenance).

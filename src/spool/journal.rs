@@ -16,6 +16,7 @@
 //! segment and offset), so the committer computes each record's offset before encoding it.
 
 use super::files::{self, fsync_dir, private_dir, private_options};
+use super::recent::RecentData;
 use super::record::{self, DoneRecord, Position, RecordKey, UpdateRecord};
 use super::replay::{self, Replayed};
 use super::{Envelope, QueueItem, QueuedMessage, RecipientResult, RecipientStatus, SpoolId, key};
@@ -148,6 +149,9 @@ pub(super) struct Index {
     by_received: BTreeSet<(u64, SpoolId)>,
     /// Live message count per segment.
     pub(super) segments: BTreeMap<u64, usize>,
+    /// Inline data of messages committed since the start, until their attempt is recorded
+    /// (`recent.rs`); under this lock so that a read sees the data and the entry together.
+    pub(super) recent: RecentData,
 }
 
 impl Index {
@@ -503,7 +507,9 @@ impl Journal {
         }
     }
 
-    pub(super) async fn read_inline(&self, id: &SpoolId) -> Result<Vec<u8>, SpoolError> {
+    /// The inline data of a live message: from memory when it was committed recently
+    /// (`recent.rs`), else read from its segment on a blocking thread.
+    pub(super) async fn read_inline(&self, id: &SpoolId) -> Result<InlineData, SpoolError> {
         // Compaction may move the data between the look-up and the read; look up again then.
         for _ in 0..3 {
             let (segment, offset, len) = {
@@ -512,6 +518,9 @@ impl Journal {
                     .messages
                     .get(id)
                     .ok_or_else(|| SpoolError::NotFound(id.clone()))?;
+                if let Some(kept) = index.recent.get(id) {
+                    return Ok(InlineData::Kept(kept));
+                }
                 match entry.data {
                     DataLocation::Inline { offset, len } => (entry.segment, offset, len),
                     DataLocation::File => return Err(SpoolError::NotFound(id.clone())),
@@ -527,7 +536,7 @@ impl Journal {
             .await
             .map_err(|_| SpoolError::Stopped)?;
             match read {
-                Ok(data) => return Ok(data),
+                Ok(data) => return Ok(InlineData::Read(data)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => {
                     return Err(SpoolError::Io {
@@ -538,6 +547,23 @@ impl Journal {
             }
         }
         Err(SpoolError::NotFound(id.clone()))
+    }
+}
+
+/// A message's inline data as [`Journal::read_inline`] found it.
+pub(super) enum InlineData {
+    /// Shared with the spool's memory of recent messages.
+    Kept(Arc<[u8]>),
+    /// Read from the segment.
+    Read(Vec<u8>),
+}
+
+impl AsRef<[u8]> for InlineData {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            InlineData::Kept(data) => data,
+            InlineData::Read(data) => data,
+        }
     }
 }
 
@@ -619,7 +645,8 @@ struct Committer {
 
 /// What a job changes in the index once its records are durable.
 enum Change {
-    Insert(Entry),
+    /// A new message, with its inline data to keep for its delivery (`recent.rs`).
+    Insert(Entry, Option<Vec<u8>>),
     Update {
         id: SpoolId,
         envelope: Envelope,
@@ -726,7 +753,7 @@ impl Committer {
                     };
                     batch.bytes.extend_from_slice(&encoded);
                     let next_attempt_ms = envelope.received_at_ms;
-                    batch.changes.push(Change::Insert(Entry {
+                    let entry = Entry {
                         envelope: *envelope,
                         segment: self.active.seq,
                         data: location,
@@ -734,7 +761,10 @@ impl Committer {
                         next_attempt_ms,
                         in_flight: false,
                         bytes: encoded.len() as u64,
-                    }));
+                    };
+                    // The buffer just framed into the record: the bytes a read would return.
+                    let kept = (!has_data_file).then_some(data);
+                    batch.changes.push(Change::Insert(entry, kept));
                     batch.replies.push(done);
                 }
                 Job::Attempt {
@@ -856,7 +886,13 @@ impl Committer {
         let mut index = self.index.lock().expect("spool index lock");
         for change in changes {
             match change {
-                Change::Insert(entry) => index.insert(entry),
+                Change::Insert(entry, data) => {
+                    let id = entry.envelope.id.clone();
+                    index.insert(entry);
+                    if let Some(data) = data {
+                        index.recent.insert(id, data);
+                    }
+                }
                 Change::Update {
                     id,
                     envelope,
@@ -864,6 +900,10 @@ impl Committer {
                     next_attempt_ms,
                     in_flight,
                 } => {
+                    if !in_flight {
+                        // The attempt that read the data is over; a retry reads the file.
+                        index.recent.remove(&id);
+                    }
                     if let Some(mut entry) = index.remove(&id) {
                         entry.envelope = envelope;
                         entry.attempts = attempts;
@@ -873,6 +913,7 @@ impl Committer {
                     }
                 }
                 Change::Remove(id) => {
+                    index.recent.remove(&id);
                     if let Some(entry) = index.remove(&id) {
                         remove_data_file(&self.root, &entry.envelope);
                     }

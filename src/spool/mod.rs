@@ -33,12 +33,19 @@
 //! its size) the live messages of older segments are copied forward with their current state,
 //! which lets those segments go.
 //!
+//! # Reading for delivery
+//! The inline data of a message committed by this process is kept in memory (64 MiB at most,
+//! `recent.rs`) until the delivery attempt that reads it is recorded, so the delivery that
+//! follows an acceptance reads no file; older messages, and every message after a restart,
+//! are read from their segment.
+//!
 //! The delivery schedule (`next_due`, `record_attempt`) lives here too: the spool is the only
 //! owner of a message's state, so the schedule survives restarts with the message.
 
 mod files;
 mod journal;
 mod key;
+mod recent;
 pub(crate) mod record;
 mod replay;
 

@@ -837,3 +837,166 @@ async fn flush_makes_deferred_messages_due_now() {
     assert_eq!(next(&spool).await.envelope.id, a);
     assert_eq!(spool.flush(None).unwrap(), 0);
 }
+
+/// Overwrites, in every journal segment, each occurrence of `from` with `to` (same length):
+/// what a read from the file returns afterwards differs from what was committed.
+fn rewrite_segments(dir: &TempDir, from: &[u8], to: &[u8]) {
+    assert_eq!(from.len(), to.len());
+    let mut found = false;
+    for segment in std::fs::read_dir(dir.path().join("journal")).unwrap() {
+        let path = segment.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mut at = 0;
+        while let Some(n) = bytes[at..].windows(from.len()).position(|w| w == from) {
+            bytes[at + n..at + n + to.len()].copy_from_slice(to);
+            at += n + to.len();
+            found = true;
+        }
+        std::fs::write(&path, bytes).unwrap();
+    }
+    assert!(found, "the data is in a segment");
+}
+
+fn recent_bytes(spool: &Spool) -> usize {
+    spool.journal.index.lock().unwrap().recent.bytes()
+}
+
+#[tokio::test]
+async fn recent_data_is_read_from_memory_until_its_attempt_is_recorded() {
+    let dir = TempDir::new("spool-test");
+    let spool = open(&dir);
+    let data = b"Subject: kept\r\n\r\nORIGINAL\r\n";
+    put(&spool, &["x@one.example", "y@two.example"], data).await;
+    assert_eq!(recent_bytes(&spool), data.len());
+    // The file now says something else: a read that returns the original came from memory.
+    rewrite_segments(&dir, b"ORIGINAL", b"REWRITTE");
+    let m = next(&spool).await;
+    let mut want = b"X-Prefix: 1\r\n".to_vec();
+    want.extend_from_slice(data);
+    assert_eq!(read_all(&spool, &m.envelope).await, want);
+    // Each group of the attempt, and each address it tries, reads the same memory.
+    assert_eq!(read_all(&spool, &m.envelope).await, want);
+    spool
+        .record_progress(
+            &m.envelope.id,
+            vec![result(0, RecipientStatus::Delivered, "250 ok")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(read_all(&spool, &m.envelope).await, want);
+    // The attempt's record ends it: the retry reads the file.
+    spool
+        .record_attempt(
+            &m.envelope.id,
+            vec![result(1, RecipientStatus::Pending, "451 later")],
+            Some(SystemTime::now()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(recent_bytes(&spool), 0);
+    let m = next(&spool).await;
+    let read = read_all(&spool, &m.envelope).await;
+    assert!(read.ends_with(b"\r\n\r\nREWRITTE\r\n"), "{read:?}");
+}
+
+#[tokio::test]
+async fn recent_data_is_exactly_what_the_journal_holds_across_compaction_and_replay() {
+    let dir = TempDir::new("spool-test");
+    let inline_max = 1024;
+    let cfg = config(dir.path(), inline_max, 4096);
+    let spool = Spool::open(&cfg, Metrics::new()).unwrap();
+    let segment_of =
+        |spool: &Spool, id: &SpoolId| spool.journal.index.lock().unwrap().messages[id].segment;
+    // Kept messages inline at the limit and below (one byte more goes to a data file and is
+    // never kept), each distinct, between fillers that are delivered at once: their segments
+    // empty, rolling copies the kept ones forward.
+    let sizes = [0usize, 1, 300, inline_max as usize - 1, inline_max as usize];
+    let mut kept = Vec::new();
+    for round in 0..4usize {
+        for (n, &size) in sizes.iter().enumerate() {
+            let data: Vec<u8> = (0..size)
+                .map(|i| b'a' + ((i + n + round) % 26) as u8)
+                .collect();
+            let id = put(&spool, &["keep@example.net"], &data).await;
+            kept.push((id.clone(), segment_of(&spool, &id), data));
+            for _ in 0..4 {
+                put(&spool, &["fill@example.net"], &[b'f'; 200]).await;
+            }
+        }
+    }
+    let large = put(
+        &spool,
+        &["keep@example.net"],
+        &vec![b'L'; inline_max as usize + 1],
+    )
+    .await;
+    let mut held = Vec::new();
+    while held.len() < kept.len() + 1 {
+        let m = next(&spool).await;
+        if m.envelope.recipients[0].address == "keep@example.net" {
+            held.push(m.envelope);
+            continue;
+        }
+        let done = vec![result(0, RecipientStatus::Delivered, "250 ok")];
+        spool
+            .record_attempt(&m.envelope.id, done, None)
+            .await
+            .unwrap();
+    }
+    let moved = kept
+        .iter()
+        .filter(|(id, segment, _)| segment_of(&spool, id) != *segment)
+        .count();
+    assert!(moved > 0, "compaction copied kept messages forward");
+    let in_memory: usize = kept.iter().map(|(_, _, d)| d.len()).sum();
+    assert_eq!(
+        recent_bytes(&spool),
+        in_memory,
+        "the large message is not kept"
+    );
+    let mut from_memory = Vec::new();
+    for envelope in &held {
+        if envelope.id != large {
+            from_memory.push((envelope.id.clone(), read_all(&spool, envelope).await));
+        }
+    }
+    drop(spool);
+    let spool = Spool::open(&cfg, Metrics::new()).unwrap();
+    assert_eq!(
+        recent_bytes(&spool),
+        0,
+        "replay starts with nothing in memory"
+    );
+    assert_eq!(from_memory.len(), kept.len());
+    for (id, read) in from_memory {
+        let envelope = spool.envelope(&id).unwrap();
+        assert_eq!(read_all(&spool, &envelope).await, read);
+        let (_, _, data) = kept.iter().find(|(i, _, _)| *i == id).unwrap();
+        let mut want = b"X-Prefix: 1\r\n".to_vec();
+        want.extend_from_slice(data);
+        assert_eq!(read, want);
+    }
+}
+
+#[tokio::test]
+async fn recent_data_leaves_with_its_message() {
+    let dir = TempDir::new("spool-test");
+    let spool = open(&dir);
+    let delivered = put(&spool, &["x@example.net"], b"one\r\n").await;
+    let removed = put(&spool, &["y@example.net"], b"two!\r\n").await;
+    assert_eq!(recent_bytes(&spool), 11);
+    let m = next(&spool).await;
+    assert_eq!(m.envelope.id, delivered);
+    spool
+        .record_attempt(
+            &delivered,
+            vec![result(0, RecipientStatus::Delivered, "250 ok")],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(recent_bytes(&spool), 6);
+    spool.remove(&removed).await.unwrap();
+    assert_eq!(recent_bytes(&spool), 0);
+    assert!(spool.is_empty());
+}
