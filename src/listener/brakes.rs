@@ -59,24 +59,36 @@ pub struct Brakes {
 /// Login attempts of this process begun and not yet settled, per subnet key.
 #[derive(Default)]
 struct Pending {
-    per_subnet: Mutex<HashMap<String, usize>>,
-    /// Woken whenever an attempt is settled.
-    settled: Notify,
+    per_subnet: Mutex<HashMap<String, PendingSubnet>>,
+}
+
+struct PendingSubnet {
+    count: usize,
+    /// One waiter is woken per settled attempt (one place may have come free), every waiter
+    /// when the last one is settled; a waiter woken for nothing asks the store and waits again.
+    settled: Arc<Notify>,
 }
 
 impl Pending {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, PendingSubnet>> {
         self.per_subnet
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn count(&self, subnet: &str) -> usize {
-        self.lock().get(subnet).copied().unwrap_or(0)
+    /// What to wait on while attempts from `subnet` are pending here; `None` when none is.
+    fn watch(&self, subnet: &str) -> Option<Arc<Notify>> {
+        self.lock().get(subnet).map(|p| p.settled.clone())
     }
 
     fn enter(self: &Arc<Self>, subnet: &str) -> PendingAttempt {
-        *self.lock().entry(subnet.to_string()).or_insert(0) += 1;
+        self.lock()
+            .entry(subnet.to_string())
+            .or_insert_with(|| PendingSubnet {
+                count: 0,
+                settled: Arc::default(),
+            })
+            .count += 1;
         PendingAttempt {
             pending: self.clone(),
             subnet: subnet.to_string(),
@@ -92,16 +104,18 @@ struct PendingAttempt {
 
 impl Drop for PendingAttempt {
     fn drop(&mut self) {
-        {
-            let mut map = self.pending.lock();
-            if let Some(n) = map.get_mut(&self.subnet) {
-                *n -= 1;
-                if *n == 0 {
-                    map.remove(&self.subnet);
-                }
+        let mut map = self.pending.lock();
+        let Some(entry) = map.get_mut(&self.subnet) else {
+            return;
+        };
+        entry.count -= 1;
+        if entry.count == 0 {
+            if let Some(entry) = map.remove(&self.subnet) {
+                entry.settled.notify_waiters();
             }
+        } else {
+            entry.settled.notify_one();
         }
-        self.pending.settled.notify_waiters();
     }
 }
 
@@ -203,16 +217,18 @@ impl Brakes {
         let deadline = Instant::now() + LOGIN_PATIENCE;
         let mut remote = REMOTE_PAUSES.iter();
         loop {
+            let watched = self.pending.watch(subnet);
             // Registered before asking, so a settlement between the answer and the wait is
             // not missed.
-            let settled = self.pending.settled.notified();
-            tokio::pin!(settled);
-            settled.as_mut().enable();
+            let mut settled = watched.as_deref().map(|n| Box::pin(n.notified()));
+            if let Some(settled) = settled.as_mut() {
+                settled.as_mut().enable();
+            }
             let state = ask().await?;
             if state == LoginBrake::Open {
                 return Ok(state);
             }
-            if self.pending.count(subnet) > 0 {
+            if let Some(settled) = settled {
                 if tokio::time::timeout_at(deadline, settled).await.is_err() {
                     return Ok(state);
                 }
