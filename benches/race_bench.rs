@@ -438,11 +438,14 @@ mod rig {
             );
             wait_port(opts.sink, Duration::from_secs(10))?;
 
+            // The RSA-2048 pair Postfix and Haraka serve, made before Postern needs it.
+            rig.script("tls", None)?;
+            let tls = race_tls_pair();
             let config = rig.work.join("postern.toml");
             let store = rig.work.join("store");
             std::fs::write(
                 &config,
-                postern_config(&rig.work, &store, postern_addr, opts.sink, None),
+                postern_config(&rig.work, &store, postern_addr, opts.sink, None, &tls),
             )?;
             let admin = |args: &[&str]| admin(&bin, &config, args);
             admin(&["address", "add", LOGIN])?;
@@ -497,8 +500,14 @@ mod rig {
                 let work2 = rig.work.join("redis");
                 std::fs::create_dir_all(&work2)?;
                 let config2 = work2.join("postern.toml");
-                let text =
-                    postern_config(&work2, &store2, postern_redis_addr, opts.sink, Some(redis));
+                let text = postern_config(
+                    &work2,
+                    &store2,
+                    postern_redis_addr,
+                    opts.sink,
+                    Some(redis),
+                    &tls,
+                );
                 std::fs::write(&config2, text)?;
                 rig.start_postern(&bin, &config2, "race_postern_redis", postern_redis_addr)?;
                 rig.started.push(Peer::PosternRedis);
@@ -668,12 +677,22 @@ mod rig {
     /// embedded store and quotas, default spool (fsync before 250), 20 workers to the sink.
     /// The failed-login brake counts an AUTH as failed until its check ends, so 100 sessions
     /// logging in at once from 127.0.0.1 trip the default brake: raised, like the session caps.
+    /// The certificate and key `race-setup.sh tls` makes for all three servers (under
+    /// `RACE_STATE`, as the script), so that Postern serves the same RSA-2048 chain as Postfix
+    /// and Haraka instead of its ECDSA development certificate.
+    fn race_tls_pair() -> (PathBuf, PathBuf) {
+        let state = std::env::var_os("RACE_STATE")
+            .map_or_else(|| PathBuf::from("/var/tmp/postern-race"), PathBuf::from);
+        (state.join("tls.pem"), state.join("tls.key"))
+    }
+
     fn postern_config(
         work: &Path,
         store: &Path,
         submission: SocketAddr,
         sink: SocketAddr,
         redis: Option<SocketAddr>,
+        (cert, key): &(PathBuf, PathBuf),
     ) -> String {
         let quota = redis
             .map(|r| format!("[quota]\nbackend = \"redis\"\nredis_url = \"redis://{r}/\"\n"))
@@ -681,6 +700,7 @@ mod rig {
         format!(
             "# written by postern-race\n\
              [listen]\nsubmission = \"{submission}\"\n\
+             [tls]\ncert = {cert:?}\nkey = {key:?}\n\
              [store]\npath = {:?}\n\
              [spool]\npath = {:?}\n\
              [delivery]\nworkers = 20\nrelayhost = \"[{}]:{}\"\n\

@@ -27,8 +27,8 @@
 //! - handshake `full`: the client keeps no sessions (rustls `Resumption::disabled()`), so every
 //!   handshake is a full one (key exchange X25519, the certificate's signature).
 //! - handshake `resumed`: the client keeps what the server gives it (rustls's in-memory
-//!   `Resumption` store: TLS 1.3 tickets, TLS 1.2 tickets or session ids) and offers it on the
-//!   next connection, as a mail client that reconnects does. The first connection of every
+//!   `Resumption` store, one per client: TLS 1.3 tickets, TLS 1.2 tickets or session ids) and
+//!   offers it on the next connection, as a mail client that reconnects does. The first connection of every
 //!   client (in the warm-up) is full. The "resumed" column is the share of handshakes in the
 //!   window that rustls reports as `HandshakeKind::Resumed`.
 //!
@@ -309,11 +309,6 @@ async fn measure(
     warmup: Duration,
     window: Duration,
 ) -> Result<CaseResult> {
-    let connector = case
-        .version
-        .map(|v| client_config(v, case.handshake))
-        .transpose()?
-        .map(tokio_rustls::TlsConnector::from);
     let addr = match case.port {
         Port::Submission => server.submission,
         Port::Submissions => server.submissions,
@@ -322,7 +317,13 @@ async fn measure(
     let end = start + window;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..case.clients {
-        let connector = connector.clone();
+        // A config, so a session store, per client, as every mail client has its own (one
+        // shared store would hand out its few tickets per server name to all of them).
+        let connector = case
+            .version
+            .map(|v| client_config(v, case.handshake))
+            .transpose()?
+            .map(tokio_rustls::TlsConnector::from);
         let port = case.port;
         tasks.spawn(async move {
             let mut tally = Tally::default();
