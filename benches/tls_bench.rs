@@ -6,6 +6,7 @@
 //! target/release/postern-tls-bench --quick                 # 2 s windows, about 1 minute
 //! target/release/postern-tls-bench                         # 5 s windows, about 3 minutes
 //! target/release/postern-tls-bench --tls 1.3,1.2 --clients 1,20,100
+//! target/release/postern-tls-bench --clients 20 --aes128   # client offers AES-128-GCM-SHA256 only
 //! ```
 //! Progress goes to stderr; the table goes to stdout as Markdown (for `benches/README.md`).
 //!
@@ -87,6 +88,12 @@ struct Options {
     /// The server's `[log] level`.
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// The client offers only the AES-128-GCM suites with SHA-256 (TLS 1.3
+    /// TLS_AES_128_GCM_SHA256, TLS 1.2 ECDHE-*-AES128-GCM-SHA256) instead of rustls's default
+    /// list, which puts AES-256-GCM with SHA-384 first: what a server preference for them
+    /// would save.
+    #[arg(long)]
+    aes128: bool,
     /// Keep the work directory (configs, certificates, server logs).
     #[arg(long)]
     keep: bool,
@@ -263,7 +270,7 @@ fn main() -> Result<()> {
                 }
                 for case in cases {
                     let result = runtime
-                        .block_on(measure(&server, cert, case, warmup, window))
+                        .block_on(measure(&server, cert, case, warmup, window, opts.aes128))
                         .with_context(|| format!("{} {case:?}", cert.label()))?;
                     eprintln!("  {}", result.summary());
                     results.push(result);
@@ -308,6 +315,7 @@ async fn measure(
     case: Case,
     warmup: Duration,
     window: Duration,
+    aes128: bool,
 ) -> Result<CaseResult> {
     let addr = match case.port {
         Port::Submission => server.submission,
@@ -321,7 +329,7 @@ async fn measure(
         // shared store would hand out its few tickets per server name to all of them).
         let connector = case
             .version
-            .map(|v| client_config(v, case.handshake))
+            .map(|v| client_config(v, case.handshake, aes128))
             .transpose()?
             .map(tokio_rustls::TlsConnector::from);
         let port = case.port;
@@ -384,8 +392,27 @@ async fn measure(
 
 /// The client's rustls config: one protocol version, any certificate (the bench's own
 /// self-signed ones; the signatures are still verified), sessions kept or not.
-fn client_config(version: TlsVersion, handshake: Handshake) -> Result<Arc<rustls::ClientConfig>> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+fn client_config(
+    version: TlsVersion,
+    handshake: Handshake,
+    aes128: bool,
+) -> Result<Arc<rustls::ClientConfig>> {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    if aes128 {
+        use rustls::CipherSuite::{
+            TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            TLS13_AES_128_GCM_SHA256,
+        };
+        provider.cipher_suites.retain(|s| {
+            matches!(
+                s.suite(),
+                TLS13_AES_128_GCM_SHA256
+                    | TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+                    | TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+            )
+        });
+    }
+    let provider = Arc::new(provider);
     let verifier = Arc::new(postern::any_certificate::AnyCertificate::new(&provider));
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[version.rustls()])?
