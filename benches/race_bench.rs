@@ -673,10 +673,6 @@ mod rig {
         let _ = child.wait();
     }
 
-    /// Postern's config: submission (STARTTLS with the generated development certificate),
-    /// embedded store and quotas, default spool (fsync before 250), 20 workers to the sink.
-    /// The failed-login brake counts an AUTH as failed until its check ends, so 100 sessions
-    /// logging in at once from 127.0.0.1 trip the default brake: raised, like the session caps.
     /// The certificate and key `race-setup.sh tls` makes for all three servers (under
     /// `RACE_STATE`, as the script), so that Postern serves the same RSA-2048 chain as Postfix
     /// and Haraka instead of its ECDSA development certificate.
@@ -686,6 +682,10 @@ mod rig {
         (state.join("tls.pem"), state.join("tls.key"))
     }
 
+    /// Postern's config: submission (STARTTLS with the RSA-2048 pair of [`race_tls_pair`]),
+    /// embedded store and quotas, default spool (fsync before 250), 20 workers to the sink.
+    /// The failed-login brake counts an AUTH as failed until its check ends, so 100 sessions
+    /// logging in at once from 127.0.0.1 trip the default brake: raised, like the session caps.
     fn postern_config(
         work: &Path,
         store: &Path,
