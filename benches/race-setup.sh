@@ -4,6 +4,7 @@
 # you like. Needs root (apt-get, /etc/postfix, cgroups).
 #
 #   bash benches/race-setup.sh install          # apt-get postfix dovecot-core opendkim redis; npm Haraka
+#   bash benches/race-setup.sh tls              # the RSA-2048 pair all three serve ($STATE/tls.pem, tls.key)
 #   bash benches/race-setup.sh configure        # write the configs below (env: see "settings")
 #   bash benches/race-setup.sh start-postfix    # postfix + dovecot auth + opendkim (background)
 #   bash benches/race-setup.sh stop-postfix
@@ -89,15 +90,19 @@ install() {
     "opendkim $(opendkim -V | head -1 | awk '{print $NF}'), Haraka $HARAKA_VERSION, node $(node --version)"
 }
 
-configure() {
-  [ -n "$PASSWORD" ] || { echo "configure: set RACE_PASSWORD (the device password)" >&2; exit 1; }
-  local sink_host=${SINK%:*} sink_port=${SINK##*:}
-  # one self-signed RSA-2048 certificate for both peers
-  if [ ! -s "$STATE/tls.pem" ]; then
+# one self-signed RSA-2048 certificate for all three servers ($STATE/tls.pem, tls.key)
+tls_pair() {
+  if [ ! -s "$STATE/tls.pem" ] || [ ! -s "$STATE/tls.key" ]; then
     openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=localhost" \
       -keyout "$STATE/tls.key" -out "$STATE/tls.pem" 2>/dev/null
   fi
   chmod 644 "$STATE/tls.pem"; chmod 600 "$STATE/tls.key"
+}
+
+configure() {
+  [ -n "$PASSWORD" ] || { echo "configure: set RACE_PASSWORD (the device password)" >&2; exit 1; }
+  local sink_host=${SINK%:*} sink_port=${SINK##*:}
+  tls_pair
   # one DKIM key (RSA-2048) for both peers
   if [ ! -s "$STATE/dkim.private" ]; then
     opendkim-genkey --bits=2048 --domain="$DOMAIN" --selector=$SELECTOR --directory="$STATE"
@@ -305,10 +310,11 @@ stop_haraka() {
 
 case "${1:-}" in
   install) install ;;
+  tls) tls_pair ;;
   configure) configure ;;
   start-postfix) start_postfix ;;
   stop-postfix) stop_postfix ;;
   start-haraka) start_haraka ;;
   stop-haraka) stop_haraka ;;
-  *) echo "usage: $0 install|configure|start-postfix|stop-postfix|start-haraka|stop-haraka" >&2; exit 2 ;;
+  *) echo "usage: $0 install|tls|configure|start-postfix|stop-postfix|start-haraka|stop-haraka" >&2; exit 2 ;;
 esac

@@ -18,8 +18,8 @@
 //! the sink, a process of this bench (`--sink-only`) that counts the messages and how many
 //! arrived with a `DKIM-Signature:` header.
 //! - Postern: `postern serve`, submission listener, embedded store and quotas, an active DKIM
-//!   key (`postern dkim generate --activate`), spool fsync before every `250`, 20 delivery
-//!   workers to `relayhost` = the sink. `postern-redis`: the same with `[quota] backend =
+//!   key (`postern dkim generate --activate`), the RSA-2048 TLS pair the peers serve, spool
+//!   fsync before every `250`, 100 delivery workers to `relayhost` = the sink. `postern-redis`: the same with `[quota] backend =
 //!   "redis"` and a redis-server of its own (no persistence, as Haraka's), in its cgroup.
 //! - Postfix: see race-setup.sh (TLS required, Dovecot SASL, opendkim milter, relayhost).
 //! - Haraka: see race-setup.sh (tls, auth/flat_file, dkim, limit in Redis, smtp_forward).
@@ -438,11 +438,14 @@ mod rig {
             );
             wait_port(opts.sink, Duration::from_secs(10))?;
 
+            // The RSA-2048 pair Postfix and Haraka serve, made before Postern needs it.
+            rig.script("tls", None)?;
+            let tls = race_tls_pair();
             let config = rig.work.join("postern.toml");
             let store = rig.work.join("store");
             std::fs::write(
                 &config,
-                postern_config(&rig.work, &store, postern_addr, opts.sink, None),
+                postern_config(&rig.work, &store, postern_addr, opts.sink, None, &tls),
             )?;
             let admin = |args: &[&str]| admin(&bin, &config, args);
             admin(&["address", "add", LOGIN])?;
@@ -497,8 +500,14 @@ mod rig {
                 let work2 = rig.work.join("redis");
                 std::fs::create_dir_all(&work2)?;
                 let config2 = work2.join("postern.toml");
-                let text =
-                    postern_config(&work2, &store2, postern_redis_addr, opts.sink, Some(redis));
+                let text = postern_config(
+                    &work2,
+                    &store2,
+                    postern_redis_addr,
+                    opts.sink,
+                    Some(redis),
+                    &tls,
+                );
                 std::fs::write(&config2, text)?;
                 rig.start_postern(&bin, &config2, "race_postern_redis", postern_redis_addr)?;
                 rig.started.push(Peer::PosternRedis);
@@ -664,18 +673,27 @@ mod rig {
         let _ = child.wait();
     }
 
-    /// Postern's config: submission (STARTTLS with the generated development certificate),
+    /// The certificate and key `race-setup.sh tls` makes for all three servers (under
+    /// `RACE_STATE`, as the script), so that Postern serves the same RSA-2048 chain as Postfix
+    /// and Haraka instead of its ECDSA development certificate.
+    fn race_tls_pair() -> (PathBuf, PathBuf) {
+        let state = std::env::var_os("RACE_STATE")
+            .map_or_else(|| PathBuf::from("/var/tmp/postern-race"), PathBuf::from);
+        (state.join("tls.pem"), state.join("tls.key"))
+    }
+
+    /// Postern's config: submission (STARTTLS with the RSA-2048 pair of [`race_tls_pair`]),
     /// embedded store and quotas, default spool (fsync before 250), 100 workers and 100
     /// transactions at once to the sink (the operator's own relay host, tuned as in
-    /// benches/README.md; the defaults are 32 and 20).
-    /// The failed-login brake counts an AUTH as failed until its check ends, so 100 sessions
-    /// logging in at once from 127.0.0.1 trip the default brake: raised, like the session caps.
+    /// benches/README.md; the defaults are 32 and 20). The failed-login brake keeps its
+    /// defaults: 100 sessions logging in at once from 127.0.0.1 wait for each other's checks.
     fn postern_config(
         work: &Path,
         store: &Path,
         submission: SocketAddr,
         sink: SocketAddr,
         redis: Option<SocketAddr>,
+        (cert, key): &(PathBuf, PathBuf),
     ) -> String {
         let quota = redis
             .map(|r| format!("[quota]\nbackend = \"redis\"\nredis_url = \"redis://{r}/\"\n"))
@@ -683,11 +701,11 @@ mod rig {
         format!(
             "# written by postern-race\n\
              [listen]\nsubmission = \"{submission}\"\n\
+             [tls]\ncert = {cert:?}\nkey = {key:?}\n\
              [store]\npath = {:?}\n\
              [spool]\npath = {:?}\n\
              [delivery]\nworkers = 100\nmax_per_destination = 100\nrelayhost = \"[{}]:{}\"\n\
              [limits]\nmax_sessions = 20000\nmax_sessions_per_ip = 20000\n\
-             max_auth_failures_per_ip = 100000\nmax_auth_failures_per_subnet = 100000\n\
              [log]\nlevel = \"info\"\n{quota}",
             store.join("postern.db"),
             work.join("spool"),

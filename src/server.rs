@@ -104,7 +104,15 @@ async fn start(config: Arc<Config>) -> anyhow::Result<Running> {
     let spool = Spool::open(&config.spool, metrics.clone())
         .with_context(|| format!("spool.path {}", config.spool.path.display()))?;
     let control_socket = control::bind(&config.spool.path)?;
-    let tls = listener::tls::acceptor(&config).context("tls")?;
+    // A [tls] file that does not read or does not match is the operator's to fix: exit 2 with
+    // the key named, as for any other bad config value.
+    let tls = listener::tls::acceptor(&config).map_err(|e| {
+        if e.is_config() {
+            anyhow::Error::new(crate::config::ConfigError(e.to_string()))
+        } else {
+            anyhow::Error::new(e).context("tls")
+        }
+    })?;
     let handoff_secret = match config.listen.handoff {
         Some(_) => Some(
             config

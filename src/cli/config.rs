@@ -58,8 +58,7 @@ fn check_files(config: &Config) -> Result<(), ConfigError> {
     // Without tls.cert and tls.key, serve generates a development certificate: nothing to
     // open, and a check must not write one.
     if config.tls.cert.is_some() {
-        crate::listener::tls::acceptor(config)
-            .map_err(|e| ConfigError(format!("tls.cert, tls.key: {e}")))?;
+        crate::listener::tls::acceptor(config).map_err(|e| ConfigError(e.to_string()))?;
     }
     if config.store.backend == StoreBackendName::Postgres {
         crate::store::configured::postgres_settings(&config.store)?;

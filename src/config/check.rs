@@ -103,6 +103,33 @@ impl TlsConfig {
             };
             return invalid(key, "tls.cert and tls.key go together: set both or neither");
         }
+        if self.ecdsa_cert.is_some() != self.ecdsa_key.is_some() {
+            let key = if self.ecdsa_cert.is_some() {
+                "tls.ecdsa_key"
+            } else {
+                "tls.ecdsa_cert"
+            };
+            return invalid(
+                key,
+                "tls.ecdsa_cert and tls.ecdsa_key go together: set both or neither",
+            );
+        }
+        if self.ecdsa_cert.is_some() && self.cert.is_none() {
+            return invalid(
+                "tls.ecdsa_cert",
+                "is the second certificate beside tls.cert and tls.key: set those too",
+            );
+        }
+        if self.session_cache > super::MAX_TLS_SESSION_CACHE {
+            return invalid(
+                "tls.session_cache",
+                &format!(
+                    "{} is more than the limit of {} sessions (0 keeps none)",
+                    self.session_cache,
+                    super::MAX_TLS_SESSION_CACHE
+                ),
+            );
+        }
         Ok(())
     }
 }

@@ -362,15 +362,52 @@ pub struct ListenConfig {
     pub handoff: Option<SocketAddr>,
 }
 
-/// `[tls]`: both empty means a self-signed certificate generated at first start.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[tls]`: `cert` and `key` both empty means a self-signed certificate generated at first
+/// start. The pairs are read and checked (key matches certificate) when the acceptor is built
+/// (`listener::tls`), at `serve` and at `postern config check --files`.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain, leaf first.
     pub cert: Option<PathBuf>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key: Option<PathBuf>,
+    /// A second chain with an ECDSA key (Postfix's `smtpd_tls_eccert_file`), served to clients
+    /// that accept ECDSA signatures; `cert` goes to the others. Needs `cert`/`key` beside it.
+    pub ecdsa_cert: Option<PathBuf>,
+    /// The ECDSA private key of `ecdsa_cert`.
+    pub ecdsa_key: Option<PathBuf>,
+    /// Stateless session tickets (TLS 1.3, and TLS 1.2 clients that ask for them), sealed
+    /// with keys that live only in this process and rotate every 6 hours.
+    #[serde(default = "default_true")]
+    pub session_tickets: bool,
+    /// Sessions kept in memory for resumption by TLS 1.2 clients without ticket support (and
+    /// TLS 1.3 with tickets off); 0 keeps none.
+    #[serde(default = "default_tls_session_cache")]
+    pub session_cache: usize,
 }
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            ecdsa_cert: None,
+            ecdsa_key: None,
+            session_tickets: true,
+            session_cache: default_tls_session_cache(),
+        }
+    }
+}
+
+/// Default `[tls] session_cache`: rustls keeps 256; a replica that sees a few thousand
+/// clients reconnecting needs more, and an entry is about 200 bytes.
+fn default_tls_session_cache() -> usize {
+    20_000
+}
+
+/// Largest `[tls] session_cache` (about 200 MB of sessions at the limit).
+pub const MAX_TLS_SESSION_CACHE: usize = 1_000_000;
 
 /// `[spool]`
 #[derive(Debug, Clone, Deserialize)]
@@ -1224,5 +1261,45 @@ mod tests {
         let text = format!("{MINIMAL}\n[tls]\ncert = \"a.pem\"\n");
         let e = Config::parse(&text).unwrap_err().0;
         assert!(e.starts_with("tls.key:"), "{e}");
+    }
+
+    #[test]
+    fn tls_resumption_defaults_and_session_cache_limit() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert!(c.tls.session_tickets);
+        assert_eq!(c.tls.session_cache, 20_000);
+        let cache = |n: usize| Config::parse(&format!("{MINIMAL}\n[tls]\nsession_cache = {n}\n"));
+        assert_eq!(cache(0).unwrap().tls.session_cache, 0);
+        assert_eq!(
+            cache(MAX_TLS_SESSION_CACHE).unwrap().tls.session_cache,
+            MAX_TLS_SESSION_CACHE
+        );
+        let e = cache(MAX_TLS_SESSION_CACHE + 1).unwrap_err().0;
+        assert_eq!(
+            e,
+            "tls.session_cache: 1000001 is more than the limit of 1000000 sessions (0 keeps none)"
+        );
+        let off = Config::parse(&format!("{MINIMAL}\n[tls]\nsession_tickets = false\n")).unwrap();
+        assert!(!off.tls.session_tickets);
+    }
+
+    #[test]
+    fn ecdsa_pair_goes_together_and_beside_the_main_pair() {
+        let main = "cert = \"a.pem\"\nkey = \"a.key\"\n";
+        let refused = |tls: &str| {
+            Config::parse(&format!("{MINIMAL}\n[tls]\n{tls}"))
+                .unwrap_err()
+                .0
+        };
+        let e = refused(&format!("{main}ecdsa_cert = \"e.pem\"\n"));
+        assert!(e.starts_with("tls.ecdsa_key:"), "{e}");
+        let e = refused(&format!("{main}ecdsa_key = \"e.key\"\n"));
+        assert!(e.starts_with("tls.ecdsa_cert:"), "{e}");
+        let e = refused("ecdsa_cert = \"e.pem\"\necdsa_key = \"e.key\"\n");
+        assert!(e.starts_with("tls.ecdsa_cert:"), "{e}");
+        let both =
+            format!("{MINIMAL}\n[tls]\n{main}ecdsa_cert = \"e.pem\"\necdsa_key = \"e.key\"\n");
+        let c = Config::parse(&both).unwrap();
+        assert_eq!(c.tls.ecdsa_key, Some(PathBuf::from("e.key")));
     }
 }

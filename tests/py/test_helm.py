@@ -207,7 +207,7 @@ def test_config_check_with_files_opens_what_the_config_names(postern_bin, tmp_pa
     assert run([str(postern_bin), "config", "check", "--config", str(path)]).returncode == 0
     result = run([str(postern_bin), "config", "check", "--files", "--config", str(path)])
     assert result.returncode == 2
-    assert result.stderr.startswith(f"postern: tls.cert, tls.key: {missing}: ")
+    assert result.stderr.startswith(f"postern: tls.cert: {missing}: ")
     path.write_text(f'{listen}[tls]\ncert = "{certs.server.cert}"\nkey = "{certs.server.key}"\n')
     result = run([str(postern_bin), "config", "check", "--files", "--config", str(path)])
     assert (result.returncode, result.stdout) == (
