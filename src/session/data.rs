@@ -140,10 +140,8 @@ impl DataScanner {
                 _ => {
                     // Up to the next CR or LF the line is plain content: take it as one run.
                     let start = i - 1;
-                    let end = input[i..]
-                        .iter()
-                        .position(|&c| c == b'\r' || c == b'\n')
-                        .map_or(input.len(), |p| i + p);
+                    let end =
+                        memchr::memchr2(b'\r', b'\n', &input[i..]).map_or(input.len(), |p| i + p);
                     i = end;
                     self.at_line_start = false;
                     let run = &input[start..end];
@@ -181,7 +179,7 @@ impl DataScanner {
         if self.error.is_some() {
             return None;
         }
-        let nul = run.iter().position(|&c| c == 0);
+        let nul = memchr::memchr(0, run);
         let long =
             (self.line_len + run.len() > MAX_LINE).then(|| MAX_LINE.saturating_sub(self.line_len));
         let room = self.max_size.saturating_sub(self.size);

@@ -42,23 +42,20 @@ impl DotStuffer {
     /// Appends the stuffed form of `input` to `out`.
     pub fn encode(&mut self, input: &[u8], out: &mut Vec<u8>) {
         out.reserve(input.len() + input.len() / 64 + 2);
-        let mut rest = input;
-        while let [first, ..] = rest {
-            if self.at_line_start && *first == b'.' {
-                out.push(b'.');
-            }
-            match rest.iter().position(|&b| b == b'\n') {
-                Some(end) => {
-                    out.extend_from_slice(&rest[..=end]);
-                    rest = &rest[end + 1..];
-                    self.at_line_start = true;
-                }
-                None => {
-                    out.extend_from_slice(rest);
-                    rest = &[];
-                    self.at_line_start = false;
-                }
-            }
+        if self.at_line_start && input.first() == Some(&b'.') {
+            out.push(b'.');
+        }
+        // Every other line start is right after an LF: copy the runs between the LF-dot pairs
+        // whole, and double each such dot (the dot itself goes out with the next run).
+        let mut start = 0;
+        for lf in memchr::memmem::find_iter(input, b"\n.") {
+            out.extend_from_slice(&input[start..=lf]);
+            out.push(b'.');
+            start = lf + 1;
+        }
+        out.extend_from_slice(&input[start..]);
+        if let Some(&last) = input.last() {
+            self.at_line_start = last == b'\n';
         }
         match input {
             [] => {}
@@ -155,5 +152,46 @@ mod tests {
         let lone = lines.iter().filter(|l| **l == b".\r").count();
         assert_eq!(lone, 1, "{:?}", String::from_utf8_lossy(&out));
         assert!(out.ends_with(b"\r\n.\r\n"));
+    }
+
+    /// The run-copying encoder gives what the rule says byte by byte (a period that starts a
+    /// line is doubled, a line starting after CRLF or a bare LF), for inputs rich in periods
+    /// and line ends, cut into chunks of every size.
+    #[test]
+    fn agrees_with_a_byte_by_byte_reading_of_the_rule() {
+        fn reference(input: &[u8]) -> Vec<u8> {
+            let mut out = Vec::new();
+            let mut at_line_start = true;
+            for &b in input {
+                if at_line_start && b == b'.' {
+                    out.push(b'.');
+                }
+                out.push(b);
+                at_line_start = b == b'\n';
+            }
+            if !input.ends_with(b"\r\n") && !input.is_empty() {
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b".\r\n");
+            out
+        }
+        let mut seed: u32 = 7;
+        for _ in 0..300 {
+            let len = (seed % 40) as usize;
+            let input: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                    b".\r\na"[(seed >> 16) as usize % 4]
+                })
+                .collect();
+            let expected = reference(&input);
+            for chunk in 1..=input.len().max(1) {
+                assert_eq!(
+                    stuff_in_chunks(&input, chunk),
+                    expected,
+                    "{input:?} in {chunk}"
+                );
+            }
+        }
     }
 }
