@@ -192,7 +192,7 @@ impl Checkpointer {
     /// Counts a commit; every [`CHECKPOINT_EVERY_COMMITS`]th wakes the thread.
     fn committed(&self) {
         let n = self.commits.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
-        if n % CHECKPOINT_EVERY_COMMITS == 0
+        if n.is_multiple_of(CHECKPOINT_EVERY_COMMITS)
             && let Some(wake) = &self.wake
         {
             // Full: a wake-up is pending already.
