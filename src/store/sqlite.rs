@@ -25,10 +25,21 @@
 //! its own also names a [`FileKind`]: its `PRAGMA application_id` is checked before (and inside)
 //! the migration and set by it, so that another kind of database is never taken over.
 //!
+//! # Running without waiting
+//! A store's async methods run their short SQLite work inline on the calling (async) thread
+//! when nothing would make them wait, and on tokio's blocking pool otherwise (each store's
+//! module documentation says which methods). [`attempt_without_waiting`] is the inline half:
+//! for its duration the connection's busy handler declines every wait and records that SQLite
+//! asked for one; a failure after such a request is handed back as "would wait", for the
+//! caller to run again on the blocking pool with the normal `busy_timeout`. A failed attempt
+//! has no effect to undo: reads have none, and a write transaction that fails is rolled back
+//! (rusqlite rolls back a transaction dropped uncommitted, also after a failed `COMMIT`).
+//!
 //! # Errors
 //! Failures are an [`Error`]; each store maps them to its own error type and adds the path.
 
 use rusqlite::{Connection, TransactionBehavior};
+use std::cell::Cell;
 use std::fs::Permissions;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
@@ -193,6 +204,55 @@ fn configure(conn: &Connection, settings: &Settings) -> Result<(), Error> {
     Ok(())
 }
 
+thread_local! {
+    /// Whether SQLite asked [`decline_to_wait`] for a wait on this thread since the last
+    /// [`attempt_without_waiting`] began. A busy handler is a plain function (no state of its
+    /// own), and it runs on the thread that runs the statement, which is the attempt's.
+    static ASKED_TO_WAIT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The busy handler of an inline attempt: never waits, remembers that it was asked.
+fn decline_to_wait(_attempts: i32) -> bool {
+    ASKED_TO_WAIT.set(true);
+    false
+}
+
+/// What [`attempt_without_waiting`] found.
+#[derive(Debug)]
+pub(crate) enum Attempt<T> {
+    /// The attempt ran to an answer (a success, or a failure that waiting would not change).
+    Done(T),
+    /// SQLite would have waited for a lock and the attempt failed: nothing was changed, run it
+    /// again where waiting is allowed.
+    WouldWait,
+}
+
+/// Runs `f`, which uses `conn`, with a busy handler that never waits (see the module
+/// documentation), then gives `conn` back its `busy_timeout`. A success is always
+/// [`Attempt::Done`], even if SQLite asked for a wait along the way: it was committed, and
+/// running it again would do it twice. The caller must make `f` return an error whenever a
+/// statement failed, which is what `?` does.
+pub(crate) fn attempt_without_waiting<S, T, E>(
+    state: &mut S,
+    conn: impl Fn(&S) -> &Connection,
+    busy_timeout: Duration,
+    f: impl FnOnce(&mut S) -> Result<T, E>,
+) -> Attempt<Result<T, E>> {
+    ASKED_TO_WAIT.set(false);
+    if conn(state).busy_handler(Some(decline_to_wait)).is_err() {
+        return Attempt::WouldWait;
+    }
+    let result = f(state);
+    // Only records the setting on the open connection (it cannot fail there); the handler of
+    // the attempt is replaced by the normal one either way.
+    let _ = conn(state).busy_timeout(busy_timeout);
+    if result.is_err() && ASKED_TO_WAIT.get() {
+        Attempt::WouldWait
+    } else {
+        Attempt::Done(result)
+    }
+}
+
 /// The file's `PRAGMA user_version`.
 ///
 /// # Errors
@@ -255,9 +315,41 @@ fn migrate(conn: &mut Connection, schema: &Schema) -> Result<(), Error> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::testutil::TempDir;
+    use std::sync::mpsc;
+    use std::thread::JoinHandle;
+
+    /// A lock held on a thread of its own by [`hold_elsewhere`], until [`Self::release`].
+    pub(crate) struct Holder {
+        release: mpsc::Sender<()>,
+        thread: JoinHandle<()>,
+    }
+
+    impl Holder {
+        /// Lets the thread drop what it holds and waits for it to end.
+        pub(crate) fn release(self) {
+            drop(self.release);
+            self.thread.join().unwrap();
+        }
+    }
+
+    /// Runs `hold(&owner, held)` on a new thread and returns once it has called `held`, which
+    /// blocks until [`Holder::release`]: `hold` takes a lock, then calls `held`.
+    pub(crate) fn hold_elsewhere<S: Send + 'static>(owner: S, hold: fn(&S, &dyn Fn())) -> Holder {
+        let (locked, is_locked) = mpsc::channel::<()>();
+        let (release, released) = mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            hold(&owner, &|| {
+                locked.send(()).unwrap();
+                // Err once the sender is dropped: the release.
+                let _ = released.recv();
+            });
+        });
+        is_locked.recv().unwrap();
+        Holder { release, thread }
+    }
 
     const PRIVATE: Settings = Settings {
         busy_timeout: Duration::from_millis(100),

@@ -21,14 +21,13 @@ use std::collections::HashSet;
 const LIVE_BATCH: usize = 500;
 
 pub(super) fn authenticate(
-    store: &EmbeddedStore,
+    conn: &rusqlite::Connection,
     login: &str,
     password: &str,
 ) -> Result<Option<AuthIdentity>, StoreError> {
     let Ok(address) = parse_address(login) else {
         return Ok(None);
     };
-    let conn = store.lock();
     let devices = {
         let mut stmt = conn
             .prepare_cached(
@@ -50,7 +49,7 @@ pub(super) fn authenticate(
     let Some(device) = matching_device(password, devices)? else {
         return Ok(None);
     };
-    let senders = senders_with(&conn, address.as_str())?;
+    let senders = senders_with(conn, address.as_str())?;
     Ok(Some(AuthIdentity {
         address: address.into_string(),
         device: device.name,
@@ -81,11 +80,10 @@ pub(super) fn senders_of(
 }
 
 pub(super) fn live_credentials(
-    store: &EmbeddedStore,
+    conn: &rusqlite::Connection,
     ids: &[CredentialId],
 ) -> Result<HashSet<CredentialId>, StoreError> {
     let mut live = HashSet::new();
-    let conn = store.lock();
     for batch in ids.chunks(LIVE_BATCH) {
         let placeholders = vec!["?"; batch.len()].join(",");
         let sql =

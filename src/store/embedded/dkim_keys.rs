@@ -14,10 +14,9 @@ use crate::store::{ActiveDkimKey, CredentialId, DkimKeyInfo, NewDkimKey, StoreEr
 use rusqlite::{OptionalExtension, params};
 
 pub(super) fn active(
-    store: &EmbeddedStore,
+    conn: &rusqlite::Connection,
     domain: &str,
 ) -> Result<Vec<ActiveDkimKey>, StoreError> {
-    let conn = store.lock();
     let mut stmt = conn
         .prepare_cached(
             "SELECT key_id, selector, algorithm, private_key FROM dkim_keys

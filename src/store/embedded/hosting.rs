@@ -18,11 +18,10 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 pub(super) fn account_for(
-    store: &EmbeddedStore,
+    conn: &Connection,
     client: IpAddr,
 ) -> Result<Option<HostingAccount>, StoreError> {
     let (family, ip) = ip_key(client);
-    let conn = store.lock();
     // One statement, so the account and its domains come from one snapshot.
     let mut stmt = conn
         .prepare_cached(

@@ -26,8 +26,21 @@
 //!
 //! # Concurrency inside the process
 //! One connection behind a `std::sync::Mutex`: queries take microseconds and are never held
-//! across an `.await`. The async [`Directory`] methods run on tokio's blocking pool
-//! (`spawn_blocking`), so a lock wait or a slow disk never stalls the runtime's workers.
+//! across an `.await`. The async [`Directory`] and [`DkimKeyStore`] methods are all reads,
+//! several of them per message (the limits at a transaction's first RCPT, the DKIM keys at
+//! end of data), and each would cost two thread hand-offs on tokio's blocking pool
+//! (`spawn_blocking` wakes a pool thread, which then wakes the runtime's worker), more than
+//! the query itself. So they run inline on the calling worker when nothing can make them
+//! wait: the connection's mutex is free (`try_lock`) and SQLite does not ask to wait for a
+//! lock (the attempt's busy handler declines every wait: [`sqlite::attempt_without_waiting`]).
+//! A read in WAL mode does not wait for writers; it can be asked to wait only in rare cases
+//! (another connection recovering the WAL index, or holding the file in exclusive locking
+//! mode). Otherwise (the mutex is held, or SQLite asked to wait and the read failed) the read
+//! runs on the blocking pool, where it waits for the mutex and up to [`BUSY_TIMEOUT`] for
+//! SQLite, so a lock wait or a slow disk never stalls the runtime's workers. A read has no
+//! effect, so running it again there is safe. [`Directory::live_credentials`] always runs on
+//! the blocking pool: the revocation watcher asks it every 500 ms for every live session, so
+//! its cost grows with their number. The admin methods (the CLI's) are synchronous.
 
 mod addresses;
 mod aliases;
@@ -46,7 +59,8 @@ use rusqlite::{Connection, OptionalExtension, Params, Transaction, TransactionBe
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 /// How long a statement waits for another process's write lock before failing.
@@ -61,6 +75,15 @@ pub struct EmbeddedStore {
 struct Inner {
     conn: Mutex<Connection>,
     path: PathBuf,
+    /// How many reads ran inline and how many on the blocking pool (for the tests).
+    paths: PathCounts,
+}
+
+/// Where the async reads ran: see "Concurrency inside the process".
+#[derive(Debug, Default)]
+struct PathCounts {
+    inline: AtomicU64,
+    blocking: AtomicU64,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -81,6 +104,11 @@ fn plumbing(e: sqlite::Error) -> StoreError {
         sqlite::Error::Sqlite(e) => backend(e),
         sqlite::Error::Refused(m) => StoreError::Backend(m),
     }
+}
+
+/// The connection itself, as [`sqlite::attempt_without_waiting`] asks for it.
+fn connection(conn: &Connection) -> &Connection {
+    conn
 }
 
 /// Whether `sql` (a `SELECT 1 ...`) finds a row.
@@ -112,6 +140,7 @@ impl EmbeddedStore {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
                 path: path.to_path_buf(),
+                paths: PathCounts::default(),
             }),
         })
     }
@@ -128,6 +157,16 @@ impl EmbeddedStore {
             .conn
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The connection if no other thread holds it (a poisoned lock is taken over, as in
+    /// [`Self::lock`]).
+    fn try_lock(&self) -> Option<MutexGuard<'_, Connection>> {
+        match self.inner.conn.try_lock() {
+            Ok(conn) => Some(conn),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
     }
 
     /// Runs `f` with a `BEGIN IMMEDIATE` transaction, committing if it returns `Ok`.
@@ -150,6 +189,32 @@ impl EmbeddedStore {
         result
     }
 
+    /// Runs the read `f` inline if nothing makes it wait, else on the blocking pool (see
+    /// "Concurrency inside the process").
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl Fn(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        if let Some(result) = self.read_inline(&f) {
+            self.inner.paths.inline.fetch_add(1, Ordering::Relaxed);
+            return result;
+        }
+        self.inner.paths.blocking.fetch_add(1, Ordering::Relaxed);
+        self.blocking(move |store| f(&store.lock())).await
+    }
+
+    /// The inline half of [`Self::read`]: `None` if the mutex is held or SQLite would wait.
+    fn read_inline<T>(
+        &self,
+        f: &impl Fn(&Connection) -> Result<T, StoreError>,
+    ) -> Option<Result<T, StoreError>> {
+        let mut conn = self.try_lock()?;
+        match sqlite::attempt_without_waiting(&mut *conn, connection, BUSY_TIMEOUT, |c| f(c)) {
+            sqlite::Attempt::Done(result) => Some(result),
+            sqlite::Attempt::WouldWait => None,
+        }
+    }
+
     /// Runs `f` on tokio's blocking pool with a clone of the store.
     async fn blocking<T: Send + 'static>(
         &self,
@@ -170,7 +235,7 @@ impl Directory for EmbeddedStore {
         password: &str,
     ) -> Result<Option<AuthIdentity>, StoreError> {
         let (login, password) = (login.to_string(), password.to_string());
-        self.blocking(move |store| devices::authenticate(store, &login, &password))
+        self.read(move |conn| devices::authenticate(conn, &login, &password))
             .await
     }
 
@@ -182,16 +247,16 @@ impl Directory for EmbeddedStore {
             return Ok(HashSet::new());
         }
         let ids = ids.to_vec();
-        self.blocking(move |store| devices::live_credentials(store, &ids))
+        // Not inline: it is asked every 500 ms, not per message, and its cost grows with the
+        // number of live sessions.
+        self.blocking(move |store| devices::live_credentials(&store.lock(), &ids))
             .await
     }
 
     async fn generation(&self) -> Result<u64, StoreError> {
         // SQLite's data_version moves when another connection commits to the file.
-        self.blocking(|store| {
-            store
-                .lock()
-                .query_row("PRAGMA data_version", [], |row| row.get::<_, i64>(0))
+        self.read(|conn| {
+            conn.query_row("PRAGMA data_version", [], |row| row.get::<_, i64>(0))
                 .map(|v| v as u64)
                 .map_err(backend)
         })
@@ -200,7 +265,7 @@ impl Directory for EmbeddedStore {
 
     async fn senders_of(&self, address: &str) -> Result<Option<Vec<String>>, StoreError> {
         let address = address.to_string();
-        self.blocking(move |store| devices::senders_of(&store.lock(), &address))
+        self.read(move |conn| devices::senders_of(conn, &address))
             .await
     }
 
@@ -208,7 +273,7 @@ impl Directory for EmbeddedStore {
         &self,
         client: IpAddr,
     ) -> Result<Option<HostingAccount>, StoreError> {
-        self.blocking(move |store| hosting::account_for(store, client))
+        self.read(move |conn| hosting::account_for(conn, client))
             .await
     }
 
@@ -217,8 +282,7 @@ impl Directory for EmbeddedStore {
         identity: &QuotaIdentity,
     ) -> Result<Option<IdentityLimits>, StoreError> {
         let identity = identity.clone();
-        self.blocking(move |store| limits::read(&store.lock(), &identity))
-            .await
+        self.read(move |conn| limits::read(conn, &identity)).await
     }
 }
 
@@ -228,7 +292,7 @@ admin_by_subject!(EmbeddedStore, done);
 impl DkimKeyStore for EmbeddedStore {
     async fn active_dkim_keys(&self, domain: &str) -> Result<Vec<ActiveDkimKey>, StoreError> {
         let domain = domain.to_string();
-        self.blocking(move |store| dkim_keys::active(store, &domain))
+        self.read(move |conn| dkim_keys::active(conn, &domain))
             .await
     }
 }
@@ -273,5 +337,130 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn directory_conformance() {
         conformance::run_all(&Embedded).await;
+    }
+
+    /// A store with one address (plan starter) and the identity of its limits.
+    fn with_alice(name: &str) -> (TempDir, EmbeddedStore, QuotaIdentity) {
+        use crate::store::DirectoryAdmin;
+        let (dir, store) = open(name);
+        let alice: crate::policy::EmailAddress = "alice@example.org".parse().unwrap();
+        store
+            .add_address(&alice, crate::policy::Plan::Starter)
+            .unwrap();
+        (dir, store, QuotaIdentity::Address(alice.to_string()))
+    }
+
+    fn alice_limits() -> Option<IdentityLimits> {
+        Some(IdentityLimits {
+            plan: Some(crate::policy::Plan::Starter),
+            daily_override: None,
+        })
+    }
+
+    /// (inline, blocking) reads so far.
+    fn paths(store: &EmbeddedStore) -> (u64, u64) {
+        let p = &store.inner.paths;
+        (
+            p.inline.load(Ordering::Relaxed),
+            p.blocking.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Another connection holding the file's write lock.
+    fn hold_write_lock(path: &Path) -> Connection {
+        let other = Connection::open(path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        other
+    }
+
+    /// What [`EmbeddedStore::read`] runs in the two tests below: the limits, after taking and
+    /// giving back the write lock. A directory read in WAL mode is asked to wait only in cases
+    /// a test cannot bring about on purpose (another connection recovering the WAL index), so
+    /// the lock stands in for them: it goes through the same busy handler.
+    fn limits_after_the_write_lock(
+        conn: &Connection,
+        identity: &QuotaIdentity,
+    ) -> Result<Option<IdentityLimits>, StoreError> {
+        conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+            .map_err(backend)?;
+        limits::read(conn, identity)
+    }
+
+    /// Polls (yielding) until `store` has sent a read to the blocking pool or `task` ended.
+    async fn until_blocking<T>(store: &EmbeddedStore, task: &tokio::task::JoinHandle<T>) {
+        while paths(store).1 == 0 && !task.is_finished() {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_run_inline_while_another_connection_writes() {
+        let (dir, store, alice) = with_alice("inline-read");
+        let other = hold_write_lock(&db(&dir));
+        // WAL: the writer's lock does not concern readers.
+        assert_eq!(store.limits_of(&alice).await.unwrap(), alice_limits());
+        assert!(
+            store
+                .active_dkim_keys("example.org")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(paths(&store), (2, 0));
+        other.execute_batch("ROLLBACK").unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_asked_to_wait_goes_to_the_blocking_pool_and_answers_once_free() {
+        let (dir, store, alice) = with_alice("busy-read");
+        let other = hold_write_lock(&db(&dir));
+        let task = tokio::spawn({
+            let (store, alice) = (store.clone(), alice.clone());
+            async move {
+                store
+                    .read(move |conn| limits_after_the_write_lock(conn, &alice))
+                    .await
+            }
+        });
+        until_blocking(&store, &task).await;
+        assert_eq!(paths(&store), (0, 1));
+        other.execute_batch("COMMIT").unwrap();
+        assert_eq!(task.await.unwrap().unwrap(), alice_limits());
+        // Free again: inline.
+        let again = store
+            .read(move |conn| limits_after_the_write_lock(conn, &alice))
+            .await;
+        assert_eq!(again.unwrap(), alice_limits());
+        assert_eq!(paths(&store), (1, 1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_that_stays_locked_fails_after_the_busy_timeout() {
+        let (dir, store, alice) = with_alice("locked-read");
+        let other = hold_write_lock(&db(&dir));
+        let e = store
+            .read(move |conn| limits_after_the_write_lock(conn, &alice))
+            .await
+            .unwrap_err();
+        assert_eq!(e, StoreError::Backend("database is locked".to_string()));
+        assert_eq!(paths(&store), (0, 1));
+        other.execute_batch("ROLLBACK").unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_mutex_sends_the_read_to_the_blocking_pool() {
+        let (_dir, store, alice) = with_alice("held-mutex");
+        let holder = sqlite::tests::hold_elsewhere(store.clone(), |store, held| {
+            let _conn = store.lock();
+            held();
+        });
+        let task = tokio::spawn({
+            let (store, alice) = (store.clone(), alice.clone());
+            async move { store.limits_of(&alice).await }
+        });
+        until_blocking(&store, &task).await;
+        assert_eq!(paths(&store), (0, 1));
+        holder.release();
+        assert_eq!(task.await.unwrap().unwrap(), alice_limits());
     }
 }

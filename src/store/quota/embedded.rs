@@ -10,16 +10,46 @@
 //! # Durability: `synchronous = NORMAL`
 //! In WAL mode a commit is written to the WAL before it returns, so a crash of the *process*
 //! loses nothing; only a power cut or kernel crash can lose the transactions since the last
-//! checkpoint (a few seconds). For quotas that means a few recipients forgotten, once, after a
-//! power loss: an abuse brake slightly loosened, no mail lost, no password brought back. In
-//! exchange a commit costs no `fsync`, which is what makes thousands of holds a second possible.
+//! checkpoint (about a second, see below). For quotas that means a few recipients forgotten,
+//! once, after a power loss: an abuse brake slightly loosened, no mail lost, no password
+//! brought back. In exchange a commit costs no `fsync`, which is what makes thousands of holds
+//! a second possible.
+//!
+//! # Checkpoints: on a thread of their own
+//! SQLite's automatic checkpoint runs inside the commit that takes the WAL past 1000 pages,
+//! and a checkpoint `fsync`s the WAL and the database file: every few hundred holds, one RCPT
+//! would wait for two `fsync`s, on the async worker when it ran inline (below). So the
+//! store's connection has `wal_autocheckpoint = 0`, and a thread of the store's own
+//! (`quota-checkpoint`, with a second connection to the file) runs `PRAGMA
+//! wal_checkpoint(RESTART)` after every [`CHECKPOINT_EVERY_COMMITS`] commits of this store,
+//! and every [`CHECKPOINT_INTERVAL`] if there was any commit since the last one. Why RESTART
+//! and not PASSIVE: the WAL starts over from its beginning only when a writer finds every frame
+//! copied, and under steady traffic a PASSIVE checkpoint (which lets writers go on) never
+//! catches up: measured under `postern-race`, the WAL grew by about 15 MB a second. RESTART
+//! holds the write lock while it copies and `fsync`s (a few milliseconds), so the next write
+//! starts the WAL over; meanwhile a hold or commit finds the lock taken, fails its inline
+//! attempt with `SQLITE_BUSY` and waits on the blocking pool (below), never on an async
+//! worker. A separate connection means the checkpoint never holds the store's mutex; counting
+//! commits keeps the WAL near the size SQLite's own setting would give (a hold or commit
+//! writes a few pages), and the timer bounds what a power cut can lose to about a second when
+//! traffic is light. The thread is woken once per [`CHECKPOINT_EVERY_COMMITS`] commits (a
+//! channel send), not per commit. `journal_size_limit` ([`WAL_SIZE_LIMIT`]) truncates a WAL
+//! file that a burst grew when it starts over. A checkpoint that cannot get the lock within
+//! [`BUSY_TIMEOUT`] (another process's long write, or a reader that keeps an old snapshot,
+//! which only `postern quota show` could) or fails is retried at the next interval; failures
+//! are logged. Other processes' connections (the
+//! CLI's) keep SQLite's automatic checkpoints for their own rare writes. The thread stops, after
+//! a last checkpoint, when the store's last clone is dropped.
 //!
 //! # Atomicity and processes
 //! Every change is one `BEGIN IMMEDIATE` transaction that prunes, counts, checks and writes
 //! together: two processes (or connections) on the file are serialised by SQLite's write lock
 //! and cannot both take the last unit of capacity. A writer waits up to [`BUSY_TIMEOUT`] for
-//! the lock, then the call fails with [`QuotaError::Unavailable`]. `usage` only reads (a WAL
-//! snapshot), so `postern quota show` never waits for `postern serve` nor slows it down.
+//! the lock, then the call fails with [`QuotaError::Unavailable`] (on the blocking pool: see
+//! below). `usage` only reads (a WAL snapshot), so `postern quota show` never waits for
+//! `postern serve` nor slows it down. Each call is its own transaction (no batching of several
+//! callers' holds into one): a transaction is already only a few microseconds once it runs
+//! inline, and one per call keeps every answer exactly the one its own check gave.
 //!
 //! # Schema
 //! - `quota_buckets(key, bucket, count)`: recipients counted per key and time bucket.
@@ -34,21 +64,43 @@
 //! `bucket`) and every expired hold (a scan of the small holds table).
 //!
 //! # Concurrency inside the process
-//! One connection behind a `std::sync::Mutex`, never held across an `.await`; the async methods
-//! run on tokio's blocking pool (`spawn_blocking`).
+//! One connection behind a `std::sync::Mutex`, never held across an `.await`. A hold comes
+//! with every RCPT and a commit with every message, and a trip through tokio's blocking pool
+//! (`spawn_blocking` wakes a pool thread, which then wakes the runtime's worker) costs more
+//! than the transaction. So each async method first tries to run inline on the calling
+//! worker, which it does only when nothing can make it wait: the mutex is free (`try_lock`)
+//! and SQLite does not ask to wait for a lock (the attempt's busy handler declines every wait:
+//! [`sqlite::attempt_without_waiting`]). A `BEGIN IMMEDIATE` that finds another connection
+//! holding the write lock fails at once with `SQLITE_BUSY`, before anything was written; the
+//! call then runs again on the blocking pool, where it waits for the mutex and up to
+//! [`BUSY_TIMEOUT`] for the lock, as every call did before. The same happens when the mutex
+//! is held (a call in progress on another worker or on the pool). Once a transaction holds
+//! the write lock nothing in it waits: in WAL mode its reads need no other lock, and its
+//! commit runs no checkpoint (above) and, at `synchronous = NORMAL`, no `fsync`. A failed
+//! attempt leaves nothing behind (its transaction is rolled back), so running it again counts
+//! nothing twice; a successful one is never run again.
 
 use super::{Persistence, QuotaError, QuotaHold, QuotaKey, QuotaSettings, QuotaStore, Usage};
 use crate::policy::quota::{has_room, retry_at};
 use crate::store::sqlite;
 use rusqlite::{Connection, OptionalExtension, Params, Transaction, TransactionBehavior, params};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// How long a statement waits for another process's write lock before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 /// The sweep of expired rows runs at most once per this much of the callers' time.
 pub const SWEEP_EVERY_MS: u64 = 60_000;
+/// The checkpoint thread is woken after this many commits of the store (see "Checkpoints").
+pub const CHECKPOINT_EVERY_COMMITS: u32 = 256;
+/// The checkpoint thread checkpoints at least this often while there are commits.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// `PRAGMA journal_size_limit`: a WAL file larger than this is truncated when it starts over.
+pub const WAL_SIZE_LIMIT: i64 = 16 * 1024 * 1024;
 /// `PRAGMA application_id` of quota files: "PQTA".
 const APPLICATION_ID: i64 = 0x5051_5441;
 
@@ -101,6 +153,95 @@ struct Inner {
     state: Mutex<State>,
     path: PathBuf,
     settings: QuotaSettings,
+    /// Where the calls ran (for the tests).
+    paths: PathCounts,
+    checkpointer: Checkpointer,
+}
+
+/// How many calls ran inline and how many on the blocking pool.
+#[derive(Debug, Default)]
+struct PathCounts {
+    inline: AtomicU64,
+    blocking: AtomicU64,
+}
+
+/// The thread that checkpoints the file (see "Checkpoints" in the module documentation).
+struct Checkpointer {
+    /// Commits since the thread last looked.
+    commits: Arc<AtomicU32>,
+    /// Wakes the thread before its interval is up; dropped to stop it.
+    wake: Option<SyncSender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Opens the thread's own connection (so that a failure shows at open) and starts it.
+    fn start(path: &Path) -> Result<Self, QuotaError> {
+        let conn = sqlite::open(path, &SQLITE).map_err(plumbing)?;
+        let commits = Arc::new(AtomicU32::new(0));
+        // One pending wake-up is enough: the thread checkpoints everything there is.
+        let (wake, woken) = std::sync::mpsc::sync_channel(1);
+        let counted = commits.clone();
+        let thread = std::thread::Builder::new()
+            .name("quota-checkpoint".to_string())
+            .spawn(move || checkpoint_until_stopped(&conn, &counted, &woken))
+            .map_err(|e| QuotaError::Unavailable(format!("cannot start the checkpoints: {e}")))?;
+        Ok(Self {
+            commits,
+            wake: Some(wake),
+            thread: Some(thread),
+        })
+    }
+
+    /// Counts a commit; every [`CHECKPOINT_EVERY_COMMITS`]th wakes the thread.
+    fn committed(&self) {
+        let n = self.commits.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        if n.is_multiple_of(CHECKPOINT_EVERY_COMMITS)
+            && let Some(wake) = &self.wake
+        {
+            // Full: a wake-up is pending already.
+            let _ = wake.try_send(());
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        // Disconnects the channel: the thread makes its last checkpoint and returns.
+        drop(self.wake.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The checkpoint thread: a RESTART checkpoint when woken or every [`CHECKPOINT_INTERVAL`],
+/// if anything was committed since the last; a last one when the store is dropped.
+fn checkpoint_until_stopped(conn: &Connection, commits: &AtomicU32, woken: &Receiver<()>) {
+    loop {
+        let stopping = matches!(
+            woken.recv_timeout(CHECKPOINT_INTERVAL),
+            Err(RecvTimeoutError::Disconnected)
+        );
+        if commits.swap(0, Ordering::AcqRel) > 0 {
+            // The first column is 1 when the lock or the readers did not come free in time.
+            let done = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0));
+            let complete = match done {
+                Ok(busy) => busy == 0,
+                Err(e) => {
+                    tracing::warn!(error = %e, "quota database: checkpoint failed; will retry");
+                    false
+                }
+            };
+            if !complete {
+                // Keeps the next interval's checkpoint due.
+                commits.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
 }
 
 struct State {
@@ -161,6 +302,17 @@ impl EmbeddedQuota {
             }
             other => other,
         })?;
+        let named = |e: QuotaError| match e {
+            QuotaError::Unavailable(m) => {
+                QuotaError::Unavailable(format!("{}: {m}", path.display()))
+            }
+            other => other,
+        };
+        // Checkpoints are the thread's (module documentation, "Checkpoints").
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .and_then(|()| conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT))
+            .map_err(|e| named(backend(e)))?;
+        let checkpointer = Checkpointer::start(path).map_err(named)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
@@ -169,6 +321,8 @@ impl EmbeddedQuota {
                 }),
                 path: path.to_path_buf(),
                 settings,
+                paths: PathCounts::default(),
+                checkpointer,
             }),
         })
     }
@@ -187,16 +341,26 @@ impl EmbeddedQuota {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The connection if no other thread holds it (a poisoned lock is taken over, as in
+    /// [`Self::lock`]).
+    fn try_lock(&self) -> Option<MutexGuard<'_, State>> {
+        match self.inner.state.try_lock() {
+            Ok(state) => Some(state),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction (after pruning `key`'s expired holds and,
     /// when due, sweeping), committing if it returns `Ok`.
     fn write<T>(
         &self,
+        state: &mut State,
         key: &str,
         now_ms: u64,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, QuotaError>,
     ) -> Result<T, QuotaError> {
         let settings = self.inner.settings;
-        let mut state = self.lock();
         let sweep = now_ms.saturating_sub(state.last_sweep_ms) >= SWEEP_EVERY_MS;
         let tx = state
             .conn
@@ -215,14 +379,16 @@ impl EmbeddedQuota {
         }
         let value = f(&tx)?;
         tx.commit().map_err(backend)?;
+        self.inner.checkpointer.committed();
         if sweep {
             state.last_sweep_ms = now_ms;
         }
         Ok(value)
     }
 
-    fn hold_blocking(
+    fn hold_in(
         &self,
+        state: &mut State,
         key: &str,
         hold_id: &str,
         limit: u32,
@@ -230,7 +396,7 @@ impl EmbeddedQuota {
     ) -> Result<QuotaHold, QuotaError> {
         let settings = self.inner.settings;
         let expires = int(now_ms.saturating_add(settings.hold_ttl_ms))?;
-        self.write(key, now_ms, |tx| {
+        self.write(state, key, now_ms, |tx| {
             let oldest = settings.window.oldest_live(now_ms);
             let used = used(tx, key, oldest)?;
             let held = held(tx, key)?;
@@ -260,9 +426,15 @@ impl EmbeddedQuota {
         })
     }
 
-    fn commit_blocking(&self, key: &str, hold_id: &str, now_ms: u64) -> Result<u32, QuotaError> {
+    fn commit_in(
+        &self,
+        state: &mut State,
+        key: &str,
+        hold_id: &str,
+        now_ms: u64,
+    ) -> Result<u32, QuotaError> {
         let window = self.inner.settings.window;
-        self.write(key, now_ms, |tx| {
+        self.write(state, key, now_ms, |tx| {
             let count = uint(take_holds(tx, key, hold_id)?)?;
             if count == 0 {
                 return Ok(0);
@@ -284,20 +456,26 @@ impl EmbeddedQuota {
         })
     }
 
-    fn release_blocking(&self, key: &str, hold_id: &str) -> Result<u32, QuotaError> {
-        let mut state = self.lock();
+    fn release_in(&self, state: &mut State, key: &str, hold_id: &str) -> Result<u32, QuotaError> {
         let tx = state
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(backend)?;
         let count = take_holds(&tx, key, hold_id)?;
         tx.commit().map_err(backend)?;
+        self.inner.checkpointer.committed();
         Ok(count32(uint(count)?))
     }
 
-    fn refund_blocking(&self, key: &str, n: u32, now_ms: u64) -> Result<u32, QuotaError> {
+    fn refund_in(
+        &self,
+        state: &mut State,
+        key: &str,
+        n: u32,
+        now_ms: u64,
+    ) -> Result<u32, QuotaError> {
         let window = self.inner.settings.window;
-        self.write(key, now_ms, |tx| {
+        self.write(state, key, now_ms, |tx| {
             let live = buckets(tx, key, window.oldest_live(now_ms))?;
             let mut left = u64::from(n);
             for &(bucket, count) in live.iter().rev() {
@@ -322,9 +500,14 @@ impl EmbeddedQuota {
         })
     }
 
-    fn usage_blocking(&self, key: &str, limit: u32, now_ms: u64) -> Result<Usage, QuotaError> {
+    fn usage_in(
+        &self,
+        state: &mut State,
+        key: &str,
+        limit: u32,
+        now_ms: u64,
+    ) -> Result<Usage, QuotaError> {
         let settings = self.inner.settings;
-        let mut state = self.lock();
         // A read transaction: one snapshot, no write lock.
         let tx = state.conn.transaction().map_err(backend)?;
         let live_buckets = buckets(&tx, key, settings.window.oldest_live(now_ms))?;
@@ -342,12 +525,44 @@ impl EmbeddedQuota {
         })
     }
 
-    fn ping_blocking(&self) -> Result<(), QuotaError> {
-        let state = self.lock();
+    fn ping_in(state: &State) -> Result<(), QuotaError> {
         state
             .conn
             .query_row("SELECT count(*) FROM quota_holds", [], |_| Ok(()))
             .map_err(backend)
+    }
+
+    /// Runs `f` inline if nothing makes it wait, else on the blocking pool (see "Concurrency
+    /// inside the process").
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl Fn(&EmbeddedQuota, &mut State) -> Result<T, QuotaError> + Send + 'static,
+    ) -> Result<T, QuotaError> {
+        if let Some(result) = self.run_inline(&f) {
+            self.inner.paths.inline.fetch_add(1, Ordering::Relaxed);
+            return result;
+        }
+        self.inner.paths.blocking.fetch_add(1, Ordering::Relaxed);
+        self.blocking(move |store| f(store, &mut store.lock()))
+            .await
+    }
+
+    /// The inline half of [`Self::run`]: `None` if the mutex is held or SQLite would wait.
+    fn run_inline<T>(
+        &self,
+        f: &impl Fn(&EmbeddedQuota, &mut State) -> Result<T, QuotaError>,
+    ) -> Option<Result<T, QuotaError>> {
+        let mut state = self.try_lock()?;
+        let attempt = sqlite::attempt_without_waiting(
+            &mut *state,
+            |state: &State| &state.conn,
+            BUSY_TIMEOUT,
+            |state| f(self, state),
+        );
+        match attempt {
+            sqlite::Attempt::Done(result) => Some(result),
+            sqlite::Attempt::WouldWait => None,
+        }
     }
 
     /// Runs `f` on the blocking pool with a clone of the store.
@@ -462,36 +677,36 @@ impl QuotaStore for EmbeddedQuota {
         now_ms: u64,
     ) -> Result<QuotaHold, QuotaError> {
         let (key, hold_id) = (key.as_key(), hold_id.to_string());
-        self.blocking(move |s| s.hold_blocking(&key, &hold_id, limit, now_ms))
+        self.run(move |s, state| s.hold_in(state, &key, &hold_id, limit, now_ms))
             .await
     }
 
     async fn commit(&self, key: &QuotaKey, hold_id: &str, now_ms: u64) -> Result<u32, QuotaError> {
         let (key, hold_id) = (key.as_key(), hold_id.to_string());
-        self.blocking(move |s| s.commit_blocking(&key, &hold_id, now_ms))
+        self.run(move |s, state| s.commit_in(state, &key, &hold_id, now_ms))
             .await
     }
 
     async fn release(&self, key: &QuotaKey, hold_id: &str) -> Result<u32, QuotaError> {
         let (key, hold_id) = (key.as_key(), hold_id.to_string());
-        self.blocking(move |s| s.release_blocking(&key, &hold_id))
+        self.run(move |s, state| s.release_in(state, &key, &hold_id))
             .await
     }
 
     async fn refund(&self, key: &QuotaKey, n: u32, now_ms: u64) -> Result<u32, QuotaError> {
         let key = key.as_key();
-        self.blocking(move |s| s.refund_blocking(&key, n, now_ms))
+        self.run(move |s, state| s.refund_in(state, &key, n, now_ms))
             .await
     }
 
     async fn usage(&self, key: &QuotaKey, limit: u32, now_ms: u64) -> Result<Usage, QuotaError> {
         let key = key.as_key();
-        self.blocking(move |s| s.usage_blocking(&key, limit, now_ms))
+        self.run(move |s, state| s.usage_in(state, &key, limit, now_ms))
             .await
     }
 
     async fn ping(&self) -> Result<(), QuotaError> {
-        self.blocking(|s| s.ping_blocking()).await
+        self.run(|_, state| Self::ping_in(state)).await
     }
 
     async fn persistence(&self) -> Persistence {
@@ -529,6 +744,152 @@ mod tests {
         let q = dir.join("quota.db");
         EmbeddedQuota::open(&q, QuotaSettings::default()).unwrap();
         EmbeddedQuota::open(&q, QuotaSettings::default()).unwrap();
+    }
+
+    /// (inline, blocking) calls so far.
+    fn paths(store: &EmbeddedQuota) -> (u64, u64) {
+        let p = &store.inner.paths;
+        (
+            p.inline.load(Ordering::Relaxed),
+            p.blocking.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Polls (yielding) until `store` has sent a call to the blocking pool or `task` ended.
+    async fn until_blocking<T>(store: &EmbeddedQuota, task: &tokio::task::JoinHandle<T>) {
+        while paths(store).1 == 0 && !task.is_finished() {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// A store on a fresh file, and another connection holding that file's write lock.
+    fn locked(name: &str) -> (TempDir, EmbeddedQuota, Connection) {
+        let dir = TempDir::new(name);
+        let path = dir.join("q.db");
+        let store = EmbeddedQuota::open(&path, conformance::settings()).unwrap();
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        (dir, store, other)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_run_inline_when_nothing_waits() {
+        let dir = TempDir::new("quota-inline");
+        let s = EmbeddedQuota::open(&dir.join("q.db"), conformance::settings()).unwrap();
+        let k = QuotaKey::Hosting("inline".into());
+        let t0 = conformance::T0;
+        assert_eq!(
+            s.hold(&k, "a", 1, t0).await.unwrap(),
+            QuotaHold::Held { used: 0, held: 1 }
+        );
+        assert_eq!(s.commit(&k, "a", t0).await.unwrap(), 1);
+        assert_eq!(s.release(&k, "a").await.unwrap(), 0);
+        assert_eq!(s.usage(&k, 1, t0).await.unwrap().used, 1);
+        assert_eq!(paths(&s), (4, 0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_write_lock_sends_the_call_to_the_blocking_pool_until_released() {
+        let (_dir, s, other) = locked("quota-busy");
+        let k = QuotaKey::Hosting("busy".into());
+        let t0 = conformance::T0;
+        let task = tokio::spawn({
+            let (s, k) = (s.clone(), k.clone());
+            async move { s.hold(&k, "a", 1, t0).await }
+        });
+        until_blocking(&s, &task).await;
+        assert_eq!(paths(&s), (0, 1));
+        other.execute_batch("COMMIT").unwrap();
+        assert_eq!(
+            task.await.unwrap().unwrap(),
+            QuotaHold::Held { used: 0, held: 1 }
+        );
+        // Held once, not twice: the limit of 1 is taken.
+        assert!(matches!(
+            s.hold(&k, "b", 1, t0).await.unwrap(),
+            QuotaHold::Full { .. }
+        ));
+        assert_eq!(paths(&s), (1, 1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_lock_held_past_the_busy_timeout_fails_the_call() {
+        let (_dir, s, other) = locked("quota-locked");
+        let k = QuotaKey::Hosting("locked".into());
+        let t0 = conformance::T0;
+        assert_eq!(
+            s.hold(&k, "a", 1, t0).await.unwrap_err(),
+            QuotaError::Unavailable("quota database: database is locked".to_string())
+        );
+        assert_eq!(
+            s.commit(&k, "a", t0).await.unwrap_err(),
+            QuotaError::Unavailable("quota database: database is locked".to_string())
+        );
+        assert_eq!(paths(&s), (0, 2));
+        other.execute_batch("ROLLBACK").unwrap();
+        // Nothing was held nor counted by the failed calls.
+        let usage = s.usage(&k, 1, t0).await.unwrap();
+        assert_eq!((usage.used, usage.held), (0, 0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_mutex_sends_the_call_to_the_blocking_pool() {
+        let dir = TempDir::new("quota-mutex");
+        let s = EmbeddedQuota::open(&dir.join("q.db"), conformance::settings()).unwrap();
+        let k = QuotaKey::Hosting("mutex".into());
+        let t0 = conformance::T0;
+        let holder = sqlite::tests::hold_elsewhere(s.clone(), |s, held| {
+            let _state = s.lock();
+            held();
+        });
+        let task = tokio::spawn({
+            let (s, k) = (s.clone(), k.clone());
+            async move { s.hold(&k, "a", 1, t0).await }
+        });
+        until_blocking(&s, &task).await;
+        assert_eq!(paths(&s), (0, 1));
+        holder.release();
+        assert_eq!(
+            task.await.unwrap().unwrap(),
+            QuotaHold::Held { used: 0, held: 1 }
+        );
+    }
+
+    /// The size of the database file: in WAL mode only a checkpoint writes it.
+    fn file_len(path: &Path) -> u64 {
+        std::fs::metadata(path).unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn commits_do_not_checkpoint_and_the_last_clone_does() {
+        let dir = TempDir::new("quota-checkpoint");
+        let path = dir.join("q.db");
+        let s = EmbeddedQuota::open(&path, conformance::settings()).unwrap();
+        let autocheckpoint: i64 = s
+            .lock()
+            .conn
+            .pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))
+            .unwrap();
+        assert_eq!(autocheckpoint, 0);
+        // Keeps the WAL open after the store's connections close (the last connection to
+        // close checkpoints by itself).
+        let watcher = Connection::open(&path).unwrap();
+        watcher
+            .query_row("SELECT count(*) FROM quota_holds", [], |_| Ok(()))
+            .unwrap();
+        // The schema's tables are in the WAL only: nothing has been checkpointed yet.
+        let before = file_len(&path);
+        let k = QuotaKey::Hosting("checkpoint".into());
+        s.hold(&k, "a", 10, conformance::T0).await.unwrap();
+        drop(s);
+        assert!(
+            file_len(&path) > before,
+            "the checkpoint thread's last checkpoint"
+        );
+        let held: i64 = watcher
+            .query_row("SELECT count(*) FROM quota_holds", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(held, 1);
     }
 
     #[tokio::test]
