@@ -340,7 +340,8 @@ mod tests {
 
     /// Every idle session's task holds these futures: one large await inlined (an event's
     /// handling, a TLS handshake) would make each of 100,000 idle sessions as large (before
-    /// the boxing, `drive` alone was 10.5 KB).
+    /// the boxing, `drive` alone was 10.5 KB). `run` holds the driver twice (rustc keeps the
+    /// argument and the moved `self`: 4,016 B for a 1,592 B driver), plus the read's select.
     #[test]
     fn the_futures_an_idle_session_holds_stay_small() {
         let driver = std::mem::size_of::<SessionDriver<'static>>();
@@ -350,6 +351,6 @@ mod tests {
             "drive: {}",
             drive_future_size(drive)
         );
-        assert!(run <= driver + 1024, "run: {run}, driver: {driver}");
+        assert!(run <= 2 * driver + 1024, "run: {run}, driver: {driver}");
     }
 }
