@@ -41,12 +41,21 @@
 //!      number of messages accepted: that is part of what is reported.
 //!    - *msgs/fsync*: messages per group commit in the window, from the server's
 //!      `/metrics` (`postern_spool_commit_batch_messages_{sum,count}`).
-//! 2. **Idle sessions** (target: 10,000 idle sessions under 1 GiB RSS): N TCP connections to
-//!    the submission port, each reads its `220` greeting and then stays silent. Reported: the
-//!    server's VmRSS before and after, VmHWM, the increase per session and the number of file
-//!    descriptors the server holds. The bench raises `RLIMIT_NOFILE` for itself before it
-//!    spawns the server, which inherits it, and `[limits] max_sessions_per_ip` is set to
-//!    20,000 (the default 200 would refuse the connections, all from 127.0.0.1).
+//! 2. **Idle sessions** (targets: 10,000 idle sessions and 100,000 idle TLS sessions, each
+//!    under 1 GiB RSS). `--idle N`: N TCP connections to the submission port, each reads its
+//!    `220` greeting and then stays silent. `--idle-tls N`: each also says EHLO, STARTTLS,
+//!    completes the TLS handshake and says EHLO again (a mail client between messages), then
+//!    stays silent. Connections come from several loopback source addresses (127.0.0.2
+//!    onwards, `--idle-sources K`, by default enough that each uses at most 3/4 of
+//!    `net.ipv4.ip_local_port_range`: one source address has only that many ports towards
+//!    one server port), at most 100 in flight. Reported: the server's VmRSS before and
+//!    after, VmHWM, the increase per session, the server's and the bench's CPU per session
+//!    while connecting, the bench's own VmRSS (it holds a rustls client session per TLS
+//!    connection), and the number of file descriptors the server holds. The bench raises
+//!    `RLIMIT_NOFILE` for itself before it spawns the server, which inherits it; the idle
+//!    servers get `[limits] max_sessions` and `max_sessions_per_ip` of N + 1,000 (at least
+//!    20,000; the default 200 per IP would refuse the connections) and `[timeouts] command`
+//!    and `session` of 2 h, so that the first sessions outlive minutes of TLS handshakes.
 //! 3. **Postfix comparison** (`--postfix`, needs root): runs
 //!    `/work/shared/bench/postfix-baseline.sh` with Postern as its relay under test
 //!    (`RELAY_CMD`, `RELAY_PORT`, `EXTRA_CASES`, `CASES`, `RUNS`, `SCALE`). That script drives
@@ -91,6 +100,13 @@ struct Options {
     /// Idle sessions to open; 0 skips the idle test [default: 10000, --quick: 1000].
     #[arg(long, value_name = "N")]
     idle: Option<usize>,
+    /// Idle TLS sessions to open (EHLO, STARTTLS, EHLO, then silent); 0 skips them.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    idle_tls: usize,
+    /// Loopback source addresses the idle connections are spread over (127.0.0.2 onwards)
+    /// [default: enough for 3/4 of the ephemeral port range each].
+    #[arg(long, value_name = "K")]
+    idle_sources: Option<usize>,
     /// The server binary [default: `postern` next to this bench, i.e. target/release/postern].
     #[arg(long, value_name = "PATH")]
     postern: Option<PathBuf>,
@@ -150,12 +166,16 @@ const LOGIN: &str = "bench@example.org";
 /// The envelope and `To:` recipient (never delivered: `workers = 0`).
 const RECIPIENT: &str = "rcpt@example.net";
 /// Idle sessions: connections opened concurrently, at most this many at a time. Below the
-/// server's listen backlog (128, mio's default), so that no SYN is dropped and retried after 1 s.
+/// server's listen backlog (4096), so that no SYN is dropped and retried after 1 s.
 const IDLE_CONNECT_BATCH: usize = 100;
 /// File descriptors beyond the idle sessions, for the bench and the server's own files.
 const FD_HEADROOM: u64 = 4096;
+/// The least headroom that will do (the server holds about 20 files of its own), when the
+/// hard limit cannot be raised (no `CAP_SYS_RESOURCE`, e.g. in a container).
+const FD_MIN_HEADROOM: u64 = 200;
 const TARGET_MSGS_PER_SEC: f64 = 2_000.0;
 const TARGET_IDLE_SESSIONS: usize = 10_000;
+const TARGET_IDLE_TLS_SESSIONS: usize = 100_000;
 const TARGET_IDLE_RSS_KIB: u64 = 1024 * 1024;
 
 fn main() -> Result<()> {
@@ -171,7 +191,9 @@ fn main() -> Result<()> {
         bin.display()
     );
     warn_if_stale(&bin);
-    let limit = procfs::raise_nofile(idle as u64 + FD_HEADROOM)?;
+    // The client and the server each hold one descriptor per idle session.
+    let sessions = idle.max(opts.idle_tls) as u64;
+    let limit = procfs::raise_nofile(sessions + FD_HEADROOM, sessions + FD_MIN_HEADROOM)?;
     eprintln!(
         "RLIMIT_NOFILE {} -> {} (inherited by the server)",
         limit.0, limit.1
@@ -211,14 +233,20 @@ fn main() -> Result<()> {
             }
         }
     }
-    let idle_result = match idle {
-        0 => None,
-        n => Some(
-            runtime
-                .block_on(idle::run(&bench, n))
-                .context("idle sessions")?,
-        ),
-    };
+    let mut idle_results = Vec::new();
+    for (n, kind) in [
+        (idle, idle::Kind::Greeting),
+        (opts.idle_tls, idle::Kind::Tls),
+    ] {
+        if n == 0 {
+            continue;
+        }
+        let sources = idle::Sources::new(n, opts.idle_sources)?;
+        let result = runtime
+            .block_on(idle::run(&bench, n, kind, &sources))
+            .with_context(|| format!("idle sessions ({})", kind.label()))?;
+        idle_results.push(result);
+    }
     let comparison = if opts.postfix {
         let scale = opts
             .postfix_scale
@@ -233,7 +261,7 @@ fn main() -> Result<()> {
         None
     };
 
-    report::print(&bench, &cases, idle_result.as_ref(), comparison.as_ref());
+    report::print(&bench, &cases, &idle_results, comparison.as_ref());
     Ok(())
 }
 
@@ -342,7 +370,16 @@ mod server {
         pub(crate) relayhost: Option<String>,
         pub(crate) segment_max: Option<u64>,
         pub(crate) log_level: String,
+        /// `[limits] max_sessions` and `max_sessions_per_ip` (all clients are on loopback).
+        pub(crate) max_sessions: usize,
+        /// `[timeouts] command` and `session`, when the default would end idle sessions
+        /// before a long connect phase is over.
+        pub(crate) idle_timeout: Option<&'static str>,
     }
+
+    /// The sessions a case's server admits: enough for every throughput case and the
+    /// default idle test.
+    pub(crate) const DEFAULT_MAX_SESSIONS: usize = 20_000;
 
     impl Default for ConfigFile {
         fn default() -> Self {
@@ -356,6 +393,8 @@ mod server {
                 relayhost: None,
                 segment_max: None,
                 log_level: "info".into(),
+                max_sessions: DEFAULT_MAX_SESSIONS,
+                idle_timeout: None,
             }
         }
     }
@@ -376,6 +415,10 @@ mod server {
                 .segment_max
                 .map(|b| format!("segment_max_bytes = {b}\n"))
                 .unwrap_or_default();
+            let timeouts = self
+                .idle_timeout
+                .map(|t| format!("[timeouts]\ncommand = {t:?}\nsession = {t:?}\n"))
+                .unwrap_or_default();
             let text = format!(
                 "# written by postern-bench\n\
                  [listen]\n{}{}{}\
@@ -383,7 +426,8 @@ mod server {
                  [spool]\npath = {:?}\n{segment_max}\
                  [delivery]\nworkers = {}\n{relayhost}\
                  [relay]\nnetworks = [\"127.0.0.0/8\"]\n\
-                 [limits]\nmax_sessions = 20000\nmax_sessions_per_ip = 20000\n\
+                 [limits]\nmax_sessions = {max}\nmax_sessions_per_ip = {max}\n\
+                 {timeouts}\
                  [log]\nlevel = {:?}\n",
                 addr("submission", self.submission),
                 addr("relay", self.relay),
@@ -392,6 +436,7 @@ mod server {
                 self.spool,
                 self.workers,
                 self.log_level,
+                max = self.max_sessions,
             );
             postern::config::Config::parse(&text)
                 .map_err(|e| anyhow::anyhow!("bench config: {e}"))?;
@@ -423,6 +468,16 @@ mod server {
         /// Starts a server with a fresh spool in `bench`'s work directory under `name`, and
         /// waits for `/readyz`.
         pub(crate) async fn start(bench: &Bench, name: &str) -> Result<Self> {
+            Self::start_with(bench, name, DEFAULT_MAX_SESSIONS, None).await
+        }
+
+        /// [`Self::start`] with other session caps and idle timeouts (see [`ConfigFile`]).
+        pub(crate) async fn start_with(
+            bench: &Bench,
+            name: &str,
+            max_sessions: usize,
+            idle_timeout: Option<&'static str>,
+        ) -> Result<Self> {
             let dir = bench.work.path().join(name);
             let (submission, http) = (free_port()?, free_port()?);
             let config = ConfigFile {
@@ -433,6 +488,8 @@ mod server {
                 workers: 0,
                 segment_max: bench.segment_max,
                 log_level: bench.log_level.clone(),
+                max_sessions,
+                idle_timeout,
                 ..ConfigFile::default()
             }
             .write(&dir.join("postern.toml"))?;
@@ -608,10 +665,10 @@ mod server {
 mod smtp {
     use anyhow::{Context, Result, bail, ensure};
     use base64::Engine;
-    use std::net::SocketAddr;
+    use std::net::{IpAddr, SocketAddr};
     use std::time::{Duration, Instant};
     use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-    use tokio::net::TcpStream;
+    use tokio::net::{TcpSocket, TcpStream};
     use tokio_rustls::TlsConnector;
     use tokio_rustls::client::TlsStream;
 
@@ -705,23 +762,66 @@ mod smtp {
         }
     }
 
+    impl<S: AsyncRead> Client<S> {
+        /// The stream, once no reply is left unread.
+        pub(crate) fn into_stream(self) -> Result<S> {
+            ensure!(
+                self.io.buffer().is_empty(),
+                "unexpected bytes after the reply"
+            );
+            Ok(self.io.into_inner())
+        }
+    }
+
     impl Client<TcpStream> {
         /// Connects and reads the `220` greeting.
         pub(crate) async fn connect(addr: SocketAddr) -> Result<Self> {
-            let tcp = TcpStream::connect(addr).await?;
+            Self::connect_from(addr, None).await
+        }
+
+        /// [`Self::connect`] from the local address `source` (port chosen by the kernel):
+        /// one source address has only the ephemeral port range's ports towards one server
+        /// port.
+        pub(crate) async fn connect_from(addr: SocketAddr, source: Option<IpAddr>) -> Result<Self> {
+            let tcp = match source {
+                None => TcpStream::connect(addr).await?,
+                Some(ip) => {
+                    let socket = match ip {
+                        IpAddr::V4(_) => TcpSocket::new_v4()?,
+                        IpAddr::V6(_) => TcpSocket::new_v6()?,
+                    };
+                    socket
+                        .bind(SocketAddr::new(ip, 0))
+                        .with_context(|| format!("binding {ip}"))?;
+                    socket.connect(addr).await?
+                }
+            };
             tcp.set_nodelay(true)?;
             let mut client = Self::new(tcp);
             client.expect(220).await.context("greeting")?;
             Ok(client)
         }
 
-        /// The socket, once no reply is left unread.
-        pub(crate) fn into_stream(self) -> Result<TcpStream> {
-            ensure!(
-                self.io.buffer().is_empty(),
-                "unexpected bytes after the reply"
-            );
-            Ok(self.io.into_inner())
+        /// EHLO, STARTTLS, EHLO from `source`: a TLS session that has said hello and now
+        /// waits for MAIL or AUTH, as an idle mail client's does.
+        pub(crate) async fn idle_tls(
+            addr: SocketAddr,
+            source: Option<IpAddr>,
+            tls: &TlsConnector,
+        ) -> Result<TlsStream<TcpStream>> {
+            let mut plain = Self::connect_from(addr, source).await?;
+            plain.command("EHLO client.bench.test", 250).await?;
+            plain.command("STARTTLS", 220).await?;
+            let name = rustls::pki_types::ServerName::try_from("localhost")?;
+            let tcp = plain.into_stream()?;
+            let stream = tls.connect(name, tcp).await.context("TLS handshake")?;
+            // A small reader: 100,000 of these live in the bench at once.
+            let mut client = Client {
+                io: BufReader::with_capacity(512, stream),
+                line: Vec::new(),
+            };
+            client.command("EHLO client.bench.test", 250).await?;
+            client.into_stream()
         }
 
         /// EHLO, STARTTLS, EHLO, AUTH PLAIN: a session ready for mail.
@@ -801,9 +901,10 @@ mod procfs {
         Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
     }
 
-    /// Raises the soft (and if needed the hard) `RLIMIT_NOFILE` to at least `want`;
-    /// returns the soft limit before and after.
-    pub(crate) fn raise_nofile(want: u64) -> Result<(u64, u64)> {
+    /// Raises the soft (and if needed the hard) `RLIMIT_NOFILE` to at least `want`, or to
+    /// the hard limit when that cannot be raised but is at least `need`; returns the soft
+    /// limit before and after.
+    pub(crate) fn raise_nofile(want: u64, need: u64) -> Result<(u64, u64)> {
         let mut limit = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
@@ -821,15 +922,23 @@ mod procfs {
             rlim_max: limit.rlim_max.max(want),
         };
         // SAFETY: as above; raising the hard limit needs CAP_SYS_RESOURCE and fails cleanly.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Ok((before, want));
+        }
+        let hard = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: as above; the soft limit may always rise to the hard one.
+        if limit.rlim_max < need || unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &hard) } != 0 {
             bail!(
                 "cannot raise RLIMIT_NOFILE to {want} (hard limit {}): {}; run as root or \
-                 `ulimit -n {want}` first, or pass a smaller --idle",
+                 `ulimit -n {want}` first, or pass a smaller --idle or --idle-tls",
                 limit.rlim_max,
                 std::io::Error::last_os_error()
             );
         }
-        Ok((before, want))
+        Ok((before, limit.rlim_max))
     }
 }
 
@@ -1012,23 +1121,94 @@ mod throughput {
     }
 }
 
-/// Idle sessions: connections that read the greeting and then say nothing.
+/// Idle sessions: connections that read the greeting (or also do EHLO, STARTTLS, EHLO) and
+/// then say nothing.
 mod idle {
     use super::procfs::{self, Memory};
-    use super::server::Server;
+    use super::server::{DEFAULT_MAX_SESSIONS, Server};
     use super::smtp::Client;
     use super::{Bench, IDLE_CONNECT_BATCH};
-    use anyhow::Result;
+    use anyhow::{Context, Result, ensure};
+    use std::net::{IpAddr, Ipv4Addr};
     use std::time::Duration;
     use tokio::task::JoinSet;
+    use tokio_rustls::TlsConnector;
 
     /// Settling time before memory is read (allocator and kernel bookkeeping).
     const SETTLE: Duration = Duration::from_secs(2);
+    /// `[timeouts] command` and `session` of the idle servers: 100,000 TLS handshakes take
+    /// minutes, longer than the default 5-minute command timeout would let the first
+    /// sessions wait.
+    const IDLE_TIMEOUT: &str = "2h";
+    /// Sessions the server admits beyond those the bench opens.
+    const SESSION_MARGIN: usize = 1_000;
+
+    /// What an idle session did before falling silent.
+    #[derive(Debug, Clone, Copy)]
+    pub(crate) enum Kind {
+        /// Read the `220` greeting.
+        Greeting,
+        /// Greeting, EHLO, STARTTLS, TLS handshake, EHLO.
+        Tls,
+    }
+
+    impl Kind {
+        pub(crate) fn label(self) -> &'static str {
+            match self {
+                Kind::Greeting => "greeting",
+                Kind::Tls => "tls+ehlo",
+            }
+        }
+    }
+
+    /// The loopback addresses the client connects from, 127.0.0.2 onwards: towards one
+    /// server port, each source address has at most the ephemeral port range's ports.
+    pub(crate) struct Sources {
+        pub(crate) addrs: Vec<IpAddr>,
+    }
+
+    impl Sources {
+        /// `count` addresses, or by default enough that none needs more than 3/4 of the
+        /// port range for `sessions`.
+        pub(crate) fn new(sessions: usize, count: Option<usize>) -> Result<Self> {
+            let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+                .context("reading ip_local_port_range")?;
+            let ports: Vec<usize> = range
+                .split_whitespace()
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .context("malformed ip_local_port_range")?;
+            ensure!(ports.len() == 2, "malformed ip_local_port_range {range:?}");
+            let port_range = ports[1].saturating_sub(ports[0]) + 1;
+            let per_source = (port_range * 3 / 4).max(1);
+            let count = count.unwrap_or(sessions.div_ceil(per_source)).max(1);
+            ensure!(
+                count <= 250,
+                "{count} source addresses: at most 250 (127.0.0.2-127.0.0.251)"
+            );
+            ensure!(
+                sessions.div_ceil(count) <= port_range,
+                "{sessions} sessions over {count} source addresses exceed {port_range} ports each"
+            );
+            let addrs = (0..count)
+                .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8)))
+                .collect();
+            Ok(Self { addrs })
+        }
+
+        fn for_session(&self, index: usize) -> IpAddr {
+            self.addrs[index % self.addrs.len()]
+        }
+    }
 
     pub(crate) struct IdleResult {
+        pub(crate) kind: Kind,
         pub(crate) sessions: usize,
+        pub(crate) sources: usize,
         pub(crate) before: Memory,
         pub(crate) after: Memory,
+        /// The bench's own memory before the connections and with all of them open.
+        pub(crate) client: (Memory, Memory),
         pub(crate) fds: usize,
         pub(crate) fd_limit: String,
         pub(crate) connect_time: Duration,
@@ -1040,43 +1220,103 @@ mod idle {
         pub(crate) fn kib_per_session(&self) -> f64 {
             self.after.rss_kib.saturating_sub(self.before.rss_kib) as f64 / self.sessions as f64
         }
+
+        pub(crate) fn client_kib_per_session(&self) -> f64 {
+            self.client.1.rss_kib.saturating_sub(self.client.0.rss_kib) as f64
+                / self.sessions as f64
+        }
     }
 
-    pub(crate) async fn run(bench: &Bench, sessions: usize) -> Result<IdleResult> {
-        eprintln!("idle: starting server, opening {sessions} connections");
-        let server = Server::start(bench, "idle").await?;
-        let result = measure(&server, sessions).await;
+    pub(crate) async fn run(
+        bench: &Bench,
+        sessions: usize,
+        kind: Kind,
+        sources: &Sources,
+    ) -> Result<IdleResult> {
+        eprintln!(
+            "idle ({}): starting server, opening {sessions} connections from {} source addresses",
+            kind.label(),
+            sources.addrs.len()
+        );
+        let name = format!("idle-{}", kind.label().replace('+', "-"));
+        let max_sessions = (sessions + SESSION_MARGIN).max(DEFAULT_MAX_SESSIONS);
+        let server = Server::start_with(bench, &name, max_sessions, Some(IDLE_TIMEOUT)).await?;
+        let result = measure(&server, sessions, kind, sources).await;
         server.stop().await?;
         let result = result?;
         eprintln!(
-            "  idle: {} sessions, VmRSS {} -> {} MiB ({:.1} KiB/session), {} fds",
+            "  idle ({}): {} sessions in {:.1} s, server VmRSS {} -> {} MiB ({:.1} KiB/session), \
+             client {:.1} KiB/session, {} fds",
+            kind.label(),
             result.sessions,
+            result.connect_time.as_secs_f64(),
             result.before.rss_kib / 1024,
             result.after.rss_kib / 1024,
             result.kib_per_session(),
+            result.client_kib_per_session(),
             result.fds
         );
         Ok(result)
     }
 
-    async fn measure(server: &Server, sessions: usize) -> Result<IdleResult> {
+    /// An open idle connection, kept until the measurement is done.
+    enum Held {
+        Plain(#[allow(dead_code)] tokio::net::TcpStream),
+        Tls(#[allow(dead_code)] Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+    }
+
+    async fn open(
+        addr: std::net::SocketAddr,
+        source: IpAddr,
+        kind: Kind,
+        tls: TlsConnector,
+    ) -> Result<Held> {
+        Ok(match kind {
+            Kind::Greeting => Held::Plain(
+                Client::connect_from(addr, Some(source))
+                    .await?
+                    .into_stream()?,
+            ),
+            Kind::Tls => Held::Tls(Box::new(Client::idle_tls(addr, Some(source), &tls).await?)),
+        })
+    }
+
+    async fn measure(
+        server: &Server,
+        sessions: usize,
+        kind: Kind,
+        sources: &Sources,
+    ) -> Result<IdleResult> {
+        let tls = TlsConnector::from(postern::delivery::tls::opportunistic_client_config()?);
         tokio::time::sleep(SETTLE).await;
         let before = procfs::memory(server.pid())?;
+        let client_before = procfs::memory(std::process::id())?;
         let cpu0 = (
             procfs::cpu_time(server.pid())?,
             super::support::own_cpu_time(),
         );
         let started = std::time::Instant::now();
-        let mut streams = Vec::with_capacity(sessions);
-        while streams.len() < sessions {
-            let batch = IDLE_CONNECT_BATCH.min(sessions - streams.len());
-            let mut connecting = JoinSet::new();
-            for _ in 0..batch {
-                let addr = server.submission;
-                connecting.spawn(async move { Client::connect(addr).await?.into_stream() });
+        let mut held = Vec::with_capacity(sessions);
+        // At most IDLE_CONNECT_BATCH connections in flight: a new one starts as one is done.
+        let mut connecting = JoinSet::new();
+        let mut started_count = 0;
+        while held.len() < sessions {
+            while started_count < sessions && connecting.len() < IDLE_CONNECT_BATCH {
+                let source = sources.for_session(started_count);
+                connecting.spawn(open(server.submission, source, kind, tls.clone()));
+                started_count += 1;
             }
-            while let Some(stream) = connecting.join_next().await {
-                streams.push(stream??);
+            let opened = connecting
+                .join_next()
+                .await
+                .context("no connection in flight")?;
+            held.push(opened?.with_context(|| format!("session {}", held.len() + 1))?);
+            if held.len() % 10_000 == 0 {
+                eprintln!(
+                    "  {} open after {:.1} s",
+                    held.len(),
+                    started.elapsed().as_secs_f64()
+                );
             }
         }
         let connect_time = started.elapsed();
@@ -1087,6 +1327,7 @@ mod idle {
         let connect_cpu = (cpu1.0.saturating_sub(cpu0.0), cpu1.1.saturating_sub(cpu0.1));
         tokio::time::sleep(SETTLE).await;
         let after = procfs::memory(server.pid())?;
+        let client_after = procfs::memory(std::process::id())?;
         let fds = procfs::open_fds(server.pid())?;
         let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid()))?;
         let fd_limit = limits
@@ -1100,11 +1341,14 @@ mod idle {
                     .join("/")
             })
             .unwrap_or_default();
-        drop(streams);
+        drop(held);
         Ok(IdleResult {
+            kind,
             sessions,
+            sources: sources.addrs.len(),
             before,
             after,
+            client: (client_before, client_after),
             fds,
             fd_limit,
             connect_time,
@@ -1317,24 +1561,27 @@ mod postfix {
 
 /// The Markdown output.
 mod report {
-    use super::idle::IdleResult;
+    use super::idle::{IdleResult, Kind};
     use super::postfix::Comparison;
     use super::throughput::{CaseResult, label, millis};
-    use super::{Bench, TARGET_IDLE_RSS_KIB, TARGET_IDLE_SESSIONS, TARGET_MSGS_PER_SEC};
+    use super::{
+        Bench, TARGET_IDLE_RSS_KIB, TARGET_IDLE_SESSIONS, TARGET_IDLE_TLS_SESSIONS,
+        TARGET_MSGS_PER_SEC,
+    };
 
     const MIB: f64 = 1024.0;
 
     pub(crate) fn print(
         bench: &Bench,
         cases: &[CaseResult],
-        idle: Option<&IdleResult>,
+        idle: &[IdleResult],
         postfix: Option<&Comparison>,
     ) {
         println!("{}", machine());
         if !cases.is_empty() {
             print_cases(bench, cases);
         }
-        if let Some(idle) = idle {
+        if !idle.is_empty() {
             print_idle(idle);
         }
         print_targets(cases, idle);
@@ -1392,36 +1639,49 @@ mod report {
         }
     }
 
-    fn print_idle(idle: &IdleResult) {
-        println!("\n### Idle sessions (TCP connected, greeting read, then silent)\n");
+    fn print_idle(results: &[IdleResult]) {
         println!(
-            "| sessions | connect s | server CPU µs/conn | client CPU µs/conn | VmRSS before MiB | VmRSS after MiB | VmHWM MiB | KiB/session | server fds | server NOFILE soft/hard |"
+            "\n### Idle sessions (greeting: TCP connected, 220 read; tls+ehlo: EHLO, STARTTLS, EHLO; then silent)\n"
         );
-        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
-        let per_conn = |cpu: std::time::Duration| cpu.as_secs_f64() * 1e6 / idle.sessions as f64;
         println!(
-            "| {} | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} |",
-            idle.sessions,
-            idle.connect_time.as_secs_f64(),
-            per_conn(idle.connect_cpu.0),
-            per_conn(idle.connect_cpu.1),
-            idle.before.rss_kib as f64 / MIB,
-            idle.after.rss_kib as f64 / MIB,
-            idle.after.hwm_kib as f64 / MIB,
-            idle.kib_per_session(),
-            idle.fds,
-            idle.fd_limit,
+            "| kind | sessions | sources | connect s | server CPU µs/session | client CPU µs/session | VmRSS before MiB | VmRSS after MiB | VmHWM MiB | KiB/session | client VmRSS MiB | client KiB/session | server fds | server NOFILE soft/hard |"
         );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        for idle in results {
+            let per_session =
+                |cpu: std::time::Duration| cpu.as_secs_f64() * 1e6 / idle.sessions as f64;
+            println!(
+                "| {} | {} | {} | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} |",
+                idle.kind.label(),
+                idle.sessions,
+                idle.sources,
+                idle.connect_time.as_secs_f64(),
+                per_session(idle.connect_cpu.0),
+                per_session(idle.connect_cpu.1),
+                idle.before.rss_kib as f64 / MIB,
+                idle.after.rss_kib as f64 / MIB,
+                idle.after.hwm_kib as f64 / MIB,
+                idle.kib_per_session(),
+                idle.client.1.rss_kib as f64 / MIB,
+                idle.client_kib_per_session(),
+                idle.fds,
+                idle.fd_limit,
+            );
+        }
+        let largest = results
+            .iter()
+            .max_by_key(|r| r.sessions)
+            .expect("one result");
         println!(
             "\nThe server needs `RLIMIT_NOFILE` >= sessions + {} (listeners, spool, store, log): \
              set e.g. `LimitNOFILE={}` for {} sessions.",
-            idle.fds.saturating_sub(idle.sessions),
-            (idle.fds + 1024).next_power_of_two().max(65_536),
-            idle.sessions,
+            largest.fds.saturating_sub(largest.sessions),
+            (largest.fds + 1024).next_power_of_two().max(65_536),
+            largest.sessions,
         );
     }
 
-    fn print_targets(cases: &[CaseResult], idle: Option<&IdleResult>) {
+    fn print_targets(cases: &[CaseResult], idle: &[IdleResult]) {
         let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
         let mut lines = Vec::new();
         if let Some(c) = cases.iter().find(|c| c.size == 1000 && c.sessions == 100) {
@@ -1431,17 +1691,20 @@ mod report {
                 verdict(c.rate() >= TARGET_MSGS_PER_SEC)
             ));
         }
-        if let Some(i) = idle {
-            // Extrapolated linearly when fewer sessions than the target were opened (--quick).
-            let projected =
-                i.before.rss_kib as f64 + i.kib_per_session() * TARGET_IDLE_SESSIONS as f64;
-            let note = if i.sessions == TARGET_IDLE_SESSIONS {
+        for i in idle {
+            let (target, what) = match i.kind {
+                Kind::Greeting => (TARGET_IDLE_SESSIONS, "idle sessions"),
+                Kind::Tls => (TARGET_IDLE_TLS_SESSIONS, "idle TLS sessions"),
+            };
+            // Extrapolated linearly when fewer sessions than the target were opened.
+            let projected = i.before.rss_kib as f64 + i.kib_per_session() * target as f64;
+            let note = if i.sessions == target {
                 String::new()
             } else {
                 format!(" (extrapolated from {} sessions)", i.sessions)
             };
             lines.push(format!(
-                "- {TARGET_IDLE_SESSIONS} idle sessions: {:.0} MiB VmRSS{note} (target < 1024 MiB): {}",
+                "- {target} {what}: {:.0} MiB VmRSS{note} (target < 1024 MiB): {}",
                 projected / MIB,
                 verdict(projected < TARGET_IDLE_RSS_KIB as f64)
             ));

@@ -26,6 +26,41 @@ impl Connection {
         }
     }
 
+    /// Waits until the client has sent something, then reads into `buf`, first sized to
+    /// `size` (an empty `buf` is allocated only then): a session waiting for its client
+    /// holds no read buffer of its own.
+    pub(super) async fn read_when_ready(
+        &mut self,
+        buf: &mut Vec<u8>,
+        size: usize,
+    ) -> std::io::Result<usize> {
+        match self {
+            Connection::Plain(s) => loop {
+                s.readable().await?;
+                size_buffer(buf, size);
+                match s.try_read(buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    read => return read,
+                }
+            },
+            Connection::Tls(s) => {
+                // rustls may already hold decrypted bytes (more than the last read took) or
+                // the peer's close_notify: then there is nothing to wait for on the socket.
+                // (A protocol error ends the session, as tokio-rustls's own read does.)
+                let (tcp, tls) = s.get_mut();
+                let state = tls
+                    .process_new_packets()
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+                if state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed() {
+                    tcp.readable().await?;
+                }
+                size_buffer(buf, size);
+                s.read(buf).await
+            }
+            Connection::Closed => Ok(0),
+        }
+    }
+
     /// Writes and flushes: a reply must not sit in a TLS buffer while we wait for the client.
     pub(super) async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         match self {
@@ -93,6 +128,13 @@ impl Connection {
                 false
             }
         }
+    }
+}
+
+/// Makes `buf` `size` bytes long, keeping its allocation when it has that size already.
+fn size_buffer(buf: &mut Vec<u8>, size: usize) {
+    if buf.len() != size {
+        *buf = vec![0u8; size];
     }
 }
 

@@ -134,14 +134,17 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, role: Role, tasks
     }
 }
 
+/// The session task. Its future lives as long as the session, idle or not, and is as large
+/// as its largest await: the steps before the session (PROXY header, failed-login brake) and
+/// the session itself are boxed, so each of 100,000 idle sessions holds only its own state.
 async fn admit_and_drive(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, role: Role) {
-    let Some(origin) = proxied_origin(&shared, &mut stream, peer, role).await else {
+    let Some(origin) = Box::pin(proxied_origin(&shared, &mut stream, peer, role)).await else {
         return;
     };
     let peer = origin.client;
     let admission = if !shared.brakes.allow_connection(peer.ip()) {
         Err(Refusal::ConnectionRate)
-    } else if let Some(refusal) = shared.brakes.failed_logins(peer.ip()).await {
+    } else if let Some(refusal) = Box::pin(shared.brakes.failed_logins(peer.ip())).await {
         Err(refusal)
     } else {
         shared.admission.admit(peer.ip())
@@ -180,7 +183,7 @@ async fn admit_and_drive(shared: Arc<Shared>, mut stream: TcpStream, peer: Socke
         }
     };
     shared.metrics.connection_opened(role.name());
-    driver::drive(&shared, stream, origin, role).await;
+    Box::pin(driver::drive(&shared, stream, origin, role)).await;
     shared.metrics.connection_closed(role.name());
     drop(admitted);
 }

@@ -546,6 +546,18 @@ impl Session {
         matches!(self.state, State::Command) && self.tx.is_none() && self.input.is_empty()
     }
 
+    /// Frees the capacity the input and event queues kept from earlier commands, when they
+    /// are empty: the driver calls this before a wait for the next command, which may last
+    /// minutes, so that an idle session keeps no buffers. Nothing else changes.
+    pub fn release_idle_memory(&mut self) {
+        if self.input.is_empty() {
+            self.input = Vec::new();
+        }
+        if self.events.is_empty() {
+            self.events = VecDeque::new();
+        }
+    }
+
     /// Whether the session reads message data now (the driver applies the data timeout).
     pub fn in_data(&self) -> bool {
         matches!(self.state, State::Data(_) | State::Bdat { .. })
