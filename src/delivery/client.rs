@@ -773,6 +773,30 @@ impl Session {
     }
 
     /// Reads one whole reply within `command_timeout`.
+    /// One RCPT reply: `true` when the recipient was accepted, else its outcome is set. A 421
+    /// ends the session: the server is closing, nothing was delivered, another address may
+    /// work.
+    fn rcpt_answered(
+        &mut self,
+        peer: &Peer,
+        i: usize,
+        reply: Response,
+        outcomes: &mut Outcomes,
+    ) -> Result<bool, ClientError> {
+        if reply.code == 421 {
+            self.usable = false;
+            return Err(ClientError::Rejected {
+                phase: Command::Rcpt,
+                reply,
+            });
+        }
+        if reply.is_positive() {
+            return Ok(true);
+        }
+        outcomes.set(i, RecipientOutcome::from_reply(peer, Command::Rcpt, &reply));
+        Ok(false)
+    }
+
     pub(super) async fn read_reply(&mut self, phase: Command) -> Result<Response, ClientError> {
         let deadline = Instant::now() + self.command_timeout;
         let result = self.read_reply_until(phase, deadline).await;
@@ -1118,19 +1142,7 @@ impl Session {
         let mut accepted = 0;
         for &i in sendable {
             let reply = self.read_reply(Command::Rcpt).await?;
-            if reply.code == 421 {
-                // The server is closing: nothing was delivered, another address may work.
-                self.usable = false;
-                return Err(ClientError::Rejected {
-                    phase: Command::Rcpt,
-                    reply,
-                });
-            }
-            if reply.is_positive() {
-                accepted += 1;
-            } else {
-                outcomes.set(i, RecipientOutcome::from_reply(peer, Command::Rcpt, &reply));
-            }
+            accepted += usize::from(self.rcpt_answered(peer, i, reply, outcomes)?);
         }
         let data = self.read_reply(Command::Data).await?;
         if accepted == 0 {
@@ -1223,19 +1235,7 @@ impl Session {
                 let rcpt = txn.rcpt_line(i, ext);
                 self.command(&rcpt, Command::Rcpt).await?
             };
-            if reply.code == 421 {
-                // The server is closing: nothing was delivered, another address may work.
-                self.usable = false;
-                return Err(ClientError::Rejected {
-                    phase: Command::Rcpt,
-                    reply,
-                });
-            }
-            if reply.is_positive() {
-                accepted += 1;
-            } else {
-                outcomes.set(i, RecipientOutcome::from_reply(peer, Command::Rcpt, &reply));
-            }
+            accepted += usize::from(self.rcpt_answered(peer, i, reply, outcomes)?);
         }
         Ok(EnvelopeAnswer::Recipients { accepted })
     }
